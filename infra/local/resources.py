@@ -1,0 +1,90 @@
+"""Create the template's data resources (tables, stream, queues, buckets) in whatever AWS
+the boto3 clients point at: moto in-process (tests) or the moto server (local stack).
+
+Properties are read from template.yaml itself, so the local tables have the deployed keys.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from personalize import settings
+from personalize.adapters import aws
+
+from . import template
+
+
+@dataclass
+class LocalResources:
+    names: dict[str, str] = field(default_factory=dict)  # logical id -> physical name or URL
+    arns: dict[str, str] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        """The environment variables functions read (settings.Resource.env)."""
+        out = {}
+        for resource in vars(settings).values():
+            if isinstance(resource, settings.Resource) and resource.logical_id in self.names:
+                out[resource.env] = self.names[resource.logical_id]
+        return out
+
+
+def create_all(prefix: str = "local") -> LocalResources:
+    created = LocalResources()
+    for logical_id, resource in template.resources().items():
+        kind = resource["Type"]
+        props = resource.get("Properties", {})
+        name = f"{prefix}-{logical_id}"
+        if kind in ("AWS::DynamoDB::Table", "AWS::DynamoDB::GlobalTable"):
+            _table(name, props)
+            created.names[logical_id] = name
+            created.arns[logical_id] = f"arn:aws:dynamodb:{_region()}:123456789012:table/{name}"
+        elif kind == "AWS::Kinesis::Stream":
+            client = aws.client("kinesis")
+            mode = props.get("StreamModeDetails", {}).get("StreamMode", "PROVISIONED")
+            if mode == "ON_DEMAND":
+                client.create_stream(StreamName=name, StreamModeDetails={"StreamMode": "ON_DEMAND"})
+            else:
+                client.create_stream(StreamName=name, ShardCount=props.get("ShardCount", 1))
+            _wait_stream(client, name)
+            created.names[logical_id] = name
+            created.arns[logical_id] = client.describe_stream_summary(StreamName=name)[
+                "StreamDescriptionSummary"]["StreamARN"]
+        elif kind == "AWS::SQS::Queue":
+            url = aws.client("sqs").create_queue(QueueName=name)["QueueUrl"]
+            created.names[logical_id] = url
+            created.arns[logical_id] = f"arn:aws:sqs:{_region()}:123456789012:{name}"
+        elif kind == "AWS::S3::Bucket":
+            bucket = name.lower()
+            aws.client("s3").create_bucket(Bucket=bucket)
+            if props.get("VersioningConfiguration", {}).get("Status") == "Enabled":
+                aws.client("s3").put_bucket_versioning(Bucket=bucket,
+                                                       VersioningConfiguration={"Status": "Enabled"})
+            created.names[logical_id] = bucket
+    return created
+
+
+def _region() -> str:
+    return aws.client("sts").meta.region_name
+
+
+def _table(name: str, props: dict) -> None:
+    client = aws.client("dynamodb")
+    client.create_table(
+        TableName=name,
+        AttributeDefinitions=props["AttributeDefinitions"],
+        KeySchema=props["KeySchema"],
+        BillingMode=props.get("BillingMode", "PAY_PER_REQUEST"),
+    )
+    ttl = props.get("TimeToLiveSpecification")
+    if ttl and ttl.get("Enabled"):
+        client.update_time_to_live(TableName=name, TimeToLiveSpecification={
+            "AttributeName": ttl["AttributeName"], "Enabled": True})
+
+
+def _wait_stream(client, name: str) -> None:
+    for _ in range(100):
+        status = client.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]["StreamStatus"]
+        if status == "ACTIVE":
+            return
+        time.sleep(0.05)

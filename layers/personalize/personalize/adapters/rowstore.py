@@ -1,0 +1,230 @@
+"""The feature store's rows: DynamoDB, and an in-memory fake with the same behaviour.
+
+Each row is ``{pk, sk, row: msgpack, aux: msgpack, v: version, expires_at}``. Writes are
+conditional on the version read, so two writers can never lose each other's counts.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+
+import msgpack
+from botocore.exceptions import ClientError
+
+from ..aggregation import Change, Stored
+from . import aws
+
+Key = tuple[str, str]
+BATCH_GET_LIMIT = 100
+WRITE_THREADS = 16
+
+
+class RowStoreError(Exception):
+    """A row could not be written; its records must be retried."""
+
+
+class ConflictError(RowStoreError):
+    """Another writer changed the row since it was read."""
+
+
+class ThrottledError(RowStoreError):
+    """DynamoDB kept throttling after the retries."""
+
+
+def pack(obj) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(data: bytes):
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+class RowStore(ABC):
+    @abstractmethod
+    def get_many(self, table: str, keys: Iterable[Key]) -> dict[Key, Stored]: ...
+
+    @abstractmethod
+    def put(self, table: str, change: Change, expires_at: int) -> None: ...
+
+    @abstractmethod
+    def query(self, table: str, pk: str) -> list[Stored]: ...
+
+    @abstractmethod
+    def scan_prefix(self, table: str, prefix: str) -> Iterable[tuple[Key, Stored]]: ...
+
+    def put_many(self, pairs: list[tuple[str, Change, int]]) -> list[tuple[Change, Exception]]:
+        """Write every change; return the ones that failed, with why."""
+        failures = []
+        for table, change, expires_at in pairs:
+            try:
+                self.put(table, change, expires_at)
+            except RowStoreError as exc:
+                failures.append((change, exc))
+        return failures
+
+
+
+
+class DynamoRowStore(RowStore):
+    """Rows in DynamoDB tables, through the low-level client (no resource layer)."""
+
+    def __init__(self, tables: dict[str, str], client=None, max_attempts: int = 6):
+        self.tables = tables  # logical name -> table name
+        self._client = client
+        self.max_attempts = max_attempts
+        self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = aws.client("dynamodb")
+        return self._client
+
+    def get_many(self, table: str, keys: Iterable[Key]) -> dict[Key, Stored]:
+        name = self.tables[table]
+        keys = list(keys)
+        out: dict[Key, Stored] = {}
+        for start in range(0, len(keys), BATCH_GET_LIMIT):
+            request = {name: {
+                "Keys": [{"pk": {"S": pk}, "sk": {"S": sk}} for pk, sk in keys[start:start + BATCH_GET_LIMIT]],
+                "ConsistentRead": True,
+            }}
+            for attempt in range(self.max_attempts):
+                response = self._call(self.client.batch_get_item, RequestItems=request)
+                for item in response.get("Responses", {}).get(name, []):
+                    out[(item["pk"]["S"], item["sk"]["S"])] = _decode_low(item)
+                request = response.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+                _backoff(attempt)
+            else:
+                raise ThrottledError(f"{name}: keys still unprocessed after {self.max_attempts} attempts")
+        return out
+
+    def get(self, table: str, key: Key, projection: str = "#r") -> Stored | None:
+        response = self._call(self.client.get_item, TableName=self.tables[table],
+                              Key={"pk": {"S": key[0]}, "sk": {"S": key[1]}},
+                              ProjectionExpression=projection + ", expires_at",
+                              ExpressionAttributeNames={"#r": "row"})
+        item = response.get("Item")
+        found = _decode_low(item) if item else None
+        return found if found is not None and found.row is not None else None
+
+    def put(self, table: str, change: Change, expires_at: int) -> None:
+        item = {
+            "pk": {"S": change.key[0]}, "sk": {"S": change.key[1]},
+            "row": {"B": pack(change.row)}, "aux": {"B": pack(change.aux)},
+            "v": {"N": str(change.version + 1)}, "expires_at": {"N": str(expires_at)},
+        }
+        if change.version == 0:
+            condition = {"ConditionExpression": "attribute_not_exists(pk)"}
+        else:
+            condition = {"ConditionExpression": "v = :v",
+                         "ExpressionAttributeValues": {":v": {"N": str(change.version)}}}
+        try:
+            self._call(self.client.put_item, TableName=self.tables[table], Item=item, **condition)
+        except ClientError as exc:
+            if aws.error_code(exc) == "ConditionalCheckFailedException":
+                raise ConflictError(f"{change.key} changed since it was read") from exc
+            raise
+
+    def put_many(self, pairs):
+        if len(pairs) <= 1:
+            return super().put_many(pairs)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="rowstore")
+
+        def write(pair):
+            table, change, expires_at = pair
+            try:
+                self.put(table, change, expires_at)
+            except RowStoreError as exc:
+                return change, exc
+            return None
+
+        return [failure for failure in self._pool.map(write, pairs) if failure is not None]
+
+    def query(self, table: str, pk: str) -> list[Stored]:
+        paginator = self.client.get_paginator("query")
+        out = []
+        for page in paginator.paginate(TableName=self.tables[table], KeyConditionExpression="pk = :pk",
+                                       ExpressionAttributeValues={":pk": {"S": pk}}, ConsistentRead=True):
+            out.extend(_decode_low(item) for item in page.get("Items", []))
+        return out
+
+    def scan_prefix(self, table: str, prefix: str):
+        paginator = self.client.get_paginator("scan")
+        for page in paginator.paginate(TableName=self.tables[table], FilterExpression="begins_with(pk, :p)",
+                                       ExpressionAttributeValues={":p": {"S": prefix}}):
+            for item in page.get("Items", []):
+                yield (item["pk"]["S"], item["sk"]["S"]), _decode_low(item)
+
+    def _call(self, method, **kwargs):
+        """botocore already retries throttling; this adds a longer, jittered tail."""
+        for attempt in range(self.max_attempts):
+            try:
+                return method(**kwargs)
+            except ClientError as exc:
+                if aws.error_code(exc) not in aws.THROTTLE_CODES:
+                    raise
+                if attempt == self.max_attempts - 1:
+                    raise ThrottledError(f"throttled after {self.max_attempts} attempts: {exc}") from exc
+                _backoff(attempt)
+        raise AssertionError("unreachable")
+
+
+def _decode_low(item: dict) -> Stored:
+    """Decode a row; an expired one (TTL passed, not yet deleted) reads as empty but keeps
+    its version, so the next conditional write still succeeds."""
+    version = int(item["v"]["N"]) if "v" in item else 0
+    expires = item.get("expires_at")
+    if expires is not None and int(expires["N"]) < time.time():
+        return Stored(None, None, version)
+    row = item.get("row")
+    aux = item.get("aux")
+    return Stored(
+        unpack(row["B"]) if row else None,
+        unpack(aux["B"]) if aux else None,
+        version,
+    )
+
+
+def _backoff(attempt: int, base: float = 0.02, cap: float = 1.0) -> None:
+    time.sleep(random.uniform(0, min(cap, base * 2 ** attempt)))
+
+
+class MemoryRowStore(RowStore):
+    """The same contract in a dict: for unit tests and the in-process benchmark."""
+
+    def __init__(self):
+        self.tables: dict[str, dict[Key, tuple[bytes, bytes, int, int]]] = {}
+        self.writes = 0
+
+    def get_many(self, table, keys):
+        rows = self.tables.get(table, {})
+        return {k: Stored(unpack(r[0]), unpack(r[1]), r[2]) for k in keys if (r := rows.get(k))}
+
+    def get(self, table, key, projection=None):
+        found = self.get_many(table, [key])
+        return found.get(key)
+
+    def put(self, table, change, expires_at):
+        rows = self.tables.setdefault(table, {})
+        current = rows.get(change.key)
+        if (current[2] if current else 0) != change.version:
+            raise ConflictError(f"{change.key} changed since it was read")
+        self.writes += 1
+        rows[change.key] = (pack(change.row), pack(change.aux), change.version + 1, expires_at)
+
+    def query(self, table, pk):
+        return [Stored(unpack(r[0]), unpack(r[1]), r[2])
+                for k, r in self.tables.get(table, {}).items() if k[0] == pk]
+
+    def scan_prefix(self, table, prefix):
+        for k, r in list(self.tables.get(table, {}).items()):
+            if k[0].startswith(prefix):
+                yield k, Stored(unpack(r[0]), unpack(r[1]), r[2])

@@ -1,0 +1,96 @@
+"""The events stream: Kinesis PutRecords with bounded retries of the failed records."""
+
+from __future__ import annotations
+
+import random
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from botocore.exceptions import ClientError
+
+from . import aws
+
+PUT_RECORDS_LIMIT = 500
+PUT_RECORDS_BYTES = 5 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class PutResult:
+    """Per input record, None when written, else the last error."""
+
+    errors: list[str | None]
+
+
+class EventStream(ABC):
+    @abstractmethod
+    def put(self, records: list[tuple[str, bytes]]) -> PutResult:
+        """Write (partition key, data) records; retry failures; report what still failed."""
+
+
+class KinesisEventStream(EventStream):
+    def __init__(self, stream_name: str, client=None, attempts: int = 4, base_delay: float = 0.05):
+        self.stream_name = stream_name
+        self._client = client
+        self.attempts = attempts
+        self.base_delay = base_delay
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = aws.client("kinesis")
+        return self._client
+
+    def put(self, records):
+        errors: list[str | None] = ["not attempted"] * len(records)
+        pending = list(range(len(records)))
+        for attempt in range(self.attempts):
+            if attempt:
+                time.sleep(random.uniform(0, self.base_delay * 2 ** attempt))
+            still: list[int] = []
+            for chunk in _chunks(pending, records):
+                try:
+                    response = self.client.put_records(StreamName=self.stream_name, Records=[
+                        {"PartitionKey": records[i][0], "Data": records[i][1]} for i in chunk])
+                except ClientError as exc:
+                    if aws.error_code(exc) not in aws.THROTTLE_CODES:
+                        raise
+                    for i in chunk:
+                        errors[i] = aws.error_code(exc)
+                    still.extend(chunk)
+                    continue
+                for i, result in zip(chunk, response["Records"]):
+                    if "ErrorCode" in result:
+                        errors[i] = result["ErrorCode"]
+                        still.append(i)
+                    else:
+                        errors[i] = None
+            pending = still
+            if not pending:
+                break
+        return PutResult(errors)
+
+
+def _chunks(indexes: list[int], records: list[tuple[str, bytes]]):
+    chunk: list[int] = []
+    size = 0
+    for i in indexes:
+        record_size = len(records[i][0].encode()) + len(records[i][1])
+        if chunk and (len(chunk) == PUT_RECORDS_LIMIT or size + record_size > PUT_RECORDS_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(i)
+        size += record_size
+    if chunk:
+        yield chunk
+
+
+class MemoryEventStream(EventStream):
+    """Records in a list, all written."""
+
+    def __init__(self):
+        self.records: list[tuple[str, bytes]] = []
+
+    def put(self, records):
+        self.records.extend(records)
+        return PutResult([None] * len(records))

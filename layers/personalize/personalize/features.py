@@ -1,0 +1,71 @@
+"""Features as readers see them, computed from rows at a point in time.
+
+Named ``<measure>_<window>`` (DESIGN 3.2): ``views_10m``, ``clicks_1h``, ... and
+``click_rate_10m`` = clicks per view over the last 10 minutes (0 without views). Serving,
+the operators' endpoint and training all call these functions, so a feature means the
+same thing everywhere.
+"""
+
+from __future__ import annotations
+
+from . import windows
+from .events import MEASURES
+from .state import AFFINITY_HALF_LIFE_MS, ItemView, UserRow
+
+WINDOWED_NAMES = tuple(f"{m}_{w}" for m in MEASURES for w in windows.WINDOWS)
+
+
+def windowed(tiles, now_ms: int) -> dict[str, int]:
+    sums = windows.window_sums(tiles, now_ms)
+    out = {}
+    for i, measure in enumerate(MEASURES):
+        for name in windows.WINDOWS:
+            out[f"{measure}_{name}"] = sums[name][i]
+    return out
+
+
+def click_rate(clicks: int, views: int) -> float:
+    return clicks / views if views else 0.0
+
+
+def user_features(row: UserRow, now_ms: int) -> dict:
+    """The shopper's online features at ``now_ms`` (the operators' JSON view)."""
+    out: dict = windowed(row.tiles, now_ms)
+    out["click_rate_10m"] = click_rate(out["clicks_10m"], out["views_10m"])
+    for i, measure in enumerate(MEASURES):
+        out[f"{measure}_total"] = row.totals[i]
+    out["last_event_ts"] = row.last_ts or None
+    out["category_affinity"] = {
+        category: round(windows.decay(weight, ts, now_ms, AFFINITY_HALF_LIFE_MS), 6)
+        for category, (weight, ts) in sorted(row.affinity.items())
+    }
+    out["recent_items"] = [item for item, _, _ in reversed(row.recent)]
+    out["items"] = {item: dict(zip((*MEASURES, "last_ts"), stats)) for item, stats in row.items.items()}
+    return out
+
+
+def item_features(view: ItemView, now_ms: int, country: str | None = None) -> dict:
+    out: dict = windowed(view.tiles, now_ms)
+    out["click_rate_10m"] = click_rate(out["clicks_10m"], out["views_10m"])
+    out["trending_velocity"] = trending_velocity(view.tiles, now_ms)
+    out["popularity"] = view.popularity
+    out["stock"] = view.stock
+    if country is not None:
+        out["country"] = windowed(view.countries.get(country, {}), now_ms)
+    return out
+
+
+# Interaction weights for trending: a purchase says more than a view.
+TRENDING_WEIGHTS = (1.0, 2.0, 4.0, 8.0)
+
+
+def trending_velocity(tiles, now_ms: int) -> float:
+    """Weighted events per minute over the last 10 minutes above the last hour's mean rate.
+
+    Positive when the item is accelerating; it rises within seconds of a burst and decays
+    as the burst ages into the hour's baseline.
+    """
+    sums = windows.window_sums(tiles, now_ms)
+    short = sum(w * c for w, c in zip(TRENDING_WEIGHTS, sums["10m"]))
+    long = sum(w * c for w, c in zip(TRENDING_WEIGHTS, sums["1h"]))
+    return max(0.0, short / 10 - long / 60)

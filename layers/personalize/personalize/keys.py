@@ -1,0 +1,48 @@
+"""Keys of the two tables.
+
+``features`` (a global table: the edge reads its nearest replica) holds one row per
+shopper. ``items`` (regional: only the snapshot builder and the guardrail read it) holds
+item and variant rows split by source shard, and experiment state. Keeping hot item
+writes out of the global table means they are not replicated to every region.
+"""
+
+from __future__ import annotations
+
+USER_SK = "row"
+EXPERIMENT_SK = "state"
+
+
+def user_key(user_id: str) -> tuple[str, str]:
+    return f"u#{user_id}", USER_SK
+
+
+def item_key(item_id: str, shard: str) -> tuple[str, str]:
+    return f"i#{item_id}", f"s#{shard}"
+
+
+def variant_pk(experiment: str, variant: str) -> str:
+    return f"x#{experiment}#{variant}"
+
+
+def variant_key(experiment: str, variant: str, shard: str) -> tuple[str, str]:
+    return variant_pk(experiment, variant), f"s#{shard}"
+
+
+def experiment_key(experiment: str) -> tuple[str, str]:
+    return f"e#{experiment}", EXPERIMENT_SK
+
+
+def item_id_of(pk: str) -> str:
+    return pk[2:]
+
+
+# rec_id = "<experiment id>~<random hex>": attribution needs the experiment, and events
+# carry only rec_id and variant back.
+REC_ID_SEPARATOR = "~"
+NO_EXPERIMENT = "none"
+
+
+def experiment_of(rec_id: str | None) -> str:
+    if rec_id and REC_ID_SEPARATOR in rec_id:
+        return rec_id.split(REC_ID_SEPARATOR, 1)[0] or NO_EXPERIMENT
+    return NO_EXPERIMENT

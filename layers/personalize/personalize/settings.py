@@ -1,0 +1,59 @@
+"""Names shared by template, code and tests, and configuration validated at cold start.
+
+Every AWS resource a function uses is named here once: its logical id in ``template.yaml``
+and the environment variable that carries its physical name. A test checks that the
+template passes each function exactly these variables.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+NAMESPACE = "RealtimePersonalization"
+
+
+@dataclass(frozen=True)
+class Resource:
+    logical_id: str
+    env: str
+
+
+FEATURES_TABLE = Resource("FeaturesTable", "FEATURES_TABLE")
+ITEMS_TABLE = Resource("ItemsTable", "ITEMS_TABLE")
+EVENTS_STREAM = Resource("EventsStream", "EVENTS_STREAM")
+QUARANTINE_QUEUE = Resource("QuarantineQueue", "QUARANTINE_QUEUE_URL")
+STREAM_FAILURE_QUEUE = Resource("StreamFailureQueue", "STREAM_FAILURE_QUEUE_URL")
+SNAPSHOT_BUCKET = Resource("SnapshotBucket", "SNAPSHOT_BUCKET")
+
+# Which variables each function receives (template Environment), by function logical id.
+FUNCTION_RESOURCES = {
+    "CollectFunction": (EVENTS_STREAM,),
+    "AggregateFunction": (FEATURES_TABLE, ITEMS_TABLE, QUARANTINE_QUEUE),
+    "FeaturesFunction": (FEATURES_TABLE,),
+}
+
+
+class ConfigError(RuntimeError):
+    """The function's environment is missing something it needs."""
+
+
+def load(*resources: Resource) -> dict[Resource, str]:
+    """Read the physical names of ``resources`` from the environment, all or nothing."""
+    missing = [r.env for r in resources if not os.environ.get(r.env)]
+    if missing:
+        raise ConfigError(f"missing environment variables: {', '.join(missing)}")
+    return {r: os.environ[r.env] for r in resources}
+
+
+def int_setting(name: str, default: int, low: int, high: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be within {low}..{high}, got {value}")
+    return value

@@ -1,0 +1,350 @@
+"""Entity state kept in the feature store, and how one event changes it.
+
+Three kinds of entity, each one DynamoDB item (see ``keys``):
+
+* a shopper's row: everything ranking needs about the shopper (tiles, category affinity,
+  the items they touched, their recent items), msgpack, read by serving with one GetItem;
+* an item's per-shard row: its tiles overall and per country, totals, decayed popularity,
+  stock and co-visitation neighbours, as seen on one Kinesis shard;
+* an experiment variant's per-shard row: impressions, clicks, add-to-carts, purchases and
+  revenue attributed through ``rec_id``/``variant``.
+
+Items and variants are split by source shard so that each row has exactly one writer (the
+shard's batch) and a hot item's write rate is bounded by the number of shards, not by its
+traffic; readers merge the rows of one item (``merge_item_rows``).
+
+Plain Python, no AWS: training replays history through the same functions.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+from . import windows
+from .events import MEASURE_INDEX, Event
+
+# Tuning, in one place. Half-lives are in event time.
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+INTERACTION_WEIGHTS = (1.0, 2.0, 4.0, 8.0)  # view, click, add_to_cart, purchase
+AFFINITY_HALF_LIFE_MS = DAY_MS
+POPULARITY_HALF_LIFE_MS = 7 * DAY_MS
+COVISIT_WINDOW_MS = 30 * 60_000
+COVISIT_HALF_LIFE_MS = 7 * DAY_MS
+RECENT_ITEMS = 20
+USER_ITEMS = 64
+USER_CATEGORIES = 16
+NEIGHBOURS = 20
+DEDUPE_IDS = 64
+
+
+def id_hash(text: str) -> int:
+    return zlib.crc32(text.encode())
+
+
+@dataclass(slots=True)
+class Aux:
+    """Bookkeeping that makes writes exactly-once in effect; never served.
+
+    ``wm``: per source shard, the highest Kinesis sequence number already applied.
+    ``seen``: event-id hash -> sequence-number hash of the record that first carried it,
+    for the last ``DEDUPE_IDS`` events, so a client's resend of an event_id is ignored
+    while a redelivery of the same record is recognised as already applied.
+    """
+
+    wm: dict[str, str] = field(default_factory=dict)
+    seen: dict[int, int] = field(default_factory=dict)
+
+    def advance(self, shard: str, seq: int) -> None:
+        mark = self.wm.get(shard)
+        if mark is None or seq > int(mark):
+            self.wm[shard] = str(seq)
+
+    def is_duplicate(self, event_key: int, record_key: int) -> bool:
+        first = self.seen.get(event_key)
+        return first is not None and first != record_key
+
+    def remember(self, event_key: int, record_key: int) -> None:
+        if event_key in self.seen:
+            return
+        self.seen[event_key] = record_key
+        if len(self.seen) > DEDUPE_IDS:
+            del self.seen[next(iter(self.seen))]
+
+    def to_obj(self) -> list:
+        return [self.wm, self.seen]
+
+    @classmethod
+    def from_obj(cls, obj: list | None) -> Aux:
+        if not obj:
+            return cls()
+        return cls(dict(obj[0]), dict(obj[1]))
+
+
+# --- shoppers -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class UserRow:
+    """The shopper's serving row.
+
+    ``items``: item -> [views, clicks, add_to_carts, purchases, last_ts] for the shopper's
+    ``USER_ITEMS`` strongest items; ``recent``: [item, ts, event-id hash] for the last
+    ``RECENT_ITEMS`` interactions in event-time order; ``affinity``: category -> [decayed
+    weight, as-of ts]; ``totals``: all-time counts per measure; ``last_ts``: newest event.
+    """
+
+    tiles: dict[int, list[int]] = field(default_factory=dict)
+    affinity: dict[str, list] = field(default_factory=dict)
+    items: dict[str, list] = field(default_factory=dict)
+    recent: list[list] = field(default_factory=list)
+    totals: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    last_ts: int = 0
+
+    def to_obj(self) -> dict:
+        return {"t": self.tiles, "a": self.affinity, "i": self.items, "r": self.recent,
+                "n": self.totals, "l": self.last_ts}
+
+    @classmethod
+    def from_obj(cls, obj: dict | None) -> UserRow:
+        if not obj:
+            return cls()
+        return cls(obj["t"], obj["a"], obj["i"], obj["r"], obj["n"], obj["l"])
+
+
+def covisit_sources(row: UserRow, event: Event, event_key: int) -> list[str]:
+    """Items this shopper touched shortly before ``event`` (in event time).
+
+    Ordered by (ts, event-id hash), so the answer is the same whether or not the row
+    already holds the event: a redelivered batch yields the same co-visits.
+    """
+    ts = event.ts
+    floor = ts - COVISIT_WINDOW_MS
+    mark = (ts, event_key)
+    return [item for item, t, k in row.recent
+            if floor <= t and (t, k) < mark and item != event.item_id]
+
+
+def apply_user_event(row: UserRow, event: Event, event_key: int) -> None:
+    """Count one event (not late: the batch drops those) into the shopper's row."""
+    measure = MEASURE_INDEX.get(event.type)
+    if measure is None:  # impressions leave the shopper's features unchanged
+        return
+    ts = event.ts
+    qty = event.quantity if measure >= 2 else 1
+    windows.add(row.tiles, ts, measure, qty)
+    row.totals[measure] += qty
+    if ts > row.last_ts:
+        row.last_ts = ts
+
+    item = event.item_id
+    stats = row.items.get(item)
+    if stats is None:
+        if len(row.items) >= USER_ITEMS:
+            _evict_weakest_item(row.items)
+        stats = row.items[item] = [0, 0, 0, 0, ts]
+    stats[measure] += qty
+    if ts > stats[4]:
+        stats[4] = ts
+
+    recent = row.recent
+    entry = [item, ts, event_key]
+    if not recent or (recent[-1][1], recent[-1][2]) <= (ts, event_key):
+        recent.append(entry)
+    else:  # late arrival: keep event-time order
+        recent.append(entry)
+        recent.sort(key=lambda e: (e[1], e[2]))
+    if len(recent) > RECENT_ITEMS:
+        del recent[: len(recent) - RECENT_ITEMS]
+
+    if event.category:
+        weight = INTERACTION_WEIGHTS[measure]
+        current = row.affinity.get(event.category)
+        if current is None:
+            row.affinity[event.category] = [weight, ts]
+            if len(row.affinity) > USER_CATEGORIES:
+                weakest = min(row.affinity, key=lambda c: windows.decay(
+                    row.affinity[c][0], row.affinity[c][1], ts, AFFINITY_HALF_LIFE_MS))
+                del row.affinity[weakest]
+        else:
+            as_of = max(ts, current[1])
+            current[0] = (windows.decay(current[0], current[1], as_of, AFFINITY_HALF_LIFE_MS)
+                          + windows.decay(weight, ts, as_of, AFFINITY_HALF_LIFE_MS))
+            current[1] = as_of
+
+
+def _evict_weakest_item(items: dict[str, list]) -> None:
+    # Purchases and carts say more about a shopper than views; recency breaks ties.
+    weakest = min(items, key=lambda i: (items[i][3] * 4 + items[i][2] * 2 + items[i][1] + items[i][0] * 0.25,
+                                        items[i][4]))
+    del items[weakest]
+
+
+# --- items ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ItemRow:
+    """One item as seen on one shard (merge the shards' rows with ``merge_item_rows``).
+
+    ``popularity``: [decayed interaction weight, as-of ts]; ``stock``: [level, ts,
+    event-id hash] of the newest stock event or None; ``neighbours``: co-visited item ->
+    [decayed weight, as-of ts], the ``NEIGHBOURS`` strongest.
+    """
+
+    tiles: dict[int, list[int]] = field(default_factory=dict)
+    countries: dict[str, dict[int, list[int]]] = field(default_factory=dict)
+    totals: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    popularity: list = field(default_factory=lambda: [0.0, 0])
+    stock: list | None = None
+    neighbours: dict[str, list] = field(default_factory=dict)
+    category: str | None = None
+    price: float | None = None
+
+    def to_obj(self) -> dict:
+        return {"t": self.tiles, "c": self.countries, "n": self.totals, "p": self.popularity,
+                "s": self.stock, "nb": self.neighbours, "cat": self.category, "pr": self.price}
+
+    @classmethod
+    def from_obj(cls, obj: dict | None) -> ItemRow:
+        if not obj:
+            return cls()
+        return cls(obj["t"], obj["c"], obj["n"], obj["p"], obj["s"], obj["nb"], obj["cat"], obj["pr"])
+
+
+def apply_item_event(row: ItemRow, event: Event, event_key: int) -> None:
+    """Count one event (not late: the batch drops those) into the item's row."""
+    ts = event.ts
+    if event.type == "stock":
+        current = row.stock
+        if current is None or (current[1], current[2]) < (ts, event_key):
+            row.stock = [event.stock, ts, event_key]
+        return
+    measure = MEASURE_INDEX[event.type]
+    qty = event.quantity if measure >= 2 else 1
+    windows.add(row.tiles, ts, measure, qty)
+    if event.country:
+        tiles = row.countries.get(event.country)
+        if tiles is None:
+            tiles = row.countries[event.country] = {}
+        windows.add(tiles, ts, measure, qty)
+    row.totals[measure] += qty
+    pop = row.popularity
+    weight = INTERACTION_WEIGHTS[measure] * qty
+    as_of = max(ts, pop[1])
+    pop[0] = (windows.decay(pop[0], pop[1], as_of, POPULARITY_HALF_LIFE_MS)
+              + windows.decay(weight, ts, as_of, POPULARITY_HALF_LIFE_MS))
+    pop[1] = as_of
+    if event.category:
+        row.category = event.category
+    if event.price is not None:
+        row.price = event.price
+
+
+def add_covisits(row: ItemRow, sources: list[str], ts: int) -> None:
+    for other in sources:
+        current = row.neighbours.get(other)
+        if current is None:
+            row.neighbours[other] = [1.0, ts]
+        else:
+            as_of = max(ts, current[1])
+            current[0] = (windows.decay(current[0], current[1], as_of, COVISIT_HALF_LIFE_MS)
+                          + windows.decay(1.0, ts, as_of, COVISIT_HALF_LIFE_MS))
+            current[1] = as_of
+    if len(row.neighbours) > NEIGHBOURS:
+        latest = max(v[1] for v in row.neighbours.values())
+        ranked = sorted(row.neighbours.items(), key=lambda kv: -windows.decay(
+            kv[1][0], kv[1][1], latest, COVISIT_HALF_LIFE_MS))
+        row.neighbours = dict(ranked[:NEIGHBOURS])
+
+
+def prune_user(row: UserRow, now_ms: int) -> None:
+    windows.prune(row.tiles, now_ms)
+
+
+def prune_item(row: ItemRow, now_ms: int) -> None:
+    """Drop tiles that have left every window (an item row can outlive its traffic)."""
+    windows.prune(row.tiles, now_ms)
+    for country in list(row.countries):
+        windows.prune(row.countries[country], now_ms)
+        if not row.countries[country]:
+            del row.countries[country]
+
+
+@dataclass(slots=True)
+class ItemView:
+    """An item merged over its per-shard rows, as readers see it."""
+
+    tiles: dict[int, list[int]]
+    countries: dict[str, dict[int, list[int]]]
+    totals: list[int]
+    popularity: float
+    popularity_ts: int
+    stock: int | None
+    neighbours: dict[str, float]
+    category: str | None
+    price: float | None
+
+
+def merge_item_rows(rows: list[ItemRow], now_ms: int) -> ItemView:
+    tiles: dict[int, list[int]] = {}
+    countries: dict[str, dict[int, list[int]]] = {}
+    totals = [0, 0, 0, 0]
+    popularity = 0.0
+    stock = None
+    neighbours: dict[str, float] = {}
+    category = price = None
+    for row in rows:
+        windows.merge_into(tiles, row.tiles)
+        for country, ctiles in row.countries.items():
+            windows.merge_into(countries.setdefault(country, {}), ctiles)
+        for i in range(4):
+            totals[i] += row.totals[i]
+        popularity += windows.decay(row.popularity[0], row.popularity[1], now_ms, POPULARITY_HALF_LIFE_MS)
+        if row.stock is not None and (stock is None or (stock[1], stock[2]) < (row.stock[1], row.stock[2])):
+            stock = row.stock
+        for other, (weight, ts) in row.neighbours.items():
+            neighbours[other] = neighbours.get(other, 0.0) + windows.decay(weight, ts, now_ms, COVISIT_HALF_LIFE_MS)
+        category = row.category or category
+        price = row.price if row.price is not None else price
+    return ItemView(tiles, countries, totals, popularity, now_ms, None if stock is None else stock[0],
+                    neighbours, category, price)
+
+
+# --- experiment variants --------------------------------------------------------------
+
+VARIANT_COUNTERS = ("impressions", "clicks", "add_to_carts", "purchases")
+
+
+@dataclass(slots=True)
+class VariantRow:
+    """Counters attributed to one experiment variant on one shard."""
+
+    counts: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    revenue: float = 0.0
+    last_ts: int = 0
+
+    def to_obj(self) -> dict:
+        return {"n": self.counts, "rev": self.revenue, "l": self.last_ts}
+
+    @classmethod
+    def from_obj(cls, obj: dict | None) -> VariantRow:
+        if not obj:
+            return cls()
+        return cls(obj["n"], obj["rev"], obj["l"])
+
+
+def apply_variant_event(row: VariantRow, event: Event) -> None:
+    if event.type == "impression":
+        row.counts[0] += 1
+    elif event.type == "click":
+        row.counts[1] += 1
+    elif event.type == "add_to_cart":
+        row.counts[2] += 1
+    elif event.type == "purchase":
+        row.counts[3] += 1
+        if event.price is not None:
+            row.revenue += event.price * event.quantity
+    if event.ts > row.last_ts:
+        row.last_ts = event.ts

@@ -1,0 +1,67 @@
+import pytest
+
+from personalize.events import Event, EventError, parse_event, partition_key
+
+NOW = 1_790_000_000_000
+
+
+def base(**overrides):
+    event = {"event_id": "e1", "type": "click", "user_id": "u1", "item_id": "i1", "ts": NOW}
+    event.update(overrides)
+    return {k: v for k, v in event.items() if v is not None}
+
+
+@pytest.mark.parametrize("obj", [
+    pytest.param(base(), id="click"),
+    pytest.param(base(type="stock", user_id=None, stock=0), id="stock-without-user"),
+    pytest.param(base(type="impression", item_id=None, items=["a", "b"], rec_id="x~1", variant="challenger"),
+                 id="impression-without-item"),
+    pytest.param(base(type="purchase", price=12.5, quantity=2, country="de", category="shoes"), id="purchase-full"),
+    pytest.param(base(unknown_field={"nested": True}), id="unknown-fields-ignored"),
+    pytest.param(base(ts=float(NOW)), id="integral-float-ts"),
+])
+def test_valid_events_are_accepted(obj):
+    event = parse_event(obj, NOW)
+    assert isinstance(event, Event)
+    assert event.event_id == "e1"
+
+
+@pytest.mark.parametrize("obj, message", [
+    pytest.param([1, 2], "JSON object", id="not-an-object"),
+    pytest.param(base(event_id=""), "event_id must be 1-64", id="empty-event-id"),
+    pytest.param(base(event_id="x" * 65), "event_id must be 1-64", id="long-event-id"),
+    pytest.param(base(type="like"), "type must be one of", id="unknown-type"),
+    pytest.param(base(user_id=None), "user_id is required", id="click-without-user"),
+    pytest.param(base(item_id=None), "item_id is required", id="click-without-item"),
+    pytest.param(base(ts=None), "ts is required", id="missing-ts"),
+    pytest.param(base(ts="1790000000000"), "ts must be an integer", id="string-ts"),
+    pytest.param(base(ts=True), "ts must be an integer", id="boolean-ts"),
+    pytest.param(base(ts=1_790_000_000), "epoch milliseconds", id="seconds-ts"),
+    pytest.param(base(ts=NOW + 10 * 60_000), "in the future", id="future-ts"),
+    pytest.param(base(country="DEU"), "ISO 3166", id="three-letter-country"),
+    pytest.param(base(price=-1), "price must be a number >= 0", id="negative-price"),
+    pytest.param(base(price=float("nan")), "price must be a number >= 0", id="nan-price"),
+    pytest.param(base(quantity=0), "quantity must be an integer >= 1", id="zero-quantity"),
+    pytest.param(base(type="stock", user_id=None), "stock is required", id="stock-without-level"),
+    pytest.param(base(type="stock", user_id=None, stock=-3), "stock must be an integer >= 0", id="negative-stock"),
+    pytest.param(base(type="impression", item_id=None), "items must be a non-empty list", id="impression-no-items"),
+    pytest.param(base(type="impression", items=[""]), "items must hold item ids", id="impression-empty-id"),
+    pytest.param(base(user_id=42), "user_id must be a string", id="numeric-user"),
+])
+def test_invalid_events_say_which_rule(obj, message):
+    with pytest.raises(EventError, match=message):
+        parse_event(obj, NOW)
+
+
+def test_country_is_normalised_to_upper_case():
+    assert parse_event(base(country="fr"), NOW).country == "FR"
+
+
+def test_partition_key_is_the_shopper_or_the_item_for_stock():
+    assert partition_key(parse_event(base(), NOW)) == "u1"
+    assert partition_key(parse_event(base(type="stock", user_id=None, stock=3), NOW)) == "i1"
+
+
+def test_round_trip_drops_unknown_fields_and_defaults():
+    event = parse_event(base(unknown=1, quantity=1), NOW)
+    assert event.to_dict() == {"event_id": "e1", "type": "click", "ts": NOW, "user_id": "u1", "item_id": "i1"}
