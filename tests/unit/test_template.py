@@ -1,0 +1,76 @@
+"""template.yaml: lint-clean, python3.12 on x86_64, least privilege, names shared with code."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from infra.local import template
+from personalize import settings
+
+BIN = Path(sys.executable).parent
+FUNCTIONS = template.of_type("AWS::Serverless::Function")
+
+
+def test_cfn_lint_is_clean():
+    result = subprocess.run([str(BIN / "cfn-lint"), str(template.TEMPLATE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.skipif(not (BIN / "sam").exists() and not shutil.which("sam"), reason="sam CLI not installed")
+def test_sam_validate_lint_is_clean():
+    sam = str(BIN / "sam") if (BIN / "sam").exists() else "sam"
+    result = subprocess.run([sam, "validate", "--lint", "--template", str(template.TEMPLATE), "--region", "us-east-1"],
+                            capture_output=True, text=True, env={"SAM_CLI_TELEMETRY": "0", "PATH": str(BIN)})
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
+def test_functions_run_python312_on_x86_64(name):
+    globals_ = template.load()["Globals"]["Function"]
+    props = {**globals_, **FUNCTIONS[name]["Properties"]}
+    assert props["Runtime"] == "python3.12"
+    assert props["Architectures"] == ["x86_64"]
+    assert FUNCTIONS[name]["Metadata"]["BuildMethod"] == "makefile"
+
+
+@pytest.mark.parametrize("name", sorted(settings.FUNCTION_RESOURCES))
+def test_function_environment_matches_the_shared_names(name):
+    variables = FUNCTIONS[name]["Properties"]["Environment"]["Variables"]
+    for resource in settings.FUNCTION_RESOURCES[name]:
+        assert variables[resource.env] == {"Ref": resource.logical_id}, resource
+
+
+def _statements(props):
+    for policy in props.get("Policies", []):
+        if isinstance(policy, dict) and "Statement" in policy:
+            yield from policy["Statement"]
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
+def test_no_wildcard_actions_on_data(name):
+    for statement in _statements(FUNCTIONS[name]["Properties"]):
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        assert all("*" not in a for a in actions), (name, actions)
+        if any(a.split(":")[0] in ("dynamodb", "kinesis", "s3", "sqs") for a in actions):
+            assert statement["Resource"] != "*", (name, statement)
+
+
+def test_stream_trigger_never_drops_silently():
+    props = FUNCTIONS["AggregateFunction"]["Properties"]["Events"]["Stream"]["Properties"]
+    assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert props["MaximumBatchingWindowInSeconds"] <= 1
+    assert props["BisectBatchOnFunctionError"] is True
+    assert props["DestinationConfig"]["OnFailure"]["Destination"] == {"Fn::GetAtt": ["StreamFailureQueue", "Arn"]}
+    stream = template.resources()["EventsStream"]["Properties"]
+    assert stream["StreamModeDetails"]["StreamMode"] == "ON_DEMAND"
+
+
+def test_samconfig_has_dev_and_prod():
+    import tomllib
+    config = tomllib.loads((template.ROOT / "samconfig.toml").read_text())
+    assert {"dev", "prod"} <= set(config)
+    assert config["prod"]["deploy"]["parameters"]["stack_name"] if "stack_name" in config["prod"]["deploy"][
+        "parameters"] else config["prod"]["global"]["parameters"]["stack_name"]
