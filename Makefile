@@ -35,6 +35,9 @@ lint: $(STAMP) ## cfn-lint and sam validate --lint on the template, ruff on the 
 build: $(STAMP) ## sam build (no Docker, no local Python 3.12 needed)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/sam build --build-in-source --template template.yaml
 
+demo: $(STAMP) ## Set up, then run the scripted demo on the embedded local stack
+	$(BIN)/python -m infra.demo
+
 serve: $(STAMP) ## Run the whole pipeline locally on 127.0.0.1 (embedded moto AWS)
 	$(BIN)/python -m infra.local.serve
 

@@ -31,7 +31,6 @@ def _no_real_aws(monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "1")
-    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "1")
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
 
 

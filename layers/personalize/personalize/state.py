@@ -122,8 +122,14 @@ def covisit_sources(row: UserRow, event: Event, event_key: int) -> list[str]:
     ts = event.ts
     floor = ts - COVISIT_WINDOW_MS
     mark = (ts, event_key)
-    return [item for item, t, k in row.recent
-            if floor <= t and (t, k) < mark and item != event.item_id]
+    own = event.item_id
+    out = []
+    for item, t, k in reversed(row.recent):  # newest first; stop at the window's edge
+        if t < floor:
+            break
+        if (t, k) < mark and item != own:
+            out.append(item)
+    return out
 
 
 def apply_user_event(row: UserRow, event: Event, event_key: int) -> None:
@@ -243,20 +249,20 @@ def apply_item_event(row: ItemRow, event: Event, event_key: int) -> None:
 
 
 def add_covisits(row: ItemRow, sources: list[str], ts: int) -> None:
+    """Strengthen the item's links to ``sources``; the list is cut to the strongest
+    ``NEIGHBOURS`` once per batch (``prune_item``), not per event."""
+    neighbours = row.neighbours
     for other in sources:
-        current = row.neighbours.get(other)
+        current = neighbours.get(other)
         if current is None:
-            row.neighbours[other] = [1.0, ts]
-        else:
-            as_of = max(ts, current[1])
-            current[0] = (windows.decay(current[0], current[1], as_of, COVISIT_HALF_LIFE_MS)
-                          + windows.decay(1.0, ts, as_of, COVISIT_HALF_LIFE_MS))
-            current[1] = as_of
-    if len(row.neighbours) > NEIGHBOURS:
-        latest = max(v[1] for v in row.neighbours.values())
-        ranked = sorted(row.neighbours.items(), key=lambda kv: -windows.decay(
-            kv[1][0], kv[1][1], latest, COVISIT_HALF_LIFE_MS))
-        row.neighbours = dict(ranked[:NEIGHBOURS])
+            neighbours[other] = [1.0, ts]
+        elif ts >= current[1]:
+            if ts > current[1]:
+                current[0] *= 0.5 ** ((ts - current[1]) / COVISIT_HALF_LIFE_MS)
+                current[1] = ts
+            current[0] += 1.0
+        else:  # a late event: its link has already decayed to the row's time
+            current[0] += 0.5 ** ((current[1] - ts) / COVISIT_HALF_LIFE_MS)
 
 
 def prune_user(row: UserRow, now_ms: int) -> None:
@@ -264,8 +270,13 @@ def prune_user(row: UserRow, now_ms: int) -> None:
 
 
 def prune_item(row: ItemRow, now_ms: int) -> None:
-    """Drop tiles that have left every window (an item row can outlive its traffic)."""
+    """Drop tiles that have left every window (an item row can outlive its traffic) and
+    keep the ``NEIGHBOURS`` strongest co-visited items."""
     windows.prune(row.tiles, now_ms)
+    if len(row.neighbours) > NEIGHBOURS:
+        ranked = sorted(row.neighbours.items(), key=lambda kv: (
+            -windows.decay(kv[1][0], kv[1][1], now_ms, COVISIT_HALF_LIFE_MS), kv[0]))
+        row.neighbours = dict(ranked[:NEIGHBOURS])
     for country in list(row.countries):
         windows.prune(row.countries[country], now_ms)
         if not row.countries[country]:

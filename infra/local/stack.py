@@ -1,0 +1,206 @@
+"""The whole pipeline in one process on 127.0.0.1: embedded moto AWS (a moto server on a
+loopback port), resources from template.yaml, the functions in-process, the Kinesis poller
+and the HTTP front. ``make serve`` runs it; tests and the demo start it in-process.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import secrets
+import socket
+import sys
+import threading
+import warnings
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from personalize import settings
+from personalize.adapters import aws
+
+from . import handlers, resources
+from .lambda_events import context, http_api_event
+from .poller import KinesisPoller
+from .template import ROOT
+
+log = logging.getLogger(__name__)
+STATE_FILE = ROOT / "build" / "local-stack.json"
+MAX_BODY = 8 * 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+LOG_FILE = ROOT / "build" / "local-stack.log"
+_invoking = threading.local()
+
+
+class _FunctionOutput(io.TextIOBase):
+    """sys.stdout that sends what functions print (structured logs, EMF metrics) to the
+    stack's log file, like CloudWatch Logs, and everything else to the terminal."""
+
+    def __init__(self, terminal, sink):
+        self.terminal = terminal
+        self.sink = sink
+
+    def write(self, text):
+        return (self.sink if getattr(_invoking, "active", False) else self.terminal).write(text)
+
+    def flush(self):
+        self.terminal.flush()
+        self.sink.flush()
+
+
+class Function:
+    """One deployed function: a module, invoked one request at a time like a container."""
+
+    def __init__(self, name: str):
+        self.name = name
+        os.environ["POWERTOOLS_SERVICE_NAME"] = name  # as the template sets per function
+        self.module = handlers.load(name)
+        self.lock = threading.Lock()
+        logger = getattr(self.module, "logger", None)
+        if logger is not None:  # Powertools bound its handler to the real stdout at import
+            for handler in logger._logger.handlers:
+                if isinstance(handler, logging.StreamHandler):
+                    handler.setStream(sys.stdout)
+
+    def __call__(self, event: dict, ctx=None) -> dict:
+        with self.lock:
+            _invoking.active = True
+            try:
+                return self.module.lambda_handler(event, ctx or context(self.name))
+            finally:
+                _invoking.active = False
+
+
+class LocalStack:
+    def __init__(self, port: int = 0, aws_port: int = 0, poll_interval_s: float = 0.2):
+        self.port = port or free_port()
+        self.aws_port = aws_port or free_port()
+        self.poll_interval_s = poll_interval_s
+        self.functions: dict[str, Function] = {}
+        self._moto = None
+        self._http: ThreadingHTTPServer | None = None
+        self.poller: KinesisPoller | None = None
+        self.resources: resources.LocalResources | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def aws_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.aws_port}"
+
+    def start(self) -> LocalStack:
+        from moto.server import ThreadedMotoServer
+
+        os.environ.update({
+            "AWS_ENDPOINT_URL": self.aws_endpoint, "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
+            "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1", "POWERTOOLS_TRACE_DISABLED": "1",
+        })
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=self.aws_port, verbose=False)
+        self._moto.start()
+        LOG_FILE.parent.mkdir(parents=True, exist_ok=True)
+        if not isinstance(sys.stdout, _FunctionOutput):
+            sys.stdout = _FunctionOutput(sys.stdout, LOG_FILE.open("a", buffering=1))
+        warnings.filterwarnings("ignore", message="No application metrics to publish")
+        aws.reset()
+        self.resources = resources.create_all()
+        os.environ.update(self.resources.env())
+        self.signing_key = secrets.token_urlsafe(32)
+        for name in ("collect", "aggregate", "features"):
+            self.functions[name] = Function(name)
+        self.poller = KinesisPoller(
+            self.resources.names[settings.EVENTS_STREAM.logical_id],
+            self.resources.arns[settings.EVENTS_STREAM.logical_id],
+            self.functions["aggregate"], self.resources.names[settings.STREAM_FAILURE_QUEUE.logical_id])
+        self.poller.start(idle_sleep_s=self.poll_interval_s)
+        self._http = ThreadingHTTPServer(("127.0.0.1", self.port), _front(self))
+        self._http.daemon_threads = True
+        threading.Thread(target=self._http.serve_forever, name="http-front", daemon=True).start()
+        self.write_state()
+        return self
+
+    def write_state(self, path: Path = STATE_FILE) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({
+            "endpoint": self.endpoint, "aws_endpoint": self.aws_endpoint, "signing_key": self.signing_key,
+            "region": "us-east-1", "resources": self.resources.names,
+        }, indent=2))
+
+    def stop(self) -> None:
+        if self.poller:
+            self.poller.stop()
+        if self._http:
+            self._http.shutdown()
+        if self._moto:
+            self._moto.stop()
+
+    # --- routing ---
+    def route(self, method: str, path: str, query: dict, headers: dict, body: bytes | None) -> dict:
+        if method == "POST" and path == "/events":
+            return self.functions["collect"](http_api_event("POST", path, body, headers, query))
+        if method == "GET" and path.startswith("/features/users/") and len(path) > len("/features/users/"):
+            user_id = path[len("/features/users/"):]
+            return self.functions["features"](http_api_event("GET", path, None, headers, query,
+                                                             {"user_id": user_id}))
+        return {"statusCode": 404, "headers": {"content-type": "application/json"},
+                "body": json.dumps({"message": f"no route for {method} {path}"})}
+
+
+def _front(stack: LocalStack):
+    from urllib.parse import parse_qsl, unquote, urlsplit
+
+    class Front(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _handle(self, method: str) -> None:
+            url = urlsplit(self.path)
+            length = int(self.headers.get("content-length") or 0)
+            if length > MAX_BODY:
+                self._send(413, {"content-type": "application/json"}, b'{"message": "body too large"}')
+                return
+            body = self.rfile.read(length) if length else None
+            try:
+                response = stack.route(method, unquote(url.path), dict(parse_qsl(url.query)),
+                                       {k.lower(): v for k, v in self.headers.items()}, body)
+            except Exception:
+                log.exception("front: %s %s", method, self.path)
+                self._send(502, {"content-type": "application/json"}, b'{"message": "function error"}')
+                return
+            raw = response.get("body") or ""
+            if response.get("isBase64Encoded"):
+                import base64
+                data = base64.b64decode(raw)
+            else:
+                data = raw.encode() if isinstance(raw, str) else raw
+            headers = {k.lower(): v for k, v in (response.get("headers") or {}).items()}
+            self._send(response.get("statusCode", 200), headers, data)
+
+        def _send(self, status: int, headers: dict, data: bytes) -> None:
+            self.send_response(status)
+            for key, value in headers.items():
+                if key not in ("content-length", "connection"):
+                    self.send_header(key, value)
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            self._handle("GET")
+
+        def do_POST(self):  # noqa: N802
+            self._handle("POST")
+
+        def log_message(self, fmt, *args):  # quiet: the functions log structured lines
+            pass
+
+    return Front

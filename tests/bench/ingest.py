@@ -1,0 +1,130 @@
+"""Ingest figures for build/bench.json (`ingest`): throughput of the aggregate handler and
+the DynamoDB writes it really makes on a skewed flash-sale stream."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import time
+
+from moto import mock_aws
+
+from infra.local import handlers, resources
+from infra.local.lambda_events import context
+from personalize import keys
+from personalize.adapters import aws
+from personalize.adapters.quarantine import MemoryQuarantine
+from personalize.adapters.rowstore import MemoryRowStore
+from personalize.ingest import Ingestor
+
+from .streams import FlashSale, kinesis_batches
+
+
+def _entities(event: dict) -> set[tuple]:
+    out = {("user", event["user_id"]), ("item", event["item_id"])}
+    if event.get("variant"):
+        out.add(("variant", keys.experiment_of(event.get("rec_id")), event["variant"]))
+    return out
+
+
+def write_floor(batches: list[dict]) -> tuple[int, int]:
+    """(distinct entities per batch summed over batches, one write per entity per event)."""
+    import base64
+    import json
+
+    floor = naive = 0
+    for batch in batches:
+        touched: set = set()
+        for record in batch["Records"]:
+            event = json.loads(base64.b64decode(record["kinesis"]["data"]))
+            entities = _entities(event)
+            naive += len(entities)
+            shard = record["eventID"].split(":")[0]
+            # Items and variants are rows per shard; a batch comes from one shard.
+            touched |= {(*e, shard) for e in entities}
+        floor += len(touched)
+    return floor, naive
+
+
+def _clock_after(events):
+    end_s = (events[-1]["ts"] + 1000) / 1000
+    return lambda: end_s
+
+
+def throughput_in_memory(aggregate, batches, events) -> float:
+    aggregate.processor._ingestor = Ingestor(MemoryRowStore(), MemoryQuarantine(), clock=_clock_after(events))
+    ctx = context("aggregate")
+    sink = io.StringIO()  # EMF metrics are printed per invocation, as in Lambda; not shown here
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(sink):
+        for batch in batches:
+            response = aggregate.lambda_handler(batch, ctx)
+            assert response == {"batchItemFailures": []}, response
+    return len(events) / (time.perf_counter() - started)
+
+
+def run(n_events: int = 100_000, n_moto_events: int = 30_000) -> dict:
+    for name, value in {"AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "bench",
+                        "AWS_SECRET_ACCESS_KEY": "bench"}.items():
+        os.environ.setdefault(name, value)
+    os.environ.pop("AWS_ENDPOINT_URL", None)
+    os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "1")
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+    sale = FlashSale()
+    events = sale.events(n_events)
+    batches = kinesis_batches(events)
+    moto_events = events[:n_moto_events]
+    moto_batches = kinesis_batches(moto_events)
+
+    with mock_aws():
+        aws.reset()
+        created = resources.create_all("bench")
+        os.environ.update(created.env())
+        aggregate = handlers.load("aggregate")
+        events_per_s = throughput_in_memory(aggregate, batches, events)
+
+        # The same handler against moto, counting the write requests botocore really sends.
+        aggregate = handlers.load("aggregate")
+        aggregate.processor._ingestor = None
+        ingestor = aggregate.processor.ingestor
+        ingestor.clock = _clock_after(moto_events)
+        writes = {"total": 0, "hot": 0}
+
+        def count(params, **_):
+            writes["total"] += 1
+            if params["Item"]["pk"]["S"] == "i#item-hot":
+                writes["hot"] += 1
+
+        ingestor.store.client.meta.events.register("provide-client-params.dynamodb.PutItem", count)
+        ctx = context("aggregate")
+        started = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            for batch in moto_batches:
+                assert aggregate.lambda_handler(batch, ctx) == {"batchItemFailures": []}
+        events_per_s_moto = len(moto_events) / (time.perf_counter() - started)
+    aws.reset()
+
+    floor, naive = write_floor(moto_batches)
+    n = len(moto_events)
+    stream_seconds_at_peak = n / sale.peak_events_per_s
+    return {
+        "events_per_s": round(events_per_s),
+        "events_per_s_moto": round(events_per_s_moto),
+        "events": len(events),
+        "moto_events": n,
+        "batches": len(moto_batches),
+        "ddb_writes": writes["total"],
+        "ddb_writes_per_event": round(writes["total"] / n, 4),
+        "entity_floor_per_event": round(floor / n, 4),
+        "naive_writes_per_event": round(naive / n, 4),
+        "writes_vs_floor": round(writes["total"] / floor, 3),
+        "naive_vs_writes": round(naive / writes["total"], 2),
+        "hot_item_share": sale.hot_share,
+        "peak_events_per_s": sale.peak_events_per_s,
+        "hot_item_writes_per_s": round(writes["hot"] / stream_seconds_at_peak, 2),
+        "hot_partition_limit_writes_per_s": 1000,
+        "stream": {"shoppers": sale.shoppers, "items": sale.items, "zipf_a": sale.zipf_a,
+                   "session_mean_events": sale.session_mean, "concurrent_sessions": sale.concurrent,
+                   "shards": 4, "batch_size": 1000},
+    }

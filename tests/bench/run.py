@@ -1,0 +1,38 @@
+"""``make bench``: measure the budgets and write build/bench.json (sections merged, so one
+section can be re-measured alone with ``--only``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from datetime import UTC, datetime
+
+from infra.local.template import ROOT
+
+OUT = ROOT / "build" / "bench.json"
+SECTIONS = ("ingest",)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", choices=SECTIONS, action="append", help="measure only these sections")
+    args = parser.parse_args()
+    results = json.loads(OUT.read_text()) if OUT.exists() else {}
+    for section in args.only or SECTIONS:
+        started = time.perf_counter()
+        print(f"bench: {section} ...", flush=True)
+        module = __import__(f"tests.bench.{section}", fromlist=["run"])
+        results[section] = module.run()
+        print(f"bench: {section} done in {time.perf_counter() - started:.1f}s: "
+              f"{json.dumps(results[section])}", flush=True)
+    results["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    results["machine"] = {"python": platform.python_version(), "cpus": __import__("os").cpu_count()}
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(results, indent=2, sort_keys=True))
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
