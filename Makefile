@@ -41,6 +41,12 @@ demo: $(STAMP) ## Set up, then run the scripted demo on the embedded local stack
 serve: $(STAMP) ## Run the whole pipeline locally on 127.0.0.1 (embedded moto AWS)
 	$(BIN)/python -m infra.local.serve
 
+train: $(STAMP) ## Rebuild both rankers from the real Instacart sample (deterministic)
+	$(BIN)/python -m models.train
+
+publish-model: $(STAMP) ## Upload a model version: NAME=ranker-mlp VERSION=v1 [ENV=local|dev|prod]
+	$(BIN)/python -m models.publish --name $(NAME) --version $(VERSION) --env $(or $(ENV),local)
+
 bench: $(STAMP) ## Measure the budgets; writes build/bench.json
 	$(BIN)/python -m tests.bench.run
 

@@ -68,6 +68,9 @@ class BatchStats:
     duplicates: int = 0
     already_applied: int = 0
     by_type: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    # Items with stock events in this batch -> their stock level after it (applied now or
+    # by an earlier delivery), for the sold-out list.
+    stock_levels: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -166,6 +169,7 @@ def aggregate_batch(
         item = entity("item", ITEMS, keys.item_key(r.event.item_id, shard), state.ItemRow)
         if item.applied(r.seq):
             stats.already_applied += 1
+            stats.stock_levels[r.event.item_id] = item.row.stock[0] if item.row.stock else r.event.stock
             continue
         if item.aux.is_duplicate(r.event_key, r.seq_key):
             stats.duplicates += 1
@@ -173,6 +177,7 @@ def aggregate_batch(
             state.apply_item_event(item.row, r.event, r.event_key)
             item.aux.remember(r.event_key, r.seq_key)
         _touch(item, shard, r)
+        stats.stock_levels[r.event.item_id] = item.row.stock[0]
 
     for r, sources in accepted:
         e = r.event

@@ -23,11 +23,14 @@ from aws_lambda_powertools.utilities.data_classes.kinesis_stream_event import Ki
 
 from .adapters.quarantine import Quarantine, QuarantineError
 from .adapters.rowstore import RowStore, RowStoreError
+from .adapters.soldout import SoldOut
 from .aggregation import ITEMS, USERS, Change, StreamRecord, aggregate_batch, rows_needed
 from .events import EventError, parse_event
 from .state import DAY_MS
 
-ROW_TTL_MS = {"user": 30 * DAY_MS, "item": 90 * DAY_MS, "variant": 365 * DAY_MS}
+# A row expires after this long without an event (DynamoDB TTL). Grocery shoppers come
+# back after weeks, so a shopper's history is kept for over a year.
+ROW_TTL_MS = {"user": 400 * DAY_MS, "item": 400 * DAY_MS, "variant": 400 * DAY_MS}
 
 
 @dataclass
@@ -40,15 +43,18 @@ class IngestResult:
     already_applied: int = 0
     writes: int = 0
     write_failures: int = 0
+    sold_out: int = 0
 
 
 class Ingestor:
     """The batch pipeline, free of Lambda: also driven directly by tests and the bench."""
 
-    def __init__(self, store: RowStore, quarantine: Quarantine, clock: Callable[[], float] = time.time):
+    def __init__(self, store: RowStore, quarantine: Quarantine, clock: Callable[[], float] = time.time,
+                 soldout: SoldOut | None = None):
         self.store = store
         self.quarantine = quarantine
         self.clock = clock
+        self.soldout = soldout
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -82,15 +88,27 @@ class Ingestor:
             return result
         changes, stats = aggregate_batch(records, shard, loaded, now_ms)
         result.late, result.duplicates, result.already_applied = stats.late, stats.duplicates, stats.already_applied
-        failures = self.store.put_many([(c.table, c, _expires_at(c, now_ms)) for c in changes])
+        failures = self.store.put_many([(c.table, c, expires_at(c, now_ms)) for c in changes])
         result.writes = len(changes) - len(failures)
         result.write_failures = len(failures)
         for change, _ in failures:
             result.failed_seqs.update(change.seqs)
+        if self.soldout is not None and stats.stock_levels:
+            self._update_soldout(records, stats.stock_levels, result)
         return result
 
+    def _update_soldout(self, records, levels: dict[str, int], result: IngestResult) -> None:
+        """Mirror stock 0 / restock into the sold-out list (idempotent set updates)."""
+        sold = {item for item, level in levels.items() if level == 0}
+        result.sold_out = len(sold)
+        try:
+            self.soldout.update(sold, set(levels) - sold)
+        except Exception:  # retried by Lambda through the stock records
+            result.failed_seqs.update(r.seq for r in records if r.event.type == "stock")
 
-def _expires_at(change: Change, now_ms: int) -> int:
+
+def expires_at(change: Change, now_ms: int) -> int:
+    """The row's TTL attribute (epoch seconds)."""
     return (max(change.last_ts, now_ms) + ROW_TTL_MS[change.kind]) // 1000
 
 
@@ -173,7 +191,9 @@ def build_ingestor() -> Ingestor:
     from . import settings
     from .adapters.quarantine import SqsQuarantine
     from .adapters.rowstore import DynamoRowStore
+    from .adapters.soldout import DynamoSoldOut
 
     config = settings.load(settings.FEATURES_TABLE, settings.ITEMS_TABLE, settings.QUARANTINE_QUEUE)
     store = DynamoRowStore({USERS: config[settings.FEATURES_TABLE], ITEMS: config[settings.ITEMS_TABLE]})
-    return Ingestor(store, SqsQuarantine(config[settings.QUARANTINE_QUEUE]))
+    return Ingestor(store, SqsQuarantine(config[settings.QUARANTINE_QUEUE]),
+                    soldout=DynamoSoldOut(config[settings.FEATURES_TABLE]))

@@ -299,6 +299,14 @@ class ItemView:
 
 
 def merge_item_rows(rows: list[ItemRow], now_ms: int) -> ItemView:
+    """One item's shard rows as one view (read-only: it may share the rows' dicts)."""
+    if len(rows) == 1:  # the common case: no copies
+        row = rows[0]
+        return ItemView(row.tiles, row.countries, row.totals, windows.decay(
+            row.popularity[0], row.popularity[1], now_ms, POPULARITY_HALF_LIFE_MS), now_ms,
+            None if row.stock is None else row.stock[0],
+            {other: windows.decay(w, ts, now_ms, COVISIT_HALF_LIFE_MS) for other, (w, ts) in row.neighbours.items()},
+            row.category, row.price)
     tiles: dict[int, list[int]] = {}
     countries: dict[str, dict[int, list[int]]] = {}
     totals = [0, 0, 0, 0]

@@ -72,8 +72,9 @@ class RowStore(ABC):
 class DynamoRowStore(RowStore):
     """Rows in DynamoDB tables, through the low-level client (no resource layer)."""
 
-    def __init__(self, tables: dict[str, str], client=None, max_attempts: int = 6):
+    def __init__(self, tables: dict[str, str], client=None, max_attempts: int = 6, clock=time.time):
         self.tables = tables  # logical name -> table name
+        self.clock = clock  # for TTL: rows whose expires_at has passed read as empty
         self._client = client
         self.max_attempts = max_attempts
         self._pool: ThreadPoolExecutor | None = None
@@ -96,7 +97,7 @@ class DynamoRowStore(RowStore):
             for attempt in range(self.max_attempts):
                 response = self._call(self.client.batch_get_item, RequestItems=request)
                 for item in response.get("Responses", {}).get(name, []):
-                    out[(item["pk"]["S"], item["sk"]["S"])] = _decode_low(item)
+                    out[(item["pk"]["S"], item["sk"]["S"])] = _decode_low(item, self.clock())
                 request = response.get("UnprocessedKeys") or {}
                 if not request:
                     break
@@ -111,7 +112,7 @@ class DynamoRowStore(RowStore):
                               ProjectionExpression=projection + ", expires_at",
                               ExpressionAttributeNames={"#r": "row"})
         item = response.get("Item")
-        found = _decode_low(item) if item else None
+        found = _decode_low(item, self.clock()) if item else None
         return found if found is not None and found.row is not None else None
 
     def put(self, table: str, change: Change, expires_at: int) -> None:
@@ -153,7 +154,7 @@ class DynamoRowStore(RowStore):
         out = []
         for page in paginator.paginate(TableName=self.tables[table], KeyConditionExpression="pk = :pk",
                                        ExpressionAttributeValues={":pk": {"S": pk}}, ConsistentRead=True):
-            out.extend(_decode_low(item) for item in page.get("Items", []))
+            out.extend(_decode_low(item, self.clock()) for item in page.get("Items", []))
         return out
 
     def scan_prefix(self, table: str, prefix: str):
@@ -161,7 +162,7 @@ class DynamoRowStore(RowStore):
         for page in paginator.paginate(TableName=self.tables[table], FilterExpression="begins_with(pk, :p)",
                                        ExpressionAttributeValues={":p": {"S": prefix}}):
             for item in page.get("Items", []):
-                yield (item["pk"]["S"], item["sk"]["S"]), _decode_low(item)
+                yield (item["pk"]["S"], item["sk"]["S"]), _decode_low(item, self.clock())
 
     def _call(self, method, **kwargs):
         """botocore already retries throttling; this adds a longer, jittered tail."""
@@ -177,12 +178,12 @@ class DynamoRowStore(RowStore):
         raise AssertionError("unreachable")
 
 
-def _decode_low(item: dict) -> Stored:
+def _decode_low(item: dict, now_s: float) -> Stored:
     """Decode a row; an expired one (TTL passed, not yet deleted) reads as empty but keeps
     its version, so the next conditional write still succeeds."""
     version = int(item["v"]["N"]) if "v" in item else 0
     expires = item.get("expires_at")
-    if expires is not None and int(expires["N"]) < time.time():
+    if expires is not None and int(expires["N"]) < now_s:
         return Stored(None, None, version)
     row = item.get("row")
     aux = item.get("aux")

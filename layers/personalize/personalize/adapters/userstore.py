@@ -27,9 +27,9 @@ class UserStore(ABC):
         """The shopper's row; None when there is none (or it expired)."""
 
 
-def decode_user(item: dict) -> UserRow | None:
+def decode_user(item: dict, now_s: float) -> UserRow | None:
     expires = item.get("expires_at")
-    if expires is not None and int(expires["N"]) < time.time():
+    if expires is not None and int(expires["N"]) < now_s:
         return None
     row = item.get("row")
     if row is None:
@@ -38,8 +38,10 @@ def decode_user(item: dict) -> UserRow | None:
 
 
 class DynamoUserStore(UserStore):
-    def __init__(self, table_name: str, region: str | None = None, timeout_s: float = 0.05, client=None):
+    def __init__(self, table_name: str, region: str | None = None, timeout_s: float = 0.05, client=None,
+                 clock=time.time):
         self.table_name = table_name
+        self.clock = clock  # for TTL: an expired row reads as no row
         self.region = region
         self.timeout_s = timeout_s
         self._client = client
@@ -62,7 +64,7 @@ class DynamoUserStore(UserStore):
         except Exception as exc:  # any failure means: serve without the row
             raise UserReadError(str(exc)) from exc
         item = response.get("Item")
-        return decode_user(item) if item else None
+        return decode_user(item, self.clock()) if item else None
 
 
 class MemoryUserStore(UserStore):

@@ -1,0 +1,205 @@
+"""The item snapshot: everything serving needs about items, built once a minute from the
+items table and kept in memory by the serving functions.
+
+Numeric item features are one float32 matrix (a row per item, columns ``ITEM_COLUMNS``), so
+ranking gathers a candidate matrix with one numpy take. Co-visitation neighbours are stored
+compressed-sparse (offsets, indexes, weights), symmetrised. Pools are item indexes, best
+first. Sold-out items are in no pool and are flagged unavailable.
+
+Training builds snapshots with this same code while it replays history, so a feature means
+the same in training and serving.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, field
+
+import msgpack
+import numpy as np
+
+from . import windows
+from .features import TRENDING_WEIGHTS, trending_velocity
+from .state import ItemView
+
+FORMAT = 1
+ITEM_COLUMNS = (
+    "item_purchases_log",   # log1p(all-time purchases)
+    "item_carts_log",       # log1p(all-time add-to-carts)
+    "item_views_log",       # log1p(all-time views)
+    "item_clicks_log",      # log1p(all-time clicks)
+    "item_popularity_log",  # log1p(interaction weight decayed with a 7-day half-life)
+    "item_trending_log",    # log1p(trending velocity: weighted events/min above the hour's mean)
+    "item_weighted_1h_log", # log1p(weighted interactions in the last hour)
+)
+POPULAR_POOL = 400
+TRENDING_POOL = 100
+COUNTRY_POOL = 100
+NEIGHBOURS = 20
+
+
+@dataclass
+class ItemSnapshot:
+    version: str
+    built_at_ms: int
+    items: list[str]
+    matrix: np.ndarray                 # float32 [n_items, len(ITEM_COLUMNS)]
+    available: np.ndarray              # bool [n_items]: False when sold out
+    popular: np.ndarray                # int32 item indexes, best first
+    trending: np.ndarray
+    country_trending: dict[str, np.ndarray]
+    country_popular: dict[str, np.ndarray]
+    nb_offsets: np.ndarray             # int32 [n_items + 1]
+    nb_items: np.ndarray               # int32
+    nb_weights: np.ndarray             # float32
+    index: dict[str, int] = field(default_factory=dict)
+    popular_rank: np.ndarray | None = None  # float32 [n_items]: log1p(rank in popular), pool size+1 if absent
+
+    def __post_init__(self):
+        if not self.index:
+            self.index = {item: i for i, item in enumerate(self.items)}
+        if self.popular_rank is None:
+            rank = np.full(len(self.items), math.log1p(POPULAR_POOL + 1), dtype=np.float32)
+            rank[self.popular] = np.log1p(np.arange(len(self.popular), dtype=np.float32))
+            self.popular_rank = rank
+
+    def neighbours(self, idx: int) -> tuple[np.ndarray, np.ndarray]:
+        start, end = self.nb_offsets[idx], self.nb_offsets[idx + 1]
+        return self.nb_items[start:end], self.nb_weights[start:end]
+
+    def without(self, sold_out: set[str]) -> ItemSnapshot:
+        """This snapshot with more items sold out (the fast stock-out path)."""
+        gone = [self.index[i] for i in sold_out if i in self.index]
+        if not gone:
+            return self
+        available = self.available.copy()
+        available[gone] = False
+        keep = lambda pool: pool[available[pool]]  # noqa: E731
+        return ItemSnapshot(self.version, self.built_at_ms, self.items, self.matrix, available,
+                            keep(self.popular), keep(self.trending),
+                            {c: keep(p) for c, p in self.country_trending.items()},
+                            {c: keep(p) for c, p in self.country_popular.items()},
+                            self.nb_offsets, self.nb_items, self.nb_weights, self.index, self.popular_rank)
+
+    # --- msgpack ---
+    def encode(self) -> bytes:
+        return msgpack.packb({
+            "format": FORMAT, "version": self.version, "built_at_ms": self.built_at_ms,
+            "columns": list(ITEM_COLUMNS), "items": self.items,
+            "matrix": self.matrix.astype(np.float32).tobytes(), "available": np.packbits(self.available).tobytes(),
+            "popular": self.popular.astype(np.int32).tobytes(), "trending": self.trending.astype(np.int32).tobytes(),
+            "country_trending": {c: p.astype(np.int32).tobytes() for c, p in self.country_trending.items()},
+            "country_popular": {c: p.astype(np.int32).tobytes() for c, p in self.country_popular.items()},
+            "nb_offsets": self.nb_offsets.astype(np.int32).tobytes(),
+            "nb_items": self.nb_items.astype(np.int32).tobytes(),
+            "nb_weights": self.nb_weights.astype(np.float32).tobytes(),
+        }, use_bin_type=True)
+
+    @classmethod
+    def decode(cls, data: bytes) -> ItemSnapshot:
+        doc = msgpack.unpackb(data, raw=False)
+        if doc.get("format") != FORMAT or tuple(doc["columns"]) != ITEM_COLUMNS:
+            raise ValueError("snapshot format or columns differ from this code's")
+        n = len(doc["items"])
+        i32 = lambda b: np.frombuffer(b, dtype=np.int32)  # noqa: E731
+        return cls(
+            doc["version"], doc["built_at_ms"], doc["items"],
+            np.frombuffer(doc["matrix"], dtype=np.float32).reshape(n, len(ITEM_COLUMNS)),
+            np.unpackbits(np.frombuffer(doc["available"], dtype=np.uint8))[:n].astype(bool),
+            i32(doc["popular"]), i32(doc["trending"]),
+            {c: i32(p) for c, p in doc["country_trending"].items()},
+            {c: i32(p) for c, p in doc["country_popular"].items()},
+            i32(doc["nb_offsets"]), i32(doc["nb_items"]), np.frombuffer(doc["nb_weights"], dtype=np.float32),
+        )
+
+
+def _weighted(tile_sum: list[int]) -> float:
+    return sum(w * c for w, c in zip(TRENDING_WEIGHTS, tile_sum))
+
+
+def build(views: dict[str, ItemView], now_ms: int, version: str) -> ItemSnapshot:
+    """The snapshot of ``views`` (items merged over their shard rows) as of ``now_ms``."""
+    items = sorted(views)
+    index = {item: i for i, item in enumerate(items)}
+    n = len(items)
+    matrix = np.zeros((n, len(ITEM_COLUMNS)), dtype=np.float32)
+    available = np.ones(n, dtype=bool)
+    trending = np.zeros(n, dtype=np.float64)
+    popularity = np.zeros(n, dtype=np.float64)
+    country_trend: dict[str, list[tuple[float, int]]] = {}
+    country_pop: dict[str, list[tuple[float, int]]] = {}
+    src: list[int] = []
+    dst: list[int] = []
+    weights: list[float] = []
+    log1p = math.log1p
+    for i, item in enumerate(items):
+        view = views[item]
+        pop = windows.decay(view.popularity, view.popularity_ts, now_ms, 7 * 24 * 3_600_000)
+        trend = hour = 0.0
+        if view.tiles:  # most items have had no traffic in the last hour
+            trend = trending_velocity(view.tiles, now_ms)
+            hour = _weighted(windows.window_sums(view.tiles, now_ms)["1h"])
+        v, c, a, p = view.totals
+        matrix[i] = (log1p(p), log1p(a), log1p(v), log1p(c), log1p(pop), log1p(trend), log1p(hour))
+        popularity[i] = pop
+        trending[i] = trend
+        if view.stock == 0:
+            available[i] = False
+            continue
+        for country, tiles in view.countries.items():
+            sums = windows.window_sums(tiles, now_ms)
+            t = max(0.0, _weighted(sums["10m"]) / 10 - _weighted(sums["1h"]) / 60)
+            if t > 0:
+                country_trend.setdefault(country, []).append((t, i))
+            w = _weighted(sums["1h"])
+            if w > 0:
+                country_pop.setdefault(country, []).append((w, i))
+        for other, weight in view.neighbours.items():
+            j = index.get(other)
+            if j is not None and j != i:
+                src.append(i)
+                dst.append(j)
+                weights.append(weight)
+
+    def top(scores: np.ndarray, k: int) -> np.ndarray:
+        candidates = np.flatnonzero(available & (scores > 0))
+        order = candidates[np.lexsort((candidates, -scores[candidates]))]
+        return order[:k].astype(np.int32)
+
+    def top_pairs(pairs: list[tuple[float, int]], k: int) -> np.ndarray:
+        best = heapq.nlargest(k, pairs, key=lambda p: (p[0], -p[1]))
+        return np.array([i for _, i in best], dtype=np.int32)
+
+    offsets, nb_items, nb_weights = _symmetric_top(n, src, dst, weights, NEIGHBOURS)
+    return ItemSnapshot(
+        version, now_ms, items, matrix, available, top(popularity, POPULAR_POOL), top(trending, TRENDING_POOL),
+        {c: top_pairs(p, COUNTRY_POOL) for c, p in sorted(country_trend.items())},
+        {c: top_pairs(p, COUNTRY_POOL) for c, p in sorted(country_pop.items())},
+        offsets, nb_items, nb_weights, index)
+
+
+def _symmetric_top(n: int, src: list[int], dst: list[int], weights: list[float], k: int):
+    """Co-visits are recorded on the later item; serve them both ways, summed, the k
+    strongest per item, as compressed-sparse arrays."""
+    if not src:
+        return np.zeros(n + 1, dtype=np.int32), np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32)
+    a = np.array(src + dst, dtype=np.int64)
+    b = np.array(dst + src, dtype=np.int64)
+    w = np.array(weights + weights, dtype=np.float64)
+    pair, inverse = np.unique(a * n + b, return_inverse=True)
+    summed = np.bincount(inverse, weights=w)
+    rows, cols = pair // n, pair % n
+    order = np.lexsort((cols, -summed, rows))  # per row: strongest first, then by index
+    rows, cols, summed = rows[order], cols[order], summed[order]
+    starts = np.searchsorted(rows, np.arange(n))
+    rank = np.arange(len(rows)) - starts[rows]
+    keep = rank < k
+    rows, cols, summed = rows[keep], cols[keep], summed[keep]
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(np.bincount(rows, minlength=n), out=offsets[1:])
+    return offsets, cols.astype(np.int32), summed.astype(np.float32)
+
+
+def empty(version: str = "empty") -> ItemSnapshot:
+    return build({}, 0, version)
