@@ -19,6 +19,7 @@ from . import template
 class LocalResources:
     names: dict[str, str] = field(default_factory=dict)  # logical id -> physical name or URL
     arns: dict[str, str] = field(default_factory=dict)
+    signing_key: str = ""
 
     def env(self) -> dict[str, str]:
         """The environment variables functions read (settings.Resource.env)."""
@@ -26,7 +27,35 @@ class LocalResources:
         for resource in vars(settings).values():
             if isinstance(resource, settings.Resource) and resource.logical_id in self.names:
                 out[resource.env] = self.names[resource.logical_id]
+        if "RolloutApplication" in self.names:
+            out.update(FLAGS_SOURCE="local", APPCONFIG_APPLICATION=self.names["RolloutApplication"],
+                       APPCONFIG_PROFILE=self.names["RolloutProfile"], MODELS_DIR=str(template.ROOT / "models"))
         return out
+
+    def serving_config(self):
+        """The edge's config file as the local stack bakes it (local flags source)."""
+        from personalize.serving_config import ServingConfig
+
+        return ServingConfig(
+            home_region="us-east-1", features_table=self.names["FeaturesTable"],
+            artifacts_bucket=self.names["ArtifactsBucket"], signing_secret=self.names["SigningKeySecret"],
+            flags={"source": "local", "bucket": self.names["ArtifactsBucket"],
+                   "application_id": self.names["RolloutApplication"], "profile_id": self.names["RolloutProfile"]},
+            default_champion=settings.DEFAULT_CHAMPION, flags_max_age_s=2.0)
+
+    def deploy_flags(self, document: dict) -> int:
+        """What an AppConfig deployment does, locally: a new hosted version, then the
+        pointer that the local flag reader follows (moto has no deployments)."""
+        import json
+
+        from personalize.flags import LOCAL_DEPLOYED_KEY
+
+        version = aws.client("appconfig").create_hosted_configuration_version(
+            ApplicationId=self.names["RolloutApplication"], ConfigurationProfileId=self.names["RolloutProfile"],
+            Content=json.dumps(document).encode(), ContentType="application/json")["VersionNumber"]
+        aws.client("s3").put_object(Bucket=self.names["ArtifactsBucket"], Key=LOCAL_DEPLOYED_KEY,
+                                    Body=json.dumps({"version": version}).encode())
+        return version
 
 
 def create_all(prefix: str = "local") -> LocalResources:
@@ -61,6 +90,23 @@ def create_all(prefix: str = "local") -> LocalResources:
                 aws.client("s3").put_bucket_versioning(Bucket=bucket,
                                                        VersioningConfiguration={"Status": "Enabled"})
             created.names[logical_id] = bucket
+        elif kind == "AWS::SecretsManager::Secret":
+            import secrets
+
+            created.signing_key = secrets.token_urlsafe(32)
+            arn = aws.client("secretsmanager").create_secret(Name=f"{prefix}/cookie-signing-key",
+                                                             SecretString=created.signing_key)["ARN"]
+            created.names[logical_id] = arn
+        elif kind == "AWS::AppConfig::Application":
+            created.names[logical_id] = aws.client("appconfig").create_application(Name=name)["Id"]
+        elif kind == "AWS::AppConfig::ConfigurationProfile":
+            created.names[logical_id] = aws.client("appconfig").create_configuration_profile(
+                ApplicationId=created.names[props["ApplicationId"]["Ref"]], Name=props["Name"],
+                LocationUri=props["LocationUri"], Type=props.get("Type", "AWS.Freeform"))["Id"]
+        elif kind == "AWS::AppConfig::HostedConfigurationVersion":
+            import json
+
+            created.names[logical_id] = str(created.deploy_flags(json.loads(props["Content"])))
     return created
 
 

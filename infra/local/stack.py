@@ -56,13 +56,63 @@ class _FunctionOutput(io.TextIOBase):
         self.sink.flush()
 
 
-class Function:
-    """One deployed function: a module, invoked one request at a time like a container."""
+class Schedule:
+    """An EventBridge schedule, locally: invoke a function every ``interval_s``."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, interval_s: float, function):
+        self.name, self.interval_s, self.function = name, interval_s, function
+        self._stop = threading.Event()
+        self.runs = 0
+
+    def start(self) -> None:
+        def loop():
+            while not self._stop.wait(self.interval_s):
+                try:
+                    self.function({"source": "aws.events", "detail-type": "Scheduled Event"})
+                    self.runs += 1
+                except Exception:
+                    log.exception("schedule %s failed", self.name)
+
+        threading.Thread(target=loop, name=f"schedule-{self.name}", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def cloudfront_event(method: str, path: str, query: dict, headers: dict) -> dict:
+    """The origin-request event CloudFront sends for a viewer request (the policy forwards
+    the rt_uid cookie, CloudFront-Viewer-Country and the k/context_item query)."""
+    from urllib.parse import urlencode
+
+    cf_headers = {"host": [{"key": "Host", "value": "localhost"}]}
+    if headers.get("cookie"):
+        cf_headers["cookie"] = [{"key": "Cookie", "value": headers["cookie"]}]
+    country = headers.get("cloudfront-viewer-country") or headers.get("x-country") or DEFAULT_COUNTRY
+    cf_headers["cloudfront-viewer-country"] = [{"key": "CloudFront-Viewer-Country", "value": country}]
+    return {"Records": [{"cf": {
+        "config": {"distributionDomainName": "localhost", "distributionId": "LOCAL", "eventType": "origin-request",
+                   "requestId": secrets.token_hex(8)},
+        "request": {"clientIp": "127.0.0.1", "method": method, "uri": path, "querystring": urlencode(query),
+                    "headers": cf_headers,
+                    "origin": {"custom": {"domainName": "regional.local", "port": 443, "protocol": "https",
+                                          "path": "", "sslProtocols": ["TLSv1.2"], "readTimeout": 30,
+                                          "keepaliveTimeout": 5, "customHeaders": {}}}}}}]}
+
+
+DEFAULT_COUNTRY = "US"
+
+
+class Function:
+    """One deployed function: a module, invoked one request at a time like a container.
+    ``overrides`` set module attributes before the first invocation (the edge's baked
+    config file and models folder)."""
+
+    def __init__(self, name: str, **overrides):
         self.name = name
         os.environ["POWERTOOLS_SERVICE_NAME"] = name  # as the template sets per function
         self.module = handlers.load(name)
+        for attribute, value in overrides.items():
+            setattr(self.module, attribute, value)
         self.lock = threading.Lock()
         logger = getattr(self.module, "logger", None)
         if logger is not None:  # Powertools bound its handler to the real stdout at import
@@ -80,7 +130,10 @@ class Function:
 
 
 class LocalStack:
-    def __init__(self, port: int = 0, aws_port: int = 0, poll_interval_s: float = 0.2):
+    def __init__(self, port: int = 0, aws_port: int = 0, poll_interval_s: float = 0.2,
+                 snapshot_interval_s: float = 5.0):
+        self.snapshot_interval_s = snapshot_interval_s
+        self._schedules: list = []
         self.port = port or free_port()
         self.aws_port = aws_port or free_port()
         self.poll_interval_s = poll_interval_s
@@ -115,14 +168,22 @@ class LocalStack:
         aws.reset()
         self.resources = resources.create_all()
         os.environ.update(self.resources.env())
-        self.signing_key = secrets.token_urlsafe(32)
-        for name in ("collect", "aggregate", "features"):
+        self.signing_key = self.resources.signing_key
+        for name in ("collect", "aggregate", "features", "snapshot"):
             self.functions[name] = Function(name)
+        self.functions["snapshot"]({})  # a first snapshot before serving starts
+        self.functions["recommend"] = Function("recommend")
+        config_path = ROOT / "build" / "edge_config.local.json"
+        config_path.write_text(self.resources.serving_config().to_json())
+        self.functions["edge"] = Function("edge", CONFIG_PATH=config_path, MODELS_DIR=ROOT / "models")
         self.poller = KinesisPoller(
             self.resources.names[settings.EVENTS_STREAM.logical_id],
             self.resources.arns[settings.EVENTS_STREAM.logical_id],
             self.functions["aggregate"], self.resources.names[settings.STREAM_FAILURE_QUEUE.logical_id])
         self.poller.start(idle_sleep_s=self.poll_interval_s)
+        self._schedules = [Schedule("snapshot", self.snapshot_interval_s, self.functions["snapshot"])]
+        for schedule in self._schedules:
+            schedule.start()
         self._http = ThreadingHTTPServer(("127.0.0.1", self.port), _front(self))
         self._http.daemon_threads = True
         threading.Thread(target=self._http.serve_forever, name="http-front", daemon=True).start()
@@ -137,6 +198,8 @@ class LocalStack:
         }, indent=2))
 
     def stop(self) -> None:
+        for schedule in self._schedules:
+            schedule.stop()
         if self.poller:
             self.poller.stop()
         if self._http:
@@ -148,6 +211,14 @@ class LocalStack:
     def route(self, method: str, path: str, query: dict, headers: dict, body: bytes | None) -> dict:
         if method == "POST" and path == "/events":
             return self.functions["collect"](http_api_event("POST", path, body, headers, query))
+        if path == "/recommendations" or path.startswith("/recommendations/"):
+            event = cloudfront_event(method, path, query, headers)
+            answer = self.functions["edge"](event)
+            if "status" in answer:  # generated at the edge
+                return {"statusCode": int(answer["status"]), "body": answer.get("body", ""),
+                        "headers": {k: v[0]["value"] for k, v in answer.get("headers", {}).items()}}
+            # passed through: CloudFront forwards it to the regional origin
+            return self.functions["recommend"](http_api_event(method, path, None, headers, query))
         if method == "GET" and path.startswith("/features/users/") and len(path) > len("/features/users/"):
             user_id = path[len("/features/users/"):]
             return self.functions["features"](http_api_event("GET", path, None, headers, query,

@@ -24,13 +24,19 @@ ITEMS_TABLE = Resource("ItemsTable", "ITEMS_TABLE")
 EVENTS_STREAM = Resource("EventsStream", "EVENTS_STREAM")
 QUARANTINE_QUEUE = Resource("QuarantineQueue", "QUARANTINE_QUEUE_URL")
 STREAM_FAILURE_QUEUE = Resource("StreamFailureQueue", "STREAM_FAILURE_QUEUE_URL")
-SNAPSHOT_BUCKET = Resource("SnapshotBucket", "SNAPSHOT_BUCKET")
+ARTIFACTS_BUCKET = Resource("ArtifactsBucket", "ARTIFACTS_BUCKET")
+SIGNING_KEY_SECRET = Resource("SigningKeySecret", "SIGNING_KEY_SECRET")
+
+# The model served before any flags document was loaded.
+DEFAULT_CHAMPION = "ranker-mlp/v1"
 
 # Which variables each function receives (template Environment), by function logical id.
 FUNCTION_RESOURCES = {
     "CollectFunction": (EVENTS_STREAM,),
     "AggregateFunction": (FEATURES_TABLE, ITEMS_TABLE, QUARANTINE_QUEUE),
     "FeaturesFunction": (FEATURES_TABLE,),
+    "SnapshotFunction": (ITEMS_TABLE, ARTIFACTS_BUCKET),
+    "RecommendFunction": (FEATURES_TABLE, ARTIFACTS_BUCKET, SIGNING_KEY_SECRET),
 }
 
 

@@ -1,0 +1,45 @@
+"""HTTP API ``GET /recommendations``: the regional twin of the edge function (CloudFront's
+origin, and the API for server-side callers)."""
+
+import json
+import os
+from pathlib import Path
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from personalize import identity, serving_config, settings
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics(namespace=settings.NAMESPACE)
+app = APIGatewayHttpResolver()
+MODELS_DIR = Path(os.environ.get("MODELS_DIR", "/opt/python/shipped_models"))
+recommender, rollout, models = serving_config.build(serving_config.ServingConfig.from_env(), MODELS_DIR,
+                                                    os.environ.get("AWS_REGION"))
+recommender.warm()
+
+
+@app.get("/recommendations")
+@tracer.capture_method
+def get_recommendations() -> Response:
+    event = app.current_event
+    cookie = identity.cookie_from_headers([c for c in (event.cookies or [])] +
+                                          [event.headers.get("cookie", "")])
+    answer = recommender.recommend(event.query_string_parameters or {}, cookie,
+                                   event.headers.get("cloudfront-viewer-country"))
+    variant = answer.body.get("variant", "none")
+    metrics.add_metric(f"Requests_{variant}", MetricUnit.Count, 1)
+    if answer.body.get("fallback"):
+        metrics.add_metric(f"Fallbacks_{variant}", MetricUnit.Count, 1)
+    return Response(status_code=answer.status, body=json.dumps(answer.body), headers=answer.headers)
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict, context: LambdaContext) -> dict:
+    return app.resolve(event, context)

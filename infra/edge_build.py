@@ -1,0 +1,116 @@
+"""Build the Lambda@Edge bundle (``functions/edge/Makefile`` calls this from ``sam build``).
+
+The edge gets no layers and no environment variables, so the bundle carries everything:
+the handler, the ``personalize`` package, the shipped models, the runtime packages
+cross-installed for python3.12 x86_64 (manylinux_2_28) and trimmed, and
+``edge_config.json``, which names the us-east-1 resources. Names follow the stack name
+(``<stack>-features``, ``<stack>-artifacts-{account}``, ``<stack>/cookie-signing-key``, the
+AppConfig application ``<stack>``), so the file is produced from samconfig.toml's stack name
+for ``SAM_CONFIG_ENV`` (default dev) before the stack exists; ``{account}`` is filled at cold
+start from the function's own ARN. Fails when the zipped bundle exceeds 50 MB.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LIMIT_MB = 50.0
+# Runtime packages the edge needs; boto3/botocore come with the Lambda runtime.
+PACKAGES = ["onnxruntime", "numpy", "msgpack", "aws-lambda-powertools", "jmespath", "typing-extensions"]
+TRIM_DIRS = {"tests", "testing", "__pycache__", "include", "benchmarks", "docs"}
+TRIM_SUFFIXES = (".pyi", ".pyc", ".h", ".hpp", ".c", ".cpp", ".pxd", ".pyx")
+# Parts of packages that serving never imports (model tooling, build helpers).
+TRIM_PATHS = ["onnxruntime/tools", "onnxruntime/transformers", "onnxruntime/quantization", "numpy/f2py",
+              "numpy/_pyinstaller", "numpy/typing", "numpy/doc", "bin",
+              "aws_lambda_powertools/utilities/parser", "aws_lambda_powertools/utilities/data_classes",
+              "aws_lambda_powertools/event_handler", "aws_lambda_powertools/utilities/idempotency"]
+
+
+def pinned(packages: list[str]) -> list[str]:
+    pins = {}
+    for line in (ROOT / "requirements" / "dev.lock").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==", 1)
+            pins[name.lower().replace("_", "-")] = version.strip()
+    return [f"{p}=={pins[p]}" for p in packages]
+
+
+def edge_config(env: str) -> dict:
+    config = tomllib.loads((ROOT / "samconfig.toml").read_text())
+    stack = os.environ.get("STACK_NAME") or config[env]["global"]["parameters"]["stack_name"]
+    overrides = config[env]["deploy"]["parameters"].get("parameter_overrides", "")
+    params = dict(p.split("=", 1) for p in overrides.split())
+    sys.path.insert(0, str(ROOT / "layers" / "personalize"))
+    from personalize.serving_config import ServingConfig
+    from personalize.settings import DEFAULT_CHAMPION
+
+    return ServingConfig(
+        home_region="us-east-1", features_table=f"{stack}-features",
+        artifacts_bucket=f"{stack}-artifacts-{{account}}", signing_secret=f"{stack}/cookie-signing-key",
+        flags={"source": "appconfig", "application": stack, "environment": params.get("Stage", env),
+               "profile": "rollout"},
+        default_champion=DEFAULT_CHAMPION,
+        replica_regions=[r for r in (params.get("ReplicaRegion1"), params.get("ReplicaRegion2")) if r],
+        log_sample_rate=float(params.get("ScoredLogSampleRate", "0.01")),
+    ).__dict__
+
+
+def trim(target: Path) -> None:
+    for relative in TRIM_PATHS:
+        shutil.rmtree(target / relative, ignore_errors=True)
+    for path in sorted(target.rglob("*"), reverse=True):
+        if path.is_dir() and path.name in TRIM_DIRS:
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.is_file() and (path.suffix in TRIM_SUFFIXES or path.name.startswith("libonnxruntime.so")):
+            path.unlink()  # the Python API links onnxruntime_pybind11_state, not the C API library
+
+
+def zipped_mb(folder: Path) -> float:
+    out = folder.parent / f"{folder.name}.zip"
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for path in folder.rglob("*"):
+            if path.is_file():
+                z.write(path, path.relative_to(folder))
+    size = out.stat().st_size / 1e6
+    out.unlink()
+    return size
+
+
+def build(target: Path, env: str = "dev", install: bool = True) -> float:
+    import json
+
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "functions" / "edge" / "app.py", target / "app.py")
+    shutil.copytree(ROOT / "layers" / "personalize" / "personalize", target / "personalize", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for manifest in (ROOT / "models").glob("*/*/manifest.json"):
+        folder = manifest.parent
+        shutil.copytree(folder, target / "shipped_models" / folder.parent.name / folder.name, dirs_exist_ok=True)
+    (target / "edge_config.json").write_text(json.dumps(edge_config(env), indent=2, sort_keys=True))
+    if install:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--only-binary=:all:",
+                        "--platform", "manylinux_2_28_x86_64", "--python-version", "3.12", "--implementation",
+                        "cp", "--target", str(target), *pinned(PACKAGES)], check=True)
+        trim(target)
+    return zipped_mb(target)
+
+
+def main() -> int:
+    target = Path(sys.argv[1])
+    size = build(target, os.environ.get("SAM_CONFIG_ENV", "dev"))
+    print(f"edge bundle: {size:.1f} MB zipped (limit {LIMIT_MB:.0f} MB, goal 30 MB)")
+    if size > LIMIT_MB:
+        print("edge bundle is over the Lambda@Edge origin-request limit", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Pure helpers for Lambda@Edge origin-request events: read the request, build responses.
+
+``handle`` never raises: the recommendations path gets a generated answer, any other
+request passes through unchanged, and an internal failure passes the request on to the
+origin (the regional function, which serves the same API) instead of an error page.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from urllib.parse import parse_qs
+
+log = logging.getLogger(__name__)
+PATH = "/recommendations"
+
+
+def request_of(event: object) -> dict | None:
+    try:
+        request = event["Records"][0]["cf"]["request"]  # type: ignore[index]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return request if isinstance(request, dict) else None
+
+
+def header_values(request: dict, name: str) -> list[str]:
+    entries = (request.get("headers") or {}).get(name.lower()) or []
+    return [e.get("value", "") for e in entries if isinstance(e, dict)]
+
+
+def query(request: dict) -> dict[str, str]:
+    parsed = parse_qs(request.get("querystring") or "", keep_blank_values=True)
+    return {k: v[0] for k, v in parsed.items()}
+
+
+def generated(status: int, body: dict, headers: dict[str, str] | None = None) -> dict:
+    """A CloudFront generated response: lower-case header map of {key, value} lists."""
+    all_headers = {"content-type": "application/json", "cache-control": "private, no-store", **(
+        {k.lower(): v for k, v in (headers or {}).items()})}
+    return {
+        "status": str(status),
+        "statusDescription": {200: "OK", 400: "Bad Request", 405: "Method Not Allowed"}.get(status, "Error"),
+        "headers": {k: [{"key": _title(k), "value": v}] for k, v in all_headers.items()},
+        "body": json.dumps(body, separators=(",", ":")),
+    }
+
+
+def _title(header: str) -> str:
+    return "-".join(part.capitalize() for part in header.split("-"))
+
+
+def handle(event: object, serve: Callable[[dict], tuple[int, dict, dict]]) -> dict:
+    """The origin-request decision. ``serve(request)`` answers (status, body, headers)."""
+    request = request_of(event)
+    if request is None:
+        return generated(400, {"message": "not a CloudFront origin-request event"})
+    try:
+        path = (request.get("uri") or "").rstrip("/") or "/"
+        if path != PATH:
+            return request
+        if request.get("method", "GET") not in ("GET", "HEAD"):
+            return generated(405, {"message": "use GET /recommendations"}, {"allow": "GET, HEAD"})
+        status, body, headers = serve(request)
+        return generated(status, body, headers)
+    except Exception:  # the regional origin serves the same API: let it answer
+        log.exception("edge failed; passing the request to the origin")
+        return request

@@ -1,0 +1,185 @@
+"""The rollout, as a Powertools feature-flags document in AppConfig, and sticky assignment.
+
+The document (see ``infra/flags/``) holds ``champion_model`` and ``challenger_model``
+(``<name>/<version>``), ``experiment_id``, ``kill_switch`` and the rule ``challenger``: a
+``MODULO_RANGE`` over the shopper's bucket (0..9999, so shares have 0.01% resolution).
+The bucket is a salted hash of (experiment id, user id): the same shopper gets the same
+variant on every request and at every edge location, a new experiment reshuffles, and
+anonymous shoppers always get the champion.
+
+Serving evaluates the real document with Powertools ``FeatureFlags``. The store keeps the
+last good document when a fetch fails and counts the failure; before any document was
+loaded, ``Rollout.assign`` serves the champion it was built with and says so
+(``flags_loaded=False``), because Powertools alone would return defaults silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aws_lambda_powertools.utilities.feature_flags import FeatureFlags
+from aws_lambda_powertools.utilities.feature_flags.base import StoreProvider
+from aws_lambda_powertools.utilities.feature_flags.exceptions import ConfigurationStoreError
+
+log = logging.getLogger(__name__)
+
+BUCKETS = 10_000
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+def bucket(user_id: str, experiment_id: str) -> int:
+    digest = hashlib.sha256(f"{experiment_id}\x1f{user_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % BUCKETS
+
+
+def rollout_document(champion: str, challenger: str | None, share: float, experiment_id: str,
+                     kill_switch: bool = False) -> dict:
+    """A flags document; ``share`` is the challenger's fraction of shoppers (0..1)."""
+    end = round(share * BUCKETS) - 1
+    doc: dict[str, Any] = {
+        "champion_model": {"default": champion, "boolean_type": False},
+        "challenger_model": {"default": challenger or champion, "boolean_type": False},
+        "experiment_id": {"default": experiment_id, "boolean_type": False},
+        "kill_switch": {"default": kill_switch},
+        "challenger": {"default": False},
+    }
+    if challenger and end >= 0:
+        doc["challenger"]["rules"] = {
+            f"bucket below {end + 1} of {BUCKETS}": {
+                "when_match": True,
+                "conditions": [{"action": "MODULO_RANGE", "key": "bucket",
+                                "value": {"BASE": BUCKETS, "START": 0, "END": end}}],
+            }
+        }
+    return doc
+
+
+def challenger_share(doc: dict) -> float:
+    rules = doc.get("challenger", {}).get("rules") or {}
+    share = 0
+    for rule in rules.values():
+        for condition in rule.get("conditions", []):
+            if condition.get("action") == "MODULO_RANGE":
+                value = condition["value"]
+                share += (value["END"] - value["START"] + 1) / value["BASE"]
+    return 0.0 if doc.get("kill_switch", {}).get("default") else share
+
+
+class CachedDocumentStore(StoreProvider):
+    """A flags document fetched at most every ``max_age_s``; the last good one survives
+    fetch failures (counted, logged); before the first success, fetches raise."""
+
+    def __init__(self, fetch: Callable[[], dict], max_age_s: float = 10.0, clock=time.monotonic):
+        self.fetch = fetch
+        self.max_age_s = max_age_s
+        self.clock = clock
+        self.document: dict | None = None
+        self.fetched_at = float("-inf")
+        self.failures = 0
+        self.loads = 0
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self.document is not None
+
+    def get_configuration(self) -> dict[str, Any]:
+        now = self.clock()
+        if now - self.fetched_at < self.max_age_s and self.document is not None:
+            return self.document
+        with self._lock:
+            try:
+                document = self.fetch()
+                if not isinstance(document, dict):
+                    raise ValueError("flags document is not a JSON object")
+                if document != self.document:
+                    self.document = document
+                self.loads += 1
+            except Exception as exc:
+                self.failures += 1
+                log.warning("flag store fetch failed (%s); %s", exc,
+                            "keeping the last good document" if self.document else "no document yet")
+                if self.document is None:
+                    self.fetched_at = now - self.max_age_s + 1.0  # retry in a second, not every request
+                    raise ConfigurationStoreError(f"flags unavailable: {exc}") from exc
+            self.fetched_at = now
+            return self.document
+
+    @property
+    def get_raw_configuration(self) -> dict[str, Any]:
+        return self.get_configuration()
+
+
+@dataclass(frozen=True)
+class Assignment:
+    variant: str
+    model: str
+    experiment: str
+    flags_loaded: bool
+
+
+class Rollout:
+    def __init__(self, store: CachedDocumentStore, default_champion: str, default_experiment: str = "none"):
+        self.store = store
+        self.flags = FeatureFlags(store=store)
+        self.default_champion = default_champion
+        self.default_experiment = default_experiment
+
+    def assign(self, user_id: str | None) -> Assignment:
+        try:
+            self.store.get_configuration()
+        except ConfigurationStoreError:
+            return Assignment(CHAMPION, self.default_champion, self.default_experiment, False)
+        champion = self.flags.evaluate(name="champion_model", default=self.default_champion)
+        experiment = self.flags.evaluate(name="experiment_id", default=self.default_experiment)
+        if user_id is None or self.flags.evaluate(name="kill_switch", default=False):
+            return Assignment(CHAMPION, champion, experiment, True)
+        on = self.flags.evaluate(name=CHALLENGER, context={"bucket": bucket(user_id, experiment)}, default=False)
+        if on:
+            return Assignment(CHALLENGER, self.flags.evaluate(name="challenger_model", default=champion),
+                              experiment, True)
+        return Assignment(CHAMPION, champion, experiment, True)
+
+
+# --- where the document comes from -------------------------------------------------------
+
+
+def appconfig_fetcher(application: str, environment: str, profile: str, region: str | None = None):
+    """Deployed: the AppConfig data API (sessions and polling handled by Powertools)."""
+    from aws_lambda_powertools.utilities.parameters import AppConfigProvider
+    from botocore.config import Config
+
+    provider = AppConfigProvider(environment=environment, application=application,
+                                 boto_config=Config(region_name=region, connect_timeout=1, read_timeout=2,
+                                                    retries={"max_attempts": 2}))
+
+    def fetch() -> dict:
+        return provider.get(profile, transform="json", force_fetch=True)
+
+    return fetch
+
+
+LOCAL_DEPLOYED_KEY = "appconfig/deployed.json"
+
+
+def local_fetcher(bucket_name: str, application_id: str, profile_id: str):
+    """The local stack: moto has AppConfig's hosted versions but no deployments or data API,
+    so a 'deployment' there is a pointer in the artifacts bucket naming the hosted version."""
+    from .adapters import aws
+
+    def fetch() -> dict:
+        pointer = json.loads(aws.client("s3").get_object(Bucket=bucket_name, Key=LOCAL_DEPLOYED_KEY)["Body"].read())
+        content = aws.client("appconfig").get_hosted_configuration_version(
+            ApplicationId=application_id, ConfigurationProfileId=profile_id,
+            VersionNumber=int(pointer["version"]))["Content"].read()
+        return json.loads(content)
+
+    return fetch

@@ -1,0 +1,138 @@
+"""How a serving function is wired: from environment variables (regional ``recommend``) or
+from the config file baked into the edge bundle (no environment variables at the edge)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import flags, settings
+from .adapters import aws
+from .adapters.artifacts import S3Artifacts
+from .adapters.soldout import DynamoSoldOut
+from .adapters.userstore import DynamoUserStore
+from .models import MANIFEST_FILE, MODEL_FILE, Manifest, Ranker
+from .serving import Recommender, Variant
+
+log = logging.getLogger(__name__)
+
+# Where each region's Lambda@Edge replica should read from when its own region has no
+# replica of the features table: the nearest regions first (us-east-1 is the home region).
+NEAREST = {
+    "eu-west-1": ["eu-west-2", "eu-central-1", "eu-west-3"], "eu-west-2": ["eu-west-1", "eu-central-1"],
+    "eu-west-3": ["eu-central-1", "eu-west-1"], "eu-central-1": ["eu-west-3", "eu-west-1", "eu-north-1"],
+    "eu-north-1": ["eu-central-1", "eu-west-1"], "ap-northeast-1": ["ap-northeast-3", "ap-northeast-2"],
+    "ap-northeast-2": ["ap-northeast-1"], "ap-southeast-1": ["ap-southeast-2", "ap-south-1"],
+    "ap-southeast-2": ["ap-southeast-1"], "ap-south-1": ["ap-southeast-1"], "us-west-2": ["us-west-1"],
+    "us-west-1": ["us-west-2"], "us-east-2": ["us-east-1"], "sa-east-1": ["us-east-1"],
+    "ca-central-1": ["us-east-1", "us-east-2"],
+}
+
+
+def nearest_replica(running_region: str | None, home: str, replicas: list[str]) -> str:
+    available = {home, *replicas}
+    if running_region in available:
+        return running_region
+    for candidate in NEAREST.get(running_region or "", []):
+        if candidate in available:
+            return candidate
+    return home
+
+
+@dataclass
+class ServingConfig:
+    home_region: str
+    features_table: str
+    artifacts_bucket: str
+    signing_secret: str
+    flags: dict
+    default_champion: str
+    replica_regions: list[str] = field(default_factory=list)
+    log_sample_rate: float = 0.01
+    user_read_timeout_s: float = 0.05
+    flags_max_age_s: float = 10.0
+
+    @classmethod
+    def from_file(cls, path: Path) -> ServingConfig:
+        return cls(**json.loads(path.read_text()))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_env(cls) -> ServingConfig:
+        config = settings.load(settings.FEATURES_TABLE, settings.ARTIFACTS_BUCKET, settings.SIGNING_KEY_SECRET)
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        if os.environ.get("FLAGS_SOURCE") == "local":
+            source = {"source": "local", "bucket": config[settings.ARTIFACTS_BUCKET],
+                      "application_id": os.environ["APPCONFIG_APPLICATION"],
+                      "profile_id": os.environ["APPCONFIG_PROFILE"]}
+        else:
+            source = {"source": "appconfig", "application": os.environ.get("APPCONFIG_APPLICATION", ""),
+                      "environment": os.environ.get("APPCONFIG_ENVIRONMENT", ""),
+                      "profile": os.environ.get("APPCONFIG_PROFILE", "")}
+        return cls(home_region=region, features_table=config[settings.FEATURES_TABLE],
+                   artifacts_bucket=config[settings.ARTIFACTS_BUCKET],
+                   signing_secret=config[settings.SIGNING_KEY_SECRET], flags=source,
+                   default_champion=os.environ.get("DEFAULT_CHAMPION", settings.DEFAULT_CHAMPION),
+                   log_sample_rate=float(os.environ.get("SCORED_LOG_SAMPLE_RATE", "0.01")))
+
+
+class ModelCache:
+    """Rankers by ``<name>/<version>``: from the bundled folder when shipped there, else from
+    the artifacts bucket (checked against its manifest either way)."""
+
+    def __init__(self, bundled: Path, artifacts: S3Artifacts):
+        self.bundled = bundled
+        self.artifacts = artifacts
+        self.rankers: dict[str, Ranker] = {}
+
+    def get(self, key: str) -> Ranker:
+        ranker = self.rankers.get(key)
+        if ranker is None:
+            folder = self.bundled / key
+            if (folder / MODEL_FILE).exists():
+                manifest, blob = json.loads((folder / MANIFEST_FILE).read_text()), (folder / MODEL_FILE).read_bytes()
+            else:
+                manifest = json.loads(self.artifacts.get(f"models/{key}/{MANIFEST_FILE}"))
+                blob = self.artifacts.get(f"models/{key}/{MODEL_FILE}")
+            ranker = self.rankers[key] = Ranker(Manifest.from_dict(manifest), blob)
+        return ranker
+
+
+def signing_key(secret_id: str, region: str) -> str:
+    """Read once at cold start; never from the bundle or the repository."""
+    return aws.client("secretsmanager", region).get_secret_value(SecretId=secret_id)["SecretString"]
+
+
+def build(config: ServingConfig, models_dir: Path, running_region: str | None, on_scored=None):
+    """(recommender, rollout, models) for this function instance."""
+    artifacts = S3Artifacts(config.artifacts_bucket, config.home_region)
+    models = ModelCache(models_dir, artifacts)
+    source = config.flags
+    if source["source"] == "local":
+        fetch = flags.local_fetcher(source["bucket"], source["application_id"], source["profile_id"])
+    else:
+        fetch = flags.appconfig_fetcher(source["application"], source["environment"], source["profile"],
+                                        config.home_region)
+    rollout = flags.Rollout(flags.CachedDocumentStore(fetch, config.flags_max_age_s), config.default_champion)
+    champion = models.get(config.default_champion)  # fail at cold start, not on a request
+
+    def choose(user_id: str | None) -> Variant:
+        assignment = rollout.assign(user_id)
+        try:
+            ranker = models.get(assignment.model)
+        except Exception:
+            log.exception("model %s unavailable; serving the default champion", assignment.model)
+            return Variant(flags.CHAMPION, champion, assignment.experiment)
+        return Variant(assignment.variant, ranker, assignment.experiment)
+
+    replica = nearest_replica(running_region, config.home_region, config.replica_regions)
+    users = DynamoUserStore(config.features_table, region=replica, timeout_s=config.user_read_timeout_s)
+    recommender = Recommender(users, artifacts, DynamoSoldOut(config.features_table, region=replica),
+                              signing_key(config.signing_secret, config.home_region), choose,
+                              log_sample_rate=config.log_sample_rate, on_scored=on_scored)
+    return recommender, rollout, models
