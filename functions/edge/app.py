@@ -2,6 +2,7 @@
 other request through. No environment variables and no layers: ``edge_config.json`` (built
 into the bundle by ``infra/edge_build.py``) names the us-east-1 resources."""
 
+import gc
 import os
 import time
 from pathlib import Path
@@ -24,8 +25,10 @@ def recommender():
     if "recommender" not in _state:
         config = serving_config.ServingConfig.from_file(CONFIG_PATH)
         config.artifacts_bucket = config.artifacts_bucket.replace("{account}", _state.get("account", ""))
-        _state["recommender"] = serving_config.build(config, MODELS_DIR, os.environ.get("AWS_REGION"))[0]
-        _state["recommender"].warm()
+        _state["recommender"], _state["rollout"], _state["models"] = serving_config.build(
+            config, MODELS_DIR, os.environ.get("AWS_REGION"))
+        _state["recommender"].warm(_state["rollout"].store.get_configuration)
+        gc.freeze()  # what cold start built lives as long as the instance: keep it out of GC scans
     return _state["recommender"]
 
 

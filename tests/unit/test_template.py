@@ -74,3 +74,36 @@ def test_samconfig_has_dev_and_prod():
     assert {"dev", "prod"} <= set(config)
     assert config["prod"]["deploy"]["parameters"]["stack_name"] if "stack_name" in config["prod"]["deploy"][
         "parameters"] else config["prod"]["global"]["parameters"]["stack_name"]
+
+
+EDGE = FUNCTIONS["EdgeFunction"]["Properties"]
+
+
+def test_edge_function_fits_lambda_at_edge():
+    assert "Environment" not in EDGE and "Layers" not in EDGE and "Tracing" not in EDGE
+    props = {**template.load()["Globals"]["Function"], **EDGE}
+    assert props["Architectures"] == ["x86_64"] and props["Runtime"] == "python3.12"
+    assert props["Timeout"] <= 30 and props["MemorySize"] <= 10240
+    assert props["AutoPublishAlias"]
+    assert "Environment" not in template.load()["Globals"]["Function"]
+    assert "Layers" not in template.load()["Globals"]["Function"]
+
+
+def test_cloudfront_runs_the_edge_on_recommendations_without_caching():
+    config = template.resources()["Distribution"]["Properties"]["DistributionConfig"]
+    [behavior] = [b for b in config["CacheBehaviors"] if b["PathPattern"] == "/recommendations*"]
+    [association] = behavior["LambdaFunctionAssociations"]
+    assert association["EventType"] == "origin-request"
+    assert association["LambdaFunctionARN"] == {"Ref": "EdgeFunction.Version"}
+    assert behavior["CachePolicyId"] == "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"  # CachingDisabled
+
+
+def test_initial_flags_document_matches_the_example_and_powertools_schema():
+    import json
+
+    from aws_lambda_powertools.utilities.feature_flags.schema import SchemaValidator
+
+    content = json.loads(template.resources()["RolloutInitialVersion"]["Properties"]["Content"])
+    assert content == json.loads((template.ROOT / "infra" / "flags" / "initial.json").read_text())
+    for path in sorted((template.ROOT / "infra" / "flags").glob("*.json")):
+        SchemaValidator(json.loads(path.read_text())).validate()

@@ -175,9 +175,11 @@ def local_fetcher(bucket_name: str, application_id: str, profile_id: str):
     so a 'deployment' there is a pointer in the artifacts bucket naming the hosted version."""
     from .adapters import aws
 
+    s3, appconfig = aws.client("s3"), aws.client("appconfig")  # now, not on the first request
+
     def fetch() -> dict:
-        pointer = json.loads(aws.client("s3").get_object(Bucket=bucket_name, Key=LOCAL_DEPLOYED_KEY)["Body"].read())
-        content = aws.client("appconfig").get_hosted_configuration_version(
+        pointer = json.loads(s3.get_object(Bucket=bucket_name, Key=LOCAL_DEPLOYED_KEY)["Body"].read())
+        content = appconfig.get_hosted_configuration_version(
             ApplicationId=application_id, ConfigurationProfileId=profile_id,
             VersionNumber=int(pointer["version"]))["Content"].read()
         return json.loads(content)

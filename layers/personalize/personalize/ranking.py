@@ -145,6 +145,7 @@ def feature_matrix(snap: ItemSnapshot, row: UserRow | None, cands: np.ndarray, n
         X[p, INDEX["ui_seen"]] = 1.0
         X[p, INDEX["ui_purchase_share"]] = stats[3] / purchases if purchases else 0.0
     cov = np.zeros(k, dtype=np.float32)
+    nbs, ws = [], []
     for item in dict.fromkeys(i for i, _, _ in reversed(row.recent)):  # newest first, once each
         j = index.get(item)
         if j is None:
@@ -152,7 +153,11 @@ def feature_matrix(snap: ItemSnapshot, row: UserRow | None, cands: np.ndarray, n
         p = position.get(j)
         if p is not None:
             X[p, INDEX["ui_in_recent"]] = 1.0
-        _add_covisits(cov, cands_sorted, order, *snap.neighbours(j))
+        nb, w = snap.neighbours(j)
+        nbs.append(nb)
+        ws.append(w)
+    if nbs:  # one sparse add for all recent items' neighbours
+        _add_covisits(cov, cands_sorted, order, np.concatenate(nbs), np.concatenate(ws))
     X[:, INDEX["covisit_log"]] = np.log1p(cov)
     return X
 

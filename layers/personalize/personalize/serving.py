@@ -148,15 +148,17 @@ class Recommender:
         self.choose_variant = choose_variant
         self.log_sample_rate = log_sample_rate
         self.on_scored = on_scored or (lambda record: log.info("scored", extra=record))
-        self.pool = ThreadPoolExecutor(2, thread_name_prefix="refresh")
+        self.pool = ThreadPoolExecutor(3, thread_name_prefix="refresh")
         self.snapshot = Refreshing("snapshot", SnapshotSource(artifacts), snapshot_refresh_s, self.pool)
         self.soldout = Refreshing("soldout", lambda _: soldout.read(), soldout_refresh_s, self.pool)
         self._served: tuple[int, int, ItemSnapshot] | None = None
 
-    def warm(self) -> None:
-        """Load the snapshot and sold-out list now (cold start), not in the background."""
-        self.snapshot.refresh_now()
-        self.soldout.refresh_now()
+    def warm(self, *more: Callable[[], object]) -> None:
+        """Load the snapshot, the sold-out list (and ``more``, e.g. the flags) now, side by
+        side (cold start), so the first request waits for none of them."""
+        futures = [self.pool.submit(f) for f in (self.snapshot.refresh_now, self.soldout.refresh_now, *more)]
+        for future in futures:
+            future.result()
 
     def current_snapshot(self) -> ItemSnapshot | None:
         snap = self.snapshot.get()

@@ -132,7 +132,9 @@ def build(config: ServingConfig, models_dir: Path, running_region: str | None, o
 
     replica = nearest_replica(running_region, config.home_region, config.replica_regions)
     users = DynamoUserStore(config.features_table, region=replica, timeout_s=config.user_read_timeout_s)
-    recommender = Recommender(users, artifacts, DynamoSoldOut(config.features_table, region=replica),
+    _ = artifacts.client  # clients are made here, on one thread, before the warm-up fans out
+    soldout = DynamoSoldOut(config.features_table, region=replica, client=users.client)
+    recommender = Recommender(users, artifacts, soldout,
                               signing_key(config.signing_secret, config.home_region), choose,
                               log_sample_rate=config.log_sample_rate, on_scored=on_scored)
     return recommender, rollout, models

@@ -1,0 +1,225 @@
+"""Serving figures for build/bench.json (`serving`)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import numpy as np
+
+from infra.local.lambda_events import context
+from infra.local.stack import LocalStack, cloudfront_event
+from infra.local.template import ROOT
+from personalize import identity, keys, snapshots, state
+from personalize.adapters.quarantine import MemoryQuarantine
+from personalize.adapters.rowstore import MemoryRowStore
+from personalize.adapters.userstore import MemoryUserStore
+from personalize.aggregation import ITEMS, USERS
+from personalize.ingest import Ingestor
+
+from .streams import FlashSale, kinesis_batches
+
+
+def percentile(values, q):
+    return float(np.percentile(np.array(values), q))
+
+
+def snapshot_of_10k_items() -> tuple[int, float, snapshots.ItemSnapshot, MemoryRowStore]:
+    """Aggregate a flash-sale stream in memory (plus a stock level for every one of 10,000
+    items), then build and encode the snapshot as the snapshot function does."""
+    sale = FlashSale()
+    events = sale.events(60_000)
+    end = events[-1]["ts"] + 1000
+    events += [{"event_id": f"stock-{i}", "type": "stock", "item_id": f"item-{i}", "ts": end - 500, "stock": 50}
+               for i in range(sale.items)]
+    store = MemoryRowStore()
+    ingestor = Ingestor(store, MemoryQuarantine(), clock=lambda: end / 1000)
+    import base64
+
+    from personalize.aggregation import StreamRecord
+    from personalize.events import parse_event
+
+    for batch in kinesis_batches(events):
+        shard = batch["Records"][0]["eventID"].split(":")[0]
+        records = [StreamRecord.of(r["kinesis"]["sequenceNumber"],
+                                   parse_event(json.loads(base64.b64decode(r["kinesis"]["data"]))))
+                   for r in batch["Records"]]
+        ingestor.run(shard, records, [], end)
+    rows: dict[str, list] = {}
+    for (pk, _), stored in store.scan_prefix(ITEMS, "i#"):
+        rows.setdefault(keys.item_id_of(pk), []).append(state.ItemRow.from_obj(stored.row))
+    started = time.perf_counter()
+    views = {item: state.merge_item_rows(r, end) for item, r in rows.items()}
+    snap = snapshots.build(views, end, "bench")
+    data = snap.encode()
+    build_ms = (time.perf_counter() - started) * 1000
+    return len(data), build_ms, snapshots.ItemSnapshot.decode(data), store
+
+
+def request_thread_calls(client_events, fn):
+    """Run fn; count AWS calls made on this thread (background refreshes excluded)."""
+    me = threading.get_ident()
+    calls = []
+
+    def hook(**kwargs):
+        if threading.get_ident() == me:
+            calls.append(kwargs.get("event_name", ""))
+
+    client_events.register("before-call.*.*", hook)
+    try:
+        fn()
+    finally:
+        client_events.unregister("before-call.*.*", hook)
+    return calls
+
+
+def cold_start_ms(stack: LocalStack) -> float:
+    """A new process, as Lambda starts one: import the handler, then the first request
+    builds config, signing key, flags, model and snapshot, and answers."""
+    script = f"""
+import time, sys, json
+t0 = time.perf_counter()
+sys.path[:0] = [{str(ROOT / 'functions' / 'edge')!r}, {str(ROOT / 'layers' / 'personalize')!r}]
+import app as edge
+from pathlib import Path
+edge.CONFIG_PATH = Path({str(ROOT / 'build' / 'edge_config.local.json')!r})
+edge.MODELS_DIR = Path({str(ROOT / 'models')!r})
+class Context:
+    function_name = "edge"; memory_limit_in_mb = 1024; aws_request_id = "cold"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:edge"
+event = {{"Records": [{{"cf": {{"config": {{"eventType": "origin-request"}}, "request": {{
+    "method": "GET", "uri": "/recommendations", "querystring": "k=10", "headers": {{}}}}}}}}]}}
+answer = edge.lambda_handler(event, Context())
+assert answer["status"] == "200", answer
+print(json.dumps({{"ms": (time.perf_counter() - t0) * 1000}}))
+"""
+    env = {**os.environ, "AWS_ENDPOINT_URL": stack.aws_endpoint}
+    runs = []
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1])["ms"])
+    return statistics.median(runs)
+
+
+def get(stack, path, headers=None):
+    request = urllib.request.Request(stack.endpoint + path, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def stockout_to_gone_s(stack: LocalStack) -> float:
+    body = get(stack, "/recommendations?k=50", {"X-Country": "US"})
+    victim = body["items"][0]["item_id"]
+    event = {"event_id": f"bench-stockout-{time.time_ns()}", "type": "stock", "item_id": victim,
+             "ts": int(time.time() * 1000), "stock": 0}
+    request = urllib.request.Request(stack.endpoint + "/events", data=json.dumps(event).encode(), method="POST")
+    started = time.perf_counter()
+    urllib.request.urlopen(request, timeout=10).read()
+    while time.perf_counter() - started < 30:
+        if victim not in {i["item_id"] for i in get(stack, "/recommendations?k=50", {"X-Country": "US"})["items"]}:
+            return time.perf_counter() - started
+        time.sleep(0.05)
+    raise AssertionError("the sold-out item did not leave the responses in 30 s")
+
+
+def run(requests: int = 3000) -> dict:
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    snapshot_bytes, build_ms, snap, store = snapshot_of_10k_items()
+    out: dict = {"snapshot_bytes": snapshot_bytes, "snapshot_items": len(snap.items),
+                 "snapshot_build_ms": round(build_ms, 1)}
+
+    stack = LocalStack(snapshot_interval_s=1.0).start()
+    try:
+        edge = stack.functions["edge"]
+        # Load the local stack with the same flash sale (through the real front and pipeline).
+        events = FlashSale(seed=11).events(6000)
+        now, base = int(time.time() * 1000), events[0]["ts"]
+        for e in events:  # the stream's last minutes, ending now
+            e["ts"] = now - 60_000 + (e["ts"] - base) // 100
+        for start in range(0, len(events), 500):
+            req = urllib.request.Request(stack.endpoint + "/events", method="POST",
+                                         data=json.dumps({"events": events[start:start + 500]}).encode())
+            urllib.request.urlopen(req, timeout=30).read()
+        stack.poller.drain(60)
+        stack.functions["snapshot"]({})
+        out["stockout_to_gone_s"] = round(stockout_to_gone_s(stack), 3)
+        out["cold_start_ms"] = round(cold_start_ms(stack), 1)
+        recommender = edge.module.recommender()
+        recommender.warm()
+        # Shoppers' rows from the in-memory aggregation, served by the in-memory fake.
+        users = {}
+        for (pk, _), stored in store.scan_prefix(USERS, "u#"):
+            users[pk[2:]] = state.UserRow.from_obj(stored.row)
+            if len(users) == 500:
+                break
+        real_users = recommender.users
+        recommender.users = MemoryUserStore(users)
+        # Refreshes run off the request path (1/s sold-out list, 1/10 s snapshot pointer);
+        # here they, the poller and the schedules would run the in-process moto server on the
+        # same GIL and time moto, so the stack's background work stops for this loop.
+        recommender.soldout.interval_s = recommender.snapshot.interval_s = 3600
+        stack.poller.stop()
+        for schedule in stack._schedules:
+            schedule.stop()
+        user_ids = list(users)
+        key = stack.signing_key
+        cf_events = [cloudfront_event("GET", "/recommendations", {"k": "10"},
+                                      {"cookie": "rt_uid=" + identity.cookie_value(u, key), "x-country": "US"})
+                     for u in user_ids]
+        ctx = context("edge")
+        handler = edge.module.lambda_handler
+        times, candidates = [], []
+        with contextlib.redirect_stdout(io.StringIO()):
+            for i in range(requests):
+                event = cf_events[i % len(cf_events)]
+                t = time.perf_counter()
+                answer = handler(event, ctx)
+                times.append((time.perf_counter() - t) * 1000)
+                if i < 300:
+                    candidates.append(json.loads(answer["body"]).get("candidates", 0))
+        warm = times[200:]
+        out.update(p50_ms=round(statistics.median(warm), 3), p99_ms=round(percentile(warm, 99), 3),
+                   requests=len(warm), candidates=int(min(candidates)), candidates_mean=round(
+                       statistics.mean(candidates), 1))
+        # The real read against the local stack: its latency, and the reads per request.
+        recommender.users = real_users
+        recommender.soldout.interval_s, recommender.snapshot.interval_s = 1.0, 10.0
+        some_user = next(iter(u for u in user_ids))
+        from personalize.adapters.rowstore import pack
+
+        real_users.client.put_item(TableName=real_users.table_name, Item={
+            "pk": {"S": keys.user_key(some_user)[0]}, "sk": {"S": "row"},
+            "row": {"B": pack(users[some_user].to_obj())}})
+        # Measured with a 1 s timeout: moto on loopback is slower than DynamoDB's single digits.
+        from personalize.adapters.userstore import DynamoUserStore
+
+        patient = DynamoUserStore(real_users.table_name, timeout_s=1.0)
+        reads = []
+        for _ in range(200):
+            t = time.perf_counter()
+            assert patient.get(some_user) is not None
+            reads.append((time.perf_counter() - t) * 1000)
+        out["user_read_ms"] = round(statistics.median(reads), 3)
+        with contextlib.redirect_stdout(io.StringIO()):
+            calls = request_thread_calls(real_users.client.meta.events,
+                                         lambda: [handler(cf_events[0], ctx) for _ in range(50)])
+        out["network_reads_per_request"] = len(calls) / 50
+        out["network_read_kinds"] = sorted(set(calls))
+    finally:
+        stack.stop()
+    from infra import edge_build
+
+    target = ROOT / "build" / "edge-bundle"
+    import shutil
+
+    shutil.rmtree(target, ignore_errors=True)
+    out["edge_bundle_zipped_mb"] = round(edge_build.build(target), 2)
+    return out

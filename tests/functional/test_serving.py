@@ -1,0 +1,243 @@
+"""GET /recommendations through the real edge handler (CloudFront origin-request events)
+and the regional handler, under moto, after real events went through the pipeline."""
+
+import json
+import time
+
+import pytest
+
+from infra.local import template
+from infra.local.lambda_events import context, http_api_event, response_json
+from infra.local.stack import cloudfront_event
+from personalize import identity
+from personalize.adapters.userstore import MemoryUserStore
+from tests.conftest import Pipeline, now_ms
+
+
+class Serving(Pipeline):
+    def __init__(self, stack, tmp_path):
+        super().__init__(stack)
+        self.snapshot = self._load("snapshot")
+        config = tmp_path / "edge_config.json"
+        config.write_text(stack.serving_config().to_json())
+        from infra.local import handlers
+
+        self.edge = handlers.load("edge")
+        self.edge.CONFIG_PATH = config
+        self.edge.MODELS_DIR = template.ROOT / "models"
+        self.recommend_app = handlers.load("recommend")
+
+    @staticmethod
+    def _load(name):
+        from infra.local import handlers
+
+        return handlers.load(name)
+
+    def publish_snapshot(self):
+        return self.snapshot.lambda_handler({}, context("snapshot"))
+
+    def cookie(self, user_id):
+        return "rt_uid=" + identity.cookie_value(user_id, self.stack.signing_key)
+
+    def edge_get(self, query="k=10", cookie=None, country="FR", method="GET", uri="/recommendations"):
+        from urllib.parse import parse_qsl
+
+        headers = {"cloudfront-viewer-country": country}
+        if cookie:
+            headers["cookie"] = cookie
+        event = cloudfront_event(method, uri, dict(parse_qsl(query)), headers)
+        return self.edge.lambda_handler(event, context("edge"))
+
+    def get(self, query="k=10", cookie=None, country="FR"):
+        answer = self.edge_get(query, cookie, country)
+        return int(answer["status"]), json.loads(answer["body"]), answer["headers"]
+
+    def recommender(self):
+        return self.edge.recommender()
+
+    def refresh(self):
+        """Let the serving instance pick up the newest snapshot and sold-out list now."""
+        r = self.recommender()
+        r.snapshot.refresh_now()
+        r.soldout.refresh_now()
+
+
+@pytest.fixture
+def serving(stack, tmp_path):
+    return Serving(stack, tmp_path)
+
+
+def catalogue_events(ts, n_items=400, shoppers=60):
+    """A shop: popular items, a FR burst on sku-7, and a cluster sku-900..904 that shoppers
+    view together (co-visitation)."""
+    events, n = [], 0
+    for user in range(shoppers):
+        for k in range(8):
+            n += 1
+            events.append({"event_id": f"c{n}", "type": "view", "user_id": f"bg{user}",
+                           "item_id": f"sku-{(user * 7 + k * 13) % n_items}", "ts": ts, "country": "US"})
+        for j in range(900, 905):
+            n += 1
+            events.append({"event_id": f"c{n}", "type": "view", "user_id": f"bg{user}", "item_id": f"sku-{j}",
+                           "ts": ts + j, "country": "DE"})
+    for k in range(40):
+        n += 1
+        events.append({"event_id": f"c{n}", "type": "click", "user_id": f"fr{k}", "item_id": "sku-7", "ts": ts,
+                       "country": "FR"})
+    return events
+
+
+def load_shop(serving, ts):
+    events = catalogue_events(ts)
+    for start in range(0, len(events), 500):
+        status, answer = serving.post({"events": events[start:start + 500]})
+        assert answer["accepted"] == len(events[start:start + 500])
+    serving.drain()
+    serving.publish_snapshot()
+
+
+def items(body):
+    return [i["item_id"] for i in body["items"]]
+
+
+def test_anonymous_shopper_gets_country_trending_without_caching(serving):
+    load_shop(serving, now_ms())
+    status, body, headers = serving.get("k=5", country="FR")
+    assert status == 200
+    assert body["user_id"] is None and body["fallback"] is True and body["fallback_reason"] == "anonymous"
+    assert items(body)[0] == "sku-7"  # the FR burst leads FR's trending
+    assert len(body["items"]) == 5
+    assert headers["cache-control"] == [{"key": "Cache-Control", "value": "private, no-store"}]
+    assert body["variant"] == "champion" and body["model"] == "ranker-mlp/v1"
+
+
+@pytest.mark.parametrize("cookie", [
+    pytest.param(None, id="no-cookie"),
+    pytest.param("rt_uid=shopper-1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", id="forged-signature"),
+    pytest.param("rt_uid=shopper-1", id="unsigned"),
+    pytest.param("rt_uid=", id="empty"),
+    pytest.param("other=1; rt_uid=%%%", id="garbage"),
+])
+def test_a_bad_cookie_is_an_anonymous_shopper(serving, cookie):
+    load_shop(serving, now_ms())
+    _, body, _ = serving.get(cookie=cookie)
+    assert body["user_id"] is None
+    assert body["fallback_reason"] == "anonymous"
+
+
+def test_clicks_shape_the_shoppers_recommendations(serving):
+    ts = now_ms()
+    load_shop(serving, ts)
+    cookie = serving.cookie("shopper-1")
+    serving.post({"event_id": "s0", "type": "view", "user_id": "shopper-1", "item_id": "sku-3", "ts": ts})
+    serving.drain()
+    _, before, _ = serving.get(cookie=cookie)
+    assert before["user_id"] == "shopper-1" and before["fallback"] is False
+    assert before["candidates"] >= 300
+    serving.post({"events": [{"event_id": f"s{k}", "type": "click", "user_id": "shopper-1", "item_id": "sku-900",
+                              "ts": ts + k} for k in range(1, 4)]})
+    serving.drain()
+    _, after, _ = serving.get(cookie=cookie)
+    cluster = {f"sku-{j}" for j in range(901, 905)}
+    assert cluster & set(items(after)), "co-visited neighbours of the clicked item are recommended"
+    assert items(after) != items(before)
+
+
+def test_a_sold_out_item_vanishes_from_every_path_and_returns_when_restocked(serving):
+    ts = now_ms()
+    load_shop(serving, ts)
+    cookie = serving.cookie("shopper-2")
+    serving.post({"event_id": "v1", "type": "view", "user_id": "shopper-2", "item_id": "sku-7", "ts": ts})
+    serving.drain()
+    serving.refresh()
+    assert "sku-7" in items(serving.get(country="FR")[1])
+    serving.post({"event_id": "st1", "type": "stock", "item_id": "sku-7", "ts": ts + 1, "stock": 0})
+    serving.drain()
+    serving.refresh()  # the sold-out list, without a new snapshot
+    for cookie_, country in ((None, "FR"), (cookie, "FR"), (None, "US"), (cookie, "DE")):
+        assert "sku-7" not in items(serving.get("k=50", cookie=cookie_, country=country)[1])
+    serving.post({"event_id": "st2", "type": "stock", "item_id": "sku-7", "ts": ts + 2, "stock": 5})
+    serving.drain()
+    serving.refresh()
+    assert "sku-7" in items(serving.get(country="FR")[1])
+
+
+@pytest.mark.parametrize("query, message", [
+    pytest.param("k=0", "k must be an integer from 1 to 50", id="k-zero"),
+    pytest.param("k=51", "k must be an integer from 1 to 50", id="k-too-big"),
+    pytest.param("k=ten", "k must be an integer from 1 to 50", id="k-not-a-number"),
+    pytest.param("k=5&context_item=" + "x" * 129, "context_item", id="context-too-long"),
+])
+def test_a_bad_query_gets_a_400_with_a_message(serving, query, message):
+    load_shop(serving, now_ms())
+    status, body, _ = serving.get(query)
+    assert status == 400
+    assert message in body["message"]
+
+
+def test_a_failing_user_read_falls_back_without_an_error(serving):
+    load_shop(serving, now_ms())
+    serving.recommender().users = MemoryUserStore(fail=True)
+    started = time.perf_counter()
+    status, body, _ = serving.get(cookie=serving.cookie("shopper-3"))
+    assert status == 200 and body["fallback_reason"] == "user_read_failed" and body["items"]
+    assert time.perf_counter() - started < 1.0
+
+
+def test_no_snapshot_yet_is_an_empty_200(serving):
+    status, body, _ = serving.get()
+    assert (status, body["items"], body["fallback_reason"]) == (200, [], "no_snapshot")
+
+
+def test_other_requests_pass_through_unchanged(serving):
+    event = cloudfront_event("GET", "/static/app.js", {}, {})
+    assert serving.edge.lambda_handler(event, context("edge")) == event["Records"][0]["cf"]["request"]
+
+
+@pytest.mark.parametrize("event", [
+    pytest.param({}, id="empty"),
+    pytest.param({"Records": []}, id="no-records"),
+    pytest.param({"Records": [{"cf": {"response": {"status": "200"}}}]}, id="a-response-event"),
+    pytest.param("not even a dict", id="string"),
+])
+def test_unexpected_events_get_a_well_formed_answer(serving, event):
+    answer = serving.edge.lambda_handler(event, context("edge"))
+    assert answer["status"] == "400"
+    assert json.loads(answer["body"])["message"]
+
+
+def test_a_post_to_recommendations_is_a_405(serving):
+    answer = serving.edge_get(method="POST")
+    assert answer["status"] == "405"
+
+
+def test_an_internal_edge_failure_passes_the_request_to_the_origin(serving, monkeypatch):
+    load_shop(serving, now_ms())
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(serving.recommender(), "recommend", broken)
+    answer = serving.edge_get()
+    assert answer["uri"] == "/recommendations"  # a request, not a response
+
+
+def test_the_regional_function_answers_the_same_api(serving):
+    load_shop(serving, now_ms())
+    serving.recommend_app.recommender.warm()
+    response = serving.recommend_app.lambda_handler(
+        http_api_event("GET", "/recommendations", headers={"cookie": serving.cookie("shopper-4"),
+                                                           "cloudfront-viewer-country": "FR"},
+                       query={"k": "3"}), context("recommend"))
+    body = response_json(response)
+    assert response["statusCode"] == 200 and len(body["items"]) == 3
+    assert body["user_id"] == "shopper-4"
+    assert response["headers"]["Cache-Control"] == "private, no-store"
+
+
+def test_the_flags_document_was_really_loaded(serving):
+    load_shop(serving, now_ms())
+    serving.get()
+    store = serving.edge._state["rollout"].store
+    assert store.loaded and store.loads >= 1 and store.failures == 0
+    assert store.document["champion_model"]["default"] == "ranker-mlp/v1"
