@@ -47,6 +47,21 @@ train: $(STAMP) ## Rebuild both rankers from the real Instacart sample (determin
 publish-model: $(STAMP) ## Upload a model version: NAME=ranker-mlp VERSION=v1 [ENV=local|dev|prod]
 	$(BIN)/python -m models.publish --name $(NAME) --version $(VERSION) --env $(or $(ENV),local)
 
+experiment-status: $(STAMP) ## Per-variant traffic, conversion and lift [ENV=local|dev|prod]
+	$(BIN)/python -m infra.ops --env $(or $(ENV),local) status
+
+experiment-start: $(STAMP) ## Start a challenger: CHALLENGER=ranker-linear/v1 SHARE=0.02 [ENV=...]
+	$(BIN)/python -m infra.ops --env $(or $(ENV),local) start --challenger $(CHALLENGER) --share $(or $(SHARE),0.02)
+
+experiment-ramp: $(STAMP) ## Ramp the challenger: SHARE=0.25 [ENV=...]
+	$(BIN)/python -m infra.ops --env $(or $(ENV),local) ramp --share $(SHARE)
+
+experiment-kill: $(STAMP) ## Kill the challenger now (all-at-once deployment) [ENV=...]
+	$(BIN)/python -m infra.ops --env $(or $(ENV),local) kill
+
+experiment-promote: $(STAMP) ## Make the challenger the champion [ENV=...]
+	$(BIN)/python -m infra.ops --env $(or $(ENV),local) promote
+
 bench: $(STAMP) ## Measure the budgets; writes build/bench.json
 	$(BIN)/python -m tests.bench.run
 

@@ -131,8 +131,9 @@ class Function:
 
 class LocalStack:
     def __init__(self, port: int = 0, aws_port: int = 0, poll_interval_s: float = 0.2,
-                 snapshot_interval_s: float = 5.0):
+                 snapshot_interval_s: float = 5.0, guardrail_interval_s: float = 5.0):
         self.snapshot_interval_s = snapshot_interval_s
+        self.guardrail_interval_s = guardrail_interval_s
         self._schedules: list = []
         self.port = port or free_port()
         self.aws_port = aws_port or free_port()
@@ -169,7 +170,7 @@ class LocalStack:
         self.resources = resources.create_all()
         os.environ.update(self.resources.env())
         self.signing_key = self.resources.signing_key
-        for name in ("collect", "aggregate", "features", "snapshot"):
+        for name in ("collect", "aggregate", "features", "snapshot", "guardrail"):
             self.functions[name] = Function(name)
         self.functions["snapshot"]({})  # a first snapshot before serving starts
         self.functions["recommend"] = Function("recommend")
@@ -181,7 +182,8 @@ class LocalStack:
             self.resources.arns[settings.EVENTS_STREAM.logical_id],
             self.functions["aggregate"], self.resources.names[settings.STREAM_FAILURE_QUEUE.logical_id])
         self.poller.start(idle_sleep_s=self.poll_interval_s)
-        self._schedules = [Schedule("snapshot", self.snapshot_interval_s, self.functions["snapshot"])]
+        self._schedules = [Schedule("snapshot", self.snapshot_interval_s, self.functions["snapshot"]),
+                           Schedule("guardrail", self.guardrail_interval_s, self.functions["guardrail"])]
         for schedule in self._schedules:
             schedule.start()
         self._http = ThreadingHTTPServer(("127.0.0.1", self.port), _front(self))

@@ -37,6 +37,7 @@ FUNCTION_RESOURCES = {
     "FeaturesFunction": (FEATURES_TABLE,),
     "SnapshotFunction": (ITEMS_TABLE, ARTIFACTS_BUCKET),
     "RecommendFunction": (FEATURES_TABLE, ARTIFACTS_BUCKET, SIGNING_KEY_SECRET),
+    "GuardrailFunction": (ITEMS_TABLE,),
 }
 
 

@@ -1,0 +1,127 @@
+"""Operations on the experiment, for DevOps, against the local stack or AWS:
+
+    python -m infra.ops status                                   # per variant: share, CTR, conversion, lift
+    python -m infra.ops start --challenger ranker-linear/v1 --share 0.02
+    python -m infra.ops ramp --share 0.25
+    python -m infra.ops kill
+    python -m infra.ops promote                                  # the challenger becomes champion
+
+Add ``--env dev`` or ``--env prod`` to act on a deployed stack (its names come from the
+CloudFormation outputs of the stack named in samconfig.toml); the default is ``--env
+local``, the running ``make serve``. Every change is a new hosted configuration version
+plus a deployment: gradual (watched by the serving health alarm) to start, ramp and
+promote; all at once to kill.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def connect(env: str):
+    """(flag admin, experiment states, row store) for an environment."""
+    from personalize import flags
+    from personalize.adapters.flagadmin import ALL_AT_ONCE, GRADUAL, AppConfigAdmin, ExperimentStates, LocalFlagAdmin
+    from personalize.adapters.rowstore import DynamoRowStore
+
+    if env == "local":
+        state = json.loads((ROOT / "build" / "local-stack.json").read_text())
+        os.environ.update(AWS_ENDPOINT_URL=state["aws_endpoint"], AWS_DEFAULT_REGION=state["region"])
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
+        names = state["resources"]
+        bucket, app, profile = names["ArtifactsBucket"], names["RolloutApplication"], names["RolloutProfile"]
+        admin = LocalFlagAdmin(bucket, app, profile, flags.local_fetcher(bucket, app, profile))
+        items_table = names["ItemsTable"]
+    else:
+        import boto3
+
+        config = tomllib.loads((ROOT / "samconfig.toml").read_text())[env]
+        region = config["deploy"]["parameters"]["region"]
+        os.environ["AWS_DEFAULT_REGION"] = region
+        stack = config["global"]["parameters"]["stack_name"]
+        outputs = {o["OutputKey"]: o["OutputValue"] for o in boto3.client("cloudformation", region_name=region)
+                   .describe_stacks(StackName=stack)["Stacks"][0]["Outputs"]}
+        app, envid, profile = (outputs["RolloutApplicationId"], outputs["RolloutEnvironmentId"],
+                               outputs["RolloutProfileId"])
+        admin = AppConfigAdmin(app, envid, profile, {ALL_AT_ONCE: outputs["AllAtOnceStrategyId"],
+                                                     GRADUAL: outputs["GradualStrategyId"]},
+                               flags.appconfig_fetcher(app, envid, profile, region), region)
+        items_table = outputs["ItemsTableName"]
+    return admin, ExperimentStates(items_table), DynamoRowStore({"items": items_table})
+
+
+def describe(doc: dict) -> str:
+    from personalize import flags
+
+    return (f"champion {doc['champion_model']['default']}, challenger {doc['challenger_model']['default']} at "
+            f"{flags.challenger_share(doc):.2%}, experiment {doc['experiment_id']['default']}, "
+            f"kill switch {'ON' if doc['kill_switch']['default'] else 'off'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from personalize import experiments, flags
+    from personalize.adapters.flagadmin import ALL_AT_ONCE, GRADUAL
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="local", choices=["local", "dev", "prod"])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("status")
+    start = sub.add_parser("start")
+    start.add_argument("--challenger", required=True, help="<model name>/<version>")
+    start.add_argument("--share", type=float, default=0.02)
+    start.add_argument("--experiment", help="experiment id (default: exp-<utc timestamp>)")
+    ramp = sub.add_parser("ramp")
+    ramp.add_argument("--share", type=float, required=True)
+    sub.add_parser("kill")
+    sub.add_parser("promote")
+    args = parser.parse_args(argv)
+    admin, states, store = connect(args.env)
+    doc = admin.current()
+    champion, challenger = doc["champion_model"]["default"], doc["challenger_model"]["default"]
+    experiment = doc["experiment_id"]["default"]
+    if args.command == "status":
+        print(describe(doc))
+        print(f"state: {states.get(experiment) or 'running'}")
+        if experiment != "none":
+            counters = experiments.read_counters(store, experiment)
+            decision = experiments.decide(counters[flags.CHAMPION], counters[flags.CHALLENGER])
+            print(experiments.format_report(experiment, counters, decision))
+        return 0
+    if args.command in ("start", "ramp") and not 0 <= args.share <= 1:
+        parser.error("--share must be within 0..1 (0.02 is 2%)")
+    if args.command == "start":
+        experiment = args.experiment or time.strftime("exp-%Y%m%d-%H%M%S", time.gmtime())
+        new = flags.rollout_document(champion, args.challenger, args.share, experiment)
+        strategy, note = GRADUAL, f"start {experiment}: {args.challenger} at {args.share:.2%}"
+        states.put(experiment, {"status": "running", "at": time.time(), "challenger": args.challenger})
+    elif args.command == "ramp":
+        current = states.get(experiment) or {}
+        if current.get("status") in ("killed", "promoted"):
+            print(f"experiment {experiment} is {current['status']}: start a new one", file=sys.stderr)
+            return 2
+        new = flags.rollout_document(champion, challenger, args.share, experiment)
+        strategy, note = GRADUAL, f"ramp {experiment} to {args.share:.2%}"
+    elif args.command == "kill":
+        new = flags.rollout_document(champion, challenger, 0.0, experiment, kill_switch=True)
+        strategy, note = ALL_AT_ONCE, f"kill {experiment} (operator)"
+        states.put(experiment, {"status": "killed", "by": "operator", "at": time.time()})
+    else:
+        new = flags.rollout_document(challenger, None, 0.0, "none")
+        strategy, note = GRADUAL, f"promote {challenger} (from {experiment})"
+        states.put(experiment, {"status": "promoted", "at": time.time()})
+    version = admin.deploy(new, strategy, note)
+    print(f"{note}: flags version {version} deployed ({strategy.replace('_', ' ')})\nnow: {describe(new)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Changing the rollout: a new hosted configuration version of the flags profile, then a
+deployment. AppConfig when deployed; locally (moto has hosted versions but no deployments)
+the deployment is a pointer in the artifacts bucket that the local flag reader follows."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+
+from . import aws
+
+ALL_AT_ONCE = "all_at_once"
+GRADUAL = "gradual"
+
+
+class FlagAdmin(ABC):
+    @abstractmethod
+    def deploy(self, document: dict, strategy: str, description: str) -> str:
+        """Store ``document`` as a new version and deploy it; returns the version."""
+
+    @abstractmethod
+    def current(self) -> dict:
+        """The deployed document."""
+
+
+class AppConfigAdmin(FlagAdmin):
+    def __init__(self, application: str, environment: str, profile: str, strategies: dict[str, str],
+                 fetch, region: str | None = None):
+        self.application, self.environment, self.profile = application, environment, profile
+        self.strategies = strategies  # ALL_AT_ONCE / GRADUAL -> deployment strategy id
+        self.fetch = fetch
+        self.region = region
+
+    def deploy(self, document, strategy, description):
+        client = aws.client("appconfig", self.region)
+        version = client.create_hosted_configuration_version(
+            ApplicationId=self.application, ConfigurationProfileId=self.profile, Description=description[:1024],
+            Content=json.dumps(document).encode(), ContentType="application/json")["VersionNumber"]
+        client.start_deployment(ApplicationId=self.application, EnvironmentId=self.environment,
+                                ConfigurationProfileId=self.profile, ConfigurationVersion=str(version),
+                                DeploymentStrategyId=self.strategies[strategy], Description=description[:1024])
+        return str(version)
+
+    def current(self):
+        return self.fetch()
+
+
+class LocalFlagAdmin(FlagAdmin):
+    def __init__(self, bucket: str, application_id: str, profile_id: str, fetch):
+        self.bucket, self.application_id, self.profile_id = bucket, application_id, profile_id
+        self.fetch = fetch
+
+    def deploy(self, document, strategy, description):
+        from ..flags import LOCAL_DEPLOYED_KEY
+
+        version = aws.client("appconfig").create_hosted_configuration_version(
+            ApplicationId=self.application_id, ConfigurationProfileId=self.profile_id,
+            Description=description[:1024], Content=json.dumps(document).encode(),
+            ContentType="application/json")["VersionNumber"]
+        aws.client("s3").put_object(Bucket=self.bucket, Key=LOCAL_DEPLOYED_KEY, Body=json.dumps(
+            {"version": version, "strategy": strategy, "description": description}).encode())
+        return str(version)
+
+    def current(self):
+        return self.fetch()
+
+
+class ExperimentStates:
+    """Each experiment's state (running / killed / promoted / stopped, and why) in the items
+    table, so the guardrail never touches a stopped experiment again."""
+
+    def __init__(self, table_name: str):
+        self.table_name = table_name
+
+    def get(self, experiment: str) -> dict | None:
+        from ..keys import experiment_key
+
+        pk, sk = experiment_key(experiment)
+        item = aws.client("dynamodb").get_item(TableName=self.table_name, Key={"pk": {"S": pk}, "sk": {"S": sk}},
+                                               ConsistentRead=True).get("Item")
+        return json.loads(item["state"]["S"]) if item else None
+
+    def put(self, experiment: str, state: dict) -> None:
+        from ..keys import experiment_key
+
+        pk, sk = experiment_key(experiment)
+        aws.client("dynamodb").put_item(TableName=self.table_name, Item={
+            "pk": {"S": pk}, "sk": {"S": sk}, "state": {"S": json.dumps(state)}})
+
+
+def admin_from_env() -> FlagAdmin:
+    """The flags admin for a function, from its validated environment."""
+    import os
+
+    from .. import flags, settings
+
+    application, profile = os.environ["APPCONFIG_APPLICATION"], os.environ["APPCONFIG_PROFILE"]
+    if os.environ.get("FLAGS_SOURCE") == "local":
+        bucket = settings.load(settings.ARTIFACTS_BUCKET)[settings.ARTIFACTS_BUCKET]
+        return LocalFlagAdmin(bucket, application, profile, flags.local_fetcher(bucket, application, profile))
+    environment = os.environ["APPCONFIG_ENVIRONMENT"]
+    return AppConfigAdmin(application, environment, profile,
+                          {ALL_AT_ONCE: os.environ["ALL_AT_ONCE_STRATEGY"], GRADUAL: os.environ["GRADUAL_STRATEGY"]},
+                          flags.appconfig_fetcher(application, environment, profile))

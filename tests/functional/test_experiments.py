@@ -1,0 +1,95 @@
+"""A 2% experiment on the edge, attribution through POST /events, and the guardrail."""
+
+import pytest
+
+from infra.local.lambda_events import context
+from personalize import flags
+from personalize.adapters.flagadmin import ExperimentStates
+from tests.conftest import now_ms
+from tests.functional.test_serving import Serving, load_shop
+
+
+@pytest.fixture
+def lab(stack, tmp_path):
+    serving = Serving(stack, tmp_path)
+    load_shop(serving, now_ms())
+    serving.guardrail = serving._load("guardrail")
+    return serving
+
+
+def deploy(lab, document):
+    lab.stack.deploy_flags(document)
+    lab.edge.recommender()  # cold start if not yet
+    lab.edge._state["rollout"].store.fetched_at = float("-inf")  # as if max_age had passed
+
+
+START = flags.rollout_document("ranker-mlp/v1", "ranker-linear/v1", 0.02, "exp-test")
+
+
+def served_variants(lab, users):
+    return [lab.get("k=3", cookie=lab.cookie(u))[1]["variant"] for u in users]
+
+
+def test_two_percent_of_shoppers_see_the_challenger_and_stay_there(lab):
+    deploy(lab, START)
+    users = [f"shopper-{i}" for i in range(1500)]
+    variants = served_variants(lab, users)
+    share = variants.count("challenger") / len(variants)
+    assert 0.01 <= share <= 0.03
+    assert lab.edge._state["rollout"].store.document == START  # the real document was loaded
+    assert served_variants(lab, users[:200]) == variants[:200]
+    _, body, _ = lab.get(cookie=lab.cookie(users[variants.index("challenger")]))
+    assert (body["variant"], body["model"]) == ("challenger", "ranker-linear/v1")
+    assert body["rec_id"].startswith("exp-test~")
+
+
+def attribute(lab, variant, impressions, purchases):
+    events = []
+    for n in range(impressions):
+        rec = f"exp-test~{variant}{n}"
+        user = f"{variant}-shopper-{n % 300}"
+        events.append({"event_id": f"{variant}-i{n}", "type": "impression", "user_id": user, "items": ["sku-1"],
+                       "ts": now_ms(), "rec_id": rec, "variant": variant})
+        if n < purchases:
+            events.append({"event_id": f"{variant}-p{n}", "type": "purchase", "user_id": user, "item_id": "sku-1",
+                           "ts": now_ms(), "rec_id": rec, "variant": variant, "price": 10.0})
+    for start in range(0, len(events), 500):
+        status, answer = lab.post({"events": events[start:start + 500]})
+        assert answer["accepted"] == len(events[start:start + 500])
+    lab.drain()
+
+
+def run_guardrail(lab):
+    return lab.guardrail.lambda_handler({}, context("guardrail"))
+
+
+def test_the_guardrail_kills_a_worse_challenger_and_its_share_falls_to_zero(lab):
+    deploy(lab, START)
+    attribute(lab, "champion", 3000, 150)
+    attribute(lab, "challenger", 1500, 20)
+    result = run_guardrail(lab)
+    assert result["action"] == "killed"
+    assert "worse" in result["reason"]
+    state = ExperimentStates(lab.stack.names["ItemsTable"]).get("exp-test")
+    assert state["status"] == "killed" and state["by"] == "guardrail"
+    lab.edge._state["rollout"].store.fetched_at = float("-inf")
+    assert set(served_variants(lab, [f"shopper-{i}" for i in range(600)])) == {"champion"}
+    again = run_guardrail(lab)
+    assert again["action"] in ("idle", "skipped")  # a stopped experiment is never touched again
+
+
+def test_a_winning_challenger_is_reported_never_promoted(lab):
+    deploy(lab, START)
+    attribute(lab, "champion", 3000, 60)
+    attribute(lab, "challenger", 1500, 120)
+    result = run_guardrail(lab)
+    assert result["action"] == "winning"
+    lab.edge._state["rollout"].store.fetched_at = float("-inf")
+    assert lab.edge._state["rollout"].store.get_configuration() == START
+
+
+def test_no_decision_without_enough_data(lab):
+    deploy(lab, START)
+    attribute(lab, "champion", 100, 5)
+    attribute(lab, "challenger", 50, 0)
+    assert run_guardrail(lab)["action"] == "insufficient_data"

@@ -1,0 +1,83 @@
+"""Sticky assignment and the flag store's failure behaviour, on real flag documents."""
+
+import pytest
+from aws_lambda_powertools.utilities.feature_flags.schema import SchemaValidator
+
+from personalize import flags
+
+
+def store_of(*documents):
+    """A store whose fetch returns the documents in turn (an Exception instance raises)."""
+    queue = list(documents)
+    clock = {"now": 0.0}
+
+    def fetch():
+        item = queue.pop(0) if len(queue) > 1 else queue[0]
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    store = flags.CachedDocumentStore(fetch, max_age_s=10, clock=lambda: clock["now"])
+    return store, clock
+
+
+TWO_PERCENT = flags.rollout_document("ranker-mlp/v1", "ranker-linear/v1", 0.02, "exp-a")
+
+
+def test_documents_pass_powertools_schema_validation():
+    for share in (0.0, 0.0001, 0.02, 0.5, 1.0):
+        SchemaValidator(flags.rollout_document("a/v1", "b/v1", share, "e")).validate()
+
+
+def test_two_percent_rule_assigns_about_two_percent_of_100k_shoppers():
+    rollout = flags.Rollout(store_of(TWO_PERCENT)[0], "ranker-mlp/v1")
+    variants = [rollout.assign(f"user-{i}") for i in range(100_000)]
+    share = sum(v.variant == flags.CHALLENGER for v in variants) / len(variants)
+    assert 0.018 <= share <= 0.022
+    assert all(v.flags_loaded for v in variants[:10])
+    assert {v.model for v in variants if v.variant == flags.CHALLENGER} == {"ranker-linear/v1"}
+
+
+def test_share_has_a_hundredth_of_a_percent_resolution():
+    doc = flags.rollout_document("a/v1", "b/v1", 0.0001, "e")
+    assert flags.challenger_share(doc) == pytest.approx(0.0001)
+
+
+def test_assignment_is_sticky_and_a_new_experiment_reshuffles():
+    a = flags.Rollout(store_of(TWO_PERCENT)[0], "ranker-mlp/v1")
+    b = flags.Rollout(store_of(TWO_PERCENT)[0], "ranker-mlp/v1")  # another edge location
+    users = [f"user-{i}" for i in range(5000)]
+    first = [a.assign(u).variant for u in users]
+    assert first == [a.assign(u).variant for u in users] == [b.assign(u).variant for u in users]
+    other = flags.Rollout(store_of(flags.rollout_document("ranker-mlp/v1", "ranker-linear/v1", 0.02, "exp-b"))[0],
+                          "ranker-mlp/v1")
+    assert [other.assign(u).variant for u in users] != first
+
+
+def test_anonymous_shoppers_get_the_champion():
+    rollout = flags.Rollout(store_of(flags.rollout_document("a/v1", "b/v1", 1.0, "e"))[0], "a/v1")
+    assert rollout.assign(None).variant == flags.CHAMPION
+    assert rollout.assign("someone").variant == flags.CHALLENGER
+
+
+def test_kill_switch_sends_everyone_to_the_champion():
+    killed = flags.rollout_document("a/v1", "b/v1", 1.0, "e", kill_switch=True)
+    rollout = flags.Rollout(store_of(killed)[0], "a/v1")
+    assert {rollout.assign(f"u{i}").variant for i in range(100)} == {flags.CHAMPION}
+
+
+def test_a_failing_store_keeps_the_last_good_document_and_counts():
+    store, clock = store_of(TWO_PERCENT, RuntimeError("AppConfig down"))
+    rollout = flags.Rollout(store, "ranker-mlp/v1")
+    assert rollout.assign("u1").flags_loaded
+    clock["now"] = 60
+    assignment = rollout.assign("u1")
+    assert assignment.flags_loaded and assignment.experiment == "exp-a"
+    assert store.failures == 1
+
+
+def test_before_any_document_the_champion_is_served_and_it_is_not_silent():
+    store, _ = store_of(RuntimeError("no AppConfig yet"))
+    assignment = flags.Rollout(store, "ranker-mlp/v1").assign("u1")
+    assert (assignment.variant, assignment.model, assignment.flags_loaded) == ("champion", "ranker-mlp/v1", False)
+    assert store.failures == 1 and not store.loaded
