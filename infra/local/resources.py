@@ -41,7 +41,8 @@ class LocalResources:
             artifacts_bucket=self.names["ArtifactsBucket"], signing_secret=self.names["SigningKeySecret"],
             flags={"source": "local", "bucket": self.names["ArtifactsBucket"],
                    "application_id": self.names["RolloutApplication"], "profile_id": self.names["RolloutProfile"]},
-            default_champion=settings.DEFAULT_CHAMPION, flags_max_age_s=2.0)
+            # Faster than deployed: the local schedules run every second or two.
+            default_champion=settings.DEFAULT_CHAMPION, flags_max_age_s=2.0, snapshot_refresh_s=1.0)
 
     def deploy_flags(self, document: dict) -> int:
         """What an AppConfig deployment does, locally: a new hosted version, then the

@@ -13,6 +13,7 @@ import secrets
 import socket
 import sys
 import threading
+import time
 import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -111,6 +112,7 @@ class Function:
         self.name = name
         os.environ["POWERTOOLS_SERVICE_NAME"] = name  # as the template sets per function
         self.module = handlers.load(name)
+        self.durations_ms: list[float] = []  # handler time per invocation (what Lambda bills)
         for attribute, value in overrides.items():
             setattr(self.module, attribute, value)
         self.lock = threading.Lock()
@@ -123,9 +125,11 @@ class Function:
     def __call__(self, event: dict, ctx=None) -> dict:
         with self.lock:
             _invoking.active = True
+            started = time.perf_counter()
             try:
                 return self.module.lambda_handler(event, ctx or context(self.name))
             finally:
+                self.durations_ms.append((time.perf_counter() - started) * 1000)
                 _invoking.active = False
 
 
@@ -155,16 +159,24 @@ class LocalStack:
     def start(self) -> LocalStack:
         from moto.server import ThreadedMotoServer
 
+        self._saved = (dict(os.environ), sys.stdout, sys.getswitchinterval())
         os.environ.update({
             "AWS_ENDPOINT_URL": self.aws_endpoint, "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
             "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1", "POWERTOOLS_TRACE_DISABLED": "1",
         })
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        # Everything (moto, the poller, the functions, the front) shares one GIL here: switch
+        # threads more often so a request is not stuck behind a batch for long.
+        sys.setswitchinterval(0.001)
         self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=self.aws_port, verbose=False)
         self._moto.start()
         LOG_FILE.parent.mkdir(parents=True, exist_ok=True)
         if not isinstance(sys.stdout, _FunctionOutput):
             sys.stdout = _FunctionOutput(sys.stdout, LOG_FILE.open("a", buffering=1))
+            # The domain's own warnings (a refresh that timed out under load) go there too.
+            domain_log = logging.getLogger("personalize")
+            domain_log.addHandler(logging.StreamHandler(sys.stdout.sink))
+            domain_log.propagate = False
         warnings.filterwarnings("ignore", message="No application metrics to publish")
         aws.reset()
         self.resources = resources.create_all()
@@ -192,6 +204,10 @@ class LocalStack:
         self.write_state()
         return self
 
+    def edge_recommender(self):
+        """The edge function instance's in-memory serving state."""
+        return self.functions["edge"].module.recommender()
+
     def write_state(self, path: Path = STATE_FILE) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({
@@ -208,6 +224,18 @@ class LocalStack:
             self._http.shutdown()
         if self._moto:
             self._moto.stop()
+        if getattr(self, "_saved", None):  # leave the process as it was (tests run several stacks)
+            environ, stdout, interval = self._saved
+            os.environ.clear()
+            os.environ.update(environ)
+            if isinstance(sys.stdout, _FunctionOutput):
+                sys.stdout.sink.close()
+                logging.getLogger("personalize").handlers.clear()
+                logging.getLogger("personalize").propagate = True
+            sys.stdout = stdout
+            sys.setswitchinterval(interval)
+            aws.reset()
+            self._saved = None
 
     # --- routing ---
     def route(self, method: str, path: str, query: dict, headers: dict, body: bytes | None) -> dict:

@@ -54,6 +54,8 @@ class ServingConfig:
     log_sample_rate: float = 0.01
     user_read_timeout_s: float = 0.05
     flags_max_age_s: float = 10.0
+    snapshot_refresh_s: float = 10.0
+    soldout_refresh_s: float = 1.0
 
     @classmethod
     def from_file(cls, path: Path) -> ServingConfig:
@@ -136,5 +138,6 @@ def build(config: ServingConfig, models_dir: Path, running_region: str | None, o
     soldout = DynamoSoldOut(config.features_table, region=replica, client=users.client)
     recommender = Recommender(users, artifacts, soldout,
                               signing_key(config.signing_secret, config.home_region), choose,
-                              log_sample_rate=config.log_sample_rate, on_scored=on_scored)
+                              log_sample_rate=config.log_sample_rate, on_scored=on_scored,
+                              snapshot_refresh_s=config.snapshot_refresh_s, soldout_refresh_s=config.soldout_refresh_s)
     return recommender, rollout, models

@@ -1,0 +1,19 @@
+"""A shortened run of `make demo`: the same story on the local stack, every claim must hold."""
+
+from infra import demo
+from infra.local.stack import LocalStack
+
+
+def test_the_flash_sale_story_holds(tmp_path):
+    stack = LocalStack(snapshot_interval_s=1.0, guardrail_interval_s=2.0).start()
+    try:
+        story = demo.Demo(stack, demo.SCALES["small"]).run()
+    finally:
+        stack.stop()
+    failed = [c.text for c in story.claims if not c.ok]
+    assert not failed
+    assert len(story.claims) >= 10
+    assert story.figures["events_lost"] == 0
+    assert story.figures["stockout_to_gone_s"] <= 5
+    demo.write_report(story, tmp_path / "report.html")
+    assert "data:image/png;base64" in (tmp_path / "report.html").read_text()
