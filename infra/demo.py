@@ -47,8 +47,8 @@ class Scale:
 
 
 SCALES = {
-    "full": Scale(orders=700, burst_events=300, experiment_shoppers=2500, challenger_impressions=2000,
-                  champion_impressions=8000),
+    "full": Scale(orders=500, burst_events=300, experiment_shoppers=2500, challenger_impressions=1500,
+                  champion_impressions=5000),
     "small": Scale(orders=150, burst_events=120, experiment_shoppers=1000, challenger_impressions=1200,
                    champion_impressions=4000),
 }

@@ -27,7 +27,7 @@ def recommender():
         config.artifacts_bucket = config.artifacts_bucket.replace("{account}", _state.get("account", ""))
         _state["recommender"], _state["rollout"], _state["models"] = serving_config.build(
             config, MODELS_DIR, os.environ.get("AWS_REGION"))
-        _state["recommender"].warm(_state["rollout"].store.get_configuration)
+        _state["recommender"].warm(_state["rollout"].store.refresh_now)
         gc.freeze()  # what cold start built lives as long as the instance: keep it out of GC scans
     return _state["recommender"]
 

@@ -20,7 +20,7 @@ app = APIGatewayHttpResolver()
 MODELS_DIR = Path(os.environ.get("MODELS_DIR", "/opt/python/shipped_models"))
 recommender, rollout, models = serving_config.build(serving_config.ServingConfig.from_env(), MODELS_DIR,
                                                     os.environ.get("AWS_REGION"))
-recommender.warm(rollout.store.get_configuration)
+recommender.warm(rollout.store.refresh_now)
 
 
 @app.get("/recommendations")

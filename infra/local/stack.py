@@ -11,6 +11,7 @@ import logging
 import os
 import secrets
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -157,26 +158,26 @@ class LocalStack:
         return f"http://127.0.0.1:{self.aws_port}"
 
     def start(self) -> LocalStack:
-        from moto.server import ThreadedMotoServer
-
         self._saved = (dict(os.environ), sys.stdout, sys.getswitchinterval())
         os.environ.update({
             "AWS_ENDPOINT_URL": self.aws_endpoint, "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
             "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1", "POWERTOOLS_TRACE_DISABLED": "1",
         })
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
         # Everything (moto, the poller, the functions, the front) shares one GIL here: switch
         # threads more often so a request is not stuck behind a batch for long.
         sys.setswitchinterval(0.001)
-        self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=self.aws_port, verbose=False)
-        self._moto.start()
+        self._moto = subprocess.Popen([sys.executable, "-m", "infra.local.moto_process", str(self.aws_port)],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                      cwd=ROOT, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        if self._moto.stdout.readline().strip() != b"ready":
+            raise RuntimeError("the embedded moto server did not start")
         LOG_FILE.parent.mkdir(parents=True, exist_ok=True)
         if not isinstance(sys.stdout, _FunctionOutput):
             sys.stdout = _FunctionOutput(sys.stdout, LOG_FILE.open("a", buffering=1))
-            # The domain's own warnings (a refresh that timed out under load) go there too.
-            domain_log = logging.getLogger("personalize")
-            domain_log.addHandler(logging.StreamHandler(sys.stdout.sink))
-            domain_log.propagate = False
+            # Python logging (the domain's warnings, the poller's retries) goes there too.
+            self._log_handler = logging.StreamHandler(sys.stdout.sink)
+            self._log_handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+            logging.getLogger().addHandler(self._log_handler)
         warnings.filterwarnings("ignore", message="No application metrics to publish")
         aws.reset()
         self.resources = resources.create_all()
@@ -223,15 +224,18 @@ class LocalStack:
         if self._http:
             self._http.shutdown()
         if self._moto:
-            self._moto.stop()
+            self._moto.stdin.close()
+            try:
+                self._moto.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._moto.kill()
         if getattr(self, "_saved", None):  # leave the process as it was (tests run several stacks)
             environ, stdout, interval = self._saved
             os.environ.clear()
             os.environ.update(environ)
             if isinstance(sys.stdout, _FunctionOutput):
+                logging.getLogger().removeHandler(self._log_handler)
                 sys.stdout.sink.close()
-                logging.getLogger("personalize").handlers.clear()
-                logging.getLogger("personalize").propagate = True
             sys.stdout = stdout
             sys.setswitchinterval(interval)
             aws.reset()

@@ -20,7 +20,7 @@ def lab(stack, tmp_path):
 def deploy(lab, document):
     lab.stack.deploy_flags(document)
     lab.edge.recommender()  # cold start if not yet
-    lab.edge._state["rollout"].store.fetched_at = float("-inf")  # as if max_age had passed
+    lab.edge._state["rollout"].store.refresh_now()  # as when max_age has passed
 
 
 START = flags.rollout_document("ranker-mlp/v1", "ranker-linear/v1", 0.02, "exp-test")
@@ -72,7 +72,7 @@ def test_the_guardrail_kills_a_worse_challenger_and_its_share_falls_to_zero(lab)
     assert "worse" in result["reason"]
     state = ExperimentStates(lab.stack.names["ItemsTable"]).get("exp-test")
     assert state["status"] == "killed" and state["by"] == "guardrail"
-    lab.edge._state["rollout"].store.fetched_at = float("-inf")
+    lab.edge._state["rollout"].store.refresh_now()
     assert set(served_variants(lab, [f"shopper-{i}" for i in range(600)])) == {"champion"}
     again = run_guardrail(lab)
     assert again["action"] in ("idle", "skipped")  # a stopped experiment is never touched again
@@ -84,8 +84,7 @@ def test_a_winning_challenger_is_reported_never_promoted(lab):
     attribute(lab, "challenger", 1500, 120)
     result = run_guardrail(lab)
     assert result["action"] == "winning"
-    lab.edge._state["rollout"].store.fetched_at = float("-inf")
-    assert lab.edge._state["rollout"].store.get_configuration() == START
+    assert lab.edge._state["rollout"].store.refresh_now() == START
 
 
 def test_no_decision_without_enough_data(lab):

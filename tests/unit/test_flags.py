@@ -81,3 +81,32 @@ def test_before_any_document_the_champion_is_served_and_it_is_not_silent():
     assignment = flags.Rollout(store, "ranker-mlp/v1").assign("u1")
     assert (assignment.variant, assignment.model, assignment.flags_loaded) == ("champion", "ranker-mlp/v1", False)
     assert store.failures == 1 and not store.loaded
+
+
+class DeferredExecutor:
+    """Runs submitted work only when asked: shows what happens off the request path."""
+
+    def __init__(self):
+        self.pending = []
+
+    def submit(self, fn):
+        self.pending.append(fn)
+
+    def run(self):
+        while self.pending:
+            self.pending.pop(0)()
+
+
+def test_a_stale_document_is_refreshed_off_the_request_path():
+    new = flags.rollout_document("ranker-mlp/v1", "ranker-linear/v1", 0.5, "exp-b")
+    documents = [TWO_PERCENT, new]
+    clock = {"now": 0.0}
+    executor = DeferredExecutor()
+    store = flags.CachedDocumentStore(lambda: documents.pop(0) if len(documents) > 1 else documents[0],
+                                      max_age_s=10, clock=lambda: clock["now"], executor=executor)
+    assert store.refresh_now() == TWO_PERCENT
+    clock["now"] = 11
+    assert store.get_configuration() == TWO_PERCENT  # answered at once, with the last document
+    assert len(executor.pending) == 1
+    executor.run()
+    assert store.get_configuration() == new

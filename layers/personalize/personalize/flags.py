@@ -77,15 +77,20 @@ class CachedDocumentStore(StoreProvider):
     """A flags document fetched at most every ``max_age_s``; the last good one survives
     fetch failures (counted, logged); before the first success, fetches raise."""
 
-    def __init__(self, fetch: Callable[[], dict], max_age_s: float = 10.0, clock=time.monotonic):
+    def __init__(self, fetch: Callable[[], dict], max_age_s: float = 10.0, clock=time.monotonic,
+                 executor=None):
         self.fetch = fetch
         self.max_age_s = max_age_s
         self.clock = clock
+        # With an executor, a stale document is refreshed in the background and the current
+        # one answers meanwhile: serving never waits on AppConfig once it has a document.
+        self.executor = executor
         self.document: dict | None = None
         self.fetched_at = float("-inf")
         self.failures = 0
         self.loads = 0
         self._lock = threading.Lock()
+        self._refreshing = threading.Lock()
 
     @property
     def loaded(self) -> bool:
@@ -95,6 +100,24 @@ class CachedDocumentStore(StoreProvider):
         now = self.clock()
         if now - self.fetched_at < self.max_age_s and self.document is not None:
             return self.document
+        if self.executor is not None and self.document is not None:
+            if self._refreshing.acquire(blocking=False):
+                def refresh():
+                    try:
+                        self._fetch(self.clock())
+                    except ConfigurationStoreError:
+                        pass
+                    finally:
+                        self._refreshing.release()
+                self.executor.submit(refresh)
+            return self.document
+        return self._fetch(now)
+
+    def refresh_now(self) -> dict[str, Any]:
+        """Fetch now, on this thread (cold start, tests)."""
+        return self._fetch(self.clock())
+
+    def _fetch(self, now: float) -> dict[str, Any]:
         with self._lock:
             try:
                 document = self.fetch()

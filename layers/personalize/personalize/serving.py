@@ -142,13 +142,13 @@ class Recommender:
     def __init__(self, users: UserStore, artifacts: Artifacts, soldout: SoldOut, signing_key: str | None,
                  choose_variant: Callable[[str | None], Variant], log_sample_rate: float = 0.01,
                  snapshot_refresh_s: float = SNAPSHOT_REFRESH_S, soldout_refresh_s: float = SOLDOUT_REFRESH_S,
-                 on_scored: Callable[[dict], None] | None = None):
+                 on_scored: Callable[[dict], None] | None = None, pool: ThreadPoolExecutor | None = None):
         self.users = users
         self.signing_key = signing_key
         self.choose_variant = choose_variant
         self.log_sample_rate = log_sample_rate
         self.on_scored = on_scored or (lambda record: log.info("scored", extra=record))
-        self.pool = ThreadPoolExecutor(3, thread_name_prefix="refresh")
+        self.pool = pool or ThreadPoolExecutor(3, thread_name_prefix="refresh")
         self.snapshot = Refreshing("snapshot", SnapshotSource(artifacts), snapshot_refresh_s, self.pool)
         self.soldout = Refreshing("soldout", lambda _: soldout.read(), soldout_refresh_s, self.pool)
         self._served: tuple[int, int, ItemSnapshot] | None = None

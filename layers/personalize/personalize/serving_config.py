@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -120,7 +121,9 @@ def build(config: ServingConfig, models_dir: Path, running_region: str | None, o
     else:
         fetch = flags.appconfig_fetcher(source["application"], source["environment"], source["profile"],
                                         config.home_region)
-    rollout = flags.Rollout(flags.CachedDocumentStore(fetch, config.flags_max_age_s), config.default_champion)
+    pool = ThreadPoolExecutor(3, thread_name_prefix="refresh")  # off-request refreshes
+    rollout = flags.Rollout(flags.CachedDocumentStore(fetch, config.flags_max_age_s, executor=pool),
+                            config.default_champion)
     champion = models.get(config.default_champion)  # fail at cold start, not on a request
 
     def choose(user_id: str | None) -> Variant:
@@ -139,5 +142,6 @@ def build(config: ServingConfig, models_dir: Path, running_region: str | None, o
     recommender = Recommender(users, artifacts, soldout,
                               signing_key(config.signing_secret, config.home_region), choose,
                               log_sample_rate=config.log_sample_rate, on_scored=on_scored,
-                              snapshot_refresh_s=config.snapshot_refresh_s, soldout_refresh_s=config.soldout_refresh_s)
+                              snapshot_refresh_s=config.snapshot_refresh_s, soldout_refresh_s=config.soldout_refresh_s,
+                              pool=pool)
     return recommender, rollout, models
