@@ -65,6 +65,9 @@ experiment-promote: $(STAMP) ## Make the challenger the champion [ENV=...]
 bench: $(STAMP) ## Measure the budgets; writes build/bench.json
 	$(BIN)/python -m tests.bench.run
 
+loadtest: $(STAMP) ## Bounded load test on the local stack; writes build/bench.json "load"
+	$(BIN)/python -m infra.loadtest
+
 lock: ## Re-resolve requirements/dev.lock from requirements/dev.in
 	rm -rf /tmp/lock-venv && $(PYTHON) -m venv /tmp/lock-venv
 	/tmp/lock-venv/bin/pip install --quiet -r requirements/dev.in

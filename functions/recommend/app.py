@@ -3,6 +3,7 @@ origin, and the API for server-side callers)."""
 
 import json
 import os
+import time
 from pathlib import Path
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -26,6 +27,7 @@ recommender.warm(rollout.store.refresh_now)
 @app.get("/recommendations")
 @tracer.capture_method
 def get_recommendations() -> Response:
+    started = time.perf_counter()
     event = app.current_event
     cookie = identity.cookie_from_headers([c for c in (event.cookies or [])] +
                                           [event.headers.get("cookie", "")])
@@ -33,6 +35,7 @@ def get_recommendations() -> Response:
                                    event.headers.get("cloudfront-viewer-country"))
     variant = answer.body.get("variant", "none")
     metrics.add_metric(f"Requests_{variant}", MetricUnit.Count, 1)
+    metrics.add_metric(f"LatencyMs_{variant}", MetricUnit.Milliseconds, (time.perf_counter() - started) * 1000)
     if answer.body.get("fallback"):
         metrics.add_metric(f"Fallbacks_{variant}", MetricUnit.Count, 1)
     return Response(status_code=answer.status, body=json.dumps(answer.body), headers=answer.headers)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from infra.local.template import ROOT
 
 OUT = ROOT / "build" / "bench.json"
-SECTIONS = ("ingest", "serving", "experiment")
+SECTIONS = ("ingest", "model", "serving", "experiment")
 
 
 def main() -> None:

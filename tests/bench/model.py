@@ -1,0 +1,45 @@
+"""Model figures for build/bench.json (`model`): the shipped models' manifests (measured by
+`make train` on the real Instacart sample) and onnxruntime latency for 300 candidates."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+from infra.local.template import ROOT
+from models import train
+from personalize import ranking
+from personalize.models import load_folder
+
+
+def latency_us(ranker, rows: int = 300, runs: int = 3000) -> tuple[float, float]:
+    X = np.random.default_rng(0).random((rows, len(ranking.FEATURES)), dtype=np.float32)
+    for _ in range(200):
+        ranker.score(X)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        ranker.score(X)
+        times.append((time.perf_counter() - t) * 1e6)
+    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+
+
+def run() -> dict:
+    out: dict = {}
+    for name in train.MODELS:
+        folder = ROOT / "models" / name / train.VERSION
+        manifest = json.loads((folder / "manifest.json").read_text())
+        m, q = manifest["metrics"], manifest["quantization"]
+        p50, p99 = latency_us(load_folder(folder))
+        out[name] = {
+            "ndcg_at_10": m["test"]["ndcg_at_10"], "hit_rate_at_10": m["test"]["hit_rate_at_10"],
+            "recall_at_10": m["test"]["recall_at_10"], "float_bytes": q["float_bytes"], "int8_bytes": q["int8_bytes"],
+            "int8_ndcg_delta": q["int8_ndcg_delta"], "ships": q["ships"], "p50_us": round(p50, 1),
+            "p99_us": round(p99, 1),
+        }
+        out["baseline_popularity_ndcg_at_10"] = m["baseline_popularity"]["ndcg_at_10"]
+        out["baseline_repeat_ndcg_at_10"] = m["baseline_repeat"]["ndcg_at_10"]
+        out["candidate_recall"] = m["candidate_recall"]
+    return out
