@@ -121,7 +121,7 @@ class Function:
         if logger is not None:  # Powertools bound its handler to the real stdout at import
             for handler in logger._logger.handlers:
                 if isinstance(handler, logging.StreamHandler):
-                    handler.setStream(sys.stdout)
+                    handler.stream = sys.stdout  # not setStream: it flushes the previous stack's closed sink
 
     def __call__(self, event: dict, ctx=None) -> dict:
         with self.lock:
