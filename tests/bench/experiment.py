@@ -12,6 +12,7 @@ from infra.local.stack import LocalStack
 from personalize import flags, identity
 
 from .simulation import BASE_RATE, CHALLENGER_PER_TICK, guardrail_kills, naive_kills, simulate
+from .streams import post_events
 
 
 def assigned_share(n: int = 100_000) -> float:
@@ -28,10 +29,7 @@ def kill_to_zero_s() -> tuple[float, float]:
         now = int(time.time() * 1000)
         events = [{"event_id": f"k{n}", "type": "view", "user_id": f"bg{n % 50}", "item_id": f"sku-{n % 500}",
                    "ts": now} for n in range(3000)]
-        for start in range(0, len(events), 500):
-            req = urllib.request.Request(stack.endpoint + "/events", method="POST",
-                                         data=json.dumps({"events": events[start:start + 500]}).encode())
-            urllib.request.urlopen(req, timeout=30).read()
+        post_events(stack.endpoint, events)
         stack.poller.drain(60)
         stack.functions["snapshot"]({})
         stack.resources.deploy_flags(flags.rollout_document("ranker-mlp/v1", "ranker-linear/v1", 0.02, "exp-k"))

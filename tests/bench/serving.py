@@ -25,7 +25,7 @@ from personalize.adapters.userstore import MemoryUserStore
 from personalize.aggregation import ITEMS, USERS
 from personalize.ingest import Ingestor
 
-from .streams import FlashSale, kinesis_batches
+from .streams import FlashSale, kinesis_batches, post_events
 
 
 def percentile(values, q):
@@ -144,10 +144,7 @@ def run(requests: int = 3000) -> dict:
         now, base = int(time.time() * 1000), events[0]["ts"]
         for e in events:  # the stream's last minutes, ending now
             e["ts"] = now - 60_000 + (e["ts"] - base) // 100
-        for start in range(0, len(events), 500):
-            req = urllib.request.Request(stack.endpoint + "/events", method="POST",
-                                         data=json.dumps({"events": events[start:start + 500]}).encode())
-            urllib.request.urlopen(req, timeout=30).read()
+        post_events(stack.endpoint, events)
         stack.poller.drain(60)
         stack.functions["snapshot"]({})
         out["stockout_to_gone_s"] = round(stockout_to_gone_s(stack), 3)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 
-from botocore.config import Config
-
 from . import aws
 
 SOLDOUT_KEY = {"pk": {"S": "soldout"}, "sk": {"S": "items"}}
@@ -28,18 +26,18 @@ class SoldOut(ABC):
 
 
 class DynamoSoldOut(SoldOut):
-    def __init__(self, table_name: str, region: str | None = None, client=None, timeout_s: float = 0.2):
+    """``aggregate`` writes with the default (patient, retrying) client; serving passes its
+    user store's quick client to read from the nearest replica."""
+
+    def __init__(self, table_name: str, region: str | None = None, client=None):
         self.table_name = table_name
         self.region = region
-        self.timeout_s = timeout_s
         self._client = client
 
     @property
     def client(self):
         if self._client is None:
-            self._client = aws.boto3_client("dynamodb", self.region, Config(
-                connect_timeout=self.timeout_s, read_timeout=self.timeout_s,
-                retries={"mode": "standard", "max_attempts": 3}))
+            self._client = aws.client("dynamodb", self.region)
         return self._client
 
     def update(self, sold_out: set[str], restocked: set[str]) -> None:
