@@ -202,3 +202,20 @@ def test_flash_sale_burst_on_one_item_writes_each_row_once_per_batch(pipeline, s
     merged = state.merge_item_rows([state.ItemRow.from_obj(r.row) for r in store.query("items", "i#hot")], ts)
     assert merged.totals == [0, 300, 100, 0]
     assert len(puts) <= 50 + shards, "one write per shopper plus one per shard's hot item row"
+
+
+def test_late_and_out_of_order_events_through_the_pipeline(pipeline):
+    """Hand computation: 8 views and 3 clicks in the last 10 minutes (out of order), 5 views
+    12 minutes ago, and one click 70 minutes ago that is late and dropped."""
+    now = now_ms()
+    plan = [(0, "view")] * 3 + [(9, "click")] * 3 + [(4, "view")] * 5 + [(12, "view")] * 5 + [(70, "click")]
+    events = [{"event_id": f"h{n}", "type": kind, "user_id": "hand", "item_id": f"sku-{n}",
+               "ts": now - minutes * 60_000} for n, (minutes, kind) in enumerate(plan)]
+    status, answer = pipeline.post({"events": events})
+    assert answer["accepted"] == len(events)
+    pipeline.drain()
+    _, f = pipeline.user_features("hand")
+    assert (f["views_10m"], f["clicks_10m"]) == (8, 3)
+    assert f["click_rate_10m"] == pytest.approx(3 / 8)
+    assert (f["views_1h"], f["clicks_1h"], f["clicks_total"]) == (13, 3, 3)
+    assert pipeline.aggregate.processor.last_result.late == 1

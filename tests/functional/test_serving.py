@@ -241,3 +241,19 @@ def test_the_flags_document_was_really_loaded(serving):
     store = serving.edge._state["rollout"].store
     assert store.loaded and store.loads >= 1 and store.failures == 0
     assert store.document["champion_model"]["default"] == "ranker-mlp/v1"
+
+
+def test_a_sample_of_scored_requests_is_logged_for_training(serving):
+    load_shop(serving, now_ms())
+    recommender = serving.recommender()
+    logged = []
+    recommender.log_sample_rate, recommender.on_scored = 1.0, logged.append
+    cookie = serving.cookie("shopper-5")
+    serving.post({"event_id": "l1", "type": "view", "user_id": "shopper-5", "item_id": "sku-3", "ts": now_ms()})
+    serving.drain()
+    _, body, _ = serving.get(cookie=cookie)
+    [record] = logged
+    assert record["rec_id"] == body["rec_id"] and record["model"] == body["model"]
+    assert len(record["vectors"]) == len(record["candidates"]) == body["candidates"]
+    assert len(record["vectors"][0]) == len(record["features"])
+    assert record["returned"] == items(body)
