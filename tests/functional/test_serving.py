@@ -2,7 +2,6 @@
 and the regional handler, under moto, after real events went through the pipeline."""
 
 import json
-import time
 
 import pytest
 
@@ -178,10 +177,8 @@ def test_a_bad_query_gets_a_400_with_a_message(serving, query, message):
 def test_a_failing_user_read_falls_back_without_an_error(serving):
     load_shop(serving, now_ms())
     serving.recommender().users = MemoryUserStore(fail=True)
-    started = time.perf_counter()
     status, body, _ = serving.get(cookie=serving.cookie("shopper-3"))
     assert status == 200 and body["fallback_reason"] == "user_read_failed" and body["items"]
-    assert time.perf_counter() - started < 1.0
 
 
 def test_no_snapshot_yet_is_an_empty_200(serving):

@@ -182,7 +182,7 @@ def appconfig_fetcher(application: str, environment: str, profile: str, region: 
 
     provider = AppConfigProvider(environment=environment, application=application,
                                  boto_config=Config(region_name=region, connect_timeout=1, read_timeout=2,
-                                                    retries={"max_attempts": 2}))
+                                                    retries={"mode": "standard", "total_max_attempts": 2}))
 
     def fetch() -> dict:
         return provider.get(profile, transform="json", force_fetch=True)

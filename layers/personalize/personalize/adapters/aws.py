@@ -12,7 +12,7 @@ import threading
 import boto3
 from botocore.config import Config
 
-_CONFIG = Config(retries={"mode": "standard", "max_attempts": 4}, max_pool_connections=32)
+_CONFIG = Config(retries={"mode": "standard", "total_max_attempts": 4}, max_pool_connections=32)
 _lock = threading.Lock()
 
 

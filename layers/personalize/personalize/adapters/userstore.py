@@ -52,7 +52,7 @@ class DynamoUserStore(UserStore):
             # One quick attempt: a retry would blow the serving budget.
             self._client = aws.boto3_client("dynamodb", self.region, Config(
                 connect_timeout=self.timeout_s, read_timeout=self.timeout_s,
-                retries={"mode": "standard", "max_attempts": 1}))
+                retries={"mode": "standard", "total_max_attempts": 1}))
         return self._client
 
     def get(self, user_id: str) -> UserRow | None:
