@@ -67,7 +67,9 @@ class Story:
     figures: dict = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
     trending: list[tuple[float, float]] = field(default_factory=list)   # (s, velocity)
-    shares: list[tuple[float, float]] = field(default_factory=list)     # (s, challenger share)
+    shares: list[tuple[float, float]] = field(default_factory=list)     # (s, challenger share of a panel)
+    served: list[tuple[float, str]] = field(default_factory=list)       # (s, variant) of signed-in answers
+    experiment_started: float | None = None
     sections: list[tuple[str, list[str]]] = field(default_factory=list)
 
     def section(self, title: str) -> None:
@@ -89,6 +91,7 @@ class Client:
         self.endpoint = endpoint
         self.story = story
         self.accepted = 0
+        self.t0 = time.monotonic()
 
     def request(self, method: str, path: str, body=None, headers=None) -> tuple[int, dict]:
         data = None if body is None else json.dumps(body).encode()
@@ -118,6 +121,8 @@ class Client:
         self.story.latencies_ms.append((time.perf_counter() - started) * 1000)
         if status != 200:
             raise RuntimeError(f"GET /recommendations answered {status}: {body}")
+        if cookie and self.story.experiment_started is not None:
+            self.story.served.append((time.monotonic() - self.t0, body["variant"]))
         return body
 
 
@@ -142,7 +147,7 @@ class Demo:
         self.rng = random.Random(seed)
         self.story = Story()
         self.client = Client(stack.endpoint, self.story)
-        self.t0 = time.monotonic()
+        self.t0 = self.client.t0
         self.writes = 0
         store = stack.functions["aggregate"].module.processor.ingestor.store
         store.client.meta.events.register("before-call.dynamodb.PutItem", self._count_write)
@@ -289,6 +294,7 @@ class Demo:
         s.section("5. A challenger model at 2%; it converts worse; the guardrail kills it")
         experiment = "exp-demo"
         deployed = time.monotonic()
+        s.experiment_started = deployed - self.t0
         self.stack.resources.deploy_flags(flags.rollout_document("ranker-mlp/v1", "ranker-linear/v1", 0.02,
                                                                  experiment))
         shoppers = [f"shopper-{i}" for i in range(self.scale.experiment_shoppers)]
@@ -407,13 +413,22 @@ def write_report(story: Story, path=REPORT) -> None:
            ylabel="weighted events/min above the hour's mean")
     images.append(_png(fig))
     fig, ax = plt.subplots(figsize=(7, 3))
-    if story.shares:
-        xs, ys = zip(*story.shares)
-        ax.step(xs, [100 * y for y in ys], where="post", label="challenger")
-        ax.step(xs, [100 - 100 * y for y in ys], where="post", label="champion")
+    if story.served:
+        times = np.array([t for t, _ in story.served])
+        challenger = np.array([v == "challenger" for _, v in story.served])
+        edges = np.arange(times.min(), times.max() + 5, 5.0)
+        which = np.digitize(times, edges)
+        centers, shares = [], []
+        for b in np.unique(which):
+            mask = which == b
+            centers.append(times[mask].mean())
+            shares.append(100 * challenger[mask].mean())
+        ax.plot(centers, shares, marker="o", label="challenger")
+        ax.plot(centers, [100 - x for x in shares], marker=".", label="champion")
         ax.set_yscale("symlog", linthresh=5)
         ax.legend()
-    ax.set(title="Share of served recommendations per variant (%)", xlabel="seconds into the demo", ylabel="%")
+    ax.set(title="Share of signed-in recommendations per variant, 5 s bins (%)", xlabel="seconds into the demo",
+           ylabel="%")
     images.append(_png(fig))
     fig, ax = plt.subplots(figsize=(7, 3))
     ax.hist(story.latencies_ms, bins=60)
