@@ -107,3 +107,29 @@ def test_initial_flags_document_matches_the_example_and_powertools_schema():
     assert content == json.loads((template.ROOT / "infra" / "flags" / "initial.json").read_text())
     for path in sorted((template.ROOT / "infra" / "flags").glob("*.json")):
         SchemaValidator(json.loads(path.read_text())).validate()
+
+
+def test_only_the_operators_route_requires_iam():
+    """The SAM transform of the HTTP API: features behind AWS_IAM, shoppers' routes open."""
+    import boto3
+    from samtranslator.translator.transform import transform
+
+    class Policies:
+        def load(self):
+            return {name: f"arn:aws:iam::aws:policy/{name}" for name in (
+                "AWSLambdaBasicExecutionRole", "AWSXrayWriteOnlyAccess", "AWSLambdaKinesisExecutionRole")}
+
+    import copy
+
+    doc = copy.deepcopy(template.load())
+    for resource in doc["Resources"].values():  # as `sam package` leaves them
+        for uri in ("CodeUri", "ContentUri"):
+            if uri in resource.get("Properties", {}):
+                resource["Properties"][uri] = "s3://bucket/key"
+    out = transform(doc, {}, Policies(), boto3.session.Session(region_name="us-east-1"))
+    security = {(path, method): spec.get("security")
+                for path, methods in out["Resources"]["HttpApi"]["Properties"]["Body"]["paths"].items()
+                for method, spec in methods.items()}
+    assert security[("/features/users/{user_id}", "get")] == [{"AWS_IAM": []}]
+    assert security[("/events", "post")] is None
+    assert security[("/recommendations", "get")] is None
