@@ -199,6 +199,7 @@ def aggregate_batch(
     for ent in entities.values():
         if not ent.changed:
             continue
+        ent.aux.advance(shard, max(ent.seqs))
         if ent.kind == "user":
             state.prune_user(ent.row, now_ms)
         elif ent.kind == "item":
@@ -209,7 +210,7 @@ def aggregate_batch(
 
 
 def _touch(ent: _Entity, shard: str, r: StreamRecord) -> None:
-    ent.aux.advance(shard, r.seq)
+    # The watermark moves once per row at the end of the batch (the highest of ``seqs``).
     ent.seqs.append(r.seq)
     ent.changed = True
     if r.event.ts > ent.last_ts:

@@ -139,17 +139,19 @@ class IngestProcessor(BatchProcessor):
 
     def collect(self, record: KinesisStreamRecord) -> None:
         """Record handler: decode and validate one record, or set it aside for quarantine."""
-        sequence_number = record.kinesis.sequence_number
+        payload = record.kinesis
+        sequence_number = payload.sequence_number
         self._by_seq[int(sequence_number)] = record
-        self._shard = record.event_id.split(":", 1)[0]
-        data = base64.b64decode(record.kinesis.data)
+        if not self._shard:  # one shard per batch
+            self._shard = record.event_id.split(":", 1)[0]
+        data = base64.b64decode(payload.data)
         try:
             self._valid.append(self.ingestor.decode(data, sequence_number, self._now_ms))
         except EventError as exc:
             self._rejected.append({
                 "id": sequence_number, "reason": str(exc), "raw": base64.b64encode(data).decode(),
                 "shard": self._shard, "sequence_number": sequence_number,
-                "arrival_ms": int(record.kinesis.approximate_arrival_timestamp * 1000),
+                "arrival_ms": int(payload.approximate_arrival_timestamp * 1000),
             })
 
     def _clean(self):

@@ -79,7 +79,7 @@ class Aux:
     def from_obj(cls, obj: list | None) -> Aux:
         if not obj:
             return cls()
-        return cls(dict(obj[0]), dict(obj[1]))
+        return cls(obj[0], obj[1])  # fresh from msgpack: no copy needed
 
 
 # --- shoppers -------------------------------------------------------------------------
