@@ -72,8 +72,11 @@ def test_samconfig_has_dev_and_prod():
     import tomllib
     config = tomllib.loads((template.ROOT / "samconfig.toml").read_text())
     assert {"dev", "prod"} <= set(config)
-    assert config["prod"]["deploy"]["parameters"]["stack_name"] if "stack_name" in config["prod"]["deploy"][
-        "parameters"] else config["prod"]["global"]["parameters"]["stack_name"]
+    stacks = {env: config[env]["global"]["parameters"]["stack_name"] for env in ("dev", "prod")}
+    assert stacks["dev"] != stacks["prod"]
+    for env in ("dev", "prod"):  # Lambda@Edge functions must be created in us-east-1
+        assert config[env]["deploy"]["parameters"]["region"] == "us-east-1"
+        assert f"Stage={env}" in config[env]["deploy"]["parameters"]["parameter_overrides"]
 
 
 EDGE = FUNCTIONS["EdgeFunction"]["Properties"]

@@ -67,7 +67,6 @@ class BatchStats:
     late: int = 0
     duplicates: int = 0
     already_applied: int = 0
-    by_type: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     # Items with stock events in this batch -> their stock level after it (applied now or
     # by an earlier delivery), for the sold-out list.
     stock_levels: dict[str, int] = field(default_factory=dict)
@@ -131,7 +130,6 @@ def aggregate_batch(
     for r in records:
         e = r.event
         stats.events += 1
-        stats.by_type[e.type] += 1
         if windows.is_late(e.ts, now_ms):
             stats.late += 1
             continue

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from . import windows
 from .events import MEASURES
-from .state import AFFINITY_HALF_LIFE_MS, ItemView, UserRow
+from .state import AFFINITY_HALF_LIFE_MS, UserRow
 
 WINDOWED_NAMES = tuple(f"{m}_{w}" for m in MEASURES for w in windows.WINDOWS)
 
@@ -41,17 +41,6 @@ def user_features(row: UserRow, now_ms: int) -> dict:
     }
     out["recent_items"] = [item for item, _, _ in reversed(row.recent)]
     out["items"] = {item: dict(zip((*MEASURES, "last_ts"), stats)) for item, stats in row.items.items()}
-    return out
-
-
-def item_features(view: ItemView, now_ms: int, country: str | None = None) -> dict:
-    out: dict = windowed(view.tiles, now_ms)
-    out["click_rate_10m"] = click_rate(out["clicks_10m"], out["views_10m"])
-    out["trending_velocity"] = trending_velocity(view.tiles, now_ms)
-    out["popularity"] = view.popularity
-    out["stock"] = view.stock
-    if country is not None:
-        out["country"] = windowed(view.countries.get(country, {}), now_ms)
     return out
 
 

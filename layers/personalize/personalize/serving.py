@@ -74,7 +74,6 @@ class Answer:
     body: dict
     headers: dict[str, str] = field(default_factory=lambda: {"Cache-Control": CACHE_CONTROL,
                                                              "Content-Type": "application/json"})
-    scored: np.ndarray | None = None  # the candidates' feature matrix, for sampled logging
 
 
 class Refreshing:
