@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import flags, settings
-from .adapters import aws
+from . import flags, identity, settings
 from .adapters.artifacts import S3Artifacts
+from .adapters.secrets import SecretVersions
 from .adapters.soldout import DynamoSoldOut
 from .adapters.userstore import DynamoUserStore
 from .models import MANIFEST_FILE, MODEL_FILE, Manifest, Ranker
@@ -106,9 +106,10 @@ class ModelCache:
         return ranker
 
 
-def signing_key(secret_id: str, region: str) -> str:
-    """Read once at cold start; never from the bundle or the repository."""
-    return aws.client("secretsmanager", region).get_secret_value(SecretId=secret_id)["SecretString"]
+def signing_keys(secret_id: str, region: str) -> identity.KeyRing:
+    """The cookie/rec_id keys (current and previous), read from Secrets Manager, never from
+    the bundle or the repository; re-read every minute, never older than five."""
+    return identity.KeyRing(SecretVersions(secret_id, region).load, refresh_s=60.0, max_stale_s=300.0)
 
 
 def build(config: ServingConfig, models_dir: Path, running_region: str | None, on_scored=None):
@@ -139,8 +140,8 @@ def build(config: ServingConfig, models_dir: Path, running_region: str | None, o
     users = DynamoUserStore(config.features_table, region=replica, timeout_s=config.user_read_timeout_s)
     _ = artifacts.client  # clients are made here, on one thread, before the warm-up fans out
     soldout = DynamoSoldOut(config.features_table, region=replica, client=users.client)
-    recommender = Recommender(users, artifacts, soldout,
-                              signing_key(config.signing_secret, config.home_region), choose,
+    keyring = signing_keys(config.signing_secret, config.home_region)
+    recommender = Recommender(users, artifacts, soldout, keyring, choose,
                               log_sample_rate=config.log_sample_rate, on_scored=on_scored,
                               snapshot_refresh_s=config.snapshot_refresh_s, soldout_refresh_s=config.soldout_refresh_s,
                               pool=pool)
