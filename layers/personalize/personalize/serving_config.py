@@ -57,6 +57,8 @@ class ServingConfig:
     flags_max_age_s: float = 10.0
     snapshot_refresh_s: float = 10.0
     soldout_refresh_s: float = 1.0
+    # Regional only: the secret whose value CloudFront adds as x-origin-verify ("" at the edge).
+    origin_secret: str = ""
 
     @classmethod
     def from_file(cls, path: Path) -> ServingConfig:
@@ -67,7 +69,8 @@ class ServingConfig:
 
     @classmethod
     def from_env(cls) -> ServingConfig:
-        config = settings.load(settings.FEATURES_TABLE, settings.ARTIFACTS_BUCKET, settings.SIGNING_KEY_SECRET)
+        config = settings.load(settings.FEATURES_TABLE, settings.ARTIFACTS_BUCKET, settings.SIGNING_KEY_SECRET,
+                               settings.ORIGIN_VERIFY_SECRET)
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         if os.environ.get("FLAGS_SOURCE") == "local":
             source = {"source": "local", "bucket": config[settings.ARTIFACTS_BUCKET],
@@ -80,6 +83,7 @@ class ServingConfig:
         return cls(home_region=region, features_table=config[settings.FEATURES_TABLE],
                    artifacts_bucket=config[settings.ARTIFACTS_BUCKET],
                    signing_secret=config[settings.SIGNING_KEY_SECRET], flags=source,
+                   origin_secret=config[settings.ORIGIN_VERIFY_SECRET],
                    default_champion=os.environ.get("DEFAULT_CHAMPION", settings.DEFAULT_CHAMPION),
                    log_sample_rate=float(os.environ.get("SCORED_LOG_SAMPLE_RATE", "0.01")))
 
@@ -110,6 +114,11 @@ def signing_keys(secret_id: str, region: str) -> identity.KeyRing:
     """The cookie/rec_id keys (current and previous), read from Secrets Manager, never from
     the bundle or the repository; re-read every minute, never older than five."""
     return identity.KeyRing(SecretVersions(secret_id, region).load, refresh_s=60.0, max_stale_s=300.0)
+
+
+def origin_keys(config: ServingConfig) -> identity.KeyRing:
+    """The CloudFront origin-verify token's current and previous values (regional function)."""
+    return identity.KeyRing(SecretVersions(config.origin_secret, config.home_region).load)
 
 
 def build(config: ServingConfig, models_dir: Path, running_region: str | None, on_scored=None):
