@@ -3,9 +3,12 @@ from the config file baked into the edge bundle (no environment variables at the
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,7 +18,7 @@ from .adapters.artifacts import S3Artifacts
 from .adapters.secrets import SecretVersions
 from .adapters.soldout import DynamoSoldOut
 from .adapters.userstore import DynamoUserStore
-from .models import MANIFEST_FILE, MODEL_FILE, Manifest, Ranker
+from .models import MANIFEST_FILE, MODEL_FILE, Manifest, ModelError, Ranker
 from .serving import Recommender, Variant
 
 log = logging.getLogger(__name__)
@@ -89,13 +92,17 @@ class ServingConfig:
 
 
 class ModelCache:
-    """Rankers by ``<name>/<version>``: from the bundled folder when shipped there, else from
-    the artifacts bucket (checked against its manifest either way)."""
+    """Rankers by ``<name>/<version>``: from the bundled folder when shipped there (the deploy
+    wrote it), else from the artifacts bucket, and then only when ``pins()`` (the flags
+    document, which only a deployer writes) names the model's sha256 and the object matches
+    it: checked before onnxruntime parses a byte. Refusals are counted in ``refused``."""
 
-    def __init__(self, bundled: Path, artifacts: S3Artifacts):
+    def __init__(self, bundled: Path, artifacts: S3Artifacts, pins: Callable[[], dict[str, str]] | None = None):
         self.bundled = bundled
         self.artifacts = artifacts
+        self.pins = pins or dict
         self.rankers: dict[str, Ranker] = {}
+        self.refused = 0
 
     def get(self, key: str) -> Ranker:
         ranker = self.rankers.get(key)
@@ -104,10 +111,27 @@ class ModelCache:
             if (folder / MODEL_FILE).exists():
                 manifest, blob = json.loads((folder / MANIFEST_FILE).read_text()), (folder / MODEL_FILE).read_bytes()
             else:
-                manifest = json.loads(self.artifacts.get(f"models/{key}/{MANIFEST_FILE}"))
-                blob = self.artifacts.get(f"models/{key}/{MODEL_FILE}")
+                manifest, blob = self._from_bucket(key)
             ranker = self.rankers[key] = Ranker(Manifest.from_dict(manifest), blob)
         return ranker
+
+    def _from_bucket(self, key: str) -> tuple[dict, bytes]:
+        pinned = self.pins().get(key)
+        if not isinstance(pinned, str) or len(pinned) != 64 or not pinned.isascii():
+            self.refused += 1
+            raise ModelError(f"{key} is not bundled and the flags document pins no sha256 for it")
+        blob = self.artifacts.get(f"models/{key}/{MODEL_FILE}")
+        digest = hashlib.sha256(blob).hexdigest()
+        if not hmac.compare_digest(digest, pinned):
+            self.refused += 1
+            log.error("model refused", extra={"model": key, "sha256": digest, "pinned": pinned})
+            raise ModelError(f"{key}: the bucket's model.onnx (sha256 {digest[:12]}...) is not the pinned "
+                             f"{pinned[:12]}...; refused")
+        manifest = json.loads(self.artifacts.get(f"models/{key}/{MANIFEST_FILE}"))
+        if f"{manifest.get('name')}/{manifest.get('version')}" != key or manifest.get("sha256") != pinned:
+            self.refused += 1
+            raise ModelError(f"{key}: the bucket's manifest does not describe the pinned model; refused")
+        return manifest, blob
 
 
 def signing_keys(secret_id: str, region: str) -> identity.KeyRing:
@@ -124,7 +148,6 @@ def origin_keys(config: ServingConfig) -> identity.KeyRing:
 def build(config: ServingConfig, models_dir: Path, running_region: str | None, on_scored=None):
     """(recommender, rollout, models) for this function instance."""
     artifacts = S3Artifacts(config.artifacts_bucket, config.home_region)
-    models = ModelCache(models_dir, artifacts)
     source = config.flags
     if source["source"] == "local":
         fetch = flags.local_fetcher(source["bucket"], source["application_id"], source["profile_id"])
@@ -134,6 +157,7 @@ def build(config: ServingConfig, models_dir: Path, running_region: str | None, o
     pool = ThreadPoolExecutor(3, thread_name_prefix="refresh")  # off-request refreshes
     rollout = flags.Rollout(flags.CachedDocumentStore(fetch, config.flags_max_age_s, executor=pool),
                             config.default_champion)
+    models = ModelCache(models_dir, artifacts, rollout.pins)
     champion = models.get(config.default_champion)  # fail at cold start, not on a request
 
     def choose(user_id: str | None) -> Variant:
