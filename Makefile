@@ -74,6 +74,12 @@ experiment-kill: $(STAMP) ## Kill the challenger now (all-at-once deployment) [E
 experiment-promote: $(STAMP) ## Make the challenger the champion [ENV=...]
 	$(BIN)/python -m infra.ops --env $(or $(ENV),local) promote
 
+rotate-signing-key: $(STAMP) ## New cookie/rec_id signing key; the previous one stays valid [ENV=local|dev|prod]
+	$(BIN)/python -m infra.rotate signing-key --env $(or $(ENV),local)
+
+rotate-origin-token: $(STAMP) ## New CloudFront origin-verify token (then sam deploy, see its output) [ENV=...]
+	$(BIN)/python -m infra.rotate origin-token --env $(or $(ENV),local)
+
 bench: $(STAMP) ## Measure the budgets; writes build/bench.json
 	$(BIN)/python -m tests.bench.run
 

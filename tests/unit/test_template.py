@@ -157,7 +157,10 @@ def test_cloudfront_adds_the_origin_token_that_the_regional_functions_check():
     [origin] = DISTRIBUTION["Origins"]
     [header] = origin["OriginCustomHeaders"]
     assert header["HeaderName"] == settings.ORIGIN_VERIFY_HEADER
-    assert "resolve:secretsmanager:${OriginVerifySecret}" in header["HeaderValue"]["Fn::Sub"]
+    condition, rotated, current = header["HeaderValue"]["Fn::If"]
+    assert condition == "HasOriginTokenVersion"
+    assert "resolve:secretsmanager:${OriginVerifySecret}:SecretString:::${OriginTokenVersionId}" in rotated["Fn::Sub"]
+    assert current["Fn::Sub"] == "{{resolve:secretsmanager:${OriginVerifySecret}:SecretString}}"
     for name in ("CollectFunction", "RecommendFunction"):
         assert settings.ORIGIN_VERIFY_SECRET in settings.FUNCTION_RESOURCES[name]
         granted = [st["Resource"] for st in _statements(FUNCTIONS[name]["Properties"])

@@ -173,7 +173,9 @@ def build(config: ServingConfig, models_dir: Path, running_region: str | None, o
     users = DynamoUserStore(config.features_table, region=replica, timeout_s=config.user_read_timeout_s)
     _ = artifacts.client  # clients are made here, on one thread, before the warm-up fans out
     soldout = DynamoSoldOut(config.features_table, region=replica, client=users.client)
-    keyring = signing_keys(config.signing_secret, config.home_region)
+    # The edge names the secret; it is replicated beside the table, so read it from there too.
+    keyring = signing_keys(config.signing_secret, replica if not config.signing_secret.startswith("arn:")
+                           else config.home_region)
     recommender = Recommender(users, artifacts, soldout, keyring, choose,
                               log_sample_rate=config.log_sample_rate, on_scored=on_scored,
                               snapshot_refresh_s=config.snapshot_refresh_s, soldout_refresh_s=config.soldout_refresh_s,
