@@ -224,3 +224,12 @@ def test_checkov_passes_with_every_skip_explained():
     for resource in template.resources().values():
         for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", []):
             assert len(skip.get("comment", "")) > 40, skip
+
+
+def test_edges_may_read_the_signing_key_replica_in_their_region():
+    role = template.resources()["EdgeRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    [grant] = [st for st in role if "secretsmanager:GetSecretValue" in st["Action"]]
+    assert grant["Resource"]["Fn::Sub"].startswith("arn:${AWS::Partition}:secretsmanager:*:${AWS::AccountId}:secret:")
+    assert grant["Resource"]["Fn::Sub"].endswith("${AWS::StackName}/cookie-signing-key-*")
+    secret = template.resources()["SigningKeySecret"]["Properties"]
+    assert secret["Name"] == {"Fn::Sub": "${AWS::StackName}/cookie-signing-key"} and secret["ReplicaRegions"]
