@@ -18,7 +18,7 @@ Plain Python, no AWS: training replays history through the same functions.
 
 from __future__ import annotations
 
-import zlib
+import hashlib
 from dataclasses import dataclass, field
 
 from . import windows
@@ -36,41 +36,55 @@ RECENT_ITEMS = 20
 USER_ITEMS = 64
 USER_CATEGORIES = 16
 NEIGHBOURS = 20
-DEDUPE_IDS = 64
+# An item row keeps per-country tiles for its ``ITEM_COUNTRIES`` busiest countries; the rest
+# are folded into ``OTHER_COUNTRY`` (a user-assigned ISO code, never a real country).
+ITEM_COUNTRIES = 24
+OTHER_COUNTRY = "ZZ"
+# Client retries of an ``event_id`` are recognised for this long after its first arrival
+# (DESIGN 4): by the shopper's row (its aux, written with it: no extra write), and for
+# events without a shopper by a dedupe row per shard, event minute and id bucket. A shopper
+# row holds at most ``DEDUPE_IDS_PER_SHOPPER`` ids (about 25 bytes each): past that (more
+# than one event every 22 s around the clock, i.e. a bot), the oldest are forgotten first.
+DEDUPE_HORIZON_MS = DAY_MS
+DEDUPE_IDS_PER_SHOPPER = 4_000
+DEDUPE_IDS = 8_000
+DEDUPE_BUCKETS = 16
+# Watermarks of sources (stream and shard) not seen for this long are dropped: longer than
+# the stream's retention, so no record of theirs can be delivered again.
+WATERMARK_IDLE_MS = 8 * DAY_MS
 
 
 def id_hash(text: str) -> int:
-    return zlib.crc32(text.encode())
+    """A 64-bit key (the contract's ids are valid UTF-8; ``surrogatepass`` keeps anything
+    else hashable instead of raising)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
 
 
 @dataclass(slots=True)
 class Aux:
     """Bookkeeping that makes writes exactly-once in effect; never served.
 
-    ``wm``: per source shard, the highest Kinesis sequence number already applied.
-    ``seen``: event-id hash -> sequence-number hash of the record that first carried it,
-    for the last ``DEDUPE_IDS`` events, so a client's resend of an event_id is ignored
-    while a redelivery of the same record is recognised as already applied.
+    ``wm``: per source (stream and shard, ``keys.source_key``), [the highest Kinesis sequence
+    number already applied (as text), when it last moved (epoch s)]. Sources idle for
+    ``WATERMARK_IDLE_MS`` are dropped (no record of theirs can come back), so the map stays
+    small however often the stream reshards. ``seen``: on a shopper's row, the event ids of
+    the last 24 h (``DedupeRow``), atomic with the counts they guard.
     """
 
-    wm: dict[str, str] = field(default_factory=dict)
-    seen: dict[int, int] = field(default_factory=dict)
+    wm: dict[str, list] = field(default_factory=dict)
+    seen: dict[int, list[int]] = field(default_factory=dict)  # a shopper's: see ``DedupeRow``
 
-    def advance(self, shard: str, seq: int) -> None:
-        mark = self.wm.get(shard)
-        if mark is None or seq > int(mark):
-            self.wm[shard] = str(seq)
+    def mark(self, source: str) -> int:
+        entry = self.wm.get(source)
+        if entry is None:
+            return -1
+        return int(entry[0] if type(entry) is list else entry)  # older rows: the bare number
 
-    def is_duplicate(self, event_key: int, record_key: int) -> bool:
-        first = self.seen.get(event_key)
-        return first is not None and first != record_key
-
-    def remember(self, event_key: int, record_key: int) -> None:
-        if event_key in self.seen:
-            return
-        self.seen[event_key] = record_key
-        if len(self.seen) > DEDUPE_IDS:
-            del self.seen[next(iter(self.seen))]
+    def advance(self, source: str, seq: int, now_ms: int) -> None:
+        self.wm[source] = [str(max(seq, self.mark(source))), now_ms // 1000]
+        floor = (now_ms - WATERMARK_IDLE_MS) // 1000
+        for other in [k for k, v in self.wm.items() if type(v) is list and v[1] < floor]:
+            del self.wm[other]
 
     def to_obj(self) -> list:
         return [self.wm, self.seen]
@@ -79,7 +93,48 @@ class Aux:
     def from_obj(cls, obj: list | None) -> Aux:
         if not obj:
             return cls()
-        return cls(obj[0], obj[1])  # fresh from msgpack: no copy needed
+        seen = obj[1] if len(obj) > 1 else {}
+        if seen and type(next(iter(seen.values()))) is not list:
+            seen = {}  # a v1 row's 64 crc32 ids: not comparable with 64-bit keys
+        return cls(obj[0], seen)  # fresh from msgpack: no copy needed
+
+
+NEW, REDELIVERED, DUPLICATE = 0, 1, 2
+
+
+@dataclass(slots=True)
+class DedupeRow:
+    """Client event ids seen in the last 24 h (by arrival) of one scope: event-id key ->
+    [key of the record that first carried it, its arrival (epoch s)].
+
+    A record whose event id was first carried by another record is a client's resend
+    (``DUPLICATE``); by the same record, a redelivery (``REDELIVERED``: each row applies it
+    unless its watermark says it already has)."""
+
+    seen: dict[int, list[int]] = field(default_factory=dict)
+
+    def check(self, event_key: int, record_key: int, arrival_ms: int) -> int:
+        first = self.seen.get(event_key)
+        if first is None:
+            self.seen[event_key] = [record_key, arrival_ms // 1000]
+            return NEW
+        return REDELIVERED if first[0] == record_key else DUPLICATE
+
+    def prune(self, newest_arrival_ms: int, cap: int = DEDUPE_IDS) -> None:
+        floor = (newest_arrival_ms - DEDUPE_HORIZON_MS) // 1000
+        seen = self.seen
+        if len(seen) > cap or any(v[1] < floor for v in seen.values()):
+            kept = sorted(((v[1], k) for k, v in seen.items() if v[1] >= floor), reverse=True)[:cap]
+            self.seen = {k: seen[k] for _, k in kept}
+
+    def to_obj(self) -> dict:
+        return {"s": self.seen}
+
+    @classmethod
+    def from_obj(cls, obj: dict | None) -> DedupeRow:
+        if not obj:
+            return cls()
+        return cls(obj["s"])
 
 
 # --- shoppers -------------------------------------------------------------------------
@@ -233,7 +288,10 @@ def apply_item_event(row: ItemRow, event: Event, event_key: int) -> None:
     if event.country:
         tiles = row.countries.get(event.country)
         if tiles is None:
-            tiles = row.countries[event.country] = {}
+            country = event.country if len(row.countries) < ITEM_COUNTRIES else OTHER_COUNTRY
+            tiles = row.countries.get(country)
+            if tiles is None:
+                tiles = row.countries[country] = {}
         windows.add(tiles, ts, measure, qty)
     row.totals[measure] += qty
     pop = row.popularity
@@ -267,6 +325,24 @@ def add_covisits(row: ItemRow, sources: list[str], ts: int) -> None:
 
 def prune_user(row: UserRow, now_ms: int) -> None:
     windows.prune(row.tiles, now_ms)
+
+
+def shrink(row: object) -> None:
+    """Last resort of the size guard (every row is bounded by construction; this only runs
+    if a bound was set wrong): keep the strongest half of whatever a row holds most of."""
+    if isinstance(row, DedupeRow):
+        row.prune(max((v[1] for v in row.seen.values()), default=0) * 1000, cap=len(row.seen) // 2)
+    elif isinstance(row, ItemRow):
+        ranked = sorted(row.neighbours.items(), key=lambda kv: -kv[1][0])
+        row.neighbours = dict(ranked[: len(ranked) // 2])
+        busiest = sorted(row.countries, key=lambda c: -len(row.countries[c]))
+        row.countries = {c: row.countries[c] for c in busiest[: len(busiest) // 2]}
+    elif isinstance(row, UserRow):
+        while len(row.items) > max(1, USER_ITEMS // 4):
+            _evict_weakest_item(row.items)
+        del row.recent[: len(row.recent) // 2]
+        while len(row.affinity) > USER_CATEGORIES // 4:
+            del row.affinity[min(row.affinity, key=lambda c: row.affinity[c][0])]
 
 
 def prune_item(row: ItemRow, now_ms: int) -> None:
