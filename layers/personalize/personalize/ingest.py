@@ -21,7 +21,6 @@ What happens to a record, whatever goes wrong:
 from __future__ import annotations
 
 import base64
-import json
 import sys
 import time
 from collections.abc import Callable
