@@ -10,7 +10,7 @@ export POWERTOOLS_TRACE_DISABLED ?= 1
 export SAM_CLI_TELEMETRY ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test lint build serve demo bench train publish-model loadtest lock clean
+.PHONY: help venv test lint build serve demo bench train publish-model loadtest lock clean replay-failures
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ experiment-kill: $(STAMP) ## Kill the challenger now (all-at-once deployment) [E
 
 experiment-promote: $(STAMP) ## Make the challenger the champion [ENV=...]
 	$(BIN)/python -m infra.ops --env $(or $(ENV),local) promote
+
+replay-failures: $(STAMP) ## Re-drive the ranges the events trigger gave up on [ENV=local|dev|prod]
+	$(BIN)/python -m infra.replay --env $(or $(ENV),local)
 
 bench: $(STAMP) ## Measure the budgets; writes build/bench.json
 	$(BIN)/python -m tests.bench.run

@@ -35,9 +35,10 @@ from personalize import keys, state, windows
 from personalize.adapters.quarantine import MemoryQuarantine, QuarantineError
 from personalize.adapters.rowstore import MemoryRowStore, RowStoreError, ThrottledError
 from personalize.adapters.soldout import MemorySoldOut
+from personalize.adapters.stream import StreamReader
 from personalize.aggregation import ITEMS, USERS
 from personalize.events import MEASURE_INDEX
-from personalize.ingest import Ingestor
+from personalize.ingest import REPLAY_EVENT_NAME, Ingestor
 
 T_BASE = 1_790_000_000_000 - 1_790_000_000_000 % 60_000
 STREAM_ARN = "arn:aws:kinesis:us-east-1:123456789012:stream/faults"
@@ -95,6 +96,18 @@ class FaultyQuarantine(MemoryQuarantine):
         super().send(entries)
 
 
+class RecordedStream(StreamReader):
+    """The shards as written: which record follows another."""
+
+    def __init__(self, records: list[Record]):
+        self.seqs: dict[str, list[int]] = defaultdict(list)
+        for r in records:
+            self.seqs[r.shard].append(r.seq)
+
+    def successor(self, stream_arn, shard, seq):
+        return next((s for s in self.seqs[shard] if seq is None or s > seq), None)
+
+
 class FaultySoldOut(MemorySoldOut):
     def __init__(self, rng: random.Random, p: float):
         super().__init__()
@@ -123,6 +136,7 @@ class Outcome:
     resends: int = 0
     poison: int = 0
     invocations: int = 0
+    given_up: int = 0  # records the trigger skipped (then re-driven as replay-failures does)
     lost: int = 0
     doubled: int = 0
     stuck: bool = False
@@ -426,12 +440,18 @@ def run_schedule(seed: int, shards: int | None = None) -> Outcome:
     soldout = FaultySoldOut(rng, faults.soldout)
     clock = {"now": T_BASE / 1000}
     aggregate = handler()
-    aggregate.processor._ingestor = Ingestor(store, quarantine, clock=lambda: clock["now"], soldout=soldout)
+    aggregate.processor._ingestor = Ingestor(store, quarantine, clock=lambda: clock["now"], soldout=soldout,
+                                             stream=RecordedStream(records))
     from infra.local.lambda_events import context
 
     ctx = context("aggregate")
     pending = {s: [r for r in records if r.shard == s] for s in sorted({r.shard for r in records})}
     limit = {s: 0 for s in pending}
+    tries = {s: 0 for s in pending}
+    # Half the schedules run with a trigger that gives up after a few attempts (its range
+    # then goes to the on-failure queue, and is re-driven at the end as replay-failures does).
+    give_up_after = rng.choice([0, rng.randint(1, 4)])
+    given_up: list[list[Record]] = []
     attempts = 0
     with apply_bug(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         while any(pending.values()):
@@ -452,23 +472,46 @@ def run_schedule(seed: int, shards: int | None = None) -> Outcome:
                 raised = rng.random() < faults.invocation_timeout  # finished, but too late for Lambda
             except Exception:  # noqa: BLE001 - Crash, or whatever the handler raised
                 failures, raised = [], True
-            if raised:  # the whole batch again, bisected
-                limit[shard] = max(1, len(batch) // 2)
-                continue
-            if failures:
-                lowest = min(failures)
-                done = [r for r in batch if r.seq < lowest]
-                del pending[shard][:len(done)]
-                limit[shard] = 0
+            if raised or failures:
+                if failures:
+                    done = [r for r in batch if r.seq < min(failures)]
+                    del pending[shard][:len(done)]
+                    batch = batch[len(done):]
+                tries[shard] += 1
+                if give_up_after and tries[shard] > give_up_after:  # retries exhausted: skip the range
+                    given_up.append(batch)
+                    del pending[shard][:len(batch)]
+                    out.given_up += len(batch)
+                    tries[shard], limit[shard] = 0, 0
+                    continue
+                limit[shard] = max(1, len(batch) // 2) if raised else 0  # bisect a failed invocation
                 continue
             del pending[shard][:len(batch)]
-            limit[shard] = 0
+            limit[shard], tries[shard] = 0, 0
             if rng.random() < faults.redeliver:  # at-least-once: the same batch once more
                 out.invocations += 1
                 try:
                     aggregate.lambda_handler(kinesis_event(batch), ctx)
                 except Exception:  # noqa: BLE001, S110 - a redelivery's outcome does not move the checkpoint
                     pass
+        for batch in given_up:  # make replay-failures: each range until it is applied
+            pending_replay = batch
+            while pending_replay:
+                attempts += 1
+                if attempts > MAX_ATTEMPTS * 2:
+                    out.stuck = True
+                    out.diffs.append("replay never got through")
+                    break
+                out.invocations += 1
+                event = kinesis_event(pending_replay)
+                for record in event["Records"]:
+                    record["eventName"] = REPLAY_EVENT_NAME
+                try:
+                    response = aggregate.lambda_handler(event, ctx)
+                except Exception:  # noqa: BLE001 - again, whole
+                    continue
+                failures = [int(f["itemIdentifier"]) for f in response.get("batchItemFailures", [])]
+                pending_replay = [r for r in pending_replay if failures and r.seq >= min(failures)]
     now_ms = int(clock["now"] * 1000)
     store.faults = Faults(0, 0, 0, 0, 0, 0, 0, 0)
     compare(store, soldout, quarantine, records, now_ms, out)
@@ -487,7 +530,8 @@ def _valid(r: Record) -> bool:
 
 def run_many(seeds, fail_fast: bool = False) -> dict:
     totals = {"fault_schedules": 0, "fault_events": 0, "fault_records": 0, "fault_invocations": 0,
-              "fault_resends": 0, "fault_poison": 0, "fault_lost": 0, "fault_doubled": 0, "fault_stuck": 0}
+              "fault_resends": 0, "fault_poison": 0, "fault_given_up": 0, "fault_lost": 0, "fault_doubled": 0,
+              "fault_stuck": 0}
     failing: list[Outcome] = []
     for seed in seeds:
         out = run_schedule(seed)
@@ -497,6 +541,7 @@ def run_many(seeds, fail_fast: bool = False) -> dict:
         totals["fault_invocations"] += out.invocations
         totals["fault_resends"] += out.resends
         totals["fault_poison"] += out.poison
+        totals["fault_given_up"] += out.given_up
         totals["fault_lost"] += out.lost
         totals["fault_doubled"] += out.doubled
         totals["fault_stuck"] += int(out.stuck)
@@ -520,7 +565,8 @@ def main() -> None:
         out = run_schedule(seed)
         status = "ok" if out.ok else "FAILED"
         print(f"seed {seed}: {status}: {out.records} records, {out.events} events, {out.resends} resends, "
-              f"{out.poison} poison, {out.invocations} invocations, lost {out.lost}, doubled {out.doubled}")
+              f"{out.poison} poison, {out.given_up} given up, {out.invocations} invocations, lost {out.lost}, "
+              f"doubled {out.doubled}")
         for line in out.diffs[:40]:
             print("   ", line)
 

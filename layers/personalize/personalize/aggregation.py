@@ -112,10 +112,14 @@ class _Entity:
     changed: bool = False
     last_ts: int = 0
 
+    holes: tuple = ()  # replay only: this row's unapplied ranges of the source
+
     def applied(self, seq: int) -> bool:
         """Already applied by an earlier delivery (not by this batch: its records are
         applied out of sequence order, per shopper in event-time order)."""
-        return seq <= self.base_mark
+        if seq > self.base_mark:
+            return False
+        return not self.holes or not any(lo <= seq <= hi for lo, hi in self.holes)
 
 
 def _route(e: Event) -> str:
@@ -159,6 +163,8 @@ def aggregate_batch(
     loaded: dict[tuple[str, str], Stored],
     now_ms: int,
     source: str | None = None,
+    holes: list[tuple[int, int]] = (),
+    replay: tuple[int, int] | None = None,
 ) -> tuple[list[Change], BatchStats]:
     """Apply a batch (records in sequence order, late ones included) to the loaded rows.
 
@@ -177,6 +183,8 @@ def aggregate_batch(
             aux = state.Aux.from_obj(stored.aux)
             ent = entities[key] = _Entity(kind, table, key, cls.from_obj(stored.row), aux, stored.version,
                                           aux.mark(source))
+            if replay is not None and aux.holes:
+                ent.holes = tuple((int(h[1]), int(h[2])) for h in aux.holes if h[0] == source)
         return ent
 
     by_user: dict[str, list[StreamRecord]] = defaultdict(list)
@@ -276,6 +284,10 @@ def aggregate_batch(
         if not ent.changed:
             continue
         try:
+            if replay is not None:
+                ent.aux.fill(source, *replay)
+            elif holes:
+                ent.aux.note_holes(source, ent.base_mark, max(ent.seqs), holes, now_ms)
             changes.append(_finish(ent, source, now_ms, newest_arrival))
         except Exception as exc:  # noqa: BLE001 - the row cannot be stored: its records are quarantined
             reason = f"row {ent.key[0]}|{ent.key[1]} cannot be stored: {type(exc).__name__}: {exc}"[:500]

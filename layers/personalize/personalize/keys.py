@@ -64,3 +64,8 @@ def anonymous_dedupe_key(source: str, minute: int, bucket: int) -> tuple[str, st
     """Event ids without a shopper, by event minute and id bucket, one writer (the source
     shard): a resend carries the same ``ts`` and partition key, so it lands on this row."""
     return f"d#{minute}#{bucket}", f"s#{source}"
+
+
+def progress_key(source: str) -> tuple[str, str]:
+    """What the trigger last attempted on a source, and the ranges it gave up on."""
+    return f"p#{source}", "progress"
