@@ -82,14 +82,12 @@ class Event:
         return out
 
 
-def _no_constants(name: str):
-    raise ValueError(f"{name} is not a JSON number")
-
-
 def loads(raw: bytes | str) -> object:
-    """Strict JSON: UTF-8 only, no NaN/Infinity, bounded nesting. Raises EventError."""
+    """JSON from a client: UTF-8 only, bounded nesting; raises EventError. NaN and Infinity
+    parse (as Python's json does) so that only the event holding one is rejected, by its
+    field's bounds, and the valid events beside it are kept."""
     try:
-        return json.loads(raw, parse_constant=_no_constants)
+        return json.loads(raw)
     except RecursionError:
         raise EventError("not valid JSON: nested too deeply") from None
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError

@@ -309,7 +309,10 @@ class IngestProcessor(BatchProcessor):
         arrival_ms = self._now_ms
         data = b""
         try:
-            arrival_ms = int(float(payload.get("approximateArrivalTimestamp") or 0) * 1000) or self._now_ms
+            # Never later than this function's clock (the same in production; a simulation's
+            # clock, in tests and replays of history, may run behind the wall clock Kinesis stamps).
+            arrival_ms = min(int(float(payload.get("approximateArrivalTimestamp") or 0) * 1000) or self._now_ms,
+                             self._now_ms)
             data = base64.b64decode(payload.get("data") or "")
             self._valid.append(self.ingestor.decode(data, sequence_number, arrival_ms, self._source))
         except Exception as exc:  # noqa: BLE001 - the contract's errors and anything else alike
