@@ -318,3 +318,20 @@ def test_a_recreated_stream_is_not_mistaken_for_a_replay(store, quarantine):
     new = Stream(arn=new_arn, start=10**20)
     ingestor.run(SHARD, new.records(ev(2)), [], NOW, new_arn)
     assert user_row(store).totals == [2, 0, 0, 0]
+
+
+def test_a_row_from_before_the_upgrade_keeps_its_shard_watermark(store, quarantine):
+    """Rows written when watermarks were keyed by shard id alone: a redelivered batch from
+    before the upgrade is still recognised, and the legacy entry is replaced on write."""
+    ingestor = Ingestor(store, quarantine, clock=lambda: NOW / 1000)
+    stream = Stream()
+    [record] = stream.records(ev(1))
+    legacy = state.UserRow()
+    state.apply_user_event(legacy, record.event, record.event_key)
+    store.put(USERS, Change(USERS, keys.user_key("u1"), "user", legacy.to_obj(), [{SHARD: str(record.seq)}, {}],
+                            0, [], T0), 0)
+    ingestor.run(SHARD, [record], [], NOW, ARN)
+    assert user_row(store).totals == [1, 0, 0, 0]
+    ingestor.run(SHARD, stream.records(ev(2)), [], NOW, ARN)
+    aux = state.Aux.from_obj(store.get(USERS, keys.user_key("u1")).aux)
+    assert list(aux.wm) == [keys.source_key(ARN, SHARD)] and user_row(store).totals == [2, 0, 0, 0]

@@ -80,12 +80,18 @@ class Aux:
 
     def mark(self, source: str) -> int:
         entry = self.wm.get(source)
-        if entry is None:
-            return -1
+        if entry is None:  # a row written before watermarks named the stream: by shard id alone
+            entry = self.wm.get(source.rsplit(":", 1)[-1])
+            if entry is None or type(entry) is list:
+                return -1
         return int(entry[0] if type(entry) is list else entry)  # older rows: the bare number
 
     def advance(self, source: str, seq: int, now_ms: int) -> None:
-        self.wm[source] = [str(max(seq, self.mark(source))), now_ms // 1000]
+        mark = self.mark(source)
+        legacy = source.rsplit(":", 1)[-1]
+        if legacy != source:
+            self.wm.pop(legacy, None)
+        self.wm[source] = [str(max(seq, mark)), now_ms // 1000]
         floor = (now_ms - WATERMARK_IDLE_MS) // 1000
         for other in [k for k, v in self.wm.items() if type(v) is list and v[1] < floor]:
             del self.wm[other]
