@@ -35,8 +35,10 @@ def connect(env: str):
     if env == "local":
         state = json.loads((ROOT / "build" / "local-stack.json").read_text())
         os.environ.update(AWS_ENDPOINT_URL=state["aws_endpoint"], AWS_DEFAULT_REGION=state["region"])
-        os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
-        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
+        # The local AWS enforces IAM: act with the administrator's keys it published.
+        os.environ.update(AWS_ACCESS_KEY_ID=state["aws_credentials"]["access_key_id"],
+                          AWS_SECRET_ACCESS_KEY=state["aws_credentials"]["secret_access_key"])
+        os.environ.pop("AWS_SESSION_TOKEN", None)
         names = state["resources"]
         bucket, app, profile = names["ArtifactsBucket"], names["RolloutApplication"], names["RolloutProfile"]
         admin = LocalFlagAdmin(bucket, app, profile, flags.local_fetcher(bucket, app, profile))

@@ -22,7 +22,7 @@ from pathlib import Path
 from personalize import settings
 from personalize.adapters import aws
 
-from . import handlers, resources
+from . import handlers, iam, resources
 from .lambda_events import context, http_api_event
 from .poller import KinesisPoller
 from .template import ROOT
@@ -180,8 +180,14 @@ class LocalStack:
             logging.getLogger().addHandler(self._log_handler)
         warnings.filterwarnings("ignore", message="No application metrics to publish")
         aws.reset()
-        self.resources = resources.create_all()
-        os.environ.update(self.resources.env())
+        self.resources = resources.create_with_roles()
+        # From here on the embedded AWS enforces IAM: the stack acts as the administrator,
+        # each function as its own role (handlers.load), the poller as aggregate's.
+        os.environ.update({**self.resources.env(), **self.resources.admin_env()})
+        os.environ.pop("AWS_SESSION_TOKEN", None)
+        aws.reset()
+        handlers.use_identities(self.resources.identities.functions)
+        self._enforcement = iam.Enforcement(self.aws_endpoint).__enter__()
         self.signing_key = self.resources.signing_key
         for name in ("collect", "aggregate", "features", "snapshot", "guardrail"):
             self.functions[name] = Function(name)
@@ -193,7 +199,8 @@ class LocalStack:
         self.poller = KinesisPoller(
             self.resources.names[settings.EVENTS_STREAM.logical_id],
             self.resources.arns[settings.EVENTS_STREAM.logical_id],
-            self.functions["aggregate"], self.resources.names[settings.STREAM_FAILURE_QUEUE.logical_id])
+            self.functions["aggregate"], self.resources.names[settings.STREAM_FAILURE_QUEUE.logical_id],
+            identity=handlers.identity("aggregate"))
         self.poller.start(idle_sleep_s=self.poll_interval_s)
         self._schedules = [Schedule("snapshot", self.snapshot_interval_s, self.functions["snapshot"]),
                            Schedule("guardrail", self.guardrail_interval_s, self.functions["guardrail"])]
@@ -214,6 +221,8 @@ class LocalStack:
         path.write_text(json.dumps({
             "endpoint": self.endpoint, "aws_endpoint": self.aws_endpoint, "signing_key": self.signing_key,
             "region": "us-east-1", "resources": self.resources.names,
+            "aws_credentials": {"access_key_id": self.resources.identities.admin.access_key_id,
+                                "secret_access_key": self.resources.identities.admin.secret_access_key},
         }, indent=2))
 
     def stop(self) -> None:
@@ -229,6 +238,7 @@ class LocalStack:
                 self._moto.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self._moto.kill()
+        handlers.use_identities(None)
         if getattr(self, "_saved", None):  # leave the process as it was (tests run several stacks)
             environ, stdout, interval = self._saved
             os.environ.clear()

@@ -58,7 +58,7 @@ class LocalFlagAdmin(FlagAdmin):
             Description=description[:1024], Content=json.dumps(document).encode(),
             ContentType="application/json")["VersionNumber"]
         aws.client("s3").put_object(Bucket=self.bucket, Key=LOCAL_DEPLOYED_KEY, Body=json.dumps(
-            {"version": version, "strategy": strategy, "description": description}).encode())
+            {"version": version, "strategy": strategy, "description": description, "content": document}).encode())
         return str(version)
 
     def current(self):
