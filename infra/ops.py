@@ -94,8 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         print(describe(doc))
         print(f"state: {states.get(experiment) or 'running'}")
         if experiment != "none":
-            counters = experiments.read_counters(store, experiment)
-            decision = experiments.decide(counters[flags.CHAMPION], counters[flags.CHALLENGER])
+            steps = [flags.analysis_id(experiment, s) for s in flags.ramp_steps(doc)] or [experiment]
+            per_step = [experiments.read_counters(store, analysed) for analysed in steps]
+            counters = {v: experiments.merge_counters([c[v] for c in per_step])
+                        for v in (flags.CHAMPION, flags.CHALLENGER)}
+            decision = experiments.decide_steps([(c[flags.CHAMPION], c[flags.CHALLENGER]) for c in per_step])
             print(experiments.format_report(experiment, counters, decision))
         return 0
     if args.command in ("start", "ramp") and not 0 <= args.share <= 1:
@@ -110,10 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         if current.get("status") in ("killed", "promoted"):
             print(f"experiment {experiment} is {current['status']}: start a new one", file=sys.stderr)
             return 2
-        new = flags.rollout_document(champion, challenger, args.share, experiment)
+        new = flags.rollout_document(champion, challenger, args.share, experiment,
+                                     earlier_steps=flags.ramp_steps(doc))
         strategy, note = GRADUAL, f"ramp {experiment} to {args.share:.2%}"
     elif args.command == "kill":
-        new = flags.rollout_document(champion, challenger, 0.0, experiment, kill_switch=True)
+        new = flags.rollout_document(champion, challenger, 0.0, experiment, kill_switch=True,
+                                     earlier_steps=flags.ramp_steps(doc))
         strategy, note = ALL_AT_ONCE, f"kill {experiment} (operator)"
         states.put(experiment, {"status": "killed", "by": "operator", "at": time.time()})
     else:

@@ -133,6 +133,10 @@ def local_statements(statements: list[dict], bucket_arn: str) -> list[dict]:
             statement["Resource"] = "*"
             statement.pop("Condition", None)  # moto would evaluate it without the request's context keys
         out.append(statement)
+    # moto names CloudWatch actions after its signing name ("monitoring:PutMetricData").
+    monitoring = sorted(f"monitoring:{a.split(':', 1)[1]}" for a in actions_held if a.startswith("cloudwatch:"))
+    if monitoring:
+        out.append({"Effect": "Allow", "Action": monitoring, "Resource": "*"})
     pointer = f"{bucket_arn}/{POINTER_KEY}"
     if "appconfig:GetLatestConfiguration" in actions_held:
         out += [{"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": pointer}]

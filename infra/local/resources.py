@@ -50,6 +50,16 @@ class LocalResources:
             # Faster than deployed: the local schedules run every second or two.
             default_champion=settings.DEFAULT_CHAMPION, flags_max_age_s=2.0, snapshot_refresh_s=1.0)
 
+    def fallback_items(self, n: int = 100) -> list[str]:
+        """The popular items a bundle would carry, from the newest snapshot (as make build does)."""
+        from personalize import degraded
+        from personalize.adapters.artifacts import S3Artifacts
+        from personalize.snapshots import ItemSnapshot
+
+        artifacts = S3Artifacts(self.names["ArtifactsBucket"])
+        pointer = artifacts.pointer_if_changed(None)
+        return degraded.popular_list(ItemSnapshot.decode(artifacts.get(pointer.key)), n) if pointer else []
+
     def deploy_flags(self, document: dict) -> int:
         """What an AppConfig deployment does, locally: a new hosted version, then the
         pointer that the local flag reader follows (moto has no deployments)."""

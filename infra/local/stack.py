@@ -195,7 +195,12 @@ class LocalStack:
         self.functions["recommend"] = Function("recommend")
         config_path = ROOT / "build" / "edge_config.local.json"
         config_path.write_text(self.resources.serving_config().to_json())
-        self.functions["edge"] = Function("edge", CONFIG_PATH=config_path, MODELS_DIR=ROOT / "models")
+        fallback_path = ROOT / "build" / "fallback_items.local.json"
+        fallback_path.write_text(json.dumps({"built_at": "local", "items": self.resources.fallback_items()}))
+        # The local stack's functions share one process (and moto's GIL): a cold edge may
+        # wait longer for its build here than deployed (degraded.COLD_START_WAIT_S).
+        self.functions["edge"] = Function("edge", CONFIG_PATH=config_path, MODELS_DIR=ROOT / "models",
+                                          FALLBACK_PATH=fallback_path, COLD_START_WAIT_S=10.0)
         self.poller = KinesisPoller(
             self.resources.names[settings.EVENTS_STREAM.logical_id],
             self.resources.arns[settings.EVENTS_STREAM.logical_id],

@@ -81,3 +81,14 @@ def test_every_function_has_a_role_built_from_the_template(stack):
     aggregate = {a for s in roles["aggregate"] for a in
                  ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
     assert {"dynamodb:UpdateItem", "kinesis:GetRecords", "sqs:SendMessage*"} <= aggregate
+
+
+def test_the_edge_may_send_its_counts_to_the_home_region(stack):
+    with aws.as_identity(stack.identities.functions["edge"]):
+        cloudwatch = aws.client("cloudwatch")
+    cloudwatch.put_metric_data(Namespace="RealtimePersonalization", MetricData=[
+        {"MetricName": "Requests_challenger", "Dimensions": [{"Name": "service", "Value": "edge"}], "Value": 3}])
+    with aws.as_identity(stack.identities.functions["features"]):
+        other = aws.client("cloudwatch")
+    with pytest.raises(ClientError, match="not authorized"):
+        other.put_metric_data(Namespace="RealtimePersonalization", MetricData=[{"MetricName": "x", "Value": 1}])

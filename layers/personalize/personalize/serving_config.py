@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from . import flags, settings
+from . import flags, regions, settings
 from .adapters import aws
 from .adapters.artifacts import S3Artifacts
 from .adapters.soldout import DynamoSoldOut
@@ -20,27 +21,18 @@ from .serving import Recommender, Variant
 
 log = logging.getLogger(__name__)
 
-# Where each region's Lambda@Edge replica should read from when its own region has no
-# replica of the features table: the nearest regions first (us-east-1 is the home region).
-NEAREST = {
-    "eu-west-1": ["eu-west-2", "eu-central-1", "eu-west-3"], "eu-west-2": ["eu-west-1", "eu-central-1"],
-    "eu-west-3": ["eu-central-1", "eu-west-1"], "eu-central-1": ["eu-west-3", "eu-west-1", "eu-north-1"],
-    "eu-north-1": ["eu-central-1", "eu-west-1"], "ap-northeast-1": ["ap-northeast-3", "ap-northeast-2"],
-    "ap-northeast-2": ["ap-northeast-1"], "ap-southeast-1": ["ap-southeast-2", "ap-south-1"],
-    "ap-southeast-2": ["ap-southeast-1"], "ap-south-1": ["ap-southeast-1"], "us-west-2": ["us-west-1"],
-    "us-west-1": ["us-west-2"], "us-east-2": ["us-east-1"], "sa-east-1": ["us-east-1"],
-    "ca-central-1": ["us-east-1", "us-east-2"],
-}
-
-
 def nearest_replica(running_region: str | None, home: str, replicas: list[str]) -> str:
-    available = {home, *replicas}
-    if running_region in available:
-        return running_region
-    for candidate in NEAREST.get(running_region or "", []):
-        if candidate in available:
-            return candidate
-    return home
+    """The replica an instance in ``running_region`` reads (the table the build bakes)."""
+    return regions.choose(regions.replica_table(home, replicas), running_region, home, 0.05)[0]
+
+
+def stack_of_function(function_name: str | None) -> str | None:
+    """The stack an edge function belongs to, from its own name: the template names it
+    ``<stack>-edge``; Lambda@Edge replicas prefix it with ``us-east-1.``."""
+    if not function_name:
+        return None
+    name = function_name.split(".", 1)[1] if function_name.startswith("us-east-1.") else function_name
+    return name[: -len("-edge")] if name.endswith("-edge") and len(name) > len("-edge") else None
 
 
 @dataclass
@@ -57,6 +49,22 @@ class ServingConfig:
     flags_max_age_s: float = 10.0
     snapshot_refresh_s: float = 10.0
     soldout_refresh_s: float = 1.0
+    stack: str | None = None  # the stack the names above belong to (the edge checks its own)
+    replica_table: dict = field(default_factory=dict)  # execution region -> {"replica", "timeout_s"}
+
+    def for_stack(self, stack: str | None) -> ServingConfig:
+        """This config for the stack the running function belongs to. A bundle built for
+        another stack (a dev build deployed to prod) is renamed to it, and its replica table,
+        which describes the other stack's replicas, is dropped (reads go to the home region)."""
+        if not stack or not self.stack or stack == self.stack:
+            return self
+        log.error("edge bundle built for stack %s runs in %s: using %s's names, home-region reads",
+                  self.stack, stack, stack)
+        old, new = self.stack, stack
+        rename = lambda value: value.replace(old, new, 1) if isinstance(value, str) else value  # noqa: E731
+        return replace(self, stack=new, features_table=rename(self.features_table),
+                       artifacts_bucket=rename(self.artifacts_bucket), signing_secret=rename(self.signing_secret),
+                       flags={k: rename(v) for k, v in self.flags.items()}, replica_regions=[], replica_table={})
 
     @classmethod
     def from_file(cls, path: Path) -> ServingConfig:
@@ -84,16 +92,39 @@ class ServingConfig:
                    log_sample_rate=float(os.environ.get("SCORED_LOG_SAMPLE_RATE", "0.01")))
 
 
+class ModelUnavailableError(Exception):
+    """A model that failed to load (and is not retried before its backoff ends)."""
+
+
 class ModelCache:
     """Rankers by ``<name>/<version>``: from the bundled folder when shipped there, else from
-    the artifacts bucket (checked against its manifest either way)."""
+    the artifacts bucket (checked against its manifest either way). A model that fails to
+    load is remembered as failed for ``retry_after_s``: requests meanwhile fail fast instead
+    of downloading it again on the request path."""
 
-    def __init__(self, bundled: Path, artifacts: S3Artifacts):
+    def __init__(self, bundled: Path, artifacts: S3Artifacts, retry_after_s: float = 60.0, clock=time.monotonic):
         self.bundled = bundled
         self.artifacts = artifacts
         self.rankers: dict[str, Ranker] = {}
+        self.failed: dict[str, tuple[float, str]] = {}  # key -> (when, why)
+        self.retry_after_s = retry_after_s
+        self.clock = clock
 
     def get(self, key: str) -> Ranker:
+        ranker = self.rankers.get(key)
+        if ranker is None:
+            failed = self.failed.get(key)
+            if failed is not None and self.clock() - failed[0] < self.retry_after_s:
+                raise ModelUnavailableError(f"{key} failed to load: {failed[1]}")
+            try:
+                ranker = self._load(key)
+            except Exception as exc:
+                self.failed[key] = (self.clock(), f"{type(exc).__name__}: {exc}")
+                raise ModelUnavailableError(f"{key} failed to load: {exc}") from exc
+            self.failed.pop(key, None)
+        return ranker
+
+    def _load(self, key: str) -> Ranker:
         ranker = self.rankers.get(key)
         if ranker is None:
             folder = self.bundled / key
@@ -106,9 +137,15 @@ class ModelCache:
         return ranker
 
 
-def signing_key(secret_id: str, region: str) -> str:
-    """Read once at cold start; never from the bundle or the repository."""
-    return aws.client("secretsmanager", region).get_secret_value(SecretId=secret_id)["SecretString"]
+def signing_key(secret_id: str, region: str) -> str | None:
+    """Read once at cold start; never from the bundle or the repository. Unreadable (an
+    outage at cold start): None, every shopper anonymous, rather than a failed init."""
+    try:
+        return aws.client("secretsmanager", region, connect_timeout=1.0, read_timeout=2.0).get_secret_value(
+            SecretId=secret_id)["SecretString"]
+    except Exception:
+        log.exception("signing key unreadable at cold start: shoppers are anonymous until a new instance")
+        return None
 
 
 def build(config: ServingConfig, models_dir: Path, running_region: str | None, on_scored=None):
@@ -130,13 +167,16 @@ def build(config: ServingConfig, models_dir: Path, running_region: str | None, o
         assignment = rollout.assign(user_id)
         try:
             ranker = models.get(assignment.model)
-        except Exception:
-            log.exception("model %s unavailable; serving the default champion", assignment.model)
-            return Variant(flags.CHAMPION, champion, assignment.experiment)
+        except ModelUnavailableError as exc:
+            # Served by the bundled champion, still counted as this variant's (a fallback of
+            # the challenger's, which the rollback alarm watches), never as the champion's.
+            log.warning("%s; serving the default champion", exc)
+            return Variant(assignment.variant, champion, assignment.experiment, f"{assignment.variant}_unavailable")
         return Variant(assignment.variant, ranker, assignment.experiment)
 
-    replica = nearest_replica(running_region, config.home_region, config.replica_regions)
-    users = DynamoUserStore(config.features_table, region=replica, timeout_s=config.user_read_timeout_s)
+    table = config.replica_table or regions.replica_table(config.home_region, config.replica_regions)
+    replica, timeout_s = regions.choose(table, running_region, config.home_region, config.user_read_timeout_s)
+    users = DynamoUserStore(config.features_table, region=replica, timeout_s=timeout_s)
     _ = artifacts.client  # clients are made here, on one thread, before the warm-up fans out
     soldout = DynamoSoldOut(config.features_table, region=replica, client=users.client)
     recommender = Recommender(users, artifacts, soldout,
