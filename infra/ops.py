@@ -69,6 +69,20 @@ def describe(doc: dict) -> str:
             f"kill switch {'ON' if doc['kill_switch']['default'] else 'off'}")
 
 
+def registry_pins(*model_keys: str) -> dict[str, str]:
+    """sha256 of each model as this checkout's registry (models/<name>/<version>) has it: the
+    deployer's copy, never the bucket's, so a replaced S3 object cannot pin itself."""
+    from models.publish import ROOT
+
+    pins = {}
+    for key in model_keys:
+        manifest = ROOT / "models" / key / "manifest.json"
+        if not manifest.exists():
+            raise SystemExit(f"{key}: no {manifest.relative_to(ROOT)} in this checkout; train or fetch it first")
+        pins[key] = json.loads(manifest.read_text())["sha256"]
+    return pins
+
+
 def main(argv: list[str] | None = None) -> int:
     from personalize import experiments, flags
     from personalize.adapters.flagadmin import ALL_AT_ONCE, GRADUAL
@@ -105,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--share must be within 0..1 (0.02 is 2%)")
     if args.command == "start":
         experiment = args.experiment or time.strftime("exp-%Y%m%d-%H%M%S", time.gmtime())
-        new = flags.rollout_document(champion, args.challenger, args.share, experiment)
+        new = flags.rollout_document(champion, args.challenger, args.share, experiment,
+                                     pins=registry_pins(champion, args.challenger))
         strategy, note = GRADUAL, f"start {experiment}: {args.challenger} at {args.share:.2%}"
         states.put(experiment, {"status": "running", "at": time.time(), "challenger": args.challenger})
     elif args.command == "ramp":
@@ -114,15 +129,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"experiment {experiment} is {current['status']}: start a new one", file=sys.stderr)
             return 2
         new = flags.rollout_document(champion, challenger, args.share, experiment,
-                                     earlier_steps=flags.ramp_steps(doc))
+                                     pins=registry_pins(champion, challenger), earlier_steps=flags.ramp_steps(doc))
         strategy, note = GRADUAL, f"ramp {experiment} to {args.share:.2%}"
     elif args.command == "kill":
         new = flags.rollout_document(champion, challenger, 0.0, experiment, kill_switch=True,
-                                     earlier_steps=flags.ramp_steps(doc))
+                                     pins=registry_pins(champion, challenger), earlier_steps=flags.ramp_steps(doc))
         strategy, note = ALL_AT_ONCE, f"kill {experiment} (operator)"
         states.put(experiment, {"status": "killed", "by": "operator", "at": time.time()})
     else:
-        new = flags.rollout_document(challenger, None, 0.0, "none")
+        new = flags.rollout_document(challenger, None, 0.0, "none", pins=registry_pins(challenger))
         strategy, note = GRADUAL, f"promote {challenger} (from {experiment})"
         states.put(experiment, {"status": "promoted", "at": time.time()})
     version = admin.deploy(new, strategy, note)

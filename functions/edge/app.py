@@ -47,7 +47,7 @@ def _build():
     config.artifacts_bucket = config.artifacts_bucket.replace("{account}", _state.get("account", ""))
     built, _state["rollout"], _state["models"] = serving_config.build(config, MODELS_DIR, os.environ.get("AWS_REGION"))
     built.warm(_state["rollout"].store.refresh_now)
-    if built.signing_key is None or built.snapshot.value is None:  # not worth serving: try again later
+    if built.keys.current is None or built.snapshot.value is None:  # not worth serving: try again later
         raise RuntimeError("cold start incomplete: signing key or item snapshot unavailable")
     gc.freeze()  # what cold start built lives as long as the instance: keep it out of GC scans
     return built
@@ -56,9 +56,14 @@ def _build():
 def recommender(wait_s: float | None = None):
     """The serving state, built on the first request (cold start); waits at most ``wait_s``
     (None: until the build attempt ends). None when not built in time."""
+    if "recommender" in _state:
+        return _state["recommender"]
     if "build" not in _state:
         _state["build"] = degraded.BackgroundBuild(_build)
-    return _state["build"].get(wait_s)
+    built = _state["build"].get(wait_s)
+    if built is not None:
+        _state["recommender"] = built
+    return built
 
 
 def fallback() -> degraded.BundledFallback:

@@ -35,6 +35,7 @@ def test_replay_and_aggregate_compute_the_same_features(pipeline, stack, orders)
     clock = {"now_s": 0.0}
     online_users = DynamoUserStore(stack.names[FEATURES_TABLE.logical_id], clock=lambda: clock["now_s"])
     ingestor.store.clock = lambda: clock["now_s"]
+    pipeline.collect.collector.clock = lambda: clock["now_s"]  # the backend sends each order as it happens
     checked = 0
     for n, order in enumerate(orders):
         if n % 7 == 3:  # a sample of times: just before some of the orders
@@ -52,6 +53,7 @@ def test_replay_and_aggregate_compute_the_same_features(pipeline, stack, orders)
                                            ranking.feature_matrix(snap, off, cands, t), rtol=1e-6)
                 checked += 1
         events = order_events(order)
+        clock["now_s"] = events[-1]["ts"] / 1000
         status, answer = pipeline.post({"events": events})
         assert (status, answer["accepted"]) == (202, len(events))
         clock["now_s"] = events[-1]["ts"] / 1000

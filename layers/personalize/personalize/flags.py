@@ -46,6 +46,9 @@ def bucket(user_id: str, experiment_id: str) -> int:
     return int.from_bytes(digest[:8], "big") % BUCKETS
 
 
+MODEL_PINS = "model_sha256"
+
+
 def share_step(share: float) -> int:
     """A ramp step's id: the challenger's share in buckets (0.02 -> 200)."""
     return round(share * BUCKETS)
@@ -58,9 +61,14 @@ def analysis_id(experiment_id: str, step: int) -> str:
 
 
 def rollout_document(champion: str, challenger: str | None, share: float, experiment_id: str,
-                     kill_switch: bool = False, earlier_steps: tuple[int, ...] | list[int] = ()) -> dict:
-    """A flags document; ``share`` is the challenger's fraction of shoppers (0..1);
-    ``earlier_steps`` the shares (in buckets) this experiment ran at before: the guardrail
+                     kill_switch: bool = False, pins: dict[str, str] | None = None,
+                     earlier_steps: tuple[int, ...] | list[int] = ()) -> dict:
+    """A flags document; ``share`` is the challenger's fraction of shoppers (0..1).
+
+    ``pins``: model key -> sha256 of its model.onnx, for models that serving loads from the
+    artifacts bucket (not bundled with the deploy). Only a deployer writes this document, so
+    a model object replaced in S3 does not match its pin and is refused before parsing.
+    ``earlier_steps``: the shares (in buckets) this experiment ran at before: the guardrail
     analyses every step of the experiment, each apart."""
     end = round(share * BUCKETS) - 1
     steps = [int(s) for s in earlier_steps]
@@ -74,6 +82,8 @@ def rollout_document(champion: str, challenger: str | None, share: float, experi
         "challenger": {"default": False},
         "ramp_steps": {"default": steps, "boolean_type": False},
     }
+    if pins:
+        doc[MODEL_PINS] = {"default": dict(sorted(pins.items())), "boolean_type": False}
     if challenger and end >= 0:
         doc["challenger"]["rules"] = {
             f"bucket below {end + 1} of {BUCKETS}": {
@@ -189,6 +199,11 @@ class Rollout:
         self.flags = FeatureFlags(store=store)
         self.default_champion = default_champion
         self.default_experiment = default_experiment
+
+    def pins(self) -> dict[str, str]:
+        """The deployer's sha256 per model key (empty when the document pins none)."""
+        pinned = self.flags.evaluate(name=MODEL_PINS, default={})
+        return pinned if isinstance(pinned, dict) else {}
 
     def assign(self, user_id: str | None) -> Assignment:
         try:

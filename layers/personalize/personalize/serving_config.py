@@ -3,20 +3,23 @@ from the config file baked into the edge bundle (no environment variables at the
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from . import flags, regions, settings
-from .adapters import aws
+from . import flags, identity, regions, settings
 from .adapters.artifacts import S3Artifacts
+from .adapters.secrets import SecretVersions
 from .adapters.soldout import DynamoSoldOut
 from .adapters.userstore import DynamoUserStore
-from .models import MANIFEST_FILE, MODEL_FILE, Manifest, Ranker
+from .models import MANIFEST_FILE, MODEL_FILE, Manifest, ModelError, Ranker
 from .serving import Recommender, Variant
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,8 @@ class ServingConfig:
     flags_max_age_s: float = 10.0
     snapshot_refresh_s: float = 10.0
     soldout_refresh_s: float = 1.0
+    # Regional only: the secret whose value CloudFront adds as x-origin-verify ("" at the edge).
+    origin_secret: str = ""
     stack: str | None = None  # the stack the names above belong to (the edge checks its own)
     replica_table: dict = field(default_factory=dict)  # execution region -> {"replica", "timeout_s"}
 
@@ -75,7 +80,8 @@ class ServingConfig:
 
     @classmethod
     def from_env(cls) -> ServingConfig:
-        config = settings.load(settings.FEATURES_TABLE, settings.ARTIFACTS_BUCKET, settings.SIGNING_KEY_SECRET)
+        config = settings.load(settings.FEATURES_TABLE, settings.ARTIFACTS_BUCKET, settings.SIGNING_KEY_SECRET,
+                               settings.ORIGIN_VERIFY_SECRET)
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         if os.environ.get("FLAGS_SOURCE") == "local":
             source = {"source": "local", "bucket": config[settings.ARTIFACTS_BUCKET],
@@ -88,24 +94,30 @@ class ServingConfig:
         return cls(home_region=region, features_table=config[settings.FEATURES_TABLE],
                    artifacts_bucket=config[settings.ARTIFACTS_BUCKET],
                    signing_secret=config[settings.SIGNING_KEY_SECRET], flags=source,
+                   origin_secret=config[settings.ORIGIN_VERIFY_SECRET],
                    default_champion=os.environ.get("DEFAULT_CHAMPION", settings.DEFAULT_CHAMPION),
                    log_sample_rate=float(os.environ.get("SCORED_LOG_SAMPLE_RATE", "0.01")))
 
 
-class ModelUnavailableError(Exception):
+class ModelUnavailableError(ModelError):
     """A model that failed to load (and is not retried before its backoff ends)."""
 
 
 class ModelCache:
-    """Rankers by ``<name>/<version>``: from the bundled folder when shipped there, else from
-    the artifacts bucket (checked against its manifest either way). A model that fails to
-    load is remembered as failed for ``retry_after_s``: requests meanwhile fail fast instead
-    of downloading it again on the request path."""
+    """Rankers by ``<name>/<version>``: from the bundled folder when shipped there (the deploy
+    wrote it), else from the artifacts bucket, and then only when ``pins()`` (the flags
+    document, which only a deployer writes) names the model's sha256 and the object matches
+    it: checked before onnxruntime parses a byte. Refusals are counted in ``refused``. A model
+    that fails to load is remembered as failed for ``retry_after_s``: requests meanwhile fail
+    fast instead of trying it again on the request path."""
 
-    def __init__(self, bundled: Path, artifacts: S3Artifacts, retry_after_s: float = 60.0, clock=time.monotonic):
+    def __init__(self, bundled: Path, artifacts: S3Artifacts, pins: Callable[[], dict[str, str]] | None = None,
+                 retry_after_s: float = 60.0, clock=time.monotonic):
         self.bundled = bundled
         self.artifacts = artifacts
+        self.pins = pins or dict
         self.rankers: dict[str, Ranker] = {}
+        self.refused = 0
         self.failed: dict[str, tuple[float, str]] = {}  # key -> (when, why)
         self.retry_after_s = retry_after_s
         self.clock = clock
@@ -131,27 +143,43 @@ class ModelCache:
             if (folder / MODEL_FILE).exists():
                 manifest, blob = json.loads((folder / MANIFEST_FILE).read_text()), (folder / MODEL_FILE).read_bytes()
             else:
-                manifest = json.loads(self.artifacts.get(f"models/{key}/{MANIFEST_FILE}"))
-                blob = self.artifacts.get(f"models/{key}/{MODEL_FILE}")
+                manifest, blob = self._from_bucket(key)
             ranker = self.rankers[key] = Ranker(Manifest.from_dict(manifest), blob)
         return ranker
 
+    def _from_bucket(self, key: str) -> tuple[dict, bytes]:
+        pinned = self.pins().get(key)
+        if not isinstance(pinned, str) or len(pinned) != 64 or not pinned.isascii():
+            self.refused += 1
+            raise ModelError(f"{key} is not bundled and the flags document pins no sha256 for it")
+        blob = self.artifacts.get(f"models/{key}/{MODEL_FILE}")
+        digest = hashlib.sha256(blob).hexdigest()
+        if not hmac.compare_digest(digest, pinned):
+            self.refused += 1
+            log.error("model refused", extra={"model": key, "sha256": digest, "pinned": pinned})
+            raise ModelError(f"{key}: the bucket's model.onnx (sha256 {digest[:12]}...) is not the pinned "
+                             f"{pinned[:12]}...; refused")
+        manifest = json.loads(self.artifacts.get(f"models/{key}/{MANIFEST_FILE}"))
+        if f"{manifest.get('name')}/{manifest.get('version')}" != key or manifest.get("sha256") != pinned:
+            self.refused += 1
+            raise ModelError(f"{key}: the bucket's manifest does not describe the pinned model; refused")
+        return manifest, blob
 
-def signing_key(secret_id: str, region: str) -> str | None:
-    """Read once at cold start; never from the bundle or the repository. Unreadable (an
-    outage at cold start): None, every shopper anonymous, rather than a failed init."""
-    try:
-        return aws.client("secretsmanager", region, connect_timeout=1.0, read_timeout=2.0).get_secret_value(
-            SecretId=secret_id)["SecretString"]
-    except Exception:
-        log.exception("signing key unreadable at cold start: shoppers are anonymous until a new instance")
-        return None
+
+def signing_keys(secret_id: str, region: str) -> identity.KeyRing:
+    """The cookie/rec_id keys (current and previous), read from Secrets Manager, never from
+    the bundle or the repository; re-read every minute, never older than five."""
+    return identity.KeyRing(SecretVersions(secret_id, region).load, refresh_s=60.0, max_stale_s=300.0)
+
+
+def origin_keys(config: ServingConfig) -> identity.KeyRing:
+    """The CloudFront origin-verify token's current and previous values (regional function)."""
+    return identity.KeyRing(SecretVersions(config.origin_secret, config.home_region).load)
 
 
 def build(config: ServingConfig, models_dir: Path, running_region: str | None, on_scored=None):
     """(recommender, rollout, models) for this function instance."""
     artifacts = S3Artifacts(config.artifacts_bucket, config.home_region)
-    models = ModelCache(models_dir, artifacts)
     source = config.flags
     if source["source"] == "local":
         fetch = flags.local_fetcher(source["bucket"], source["application_id"], source["profile_id"])
@@ -161,6 +189,7 @@ def build(config: ServingConfig, models_dir: Path, running_region: str | None, o
     pool = ThreadPoolExecutor(3, thread_name_prefix="refresh")  # off-request refreshes
     rollout = flags.Rollout(flags.CachedDocumentStore(fetch, config.flags_max_age_s, executor=pool),
                             config.default_champion)
+    models = ModelCache(models_dir, artifacts, rollout.pins)
     champion = models.get(config.default_champion)  # fail at cold start, not on a request
 
     def choose(user_id: str | None) -> Variant:
@@ -179,8 +208,10 @@ def build(config: ServingConfig, models_dir: Path, running_region: str | None, o
     users = DynamoUserStore(config.features_table, region=replica, timeout_s=timeout_s)
     _ = artifacts.client  # clients are made here, on one thread, before the warm-up fans out
     soldout = DynamoSoldOut(config.features_table, region=replica, client=users.client)
-    recommender = Recommender(users, artifacts, soldout,
-                              signing_key(config.signing_secret, config.home_region), choose,
+    # The edge names the secret; it is replicated beside the table, so read it from there too.
+    keyring = signing_keys(config.signing_secret, replica if not config.signing_secret.startswith("arn:")
+                           else config.home_region)
+    recommender = Recommender(users, artifacts, soldout, keyring, choose,
                               log_sample_rate=config.log_sample_rate, on_scored=on_scored,
                               snapshot_refresh_s=config.snapshot_refresh_s, soldout_refresh_s=config.soldout_refresh_s,
                               pool=pool)
