@@ -48,18 +48,40 @@ def edge_config(env: str) -> dict:
     overrides = config[env]["deploy"]["parameters"].get("parameter_overrides", "")
     params = dict(p.split("=", 1) for p in overrides.split())
     sys.path.insert(0, str(ROOT / "layers" / "personalize"))
+    from personalize.regions import replica_table
     from personalize.serving_config import ServingConfig
     from personalize.settings import DEFAULT_CHAMPION
 
+    replicas = [r for r in (params.get(f"ReplicaRegion{n}") for n in range(1, 5)) if r]
     return ServingConfig(
+        stack=stack, replica_table=replica_table("us-east-1", replicas),
         home_region="us-east-1", features_table=f"{stack}-features",
         artifacts_bucket=f"{stack}-artifacts-{{account}}", signing_secret=f"{stack}/cookie-signing-key",
         flags={"source": "appconfig", "application": stack, "environment": params.get("Stage", env),
                "profile": "rollout"},
         default_champion=DEFAULT_CHAMPION,
-        replica_regions=[r for r in (params.get("ReplicaRegion1"), params.get("ReplicaRegion2")) if r],
+        replica_regions=replicas,
         log_sample_rate=float(params.get("ScoredLogSampleRate", "0.01")),
     ).__dict__
+
+
+def fallback_items(n: int = 100) -> dict:
+    """The popular items a cold edge serves while AWS is unreachable: from the snapshot file
+    named by ``FALLBACK_SNAPSHOT`` (e.g. one downloaded from the stack's bucket,
+    ``snapshots/<version>.msgpack``), available items with stock not low, best first.
+    Without one the bundle carries an empty list (a cold outage then answers no items)."""
+    import time
+
+    path = os.environ.get("FALLBACK_SNAPSHOT")
+    if not path:
+        print("FALLBACK_SNAPSHOT not set: the edge bundle's outage fallback list is empty", file=sys.stderr)
+        return {"built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "items": []}
+    sys.path.insert(0, str(ROOT / "layers" / "personalize"))
+    from personalize.degraded import popular_list
+    from personalize.snapshots import ItemSnapshot
+
+    snap = ItemSnapshot.decode(Path(path).read_bytes())
+    return {"built_at": snap.version, "items": popular_list(snap, n)}
 
 
 def trim(target: Path) -> None:
@@ -94,6 +116,7 @@ def build(target: Path, env: str = "dev", install: bool = True) -> float:
         folder = manifest.parent
         shutil.copytree(folder, target / "shipped_models" / folder.parent.name / folder.name, dirs_exist_ok=True)
     (target / "edge_config.json").write_text(json.dumps(edge_config(env), indent=2, sort_keys=True))
+    (target / "fallback_items.json").write_text(json.dumps(fallback_items(), indent=2))
     if install:
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--only-binary=:all:",
                         "--platform", "manylinux_2_28_x86_64", "--python-version", "3.12", "--implementation",
@@ -104,7 +127,11 @@ def build(target: Path, env: str = "dev", install: bool = True) -> float:
 
 def main() -> int:
     target = Path(sys.argv[1])
-    size = build(target, os.environ.get("SAM_CONFIG_ENV", "dev"))
+    env = os.environ.get("SAM_CONFIG_ENV")
+    if env not in ("dev", "prod"):  # the bundle bakes one stack's names and replica table
+        print("build the edge for one environment: make build ENV=dev|prod (or SAM_CONFIG_ENV=...)", file=sys.stderr)
+        return 2
+    size = build(target, env)
     print(f"edge bundle: {size:.1f} MB zipped (limit {LIMIT_MB:.0f} MB, goal 30 MB)")
     if size > LIMIT_MB:
         print("edge bundle is over the Lambda@Edge origin-request limit", file=sys.stderr)

@@ -36,8 +36,10 @@ def connect(env: str):
     if env == "local":
         state = json.loads((ROOT / "build" / "local-stack.json").read_text())
         os.environ.update(AWS_ENDPOINT_URL=state["aws_endpoint"], AWS_DEFAULT_REGION=state["region"])
-        os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
-        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
+        # The local AWS enforces IAM: act with the administrator's keys it published.
+        os.environ.update(AWS_ACCESS_KEY_ID=state["aws_credentials"]["access_key_id"],
+                          AWS_SECRET_ACCESS_KEY=state["aws_credentials"]["secret_access_key"])
+        os.environ.pop("AWS_SESSION_TOKEN", None)
         names = state["resources"]
         bucket, app, profile = names["ArtifactsBucket"], names["RolloutApplication"], names["RolloutProfile"]
         admin = LocalFlagAdmin(bucket, app, profile, flags.local_fetcher(bucket, app, profile))
@@ -111,8 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         print(describe(doc))
         print(f"state: {states.get(experiment) or 'running'}")
         if experiment != "none":
-            counters = experiments.read_counters(store, experiment)
-            decision = experiments.decide(counters[flags.CHAMPION], counters[flags.CHALLENGER])
+            steps = [flags.analysis_id(experiment, s) for s in flags.ramp_steps(doc)] or [experiment]
+            per_step = [experiments.read_counters(store, analysed) for analysed in steps]
+            counters = {v: experiments.merge_counters([c[v] for c in per_step])
+                        for v in (flags.CHAMPION, flags.CHALLENGER)}
+            decision = experiments.decide_steps([(c[flags.CHAMPION], c[flags.CHALLENGER]) for c in per_step])
             print(experiments.format_report(experiment, counters, decision))
         return 0
     if args.command in ("start", "ramp") and not 0 <= args.share <= 1:
@@ -131,11 +136,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"experiment {experiment} is {current['status']}: start a new one", file=sys.stderr)
             return 2
         new = flags.rollout_document(champion, challenger, args.share, experiment,
-                                     pins=registry_pins(champion, challenger))
+                                     pins=registry_pins(champion, challenger), earlier_steps=flags.ramp_steps(doc))
         strategy, note = GRADUAL, f"ramp {experiment} to {args.share:.2%}"
     elif args.command == "kill":
         new = flags.rollout_document(champion, challenger, 0.0, experiment, kill_switch=True,
-                                     pins=registry_pins(champion, challenger))
+                                     pins=registry_pins(champion, challenger), earlier_steps=flags.ramp_steps(doc))
         strategy, note = ALL_AT_ONCE, f"kill {experiment} (operator)"
         states.put(experiment, {"status": "killed", "by": "operator", "at": time.time()})
     else:

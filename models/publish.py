@@ -29,8 +29,11 @@ def bucket_for(env: str) -> tuple[str, dict]:
     """(bucket, boto3 client kwargs) for an environment."""
     if env == "local":
         state = json.loads((ROOT / "build" / "local-stack.json").read_text())
+        credentials = state["aws_credentials"]  # the local AWS enforces IAM: the administrator's keys
         return state["resources"]["ArtifactsBucket"], {"endpoint_url": state["aws_endpoint"],
-                                                       "region_name": state["region"]}
+                                                       "region_name": state["region"],
+                                                       "aws_access_key_id": credentials["access_key_id"],
+                                                       "aws_secret_access_key": credentials["secret_access_key"]}
     import boto3
 
     config = tomllib.loads((ROOT / "samconfig.toml").read_text())[env]

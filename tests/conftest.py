@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -9,13 +10,19 @@ from pathlib import Path
 import pytest
 from moto import mock_aws
 
-from infra.local import handlers, resources
+from infra.local import handlers, iam, resources, template
 from infra.local.lambda_events import http_api_event, response_json
 from infra.local.poller import KinesisPoller
 from personalize import identity, settings
 from personalize.adapters import aws
 
 EVENTS_DIR = Path(__file__).parent / "events"
+
+
+def function_client(function: str, service: str):
+    """The cached client a function's adapters use (it signs as the function's role)."""
+    with aws.as_identity(handlers.identity(function)):
+        return aws.client(service)
 
 
 def load_event(name: str):
@@ -34,16 +41,31 @@ def _no_real_aws(monkeypatch):
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
 
 
-@pytest.fixture
-def stack(monkeypatch):
-    """Moto started first, then the template's resources, then the functions' env."""
+@contextlib.contextmanager
+def moto_stack(monkeypatch, template_path=template.TEMPLATE):
+    """Moto started first, then the template's resources and roles, then the functions'
+    env; IAM enforced from then on: each function runs as its own role (handlers.load),
+    the test itself as the administrator."""
     with mock_aws():
         aws.reset()
-        created = resources.create_all()
-        for name, value in created.env().items():
+        created = resources.create_with_roles(template_path=template_path)
+        for name, value in {**created.env(), **created.admin_env()}.items():
             monkeypatch.setenv(name, value)
-        yield created
+        monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+        aws.reset()
+        handlers.use_identities(created.identities.functions)
+        try:
+            with iam.Enforcement():
+                yield created
+        finally:
+            handlers.use_identities(None)
     aws.reset()
+
+
+@pytest.fixture
+def stack(monkeypatch):
+    with moto_stack(monkeypatch) as created:
+        yield created
 
 
 class Pipeline:
@@ -57,7 +79,16 @@ class Pipeline:
         self.poller = KinesisPoller(
             stack.names[settings.EVENTS_STREAM.logical_id], stack.arns[settings.EVENTS_STREAM.logical_id],
             self.aggregate.lambda_handler, stack.names[settings.STREAM_FAILURE_QUEUE.logical_id],
-            max_retries=3)
+            max_retries=3, identity=handlers.identity("aggregate"))
+
+    @property
+    def rows(self):
+        """The aggregate's tables read as the administrator (the function's own role may not
+        Query or Scan), on the aggregate's clock."""
+        from personalize.adapters.rowstore import DynamoRowStore
+
+        theirs = self.aggregate.processor.ingestor.store
+        return DynamoRowStore(dict(theirs.tables), clock=lambda: theirs.clock())
 
     def post(self, body, headers: dict | None = None, path: str = "/server/events") -> tuple[int, dict]:
         """As the shop's backend (user_id from the body), or ``path="/events"`` as a browser."""

@@ -1,47 +1,99 @@
 """Lambda@Edge origin-request for ``/recommendations``: answers from the edge, passes every
 other request through. No environment variables and no layers: ``edge_config.json`` (built
-into the bundle by ``infra/edge_build.py``) names the us-east-1 resources."""
+into the bundle by ``infra/edge_build.py``) names the us-east-1 resources, and
+``fallback_items.json`` is what a cold instance answers while AWS is unreachable."""
 
+import contextvars
 import gc
+import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
-from personalize import cloudfront, identity, serving_config, settings
+from personalize import cloudfront, degraded, identity, serving, serving_config, settings, telemetry
+from personalize.adapters import aws
 
 HERE = Path(__file__).resolve().parent
 CONFIG_PATH = HERE / "edge_config.json"
 MODELS_DIR = HERE / "shipped_models"
+FALLBACK_PATH = HERE / "fallback_items.json"
+COLD_START_WAIT_S = degraded.COLD_START_WAIT_S
 logger = Logger(service="edge")
 metrics = Metrics(namespace=settings.NAMESPACE, service="edge")
 _state = {}
+_background = ThreadPoolExecutor(1, thread_name_prefix="home-metrics")
 
 
-def recommender():
-    """Built on the first request (cold start): config file, signing key, models, snapshot."""
-    if "recommender" not in _state:
-        config = serving_config.ServingConfig.from_file(CONFIG_PATH)
-        config.artifacts_bucket = config.artifacts_bucket.replace("{account}", _state.get("account", ""))
-        _state["recommender"], _state["rollout"], _state["models"] = serving_config.build(
-            config, MODELS_DIR, os.environ.get("AWS_REGION"))
-        _state["recommender"].warm(_state["rollout"].store.refresh_now)
-        gc.freeze()  # what cold start built lives as long as the instance: keep it out of GC scans
-    return _state["recommender"]
+def home_metrics() -> telemetry.HomeMetrics:
+    """Per-variant counts sent to us-east-1, where the rollback alarm looks."""
+    if "home_metrics" not in _state:
+        context = contextvars.copy_context()
+        _state["home_metrics"] = telemetry.HomeMetrics(
+            settings.NAMESPACE, "edge",
+            lambda: aws.client("cloudwatch", "us-east-1", connect_timeout=1.0, read_timeout=2.0),
+            submit=lambda fn: _background.submit(context.copy().run, fn))
+    return _state["home_metrics"]
 
 
-def serve(request: dict) -> tuple[int, dict, dict]:
+def _build():
+    """The instance's serving state (signing key, flags, models, snapshot): network calls,
+    run off the request path by degraded.BackgroundBuild."""
+    config = serving_config.ServingConfig.from_file(CONFIG_PATH).for_stack(
+        serving_config.stack_of_function(_state.get("function_name")))  # a bundle built for another stack
+    config.artifacts_bucket = config.artifacts_bucket.replace("{account}", _state.get("account", ""))
+    built, _state["rollout"], _state["models"] = serving_config.build(config, MODELS_DIR, os.environ.get("AWS_REGION"))
+    built.warm(_state["rollout"].store.refresh_now)
+    if built.keys.current is None or built.snapshot.value is None:  # not worth serving: try again later
+        raise RuntimeError("cold start incomplete: signing key or item snapshot unavailable")
+    gc.freeze()  # what cold start built lives as long as the instance: keep it out of GC scans
+    return built
+
+
+def recommender(wait_s: float | None = None):
+    """The serving state, built on the first request (cold start); waits at most ``wait_s``
+    (None: until the build attempt ends). None when not built in time."""
+    if "recommender" in _state:
+        return _state["recommender"]
+    if "build" not in _state:
+        _state["build"] = degraded.BackgroundBuild(_build)
+    built = _state["build"].get(wait_s)
+    if built is not None:
+        _state["recommender"] = built
+    return built
+
+
+def fallback() -> degraded.BundledFallback:
+    if "fallback" not in _state:
+        champion = json.loads(CONFIG_PATH.read_text()).get("default_champion", settings.DEFAULT_CHAMPION)
+        _state["fallback"] = degraded.BundledFallback.from_file(FALLBACK_PATH, champion)
+    return _state["fallback"]
+
+
+def serve(request: dict, remaining_ms: int | None = None) -> tuple[int, dict, dict]:
     started = time.perf_counter()
     cookie = identity.cookie_from_headers(cloudfront.header_values(request, "cookie"))
     country = next(iter(cloudfront.header_values(request, "cloudfront-viewer-country")), None)
-    answer = recommender().recommend(cloudfront.query(request), cookie, country)
+    params = cloudfront.query(request)
+    built = recommender(degraded.deadline_s(remaining_ms, COLD_START_WAIT_S))
+    if built is None:  # cold, and AWS unreachable or slow: answer from the bundle
+        try:
+            query = serving.parse_query(params)
+        except serving.BadRequest as exc:
+            return 400, {"message": str(exc)}, {}
+        answer = serving.Answer(200, fallback().answer(query.k))
+    else:
+        answer = built.recommend(params, cookie, country)
     variant = answer.body.get("variant", "none")
     metrics.add_metric(f"Requests_{variant}", MetricUnit.Count, 1)
     metrics.add_metric(f"LatencyMs_{variant}", MetricUnit.Milliseconds, (time.perf_counter() - started) * 1000)
+    home_metrics().add(f"Requests_{variant}")
     if answer.body.get("fallback"):
         metrics.add_metric(f"Fallbacks_{variant}", MetricUnit.Count, 1)
+        home_metrics().add(f"Fallbacks_{variant}")
     return answer.status, answer.body, answer.headers
 
 
@@ -49,4 +101,5 @@ def serve(request: dict) -> tuple[int, dict, dict]:
 @metrics.log_metrics
 def lambda_handler(event: dict, context) -> dict:
     _state.setdefault("account", context.invoked_function_arn.split(":")[4])
-    return cloudfront.handle(event, serve)
+    _state.setdefault("function_name", context.function_name)
+    return cloudfront.handle(event, lambda request: serve(request, context.get_remaining_time_in_millis()))

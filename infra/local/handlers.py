@@ -1,11 +1,38 @@
-"""Import ``functions/<name>/app.py`` in-process, under a unique module name."""
+"""Import ``functions/<name>/app.py`` in-process, under a unique module name, running as
+that function's role when the stack set identities (``use_identities``)."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 
+from personalize.adapters import aws
+
 from .template import ROOT
+
+_identities: dict[str, aws.Credentials] = {}
+# Module-level callables through which a function does its work: run as the function's role.
+ENTRY_POINTS = ("lambda_handler", "recommender")
+
+
+def use_identities(identities: dict[str, aws.Credentials] | None) -> None:
+    """Functions loaded from now on run with these credentials (None: the environment's)."""
+    _identities.clear()
+    _identities.update(identities or {})
+
+
+def identity(name: str) -> aws.Credentials | None:
+    return _identities.get(name)
+
+
+def _as(credentials, function):
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with aws.as_identity(credentials):
+            return function(*args, **kwargs)
+
+    return wrapper
 
 
 def load(name: str, fresh: bool = True):
@@ -15,5 +42,11 @@ def load(name: str, fresh: bool = True):
     spec = importlib.util.spec_from_file_location(module_name, ROOT / "functions" / name / "app.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    spec.loader.exec_module(module)
+    credentials = _identities.get(name)
+    with aws.as_identity(credentials):  # clients made at import sign as the function's role
+        spec.loader.exec_module(module)
+    if credentials is not None:
+        for entry in ENTRY_POINTS:
+            if callable(getattr(module, entry, None)):
+                setattr(module, entry, _as(credentials, getattr(module, entry)))
     return module

@@ -41,8 +41,12 @@ class PollerStats:
 
 class KinesisPoller:
     def __init__(self, stream_name: str, stream_arn: str, handler: Callable[[dict, object], dict],
-                 failure_queue_url: str | None = None, batch_size: int = 1000, max_retries: int = 10):
+                 failure_queue_url: str | None = None, batch_size: int = 1000, max_retries: int = 10,
+                 identity: aws.Credentials | None = None):
         self.stream_name = stream_name
+        # Lambda's event source mapping reads the stream and writes the on-failure queue
+        # with the function's execution role: locally, the same credentials.
+        self.identity = identity
         self.stream_arn = stream_arn
         self.handler = handler
         self.failure_queue_url = failure_queue_url
@@ -69,7 +73,7 @@ class KinesisPoller:
 
     def poll_once(self) -> int:
         """One round over the shards; returns how many records were handed to the function."""
-        with self.lock:
+        with self.lock, aws.as_identity(self.identity):
             if not self.cursors:
                 self._discover()
             handed = 0

@@ -21,6 +21,12 @@ class LocalResources:
     arns: dict[str, str] = field(default_factory=dict)
     signing_key: str = ""
     origin_token: str = ""  # what the local front adds as CloudFront would (x-origin-verify)
+    identities: object | None = None  # iam.Identities: the administrator's and each function's credentials
+
+    def admin_env(self) -> dict[str, str]:
+        """Environment for code acting as the administrator (the stack itself, operators, tests)."""
+        admin = self.identities.admin
+        return {"AWS_ACCESS_KEY_ID": admin.access_key_id, "AWS_SECRET_ACCESS_KEY": admin.secret_access_key}
 
     def env(self) -> dict[str, str]:
         """The environment variables functions read (settings.Resource.env)."""
@@ -45,19 +51,24 @@ class LocalResources:
             # Faster than deployed: the local schedules run every second or two.
             default_champion=settings.DEFAULT_CHAMPION, flags_max_age_s=2.0, snapshot_refresh_s=1.0)
 
+    def fallback_items(self, n: int = 100) -> list[str]:
+        """The popular items a bundle would carry, from the newest snapshot (as make build does)."""
+        from personalize import degraded
+        from personalize.adapters.artifacts import S3Artifacts
+        from personalize.snapshots import ItemSnapshot
+
+        artifacts = S3Artifacts(self.names["ArtifactsBucket"])
+        pointer = artifacts.pointer_if_changed(None)
+        return degraded.popular_list(ItemSnapshot.decode(artifacts.get(pointer.key)), n) if pointer else []
+
     def deploy_flags(self, document: dict) -> int:
         """What an AppConfig deployment does, locally: a new hosted version, then the
         pointer that the local flag reader follows (moto has no deployments)."""
-        import json
+        from personalize.adapters.flagadmin import ALL_AT_ONCE, LocalFlagAdmin
 
-        from personalize.flags import LOCAL_DEPLOYED_KEY
-
-        version = aws.client("appconfig").create_hosted_configuration_version(
-            ApplicationId=self.names["RolloutApplication"], ConfigurationProfileId=self.names["RolloutProfile"],
-            Content=json.dumps(document).encode(), ContentType="application/json")["VersionNumber"]
-        aws.client("s3").put_object(Bucket=self.names["ArtifactsBucket"], Key=LOCAL_DEPLOYED_KEY,
-                                    Body=json.dumps({"version": version}).encode())
-        return version
+        admin = LocalFlagAdmin(self.names["ArtifactsBucket"], self.names["RolloutApplication"],
+                               self.names["RolloutProfile"], fetch=None)
+        return int(admin.deploy(document, ALL_AT_ONCE, "local deployment"))
 
 
 def create_all(prefix: str = "local") -> LocalResources:
@@ -113,6 +124,17 @@ def create_all(prefix: str = "local") -> LocalResources:
             import json
 
             created.names[logical_id] = str(created.deploy_flags(json.loads(props["Content"])))
+    return created
+
+
+def create_with_roles(prefix: str = "local", template_path=template.TEMPLATE) -> LocalResources:
+    """The resources, then the administrator and every function's role (iam.setup), with
+    the policies of ``template_path``. Call before IAM is enforced; afterwards act as the
+    administrator (``admin_env``)."""
+    from . import iam
+
+    created = create_all(prefix)
+    created.identities = iam.setup(created.names, created.arns, template_path)
     return created
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from personalize import settings
 from personalize.adapters import aws
 
-from . import handlers, resources
+from . import handlers, iam, resources
 from .lambda_events import context, http_api_event
 from .poller import KinesisPoller
 from .template import ROOT
@@ -180,8 +180,14 @@ class LocalStack:
             logging.getLogger().addHandler(self._log_handler)
         warnings.filterwarnings("ignore", message="No application metrics to publish")
         aws.reset()
-        self.resources = resources.create_all()
-        os.environ.update(self.resources.env())
+        self.resources = resources.create_with_roles()
+        # From here on the embedded AWS enforces IAM: the stack acts as the administrator,
+        # each function as its own role (handlers.load), the poller as aggregate's.
+        os.environ.update({**self.resources.env(), **self.resources.admin_env()})
+        os.environ.pop("AWS_SESSION_TOKEN", None)
+        aws.reset()
+        handlers.use_identities(self.resources.identities.functions)
+        self._enforcement = iam.Enforcement(self.aws_endpoint).__enter__()
         self.signing_key = self.resources.signing_key
         for name in ("collect", "aggregate", "features", "snapshot", "guardrail"):
             self.functions[name] = Function(name)
@@ -189,11 +195,17 @@ class LocalStack:
         self.functions["recommend"] = Function("recommend")
         config_path = ROOT / "build" / "edge_config.local.json"
         config_path.write_text(self.resources.serving_config().to_json())
-        self.functions["edge"] = Function("edge", CONFIG_PATH=config_path, MODELS_DIR=ROOT / "models")
+        fallback_path = ROOT / "build" / "fallback_items.local.json"
+        fallback_path.write_text(json.dumps({"built_at": "local", "items": self.resources.fallback_items()}))
+        # The local stack's functions share one process (and moto's GIL): a cold edge may
+        # wait longer for its build here than deployed (degraded.COLD_START_WAIT_S).
+        self.functions["edge"] = Function("edge", CONFIG_PATH=config_path, MODELS_DIR=ROOT / "models",
+                                          FALLBACK_PATH=fallback_path, COLD_START_WAIT_S=10.0)
         self.poller = KinesisPoller(
             self.resources.names[settings.EVENTS_STREAM.logical_id],
             self.resources.arns[settings.EVENTS_STREAM.logical_id],
-            self.functions["aggregate"], self.resources.names[settings.STREAM_FAILURE_QUEUE.logical_id])
+            self.functions["aggregate"], self.resources.names[settings.STREAM_FAILURE_QUEUE.logical_id],
+            identity=handlers.identity("aggregate"))
         self.poller.start(idle_sleep_s=self.poll_interval_s)
         self._schedules = [Schedule("snapshot", self.snapshot_interval_s, self.functions["snapshot"]),
                            Schedule("guardrail", self.guardrail_interval_s, self.functions["guardrail"])]
@@ -214,6 +226,8 @@ class LocalStack:
         path.write_text(json.dumps({
             "endpoint": self.endpoint, "aws_endpoint": self.aws_endpoint, "signing_key": self.signing_key,
             "region": "us-east-1", "resources": self.resources.names,
+            "aws_credentials": {"access_key_id": self.resources.identities.admin.access_key_id,
+                                "secret_access_key": self.resources.identities.admin.secret_access_key},
         }, indent=2))
 
     def stop(self) -> None:
@@ -229,6 +243,7 @@ class LocalStack:
                 self._moto.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self._moto.kill()
+        handlers.use_identities(None)
         if getattr(self, "_saved", None):  # leave the process as it was (tests run several stacks)
             environ, stdout, interval = self._saved
             os.environ.clear()

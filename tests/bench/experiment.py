@@ -11,7 +11,7 @@ import numpy as np
 from infra.local.stack import LocalStack
 from personalize import flags, identity
 
-from .simulation import BASE_RATE, CHALLENGER_PER_TICK, guardrail_kills, naive_kills, simulate
+from .simulation import BASE_RATE, guardrail_kills, naive_kills, ramp_kills, simulate, simulate_ramps
 from .streams import post_events
 
 
@@ -58,19 +58,69 @@ def kill_to_zero_s() -> tuple[float, float]:
         stack.stop()
 
 
+def kill_during_rollout_s() -> float:
+    """On the local stack: a 2% experiment ramping to 25% (a gradual deployment still in
+    progress), then the guardrail's kill path (stop the ramp, deploy share 0 all at once);
+    seconds from the kill call until no response names the challenger."""
+    from personalize.adapters.flagadmin import ALL_AT_ONCE, GRADUAL, LocalFlagAdmin
+
+    stack = LocalStack(snapshot_interval_s=1.0, guardrail_interval_s=3600).start()
+    try:
+        now = int(time.time() * 1000)
+        post_events(stack.endpoint, [{"event_id": f"r{n}", "type": "view", "user_id": f"bg{n % 50}",
+                                      "item_id": f"sku-{n % 500}", "ts": now} for n in range(2000)])
+        stack.poller.drain(60)
+        stack.functions["snapshot"]({})
+        names = stack.resources.names
+        admin = LocalFlagAdmin(names["ArtifactsBucket"], names["RolloutApplication"], names["RolloutProfile"],
+                               fetch=None, gradual_s=600)  # AppConfig's 10-minute ramp
+        admin.deploy(flags.rollout_document("ranker-mlp/v1", "ranker-linear/v1", 0.02, "exp-r"), ALL_AT_ONCE, "start")
+        admin.deploy(flags.rollout_document("ranker-mlp/v1", "ranker-linear/v1", 0.25, "exp-r", earlier_steps=[200]),
+                     GRADUAL, "ramp to 25%")
+        users = [f"shopper-{i}" for i in range(400)]
+        cookies = {u: "rt_uid=" + identity.cookie_value(u, stack.signing_key) for u in users}
+
+        def variant(user):
+            req = urllib.request.Request(stack.endpoint + "/recommendations?k=1", headers={"Cookie": cookies[user]})
+            with urllib.request.urlopen(req, timeout=10) as response:
+                return json.loads(response.read())["variant"]
+
+        deadline = time.time() + 30
+        challengers: list[str] = []
+        while not challengers and time.time() < deadline:
+            challengers = [u for u in users if variant(u) == flags.CHALLENGER]
+        started = time.perf_counter()
+        admin.deploy(flags.rollout_document("ranker-mlp/v1", "ranker-linear/v1", 0.0, "exp-r", kill_switch=True,
+                                            earlier_steps=[200, 2500]), ALL_AT_ONCE, "guardrail kill")
+        while time.perf_counter() - started < 120:
+            if all(variant(u) == flags.CHAMPION for u in challengers):
+                return time.perf_counter() - started
+            time.sleep(0.1)
+        raise AssertionError("the challenger was still served 120 s after the kill")
+    finally:
+        stack.stop()
+
+
 def run() -> dict:
-    aa = simulate(BASE_RATE, seed=1)
-    worse = simulate(BASE_RATE * 0.8, seed=2)
-    first = guardrail_kills(*worse)
+    # A gradual rollout (2% -> 10% -> 25%) while conversion drifts: each step analysed apart.
+    aa = simulate_ramps(1.0, seed=1)
+    worse = simulate_ramps(0.8, seed=2)
+    first = ramp_kills(*worse)
     killed = first[first >= 0]
+    n_b = np.cumsum(worse[3])
+    flat_aa = simulate(BASE_RATE, seed=1)
     seconds, served_share = kill_to_zero_s()
     return {
         "assigned_share": round(assigned_share(), 5),
         "served_share_before_kill": round(served_share, 4),
-        "aa_false_kill_rate": float((guardrail_kills(*aa) >= 0).mean()),
-        "naive_repeated_test_false_kill_rate": float((naive_kills(*aa) >= 0).mean()),
+        "aa_false_kill_rate": float((ramp_kills(*aa) >= 0).mean()),
+        "pooled_across_ramps_false_kill_rate": float((ramp_kills(*aa, stratified=False) >= 0).mean()),
+        "aa_false_kill_rate_constant_share": float((guardrail_kills(*flat_aa) >= 0).mean()),
+        "naive_repeated_test_false_kill_rate": float((naive_kills(*flat_aa) >= 0).mean()),
         "kill_power_20pct": float((first >= 0).mean()),
-        "median_impressions_to_kill_20pct": float(np.median((killed + 1) * CHALLENGER_PER_TICK)),
-        "impressions_counted": "challenger impressions (2% of traffic; base conversion 5%)",
+        "median_impressions_to_kill_20pct": float(np.median(n_b[killed])),
+        "impressions_counted": "challenger impressions; ramp 2% -> 10% -> 25% of 10,000 per tick, "
+                               "conversion drifting 6% -> 4%",
         "kill_to_zero_s": round(seconds, 2),
+        "kill_during_rollout_s": round(kill_during_rollout_s(), 2),
     }

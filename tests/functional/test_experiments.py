@@ -40,7 +40,7 @@ def test_two_percent_of_shoppers_see_the_challenger_and_stay_there(lab):
     assert served_variants(lab, users[:200]) == variants[:200]
     _, body, _ = lab.get(cookie=lab.cookie(users[variants.index("challenger")]))
     assert (body["variant"], body["model"]) == ("challenger", "ranker-linear/v1")
-    assert body["rec_id"].startswith("exp-test~")
+    assert body["rec_id"].startswith("exp-test@200~")  # the experiment at its ramp step (2%)
 
 
 def attribute(lab, variant, impressions, purchases, sign=True):
@@ -49,7 +49,8 @@ def attribute(lab, variant, impressions, purchases, sign=True):
     events = []
     for n in range(impressions):
         user = f"{variant}-shopper-{n % 300}"
-        rec = (identity.issue_rec_id(lab.stack.signing_key, "exp-test", variant, user, now_ms() / 1000) if sign
+        # The experiment at its ramp step (2%): what serving names in the rec_ids it issues.
+        rec = (identity.issue_rec_id(lab.stack.signing_key, "exp-test@200", variant, user, now_ms() / 1000) if sign
                else f"exp-test~{variant}~ffffffff~{n:012x}~{'A' * 22}")
         events.append({"event_id": f"{variant}-i{n}", "type": "impression", "user_id": user, "items": ["sku-1"],
                        "ts": now_ms(), "rec_id": rec, "variant": variant})
@@ -95,6 +96,27 @@ def test_no_decision_without_enough_data(lab):
     attribute(lab, "champion", 100, 5)
     attribute(lab, "challenger", 50, 0)
     assert run_guardrail(lab)["action"] == "insufficient_data"
+
+
+def test_a_kill_during_a_gradual_ramp_stops_it_and_lands_at_once(lab):
+    """AppConfig runs one deployment at a time: the guardrail's kill stops the running ramp
+    first (locally emulated), instead of failing with a conflict for the ramp's duration."""
+    from personalize.adapters.flagadmin import GRADUAL, DeploymentConflictError, LocalFlagAdmin
+
+    names = lab.stack.names
+    admin = LocalFlagAdmin(names["ArtifactsBucket"], names["RolloutApplication"], names["RolloutProfile"],
+                           fetch=None, gradual_s=600)
+    deploy(lab, START)
+    attribute(lab, "champion", 3000, 150)
+    attribute(lab, "challenger", 1500, 20)
+    ramp = flags.rollout_document("ranker-mlp/v1", "ranker-linear/v1", 0.02, "exp-test", earlier_steps=[200])
+    admin.deploy(ramp, GRADUAL, "ramp (still running for 10 minutes)")
+    with pytest.raises(DeploymentConflictError):
+        admin.deploy(ramp, GRADUAL, "another ramp conflicts")
+    result = run_guardrail(lab)
+    assert result["action"] == "killed"
+    lab.edge._state["rollout"].store.refresh_now()
+    assert set(served_variants(lab, [f"shopper-{i}" for i in range(300)])) == {"champion"}
 
 
 def test_invented_variants_move_no_counter_the_guardrail_reads(lab):

@@ -10,7 +10,7 @@ from infra.local.lambda_events import context, kinesis_event
 from personalize import keys, settings, state
 from personalize.adapters import aws
 from personalize.adapters.quarantine import SqsQuarantine
-from tests.conftest import load_event, now_ms
+from tests.conftest import function_client, load_event, now_ms
 
 
 def stamp(body, ts):
@@ -62,12 +62,12 @@ def test_country_comes_from_the_viewer_header_when_absent(pipeline):
     pipeline.post({"event_id": "c1", "type": "view", "user_id": "u", "item_id": "sku-9", "ts": ts},
                   headers={"CloudFront-Viewer-Country": "de"})
     pipeline.drain()
-    rows = pipeline.aggregate.processor.ingestor.store.query("items", "i#sku-9")
+    rows = pipeline.rows.query("items", "i#sku-9")
     assert list(state.ItemRow.from_obj(rows[0].row).countries) == ["DE"]
 
 
 def test_failed_put_records_are_retried_then_reported(pipeline, monkeypatch):
-    client = aws.client("kinesis")
+    client = function_client("collect", "kinesis")
     real = client.put_records
     calls = []
 
@@ -88,7 +88,7 @@ def test_failed_put_records_are_retried_then_reported(pipeline, monkeypatch):
 
 
 def test_unstorable_events_are_rejected_with_a_reason(pipeline, monkeypatch):
-    client = aws.client("kinesis")
+    client = function_client("collect", "kinesis")
 
     def always_throttled(**kwargs):
         raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "x"}},
@@ -132,7 +132,7 @@ def read_batch(stack):
 
 
 def user_totals(pipeline, user_id):
-    stored = pipeline.aggregate.processor.ingestor.store.get_many("users", [keys.user_key(user_id)])
+    stored = pipeline.rows.get_many("users", [keys.user_key(user_id)])
     return state.UserRow.from_obj(stored[keys.user_key(user_id)].row).totals
 
 
@@ -184,7 +184,7 @@ def test_throttled_writes_are_retried_and_nothing_is_lost(pipeline, stack, monke
     assert throttles["left"] == 0
     assert pipeline.poller.stats.retries >= 1
     assert user_totals(pipeline, "u1") == [3, 0, 0, 0]
-    rows = store.query("items", "i#i1")
+    rows = pipeline.rows.query("items", "i#i1")
     assert state.ItemRow.from_obj(rows[0].row).totals == [3, 0, 0, 0]
 
 
@@ -198,8 +198,8 @@ def test_flash_sale_burst_on_one_item_writes_each_row_once_per_batch(pipeline, s
     client.meta.events.register("before-call.dynamodb.PutItem", lambda **kw: puts.append(1))
     pipeline.drain()
     shards = pipeline.poller.stats.invocations
-    store = pipeline.aggregate.processor.ingestor.store
-    merged = state.merge_item_rows([state.ItemRow.from_obj(r.row) for r in store.query("items", "i#hot")], ts)
+    merged = state.merge_item_rows([state.ItemRow.from_obj(r.row) for r in pipeline.rows.query("items", "i#hot")],
+                                   ts)
     assert merged.totals == [0, 300, 100, 0]
     assert len(puts) <= 50 + 3 * shards, \
         "one write per shopper, one per shard's hot item row, and two per batch for its progress record"

@@ -20,7 +20,7 @@ def orders():
 
 
 def online_items(pipeline, now_ms):
-    store = pipeline.aggregate.processor.ingestor.store
+    store = pipeline.rows
     by_item: dict[str, list] = {}
     for (pk, _), stored in store.scan_prefix("items", "i#"):
         by_item.setdefault(keys.item_id_of(pk), []).append(state.ItemRow.from_obj(stored.row))

@@ -54,10 +54,22 @@ def test_assignment_is_sticky_and_a_new_experiment_reshuffles():
     assert [other.assign(u).variant for u in users] != first
 
 
-def test_anonymous_shoppers_get_the_champion():
+def test_anonymous_shoppers_get_the_champion_outside_the_experiment():
     rollout = flags.Rollout(store_of(flags.rollout_document("a/v1", "b/v1", 1.0, "e"))[0], "a/v1")
-    assert rollout.assign(None).variant == flags.CHAMPION
+    anonymous = rollout.assign(None)
+    assert (anonymous.variant, anonymous.model, anonymous.experiment) == (flags.OUTSIDE, "a/v1", "none")
     assert rollout.assign("someone").variant == flags.CHALLENGER
+
+
+def test_flags_older_than_the_maximum_age_serve_only_the_champion():
+    store, clock = store_of(flags.rollout_document("a/v1", "b/v1", 1.0, "e"), RuntimeError("AppConfig down"))
+    rollout = flags.Rollout(store, "a/v1")
+    assert rollout.assign("someone").variant == flags.CHALLENGER
+    clock["now"] = flags.FLAGS_MAX_AGE_S - 1  # failing fetches, last good document still young enough
+    assert rollout.assign("someone").variant == flags.CHALLENGER
+    clock["now"] = flags.FLAGS_MAX_AGE_S + 11
+    stale = rollout.assign("someone")
+    assert (stale.variant, stale.model, stale.experiment) == (flags.OUTSIDE, "a/v1", "none")
 
 
 def test_kill_switch_sends_everyone_to_the_champion():
@@ -72,7 +84,7 @@ def test_a_failing_store_keeps_the_last_good_document_and_counts():
     assert rollout.assign("u1").flags_loaded
     clock["now"] = 60
     assignment = rollout.assign("u1")
-    assert assignment.flags_loaded and assignment.experiment == "exp-a"
+    assert assignment.flags_loaded and assignment.experiment == "exp-a@200"  # the experiment at its ramp step
     assert store.failures == 1
 
 

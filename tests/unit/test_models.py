@@ -57,11 +57,3 @@ def test_a_model_wanting_features_this_code_lacks_is_refused():
     with pytest.raises(ModelError, match="shoe_size"):
         Ranker(manifest, blob)
 
-
-def test_nearest_replica_prefers_the_running_region_then_its_neighbours():
-    from personalize.serving_config import nearest_replica
-
-    assert nearest_replica("eu-west-1", "us-east-1", ["eu-west-1"]) == "eu-west-1"
-    assert nearest_replica("eu-west-3", "us-east-1", ["eu-central-1"]) == "eu-central-1"
-    assert nearest_replica("ap-south-1", "us-east-1", ["eu-west-1"]) == "us-east-1"
-    assert nearest_replica(None, "us-east-1", []) == "us-east-1"

@@ -1,8 +1,10 @@
 """The serving request with in-memory fakes behind every adapter (no network): the snapshot
 refresh by ETag, the sold-out list, and the variant each answer names."""
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from personalize import identity, snapshots, state
@@ -10,19 +12,21 @@ from personalize.adapters.artifacts import MemoryArtifacts
 from personalize.adapters.soldout import MemorySoldOut
 from personalize.adapters.userstore import MemoryUserStore
 from personalize.models import load_folder
-from personalize.serving import Recommender, Variant
+from personalize.serving import Recommender, Variant, print_scored
 
 NOW = 1_790_000_000_000
 KEY = "test-signing-key"
 RANKER = load_folder(Path(__file__).resolve().parents[2] / "models" / "ranker-mlp" / "v1")
 
 
-def snapshot(version: str, n_items: int = 500) -> bytes:
+def snapshot(version: str, n_items: int = 500, low_stock: set[str] = frozenset()) -> bytes:
     views = {}
     for i in range(n_items):
         row = state.ItemRow()
         row.totals = [i, 0, 0, i % 7]
         row.popularity = [float(i), NOW]
+        if f"sku-{i}" in low_stock:
+            row.stock = [2, NOW, 0]
         views[f"sku-{i}"] = state.merge_item_rows([row], NOW)
     return snapshots.build(views, NOW, version).encode()
 
@@ -81,3 +85,121 @@ def test_sold_out_items_leave_every_answer_without_a_new_snapshot(parts):
     soldout.update(set(), {top[0]})
     recommender.soldout.refresh_now()
     assert top[0] in {i["item_id"] for i in recommender.recommend({"k": "50"}, None, None, NOW).body["items"]}
+
+
+# --- Lambda's lifecycle: frozen between invocations, idle gaps ----------------------------
+
+
+class FrozenPool:
+    """Lambda between invocations: work handed to a background thread never runs."""
+
+    def __init__(self):
+        self.pending = []
+
+    def submit(self, fn, *args, **kwargs):
+        self.pending.append(fn)
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FlakySoldOut(MemorySoldOut):
+    def __init__(self):
+        super().__init__()
+        self.fail = False
+
+    def read(self):
+        if self.fail:
+            raise ConnectionError("unreachable")
+        return super().read()
+
+
+def frozen_recommender(artifacts, soldout, clock):
+    recommender = Recommender(MemoryUserStore(), artifacts, soldout, KEY,
+                              lambda user_id: Variant("champion", RANKER, "exp"), log_sample_rate=0,
+                              pool=FrozenPool(), clock=clock)
+    recommender.snapshot.refresh_now()  # cold start
+    recommender.soldout.refresh_now()
+    return recommender
+
+
+def served(recommender, k="50"):
+    return [i["item_id"] for i in recommender.recommend({"k": k}, None, None, NOW).body["items"]]
+
+
+def test_a_stock_out_is_gone_on_the_first_request_after_a_ten_minute_idle_gap():
+    artifacts, soldout, clock = MemoryArtifacts(), FlakySoldOut(), Clock()
+    artifacts.put_snapshot("v1", snapshot("v1"), {})
+    recommender = frozen_recommender(artifacts, soldout, clock)
+    top = served(recommender)[0]
+    clock.now += 600  # frozen: no background refresh ran in between
+    soldout.update({top}, set())
+    assert top not in served(recommender)
+    assert recommender.stale_soldout_answers == 0
+
+
+def test_when_the_sold_out_list_cannot_be_read_the_low_stock_items_are_dropped():
+    artifacts, soldout, clock = MemoryArtifacts(), FlakySoldOut(), Clock()
+    artifacts.put_snapshot("v1", snapshot("v1", low_stock={"sku-499", "sku-498"}), {})
+    recommender = frozen_recommender(artifacts, soldout, clock)
+    assert {"sku-499", "sku-498"} <= set(served(recommender))
+    soldout.fail = True
+    clock.now += 4  # older than the on-request refresh age, within the 5 s budget: served as is
+    assert {"sku-499", "sku-498"} <= set(served(recommender))
+    clock.now += 600
+    answer = served(recommender)
+    assert len(answer) == 50 and not {"sku-499", "sku-498"} & set(answer)
+    assert recommender.stale_soldout_answers == 1
+    soldout.fail = False
+    assert {"sku-499", "sku-498"} <= set(served(recommender))
+
+
+def test_a_new_sold_out_list_is_always_applied_even_at_a_reused_address():
+    """Each refresh returns a new set; CPython often puts it where the last one was freed,
+    which fooled an id()-keyed cache into serving the previous filtering."""
+    artifacts, soldout, clock = MemoryArtifacts(), FlakySoldOut(), Clock()
+    artifacts.put_snapshot("v1", snapshot("v1"), {})
+    recommender = frozen_recommender(artifacts, soldout, clock)
+    top = served(recommender, "2")
+    for n in range(200):
+        gone = top[n % 2]
+        soldout.items = {gone}
+        recommender.soldout.refresh_now()
+        assert gone not in served(recommender, "2"), n
+
+
+@pytest.mark.parametrize("corrupt", [
+    pytest.param(lambda good: good[: len(good) // 2], id="truncated"),
+    pytest.param(lambda good: good.replace(b"\xa6format\x01", b"\xa6format\x09"), id="other-format"),
+    pytest.param(lambda good: _with(good, popular=np.array([10_000], dtype=np.int32).tobytes()),
+                 id="pool-out-of-range"),
+    pytest.param(lambda good: _with(good, matrix=np.full(500 * 7, np.nan, dtype=np.float32).tobytes()), id="nan"),
+])
+def test_a_bad_snapshot_is_refused_and_the_last_good_one_kept(parts, corrupt):
+    recommender, artifacts, _, _ = parts
+    artifacts.put_snapshot("v2", corrupt(snapshot("v2")), {})
+    assert recommender.snapshot.refresh_now() is False
+    answer = recommender.recommend({"k": "5"}, None, None, NOW)
+    assert answer.status == 200 and answer.body["snapshot_version"] == "v1" and len(answer.body["items"]) == 5
+
+
+def _with(data: bytes, **fields) -> bytes:
+    import msgpack
+
+    doc = msgpack.unpackb(data, raw=False)
+    doc.update(fields)
+    return msgpack.packb(doc, use_bin_type=True)
+
+
+def test_sampled_scored_candidates_are_printed_whatever_the_log_level(parts, capsys):
+    recommender, _, _, _ = parts
+    recommender.log_sample_rate = 1.0
+    recommender.on_scored = print_scored  # the default
+    answer = recommender.recommend({"k": "3"}, cookie("u1"), "FR", NOW)
+    [line] = [json.loads(x) for x in capsys.readouterr().out.splitlines() if '"scored_candidates"' in x]
+    assert line["rec_id"] == answer.body["rec_id"] and len(line["vectors"]) == answer.body["candidates"]

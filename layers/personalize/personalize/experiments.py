@@ -64,6 +64,17 @@ def merge_variant_rows(rows: list[state.VariantRow]) -> Counters:
     return c
 
 
+def merge_counters(parts: list[Counters]) -> Counters:
+    out = Counters()
+    for c in parts:
+        out.impressions += c.impressions
+        out.clicks += c.clicks
+        out.add_to_carts += c.add_to_carts
+        out.purchases += c.purchases
+        out.revenue += c.revenue
+    return out
+
+
 def read_counters(store, experiment: str, variants=(CHAMPION, CHALLENGER)) -> dict[str, Counters]:
     """Per variant, the counters merged over their per-shard rows (items table)."""
     out = {}
@@ -86,6 +97,32 @@ def msprt(conv_a: float, n_a: float, conv_b: float, n_b: float, tau: float = TAU
     t2 = tau * tau
     log_lambda = 0.5 * np.log(var / (var + t2)) + t2 * d * d / (2 * var * (var + t2))
     return np.exp(np.minimum(log_lambda, 700)), d, var
+
+
+def stratified(strata: list[tuple[Counters, Counters]]):
+    """(d, V) over ramp steps: each step's difference (constant share within it), combined
+    with inverse-variance weights. Pooling steps with different shares is biased whenever
+    conversion drifts over time (the challenger's impressions sit in the later, bigger
+    steps); within a step both arms see the same times, so the combination is not."""
+    num = weight = 0.0
+    for champion, challenger in strata:
+        if champion.impressions == 0 or challenger.impressions == 0:
+            continue
+        _, d, var = msprt(champion.purchases, champion.impressions, challenger.purchases, challenger.impressions)
+        w = 1.0 / float(var)
+        num += w * float(d)
+        weight += w
+    if weight == 0:
+        return 0.0, 1.0
+    return num / weight, 1.0 / weight
+
+
+def msprt_ratio(d, var, tau: float = TAU):
+    """The mixture likelihood ratio for an estimate ``d`` of variance ``var``."""
+    t2 = tau * tau
+    var = np.maximum(var, 1e-12)
+    log_lambda = 0.5 * np.log(var / (var + t2)) + t2 * d * d / (2 * var * (var + t2))
+    return np.exp(np.minimum(log_lambda, 700))
 
 
 @dataclass
@@ -113,6 +150,28 @@ def decide(champion: Counters, challenger: Counters, alpha: float = ALPHA, tau: 
                         f"{champion.conversion:.4%} (mSPRT ratio {lam:.1f}); promotion is a human's call",
                         lam, d, threshold)
     return Decision("continue", f"no decision yet (mSPRT ratio {lam:.2f} < {threshold:.0f})", lam, d, threshold)
+
+
+def decide_steps(strata: list[tuple[Counters, Counters]], alpha: float = ALPHA, tau: float = TAU,
+                 min_impressions: int = MIN_IMPRESSIONS) -> Decision:
+    """``decide`` over an experiment's ramp steps (champion, challenger counters per step)."""
+    threshold = 1 / alpha
+    total_a = sum(a.impressions for a, _ in strata)
+    total_b = sum(b.impressions for _, b in strata)
+    if min(total_a, total_b) < min_impressions:
+        return Decision("insufficient_data", f"fewer than {min_impressions} impressions in a variant",
+                        1.0, 0.0, threshold)
+    d, var = stratified(strata)
+    lam = float(msprt_ratio(d, var, tau))
+    steps = f"{len(strata)} ramp step{'s' if len(strata) != 1 else ''}"
+    if lam >= threshold and d < 0:
+        return Decision("kill", f"challenger converts worse by {-d:.4%} per impression over {steps} "
+                        f"(mSPRT ratio {lam:.1f} >= {threshold:.0f}, alpha {alpha})", lam, d, threshold)
+    if lam >= threshold and d > 0:
+        return Decision("winning", f"challenger converts better by {d:.4%} per impression over {steps} "
+                        f"(mSPRT ratio {lam:.1f}); promotion is a human's call", lam, d, threshold)
+    return Decision("continue", f"no decision yet over {steps} (mSPRT ratio {lam:.2f} < {threshold:.0f})",
+                    lam, d, threshold)
 
 
 def lift(champion: Counters, challenger: Counters) -> tuple[float, float, float] | None:

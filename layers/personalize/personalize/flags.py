@@ -5,7 +5,9 @@ The document (see ``infra/flags/``) holds ``champion_model`` and ``challenger_mo
 ``MODULO_RANGE`` over the shopper's bucket (0..9999, so shares have 0.01% resolution).
 The bucket is a salted hash of (experiment id, user id): the same shopper gets the same
 variant on every request and at every edge location, a new experiment reshuffles, and
-anonymous shoppers always get the champion.
+anonymous shoppers get the champion labelled ``outside`` (not part of the experiment, left
+out of its analysis); so does everyone on an instance whose flags are older than
+``FLAGS_MAX_AGE_S`` (it cannot have seen a kill).
 
 Serving evaluates the real document with Powertools ``FeatureFlags``. The store keeps the
 last good document when a fetch fails and counts the failure; before any document was
@@ -33,6 +35,10 @@ log = logging.getLogger(__name__)
 BUCKETS = 10_000
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+# Served the champion but not part of the experiment (anonymous, or flags too old to trust):
+# labelled so, attributed to no experiment, left out of its analysis.
+OUTSIDE = "outside"
+FLAGS_MAX_AGE_S = 300.0  # flags not refreshed for longer than this serve only the champion
 
 
 def bucket(user_id: str, experiment_id: str) -> int:
@@ -43,20 +49,38 @@ def bucket(user_id: str, experiment_id: str) -> int:
 MODEL_PINS = "model_sha256"
 
 
+def share_step(share: float) -> int:
+    """A ramp step's id: the challenger's share in buckets (0.02 -> 200)."""
+    return round(share * BUCKETS)
+
+
+def analysis_id(experiment_id: str, step: int) -> str:
+    """What a response's rec_id names as its experiment: the experiment at one ramp step, so
+    counters of steps with different shares are never pooled (see experiments.decide)."""
+    return f"{experiment_id}@{step}"
+
+
 def rollout_document(champion: str, challenger: str | None, share: float, experiment_id: str,
-                     kill_switch: bool = False, pins: dict[str, str] | None = None) -> dict:
+                     kill_switch: bool = False, pins: dict[str, str] | None = None,
+                     earlier_steps: tuple[int, ...] | list[int] = ()) -> dict:
     """A flags document; ``share`` is the challenger's fraction of shoppers (0..1).
 
     ``pins``: model key -> sha256 of its model.onnx, for models that serving loads from the
     artifacts bucket (not bundled with the deploy). Only a deployer writes this document, so
-    a model object replaced in S3 does not match its pin and is refused before parsing."""
+    a model object replaced in S3 does not match its pin and is refused before parsing.
+    ``earlier_steps``: the shares (in buckets) this experiment ran at before: the guardrail
+    analyses every step of the experiment, each apart."""
     end = round(share * BUCKETS) - 1
+    steps = [int(s) for s in earlier_steps]
+    if share > 0 and share_step(share) not in steps:
+        steps.append(share_step(share))
     doc: dict[str, Any] = {
         "champion_model": {"default": champion, "boolean_type": False},
         "challenger_model": {"default": challenger or champion, "boolean_type": False},
         "experiment_id": {"default": experiment_id, "boolean_type": False},
         "kill_switch": {"default": kill_switch},
         "challenger": {"default": False},
+        "ramp_steps": {"default": steps, "boolean_type": False},
     }
     if pins:
         doc[MODEL_PINS] = {"default": dict(sorted(pins.items())), "boolean_type": False}
@@ -82,6 +106,11 @@ def challenger_share(doc: dict) -> float:
     return 0.0 if doc.get("kill_switch", {}).get("default") else share
 
 
+def ramp_steps(doc: dict) -> list[int]:
+    """Every ramp step of the document's experiment so far (in buckets)."""
+    return [int(s) for s in (doc.get("ramp_steps", {}).get("default") or [])]
+
+
 class CachedDocumentStore(StoreProvider):
     """A flags document fetched at most every ``max_age_s``; the last good one survives
     fetch failures (counted, logged); before the first success, fetches raise."""
@@ -96,6 +125,7 @@ class CachedDocumentStore(StoreProvider):
         self.executor = executor
         self.document: dict | None = None
         self.fetched_at = float("-inf")
+        self.succeeded_at = float("-inf")  # the last fetch that worked (fetched_at counts failures too)
         self.failures = 0
         self.loads = 0
         self._lock = threading.Lock()
@@ -135,6 +165,7 @@ class CachedDocumentStore(StoreProvider):
                 if document != self.document:
                     self.document = document
                 self.loads += 1
+                self.succeeded_at = now
             except Exception as exc:
                 self.failures += 1
                 log.warning("flag store fetch failed (%s); %s", exc,
@@ -159,8 +190,12 @@ class Assignment:
 
 
 class Rollout:
-    def __init__(self, store: CachedDocumentStore, default_champion: str, default_experiment: str = "none"):
+    def __init__(self, store: CachedDocumentStore, default_champion: str, default_experiment: str = "none",
+                 max_age_s: float = FLAGS_MAX_AGE_S):
         self.store = store
+        self.max_age_s = max_age_s
+        self._seen: dict | None = None
+        self._seen_step = 0
         self.flags = FeatureFlags(store=store)
         self.default_champion = default_champion
         self.default_experiment = default_experiment
@@ -177,13 +212,29 @@ class Rollout:
             return Assignment(CHAMPION, self.default_champion, self.default_experiment, False)
         champion = self.flags.evaluate(name="champion_model", default=self.default_champion)
         experiment = self.flags.evaluate(name="experiment_id", default=self.default_experiment)
-        if user_id is None or self.flags.evaluate(name="kill_switch", default=False):
-            return Assignment(CHAMPION, champion, experiment, True)
+        if self.store.clock() - self.store.succeeded_at > self.max_age_s:
+            # An instance that cannot reach AppConfig must not keep a challenger live: the
+            # guardrail's kill would never reach it. Champion only, outside the experiment.
+            return Assignment(OUTSIDE, champion, self.default_experiment, True)
+        if user_id is None:  # anonymous: no sticky bucket, not part of the experiment
+            return Assignment(OUTSIDE, champion, self.default_experiment, True)
+        step = self._step()
+        analysed = analysis_id(experiment, step) if step else experiment
+        if self.flags.evaluate(name="kill_switch", default=False):
+            return Assignment(CHAMPION, champion, analysed, True)
         on = self.flags.evaluate(name=CHALLENGER, context={"bucket": bucket(user_id, experiment)}, default=False)
         if on:
             return Assignment(CHALLENGER, self.flags.evaluate(name="challenger_model", default=champion),
-                              experiment, True)
-        return Assignment(CHAMPION, champion, experiment, True)
+                              analysed, True)
+        return Assignment(CHAMPION, champion, analysed, True)
+
+    def _step(self) -> int:
+        """The current document's ramp step, recomputed only when the document changes (it is
+        held here, so the comparison by identity cannot alias a new document)."""
+        document = self.store.document
+        if document is not self._seen:
+            self._seen, self._seen_step = document, share_step(challenger_share(document or {}))
+        return self._seen_step
 
 
 # --- where the document comes from -------------------------------------------------------
@@ -209,16 +260,15 @@ LOCAL_DEPLOYED_KEY = "appconfig/deployed.json"
 
 def local_fetcher(bucket_name: str, application_id: str, profile_id: str):
     """The local stack: moto has AppConfig's hosted versions but no deployments or data API,
-    so a 'deployment' there is a pointer in the artifacts bucket naming the hosted version."""
+    so a 'deployment' there is an object in the artifacts bucket holding the deployed hosted
+    version's number and content (moto's GET APIs of AppConfig fail its own signature check
+    when IAM is enforced, so the content travels with the pointer)."""
     from .adapters import aws
 
-    s3, appconfig = aws.client("s3"), aws.client("appconfig")  # now, not on the first request
+    s3 = aws.client("s3")  # now, not on the first request
 
     def fetch() -> dict:
         pointer = json.loads(s3.get_object(Bucket=bucket_name, Key=LOCAL_DEPLOYED_KEY)["Body"].read())
-        content = appconfig.get_hosted_configuration_version(
-            ApplicationId=application_id, ConfigurationProfileId=profile_id,
-            VersionNumber=int(pointer["version"]))["Content"].read()
-        return json.loads(content)
+        return pointer["content"]
 
     return fetch

@@ -37,8 +37,12 @@ def run(store, admin: FlagAdmin, states: ExperimentStates, alpha: float = experi
     state = states.get(experiment) or {}
     if state.get("status") in STOPPED:
         return GuardrailResult(experiment, "skipped", f"experiment already {state['status']}")
-    counters = experiments.read_counters(store, experiment)
-    decision = experiments.decide(counters[flags.CHAMPION], counters[flags.CHALLENGER], alpha)
+    # Each ramp step (a constant share) apart, then combined: never pooled across shares.
+    steps = [flags.analysis_id(experiment, step) for step in flags.ramp_steps(document)] or [experiment]
+    per_step = [experiments.read_counters(store, analysed) for analysed in steps]
+    strata = [(c[flags.CHAMPION], c[flags.CHALLENGER]) for c in per_step]
+    decision = experiments.decide_steps(strata, alpha)
+    counters = {v: experiments.merge_counters([c[v] for c in per_step]) for v in (flags.CHAMPION, flags.CHALLENGER)}
     summary = {v: asdict(c) for v, c in counters.items()}
     if decision.action != "kill":
         if decision.action == "winning" and state.get("status") != "winning":
@@ -46,7 +50,8 @@ def run(store, admin: FlagAdmin, states: ExperimentStates, alpha: float = experi
         return GuardrailResult(experiment, decision.action, decision.reason, counters=summary)
     killed = flags.rollout_document(
         document["champion_model"]["default"], document["challenger_model"]["default"], 0.0, experiment,
-        kill_switch=True, pins=(document.get(flags.MODEL_PINS) or {}).get("default"))
+        kill_switch=True, pins=(document.get(flags.MODEL_PINS) or {}).get("default"),
+        earlier_steps=flags.ramp_steps(document))
     version = admin.deploy(killed, ALL_AT_ONCE, f"guardrail kill of {experiment}: {decision.reason}")
     states.put(experiment, {"status": "killed", "by": "guardrail", "reason": decision.reason, "at": clock(),
                             "flags_version": version, "counters": summary,

@@ -14,6 +14,7 @@ popular; ``user_read_failed`` -> the same, without waiting longer than the read 
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -33,11 +34,19 @@ from .snapshots import ItemSnapshot
 
 log = logging.getLogger(__name__)
 
+SOLDOUT_REFRESH_ON_REQUEST_S = 3.0  # older than this, a request re-reads the sold-out list itself
+SOLDOUT_BUDGET_S = 5.0              # never serve a sold-out list older than this (DESIGN 4)
 MAX_K = 50
 DEFAULT_K = 10
 SNAPSHOT_REFRESH_S = 10.0   # pointer checks; a new snapshot is served <= 10 s after it is published
 SOLDOUT_REFRESH_S = 1.0     # a stock-out reaches serving <= ~1 s after aggregate writes it
 CACHE_CONTROL = "private, no-store"
+
+
+def print_scored(record: dict) -> None:
+    """A sampled scored-candidates record as one JSON line on stdout: CloudWatch Logs keeps
+    it whatever the function's log level (a logger's INFO would be dropped at WARNING)."""
+    print(json.dumps({"type": "scored_candidates", **record}, separators=(",", ":")), flush=True)
 
 
 class BadRequest(ValueError):
@@ -77,31 +86,50 @@ class Answer:
 
 class Refreshing:
     """A value refreshed in the background when older than ``interval_s``; keeps the last
-    good value when a refresh fails."""
+    good value when a refresh fails.
 
-    def __init__(self, name: str, load: Callable[[object], object], interval_s: float, pool: ThreadPoolExecutor):
+    Lambda gives a function CPU only while it handles an invocation: a background refresh
+    started by one request may only run during the next, minutes later. So the age that
+    matters is the age of the last *successful* read (``age``), and ``fresh(max_age_s)``
+    refreshes on the request's own thread when that is too old (bounded by the adapter's
+    timeouts). ``generation`` counts the values loaded: what is derived from a value is
+    keyed on it, never on ``id()``, which CPython reuses for a new object at a freed address.
+    """
+
+    def __init__(self, name: str, load: Callable[[object], object], interval_s: float, pool: ThreadPoolExecutor,
+                 clock: Callable[[], float] = time.monotonic):
         self.name = name
         self.load = load
         self.interval_s = interval_s
         self.pool = pool
+        self.clock = clock
         self.value = None
-        self.loaded_at = 0.0
+        self.generation = 0
+        self.succeeded_at = float("-inf")
+        self.attempted_at = float("-inf")
         self.failures = 0
         self._busy = threading.Lock()
 
-    def refresh_now(self) -> None:
+    def refresh_now(self) -> bool:
+        started = self.clock()
+        self.attempted_at = started
         try:
             value = self.load(self.value)
-            if value is not None:
-                self.value = value
         except Exception:
             self.failures += 1
             log.warning("refresh of %s failed; keeping the last good value", self.name, exc_info=True)
-        finally:
-            self.loaded_at = time.monotonic()
+            return False
+        if value is not None and value is not self.value:
+            self.value = value
+            self.generation += 1
+        self.succeeded_at = max(self.succeeded_at, started)  # as fresh as when the read started
+        return True
+
+    def age(self) -> float:
+        return self.clock() - self.succeeded_at
 
     def get(self):
-        if time.monotonic() - self.loaded_at >= self.interval_s and self._busy.acquire(blocking=False):
+        if self.clock() - self.attempted_at >= self.interval_s and self._busy.acquire(blocking=False):
             def run():
                 try:
                     self.refresh_now()
@@ -109,6 +137,15 @@ class Refreshing:
                     self._busy.release()
             self.pool.submit(run)
         return self.value
+
+    def fresh(self, max_age_s: float) -> bool:
+        """True when the value is at most ``max_age_s`` old, refreshing it on this thread
+        first if needed (one read, within the adapter's own timeouts)."""
+        self.get()
+        if self.age() <= max_age_s:
+            return True
+        self.refresh_now()
+        return self.age() <= max_age_s
 
 
 class SnapshotSource:
@@ -122,9 +159,9 @@ class SnapshotSource:
         pointer = self.artifacts.pointer_if_changed(self.etag)
         if pointer is None:
             return current
-        snap = ItemSnapshot.decode(self.artifacts.get(pointer.key))
-        self.etag = pointer.etag
-        return snap
+        data = self.artifacts.get(pointer.key)
+        self.etag = pointer.etag  # a bad snapshot is refused once, not downloaded again every refresh
+        return ItemSnapshot.decode(data)  # validated: a bad one raises, the last good is kept
 
 
 @dataclass
@@ -134,6 +171,7 @@ class Variant:
     name: str
     ranker: Ranker
     experiment: str = keys.NO_EXPERIMENT
+    fallback_reason: str | None = None  # e.g. the challenger's model is unavailable: served by the champion
 
 
 class Recommender:
@@ -141,17 +179,19 @@ class Recommender:
                  signing_key: identity.KeyRing | str | None,
                  choose_variant: Callable[[str | None], Variant], log_sample_rate: float = 0.01,
                  snapshot_refresh_s: float = SNAPSHOT_REFRESH_S, soldout_refresh_s: float = SOLDOUT_REFRESH_S,
-                 on_scored: Callable[[dict], None] | None = None, pool: ThreadPoolExecutor | None = None):
+                 on_scored: Callable[[dict], None] | None = None, pool: ThreadPoolExecutor | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.users = users
         # The cookie and rec_id key: a KeyRing (rotation, re-read) or one fixed key (tests).
         self.keys = signing_key if isinstance(signing_key, identity.KeyRing) else identity.KeyRing.static(signing_key)
         self.choose_variant = choose_variant
         self.log_sample_rate = log_sample_rate
-        self.on_scored = on_scored or (lambda record: log.info("scored", extra=record))
+        self.on_scored = on_scored or print_scored
         self.pool = pool or ThreadPoolExecutor(3, thread_name_prefix="refresh")
-        self.snapshot = Refreshing("snapshot", SnapshotSource(artifacts), snapshot_refresh_s, self.pool)
-        self.soldout = Refreshing("soldout", lambda _: soldout.read(), soldout_refresh_s, self.pool)
-        self._served: tuple[int, int, ItemSnapshot] | None = None
+        self.snapshot = Refreshing("snapshot", SnapshotSource(artifacts), snapshot_refresh_s, self.pool, clock)
+        self.soldout = Refreshing("soldout", lambda _: soldout.read(), soldout_refresh_s, self.pool, clock)
+        self._served: tuple[tuple, ItemSnapshot] | None = None
+        self.stale_soldout_answers = 0  # answers that dropped low-stock items instead (counted, logged)
 
     def warm(self, *more: Callable[[], object]) -> None:
         """Load the snapshot, the sold-out list (and ``more``, e.g. the flags) now, side by
@@ -159,20 +199,36 @@ class Recommender:
         futures = [self.pool.submit(f) for f in (self.snapshot.refresh_now, self.soldout.refresh_now,
                                                  self.keys.refresh_now, *more)]
         for future in futures:
-            future.result()
+            try:
+                future.result()
+            except Exception:  # an outage at cold start: serve degraded, retry in the background
+                log.warning("cold-start load failed; serving without it until a refresh succeeds", exc_info=True)
 
     def current_snapshot(self) -> ItemSnapshot | None:
-        snap = self.snapshot.get()
-        sold = self.soldout.get()
+        """The snapshot as served now: without the sold-out items. The sold-out list is never
+        older than SOLDOUT_BUDGET_S: past SOLDOUT_REFRESH_ON_REQUEST_S (after an idle gap,
+        when no background refresh could run) this request re-reads it; if that fails and
+        the list is older than the budget, the items whose stock was low are dropped too."""
+        self.snapshot.get()
+        snap_generation = self.snapshot.generation  # before the value: a refresh sets the value first
+        snap = self.snapshot.value
         if snap is None:
             return None
-        if not sold:
-            return snap
+        fresh = self.soldout.fresh(SOLDOUT_REFRESH_ON_REQUEST_S) or self.soldout.age() <= SOLDOUT_BUDGET_S
+        sold_generation = self.soldout.generation
+        sold = self.soldout.value or set()
+        if not fresh:
+            self.stale_soldout_answers += 1
+            log.warning("sold-out list is %.1f s old and cannot be re-read: dropping low-stock items",
+                        self.soldout.age())
+        key = (snap_generation, sold_generation, fresh)
         cached = self._served
-        if cached is not None and cached[0] == id(snap) and cached[1] == id(sold):
-            return cached[2]
+        if cached is not None and cached[0] == key:
+            return cached[1]
         served = snap.without(sold)
-        self._served = (id(snap), id(sold), served)
+        if not fresh:
+            served = served.without_low_stock()
+        self._served = (key, served)
         return served
 
     def recommend(self, params: dict, cookie: str | None, country: str | None, now_ms: int | None = None) -> Answer:
@@ -212,6 +268,7 @@ class Recommender:
         scores = variant.ranker.score(X)
         best = ranking.top_k(scores, query.k)
         body["items"] = [{"item_id": snap.items[cands[p]], "score": round(float(scores[p]), 6)} for p in best]
+        reason = reason or variant.fallback_reason
         if reason is not None:
             body.update(fallback=True, fallback_reason=reason)
         if self.log_sample_rate and random.random() < self.log_sample_rate:

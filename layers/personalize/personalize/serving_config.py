@@ -10,10 +10,10 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from . import flags, identity, settings
+from . import flags, identity, regions, settings
 from .adapters.artifacts import S3Artifacts
 from .adapters.secrets import SecretVersions
 from .adapters.soldout import DynamoSoldOut
@@ -23,27 +23,18 @@ from .serving import Recommender, Variant
 
 log = logging.getLogger(__name__)
 
-# Where each region's Lambda@Edge replica should read from when its own region has no
-# replica of the features table: the nearest regions first (us-east-1 is the home region).
-NEAREST = {
-    "eu-west-1": ["eu-west-2", "eu-central-1", "eu-west-3"], "eu-west-2": ["eu-west-1", "eu-central-1"],
-    "eu-west-3": ["eu-central-1", "eu-west-1"], "eu-central-1": ["eu-west-3", "eu-west-1", "eu-north-1"],
-    "eu-north-1": ["eu-central-1", "eu-west-1"], "ap-northeast-1": ["ap-northeast-3", "ap-northeast-2"],
-    "ap-northeast-2": ["ap-northeast-1"], "ap-southeast-1": ["ap-southeast-2", "ap-south-1"],
-    "ap-southeast-2": ["ap-southeast-1"], "ap-south-1": ["ap-southeast-1"], "us-west-2": ["us-west-1"],
-    "us-west-1": ["us-west-2"], "us-east-2": ["us-east-1"], "sa-east-1": ["us-east-1"],
-    "ca-central-1": ["us-east-1", "us-east-2"],
-}
-
-
 def nearest_replica(running_region: str | None, home: str, replicas: list[str]) -> str:
-    available = {home, *replicas}
-    if running_region in available:
-        return running_region
-    for candidate in NEAREST.get(running_region or "", []):
-        if candidate in available:
-            return candidate
-    return home
+    """The replica an instance in ``running_region`` reads (the table the build bakes)."""
+    return regions.choose(regions.replica_table(home, replicas), running_region, home, 0.05)[0]
+
+
+def stack_of_function(function_name: str | None) -> str | None:
+    """The stack an edge function belongs to, from its own name: the template names it
+    ``<stack>-edge``; Lambda@Edge replicas prefix it with ``us-east-1.``."""
+    if not function_name:
+        return None
+    name = function_name.split(".", 1)[1] if function_name.startswith("us-east-1.") else function_name
+    return name[: -len("-edge")] if name.endswith("-edge") and len(name) > len("-edge") else None
 
 
 @dataclass
@@ -62,6 +53,22 @@ class ServingConfig:
     soldout_refresh_s: float = 1.0
     # Regional only: the secret whose value CloudFront adds as x-origin-verify ("" at the edge).
     origin_secret: str = ""
+    stack: str | None = None  # the stack the names above belong to (the edge checks its own)
+    replica_table: dict = field(default_factory=dict)  # execution region -> {"replica", "timeout_s"}
+
+    def for_stack(self, stack: str | None) -> ServingConfig:
+        """This config for the stack the running function belongs to. A bundle built for
+        another stack (a dev build deployed to prod) is renamed to it, and its replica table,
+        which describes the other stack's replicas, is dropped (reads go to the home region)."""
+        if not stack or not self.stack or stack == self.stack:
+            return self
+        log.error("edge bundle built for stack %s runs in %s: using %s's names, home-region reads",
+                  self.stack, stack, stack)
+        old, new = self.stack, stack
+        rename = lambda value: value.replace(old, new, 1) if isinstance(value, str) else value  # noqa: E731
+        return replace(self, stack=new, features_table=rename(self.features_table),
+                       artifacts_bucket=rename(self.artifacts_bucket), signing_secret=rename(self.signing_secret),
+                       flags={k: rename(v) for k, v in self.flags.items()}, replica_regions=[], replica_table={})
 
     @classmethod
     def from_file(cls, path: Path) -> ServingConfig:
@@ -91,25 +98,44 @@ class ServingConfig:
                    log_sample_rate=float(os.environ.get("SCORED_LOG_SAMPLE_RATE", "0.01")))
 
 
+class ModelUnavailableError(ModelError):
+    """A model that failed to load (and is not retried before its backoff ends)."""
+
+
 class ModelCache:
     """Rankers by ``<name>/<version>``: from the bundled folder when shipped there (the deploy
     wrote it), else from the artifacts bucket, and then only when ``pins()`` (the flags
     document, which only a deployer writes) names the model's sha256 and the object matches
-    it: checked before onnxruntime parses a byte. Refusals are counted in ``refused``."""
-
-    REFUSED_FOR_S = 60.0  # a refused (key, pin) is not fetched again for this long
+    it: checked before onnxruntime parses a byte. Refusals are counted in ``refused``. A model
+    that fails to load is remembered as failed for ``retry_after_s``: requests meanwhile fail
+    fast instead of trying it again on the request path."""
 
     def __init__(self, bundled: Path, artifacts: S3Artifacts, pins: Callable[[], dict[str, str]] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 retry_after_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
         self.bundled = bundled
         self.artifacts = artifacts
         self.pins = pins or dict
-        self.clock = clock
         self.rankers: dict[str, Ranker] = {}
         self.refused = 0
-        self._refusals: dict[tuple[str, object], tuple[float, str]] = {}
+        self.failed: dict[str, tuple[float, str]] = {}  # key -> (when, why): a refusal is not re-fetched
+        self.retry_after_s = retry_after_s
+        self.clock = clock
 
     def get(self, key: str) -> Ranker:
+        ranker = self.rankers.get(key)
+        if ranker is None:
+            failed = self.failed.get(key)
+            if failed is not None and self.clock() - failed[0] < self.retry_after_s:
+                raise ModelUnavailableError(f"{key} failed to load: {failed[1]}")
+            try:
+                ranker = self._load(key)
+            except Exception as exc:
+                self.failed[key] = (self.clock(), f"{type(exc).__name__}: {exc}")
+                raise ModelUnavailableError(f"{key} failed to load: {exc}") from exc
+            self.failed.pop(key, None)
+        return ranker
+
+    def _load(self, key: str) -> Ranker:
         ranker = self.rankers.get(key)
         if ranker is None:
             folder = self.bundled / key
@@ -122,14 +148,10 @@ class ModelCache:
 
     def _from_bucket(self, key: str) -> tuple[dict, bytes]:
         pinned = self.pins().get(key)
-        refusal = self._refusals.get((key, pinned))
-        if refusal is not None and self.clock() < refusal[0]:
-            raise ModelError(refusal[1])  # not fetched again on every request
         try:
             return self._fetch_pinned(key, pinned)
         except ModelError as exc:
             self.refused += 1
-            self._refusals[(key, pinned)] = (self.clock() + self.REFUSED_FOR_S, str(exc))
             log.error("model refused", extra={"model": key, "pinned": pinned, "reason": str(exc)})
             raise
 
@@ -178,13 +200,16 @@ def build(config: ServingConfig, models_dir: Path, running_region: str | None, o
         assignment = rollout.assign(user_id)
         try:
             ranker = models.get(assignment.model)
-        except Exception:
-            log.exception("model %s unavailable; serving the default champion", assignment.model)
-            return Variant(flags.CHAMPION, champion, assignment.experiment)
+        except ModelUnavailableError as exc:
+            # Served by the bundled champion, still counted as this variant's (a fallback of
+            # the challenger's, which the rollback alarm watches), never as the champion's.
+            log.warning("%s; serving the default champion", exc)
+            return Variant(assignment.variant, champion, assignment.experiment, f"{assignment.variant}_unavailable")
         return Variant(assignment.variant, ranker, assignment.experiment)
 
-    replica = nearest_replica(running_region, config.home_region, config.replica_regions)
-    users = DynamoUserStore(config.features_table, region=replica, timeout_s=config.user_read_timeout_s)
+    table = config.replica_table or regions.replica_table(config.home_region, config.replica_regions)
+    replica, timeout_s = regions.choose(table, running_region, config.home_region, config.user_read_timeout_s)
+    users = DynamoUserStore(config.features_table, region=replica, timeout_s=timeout_s)
     _ = artifacts.client  # clients are made here, on one thread, before the warm-up fans out
     soldout = DynamoSoldOut(config.features_table, region=replica, client=users.client)
     # The edge names the secret; it is replicated beside the table, so read it from there too.

@@ -37,6 +37,14 @@ POPULAR_POOL = 400
 TRENDING_POOL = 100
 COUNTRY_POOL = 100
 NEIGHBOURS = 20
+# An item at or below this stock is dropped from answers when serving cannot confirm a
+# fresh sold-out list (its safe answer: DESIGN's 5 s stock-out budget, see serving.py).
+LOW_STOCK = 5
+MAX_ITEMS = 5_000_000  # a decoded snapshot above this is refused as corrupt
+
+
+class SnapshotError(ValueError):
+    """A snapshot that does not decode or breaks its bounds: refused, the last good kept."""
 
 
 @dataclass
@@ -55,6 +63,7 @@ class ItemSnapshot:
     nb_weights: np.ndarray             # float32
     index: dict[str, int] = field(default_factory=dict)
     popular_rank: np.ndarray | None = None  # float32 [n_items]: log1p(rank in popular), pool size+1 if absent
+    low_stock: np.ndarray | None = None     # bool [n_items]: known stock <= LOW_STOCK at build time
 
     def __post_init__(self):
         if not self.index:
@@ -63,6 +72,8 @@ class ItemSnapshot:
             rank = np.full(len(self.items), math.log1p(POPULAR_POOL + 1), dtype=np.float32)
             rank[self.popular] = np.log1p(np.arange(len(self.popular), dtype=np.float32))
             self.popular_rank = rank
+        if self.low_stock is None:
+            self.low_stock = np.zeros(len(self.items), dtype=bool)
 
     def neighbours(self, idx: int) -> tuple[np.ndarray, np.ndarray]:
         start, end = self.nb_offsets[idx], self.nb_offsets[idx + 1]
@@ -70,7 +81,14 @@ class ItemSnapshot:
 
     def without(self, sold_out: set[str]) -> ItemSnapshot:
         """This snapshot with more items sold out (the fast stock-out path)."""
-        gone = [self.index[i] for i in sold_out if i in self.index]
+        return self._without_indexes([self.index[i] for i in sold_out if i in self.index])
+
+    def without_low_stock(self) -> ItemSnapshot:
+        """This snapshot without the items whose stock was low when it was built: the safe
+        answer when the sold-out list cannot be confirmed fresh."""
+        return self._without_indexes(np.flatnonzero(self.low_stock & self.available).tolist())
+
+    def _without_indexes(self, gone: list[int]) -> ItemSnapshot:
         if not gone:
             return self
         available = self.available.copy()
@@ -80,7 +98,8 @@ class ItemSnapshot:
                             keep(self.popular), keep(self.trending),
                             {c: keep(p) for c, p in self.country_trending.items()},
                             {c: keep(p) for c, p in self.country_popular.items()},
-                            self.nb_offsets, self.nb_items, self.nb_weights, self.index, self.popular_rank)
+                            self.nb_offsets, self.nb_items, self.nb_weights, self.index, self.popular_rank,
+                            self.low_stock)
 
     # --- msgpack ---
     def encode(self) -> bytes:
@@ -94,24 +113,58 @@ class ItemSnapshot:
             "nb_offsets": self.nb_offsets.astype(np.int32).tobytes(),
             "nb_items": self.nb_items.astype(np.int32).tobytes(),
             "nb_weights": self.nb_weights.astype(np.float32).tobytes(),
+            "low_stock": np.packbits(self.low_stock).tobytes(),
         }, use_bin_type=True)
 
     @classmethod
     def decode(cls, data: bytes) -> ItemSnapshot:
-        doc = msgpack.unpackb(data, raw=False)
-        if doc.get("format") != FORMAT or tuple(doc["columns"]) != ITEM_COLUMNS:
-            raise ValueError("snapshot format or columns differ from this code's")
-        n = len(doc["items"])
-        i32 = lambda b: np.frombuffer(b, dtype=np.int32)  # noqa: E731
-        return cls(
-            doc["version"], doc["built_at_ms"], doc["items"],
-            np.frombuffer(doc["matrix"], dtype=np.float32).reshape(n, len(ITEM_COLUMNS)),
-            np.unpackbits(np.frombuffer(doc["available"], dtype=np.uint8))[:n].astype(bool),
-            i32(doc["popular"]), i32(doc["trending"]),
-            {c: i32(p) for c, p in doc["country_trending"].items()},
-            {c: i32(p) for c, p in doc["country_popular"].items()},
-            i32(doc["nb_offsets"]), i32(doc["nb_items"]), np.frombuffer(doc["nb_weights"], dtype=np.float32),
-        )
+        """Decode and validate (format, shapes, every index in bounds, finite features):
+        raises SnapshotError, never returns a snapshot that could crash or mislead serving."""
+        try:
+            doc = msgpack.unpackb(data, raw=False)
+            if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+                raise SnapshotError(f"snapshot format {doc.get('format') if isinstance(doc, dict) else '?'} "
+                                    f"is not this code's ({FORMAT})")
+            if tuple(doc["columns"]) != ITEM_COLUMNS:
+                raise SnapshotError("snapshot columns differ from this code's")
+            n = len(doc["items"])
+            if not 0 <= n <= MAX_ITEMS or not all(isinstance(i, str) for i in doc["items"]):
+                raise SnapshotError("snapshot items are not a list of ids within bounds")
+            i32 = lambda b: np.frombuffer(b, dtype=np.int32)  # noqa: E731
+            bits = lambda b: np.unpackbits(np.frombuffer(b, dtype=np.uint8))[:n].astype(bool)  # noqa: E731
+            snap = cls(
+                doc["version"], doc["built_at_ms"], doc["items"],
+                np.frombuffer(doc["matrix"], dtype=np.float32).reshape(n, len(ITEM_COLUMNS)),
+                bits(doc["available"]),
+                i32(doc["popular"]), i32(doc["trending"]),
+                {c: i32(p) for c, p in doc["country_trending"].items()},
+                {c: i32(p) for c, p in doc["country_popular"].items()},
+                i32(doc["nb_offsets"]), i32(doc["nb_items"]), np.frombuffer(doc["nb_weights"], dtype=np.float32),
+                low_stock=bits(doc["low_stock"]) if "low_stock" in doc else None,
+            )
+        except SnapshotError:
+            raise
+        except Exception as exc:  # truncated, not msgpack, missing fields, wrong sizes
+            raise SnapshotError(f"snapshot does not decode: {exc}") from exc
+        snap.validate()
+        return snap
+
+    def validate(self) -> None:
+        n = len(self.items)
+        if len(self.available) != n or len(self.low_stock) != n:
+            raise SnapshotError("snapshot availability does not match its items")
+        if not np.isfinite(self.matrix).all():
+            raise SnapshotError("snapshot features are not all finite")
+        pools = [self.popular, self.trending, self.nb_items, *self.country_trending.values(),
+                 *self.country_popular.values()]
+        if any(len(p) and (p.min() < 0 or p.max() >= n) for p in pools):
+            raise SnapshotError("snapshot pools name items out of range")
+        offsets = self.nb_offsets
+        if len(offsets) != n + 1 or (n and (offsets[0] != 0 or offsets[-1] != len(self.nb_items)
+                                            or (np.diff(offsets) < 0).any())):
+            raise SnapshotError("snapshot neighbour offsets are inconsistent")
+        if len(self.nb_weights) != len(self.nb_items):
+            raise SnapshotError("snapshot neighbour weights do not match")
 
 
 def _weighted(tile_sum: list[int]) -> float:
@@ -125,6 +178,7 @@ def build(views: dict[str, ItemView], now_ms: int, version: str) -> ItemSnapshot
     n = len(items)
     matrix = np.zeros((n, len(ITEM_COLUMNS)), dtype=np.float32)
     available = np.ones(n, dtype=bool)
+    low_stock = np.zeros(n, dtype=bool)
     trending = np.zeros(n, dtype=np.float64)
     popularity = np.zeros(n, dtype=np.float64)
     country_trend: dict[str, list[tuple[float, int]]] = {}
@@ -144,6 +198,8 @@ def build(views: dict[str, ItemView], now_ms: int, version: str) -> ItemSnapshot
         matrix[i] = (log1p(p), log1p(a), log1p(v), log1p(c), log1p(pop), log1p(trend), log1p(hour))
         popularity[i] = pop
         trending[i] = trend
+        if view.stock is not None and view.stock <= LOW_STOCK:
+            low_stock[i] = True
         if view.stock == 0:
             available[i] = False
             continue
@@ -176,7 +232,7 @@ def build(views: dict[str, ItemView], now_ms: int, version: str) -> ItemSnapshot
         version, now_ms, items, matrix, available, top(popularity, POPULAR_POOL), top(trending, TRENDING_POOL),
         {c: top_pairs(p, COUNTRY_POOL) for c, p in sorted(country_trend.items())},
         {c: top_pairs(p, COUNTRY_POOL) for c, p in sorted(country_pop.items())},
-        offsets, nb_items, nb_weights, index)
+        offsets, nb_items, nb_weights, index, low_stock=low_stock)
 
 
 def _symmetric_top(n: int, src: list[int], dst: list[int], weights: list[float], k: int):

@@ -2,12 +2,20 @@
 
 The endpoint comes from boto3's own ``AWS_ENDPOINT_URL`` setting, which is how the local
 stack points every function at the embedded moto server.
+
+Identity: deployed, a function's clients sign with its execution role's credentials (from
+the environment, as Lambda provides them). The local stack runs every function in one
+process, so it runs each one under ``as_identity(its role's credentials)``: a client made
+while an identity is active signs with it for its whole life, whoever calls it later.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import threading
+from dataclasses import dataclass
 
 import boto3
 from botocore.config import Config
@@ -16,29 +24,62 @@ _CONFIG = Config(retries={"mode": "standard", "total_max_attempts": 4}, max_pool
 _lock = threading.Lock()
 
 
-@functools.cache
-def _session() -> boto3.session.Session:
-    # One session: its loader parses each service model once, so the second client of a
-    # service costs a fraction of the first (cold start).
-    return boto3.session.Session()
+@dataclass(frozen=True)
+class Credentials:
+    access_key_id: str
+    secret_access_key: str
+    session_token: str | None = None
+    name: str = ""  # whose they are (a function's role, the administrator), for messages
+
+
+_identity: contextvars.ContextVar[Credentials | None] = contextvars.ContextVar("aws_identity", default=None)
+
+
+@contextlib.contextmanager
+def as_identity(credentials: Credentials | None):
+    """Clients created inside sign with ``credentials`` (None: the environment's)."""
+    token = _identity.set(credentials)
+    try:
+        yield
+    finally:
+        _identity.reset(token)
+
+
+def current_identity() -> Credentials | None:
+    return _identity.get()
 
 
 @functools.cache
+def _session(identity: Credentials | None = None) -> boto3.session.Session:
+    # One session per identity: its loader parses each service model once, so the second
+    # client of a service costs a fraction of the first (cold start).
+    if identity is None:
+        return boto3.session.Session()
+    return boto3.session.Session(aws_access_key_id=identity.access_key_id,
+                                 aws_secret_access_key=identity.secret_access_key,
+                                 aws_session_token=identity.session_token)
+
+
 def client(service: str, region: str | None = None, connect_timeout: float = 2.0, read_timeout: float = 5.0):
+    return _client(service, region, connect_timeout, read_timeout, _identity.get())
+
+
+@functools.cache
+def _client(service, region, connect_timeout, read_timeout, identity):
     config = _CONFIG.merge(Config(connect_timeout=connect_timeout, read_timeout=read_timeout))
     with _lock:  # creating clients from one session is not thread-safe
-        return _session().client(service, region_name=region, config=config)
+        return _session(identity).client(service, region_name=region, config=config)
 
 
 def boto3_client(service: str, region: str | None, config: Config):
     """An uncached client with its own config (serving's tight timeouts)."""
     with _lock:
-        return _session().client(service, region_name=region, config=config)
+        return _session(_identity.get()).client(service, region_name=region, config=config)
 
 
 def reset() -> None:
-    """Forget cached clients and the session (tests that start a fresh moto)."""
-    client.cache_clear()
+    """Forget cached clients and sessions (tests that start a fresh moto)."""
+    _client.cache_clear()
     _session.cache_clear()
 
 

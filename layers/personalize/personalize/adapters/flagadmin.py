@@ -5,12 +5,14 @@ the deployment is a pointer in the artifacts bucket that the local flag reader f
 from __future__ import annotations
 
 import json
+import time
 from abc import ABC, abstractmethod
 
 from . import aws
 
 ALL_AT_ONCE = "all_at_once"
 GRADUAL = "gradual"
+RUNNING_STATES = ("DEPLOYING", "BAKING", "VALIDATING")
 
 
 class FlagAdmin(ABC):
@@ -31,8 +33,25 @@ class AppConfigAdmin(FlagAdmin):
         self.fetch = fetch
         self.region = region
 
+    def stop_running(self) -> list[int]:
+        """Stop the environment's deployments still in progress (AppConfig allows one at a
+        time: a kill during a gradual ramp would otherwise get ConflictException for up to
+        the ramp's duration). Returns the deployment numbers stopped."""
+        client = aws.client("appconfig", self.region)
+        stopped = []
+        for page in client.get_paginator("list_deployments").paginate(ApplicationId=self.application,
+                                                                       EnvironmentId=self.environment):
+            for item in page.get("Items", []):
+                if item.get("State") in RUNNING_STATES:
+                    client.stop_deployment(ApplicationId=self.application, EnvironmentId=self.environment,
+                                           DeploymentNumber=item["DeploymentNumber"])
+                    stopped.append(item["DeploymentNumber"])
+        return stopped
+
     def deploy(self, document, strategy, description):
         client = aws.client("appconfig", self.region)
+        if strategy == ALL_AT_ONCE:  # a kill: it must not wait behind a running ramp
+            self.stop_running()
         version = client.create_hosted_configuration_version(
             ApplicationId=self.application, ConfigurationProfileId=self.profile, Description=description[:1024],
             Content=json.dumps(document).encode(), ContentType="application/json")["VersionNumber"]
@@ -45,20 +64,56 @@ class AppConfigAdmin(FlagAdmin):
         return self.fetch()
 
 
+class DeploymentConflictError(Exception):
+    """Another deployment is in progress in the environment (AppConfig's ConflictException)."""
+
+
 class LocalFlagAdmin(FlagAdmin):
-    def __init__(self, bucket: str, application_id: str, profile_id: str, fetch):
+    """Deployments emulated with the pointer object: a gradual one is 'in progress' for
+    ``gradual_s`` (content applied at once), and, as in AppConfig, another deployment then
+    conflicts unless the running one is stopped first."""
+
+    def __init__(self, bucket: str, application_id: str, profile_id: str, fetch, gradual_s: float = 30.0):
         self.bucket, self.application_id, self.profile_id = bucket, application_id, profile_id
         self.fetch = fetch
+        self.gradual_s = gradual_s
+
+    def _pointer(self) -> dict | None:
+        from ..flags import LOCAL_DEPLOYED_KEY
+
+        try:
+            return json.loads(aws.client("s3").get_object(Bucket=self.bucket, Key=LOCAL_DEPLOYED_KEY)["Body"].read())
+        except Exception as exc:
+            if aws.error_code(exc) in ("NoSuchKey", "404"):
+                return None
+            raise
+
+    def stop_running(self) -> list[int]:
+        from ..flags import LOCAL_DEPLOYED_KEY
+
+        pointer = self._pointer()
+        if not pointer or pointer.get("deploying_until", 0) <= time.time():
+            return []
+        pointer["deploying_until"] = 0
+        pointer["stopped"] = True
+        aws.client("s3").put_object(Bucket=self.bucket, Key=LOCAL_DEPLOYED_KEY, Body=json.dumps(pointer).encode())
+        return [int(pointer["version"])]
 
     def deploy(self, document, strategy, description):
         from ..flags import LOCAL_DEPLOYED_KEY
 
+        if strategy == ALL_AT_ONCE:
+            self.stop_running()
+        running = self._pointer()
+        if running and running.get("deploying_until", 0) > time.time():
+            raise DeploymentConflictError(f"deployment of version {running['version']} is in progress")
         version = aws.client("appconfig").create_hosted_configuration_version(
             ApplicationId=self.application_id, ConfigurationProfileId=self.profile_id,
             Description=description[:1024], Content=json.dumps(document).encode(),
             ContentType="application/json")["VersionNumber"]
         aws.client("s3").put_object(Bucket=self.bucket, Key=LOCAL_DEPLOYED_KEY, Body=json.dumps(
-            {"version": version, "strategy": strategy, "description": description}).encode())
+            {"version": version, "strategy": strategy, "description": description, "content": document,
+             "deploying_until": time.time() + self.gradual_s if strategy == GRADUAL else 0}).encode())
         return str(version)
 
     def current(self):
