@@ -139,7 +139,7 @@ def aggregate_batch(
             by_user[e.user_id].append(r)
 
     # Per shopper, in event-time order, so co-visits do not depend on arrival order.
-    accepted: list[tuple[StreamRecord, list[str]]] = []
+    accepted: list[tuple[StreamRecord, list[str], bool]] = []
     for user_id, user_records in by_user.items():
         user = entity("user", USERS, keys.user_key(user_id), state.UserRow)
         user_records.sort(key=lambda r: (r.event.ts, r.event_key))
@@ -161,7 +161,7 @@ def aggregate_batch(
                 state.apply_user_event(user.row, e, r.event_key)
                 aux.remember(r.event_key, r.seq_key)
                 _touch(user, shard, r)
-            accepted.append((r, sources))
+            accepted.append((r, sources, e.item_id is not None and state.is_reorder(user.row, e)))
 
     for r in stock_records:
         item = entity("item", ITEMS, keys.item_key(r.event.item_id, shard), state.ItemRow)
@@ -177,12 +177,12 @@ def aggregate_batch(
         _touch(item, shard, r)
         stats.stock_levels[r.event.item_id] = item.row.stock[0]
 
-    for r, sources in accepted:
+    for r, sources, reorder in accepted:
         e = r.event
         if e.item_id is not None and e.type in MEASURE_INDEX:
             item = entity("item", ITEMS, keys.item_key(e.item_id, shard), state.ItemRow)
             if not item.applied(r.seq):
-                state.apply_item_event(item.row, e, r.event_key)
+                state.apply_item_event(item.row, e, r.event_key, reorder)
                 if sources:
                     state.add_covisits(item.row, sources, e.ts)
                 _touch(item, shard, r)

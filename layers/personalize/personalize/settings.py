@@ -28,7 +28,7 @@ ARTIFACTS_BUCKET = Resource("ArtifactsBucket", "ARTIFACTS_BUCKET")
 SIGNING_KEY_SECRET = Resource("SigningKeySecret", "SIGNING_KEY_SECRET")
 
 # The model served before any flags document was loaded.
-DEFAULT_CHAMPION = "ranker-mlp/v1"
+DEFAULT_CHAMPION = "ranker-mlp/v2"
 
 # Which variables each function receives (template Environment), by function logical id.
 FUNCTION_RESOURCES = {
