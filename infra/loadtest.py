@@ -41,7 +41,7 @@ def seed(stack: LocalStack) -> None:
     events = [{"event_id": f"seed-{n}", "type": "view", "user_id": f"seed-{n % 100}", "item_id": f"sku-{n % 600}",
                "ts": now} for n in range(3000)]
     for start in range(0, len(events), 500):
-        call(stack.endpoint, "POST", "/events", {"events": events[start:start + 500]})
+        call(stack.endpoint, "POST", "/server/events", {"events": events[start:start + 500]})
     stack.poller.drain(60)
     stack.functions["snapshot"]({})
 
@@ -64,10 +64,10 @@ def run(duration_s: float = 30.0, shoppers: int = 8, events_per_post: int = 5) -
                 for _ in range(events_per_post):
                     n += 1
                     events.append({"event_id": f"{user}-{n}", "type": "click" if n % 4 == 0 else "view",
-                                   "user_id": user, "item_id": f"sku-{(worker * 37 + n) % 600}",
+                                   "item_id": f"sku-{(worker * 37 + n) % 600}",
                                    "ts": int(time.time() * 1000)})
                 for kind, method, path, body, headers in (
-                        ("events", "POST", "/events", {"events": events}, None),
+                        ("events", "POST", "/events", {"events": events}, cookie),  # the browser's own
                         ("recommendations", "GET", "/recommendations?k=10", None, cookie)):
                     started = time.perf_counter()
                     try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 import tomllib
@@ -67,6 +68,24 @@ def describe(doc: dict) -> str:
             f"kill switch {'ON' if doc['kill_switch']['default'] else 'off'}")
 
 
+def registry_pins(*model_keys: str) -> dict[str, str]:
+    """sha256 of each model as this checkout's registry (models/<name>/<version>) has it: the
+    deployer's copy, never the bucket's, so a replaced S3 object cannot pin itself."""
+    from models.publish import ROOT
+    from personalize.models import artifact_digest
+
+    pins = {}
+    for key in model_keys:
+        folder = ROOT / "models" / key
+        if not (folder / "manifest.json").exists():
+            raise SystemExit(f"{key}: no models/{key}/manifest.json in this checkout; train or fetch it first")
+        pins[key] = artifact_digest((folder / "model.onnx").read_bytes(), (folder / "manifest.json").read_bytes())
+    return pins
+
+
+EXPERIMENT_ID = re.compile(r"[A-Za-z0-9._-]{1,48}")  # fits a signed rec_id (<= 128 chars), no "~"
+
+
 def main(argv: list[str] | None = None) -> int:
     from personalize import experiments, flags
     from personalize.adapters.flagadmin import ALL_AT_ONCE, GRADUAL
@@ -100,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--share must be within 0..1 (0.02 is 2%)")
     if args.command == "start":
         experiment = args.experiment or time.strftime("exp-%Y%m%d-%H%M%S", time.gmtime())
-        new = flags.rollout_document(champion, args.challenger, args.share, experiment)
+        if not EXPERIMENT_ID.fullmatch(experiment):
+            parser.error("--experiment must be 1-48 of A-Z a-z 0-9 . _ - (it is signed into every rec_id)")
+        new = flags.rollout_document(champion, args.challenger, args.share, experiment,
+                                     pins=registry_pins(champion, args.challenger))
         strategy, note = GRADUAL, f"start {experiment}: {args.challenger} at {args.share:.2%}"
         states.put(experiment, {"status": "running", "at": time.time(), "challenger": args.challenger})
     elif args.command == "ramp":
@@ -108,14 +130,16 @@ def main(argv: list[str] | None = None) -> int:
         if current.get("status") in ("killed", "promoted"):
             print(f"experiment {experiment} is {current['status']}: start a new one", file=sys.stderr)
             return 2
-        new = flags.rollout_document(champion, challenger, args.share, experiment)
+        new = flags.rollout_document(champion, challenger, args.share, experiment,
+                                     pins=registry_pins(champion, challenger))
         strategy, note = GRADUAL, f"ramp {experiment} to {args.share:.2%}"
     elif args.command == "kill":
-        new = flags.rollout_document(champion, challenger, 0.0, experiment, kill_switch=True)
+        new = flags.rollout_document(champion, challenger, 0.0, experiment, kill_switch=True,
+                                     pins=registry_pins(champion, challenger))
         strategy, note = ALL_AT_ONCE, f"kill {experiment} (operator)"
         states.put(experiment, {"status": "killed", "by": "operator", "at": time.time()})
     else:
-        new = flags.rollout_document(challenger, None, 0.0, "none")
+        new = flags.rollout_document(challenger, None, 0.0, "none", pins=registry_pins(challenger))
         strategy, note = GRADUAL, f"promote {challenger} (from {experiment})"
         states.put(experiment, {"status": "promoted", "at": time.time()})
     version = admin.deploy(new, strategy, note)

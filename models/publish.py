@@ -18,6 +18,7 @@ from personalize.models import MANIFEST_FILE, MODEL_FILE, Manifest, verify
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET_OUTPUT = "ArtifactsBucketName"
+PUBLISHER_OUTPUT = "ModelPublisherRoleArn"
 
 
 def model_prefix(name: str, version: str) -> str:
@@ -36,8 +37,14 @@ def bucket_for(env: str) -> tuple[str, dict]:
     stack = config["global"]["parameters"]["stack_name"]
     region = config["deploy"]["parameters"]["region"]
     cloudformation = boto3.client("cloudformation", region_name=region)
-    outputs = cloudformation.describe_stacks(StackName=stack)["Stacks"][0]["Outputs"]
-    return next(o["OutputValue"] for o in outputs if o["OutputKey"] == BUCKET_OUTPUT), {"region_name": region}
+    outputs = {o["OutputKey"]: o["OutputValue"]
+               for o in cloudformation.describe_stacks(StackName=stack)["Stacks"][0]["Outputs"]}
+    # Only the publisher role may write models/ (the bucket policy denies everyone else).
+    creds = boto3.client("sts", region_name=region).assume_role(
+        RoleArn=outputs[PUBLISHER_OUTPUT], RoleSessionName="publish-model")["Credentials"]
+    return outputs[BUCKET_OUTPUT], {"region_name": region, "aws_access_key_id": creds["AccessKeyId"],
+                                    "aws_secret_access_key": creds["SecretAccessKey"],
+                                    "aws_session_token": creds["SessionToken"]}
 
 
 def publish(folder: Path, bucket: str, client) -> list[str]:
@@ -67,6 +74,10 @@ def main() -> int:
     bucket, kwargs = bucket_for(args.env)
     keys = publish(folder, bucket, boto3.client("s3", **kwargs))
     print(f"published {args.name}/{args.version} to s3://{bucket}/{keys[0].rsplit('/', 1)[0]}/")
+    from personalize.models import artifact_digest
+
+    pin = artifact_digest((folder / MODEL_FILE).read_bytes(), (folder / MANIFEST_FILE).read_bytes())
+    print(f"pin {pin}: `make experiment-start` puts it in the flags document (serving refuses unpinned models)")
     return 0
 
 

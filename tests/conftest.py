@@ -12,7 +12,7 @@ from moto import mock_aws
 from infra.local import handlers, resources
 from infra.local.lambda_events import http_api_event, response_json
 from infra.local.poller import KinesisPoller
-from personalize import settings
+from personalize import identity, settings
 from personalize.adapters import aws
 
 EVENTS_DIR = Path(__file__).parent / "events"
@@ -59,11 +59,22 @@ class Pipeline:
             self.aggregate.lambda_handler, stack.names[settings.STREAM_FAILURE_QUEUE.logical_id],
             max_retries=3)
 
-    def post(self, body, headers: dict | None = None) -> tuple[int, dict]:
+    def post(self, body, headers: dict | None = None, path: str = "/server/events") -> tuple[int, dict]:
+        """As the shop's backend (user_id from the body), or ``path="/events"`` as a browser."""
         raw = body if isinstance(body, (str, bytes)) else json.dumps(body)
-        response = self.collect.lambda_handler(http_api_event("POST", "/events", raw, headers),
-                                               _context("collect"))
+        response = self.collect.lambda_handler(http_api_event("POST", path, raw, headers), _context("collect"))
         return response["statusCode"], response_json(response)
+
+    def post_public(self, body, user: str | None = None, headers: dict | None = None,
+                    via_cdn: bool = True) -> tuple[int, dict]:
+        """As a browser through CloudFront: the shopper's signed cookie (``user``; None:
+        anonymous) and the origin-verify header CloudFront adds."""
+        headers = dict(headers or {})
+        if user is not None:
+            headers["cookie"] = "rt_uid=" + identity.cookie_value(user, self.stack.signing_key)
+        if via_cdn:
+            headers[settings.ORIGIN_VERIFY_HEADER] = self.stack.origin_token
+        return self.post(body, headers, path="/events")
 
     def user_features(self, user_id: str) -> tuple[int, dict]:
         response = self.features.lambda_handler(

@@ -1,7 +1,9 @@
-"""HTTP API ``POST /events``: validate shopper events and put them on the stream."""
+"""HTTP API ``POST /events`` (browsers, via CloudFront) and ``POST /server/events`` (the
+shop's backend, IAM-authorized): validate events and put them on the stream."""
 
+import base64
+import binascii
 import json
-import time
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
@@ -9,34 +11,52 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from personalize import collect, settings
-from personalize.adapters.stream import KinesisEventStream
+from personalize import collect, identity, settings
 
-config = settings.load(settings.EVENTS_STREAM)
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics(namespace=settings.NAMESPACE)
 app = APIGatewayHttpResolver()
-stream = KinesisEventStream(config[settings.EVENTS_STREAM])
+collector = collect.build_collector()
 
 
-def _json(status: int, body: dict) -> Response:
+def _body(event) -> str | bytes | None:
+    # Not decoded_body: it decodes the bytes as UTF-8 and raises on anything else.
+    if not event.is_base64_encoded or event.body is None:
+        return event.body
+    try:
+        return base64.b64decode(event.body)
+    except (binascii.Error, ValueError):
+        return b"\xff"  # undecodable: parse_body answers 400
+
+
+def _answer(route: str) -> Response:
+    event = app.current_event
+    request = collect.Request(
+        route, _body(event), identity.cookie_from_headers(list(event.cookies or []) +
+                                                                [event.headers.get("cookie", "")]),
+        event.headers.get("cloudfront-viewer-country"), event.headers.get(settings.ORIGIN_VERIFY_HEADER))
+    status, body, result = collector.handle(request)
+    if result is None:
+        metrics.add_metric({403: "RequestsBypassingCdn", 503: "OriginKeysUnavailable"}.get(
+            status, f"RequestsRejected_{route}"), MetricUnit.Count, 1)
+    else:
+        metrics.add_metric(f"EventsAccepted_{route}", MetricUnit.Count, result.accepted)
+        metrics.add_metric(f"EventsRejected_{route}", MetricUnit.Count, len(result.rejected))
+        metrics.add_metric("EventsAttributed", MetricUnit.Count, result.attributed)
     return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=json.dumps(body))
 
 
 @app.post("/events")
 @tracer.capture_method
 def post_events() -> Response:
-    try:
-        events = collect.parse_body(app.current_event.decoded_body)
-    except collect.BodyError as exc:
-        metrics.add_metric("RequestsRejected", MetricUnit.Count, 1)
-        return _json(exc.status, {"message": str(exc)})
-    country = app.current_event.headers.get("cloudfront-viewer-country")
-    result = collect.collect(events, stream, int(time.time() * 1000), country)
-    metrics.add_metric("EventsAccepted", MetricUnit.Count, result.accepted)
-    metrics.add_metric("EventsRejected", MetricUnit.Count, len(result.rejected))
-    return _json(202, result.to_body())
+    return _answer(collect.PUBLIC)
+
+
+@app.post("/server/events")
+@tracer.capture_method
+def post_server_events() -> Response:
+    return _answer(collect.SERVER)
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)

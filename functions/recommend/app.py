@@ -19,9 +19,10 @@ tracer = Tracer()
 metrics = Metrics(namespace=settings.NAMESPACE)
 app = APIGatewayHttpResolver()
 MODELS_DIR = Path(os.environ.get("MODELS_DIR", "/opt/python/shipped_models"))
-recommender, rollout, models = serving_config.build(serving_config.ServingConfig.from_env(), MODELS_DIR,
-                                                    os.environ.get("AWS_REGION"))
-recommender.warm(rollout.store.refresh_now)
+config = serving_config.ServingConfig.from_env()
+recommender, rollout, models = serving_config.build(config, MODELS_DIR, os.environ.get("AWS_REGION"))
+origin = serving_config.origin_keys(config)
+recommender.warm(rollout.store.refresh_now, origin.refresh_now)
 
 
 @app.get("/recommendations")
@@ -29,6 +30,10 @@ recommender.warm(rollout.store.refresh_now)
 def get_recommendations() -> Response:
     started = time.perf_counter()
     event = app.current_event
+    if not origin.token_matches(event.headers.get(settings.ORIGIN_VERIFY_HEADER)):
+        metrics.add_metric("RequestsBypassingCdn", MetricUnit.Count, 1)
+        return Response(status_code=403, content_type="application/json",
+                        body=json.dumps({"message": "browsers reach this API only through the CDN"}))
     cookie = identity.cookie_from_headers([c for c in (event.cookies or [])] +
                                           [event.headers.get("cookie", "")])
     answer = recommender.recommend(event.query_string_parameters or {}, cookie,

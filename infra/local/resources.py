@@ -20,6 +20,7 @@ class LocalResources:
     names: dict[str, str] = field(default_factory=dict)  # logical id -> physical name or URL
     arns: dict[str, str] = field(default_factory=dict)
     signing_key: str = ""
+    origin_token: str = ""  # what the local front adds as CloudFront would (x-origin-verify)
 
     def env(self) -> dict[str, str]:
         """The environment variables functions read (settings.Resource.env)."""
@@ -94,9 +95,13 @@ def create_all(prefix: str = "local") -> LocalResources:
         elif kind == "AWS::SecretsManager::Secret":
             import secrets
 
-            created.signing_key = secrets.token_urlsafe(32)
-            arn = aws.client("secretsmanager").create_secret(Name=f"{prefix}/cookie-signing-key",
-                                                             SecretString=created.signing_key)["ARN"]
+            value = secrets.token_urlsafe(32)
+            if logical_id == settings.SIGNING_KEY_SECRET.logical_id:
+                created.signing_key = value
+            elif logical_id == settings.ORIGIN_VERIFY_SECRET.logical_id:
+                created.origin_token = value
+            arn = aws.client("secretsmanager").create_secret(Name=f"{prefix}/{logical_id}",
+                                                             SecretString=value)["ARN"]
             created.names[logical_id] = arn
         elif kind == "AWS::AppConfig::Application":
             created.names[logical_id] = aws.client("appconfig").create_application(Name=name)["Id"]

@@ -243,7 +243,12 @@ class LocalStack:
 
     # --- routing ---
     def route(self, method: str, path: str, query: dict, headers: dict, body: bytes | None) -> dict:
+        # As CloudFront does for the browsers' routes: its origin-verify header replaces any
+        # the client sent. /server/events is the backend's route (IAM when deployed, open here).
+        via_cdn = {**headers, settings.ORIGIN_VERIFY_HEADER: self.resources.origin_token}
         if method == "POST" and path == "/events":
+            return self.functions["collect"](http_api_event("POST", path, body, via_cdn, query))
+        if method == "POST" and path == "/server/events":
             return self.functions["collect"](http_api_event("POST", path, body, headers, query))
         if path == "/recommendations" or path.startswith("/recommendations/"):
             event = cloudfront_event(method, path, query, headers)
@@ -252,7 +257,7 @@ class LocalStack:
                 return {"statusCode": int(answer["status"]), "body": answer.get("body", ""),
                         "headers": {k: v[0]["value"] for k, v in answer.get("headers", {}).items()}}
             # passed through: CloudFront forwards it to the regional origin
-            return self.functions["recommend"](http_api_event(method, path, None, headers, query))
+            return self.functions["recommend"](http_api_event(method, path, None, via_cdn, query))
         if method == "GET" and path.startswith("/features/users/") and len(path) > len("/features/users/"):
             user_id = path[len("/features/users/"):]
             return self.functions["features"](http_api_event("GET", path, None, headers, query,

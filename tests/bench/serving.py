@@ -120,7 +120,8 @@ def stockout_to_gone_s(stack: LocalStack) -> float:
     victim = body["items"][0]["item_id"]
     event = {"event_id": f"bench-stockout-{time.time_ns()}", "type": "stock", "item_id": victim,
              "ts": int(time.time() * 1000), "stock": 0}
-    request = urllib.request.Request(stack.endpoint + "/events", data=json.dumps(event).encode(), method="POST")
+    request = urllib.request.Request(stack.endpoint + "/server/events", data=json.dumps(event).encode(),
+                                     method="POST")
     started = time.perf_counter()
     urllib.request.urlopen(request, timeout=10).read()
     while time.perf_counter() - started < 30:

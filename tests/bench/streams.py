@@ -106,10 +106,11 @@ def kinesis_batches(events: list[dict], shards: int = 4, batch_size: int = 1000,
 
 
 def post_events(endpoint: str, events: list[dict], chunk: int = 500) -> None:
-    """POST events to a running local stack's front, at most ``chunk`` per request."""
+    """POST events to a running local stack's front as the shop's backend, at most ``chunk``
+    per request."""
     import urllib.request
 
     for start in range(0, len(events), chunk):
-        request = urllib.request.Request(endpoint + "/events", method="POST",
+        request = urllib.request.Request(endpoint + "/server/events", method="POST",
                                          data=json.dumps({"events": events[start:start + chunk]}).encode())
         urllib.request.urlopen(request, timeout=30).read()

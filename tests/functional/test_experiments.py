@@ -3,7 +3,7 @@
 import pytest
 
 from infra.local.lambda_events import context
-from personalize import flags
+from personalize import experiments, flags, identity
 from personalize.adapters.flagadmin import ExperimentStates
 from tests.conftest import now_ms
 from tests.functional.test_serving import Serving, load_shop
@@ -43,11 +43,14 @@ def test_two_percent_of_shoppers_see_the_challenger_and_stay_there(lab):
     assert body["rec_id"].startswith("exp-test~")
 
 
-def attribute(lab, variant, impressions, purchases):
+def attribute(lab, variant, impressions, purchases, sign=True):
+    """Impressions and purchases of recommendations serving issued (signed rec_ids), or with
+    ``sign=False`` what a client inventing variants would send."""
     events = []
     for n in range(impressions):
-        rec = f"exp-test~{variant}{n}"
         user = f"{variant}-shopper-{n % 300}"
+        rec = (identity.issue_rec_id(lab.stack.signing_key, "exp-test", variant, user, now_ms() / 1000) if sign
+               else f"exp-test~{variant}~ffffffff~{n:012x}~{'A' * 22}")
         events.append({"event_id": f"{variant}-i{n}", "type": "impression", "user_id": user, "items": ["sku-1"],
                        "ts": now_ms(), "rec_id": rec, "variant": variant})
         if n < purchases:
@@ -92,3 +95,33 @@ def test_no_decision_without_enough_data(lab):
     attribute(lab, "champion", 100, 5)
     attribute(lab, "challenger", 50, 0)
     assert run_guardrail(lab)["action"] == "insufficient_data"
+
+
+def test_invented_variants_move_no_counter_the_guardrail_reads(lab):
+    """An attacker who read the experiment id from a rec_id and sends purchases and
+    impressions claiming a variant (forged macs, or none) cannot make the guardrail kill."""
+    deploy(lab, START)
+    attribute(lab, "challenger", 1500, 0, sign=False)
+    attribute(lab, "champion", 1500, 0, sign=False)
+    counters = experiments.read_counters(_items_store(lab), "exp-test")
+    assert counters["challenger"].impressions == 0 and counters["champion"].impressions == 0
+    assert run_guardrail(lab)["action"] == "insufficient_data"
+
+
+def test_a_rec_id_attributes_only_for_the_shopper_it_was_issued_to(lab):
+    deploy(lab, START)
+    now = now_ms()
+    for_alice = identity.issue_rec_id(lab.stack.signing_key, "exp-test", "challenger", "alice", now / 1000)
+    events = [{"event_id": f"steal-{n}", "type": "impression", "user_id": "mallory", "items": ["sku-1"],
+               "ts": now, "rec_id": for_alice, "variant": "challenger"} for n in range(5)]
+    events.append({"event_id": "alice-1", "type": "impression", "user_id": "alice", "items": ["sku-1"],
+                   "ts": now, "rec_id": for_alice})
+    assert lab.post({"events": events})[1]["accepted"] == 6
+    lab.drain()
+    counters = experiments.read_counters(_items_store(lab), "exp-test")
+    assert counters["challenger"].impressions == 1
+
+
+def _items_store(lab):
+    from personalize.adapters.rowstore import DynamoRowStore
+    return DynamoRowStore({"items": lab.stack.names["ItemsTable"], "users": lab.stack.names["FeaturesTable"]})

@@ -38,7 +38,7 @@ def test_mixed_batch_reports_each_rejection_by_index(pipeline):
     assert status == 202
     assert answer["accepted"] == 4
     assert [(r["index"], r["error"]) for r in answer["rejected"]] == [
-        (4, "item_id is required"), (5, "price must be a number >= 0")]
+        (4, "item_id is required"), (5, "price must be a number from 0 to 1,000,000")]
     pipeline.drain()
     _, f = pipeline.user_features("shopper-2")
     assert (f["views_10m"], f["clicks_10m"], f["add_to_carts_10m"], f["click_rate_10m"]) == (1, 1, 2, 1.0)
@@ -95,7 +95,7 @@ def test_unstorable_events_are_rejected_with_a_reason(pipeline, monkeypatch):
                           "PutRecords")
 
     monkeypatch.setattr(client, "put_records", always_throttled)
-    pipeline.collect.stream.base_delay = 0.001
+    pipeline.collect.collector.stream.base_delay = 0.001
     _, answer = pipeline.post({"event_id": "z", "type": "view", "user_id": "u", "item_id": "i", "ts": now_ms()})
     assert answer["accepted"] == 0
     assert "retry later" in answer["rejected"][0]["error"]

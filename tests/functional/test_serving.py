@@ -227,7 +227,8 @@ def test_the_regional_function_answers_the_same_api(serving):
     serving.recommend_app.recommender.warm()
     response = serving.recommend_app.lambda_handler(
         http_api_event("GET", "/recommendations", headers={"cookie": serving.cookie("shopper-4"),
-                                                           "cloudfront-viewer-country": "FR"},
+                                                           "cloudfront-viewer-country": "FR",
+                                                           "x-origin-verify": serving.stack.origin_token},
                        query={"k": "3"}), context("recommend"))
     body = response_json(response)
     assert response["statusCode"] == 200 and len(body["items"]) == 3

@@ -57,6 +57,7 @@ def test_replay_and_aggregate_compute_the_same_features(pipeline, stack, orders)
     clock = {"now_s": 0.0}
     online_users = DynamoUserStore(stack.names[FEATURES_TABLE.logical_id], clock=lambda: clock["now_s"])
     ingestor.store.clock = lambda: clock["now_s"]
+    pipeline.collect.collector.clock = lambda: clock["now_s"]  # the backend sends each order as it happens
     checked = sessions = 0
     for n, order in enumerate(orders):
         if n % 7 == 3:  # a sample of times: just before some of the orders
@@ -65,6 +66,7 @@ def test_replay_and_aggregate_compute_the_same_features(pipeline, stack, orders)
         cut = len(order.products) // 2 if n % 5 == 2 and len(order.products) >= 4 else 0
         parts = [events[:cut], events[cut:]] if cut else [events]
         for k, part in enumerate(parts):
+            clock["now_s"] = part[-1]["ts"] / 1000
             status, answer = pipeline.post({"events": part})
             assert (status, answer["accepted"]) == (202, len(part))
             clock["now_s"] = part[-1]["ts"] / 1000

@@ -127,14 +127,17 @@ def aggregate_batch(
 
     by_user: dict[str, list[StreamRecord]] = defaultdict(list)
     stock_records: list[StreamRecord] = []
+    anonymous: list[StreamRecord] = []
     for r in records:
         e = r.event
         stats.events += 1
         if windows.is_late(e.ts, now_ms):
             stats.late += 1
             continue
-        if e.user_id is None:
+        if e.type == "stock":  # by type, whatever else the event carries
             stock_records.append(r)
+        elif e.user_id is None:  # an anonymous shopper: item-level aggregates only
+            anonymous.append(r)
         else:
             by_user[e.user_id].append(r)
 
@@ -176,6 +179,29 @@ def aggregate_batch(
             item.aux.remember(r.event_key, r.seq_key)
         _touch(item, shard, r)
         stats.stock_levels[r.event.item_id] = item.row.stock[0]
+
+    # Anonymous events have no shopper row: their client retries are recognised by the item
+    # row (or, for impressions, the variant row) that their partition key keeps on one shard.
+    for r in anonymous:
+        e = r.event
+        if e.item_id is not None:
+            ent = entity("item", ITEMS, keys.item_key(e.item_id, shard), state.ItemRow)
+        elif e.variant is not None:
+            ent = entity("variant", ITEMS, keys.variant_key(keys.experiment_of(e.rec_id), e.variant, shard),
+                         state.VariantRow)
+        else:
+            continue  # an anonymous impression outside any experiment changes nothing
+        if ent.applied(r.seq):
+            stats.already_applied += 1
+            if not ent.aux.is_duplicate(r.event_key, r.seq_key):
+                accepted.append((r, [], False))
+            continue
+        if ent.aux.is_duplicate(r.event_key, r.seq_key):
+            stats.duplicates += 1
+            _touch(ent, shard, r)
+            continue
+        ent.aux.remember(r.event_key, r.seq_key)
+        accepted.append((r, [], False))
 
     for r, sources, reorder in accepted:
         e = r.event

@@ -14,6 +14,7 @@ from urllib.parse import parse_qs
 
 log = logging.getLogger(__name__)
 PATH = "/recommendations"
+HSTS = "max-age=63072000; includeSubDomains"
 
 
 def request_of(event: object) -> dict | None:
@@ -36,8 +37,11 @@ def query(request: dict) -> dict[str, str]:
 
 def generated(status: int, body: dict, headers: dict[str, str] | None = None) -> dict:
     """A CloudFront generated response: lower-case header map of {key, value} lists."""
-    all_headers = {"content-type": "application/json", "cache-control": "private, no-store", **(
-        {k.lower(): v for k, v in (headers or {}).items()})}
+    all_headers = {"content-type": "application/json", "cache-control": "private, no-store",
+                   # Generated at the edge, so the distribution's response headers policy never
+                   # sees them: HSTS and nosniff are set here.
+                   "strict-transport-security": HSTS, "x-content-type-options": "nosniff",
+                   **({k.lower(): v for k, v in (headers or {}).items()})}
     return {
         "status": str(status),
         "statusDescription": {200: "OK", 400: "Bad Request", 405: "Method Not Allowed"}.get(status, "Error"),

@@ -6,7 +6,9 @@ path (tens of thousands of events per second per core); tests pin every rule.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from dataclasses import dataclass
 
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "stock", "impression")
@@ -19,10 +21,31 @@ MAX_ID_CHARS = 128
 MAX_EVENT_ID_CHARS = 64
 MAX_TAG_CHARS = 128
 MAX_IMPRESSION_ITEMS = 100
+# Bounds of DESIGN 3.1, in one place: both HTTP routes and aggregate's record decoder use them.
+MAX_QUANTITY = 1_000
+MAX_PRICE = 1_000_000
+MAX_STOCK = 1_000_000_000
 # Event times before 2000-01-01 are almost always seconds sent where milliseconds belong.
 MIN_TS_MS = 946_684_800_000
+MAX_TS_MS = 32_503_680_000_000  # 3000-01-01: beyond it, microseconds or garbage
 # Clocks drift; an event further ahead of the receiver's clock than this is rejected.
 MAX_FUTURE_SKEW_MS = 5 * 60 * 1000
+# Older than this (by the receiver's clock) is rejected: nothing it could change is kept longer.
+MAX_AGE_MS = 7 * 24 * 3_600_000
+
+# ISO 3166-1 alpha-2, the officially assigned codes.
+COUNTRIES = frozenset("""
+AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS BT BV BW
+BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ EC EE EG EH ER ES ET FI
+FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY HK HM HN HR HT HU ID IE IL IM IN
+IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME
+MF MG MH MK ML MM MN MO MP MQ MR MS MT MU MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF
+PG PH PK PL PM PN PR PS PT PW PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV
+SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE
+YT ZA ZM ZW""".split())
+
+# C0 and C1 control characters, and surrogates (a lone one cannot be encoded as UTF-8).
+_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class EventError(ValueError):
@@ -59,82 +82,123 @@ class Event:
         return out
 
 
+def _bounded_int(digits: str) -> int | float:
+    # Python refuses to convert more than 4,300 digits, which would fail the whole body: such
+    # a number parses as infinity instead, and only the field holding it is rejected.
+    return int(digits) if len(digits) <= 4000 else float("inf")
+
+
+def loads(raw: bytes | str) -> object:
+    """JSON from a client: UTF-8 only, bounded nesting; raises EventError. NaN and Infinity
+    parse (as Python's json does) so that only the event holding one is rejected, by its
+    field's bounds, and the valid events beside it are kept."""
+    try:
+        return json.loads(raw, parse_int=_bounded_int)
+    except RecursionError:
+        raise EventError("not valid JSON: nested too deeply") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise EventError(f"not valid JSON: {exc}") from None
+
+
+def clean_text(value: object, name: str, max_chars: int) -> str:
+    """A string field: 1..max_chars characters of valid UTF-8 text without control characters."""
+    if type(value) is not str:
+        raise EventError(f"{name} must be a string")
+    if not 0 < len(value) <= max_chars:
+        raise EventError(f"{name} must be 1-{max_chars} characters")
+    if _FORBIDDEN.search(value):
+        raise EventError(f"{name} must be UTF-8 text without control characters")
+    return value
+
+
 def _string(obj: dict, name: str, max_chars: int, required: bool) -> str | None:
     value = obj.get(name)
     if value is None:
         if required:
             raise EventError(f"{name} is required")
         return None
-    if type(value) is not str:
-        raise EventError(f"{name} must be a string")
-    if not 0 < len(value) <= max_chars:
-        raise EventError(f"{name} must be 1-{max_chars} characters")
-    return value
+    return clean_text(value, name, max_chars)
 
 
-def _integer(obj: dict, name: str) -> int | None:
+def _integer(obj: dict, name: str, low: int, high: int) -> int | None:
+    """An integer field within low..high (an integral float is accepted; bool is not)."""
     value = obj.get(name)
     if value is None:
         return None
-    # bool is an int subclass; JSON true is not a number here.
+    if type(value) is float:
+        if not (math.isfinite(value) and value.is_integer()):
+            raise EventError(f"{name} must be an integer")
+        # Compare as float before converting: a huge float is out of bounds, not an error.
+        if not low <= value <= high:
+            raise EventError(f"{name} must be an integer from {low} to {high}")
+        return int(value)
     if type(value) is not int:
-        if type(value) is float and value.is_integer():
-            return int(value)
         raise EventError(f"{name} must be an integer")
+    if not low <= value <= high:
+        raise EventError(f"{name} must be an integer from {low} to {high}")
     return value
 
 
-def parse_event(obj: object, now_ms: int | None = None) -> Event:
+def country_code(value: object) -> str | None:
+    """The ISO 3166-1 alpha-2 code, upper case, or None when ``value`` is not one."""
+    if type(value) is not str or len(value) != 2 or not value.isascii():
+        return None
+    code = value.upper()
+    return code if code in COUNTRIES else None
+
+
+def parse_event(obj: object, now_ms: int | None = None, anonymous_ok: bool = False) -> Event:
     """Validate a decoded JSON value against the contract and return the event.
 
-    ``now_ms`` is the receiver's clock; when given, events dated further in the future
-    than ``MAX_FUTURE_SKEW_MS`` are rejected. Unknown fields are ignored.
+    ``now_ms`` is the receiver's clock (for a stream record: its arrival time); when given,
+    ``ts`` must lie within the last ``MAX_AGE_MS`` and at most ``MAX_FUTURE_SKEW_MS`` ahead.
+    ``anonymous_ok``: a shopper event may come without ``user_id`` (the public route's
+    anonymous shoppers, as ``collect`` writes them to the stream). Unknown fields are ignored.
     """
     if type(obj) is not dict:
         raise EventError("event must be a JSON object")
     event_id = _string(obj, "event_id", MAX_EVENT_ID_CHARS, True)
     kind = obj.get("type")
-    if kind not in MEASURE_INDEX and kind not in ("stock", "impression"):
+    if type(kind) is not str or (kind not in MEASURE_INDEX and kind not in ("stock", "impression")):
         raise EventError(f"type must be one of {', '.join(EVENT_TYPES)}")
-    ts = _integer(obj, "ts")
-    if ts is None:
+    if obj.get("ts") is None:
         raise EventError("ts is required")
-    if ts < MIN_TS_MS:
-        raise EventError("ts must be epoch milliseconds (after 2000-01-01)")
-    if now_ms is not None and ts > now_ms + MAX_FUTURE_SKEW_MS:
-        raise EventError("ts is more than 5 minutes in the future")
-    user_id = _string(obj, "user_id", MAX_ID_CHARS, kind != "stock")
+    ts = _integer(obj, "ts", -(2**63), 2**63 - 1)
+    if ts is None or not MIN_TS_MS <= ts <= MAX_TS_MS:
+        raise EventError("ts must be epoch milliseconds (from 2000 to 3000)")
+    if now_ms is not None:
+        if ts > now_ms + MAX_FUTURE_SKEW_MS:
+            raise EventError("ts is more than 5 minutes in the future")
+        if ts < now_ms - MAX_AGE_MS:
+            raise EventError("ts is more than 7 days in the past")
+    user_id = _string(obj, "user_id", MAX_ID_CHARS, kind != "stock" and not anonymous_ok)
     item_id = _string(obj, "item_id", MAX_ID_CHARS, kind != "impression")
     event = Event(event_id, kind, ts, user_id, item_id)
 
-    if "category" in obj:
-        event.category = _string(obj, "category", MAX_TAG_CHARS, False)
+    if obj.get("category") is not None:
+        event.category = clean_text(obj["category"], "category", MAX_TAG_CHARS)
     country = obj.get("country")
     if country is not None:
-        if type(country) is not str or len(country) != 2 or not country.isascii() or not country.isalpha():
-            raise EventError("country must be an ISO 3166 alpha-2 code")
-        event.country = country.upper()
+        event.country = country_code(country)
+        if event.country is None:
+            raise EventError("country must be an ISO 3166-1 alpha-2 code")
     price = obj.get("price")
     if price is not None:
-        if type(price) not in (int, float) or not math.isfinite(price) or price < 0:
-            raise EventError("price must be a number >= 0")
+        if type(price) not in (int, float) or not 0 <= price <= MAX_PRICE:  # NaN fails the comparison
+            raise EventError(f"price must be a number from 0 to {MAX_PRICE:,}")
         event.price = float(price)
-    quantity = _integer(obj, "quantity")
+    quantity = _integer(obj, "quantity", 1, MAX_QUANTITY)
     if quantity is not None:
-        if quantity < 1:
-            raise EventError("quantity must be an integer >= 1")
         event.quantity = quantity
-    stock = _integer(obj, "stock")
     if kind == "stock":
+        stock = _integer(obj, "stock", 0, MAX_STOCK)
         if stock is None:
             raise EventError("stock is required for stock events")
-        if stock < 0:
-            raise EventError("stock must be an integer >= 0")
         event.stock = stock
-    if "rec_id" in obj:
-        event.rec_id = _string(obj, "rec_id", MAX_TAG_CHARS, False)
-    if "variant" in obj:
-        event.variant = _string(obj, "variant", MAX_TAG_CHARS, False)
+    if obj.get("rec_id") is not None:
+        event.rec_id = clean_text(obj["rec_id"], "rec_id", MAX_TAG_CHARS)
+    if obj.get("variant") is not None:
+        event.variant = clean_text(obj["variant"], "variant", MAX_TAG_CHARS)
     if kind == "impression":
         items = obj.get("items")
         if type(items) is not list or not items:
@@ -142,13 +206,14 @@ def parse_event(obj: object, now_ms: int | None = None) -> Event:
         if len(items) > MAX_IMPRESSION_ITEMS:
             raise EventError(f"items holds at most {MAX_IMPRESSION_ITEMS} item ids")
         for item in items:
-            if type(item) is not str or not 0 < len(item) <= MAX_ID_CHARS:
-                raise EventError(f"items must hold item ids of 1-{MAX_ID_CHARS} characters")
+            clean_text(item, "items", MAX_ID_CHARS)
         event.items = tuple(items)
     return event
 
 
 def partition_key(event: Event) -> str:
     """Kinesis partition key: the shopper, so that one shopper's events stay in order on
-    one shard; stock events have no shopper and go by item."""
-    return event.item_id if event.type == "stock" else event.user_id  # type: ignore[return-value]
+    one shard; stock and anonymous events have no shopper and go by item (or event id)."""
+    if event.type != "stock" and event.user_id is not None:
+        return event.user_id
+    return event.item_id or event.event_id

@@ -40,9 +40,16 @@ def bucket(user_id: str, experiment_id: str) -> int:
     return int.from_bytes(digest[:8], "big") % BUCKETS
 
 
+MODEL_PINS = "model_sha256"
+
+
 def rollout_document(champion: str, challenger: str | None, share: float, experiment_id: str,
-                     kill_switch: bool = False) -> dict:
-    """A flags document; ``share`` is the challenger's fraction of shoppers (0..1)."""
+                     kill_switch: bool = False, pins: dict[str, str] | None = None) -> dict:
+    """A flags document; ``share`` is the challenger's fraction of shoppers (0..1).
+
+    ``pins``: model key -> sha256 of its model.onnx, for models that serving loads from the
+    artifacts bucket (not bundled with the deploy). Only a deployer writes this document, so
+    a model object replaced in S3 does not match its pin and is refused before parsing."""
     end = round(share * BUCKETS) - 1
     doc: dict[str, Any] = {
         "champion_model": {"default": champion, "boolean_type": False},
@@ -51,6 +58,8 @@ def rollout_document(champion: str, challenger: str | None, share: float, experi
         "kill_switch": {"default": kill_switch},
         "challenger": {"default": False},
     }
+    if pins:
+        doc[MODEL_PINS] = {"default": dict(sorted(pins.items())), "boolean_type": False}
     if challenger and end >= 0:
         doc["challenger"]["rules"] = {
             f"bucket below {end + 1} of {BUCKETS}": {
@@ -155,6 +164,11 @@ class Rollout:
         self.flags = FeatureFlags(store=store)
         self.default_champion = default_champion
         self.default_experiment = default_experiment
+
+    def pins(self) -> dict[str, str]:
+        """The deployer's sha256 per model key (empty when the document pins none)."""
+        pinned = self.flags.evaluate(name=MODEL_PINS, default={})
+        return pinned if isinstance(pinned, dict) else {}
 
     def assign(self, user_id: str | None) -> Assignment:
         try:

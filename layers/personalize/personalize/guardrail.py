@@ -46,7 +46,7 @@ def run(store, admin: FlagAdmin, states: ExperimentStates, alpha: float = experi
         return GuardrailResult(experiment, decision.action, decision.reason, counters=summary)
     killed = flags.rollout_document(
         document["champion_model"]["default"], document["challenger_model"]["default"], 0.0, experiment,
-        kill_switch=True)
+        kill_switch=True, pins=(document.get(flags.MODEL_PINS) or {}).get("default"))
     version = admin.deploy(killed, ALL_AT_ONCE, f"guardrail kill of {experiment}: {decision.reason}")
     states.put(experiment, {"status": "killed", "by": "guardrail", "reason": decision.reason, "at": clock(),
                             "flags_version": version, "counters": summary,

@@ -1,8 +1,18 @@
-"""The shopper's identity from the signed cookie (DESIGN 3.2).
+"""Who is asking, and what serving said: signed cookies, signed rec_ids, the origin token.
 
-``rt_uid=<user_id>.<signature>``, signature = base64url without padding of
-HMAC-SHA256(key, user_id) over the UTF-8 bytes of the key's text and of the user id. A
-missing, malformed or forged cookie means an anonymous shopper, never another one.
+Cookie (DESIGN 3.2): ``rt_uid=<user_id>.<signature>``, signature = base64url without
+padding of HMAC-SHA256(key, user_id) over the UTF-8 bytes of the key's text and of the user
+id. A missing, malformed or forged cookie means an anonymous shopper, never another one.
+
+rec_id: ``<experiment>~<variant>~<expires, epoch s, hex>~<nonce>~<mac>``, mac = the first
+22 base64url characters (132 bits) of HMAC-SHA256(key, "rec_id" NUL payload NUL user_id).
+Serving signs the variant it served, for whom and until when; attribution believes a
+variant only from a rec_id that verifies for the event's shopper and has not expired. The
+NUL-separated domain prefix keeps a cookie signature from ever passing as a rec_id mac.
+
+Keys rotate (Secrets Manager ``AWSCURRENT`` / ``AWSPREVIOUS``): whatever verifies tries the
+current key, then the previous one, so nobody is signed out by a rotation. ``KeyRing``
+holds them, re-read with bounded staleness.
 """
 
 from __future__ import annotations
@@ -10,14 +20,49 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+log = logging.getLogger(__name__)
 
 COOKIE = "rt_uid"
 MAX_USER_ID = 128
+SIGNATURE_CHARS = 43
+REC_ID_TTL_S = 7 * 24 * 3600  # events older than a week are rejected anyway (DESIGN 3.1)
+REC_MAC_CHARS = 22
+REC_SEPARATOR = "~"
+_REC_DOMAIN = b"rec_id\x00"
+# What a cookie's user id or a rec_id part may hold: no controls, no surrogates.
+_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _mac(key: str, message: bytes) -> str:
+    digest = hmac.new(key.encode(), message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def _equal(expected: str, given: str) -> bool:
+    # compare_digest raises on non-ASCII str: callers pass only base64url text.
+    return hmac.compare_digest(expected.encode(), given.encode())
+
+
+def _keys(keys: str | Iterable[str] | None) -> tuple[str, ...]:
+    if keys is None:
+        return ()
+    if isinstance(keys, str):
+        return (keys,) if keys else ()
+    return tuple(k for k in keys if k)
 
 
 def sign(user_id: str, key: str) -> str:
-    digest = hmac.new(key.encode(), user_id.encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    return _mac(key, user_id.encode())
 
 
 def cookie_value(user_id: str, key: str) -> str:
@@ -27,6 +72,8 @@ def cookie_value(user_id: str, key: str) -> str:
 def cookie_from_headers(cookie_headers: list[str]) -> str | None:
     """The rt_uid value from one or more Cookie header values (CloudFront keeps them apart)."""
     for header in cookie_headers:
+        if not isinstance(header, str):
+            continue
         for part in header.split(";"):
             name, _, value = part.strip().partition("=")
             if name == COOKIE:
@@ -34,13 +81,184 @@ def cookie_from_headers(cookie_headers: list[str]) -> str | None:
     return None
 
 
-def verified_user(value: str | None, key: str | None) -> str | None:
-    """The user id when the cookie value carries a valid signature, else None."""
-    if not value or not key or "." not in value:
+def verified_user(value: str | None, keys: str | Iterable[str] | None) -> str | None:
+    """The user id when the cookie value carries a valid signature by one of ``keys``."""
+    if not value or not isinstance(value, str) or "." not in value:
         return None
     user_id, _, signature = value.rpartition(".")
-    if not 0 < len(user_id) <= MAX_USER_ID or len(signature) != 43:
+    if not 0 < len(user_id) <= MAX_USER_ID or len(signature) != SIGNATURE_CHARS:
         return None
-    if not hmac.compare_digest(sign(user_id, key), signature):
+    if not _B64URL.fullmatch(signature) or _FORBIDDEN.search(user_id):
         return None
-    return user_id
+    # Web frameworks percent-encode cookie values by default (alice%40shop.com); the
+    # signature binds the decoded id, so trying it names nobody else.
+    candidates = (user_id, unquote(user_id)) if "%" in user_id else (user_id,)
+    for key in _keys(keys):
+        for candidate in candidates:
+            if candidate and not _FORBIDDEN.search(candidate) and _equal(sign(candidate, key), signature):
+                return candidate
+    return None
+
+
+# ---------------------------------------------------------------- rec_id
+
+
+@dataclass(frozen=True)
+class Served:
+    """What a verified rec_id says serving served."""
+
+    experiment: str
+    variant: str
+    expires_s: int
+
+
+def _rec_payload(experiment: str, variant: str, expires_s: int, nonce: str) -> str:
+    return REC_SEPARATOR.join((experiment, variant, format(expires_s, "x"), nonce))
+
+
+def _rec_mac(key: str, payload: str, user_id: str | None) -> str:
+    return _mac(key, _REC_DOMAIN + payload.encode() + b"\x00" + (user_id or "").encode())[:REC_MAC_CHARS]
+
+
+def issue_rec_id(key: str | None, experiment: str, variant: str, user_id: str | None, now_s: float,
+                 ttl_s: int = REC_ID_TTL_S) -> str:
+    """A rec_id binding (experiment, variant) to ``user_id`` (None: anonymous) until
+    ``now_s + ttl_s``. Without a key (its secret unreadable) the rec_id carries no mac and
+    attributes to no variant."""
+    nonce = secrets.token_hex(6)
+    expires = int(now_s) + ttl_s
+    experiment = experiment.replace(REC_SEPARATOR, "-")
+    variant = variant.replace(REC_SEPARATOR, "-")
+    payload = _rec_payload(experiment, variant, expires, nonce)
+    mac = _rec_mac(key, payload, user_id) if key else "unsigned"
+    return f"{payload}{REC_SEPARATOR}{mac}"
+
+
+def verify_rec_id(rec_id: str | None, user_id: str | None, keys: str | Iterable[str] | None,
+                  now_s: float) -> Served | None:
+    """What serving signed into ``rec_id`` for ``user_id``, or None when it is forged, was
+    issued to someone else, or has expired."""
+    if not rec_id or not isinstance(rec_id, str):
+        return None
+    parts = rec_id.split(REC_SEPARATOR)
+    if len(parts) != 5:
+        return None
+    experiment, variant, expires_hex, nonce, mac = parts
+    if len(mac) != REC_MAC_CHARS or not _B64URL.fullmatch(mac) or _FORBIDDEN.search(rec_id):
+        return None
+    if user_id is not None and _FORBIDDEN.search(user_id):
+        return None
+    try:
+        expires = int(expires_hex, 16)
+    except ValueError:
+        return None
+    if expires < now_s or not experiment or not variant:
+        return None
+    payload = _rec_payload(experiment, variant, expires, nonce)
+    if payload != REC_SEPARATOR.join(parts[:4]):  # e.g. "+1a" or "01a" as the expiry
+        return None
+    for key in _keys(keys):
+        if _equal(_rec_mac(key, payload, user_id), mac):
+            return Served(experiment, variant, expires)
+    return None
+
+
+# ---------------------------------------------------------------- keys
+
+
+class KeyRing:
+    """The current and previous values of a rotating secret, re-read with bounded staleness.
+
+    ``load()`` returns ``(current, previous or None)``. A request never waits on a read
+    while keys are known: once they are older than ``refresh_s`` the request that notices
+    starts a re-read in a background thread and verifies with what it has (Lambda freezes
+    the container between invocations, so the re-read runs during that request and the next
+    ones, never in between; a key rotated in is known at most one re-read after the first
+    request past ``refresh_s``). Only an instance with no key at all reads on the request
+    path, at most once per ``retry_s`` (the loader's own timeouts bound it). A failed load
+    keeps the last good keys; with none every cookie is anonymous (documented fallback).
+    ``nudge()`` asks for an early re-read, e.g. when a well-formed cookie failed to verify
+    (it may be signed with a key rotated in since), at most once per ``retry_s``.
+    """
+
+    def __init__(self, load: Callable[[], tuple[str, str | None]], refresh_s: float = 60.0,
+                 retry_s: float = 10.0, clock: Callable[[], float] = time.monotonic, background: bool = True):
+        self._load = load
+        self.refresh_s = refresh_s
+        self.retry_s = retry_s
+        self.clock = clock
+        self.background = background
+        self._keys: tuple[str, ...] = ()
+        self.loaded_at = float("-inf")   # last successful load
+        self.tried_at = float("-inf")    # last attempt, successful or not
+        self.failures = 0
+        self._lock = threading.Lock()
+        self.thread: threading.Thread | None = None  # the last background re-read (tests join it)
+
+    @classmethod
+    def static(cls, *keys: str | None) -> KeyRing:
+        fixed = _keys(keys)
+        ring = cls(lambda: (fixed[0] if fixed else "", fixed[1] if len(fixed) > 1 else None),
+                   refresh_s=float("inf"))
+        ring._keys = fixed
+        ring.loaded_at = ring.tried_at = 0.0
+        return ring
+
+    @property
+    def current(self) -> str | None:
+        return self.keys()[0] if self.keys() else None
+
+    def refresh_now(self) -> bool:
+        with self._lock:
+            self.tried_at = self.clock()
+            try:
+                current, previous = self._load()
+            except Exception:
+                self.failures += 1
+                log.warning("reading the keys failed; keeping %d known key(s)", len(self._keys), exc_info=True)
+                return False
+            if not current:
+                self.failures += 1
+                log.warning("the secret has no current value; keeping %d known key(s)", len(self._keys))
+                return False
+            self._keys = _keys((current, previous))
+            self.loaded_at = self.clock()
+            return True
+
+    def keys(self) -> tuple[str, ...]:
+        now = self.clock()
+        age = now - self.loaded_at
+        known = self._keys
+        if age >= self.refresh_s and now - self.tried_at >= min(self.retry_s, self.refresh_s):
+            if not known or not self.background:
+                self.refresh_now()
+                return self._keys
+            self._refresh_in_background()
+        return known
+
+    @property
+    def available(self) -> bool:
+        return bool(self.keys())
+
+    def nudge(self) -> None:
+        if self.clock() - self.tried_at >= self.retry_s and self.refresh_s != float("inf"):
+            self._refresh_in_background() if self.background else self.refresh_now()
+
+    def _refresh_in_background(self) -> None:
+        if self._lock.locked():
+            return
+        self.tried_at = self.clock()  # one refresh at a time, even before the thread runs
+        self.thread = threading.Thread(target=self.refresh_now, name="keyring-refresh", daemon=True)
+        self.thread.start()
+
+    def verified_user(self, cookie: str | None) -> str | None:
+        user = verified_user(cookie, self.keys())
+        if user is None and cookie and len(cookie.rpartition(".")[2]) == SIGNATURE_CHARS:
+            self.nudge()
+        return user
+
+    def token_matches(self, given: str | None) -> bool:
+        """A shared-secret header (CloudFront's origin-verify token) equals a known key."""
+        if not given or not isinstance(given, str) or not given.isascii():
+            return False
+        return any(_equal(key, given) for key in self.keys() if key.isascii())

@@ -18,7 +18,6 @@ import logging
 import random
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -138,12 +137,14 @@ class Variant:
 
 
 class Recommender:
-    def __init__(self, users: UserStore, artifacts: Artifacts, soldout: SoldOut, signing_key: str | None,
+    def __init__(self, users: UserStore, artifacts: Artifacts, soldout: SoldOut,
+                 signing_key: identity.KeyRing | str | None,
                  choose_variant: Callable[[str | None], Variant], log_sample_rate: float = 0.01,
                  snapshot_refresh_s: float = SNAPSHOT_REFRESH_S, soldout_refresh_s: float = SOLDOUT_REFRESH_S,
                  on_scored: Callable[[dict], None] | None = None, pool: ThreadPoolExecutor | None = None):
         self.users = users
-        self.signing_key = signing_key
+        # The cookie and rec_id key: a KeyRing (rotation, re-read) or one fixed key (tests).
+        self.keys = signing_key if isinstance(signing_key, identity.KeyRing) else identity.KeyRing.static(signing_key)
         self.choose_variant = choose_variant
         self.log_sample_rate = log_sample_rate
         self.on_scored = on_scored or (lambda record: log.info("scored", extra=record))
@@ -155,7 +156,8 @@ class Recommender:
     def warm(self, *more: Callable[[], object]) -> None:
         """Load the snapshot, the sold-out list (and ``more``, e.g. the flags) now, side by
         side (cold start), so the first request waits for none of them."""
-        futures = [self.pool.submit(f) for f in (self.snapshot.refresh_now, self.soldout.refresh_now, *more)]
+        futures = [self.pool.submit(f) for f in (self.snapshot.refresh_now, self.soldout.refresh_now,
+                                                 self.keys.refresh_now, *more)]
         for future in futures:
             future.result()
 
@@ -179,9 +181,10 @@ class Recommender:
         except BadRequest as exc:
             return Answer(400, {"message": str(exc)})
         now_ms = now_ms or int(time.time() * 1000)
-        user_id = identity.verified_user(cookie, self.signing_key)
+        user_id = self.keys.verified_user(cookie)
         variant = self.choose_variant(user_id)
-        rec_id = f"{variant.experiment}{keys.REC_ID_SEPARATOR}{uuid.uuid4().hex[:16]}"
+        # Signed: attribution believes this variant only for this shopper, until it expires.
+        rec_id = identity.issue_rec_id(self.keys.current, variant.experiment, variant.name, user_id, now_ms / 1000)
         body = {"rec_id": rec_id, "user_id": user_id, "variant": variant.name, "model": variant.ranker.key,
                 "items": [], "fallback": False, "snapshot_version": None}
         snap = self.current_snapshot()

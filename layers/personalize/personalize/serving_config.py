@@ -3,19 +3,22 @@ from the config file baked into the edge bundle (no environment variables at the
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import flags, settings
-from .adapters import aws
+from . import flags, identity, settings
 from .adapters.artifacts import S3Artifacts
+from .adapters.secrets import SecretVersions
 from .adapters.soldout import DynamoSoldOut
 from .adapters.userstore import DynamoUserStore
-from .models import MANIFEST_FILE, MODEL_FILE, Manifest, Ranker
+from .models import MANIFEST_FILE, MODEL_FILE, Manifest, ModelError, Ranker, artifact_digest
 from .serving import Recommender, Variant
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,8 @@ class ServingConfig:
     flags_max_age_s: float = 10.0
     snapshot_refresh_s: float = 10.0
     soldout_refresh_s: float = 1.0
+    # Regional only: the secret whose value CloudFront adds as x-origin-verify ("" at the edge).
+    origin_secret: str = ""
 
     @classmethod
     def from_file(cls, path: Path) -> ServingConfig:
@@ -67,7 +72,8 @@ class ServingConfig:
 
     @classmethod
     def from_env(cls) -> ServingConfig:
-        config = settings.load(settings.FEATURES_TABLE, settings.ARTIFACTS_BUCKET, settings.SIGNING_KEY_SECRET)
+        config = settings.load(settings.FEATURES_TABLE, settings.ARTIFACTS_BUCKET, settings.SIGNING_KEY_SECRET,
+                               settings.ORIGIN_VERIFY_SECRET)
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         if os.environ.get("FLAGS_SOURCE") == "local":
             source = {"source": "local", "bucket": config[settings.ARTIFACTS_BUCKET],
@@ -80,18 +86,28 @@ class ServingConfig:
         return cls(home_region=region, features_table=config[settings.FEATURES_TABLE],
                    artifacts_bucket=config[settings.ARTIFACTS_BUCKET],
                    signing_secret=config[settings.SIGNING_KEY_SECRET], flags=source,
+                   origin_secret=config[settings.ORIGIN_VERIFY_SECRET],
                    default_champion=os.environ.get("DEFAULT_CHAMPION", settings.DEFAULT_CHAMPION),
                    log_sample_rate=float(os.environ.get("SCORED_LOG_SAMPLE_RATE", "0.01")))
 
 
 class ModelCache:
-    """Rankers by ``<name>/<version>``: from the bundled folder when shipped there, else from
-    the artifacts bucket (checked against its manifest either way)."""
+    """Rankers by ``<name>/<version>``: from the bundled folder when shipped there (the deploy
+    wrote it), else from the artifacts bucket, and then only when ``pins()`` (the flags
+    document, which only a deployer writes) names the model's sha256 and the object matches
+    it: checked before onnxruntime parses a byte. Refusals are counted in ``refused``."""
 
-    def __init__(self, bundled: Path, artifacts: S3Artifacts):
+    REFUSED_FOR_S = 60.0  # a refused (key, pin) is not fetched again for this long
+
+    def __init__(self, bundled: Path, artifacts: S3Artifacts, pins: Callable[[], dict[str, str]] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.bundled = bundled
         self.artifacts = artifacts
+        self.pins = pins or dict
+        self.clock = clock
         self.rankers: dict[str, Ranker] = {}
+        self.refused = 0
+        self._refusals: dict[tuple[str, object], tuple[float, str]] = {}
 
     def get(self, key: str) -> Ranker:
         ranker = self.rankers.get(key)
@@ -100,21 +116,52 @@ class ModelCache:
             if (folder / MODEL_FILE).exists():
                 manifest, blob = json.loads((folder / MANIFEST_FILE).read_text()), (folder / MODEL_FILE).read_bytes()
             else:
-                manifest = json.loads(self.artifacts.get(f"models/{key}/{MANIFEST_FILE}"))
-                blob = self.artifacts.get(f"models/{key}/{MODEL_FILE}")
+                manifest, blob = self._from_bucket(key)
             ranker = self.rankers[key] = Ranker(Manifest.from_dict(manifest), blob)
         return ranker
 
+    def _from_bucket(self, key: str) -> tuple[dict, bytes]:
+        pinned = self.pins().get(key)
+        refusal = self._refusals.get((key, pinned))
+        if refusal is not None and self.clock() < refusal[0]:
+            raise ModelError(refusal[1])  # not fetched again on every request
+        try:
+            return self._fetch_pinned(key, pinned)
+        except ModelError as exc:
+            self.refused += 1
+            self._refusals[(key, pinned)] = (self.clock() + self.REFUSED_FOR_S, str(exc))
+            log.error("model refused", extra={"model": key, "pinned": pinned, "reason": str(exc)})
+            raise
 
-def signing_key(secret_id: str, region: str) -> str:
-    """Read once at cold start; never from the bundle or the repository."""
-    return aws.client("secretsmanager", region).get_secret_value(SecretId=secret_id)["SecretString"]
+    def _fetch_pinned(self, key: str, pinned: object) -> tuple[dict, bytes]:
+        if not isinstance(pinned, str) or len(pinned) != 64 or not pinned.isascii():
+            raise ModelError(f"{key} is not bundled and the flags document pins no sha256 for it")
+        blob = self.artifacts.get(f"models/{key}/{MODEL_FILE}")
+        manifest_bytes = self.artifacts.get(f"models/{key}/{MANIFEST_FILE}")
+        digest = artifact_digest(blob, manifest_bytes)
+        if not hmac.compare_digest(digest, pinned):
+            raise ModelError(f"{key}: the bucket's model and manifest (digest {digest[:12]}...) are not the "
+                             f"pinned {pinned[:12]}...; refused")
+        manifest = json.loads(manifest_bytes)
+        if f"{manifest.get('name')}/{manifest.get('version')}" != key:
+            raise ModelError(f"{key}: the bucket's manifest names another model; refused")
+        return manifest, blob
+
+
+def signing_keys(secret_id: str, region: str) -> identity.KeyRing:
+    """The cookie/rec_id keys (current and previous), read from Secrets Manager, never from
+    the bundle or the repository; re-read in the background every minute."""
+    return identity.KeyRing(SecretVersions(secret_id, region).load, refresh_s=60.0)
+
+
+def origin_keys(config: ServingConfig) -> identity.KeyRing:
+    """The CloudFront origin-verify token's current and previous values (regional function)."""
+    return identity.KeyRing(SecretVersions(config.origin_secret, config.home_region).load)
 
 
 def build(config: ServingConfig, models_dir: Path, running_region: str | None, on_scored=None):
     """(recommender, rollout, models) for this function instance."""
     artifacts = S3Artifacts(config.artifacts_bucket, config.home_region)
-    models = ModelCache(models_dir, artifacts)
     source = config.flags
     if source["source"] == "local":
         fetch = flags.local_fetcher(source["bucket"], source["application_id"], source["profile_id"])
@@ -124,6 +171,7 @@ def build(config: ServingConfig, models_dir: Path, running_region: str | None, o
     pool = ThreadPoolExecutor(3, thread_name_prefix="refresh")  # off-request refreshes
     rollout = flags.Rollout(flags.CachedDocumentStore(fetch, config.flags_max_age_s, executor=pool),
                             config.default_champion)
+    models = ModelCache(models_dir, artifacts, rollout.pins)
     champion = models.get(config.default_champion)  # fail at cold start, not on a request
 
     def choose(user_id: str | None) -> Variant:
@@ -139,8 +187,10 @@ def build(config: ServingConfig, models_dir: Path, running_region: str | None, o
     users = DynamoUserStore(config.features_table, region=replica, timeout_s=config.user_read_timeout_s)
     _ = artifacts.client  # clients are made here, on one thread, before the warm-up fans out
     soldout = DynamoSoldOut(config.features_table, region=replica, client=users.client)
-    recommender = Recommender(users, artifacts, soldout,
-                              signing_key(config.signing_secret, config.home_region), choose,
+    # The edge names the secret; it is replicated beside the table, so read it from there too.
+    keyring = signing_keys(config.signing_secret, replica if not config.signing_secret.startswith("arn:")
+                           else config.home_region)
+    recommender = Recommender(users, artifacts, soldout, keyring, choose,
                               log_sample_rate=config.log_sample_rate, on_scored=on_scored,
                               snapshot_refresh_s=config.snapshot_refresh_s, soldout_refresh_s=config.soldout_refresh_s,
                               pool=pool)

@@ -26,17 +26,21 @@ QUARANTINE_QUEUE = Resource("QuarantineQueue", "QUARANTINE_QUEUE_URL")
 STREAM_FAILURE_QUEUE = Resource("StreamFailureQueue", "STREAM_FAILURE_QUEUE_URL")
 ARTIFACTS_BUCKET = Resource("ArtifactsBucket", "ARTIFACTS_BUCKET")
 SIGNING_KEY_SECRET = Resource("SigningKeySecret", "SIGNING_KEY_SECRET")
+# The token CloudFront adds to every origin request (x-origin-verify): the regional API
+# answers browsers' routes only when it matches, so the execute-api URL cannot bypass the CDN.
+ORIGIN_VERIFY_SECRET = Resource("OriginVerifySecret", "ORIGIN_VERIFY_SECRET")
+ORIGIN_VERIFY_HEADER = "x-origin-verify"
 
 # The model served before any flags document was loaded.
 DEFAULT_CHAMPION = "ranker-mlp/v2"
 
 # Which variables each function receives (template Environment), by function logical id.
 FUNCTION_RESOURCES = {
-    "CollectFunction": (EVENTS_STREAM,),
+    "CollectFunction": (EVENTS_STREAM, SIGNING_KEY_SECRET, ORIGIN_VERIFY_SECRET),
     "AggregateFunction": (FEATURES_TABLE, ITEMS_TABLE, QUARANTINE_QUEUE),
     "FeaturesFunction": (FEATURES_TABLE,),
     "SnapshotFunction": (ITEMS_TABLE, ARTIFACTS_BUCKET),
-    "RecommendFunction": (FEATURES_TABLE, ARTIFACTS_BUCKET, SIGNING_KEY_SECRET),
+    "RecommendFunction": (FEATURES_TABLE, ARTIFACTS_BUCKET, SIGNING_KEY_SECRET, ORIGIN_VERIFY_SECRET),
     "GuardrailFunction": (ITEMS_TABLE,),
 }
 
