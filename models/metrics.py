@@ -28,3 +28,41 @@ def mean_at_k(score_lists, ys, n_trues) -> dict[str, float]:
 def candidate_recall(ys, n_trues) -> float:
     """Share of the orders' true items that the candidate generator found."""
     return float(sum(int(y.sum()) for y in ys) / sum(n_trues))
+
+
+def per_example(score_lists, ys, n_trues) -> np.ndarray:
+    """[examples, 3]: NDCG@10, HitRate@10, Recall@10 of each example."""
+    return np.array([at_k(s, y, n) for s, y, n in zip(score_lists, ys, n_trues)]).reshape(-1, 3)
+
+
+NAMES = ("ndcg_at_10", "hit_rate_at_10", "recall_at_10")
+BOOTSTRAP_SAMPLES = 2000
+
+
+def _resample_means(values: np.ndarray, seed: int) -> np.ndarray:
+    """Means of ``BOOTSTRAP_SAMPLES`` resamples (with replacement, one example per shopper:
+    the examples are independent shoppers), seeded."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(BOOTSTRAP_SAMPLES, len(values)))
+    return values[idx].mean(axis=1)
+
+
+def summary(rows: np.ndarray, seed: int = 0) -> dict:
+    """Each metric's mean and its 95% percentile-bootstrap interval."""
+    out = {}
+    for i, name in enumerate(NAMES):
+        means = _resample_means(rows[:, i], seed)
+        out[name] = round(float(rows[:, i].mean()), 6)
+        out[f"{name}_ci95"] = [round(float(np.percentile(means, 2.5)), 6), round(float(np.percentile(means, 97.5)), 6)]
+    return out
+
+
+def paired(rows: np.ndarray, other: np.ndarray, seed: int = 0) -> dict:
+    """Mean difference (rows - other, example by example) and its 95% bootstrap interval."""
+    out = {}
+    for i, name in enumerate(NAMES):
+        diff = rows[:, i] - other[:, i]
+        means = _resample_means(diff, seed)
+        out[name] = round(float(diff.mean()), 6)
+        out[f"{name}_ci95"] = [round(float(np.percentile(means, 2.5)), 6), round(float(np.percentile(means, 97.5)), 6)]
+    return out

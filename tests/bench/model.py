@@ -28,18 +28,40 @@ def latency_us(ranker, rows: int = 300, runs: int = 3000) -> tuple[float, float]
 
 def run() -> dict:
     out: dict = {}
+    champion = json.loads(train.FLAGS_FILE.read_text())["champion_model"]["default"]
     for name in train.MODELS:
         folder = ROOT / "models" / name / train.VERSION
         manifest = json.loads((folder / "manifest.json").read_text())
         m, q = manifest["metrics"], manifest["quantization"]
         p50, p99 = latency_us(load_folder(folder))
         out[name] = {
-            "ndcg_at_10": m["test"]["ndcg_at_10"], "hit_rate_at_10": m["test"]["hit_rate_at_10"],
-            "recall_at_10": m["test"]["recall_at_10"], "float_bytes": q["float_bytes"], "int8_bytes": q["int8_bytes"],
-            "int8_ndcg_delta": q["int8_ndcg_delta"], "ships": q["ships"], "p50_us": round(p50, 1),
-            "p99_us": round(p99, 1),
+            "ndcg_at_10": m["test"]["ndcg_at_10"], "ndcg_at_10_ci95": m["test"]["ndcg_at_10_ci95"],
+            "hit_rate_at_10": m["test"]["hit_rate_at_10"], "recall_at_10": m["test"]["recall_at_10"],
+            "validation_ndcg_at_10": m["validation"]["ndcg_at_10"],
+            "float_bytes": q["float_bytes"], "int8_bytes": q.get("int8_bytes"),
+            "int8_ndcg_delta": q.get("int8_validation_ndcg_delta"), "ships": q["ships"],
+            "batch_max_diff": q["batch_max_diff"], "p50_us": round(p50, 1), "p99_us": round(p99, 1),
         }
         out["baseline_popularity_ndcg_at_10"] = m["baseline_popularity"]["ndcg_at_10"]
         out["baseline_repeat_ndcg_at_10"] = m["baseline_repeat"]["ndcg_at_10"]
+        out["baseline_decayed_ndcg_at_10"] = m["baseline_decayed"]["ndcg_at_10"]
+        out["baseline_decayed_lambda"] = m["baseline_decayed"]["decay"]
+        out["baseline_decayed_full_history_ndcg_at_10"] = m["baseline_decayed_full_history"]["ndcg_at_10"]
         out["candidate_recall"] = m["candidate_recall"]
+        out["user_row_bytes_p50"] = manifest["data"]["user_row_bytes"]["p50"]
+        out["user_row_bytes_p99"] = manifest["data"]["user_row_bytes"]["p99"]
+        if f"{name}/{train.VERSION}" == champion:
+            session = m["session"]
+            out["champion"] = champion
+            out["champion_ndcg_at_10"] = m["test"]["ndcg_at_10"]
+            out["champion_ndcg_at_10_ci95"] = m["test"]["ndcg_at_10_ci95"]
+            for base in ("popularity", "repeat", "decayed"):
+                paired = m["paired_vs_baseline"][base]
+                out[f"champion_minus_{base}_ndcg_at_10"] = paired["ndcg_at_10"]
+                out[f"champion_minus_{base}_ndcg_at_10_ci95"] = paired["ndcg_at_10_ci95"]
+            out["session_ndcg_at_10"] = session["with_session"]["ndcg_at_10"]
+            out["session_blind_ndcg_at_10"] = session["blind"]["ndcg_at_10"]
+            out["session_minus_blind_ndcg_at_10"] = session["paired_with_minus_blind"]["ndcg_at_10"]
+            out["session_minus_blind_ndcg_at_10_ci95"] = session["paired_with_minus_blind"]["ndcg_at_10_ci95"]
+            out["session_baseline_decayed_ndcg_at_10"] = session["baseline_decayed"]["ndcg_at_10"]
     return out

@@ -6,7 +6,7 @@ CloudFront origin-request for /recommendations gets a 200 named fallback from th
 import pytest
 
 from infra.local.stack import cloudfront_event
-from personalize import snapshots, state
+from personalize import settings, snapshots, state
 from tests.bench import edge_outage
 
 
@@ -41,4 +41,4 @@ def test_the_bundle_answers_a_named_fallback_with_aws_unreachable(bundle, outage
         assert answer["status"] == "200"
         assert body["fallback"] is True and body["fallback_reason"] == "cold_start_unavailable"
         assert [i["item_id"] for i in body["items"]] == ["sku-28", "sku-27", "sku-26"]  # low stock left out
-        assert body["variant"] == "outside" and body["model"] == "ranker-mlp/v1"
+        assert body["variant"] == "outside" and body["model"] == settings.DEFAULT_CHAMPION

@@ -12,6 +12,9 @@ from personalize import identity
 from personalize.adapters.userstore import MemoryUserStore
 from tests.conftest import Pipeline, now_ms
 
+# The champion the flags deploy (``make train`` writes it there).
+CHAMPION = json.loads((template.ROOT / "infra" / "flags" / "initial.json").read_text())["champion_model"]["default"]
+
 
 class Serving(Pipeline):
     def __init__(self, stack, tmp_path):
@@ -109,7 +112,7 @@ def test_anonymous_shopper_gets_country_trending_without_caching(serving):
     assert items(body)[0] == "sku-7"  # the FR burst leads FR's trending
     assert len(body["items"]) == 5
     assert headers["cache-control"] == [{"key": "Cache-Control", "value": "private, no-store"}]
-    assert body["variant"] == "outside" and body["model"] == "ranker-mlp/v1"  # not part of any experiment
+    assert body["variant"] == "outside" and body["model"] == CHAMPION  # not part of any experiment
     assert body["rec_id"].startswith("none~")
 
 
@@ -243,7 +246,7 @@ def test_the_flags_document_was_really_loaded(serving):
     serving.get()
     store = serving.edge._state["rollout"].store
     assert store.loaded and store.loads >= 1 and store.failures == 0
-    assert store.document["champion_model"]["default"] == "ranker-mlp/v1"
+    assert store.document["champion_model"]["default"] == CHAMPION
 
 
 def test_a_sample_of_scored_requests_is_logged_for_training(serving):

@@ -36,10 +36,36 @@ def test_manifest_is_a_model_card(name):
     assert manifest["data"]["orders"] == 15_183
 
 
-def test_champion_beats_the_stronger_baseline():
-    m = json.loads((MODELS / "ranker-mlp" / train.VERSION / "manifest.json").read_text())["metrics"]
-    stronger = max(m["baseline_popularity"]["ndcg_at_10"], m["baseline_repeat"]["ndcg_at_10"])
-    assert m["test"]["ndcg_at_10"] > stronger
+def champion() -> str:
+    return json.loads(train.FLAGS_FILE.read_text())["champion_model"]["default"]
+
+
+def test_the_flags_champion_is_the_models_best_on_validation():
+    name, version = champion().split("/")
+    assert version == train.VERSION
+    cards = {n: json.loads((MODELS / n / train.VERSION / "manifest.json").read_text()) for n in train.MODELS}
+    assert cards[name]["role"] == "champion"
+    assert max(cards, key=lambda n: cards[n]["metrics"]["validation"]["ndcg_at_10"]) == name
+
+
+def test_champion_beats_every_baseline_on_test_with_the_paired_interval_above_zero():
+    m = json.loads((MODELS / champion() / "manifest.json").read_text())["metrics"]
+    for baseline in ("popularity", "repeat", "decayed"):
+        low, high = m["paired_vs_baseline"][baseline]["ndcg_at_10_ci95"]
+        assert 0 < low <= m["paired_vs_baseline"][baseline]["ndcg_at_10"] <= high
+    assert m["test"]["ndcg_at_10"] > m["baseline_decayed"]["ndcg_at_10"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_a_rows_score_does_not_depend_on_its_batch(name):
+    ranker = load_folder(MODELS / name / train.VERSION)
+    rng = np.random.default_rng(1)
+    X = rng.random((500, len(ranking.FEATURES)), dtype=np.float32) * rng.choice([1, 5, 50], len(ranking.FEATURES))
+    X = X.astype(np.float32)
+    together = ranker.score(X)
+    alone = np.array([ranker.score(X[i:i + 1])[0] for i in range(0, 500, 25)])
+    np.testing.assert_allclose(alone, together[::25], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(ranker.score(X[::-1])[::-1], together, rtol=0, atol=1e-6)
 
 
 def test_a_tampered_model_file_is_refused():
@@ -57,3 +83,9 @@ def test_a_model_wanting_features_this_code_lacks_is_refused():
     with pytest.raises(ModelError, match="shoe_size"):
         Ranker(manifest, blob)
 
+
+
+def test_serving_defaults_to_the_flags_champion_before_any_flags_load():
+    from personalize.settings import DEFAULT_CHAMPION
+
+    assert DEFAULT_CHAMPION == champion()

@@ -207,7 +207,7 @@ def aggregate_batch(
             anonymous_records.append(r)
 
     # Per shopper, in event-time order, so co-visits do not depend on arrival order.
-    accepted: list[tuple[StreamRecord, list[str]]] = []
+    accepted: list[tuple[StreamRecord, list[str], bool]] = []
     for user_id, user_records in by_user.items():
         user = entity("user", USERS, keys.user_key(user_id), state.UserRow)
         dedupe = state.DedupeRow(user.aux.seen)
@@ -229,7 +229,8 @@ def aggregate_batch(
                                if e.item_id and e.type in MEASURE_INDEX else [])
                     state.apply_user_event(user.row, e, r.event_key)
                     _touch(user, r)
-                accepted.append((r, sources))
+                # Same answer before and after the row applied it (state.is_reorder).
+                accepted.append((r, sources, e.item_id is not None and state.is_reorder(user.row, e)))
             except Exception as exc:  # noqa: BLE001 - whatever it is, it costs only this record
                 _poison(stats, r, exc)
 
@@ -243,7 +244,7 @@ def aggregate_batch(
             if verdict == state.NEW:
                 _touch(dedupe, r)
             stats.anonymous += 1
-            accepted.append((r, []))
+            accepted.append((r, [], False))
         except Exception as exc:  # noqa: BLE001
             _poison(stats, r, exc)
 
@@ -260,13 +261,14 @@ def aggregate_batch(
         except Exception as exc:  # noqa: BLE001
             _poison(stats, r, exc)
 
-    for r, sources in accepted:
+
+    for r, sources, reorder in accepted:
         e = r.event
         try:
             if e.item_id is not None and e.type in MEASURE_INDEX:
                 item = entity("item", ITEMS, keys.item_key(e.item_id, shard), state.ItemRow)
                 if not item.applied(r.seq):
-                    state.apply_item_event(item.row, e, r.event_key)
+                    state.apply_item_event(item.row, e, r.event_key, reorder)
                     if sources:
                         state.add_covisits(item.row, sources, e.ts)
                     _touch(item, r)

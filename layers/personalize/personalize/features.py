@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from . import windows
 from .events import MEASURES
-from .state import AFFINITY_HALF_LIFE_MS, UserRow
+from .state import AFFINITY_HALF_LIFE_MS, ITEM_STATS, O_BASKET_ITEMS, O_COUNT, UserRow
 
 WINDOWED_NAMES = tuple(f"{m}_{w}" for m in MEASURES for w in windows.WINDOWS)
 
@@ -40,7 +40,10 @@ def user_features(row: UserRow, now_ms: int) -> dict:
         for category, (weight, ts) in sorted(row.affinity.items())
     }
     out["recent_items"] = [item for item, _, _ in reversed(row.recent)]
-    out["items"] = {item: dict(zip((*MEASURES, "last_ts"), stats)) for item, stats in row.items.items()}
+    out["items"] = {item: dict(zip(ITEM_STATS, stats)) for item, stats in row.items.items()}
+    orders = row.orders[O_COUNT]
+    out["orders_total"] = orders
+    out["mean_basket_size"] = row.orders[O_BASKET_ITEMS] / orders if orders else 0.0
     return out
 
 

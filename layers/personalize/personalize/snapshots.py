@@ -32,6 +32,7 @@ ITEM_COLUMNS = (
     "item_popularity_log",  # log1p(interaction weight decayed with a 7-day half-life)
     "item_trending_log",    # log1p(trending velocity: weighted events/min above the hour's mean)
     "item_weighted_1h_log", # log1p(weighted interactions in the last hour)
+    "item_reorder_ratio",   # share of all-time purchases that were reorders (state.is_reorder)
 )
 POPULAR_POOL = 400
 TRENDING_POOL = 100
@@ -195,7 +196,8 @@ def build(views: dict[str, ItemView], now_ms: int, version: str) -> ItemSnapshot
             trend = trending_velocity(view.tiles, now_ms)
             hour = _weighted(windows.window_sums(view.tiles, now_ms)["1h"])
         v, c, a, p = view.totals
-        matrix[i] = (log1p(p), log1p(a), log1p(v), log1p(c), log1p(pop), log1p(trend), log1p(hour))
+        matrix[i] = (log1p(p), log1p(a), log1p(v), log1p(c), log1p(pop), log1p(trend), log1p(hour),
+                     view.reorders / p if p else 0.0)
         popularity[i] = pop
         trending[i] = trend
         if view.stock is not None and view.stock <= LOW_STOCK:

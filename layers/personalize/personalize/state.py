@@ -22,7 +22,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 from . import windows
-from .events import MEASURE_INDEX, Event
+from .events import MEASURE_INDEX, MEASURES, Event
 
 # Tuning, in one place. Half-lives are in event time.
 HOUR_MS = 3_600_000
@@ -34,6 +34,14 @@ COVISIT_WINDOW_MS = 30 * 60_000
 COVISIT_HALF_LIFE_MS = 7 * DAY_MS
 RECENT_ITEMS = 20
 USER_ITEMS = 64
+# A shopper's purchases belong to one order until this long passes without a purchase.
+ORDER_GAP_MS = 60 * 60_000
+# What the shopper touched this recently is their current session: never evicted from the row.
+SESSION_MS = 60 * 60_000
+# Per-order decay of an item's purchase weight: sum of PURCHASE_DECAY ** orders_ago over the
+# orders that held the item (TIFU-KNN's personal part). Chosen on each shopper's penultimate
+# order of the Instacart sample (``make train`` reports the grid and refuses a stale value).
+PURCHASE_DECAY = 0.85
 USER_CATEGORIES = 16
 NEIGHBOURS = 20
 # An item row keeps per-country tiles for its ``ITEM_COUNTRIES`` busiest countries; the rest
@@ -244,14 +252,33 @@ class DedupeRow:
 # --- shoppers -------------------------------------------------------------------------
 
 
+# Item stats in a shopper's row: a list per item, these positions (compact: the row is read
+# on every request and stays under one 4 KB read unit).
+I_VIEWS, I_CLICKS, I_CARTS, I_PURCHASES, I_LAST_TS = 0, 1, 2, 3, 4
+I_DECAYED = 5        # decayed purchase weight x DECAYED_SCALE (an int), as of order I_LAST_ORDER
+I_LAST_ORDER = 6     # the shopper's order count when the item was last bought (0: never)
+I_ORDERS = 7         # how many of the shopper's orders held the item
+I_LAST_BUY_S = 8     # event time of the last purchase, epoch seconds (0: never)
+I_BUY_SPAN_H = 9     # hours from the first purchase to the last
+I_FIRST_ORDER = 10   # the shopper's order count when the item was first bought (0: never)
+ITEM_STATS = (*MEASURES, "last_ts", "decayed_purchases_x1000", "last_order", "orders", "last_purchase_s",
+              "purchase_span_h", "first_order")
+DECAYED_SCALE = 1000
+# Shopper-level order stats (``UserRow.orders``), these positions.
+O_COUNT, O_BASKET_ITEMS, O_FIRST_TS, O_LAST_TS, O_LAST_BUY_TS, O_REORDER_ITEMS = 0, 1, 2, 3, 4, 5
+
+
 @dataclass(slots=True)
 class UserRow:
     """The shopper's serving row.
 
-    ``items``: item -> [views, clicks, add_to_carts, purchases, last_ts] for the shopper's
-    ``USER_ITEMS`` strongest items; ``recent``: [item, ts, event-id hash] for the last
-    ``RECENT_ITEMS`` interactions in event-time order; ``affinity``: category -> [decayed
-    weight, as-of ts]; ``totals``: all-time counts per measure; ``last_ts``: newest event.
+    ``items``: item -> stats (positions ``I_*``) for at most ``USER_ITEMS`` items: the ones
+    with the highest decayed purchase weight, the items of the current session always kept;
+    ``recent``: [item, ts, event-id hash] for the last ``RECENT_ITEMS`` interactions in
+    event-time order; ``affinity``: category -> [decayed weight, as-of ts]; ``totals``:
+    all-time counts per measure; ``last_ts``: newest event; ``orders``: [order count,
+    distinct items over all orders, first and last order's time, last purchase time,
+    of the distinct items those bought in an earlier order too].
     """
 
     tiles: dict[int, list[int]] = field(default_factory=dict)
@@ -260,16 +287,37 @@ class UserRow:
     recent: list[list] = field(default_factory=list)
     totals: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
     last_ts: int = 0
+    orders: list[int] = field(default_factory=lambda: [0, 0, 0, 0, 0, 0])
 
     def to_obj(self) -> dict:
         return {"t": self.tiles, "a": self.affinity, "i": self.items, "r": self.recent,
-                "n": self.totals, "l": self.last_ts}
+                "n": self.totals, "l": self.last_ts, "o": self.orders}
 
     @classmethod
     def from_obj(cls, obj: dict | None) -> UserRow:
         if not obj:
             return cls()
-        return cls(obj["t"], obj["a"], obj["i"], obj["r"], obj["n"], obj["l"])
+        items = obj["i"]
+        for stats in items.values():  # rows written before the order stats existed
+            if len(stats) < len(ITEM_STATS):
+                stats.extend([0, 0, 0, 0, 0, 0][len(stats) - len(ITEM_STATS):])
+        return cls(obj["t"], obj["a"], items, obj["r"], obj["n"], obj["l"], obj.get("o") or [0, 0, 0, 0, 0, 0])
+
+    @property
+    def order_count(self) -> int:
+        return self.orders[O_COUNT]
+
+    def decayed(self, stats: list) -> float:
+        """The item's decayed purchase weight as of the shopper's latest order."""
+        return decayed_weight(stats[I_DECAYED], self.orders[O_COUNT] - stats[I_LAST_ORDER]) / DECAYED_SCALE
+
+
+def decayed_weight(weight: float, orders_ago: int) -> float:
+    return weight * PURCHASE_DECAY ** orders_ago if weight else 0.0
+
+
+def first_purchase_s(stats: list) -> int:
+    return stats[I_LAST_BUY_S] - stats[I_BUY_SPAN_H] * 3600 if stats[I_LAST_BUY_S] else 0
 
 
 def covisit_sources(row: UserRow, event: Event, event_key: int) -> list[str]:
@@ -307,11 +355,13 @@ def apply_user_event(row: UserRow, event: Event, event_key: int) -> None:
     stats = row.items.get(item)
     if stats is None:
         if len(row.items) >= USER_ITEMS:
-            _evict_weakest_item(row.items)
-        stats = row.items[item] = [0, 0, 0, 0, ts]
+            _evict_weakest_item(row, ts)
+        stats = row.items[item] = [0, 0, 0, 0, ts, 0, 0, 0, 0, 0, 0]
     stats[measure] += qty
-    if ts > stats[4]:
-        stats[4] = ts
+    if ts > stats[I_LAST_TS]:
+        stats[I_LAST_TS] = ts
+    if measure == 3:
+        _count_purchase(row, stats, ts)
 
     recent = row.recent
     entry = [item, ts, event_key]
@@ -339,11 +389,56 @@ def apply_user_event(row: UserRow, event: Event, event_key: int) -> None:
             current[1] = as_of
 
 
-def _evict_weakest_item(items: dict[str, list]) -> None:
-    # Purchases and carts say more about a shopper than views; recency breaks ties.
-    weakest = min(items, key=lambda i: (items[i][3] * 4 + items[i][2] * 2 + items[i][1] + items[i][0] * 0.25,
-                                        items[i][4]))
-    del items[weakest]
+def _count_purchase(row: UserRow, stats: list, ts: int) -> None:
+    """A purchase opens a new order when the shopper bought nothing for ``ORDER_GAP_MS``
+    (a late purchase joins the current order); the item's weight counts once per order."""
+    orders = row.orders
+    if orders[O_COUNT] == 0 or ts > orders[O_LAST_BUY_TS] + ORDER_GAP_MS:
+        orders[O_COUNT] += 1
+        orders[O_LAST_TS] = ts
+        if orders[O_COUNT] == 1:
+            orders[O_FIRST_TS] = ts
+    if ts > orders[O_LAST_BUY_TS]:
+        orders[O_LAST_BUY_TS] = ts
+    n = orders[O_COUNT]
+    if stats[I_LAST_ORDER] != n:
+        if stats[I_ORDERS]:
+            orders[O_REORDER_ITEMS] += 1
+        else:
+            stats[I_FIRST_ORDER] = n
+        stats[I_DECAYED] = round(decayed_weight(stats[I_DECAYED], n - stats[I_LAST_ORDER])) + DECAYED_SCALE
+        stats[I_LAST_ORDER] = n
+        stats[I_ORDERS] += 1
+        orders[O_BASKET_ITEMS] += 1
+    ts_s = ts // 1000
+    last_s = stats[I_LAST_BUY_S]
+    if last_s == 0:
+        stats[I_LAST_BUY_S] = ts_s
+    else:
+        first_s = first_purchase_s(stats)
+        if ts_s > last_s:
+            stats[I_LAST_BUY_S] = last_s = ts_s
+        stats[I_BUY_SPAN_H] = round((last_s - min(first_s, ts_s)) / 3600)
+
+
+def is_reorder(row: UserRow, event: Event) -> bool:
+    """A purchase of an item the shopper first bought in an earlier order (more than
+    ``ORDER_GAP_MS`` before): the same answer before and after the row applied the event."""
+    if event.type != "purchase":
+        return False
+    stats = row.items.get(event.item_id)
+    return stats is not None and stats[I_LAST_BUY_S] > 0 and first_purchase_s(stats) * 1000 < event.ts - ORDER_GAP_MS
+
+
+def _evict_weakest_item(row: UserRow, ts: int) -> None:
+    """Make room: drop the item outside the current session with the lowest decayed
+    purchase weight (oldest first among equals; views and carts weigh nothing)."""
+    session = ts - SESSION_MS
+    n = row.orders[O_COUNT]
+    weakest = min(row.items.items(), key=lambda kv: (
+        kv[1][I_LAST_TS] >= session, decayed_weight(kv[1][I_DECAYED], n - kv[1][I_LAST_ORDER]), kv[1][I_LAST_TS],
+        kv[0]))[0]
+    del row.items[weakest]
 
 
 # --- items ----------------------------------------------------------------------------
@@ -355,7 +450,8 @@ class ItemRow:
 
     ``popularity``: [decayed interaction weight, as-of ts]; ``stock``: [level, ts,
     event-id hash] of the newest stock event or None; ``neighbours``: co-visited item ->
-    [decayed weight, as-of ts], the ``NEIGHBOURS`` strongest.
+    [decayed weight, as-of ts], the ``NEIGHBOURS`` strongest; ``reorders``: purchases by
+    shoppers who had bought the item in an earlier order (``is_reorder``).
     """
 
     tiles: dict[int, list[int]] = field(default_factory=dict)
@@ -366,20 +462,23 @@ class ItemRow:
     neighbours: dict[str, list] = field(default_factory=dict)
     category: str | None = None
     price: float | None = None
+    reorders: int = 0
 
     def to_obj(self) -> dict:
         return {"t": self.tiles, "c": self.countries, "n": self.totals, "p": self.popularity,
-                "s": self.stock, "nb": self.neighbours, "cat": self.category, "pr": self.price}
+                "s": self.stock, "nb": self.neighbours, "cat": self.category, "pr": self.price, "ro": self.reorders}
 
     @classmethod
     def from_obj(cls, obj: dict | None) -> ItemRow:
         if not obj:
             return cls()
-        return cls(obj["t"], obj["c"], obj["n"], obj["p"], obj["s"], obj["nb"], obj["cat"], obj["pr"])
+        return cls(obj["t"], obj["c"], obj["n"], obj["p"], obj["s"], obj["nb"], obj["cat"], obj["pr"],
+                   obj.get("ro", 0))
 
 
-def apply_item_event(row: ItemRow, event: Event, event_key: int) -> None:
-    """Count one event (not late: the batch drops those) into the item's row."""
+def apply_item_event(row: ItemRow, event: Event, event_key: int, reorder: bool = False) -> None:
+    """Count one event (not late: the batch drops those) into the item's row; ``reorder``:
+    the shopper had bought the item in an earlier order (``is_reorder``)."""
     ts = event.ts
     if event.type == "stock":
         current = row.stock
@@ -398,6 +497,8 @@ def apply_item_event(row: ItemRow, event: Event, event_key: int) -> None:
                 tiles = row.countries[country] = {}
         windows.add(tiles, ts, measure, qty)
     row.totals[measure] += qty
+    if reorder:
+        row.reorders += qty
     pop = row.popularity
     weight = INTERACTION_WEIGHTS[measure] * qty
     as_of = max(ts, pop[1])
@@ -476,6 +577,7 @@ class ItemView:
     neighbours: dict[str, float]
     category: str | None
     price: float | None
+    reorders: int = 0
 
 
 def merge_item_rows(rows: list[ItemRow], now_ms: int) -> ItemView:
@@ -486,7 +588,7 @@ def merge_item_rows(rows: list[ItemRow], now_ms: int) -> ItemView:
             row.popularity[0], row.popularity[1], now_ms, POPULARITY_HALF_LIFE_MS), now_ms,
             None if row.stock is None else row.stock[0],
             {other: windows.decay(w, ts, now_ms, COVISIT_HALF_LIFE_MS) for other, (w, ts) in row.neighbours.items()},
-            row.category, row.price)
+            row.category, row.price, row.reorders)
     tiles: dict[int, list[int]] = {}
     countries: dict[str, dict[int, list[int]]] = {}
     totals = [0, 0, 0, 0]
@@ -494,7 +596,9 @@ def merge_item_rows(rows: list[ItemRow], now_ms: int) -> ItemView:
     stock = None
     neighbours: dict[str, float] = {}
     category = price = None
+    reorders = 0
     for row in rows:
+        reorders += row.reorders
         windows.merge_into(tiles, row.tiles)
         for country, ctiles in row.countries.items():
             windows.merge_into(countries.setdefault(country, {}), ctiles)
@@ -508,7 +612,7 @@ def merge_item_rows(rows: list[ItemRow], now_ms: int) -> ItemView:
         category = row.category or category
         price = row.price if row.price is not None else price
     return ItemView(tiles, countries, totals, popularity, now_ms, None if stock is None else stock[0],
-                    neighbours, category, price)
+                    neighbours, category, price, reorders)
 
 
 # --- experiment variants --------------------------------------------------------------
