@@ -395,10 +395,10 @@ def apply_bug():
     """Applying an event of item ``BOOM`` raises, wherever it is applied."""
     real = state.apply_item_event
 
-    def buggy(row, event, event_key):
+    def buggy(row, event, event_key, *rest):
         if event.item_id == BOOM and event.type != "stock":
             raise KeyError("injected bug")
-        return real(row, event, event_key)
+        return real(row, event, event_key, *rest)
 
     state.apply_item_event = buggy
     try:

@@ -118,10 +118,10 @@ def test_a_record_that_breaks_the_decoder_costs_only_itself(store, quarantine, m
 def test_a_record_that_breaks_aggregation_is_applied_nowhere(store, quarantine, monkeypatch):
     real = state.apply_item_event
 
-    def buggy(row, event, key):
+    def buggy(row, event, key, *rest):
         if event.event_id == "e2":
             raise ZeroDivisionError("bug")
-        return real(row, event, key)
+        return real(row, event, key, *rest)
 
     monkeypatch.setattr(state, "apply_item_event", buggy)
     payloads = [json.dumps(e).encode() for e in (ev(1), ev(2, "click"), ev(3, item="i2"))]

@@ -36,6 +36,9 @@ RECENT_ITEMS = 20
 USER_ITEMS = 64
 # A shopper's purchases belong to one order until this long passes without a purchase.
 ORDER_GAP_MS = 60 * 60_000
+# ``recent`` orders same-millisecond events by 32 bits of their id hash: enough for a stable
+# order, and the serving row stays within one 4 KB read unit (dedupe keeps all 64 elsewhere).
+RECENT_KEY_MASK = 0xFFFFFFFF
 # What the shopper touched this recently is their current session: never evicted from the row.
 SESSION_MS = 60 * 60_000
 # Per-order decay of an item's purchase weight: sum of PURCHASE_DECAY ** orders_ago over the
@@ -328,7 +331,7 @@ def covisit_sources(row: UserRow, event: Event, event_key: int) -> list[str]:
     """
     ts = event.ts
     floor = ts - COVISIT_WINDOW_MS
-    mark = (ts, event_key)
+    mark = (ts, event_key & RECENT_KEY_MASK)
     own = event.item_id
     out = []
     for item, t, k in reversed(row.recent):  # newest first; stop at the window's edge
@@ -364,6 +367,7 @@ def apply_user_event(row: UserRow, event: Event, event_key: int) -> None:
         _count_purchase(row, stats, ts)
 
     recent = row.recent
+    event_key &= RECENT_KEY_MASK
     entry = [item, ts, event_key]
     if not recent or (recent[-1][1], recent[-1][2]) <= (ts, event_key):
         recent.append(entry)
@@ -544,7 +548,7 @@ def shrink(row: object) -> None:
         row.countries = {c: row.countries[c] for c in busiest[: len(busiest) // 2]}
     elif isinstance(row, UserRow):
         while len(row.items) > max(1, USER_ITEMS // 4):
-            _evict_weakest_item(row.items)
+            _evict_weakest_item(row, row.last_ts)
         del row.recent[: len(row.recent) // 2]
         while len(row.affinity) > USER_CATEGORIES // 4:
             del row.affinity[min(row.affinity, key=lambda c: row.affinity[c][0])]
