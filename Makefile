@@ -14,7 +14,7 @@ export SAM_CLI_TELEMETRY ?= 0
 
 .DEFAULT_GOAL := help
 .PHONY: help venv test lint build serve demo bench train publish-model loadtest lock lock-checkov clean \
-	rotate-signing-key rotate-origin-token
+	rotate-signing-key rotate-origin-token replay-failures
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -75,6 +75,9 @@ experiment-kill: $(STAMP) ## Kill the challenger now (all-at-once deployment) [E
 
 experiment-promote: $(STAMP) ## Make the challenger the champion [ENV=...]
 	$(BIN)/python -m infra.ops --env $(or $(ENV),local) promote
+
+replay-failures: $(STAMP) ## Re-drive the ranges the events trigger gave up on [ENV=local|dev|prod]
+	$(BIN)/python -m infra.replay --env $(or $(ENV),local)
 
 rotate-signing-key: $(STAMP) ## New cookie/rec_id signing key; the previous one stays valid [ENV=local|dev|prod]
 	$(BIN)/python -m infra.rotate signing-key --env $(or $(ENV),local)

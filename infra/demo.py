@@ -328,7 +328,10 @@ class Demo:
                                            ("champion", champions, self.scale.champion_impressions, 0.08)):
             for n in range(pages):
                 u = pool[n % len(pool)]
-                rec = served[u]["rec_id"]  # signed by serving for this shopper: attribution believes it
+                # Each page is a served list with its own signed rec_id (as serving issues one per
+                # answer; signed here with the same key to save a round trip per page): one
+                # impression per rec_id is all that attribution counts.
+                rec = identity.issue_rec_id(self.stack.signing_key, experiment, variant, u, time.time())
                 item = served[u]["items"][0]["item_id"]
                 ts = int(time.time() * 1000)
                 events.append({"event_id": f"imp-{variant}-{n}", "type": "impression", "user_id": u,

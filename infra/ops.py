@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 import tomllib
@@ -73,14 +74,18 @@ def registry_pins(*model_keys: str) -> dict[str, str]:
     """sha256 of each model as this checkout's registry (models/<name>/<version>) has it: the
     deployer's copy, never the bucket's, so a replaced S3 object cannot pin itself."""
     from models.publish import ROOT
+    from personalize.models import artifact_digest
 
     pins = {}
     for key in model_keys:
-        manifest = ROOT / "models" / key / "manifest.json"
-        if not manifest.exists():
-            raise SystemExit(f"{key}: no {manifest.relative_to(ROOT)} in this checkout; train or fetch it first")
-        pins[key] = json.loads(manifest.read_text())["sha256"]
+        folder = ROOT / "models" / key
+        if not (folder / "manifest.json").exists():
+            raise SystemExit(f"{key}: no models/{key}/manifest.json in this checkout; train or fetch it first")
+        pins[key] = artifact_digest((folder / "model.onnx").read_bytes(), (folder / "manifest.json").read_bytes())
     return pins
+
+
+EXPERIMENT_ID = re.compile(r"[A-Za-z0-9._-]{1,48}")  # fits a signed rec_id (<= 128 chars), no "~"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--share must be within 0..1 (0.02 is 2%)")
     if args.command == "start":
         experiment = args.experiment or time.strftime("exp-%Y%m%d-%H%M%S", time.gmtime())
+        if not EXPERIMENT_ID.fullmatch(experiment):
+            parser.error("--experiment must be 1-48 of A-Z a-z 0-9 . _ - (it is signed into every rec_id)")
         new = flags.rollout_document(champion, args.challenger, args.share, experiment,
                                      pins=registry_pins(champion, args.challenger))
         strategy, note = GRADUAL, f"start {experiment}: {args.challenger} at {args.share:.2%}"

@@ -77,8 +77,10 @@ def main() -> int:
     bucket, kwargs = bucket_for(args.env)
     keys = publish(folder, bucket, boto3.client("s3", **kwargs))
     print(f"published {args.name}/{args.version} to s3://{bucket}/{keys[0].rsplit('/', 1)[0]}/")
-    sha = json.loads((folder / MANIFEST_FILE).read_text())["sha256"]
-    print(f"sha256 {sha}: `make experiment-start` pins it in the flags document (serving refuses unpinned models)")
+    from personalize.models import artifact_digest
+
+    pin = artifact_digest((folder / MODEL_FILE).read_bytes(), (folder / MANIFEST_FILE).read_bytes())
+    print(f"pin {pin}: `make experiment-start` puts it in the flags document (serving refuses unpinned models)")
     return 0
 
 

@@ -38,7 +38,8 @@ def _answer(route: str) -> Response:
         event.headers.get("cloudfront-viewer-country"), event.headers.get(settings.ORIGIN_VERIFY_HEADER))
     status, body, result = collector.handle(request)
     if result is None:
-        metrics.add_metric(f"RequestsRejected_{route}", MetricUnit.Count, 1)
+        metrics.add_metric({403: "RequestsBypassingCdn", 503: "OriginKeysUnavailable"}.get(
+            status, f"RequestsRejected_{route}"), MetricUnit.Count, 1)
     else:
         metrics.add_metric(f"EventsAccepted_{route}", MetricUnit.Count, result.accepted)
         metrics.add_metric(f"EventsRejected_{route}", MetricUnit.Count, len(result.rejected))

@@ -64,7 +64,20 @@ def throughput_in_memory(aggregate, batches, events) -> float:
     return len(events) / (time.perf_counter() - started)
 
 
-def run(n_events: int = 100_000, n_moto_events: int = 30_000) -> dict:
+def fault_injection(n: int) -> dict:
+    """tests/faults.py over ``n`` seeds (the ones `make test` runs are 0..299; these follow)."""
+    from tests import faults
+
+    result = faults.run_many(range(1_000_000, 1_000_000 + n))
+    failing = result.pop("_failing")
+    for out in failing[:5]:
+        print(f"bench: fault schedule {out.seed} lost {out.lost}, doubled {out.doubled}: {out.replay_hint()}")
+        for line in out.diffs[:5]:
+            print("   ", line)
+    return result
+
+
+def run(n_events: int = 100_000, n_moto_events: int = 30_000, n_fault_schedules: int = 10_000) -> dict:
     for name, value in {"AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "bench",
                         "AWS_SECRET_ACCESS_KEY": "bench"}.items():
         os.environ.setdefault(name, value)
@@ -75,12 +88,13 @@ def run(n_events: int = 100_000, n_moto_events: int = 30_000) -> dict:
     events = sale.events(n_events)
     batches = kinesis_batches(events)
     moto_events = events[:n_moto_events]
-    moto_batches = kinesis_batches(moto_events)
 
     with mock_aws():
         aws.reset()
         created = resources.create_all("bench")
         os.environ.update(created.env())
+        # The real stream's ARN: aggregate asks it which record follows the last batch.
+        moto_batches = kinesis_batches(moto_events, stream_arn=created.arns["EventsStream"])
         aggregate = handlers.load("aggregate")
         events_per_s = throughput_in_memory(aggregate, batches, events)
 
@@ -89,12 +103,15 @@ def run(n_events: int = 100_000, n_moto_events: int = 30_000) -> dict:
         aggregate.processor._ingestor = None
         ingestor = aggregate.processor.ingestor
         ingestor.clock = _clock_after(moto_events)
-        writes = {"total": 0, "hot": 0}
+        writes = {"total": 0, "hot": 0, "progress": 0}
 
         def count(params, **_):
             writes["total"] += 1
-            if params["Item"]["pk"]["S"] == "i#item-hot":
+            pk = params["Item"]["pk"]["S"]
+            if pk == "i#item-hot":
                 writes["hot"] += 1
+            elif pk.startswith("p#"):
+                writes["progress"] += 1
 
         ingestor.store.client.meta.events.register("provide-client-params.dynamodb.PutItem", count)
         ctx = context("aggregate")
@@ -104,6 +121,10 @@ def run(n_events: int = 100_000, n_moto_events: int = 30_000) -> dict:
                 assert aggregate.lambda_handler(batch, ctx) == {"batchItemFailures": []}
         events_per_s_moto = len(moto_events) / (time.perf_counter() - started)
     aws.reset()
+
+    faults_started = time.perf_counter()
+    schedules = fault_injection(n_fault_schedules)
+    schedules["fault_seconds"] = round(time.perf_counter() - faults_started, 1)
 
     floor, naive = write_floor(moto_batches)
     n = len(moto_events)
@@ -119,11 +140,13 @@ def run(n_events: int = 100_000, n_moto_events: int = 30_000) -> dict:
         "entity_floor_per_event": round(floor / n, 4),
         "naive_writes_per_event": round(naive / n, 4),
         "writes_vs_floor": round(writes["total"] / floor, 3),
+        "progress_writes_per_batch": round(writes["progress"] / len(moto_batches), 2),
         "naive_vs_writes": round(naive / writes["total"], 2),
         "hot_item_share": sale.hot_share,
         "peak_events_per_s": sale.peak_events_per_s,
         "hot_item_writes_per_s": round(writes["hot"] / stream_seconds_at_peak, 2),
         "hot_partition_limit_writes_per_s": 1000,
+        **schedules,
         "stream": {"shoppers": sale.shoppers, "items": sale.items, "zipf_a": sale.zipf_a,
                    "session_mean_events": sale.session_mean, "concurrent_sessions": sale.concurrent,
                    "shards": 4, "batch_size": 1000},

@@ -5,8 +5,10 @@ from tests.bench import ingest
 
 
 def test_ingest_bench_writes_at_most_one_per_entity_per_batch():
-    figures = ingest.run(n_events=4000, n_moto_events=2000)
+    figures = ingest.run(n_events=4000, n_moto_events=2000, n_fault_schedules=20)
     assert figures["ddb_writes"] > 0
+    assert figures["fault_schedules"] == 20 and figures["fault_events"] > 0
+    assert (figures["fault_lost"], figures["fault_doubled"]) == (0, 0)
     assert figures["ddb_writes_per_event"] <= 1.5 * figures["entity_floor_per_event"]
     assert figures["naive_writes_per_event"] > figures["ddb_writes_per_event"]
     assert figures["events_per_s"] > 0

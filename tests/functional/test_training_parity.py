@@ -35,6 +35,7 @@ def test_replay_and_aggregate_compute_the_same_features(pipeline, stack, orders)
     clock = {"now_s": 0.0}
     online_users = DynamoUserStore(stack.names[FEATURES_TABLE.logical_id], clock=lambda: clock["now_s"])
     ingestor.store.clock = lambda: clock["now_s"]
+    ingestor.clock = lambda: clock["now_s"]  # and judges arrival (lateness, bounds) by it
     pipeline.collect.collector.clock = lambda: clock["now_s"]  # the backend sends each order as it happens
     checked = 0
     for n, order in enumerate(orders):

@@ -181,3 +181,18 @@ def test_rotating_the_signing_key_signs_nobody_out(shop):
                                    headers={"cookie": cookie, "x-origin-verify": shop.stack.origin_token},
                                    path="/events")
         assert answer["accepted"] == accepted, (cookie, answer)
+
+
+def test_a_second_signing_key_rotation_within_a_week_is_refused(stack, capsys):
+    """It would drop the key that cookies and rec_ids of the last week were signed with."""
+    import datetime as dt
+
+    from infra import rotate
+
+    secret = stack.names["SigningKeySecret"]
+    now = dt.datetime.now(dt.UTC)
+    assert rotate.refusal("local", "signing-key", secret, "us-east-1", now) is None   # never rotated
+    rotate.rotate(secret, "us-east-1")
+    assert "rotating again drops the previous key" in rotate.refusal("local", "signing-key", secret, "us-east-1", now)
+    later = now + dt.timedelta(days=8)
+    assert rotate.refusal("local", "signing-key", secret, "us-east-1", later) is None

@@ -13,17 +13,21 @@ T0 = 1_790_000_000_000 - 1_790_000_000_000 % 60_000
 SHARD = "shardId-000000000000"
 
 
+NOW = T0 + 30_000
+
+
 class Stream:
-    """Hands out increasing sequence numbers, as a shard does."""
+    """Hands out increasing sequence numbers, as a shard does; records arrive at ``NOW``
+    unless told otherwise."""
 
     def __init__(self):
         self.seq = 10**20
 
-    def records(self, *events):
+    def records(self, *events, arrival_ms=NOW):
         out = []
         for e in events:
             self.seq += 1
-            out.append(StreamRecord.of(str(self.seq), parse_event(e)))
+            out.append(StreamRecord.of(str(self.seq), parse_event(e, anonymous_ok=True), SHARD, arrival_ms))
         return out
 
 
@@ -105,10 +109,31 @@ def test_a_resent_event_id_is_ignored(ingestor, store):
     assert item(store).totals == [1, 0, 0, 1]
 
 
-def test_late_events_are_counted_and_dropped(ingestor, store):
-    result = run(ingestor, Stream().records(ev(1, ts=T0 - 61 * 60_000), ev(2)))
-    assert result.late == 1
-    assert user(store).totals == [1, 0, 0, 0]
+def test_late_events_miss_only_the_windows(ingestor, store):
+    """Issue 10 #3: an event over an hour old used to vanish from totals, stock, co-visits
+    and experiment counters too."""
+    late = T0 - 61 * 60_000
+    rec = "exp1~abc"
+    result = run(ingestor, Stream().records(
+        ev(1, item="a", ts=late - 60_000), ev(2, "purchase", item="b", ts=late, quantity=3, price=2.0,
+                                              rec_id=rec, variant="champion"),
+        {"event_id": "s1", "type": "stock", "item_id": "b", "ts": late, "stock": 0}, ev(3)))
+    assert result.late == 3
+    f = features.user_features(user(store), NOW)
+    assert (f["views_1h"], f["purchases_1h"]) == (1, 0), "windows hold only the recent view"
+    assert user(store).totals == [2, 0, 0, 3]
+    assert item(store, "b").totals == [0, 0, 0, 3] and item(store, "b").stock == 0
+    assert set(item(store, "b").neighbours) == {"a"}
+    row = state.VariantRow.from_obj(store.query(ITEMS, keys.variant_pk("exp1", "champion"))[0].row)
+    assert (row.counts, row.revenue) == ([0, 0, 0, 1], 6.0)
+
+
+def test_lateness_is_judged_by_arrival_not_by_processing_time(ingestor, store):
+    """A backlog processed two hours late: events that arrived on time are not late."""
+    stream = Stream()
+    records = stream.records(ev(1, ts=T0 - 2 * 3_600_000), arrival_ms=T0 - 2 * 3_600_000 + 1000)
+    result = run(ingestor, records)
+    assert result.late == 0 and user(store).totals == [1, 0, 0, 0]
 
 
 def test_out_of_order_events_land_in_their_own_minute(ingestor, store):

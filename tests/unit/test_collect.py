@@ -30,3 +30,72 @@ def test_an_event_keeps_its_own_country_over_the_viewers():
     collect([{"event_id": "a", "type": "view", "user_id": "u", "item_id": "i", "ts": NOW, "country": "FR"}],
             stream, NOW, viewer_country="US")
     assert json.loads(stream.records[0][1])["country"] == "FR"
+
+
+def test_an_unreadable_origin_token_is_a_retryable_503_not_a_403():
+    from personalize import collect as collect_module
+    from personalize.identity import KeyRing
+
+    def down():
+        raise ConnectionError("secrets manager unreachable")
+
+    collector = collect_module.Collector(MemoryEventStream(), KeyRing.static("k"), KeyRing(down, background=False))
+    status, body, _ = collector.handle(collect_module.Request(collect_module.PUBLIC, "{}", origin_token="x"), NOW)
+    assert status == 503 and "retry" in body["message"]
+    status, _, _ = collector.handle(collect_module.Request(collect_module.SERVER, json.dumps(
+        {"event_id": "s", "type": "stock", "item_id": "i", "ts": NOW, "stock": 0})), NOW)
+    assert status == 202  # the backend's route needs no origin token
+
+
+def _written(stream):
+    return [json.loads(data) for _, data in stream.records]
+
+
+def test_only_signed_in_shoppers_and_the_backends_purchases_move_experiment_counters():
+    """A rec_id is signed by serving, yet replayable: anonymous events and browser purchases
+    (a claim with any price) never attribute; the backend's purchases and a signed-in
+    shopper's clicks do."""
+    from personalize import collect as c
+    from personalize.identity import issue_rec_id
+
+    key = "k"
+    anon_rec = issue_rec_id(key, "exp", "champion", None, NOW / 1000)
+    alice_rec = issue_rec_id(key, "exp", "challenger", "alice", NOW / 1000)
+    stream = MemoryEventStream()
+    base = {"ts": NOW, "item_id": "i"}
+    collect([{**base, "event_id": "1", "type": "purchase", "rec_id": anon_rec, "price": 1e6, "quantity": 1000}],
+            stream, NOW, route=c.PUBLIC, shopper=None, keys=[key])
+    collect([{**base, "event_id": "2", "type": "purchase", "rec_id": alice_rec},
+             {**base, "event_id": "3", "type": "click", "rec_id": alice_rec}],
+            stream, NOW, route=c.PUBLIC, shopper="alice", keys=[key])
+    collect([{**base, "event_id": "4", "type": "purchase", "user_id": "alice", "rec_id": alice_rec}],
+            stream, NOW, route=c.SERVER, keys=[key])
+    assert [e.get("variant") for e in _written(stream)] == [None, None, "challenger", "challenger"]
+
+
+def test_a_served_list_is_one_impression_however_often_it_is_sent():
+    from personalize import collect as c
+    from personalize.identity import issue_rec_id
+
+    rec = issue_rec_id("k", "exp", "challenger", "alice", NOW / 1000)
+    other = issue_rec_id("k", "exp", "challenger", "alice", NOW / 1000)
+    stream = MemoryEventStream()
+    impressions = [{"event_id": f"client-{n}", "type": "impression", "items": ["a"], "ts": NOW, "rec_id": rec}
+                   for n in range(3)] + [{"event_id": "x", "type": "impression", "items": ["a"], "ts": NOW,
+                                          "rec_id": other}]
+    collect(impressions, stream, NOW, route=c.PUBLIC, shopper="alice", keys=["k"])
+    ids = [e["event_id"] for e in _written(stream)]
+    assert len(set(ids[:3])) == 1 and ids[3] != ids[0]   # aggregate's event-id dedupe keeps one
+
+
+def test_the_public_route_takes_the_country_from_cloudfront_never_the_body():
+    from personalize import collect as c
+
+    stream = MemoryEventStream()
+    event = {"event_id": "a", "type": "view", "item_id": "i", "ts": NOW, "country": "JP"}
+    collect([event], stream, NOW, viewer_country=None, route=c.PUBLIC)
+    collect([{**event, "event_id": "b"}], stream, NOW, viewer_country="fr", route=c.PUBLIC)
+    collect([{**event, "event_id": "c", "country": "ıt"}], stream, NOW, route=c.SERVER, keys=[])
+    written = _written(stream)
+    assert "country" not in written[0] and written[1]["country"] == "FR"
+    assert len(written) == 2  # "ıt" is not an ISO code, whatever upper() makes of it

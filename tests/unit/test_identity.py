@@ -33,8 +33,7 @@ class Clock:
 @pytest.fixture
 def ring():
     secret, clock = Secret("key-1"), Clock()
-    keyring = identity.KeyRing(secret.load, refresh_s=60, max_stale_s=300, retry_s=10, clock=clock,
-                               background=False)
+    keyring = identity.KeyRing(secret.load, refresh_s=60, retry_s=10, clock=clock, background=False)
     keyring.refresh_now()
     return keyring, secret, clock
 
@@ -63,11 +62,14 @@ def test_a_cookie_signed_with_a_key_rotated_in_since_the_last_read_verifies_with
     assert secret.reads == reads
 
 
-def test_keys_are_never_older_than_the_staleness_bound_even_after_an_idle_gap(ring):
+def test_after_an_idle_gap_the_first_request_never_waits_and_starts_the_re_read(ring):
     keyring, secret, clock = ring
+    keyring.background = True
     secret.rotate("key-2")
     secret.rotate("key-3")
     clock.now += 10 * 60  # a frozen container wakes up after ten idle minutes
+    assert keyring.keys() == ("key-1",)      # served with what it has, at once
+    keyring.thread.join(5)                   # the re-read runs during that request
     assert keyring.keys() == ("key-3", "key-2")
 
 
@@ -117,3 +119,10 @@ def test_a_rec_id_names_what_was_served_and_nothing_else():
     assert identity.verify_rec_id(rec_id, "alice", "k", 1_800_000_000 + identity.REC_ID_TTL_S + 1) is None
     # A cookie's signature never passes as a rec_id mac (domain-separated messages).
     assert identity.sign("alice", "k")[:22] != mac
+
+
+def test_a_percent_encoded_cookie_names_the_decoded_shopper_only():
+    signed = identity.cookie_value("alice@shop.com", "k")
+    encoded = "alice%40shop.com." + signed.rpartition(".")[2]
+    assert identity.verified_user(encoded, "k") == "alice@shop.com"
+    assert identity.verified_user("bob%40shop.com." + signed.rpartition(".")[2], "k") is None

@@ -69,6 +69,42 @@ def test_stream_trigger_never_drops_silently():
     assert stream["StreamModeDetails"]["StreamMode"] == "ON_DEMAND"
 
 
+def test_one_concurrent_batch_per_shard_is_pinned():
+    """Exactly-once rests on one writer per item row per shard: with ParallelizationFactor > 1
+    two batches of one shard write the same per-shard item rows and watermarks at once, and
+    a record skipped by one can be marked applied by the other. Scale with shards instead."""
+    props = FUNCTIONS["AggregateFunction"]["Properties"]["Events"]["Stream"]["Properties"]
+    assert props["ParallelizationFactor"] == 1
+
+
+def test_the_stream_outlives_a_weekend_outage_and_the_trigger_gives_up_inside_it():
+    stream = template.resources()["EventsStream"]["Properties"]
+    props = FUNCTIONS["AggregateFunction"]["Properties"]["Events"]["Stream"]["Properties"]
+    assert stream["RetentionPeriodHours"] >= 72
+    # A range the trigger gives up on is still in the stream for replay-failures.
+    assert props["MaximumRecordAgeInSeconds"] <= stream["RetentionPeriodHours"] * 3600 - 12 * 3600
+    from personalize import state
+    # No watermark may be forgotten while its records can still come back.
+    assert state.WATERMARK_IDLE_MS > stream["RetentionPeriodHours"] * 3_600_000
+
+
+def test_ingest_has_alarms_on_lag_lateness_rows_and_both_queues():
+    alarms = template.of_type("AWS::CloudWatch::Alarm")
+    watched = set()
+    for alarm in alarms.values():
+        props = alarm["Properties"]
+        metrics = [props.get("MetricName")] + [m.get("MetricStat", {}).get("Metric", {}).get("MetricName")
+                                               for m in props.get("Metrics", [])]
+        dims = props.get("Dimensions", [])
+        for metric in filter(None, metrics):
+            if metric == "ApproximateNumberOfMessagesVisible":
+                watched.add(("depth", dims[0]["Value"]["Fn::GetAtt"][0]))
+            else:
+                watched.add(metric)
+    assert {"IteratorAge", "EventsLate", "RowWriteFailures", "RowsRejected"} <= watched
+    assert {("depth", "QuarantineQueue"), ("depth", "StreamFailureQueue")} <= watched
+
+
 def test_samconfig_has_dev_and_prod():
     import tomllib
     config = tomllib.loads((template.ROOT / "samconfig.toml").read_text())
@@ -224,3 +260,12 @@ def test_checkov_passes_with_every_skip_explained():
     for resource in template.resources().values():
         for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", []):
             assert len(skip.get("comment", "")) > 40, skip
+
+
+def test_edges_may_read_the_signing_key_replica_in_their_region():
+    role = template.resources()["EdgeRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    [grant] = [st for st in role if "secretsmanager:GetSecretValue" in st["Action"]]
+    assert grant["Resource"]["Fn::Sub"].startswith("arn:${AWS::Partition}:secretsmanager:*:${AWS::AccountId}:secret:")
+    assert grant["Resource"]["Fn::Sub"].endswith("${AWS::StackName}/cookie-signing-key-*")
+    secret = template.resources()["SigningKeySecret"]["Properties"]
+    assert secret["Name"] == {"Fn::Sub": "${AWS::StackName}/cookie-signing-key"} and secret["ReplicaRegions"]

@@ -99,6 +99,15 @@ def _as_public(obj: object, shopper: str | None) -> object:
     return out
 
 
+def _attributable(event, public: bool) -> bool:
+    """Which events may move the experiment counters the guardrail reads: a signed-in
+    shopper's (anonymous shoppers are outside every experiment), and purchases only from the
+    shop's backend (a browser's purchase is a claim, replayable with any price)."""
+    if not event.rec_id or event.user_id is None:
+        return False
+    return not (public and event.type == "purchase")
+
+
 def collect(events: list, stream: EventStream, now_ms: int, viewer_country: str | None = None, *,
             route: str = SERVER, shopper: str | None = None, keys: Iterable[str] = ()) -> CollectResult:
     """Validate each event for ``route``, attribute it through its rec_id, write the valid
@@ -115,15 +124,25 @@ def collect(events: list, stream: EventStream, now_ms: int, viewer_country: str 
         try:
             if public:
                 obj = _as_public(obj, shopper)
-            if country and type(obj) is dict and (public or obj.get("country") is None):
+            if type(obj) is dict and public:
+                obj = {k: v for k, v in obj.items() if k != "country"}  # CloudFront's, never the body's
+                if country:
+                    obj["country"] = country
+            elif country and type(obj) is dict and obj.get("country") is None:
                 obj = {**obj, "country": country}
             event = parse_event(obj, now_ms, anonymous_ok=public)
         except EventError as exc:
             rejected.append({"index": index, "error": str(exc)})
             continue
-        served = verify_rec_id(event.rec_id, event.user_id, keys, now_ms / 1000) if event.rec_id else None
+        served = verify_rec_id(event.rec_id, event.user_id, keys, now_ms / 1000) if _attributable(event, public) \
+            else None
         event.variant = served.variant if served else None
-        attributed += served is not None
+        if served is not None:
+            attributed += 1
+            if event.type == "impression":
+                # One served list is one impression, however often it is sent: a replayed
+                # rec_id cannot pile impressions onto a variant (client dedupe, 24 h).
+                event.event_id = "imp~" + event.rec_id.rsplit("~", 2)[-2] + event.rec_id[-10:]
         records.append((partition_key(event), json.dumps(event.to_dict(), separators=(",", ":")).encode()))
         indexes.append(index)
     accepted = 0
@@ -163,6 +182,8 @@ class Collector:
         now_ms = int(self.clock() * 1000) if now_ms is None else now_ms
         if request.route == PUBLIC and self.origin is not None and not self.origin.token_matches(
                 request.origin_token):
+            if not self.origin.available:  # our outage, not the caller's fault: say so, retryable
+                return 503, {"message": "origin verification unavailable (secret unreadable); retry"}, None
             return 403, {"message": "browsers reach this API only through the CDN"}, None
         try:
             events = parse_body(request.body)

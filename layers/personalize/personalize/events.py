@@ -82,12 +82,18 @@ class Event:
         return out
 
 
+def _bounded_int(digits: str) -> int | float:
+    # Python refuses to convert more than 4,300 digits, which would fail the whole body: such
+    # a number parses as infinity instead, and only the field holding it is rejected.
+    return int(digits) if len(digits) <= 4000 else float("inf")
+
+
 def loads(raw: bytes | str) -> object:
     """JSON from a client: UTF-8 only, bounded nesting; raises EventError. NaN and Infinity
     parse (as Python's json does) so that only the event holding one is rejected, by its
     field's bounds, and the valid events beside it are kept."""
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_int=_bounded_int)
     except RecursionError:
         raise EventError("not valid JSON: nested too deeply") from None
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
@@ -135,7 +141,7 @@ def _integer(obj: dict, name: str, low: int, high: int) -> int | None:
 
 def country_code(value: object) -> str | None:
     """The ISO 3166-1 alpha-2 code, upper case, or None when ``value`` is not one."""
-    if type(value) is not str or len(value) != 2:
+    if type(value) is not str or len(value) != 2 or not value.isascii():
         return None
     code = value.upper()
     return code if code in COUNTRIES else None

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +90,13 @@ def verified_user(value: str | None, keys: str | Iterable[str] | None) -> str | 
         return None
     if not _B64URL.fullmatch(signature) or _FORBIDDEN.search(user_id):
         return None
+    # Web frameworks percent-encode cookie values by default (alice%40shop.com); the
+    # signature binds the decoded id, so trying it names nobody else.
+    candidates = (user_id, unquote(user_id)) if "%" in user_id else (user_id,)
     for key in _keys(keys):
-        if _equal(sign(user_id, key), signature):
-            return user_id
+        for candidate in candidates:
+            if candidate and not _FORBIDDEN.search(candidate) and _equal(sign(candidate, key), signature):
+                return candidate
     return None
 
 
@@ -164,22 +169,22 @@ def verify_rec_id(rec_id: str | None, user_id: str | None, keys: str | Iterable[
 class KeyRing:
     """The current and previous values of a rotating secret, re-read with bounded staleness.
 
-    ``load()`` returns ``(current, previous or None)``. Reads happen at most every
-    ``refresh_s`` in a background thread started by a request (Lambda freezes the container
-    between invocations, so nothing runs in between); once the keys are older than
-    ``max_stale_s`` the request that notices reloads them itself before verifying. A failed
-    load keeps the last good keys; with none at all every cookie is anonymous (documented
-    fallback) and the load is retried after ``retry_s``. ``nudge()`` asks for an early
-    refresh, e.g. when a well-formed cookie failed to verify (it may be signed with a key
-    rotated in since the last read), at most once per ``retry_s``.
+    ``load()`` returns ``(current, previous or None)``. A request never waits on a read
+    while keys are known: once they are older than ``refresh_s`` the request that notices
+    starts a re-read in a background thread and verifies with what it has (Lambda freezes
+    the container between invocations, so the re-read runs during that request and the next
+    ones, never in between; a key rotated in is known at most one re-read after the first
+    request past ``refresh_s``). Only an instance with no key at all reads on the request
+    path, at most once per ``retry_s`` (the loader's own timeouts bound it). A failed load
+    keeps the last good keys; with none every cookie is anonymous (documented fallback).
+    ``nudge()`` asks for an early re-read, e.g. when a well-formed cookie failed to verify
+    (it may be signed with a key rotated in since), at most once per ``retry_s``.
     """
 
     def __init__(self, load: Callable[[], tuple[str, str | None]], refresh_s: float = 60.0,
-                 max_stale_s: float = 300.0, retry_s: float = 10.0, clock: Callable[[], float] = time.monotonic,
-                 background: bool = True):
+                 retry_s: float = 10.0, clock: Callable[[], float] = time.monotonic, background: bool = True):
         self._load = load
         self.refresh_s = refresh_s
-        self.max_stale_s = max_stale_s
         self.retry_s = retry_s
         self.clock = clock
         self.background = background
@@ -188,12 +193,13 @@ class KeyRing:
         self.tried_at = float("-inf")    # last attempt, successful or not
         self.failures = 0
         self._lock = threading.Lock()
+        self.thread: threading.Thread | None = None  # the last background re-read (tests join it)
 
     @classmethod
     def static(cls, *keys: str | None) -> KeyRing:
         fixed = _keys(keys)
         ring = cls(lambda: (fixed[0] if fixed else "", fixed[1] if len(fixed) > 1 else None),
-                   refresh_s=float("inf"), max_stale_s=float("inf"))
+                   refresh_s=float("inf"))
         ring._keys = fixed
         ring.loaded_at = ring.tried_at = 0.0
         return ring
@@ -222,12 +228,17 @@ class KeyRing:
     def keys(self) -> tuple[str, ...]:
         now = self.clock()
         age = now - self.loaded_at
+        known = self._keys
         if age >= self.refresh_s and now - self.tried_at >= min(self.retry_s, self.refresh_s):
-            if age >= self.max_stale_s or not self.background:
+            if not known or not self.background:
                 self.refresh_now()
-            else:
-                self._refresh_in_background()
-        return self._keys
+                return self._keys
+            self._refresh_in_background()
+        return known
+
+    @property
+    def available(self) -> bool:
+        return bool(self.keys())
 
     def nudge(self) -> None:
         if self.clock() - self.tried_at >= self.retry_s and self.refresh_s != float("inf"):
@@ -237,7 +248,8 @@ class KeyRing:
         if self._lock.locked():
             return
         self.tried_at = self.clock()  # one refresh at a time, even before the thread runs
-        threading.Thread(target=self.refresh_now, name="keyring-refresh", daemon=True).start()
+        self.thread = threading.Thread(target=self.refresh_now, name="keyring-refresh", daemon=True)
+        self.thread.start()
 
     def verified_user(self, cookie: str | None) -> str | None:
         user = verified_user(cookie, self.keys())

@@ -46,3 +46,26 @@ def experiment_of(rec_id: str | None) -> str:
     if rec_id and REC_ID_SEPARATOR in rec_id:
         return rec_id.split(REC_ID_SEPARATOR, 1)[0] or NO_EXPERIMENT
     return NO_EXPERIMENT
+
+
+# --- exactly-once bookkeeping (items table: regional, never served) ------------------
+
+def source_key(stream_arn: str | None, shard: str) -> str:
+    """Where records come from, for watermarks and record identity: the stream (a short
+    hash of its ARN: a recreated stream restarts its shards' sequence numbers) and the shard."""
+    if not stream_arn:
+        return shard
+    import hashlib
+
+    return f"{hashlib.blake2b(stream_arn.encode(), digest_size=4).hexdigest()}:{shard}"
+
+
+def anonymous_dedupe_key(source: str, minute: int, bucket: int) -> tuple[str, str]:
+    """Event ids without a shopper, by event minute and id bucket, one writer (the source
+    shard): a resend carries the same ``ts`` and partition key, so it lands on this row."""
+    return f"d#{minute}#{bucket}", f"s#{source}"
+
+
+def progress_key(source: str) -> tuple[str, str]:
+    """What the trigger last attempted on a source, and the ranges it gave up on."""
+    return f"p#{source}", "progress"

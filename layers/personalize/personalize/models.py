@@ -37,6 +37,12 @@ class Manifest:
         return cls(doc["name"], doc["version"], doc["sha256"], list(doc["features"]), doc)
 
 
+def artifact_digest(model_bytes: bytes, manifest_bytes: bytes) -> str:
+    """What a deployer pins for a model kept in the bucket: one sha256 over both files' sha256,
+    so neither the model nor its manifest (feature order!) can be swapped."""
+    return hashlib.sha256(hashlib.sha256(model_bytes).digest() + hashlib.sha256(manifest_bytes).digest()).hexdigest()
+
+
 def verify(manifest: Manifest, model_bytes: bytes) -> None:
     digest = hashlib.sha256(model_bytes).hexdigest()
     if digest != manifest.sha256:

@@ -3,7 +3,6 @@ from the config file baked into the edge bundle (no environment variables at the
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import logging
@@ -19,7 +18,7 @@ from .adapters.artifacts import S3Artifacts
 from .adapters.secrets import SecretVersions
 from .adapters.soldout import DynamoSoldOut
 from .adapters.userstore import DynamoUserStore
-from .models import MANIFEST_FILE, MODEL_FILE, Manifest, ModelError, Ranker
+from .models import MANIFEST_FILE, MODEL_FILE, Manifest, ModelError, Ranker, artifact_digest
 from .serving import Recommender, Variant
 
 log = logging.getLogger(__name__)
@@ -112,13 +111,13 @@ class ModelCache:
     fast instead of trying it again on the request path."""
 
     def __init__(self, bundled: Path, artifacts: S3Artifacts, pins: Callable[[], dict[str, str]] | None = None,
-                 retry_after_s: float = 60.0, clock=time.monotonic):
+                 retry_after_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
         self.bundled = bundled
         self.artifacts = artifacts
         self.pins = pins or dict
         self.rankers: dict[str, Ranker] = {}
         self.refused = 0
-        self.failed: dict[str, tuple[float, str]] = {}  # key -> (when, why)
+        self.failed: dict[str, tuple[float, str]] = {}  # key -> (when, why): a refusal is not re-fetched
         self.retry_after_s = retry_after_s
         self.clock = clock
 
@@ -149,27 +148,32 @@ class ModelCache:
 
     def _from_bucket(self, key: str) -> tuple[dict, bytes]:
         pinned = self.pins().get(key)
-        if not isinstance(pinned, str) or len(pinned) != 64 or not pinned.isascii():
+        try:
+            return self._fetch_pinned(key, pinned)
+        except ModelError as exc:
             self.refused += 1
+            log.error("model refused", extra={"model": key, "pinned": pinned, "reason": str(exc)})
+            raise
+
+    def _fetch_pinned(self, key: str, pinned: object) -> tuple[dict, bytes]:
+        if not isinstance(pinned, str) or len(pinned) != 64 or not pinned.isascii():
             raise ModelError(f"{key} is not bundled and the flags document pins no sha256 for it")
         blob = self.artifacts.get(f"models/{key}/{MODEL_FILE}")
-        digest = hashlib.sha256(blob).hexdigest()
+        manifest_bytes = self.artifacts.get(f"models/{key}/{MANIFEST_FILE}")
+        digest = artifact_digest(blob, manifest_bytes)
         if not hmac.compare_digest(digest, pinned):
-            self.refused += 1
-            log.error("model refused", extra={"model": key, "sha256": digest, "pinned": pinned})
-            raise ModelError(f"{key}: the bucket's model.onnx (sha256 {digest[:12]}...) is not the pinned "
-                             f"{pinned[:12]}...; refused")
-        manifest = json.loads(self.artifacts.get(f"models/{key}/{MANIFEST_FILE}"))
-        if f"{manifest.get('name')}/{manifest.get('version')}" != key or manifest.get("sha256") != pinned:
-            self.refused += 1
-            raise ModelError(f"{key}: the bucket's manifest does not describe the pinned model; refused")
+            raise ModelError(f"{key}: the bucket's model and manifest (digest {digest[:12]}...) are not the "
+                             f"pinned {pinned[:12]}...; refused")
+        manifest = json.loads(manifest_bytes)
+        if f"{manifest.get('name')}/{manifest.get('version')}" != key:
+            raise ModelError(f"{key}: the bucket's manifest names another model; refused")
         return manifest, blob
 
 
 def signing_keys(secret_id: str, region: str) -> identity.KeyRing:
     """The cookie/rec_id keys (current and previous), read from Secrets Manager, never from
-    the bundle or the repository; re-read every minute, never older than five."""
-    return identity.KeyRing(SecretVersions(secret_id, region).load, refresh_s=60.0, max_stale_s=300.0)
+    the bundle or the repository; re-read in the background every minute."""
+    return identity.KeyRing(SecretVersions(secret_id, region).load, refresh_s=60.0)
 
 
 def origin_keys(config: ServingConfig) -> identity.KeyRing:

@@ -18,7 +18,7 @@ Plain Python, no AWS: training replays history through the same functions.
 
 from __future__ import annotations
 
-import zlib
+import hashlib
 from dataclasses import dataclass, field
 
 from . import windows
@@ -36,50 +36,209 @@ RECENT_ITEMS = 20
 USER_ITEMS = 64
 USER_CATEGORIES = 16
 NEIGHBOURS = 20
-DEDUPE_IDS = 64
+# An item row keeps per-country tiles for its ``ITEM_COUNTRIES`` busiest countries; the rest
+# are folded into ``OTHER_COUNTRY`` (a user-assigned ISO code, never a real country).
+ITEM_COUNTRIES = 24
+OTHER_COUNTRY = "ZZ"
+# Client retries of an ``event_id`` are recognised for this long after its first arrival
+# (DESIGN 4): by the shopper's row (its aux, written with it: no extra write), and for
+# events without a shopper by a dedupe row per shard, event minute and id bucket. A shopper
+# row holds at most ``DEDUPE_IDS_PER_SHOPPER`` ids (about 25 bytes each): past that (more
+# than one event every 22 s around the clock, i.e. a bot), the oldest are forgotten first.
+DEDUPE_HORIZON_MS = DAY_MS
+DEDUPE_IDS_PER_SHOPPER = 4_000
+DEDUPE_IDS = 8_000
+DEDUPE_BUCKETS = 16
+# Watermarks of sources (stream and shard) not seen for this long are dropped: longer than
+# the stream's retention, so no record of theirs can be delivered again.
+WATERMARK_IDLE_MS = 8 * DAY_MS
+MAX_HOLES = 64
 
 
 def id_hash(text: str) -> int:
-    return zlib.crc32(text.encode())
+    """A 64-bit key (the contract's ids are valid UTF-8; ``surrogatepass`` keeps anything
+    else hashable instead of raising)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
 
 
 @dataclass(slots=True)
 class Aux:
     """Bookkeeping that makes writes exactly-once in effect; never served.
 
-    ``wm``: per source shard, the highest Kinesis sequence number already applied.
-    ``seen``: event-id hash -> sequence-number hash of the record that first carried it,
-    for the last ``DEDUPE_IDS`` events, so a client's resend of an event_id is ignored
-    while a redelivery of the same record is recognised as already applied.
+    ``wm``: per source (stream and shard, ``keys.source_key``), [the highest Kinesis sequence
+    number already applied (as text), when it last moved (epoch s)]. Sources idle for
+    ``WATERMARK_IDLE_MS`` are dropped (no record of theirs can come back), so the map stays
+    small however often the stream reshards. ``seen``: on a shopper's row, the event ids of
+    the last 24 h (``DedupeRow``), atomic with the counts they guard.
     """
 
-    wm: dict[str, str] = field(default_factory=dict)
-    seen: dict[int, int] = field(default_factory=dict)
+    wm: dict[str, list] = field(default_factory=dict)
+    seen: dict[int, list[int]] = field(default_factory=dict)  # a shopper's: see ``DedupeRow``
+    # [source, first, last sequence number (text), noted at (epoch s)]: ranges under the
+    # watermark this row has NOT applied (the trigger gave up on them; see ``Progress``).
+    holes: list[list] = field(default_factory=list)
 
-    def advance(self, shard: str, seq: int) -> None:
-        mark = self.wm.get(shard)
-        if mark is None or seq > int(mark):
-            self.wm[shard] = str(seq)
+    def mark(self, source: str) -> int:
+        entry = self.wm.get(source)
+        if entry is None:  # a row written before watermarks named the stream: by shard id alone
+            entry = self.wm.get(source.rsplit(":", 1)[-1])
+            if entry is None or type(entry) is list:
+                return -1
+        return int(entry[0] if type(entry) is list else entry)  # older rows: the bare number
 
-    def is_duplicate(self, event_key: int, record_key: int) -> bool:
-        first = self.seen.get(event_key)
-        return first is not None and first != record_key
+    def advance(self, source: str, seq: int, now_ms: int) -> None:
+        mark = self.mark(source)
+        legacy = source.rsplit(":", 1)[-1]
+        if legacy != source:
+            self.wm.pop(legacy, None)
+        self.wm[source] = [str(max(seq, mark)), now_ms // 1000]
+        floor = (now_ms - WATERMARK_IDLE_MS) // 1000
+        for other in [k for k, v in self.wm.items() if type(v) is list and v[1] < floor]:
+            del self.wm[other]
 
-    def remember(self, event_key: int, record_key: int) -> None:
-        if event_key in self.seen:
-            return
-        self.seen[event_key] = record_key
-        if len(self.seen) > DEDUPE_IDS:
-            del self.seen[next(iter(self.seen))]
+    def in_hole(self, source: str, seq: int) -> bool:
+        return any(h[0] == source and int(h[1]) <= seq <= int(h[2]) for h in self.holes)
+
+    def note_holes(self, source: str, base_mark: int, new_mark: int, holes: list[tuple[int, int]],
+                   now_ms: int) -> None:
+        """The row moves from ``base_mark`` to ``new_mark``, past ``holes`` (ranges given up
+        on): the part above its old mark was not applied here; remember it for a replay."""
+        for lo, hi in holes:
+            if base_mark < hi < new_mark:
+                entry = [source, str(max(lo, base_mark + 1)), str(hi), now_ms // 1000]
+                if not any(h[:3] == entry[:3] for h in self.holes):
+                    self.holes.append(entry)
+        floor = (now_ms - WATERMARK_IDLE_MS) // 1000
+        self.holes = [h for h in self.holes if h[3] >= floor][-MAX_HOLES:]
+
+    def fill(self, source: str, lo: int, hi: int) -> None:
+        """A replay applied [lo, hi] of ``source`` here: what is left of the holes."""
+        kept = []
+        for h in self.holes:
+            a, b = int(h[1]), int(h[2])
+            if h[0] != source or b < lo or a > hi:
+                kept.append(h)
+                continue
+            if a < lo:
+                kept.append([h[0], str(a), str(lo - 1), h[3]])
+            if b > hi:
+                kept.append([h[0], str(hi + 1), str(b), h[3]])
+        self.holes = kept
 
     def to_obj(self) -> list:
-        return [self.wm, self.seen]
+        return [self.wm, self.seen, self.holes] if self.holes else [self.wm, self.seen]
 
     @classmethod
     def from_obj(cls, obj: list | None) -> Aux:
         if not obj:
             return cls()
-        return cls(obj[0], obj[1])  # fresh from msgpack: no copy needed
+        seen = obj[1] if len(obj) > 1 else {}
+        if seen and type(next(iter(seen.values()))) is not list:
+            seen = {}  # a v1 row's 64 crc32 ids: not comparable with 64-bit keys
+        return cls(obj[0], seen, obj[2] if len(obj) > 2 else [])  # fresh from msgpack: no copy needed
+
+
+COMPLETE = "*"
+
+
+@dataclass(slots=True)
+class Progress:
+    """Per source (stream and shard), what the trigger last attempted, so that a range it
+    gave up on (retries exhausted: on to the next records, the range to the on-failure
+    queue) is known as a *hole*: rows that later move their watermark past it note which
+    part they never applied, and ``make replay-failures`` applies exactly that.
+
+    ``attempt`` / ``end``: the first and last sequence numbers of the last batch whose
+    attempt was recorded (before any row is written; the trigger retries a batch from its
+    start, from its lowest failed record, or bisected); ``done``: ``COMPLETE``, or the lowest
+    sequence number it reported failed, or None (it never finished); ``holes``: [first,
+    last, noted at (epoch s)] within the stream's retention.
+    """
+
+    attempt: str | None = None
+    end: str | None = None
+    done: str | None = None
+    holes: list[list] = field(default_factory=list)
+
+    def begin(self, first: int, last: int, now_ms: int, successor=None) -> bool:
+        """A batch [first, last]. Notes as a hole whatever the trigger moved past without
+        finishing: the rest of the last attempt, or records no attempt was ever recorded
+        for (``successor(seq)``: the stream's next sequence number after ``seq``; after
+        None, its oldest). False for a redelivery of older records (progress untouched)."""
+        lo = None
+        if self.attempt is None:
+            if successor is not None:
+                lo = successor(None)
+        else:
+            attempt = int(self.attempt)
+            if first < attempt:
+                return False
+            if first == attempt and self.done == COMPLETE:
+                return True  # a redelivery of a finished batch: nothing new
+            if self.done == COMPLETE:
+                if successor is not None:
+                    lo = successor(int(self.end))
+            else:  # nothing of it done (None), or what was below its lowest failure
+                lo = attempt if self.done is None else int(self.done)
+        if lo is not None and lo < first:
+            self.holes.append([str(lo), str(first - 1), now_ms // 1000])
+        floor = (now_ms - WATERMARK_IDLE_MS) // 1000
+        self.holes = [h for h in self.holes if h[2] >= floor][-MAX_HOLES:]
+        self.attempt, self.end, self.done = str(first), str(last), None
+        return True
+
+    def finish(self, lowest_failed: int | None) -> None:
+        self.done = COMPLETE if lowest_failed is None else str(lowest_failed)
+
+    def ranges(self) -> list[tuple[int, int]]:
+        return [(int(h[0]), int(h[1])) for h in self.holes]
+
+    def to_obj(self) -> dict:
+        return {"a": self.attempt, "e": self.end, "d": self.done, "h": self.holes}
+
+    @classmethod
+    def from_obj(cls, obj: dict | None) -> Progress:
+        if not obj:
+            return cls()
+        return cls(obj["a"], obj["e"], obj["d"], obj["h"])
+
+
+NEW, REDELIVERED, DUPLICATE = 0, 1, 2
+
+
+@dataclass(slots=True)
+class DedupeRow:
+    """Client event ids seen in the last 24 h (by arrival) of one scope: event-id key ->
+    [key of the record that first carried it, its arrival (epoch s)].
+
+    A record whose event id was first carried by another record is a client's resend
+    (``DUPLICATE``); by the same record, a redelivery (``REDELIVERED``: each row applies it
+    unless its watermark says it already has)."""
+
+    seen: dict[int, list[int]] = field(default_factory=dict)
+
+    def check(self, event_key: int, record_key: int, arrival_ms: int) -> int:
+        first = self.seen.get(event_key)
+        if first is None:
+            self.seen[event_key] = [record_key, arrival_ms // 1000]
+            return NEW
+        return REDELIVERED if first[0] == record_key else DUPLICATE
+
+    def prune(self, newest_arrival_ms: int, cap: int = DEDUPE_IDS) -> None:
+        floor = (newest_arrival_ms - DEDUPE_HORIZON_MS) // 1000
+        seen = self.seen
+        if len(seen) > cap or any(v[1] < floor for v in seen.values()):
+            kept = sorted(((v[1], k) for k, v in seen.items() if v[1] >= floor), reverse=True)[:cap]
+            self.seen = {k: seen[k] for _, k in kept}
+
+    def to_obj(self) -> dict:
+        return {"s": self.seen}
+
+    @classmethod
+    def from_obj(cls, obj: dict | None) -> DedupeRow:
+        if not obj:
+            return cls()
+        return cls(obj["s"])
 
 
 # --- shoppers -------------------------------------------------------------------------
@@ -233,7 +392,10 @@ def apply_item_event(row: ItemRow, event: Event, event_key: int) -> None:
     if event.country:
         tiles = row.countries.get(event.country)
         if tiles is None:
-            tiles = row.countries[event.country] = {}
+            country = event.country if len(row.countries) < ITEM_COUNTRIES else OTHER_COUNTRY
+            tiles = row.countries.get(country)
+            if tiles is None:
+                tiles = row.countries[country] = {}
         windows.add(tiles, ts, measure, qty)
     row.totals[measure] += qty
     pop = row.popularity
@@ -267,6 +429,24 @@ def add_covisits(row: ItemRow, sources: list[str], ts: int) -> None:
 
 def prune_user(row: UserRow, now_ms: int) -> None:
     windows.prune(row.tiles, now_ms)
+
+
+def shrink(row: object) -> None:
+    """Last resort of the size guard (every row is bounded by construction; this only runs
+    if a bound was set wrong): keep the strongest half of whatever a row holds most of."""
+    if isinstance(row, DedupeRow):
+        row.prune(max((v[1] for v in row.seen.values()), default=0) * 1000, cap=len(row.seen) // 2)
+    elif isinstance(row, ItemRow):
+        ranked = sorted(row.neighbours.items(), key=lambda kv: -kv[1][0])
+        row.neighbours = dict(ranked[: len(ranked) // 2])
+        busiest = sorted(row.countries, key=lambda c: -len(row.countries[c]))
+        row.countries = {c: row.countries[c] for c in busiest[: len(busiest) // 2]}
+    elif isinstance(row, UserRow):
+        while len(row.items) > max(1, USER_ITEMS // 4):
+            _evict_weakest_item(row.items)
+        del row.recent[: len(row.recent) // 2]
+        while len(row.affinity) > USER_CATEGORIES // 4:
+            del row.affinity[min(row.affinity, key=lambda c: row.affinity[c][0])]
 
 
 def prune_item(row: ItemRow, now_ms: int) -> None:

@@ -8,6 +8,38 @@ from abc import ABC, abstractmethod
 from . import aws
 
 SQS_BATCH = 10
+# SQS limits: 256 KiB per message and per SendMessageBatch request (body and attributes).
+SQS_BATCH_BYTES = 256 * 1024
+MESSAGE_BYTES = SQS_BATCH_BYTES - 1024  # room for the request's own overhead
+
+
+def fit(entry: dict) -> str:
+    """The entry as a message body under the size limit: a raw record too large to carry
+    (a Kinesis record may hold up to 1 MiB) is cut, flagged, and stays re-readable from the
+    stream by its shard and sequence number."""
+    body = json.dumps(entry)
+    if len(body.encode()) <= MESSAGE_BYTES:
+        return body
+    raw = entry.get("raw") or ""
+    keep = max(0, len(raw) - (len(body.encode()) - MESSAGE_BYTES) - 256)
+    keep -= keep % 4  # whole base64 quanta
+    return json.dumps({**entry, "raw": raw[:keep], "raw_truncated": True, "raw_chars": len(raw)})
+
+
+def batches(entries: list[dict]):
+    """Message bodies in SQS batches cut by count and by bytes."""
+    chunk: list[tuple[dict, str]] = []
+    size = 0
+    for entry in entries:
+        body = fit(entry)
+        n = len(body.encode())
+        if chunk and (len(chunk) == SQS_BATCH or size + n > SQS_BATCH_BYTES - 1024):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append((entry, body))
+        size += n
+    if chunk:
+        yield chunk
 
 
 class QuarantineError(Exception):
@@ -37,13 +69,16 @@ class SqsQuarantine(Quarantine):
 
     def send(self, entries: list[dict]) -> None:
         failed: list[str] = []
-        for start in range(0, len(entries), SQS_BATCH):
-            chunk = entries[start:start + SQS_BATCH]
-            response = self.client.send_message_batch(
-                QueueUrl=self.queue_url,
-                Entries=[{"Id": str(i), "MessageBody": json.dumps(entry)} for i, entry in enumerate(chunk)],
-            )
-            failed.extend(chunk[int(f["Id"])]["id"] for f in response.get("Failed", []))
+        for chunk in batches(entries):
+            try:
+                response = self.client.send_message_batch(
+                    QueueUrl=self.queue_url,
+                    Entries=[{"Id": str(i), "MessageBody": body} for i, (_, body) in enumerate(chunk)],
+                )
+            except Exception:  # noqa: BLE001 - this chunk must be retried; the others may have gone
+                failed.extend(entry["id"] for entry, _ in chunk)
+                continue
+            failed.extend(chunk[int(f["Id"])][0]["id"] for f in response.get("Failed", []))
         if failed:
             raise QuarantineError(failed)
 
@@ -64,8 +99,13 @@ class SqsQuarantine(Quarantine):
 
 
 class MemoryQuarantine(Quarantine):
+    """Keeps what SQS would: the bodies, cut to batches the same way."""
+
     def __init__(self):
         self.entries: list[dict] = []
+        self.requests = 0
 
     def send(self, entries: list[dict]) -> None:
-        self.entries.extend(entries)
+        for chunk in batches(entries):
+            self.requests += 1
+            self.entries.extend(json.loads(body) for _, body in chunk)

@@ -12,19 +12,30 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
-import msgpack
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from ..aggregation import Change, Stored
+from ..codec import pack, unpack
 from . import aws
 
 Key = tuple[str, str]
 BATCH_GET_LIMIT = 100
+ITEM_LIMIT_BYTES = 400 * 1024
 WRITE_THREADS = 16
 
 
 class RowStoreError(Exception):
-    """A row could not be written; its records must be retried."""
+    """A row could not be written for a reason that may pass; its records must be retried."""
+
+
+class RowRejectedError(RowStoreError):
+    """The row can never be written as it is (DynamoDB says it is invalid or too large, or
+    it cannot be encoded): retrying would stall the shard, so its records are quarantined."""
+
+
+# DynamoDB errors that no retry can fix: the request itself is wrong for this item.
+REJECTED_CODES = frozenset({"ValidationException", "ItemCollectionSizeLimitExceededException",
+                            "SerializationException"})
 
 
 class ConflictError(RowStoreError):
@@ -33,14 +44,6 @@ class ConflictError(RowStoreError):
 
 class ThrottledError(RowStoreError):
     """DynamoDB kept throttling after the retries."""
-
-
-def pack(obj) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
-
-
-def unpack(data: bytes):
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
 class RowStore(ABC):
@@ -86,6 +89,12 @@ class DynamoRowStore(RowStore):
         return self._client
 
     def get_many(self, table: str, keys: Iterable[Key]) -> dict[Key, Stored]:
+        try:
+            return self._get_many(table, keys)
+        except (ClientError, BotoCoreError) as exc:
+            raise RowStoreError(f"{table}: read failed: {exc}") from exc
+
+    def _get_many(self, table: str, keys: Iterable[Key]) -> dict[Key, Stored]:
         name = self.tables[table]
         keys = list(keys)
         out: dict[Key, Stored] = {}
@@ -116,9 +125,10 @@ class DynamoRowStore(RowStore):
         return found if found is not None and found.row is not None else None
 
     def put(self, table: str, change: Change, expires_at: int) -> None:
+        row_bytes, aux_bytes = _packed(change)
         item = {
             "pk": {"S": change.key[0]}, "sk": {"S": change.key[1]},
-            "row": {"B": pack(change.row)}, "aux": {"B": pack(change.aux)},
+            "row": {"B": row_bytes}, "aux": {"B": aux_bytes},
             "v": {"N": str(change.version + 1)}, "expires_at": {"N": str(expires_at)},
         }
         if change.version == 0:
@@ -129,9 +139,14 @@ class DynamoRowStore(RowStore):
         try:
             self._call(self.client.put_item, TableName=self.tables[table], Item=item, **condition)
         except ClientError as exc:
-            if aws.error_code(exc) == "ConditionalCheckFailedException":
+            code = aws.error_code(exc)
+            if code == "ConditionalCheckFailedException":
                 raise ConflictError(f"{change.key} changed since it was read") from exc
-            raise
+            if code in REJECTED_CODES:
+                raise RowRejectedError(f"{code}: {exc}") from exc
+            raise RowStoreError(f"{code}: {exc}") from exc  # service errors, throttling: retry
+        except BotoCoreError as exc:  # timeouts, connection errors: the write may or may not have landed
+            raise RowStoreError(f"{type(exc).__name__}: {exc}") from exc
 
     def put_many(self, pairs):
         if len(pairs) <= 1:
@@ -178,6 +193,17 @@ class DynamoRowStore(RowStore):
         raise AssertionError("unreachable")
 
 
+def _packed(change: Change) -> tuple[bytes, bytes]:
+    """The change's bytes (packed by the size guard), or packed here; a value msgpack cannot
+    encode (an integer past 64 bits) makes the row unstorable, not the batch."""
+    if change.row_bytes:
+        return change.row_bytes, change.aux_bytes
+    try:
+        return pack(change.row), pack(change.aux)
+    except (OverflowError, TypeError, ValueError) as exc:
+        raise RowRejectedError(f"cannot encode the row: {exc}") from exc
+
+
 def _decode_low(item: dict, now_s: float) -> Stored:
     """Decode a row; an expired one (TTL passed, not yet deleted) reads as empty but keeps
     its version, so the next conditional write still succeeds."""
@@ -218,8 +244,12 @@ class MemoryRowStore(RowStore):
         current = rows.get(change.key)
         if (current[2] if current else 0) != change.version:
             raise ConflictError(f"{change.key} changed since it was read")
+        row_bytes, aux_bytes = _packed(change)
+        if len(row_bytes) + len(aux_bytes) > ITEM_LIMIT_BYTES:  # as DynamoDB would refuse it
+            raise RowRejectedError(f"ValidationException: item size {len(row_bytes) + len(aux_bytes)} "
+                                   f"has exceeded the maximum allowed size")
         self.writes += 1
-        rows[change.key] = (pack(change.row), pack(change.aux), change.version + 1, expires_at)
+        rows[change.key] = (row_bytes, aux_bytes, change.version + 1, expires_at)
 
     def query(self, table, pk):
         return [Stored(unpack(r[0]), unpack(r[1]), r[2])

@@ -6,6 +6,8 @@ function instead. A secret that was never rotated has no ``AWSPREVIOUS`` version
 
 from __future__ import annotations
 
+from botocore.config import Config
+
 from . import aws
 
 CURRENT = "AWSCURRENT"
@@ -14,15 +16,22 @@ MISSING_CODES = frozenset({"ResourceNotFoundException"})
 
 
 class SecretVersions:
-    def __init__(self, secret_id: str, region: str | None = None, timeout_s: float = 2.0):
+    def __init__(self, secret_id: str, region: str | None = None, timeout_s: float = 0.5, attempts: int = 2):
         self.secret_id = secret_id
         self.region = region
         self.timeout_s = timeout_s
+        self.attempts = attempts
+        self._client = None
 
     @property
     def client(self):
-        return aws.client("secretsmanager", self.region, connect_timeout=self.timeout_s,
-                          read_timeout=self.timeout_s)
+        # Tight: an instance without keys reads on the request path (a cold start), so a hung
+        # Secrets Manager costs about a second, not the default minute of retries.
+        if self._client is None:
+            self._client = aws.boto3_client("secretsmanager", self.region, Config(
+                connect_timeout=self.timeout_s, read_timeout=self.timeout_s,
+                retries={"mode": "standard", "total_max_attempts": self.attempts}))
+        return self._client
 
     def load(self) -> tuple[str, str | None]:
         current = self.client.get_secret_value(SecretId=self.secret_id, VersionStage=CURRENT)["SecretString"]

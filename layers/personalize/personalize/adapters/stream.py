@@ -94,3 +94,41 @@ class MemoryEventStream(EventStream):
     def put(self, records):
         self.records.extend(records)
         return PutResult([None] * len(records))
+
+
+class StreamReader(ABC):
+    """What ``aggregate`` asks of the stream itself: which record follows a given one."""
+
+    @abstractmethod
+    def successor(self, stream_arn: str, shard: str, seq: int | None) -> int | None:
+        """The sequence number of the record right after ``seq`` on the shard (``seq`` None:
+        the oldest it holds); None when there is none."""
+
+
+class KinesisStreamReader(StreamReader):
+    """One GetShardIterator (AFTER_SEQUENCE_NUMBER) and one or two GetRecords of one record,
+    per batch: within the shard's 5 reads per second beside the trigger's own polling."""
+
+    def __init__(self, client=None, polls: int = 3):
+        self._client = client
+        self.polls = polls
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = aws.client("kinesis")
+        return self._client
+
+    def successor(self, stream_arn, shard, seq):
+        where = ({"ShardIteratorType": "TRIM_HORIZON"} if seq is None else
+                 {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "StartingSequenceNumber": str(seq)})
+        name = stream_arn.split(":stream/", 1)[-1]  # the ARN's name: same stream, and moto resolves it
+        iterator = self.client.get_shard_iterator(StreamName=name, ShardId=shard, **where)["ShardIterator"]
+        for _ in range(self.polls):
+            response = self.client.get_records(ShardIterator=iterator, Limit=1)
+            if response.get("Records"):
+                return int(response["Records"][0]["SequenceNumber"])
+            iterator = response.get("NextShardIterator")
+            if not iterator or not response.get("MillisBehindLatest"):
+                break
+        return None
