@@ -31,7 +31,7 @@ import numpy as np
 
 from infra.local.stack import LocalStack
 from infra.local.template import ROOT
-from personalize import features, flags, identity, state
+from personalize import features, flags, identity, keys, state
 from personalize.adapters.flagadmin import ExperimentStates
 
 REPORT = ROOT / "build" / "demo-report.html"
@@ -348,7 +348,8 @@ class Demo:
                 # Each page is a served list with its own signed rec_id (as serving issues one per
                 # answer; signed here with the same key to save a round trip per page): one
                 # impression per rec_id is all that attribution counts.
-                rec = identity.issue_rec_id(self.stack.signing_key, experiment, variant, u, time.time())
+                rec = identity.issue_rec_id(self.stack.signing_key, keys.experiment_of(served[u]["rec_id"]),
+                                            variant, u, time.time())  # the experiment at its ramp step
                 item = served[u]["items"][0]["item_id"]
                 ts = int(time.time() * 1000)
                 events.append({"event_id": f"imp-{variant}-{n}", "type": "impression", "user_id": u,
