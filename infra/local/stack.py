@@ -104,6 +104,20 @@ def cloudfront_event(method: str, path: str, query: dict, headers: dict) -> dict
 DEFAULT_COUNTRY = "US"
 
 
+def _own_metrics_store(module) -> None:
+    """Powertools' Metrics instances share one store per process; in Lambda each function has
+    its own process. Here they share one, so one function's flush could empty another's set
+    mid-invocation (SchemaValidationError, a 502 at the front): give each its own store."""
+    from aws_lambda_powertools import Metrics
+
+    metrics = getattr(module, "metrics", None)
+    if isinstance(metrics, Metrics):
+        own_metrics, own_dimensions, own_metadata = {}, {}, {}
+        metrics.metric_set = metrics.provider.metric_set = own_metrics
+        metrics.dimension_set = metrics.provider.dimension_set = own_dimensions
+        metrics.metadata_set = metrics.provider.metadata_set = own_metadata
+
+
 class Function:
     """One deployed function: a module, invoked one request at a time like a container.
     ``overrides`` set module attributes before the first invocation (the edge's baked
@@ -117,6 +131,7 @@ class Function:
         for attribute, value in overrides.items():
             setattr(self.module, attribute, value)
         self.lock = threading.Lock()
+        _own_metrics_store(self.module)
         logger = getattr(self.module, "logger", None)
         if logger is not None:  # Powertools bound its handler to the real stdout at import
             for handler in logger._logger.handlers:
