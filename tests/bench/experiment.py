@@ -15,6 +15,12 @@ from .simulation import BASE_RATE, guardrail_kills, naive_kills, ramp_kills, sim
 from .streams import post_events
 
 
+def served_variant(endpoint: str, cookie: str) -> str:
+    """The variant the local stack's front serves to the shopper with ``cookie``."""
+    req = urllib.request.Request(endpoint + "/recommendations?k=1", headers={"Cookie": cookie})
+    with urllib.request.urlopen(req, timeout=10) as response:
+        return json.loads(response.read())["variant"]
+
 def assigned_share(n: int = 100_000) -> float:
     doc = flags.rollout_document("ranker-mlp/v1", "ranker-linear/v1", 0.02, "exp-bench")
     rollout = flags.Rollout(flags.CachedDocumentStore(lambda: doc), "ranker-mlp/v1")
@@ -37,9 +43,7 @@ def kill_to_zero_s() -> tuple[float, float]:
         cookies = {u: "rt_uid=" + identity.cookie_value(u, stack.signing_key) for u in users}
 
         def variant(user):
-            req = urllib.request.Request(stack.endpoint + "/recommendations?k=1", headers={"Cookie": cookies[user]})
-            with urllib.request.urlopen(req, timeout=10) as response:
-                return json.loads(response.read())["variant"]
+            return served_variant(stack.endpoint, cookies[user])
 
         deadline = time.time() + 30
         challengers: list[str] = []
@@ -81,9 +85,7 @@ def kill_during_rollout_s() -> float:
         cookies = {u: "rt_uid=" + identity.cookie_value(u, stack.signing_key) for u in users}
 
         def variant(user):
-            req = urllib.request.Request(stack.endpoint + "/recommendations?k=1", headers={"Cookie": cookies[user]})
-            with urllib.request.urlopen(req, timeout=10) as response:
-                return json.loads(response.read())["variant"]
+            return served_variant(stack.endpoint, cookies[user])
 
         deadline = time.time() + 30
         challengers: list[str] = []
