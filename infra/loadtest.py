@@ -564,7 +564,14 @@ def emulator_figures(stats: dict) -> dict:
         "emulator_overhead_p99_ms": stats["front"]["overhead_p99_ms"],
         "handler_p50_ms": {name: f["handler_p50_ms"] for name, f in functions.items() if f["invocations"]},
         "handler_p99_ms": {name: f["handler_p99_ms"] for name, f in functions.items() if f["invocations"]},
+        # Of the handler's time, what it spent waiting on AWS (moto, one process, here) and its own.
+        "handler_aws_p50_ms": {name: f["handler_aws_p50_ms"] for name, f in functions.items() if f["invocations"]},
+        "handler_own_p50_ms": {name: f["handler_own_p50_ms"] for name, f in functions.items() if f["invocations"]},
+        "handler_own_p99_ms": {name: f["handler_own_p99_ms"] for name, f in functions.items() if f["invocations"]},
+        "wait_for_container_p50_ms": {name: f["wait_p50_ms"] for name, f in functions.items() if f["invocations"]},
+        "wait_for_container_p99_ms": {name: f["wait_p99_ms"] for name, f in functions.items() if f["invocations"]},
         "dispatch_p50_ms": {name: f["dispatch_p50_ms"] for name, f in functions.items() if f["invocations"]},
+        "dispatch_p99_ms": {name: f["dispatch_p99_ms"] for name, f in functions.items() if f["invocations"]},
         "faults_injected": stats["faults"]["failed_before"] + stats["faults"]["failed_after"],
     }
 

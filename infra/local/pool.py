@@ -7,9 +7,10 @@ limit), past which the invocation waits for a container to come free. Idle conta
 frozen (SIGSTOP) and thawed (SIGCONT) for the next invocation, as Lambda freezes an
 execution environment between invocations: nothing of the function runs in between.
 
-Each invocation's time is split into what Lambda would bill (``handler_ms``, measured in
-the container around ``lambda_handler``) and the emulator's own cost around it
-(``dispatch_ms``: waiting for a container, thawing it, the pipes and JSON).
+Each invocation's time is split into what Lambda would bill (``durations_ms``, measured in
+the container around ``lambda_handler``; ``aws_ms`` of it waiting on AWS calls, i.e. on
+moto here) and the emulator's own cost around it: ``wait_ms`` for a free container (the
+concurrency bound), ``dispatch_ms`` for thawing it, the pipes and JSON, and freezing it.
 """
 
 from __future__ import annotations
@@ -133,6 +134,8 @@ class FunctionPool:
         self._cond = threading.Condition()
         self._stopped = False
         self.durations_ms: list[float] = []  # handler time per invocation (what Lambda bills)
+        self.aws_ms: list[float] = []  # the part of handler time spent waiting on AWS (moto here)
+        self.wait_ms: list[float] = []  # waiting for a free container (the concurrency bound)
         self.dispatch_ms: list[float] = []  # the emulator's own time around each invocation
         self.init_ms: list[float] = []  # per cold start
         self.invocations = 0
@@ -190,6 +193,7 @@ class FunctionPool:
     def __call__(self, event: dict, ctx=None) -> dict:
         started = time.perf_counter()
         container, cold = self._take()
+        waited_ms = (time.perf_counter() - started) * 1000
         if cold:
             container = self._start_container()
         with self._cond:
@@ -203,7 +207,9 @@ class FunctionPool:
         total_ms = (time.perf_counter() - started) * 1000
         cold_ms = container.init_ms if cold else 0.0
         self.durations_ms.append(handler_ms)
-        self.dispatch_ms.append(total_ms - handler_ms - cold_ms)
+        self.aws_ms.append(reply.get("aws_ms", 0.0))
+        self.wait_ms.append(waited_ms)
+        self.dispatch_ms.append(total_ms - handler_ms - cold_ms - waited_ms)
         _charge(handler_ms, cold_ms)
         if "error" in reply:
             raise FunctionError(self.name, reply["error"])
@@ -214,7 +220,7 @@ class FunctionPool:
         return len(self._all)
 
     def reset_stats(self) -> None:
-        self.durations_ms, self.dispatch_ms, self.init_ms = [], [], []
+        self.durations_ms, self.dispatch_ms, self.init_ms, self.aws_ms, self.wait_ms = [], [], [], [], []
         self.invocations = 0
         self.peak_busy = self.workers - len(self._idle)
 

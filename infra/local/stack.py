@@ -162,6 +162,8 @@ class Function:
     max_workers = workers = peak_busy = 1
     init_ms: list = []
     dispatch_ms: list = []
+    wait_ms: list = []
+    aws_ms: list = []
 
     @property
     def invocations(self) -> int:
@@ -335,6 +337,10 @@ class LocalStack:
                 "invocations": function.invocations, "cold_starts": len(function.init_ms),
                 "init_p50_ms": p(function.init_ms, 50),
                 "handler_p50_ms": p(function.durations_ms, 50), "handler_p99_ms": p(function.durations_ms, 99),
+                "handler_aws_p50_ms": p(function.aws_ms, 50),
+                "handler_own_p50_ms": p([d - a for d, a in zip(function.durations_ms, function.aws_ms)], 50),
+                "handler_own_p99_ms": p([d - a for d, a in zip(function.durations_ms, function.aws_ms)], 99),
+                "wait_p50_ms": p(function.wait_ms, 50), "wait_p99_ms": p(function.wait_ms, 99),
                 "dispatch_p50_ms": p(function.dispatch_ms, 50), "dispatch_p99_ms": p(function.dispatch_ms, 99)}
         return {"mode": "workers" if self.workers else "in-process", "workers_per_function": self.workers,
                 "freeze": bool(self.workers and self.freeze and pool.CAN_FREEZE), "functions": functions,
@@ -349,6 +355,7 @@ class LocalStack:
         for function in self.functions.values():
             function.reset_stats()
         self.front_total_ms, self.front_overhead_ms = [], []
+        self.faults = Faults(self.faults.every)
 
     def write_state(self, path: Path = STATE_FILE) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

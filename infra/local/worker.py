@@ -9,7 +9,8 @@ Messages are length-prefixed JSON on two pipes (Lambda's events and responses ar
 
 - worker -> pool, once: ``{"ready": init_ms}`` (or ``{"init_error": ...}``);
 - pool -> worker: ``{"event", "request_id", "deadline_ms"}``;
-- worker -> pool: ``{"result", "ms"}`` or ``{"error": {"errorType", "errorMessage"}, "ms"}``.
+- worker -> pool: ``{"result", "ms", "aws_ms"}`` or ``{"error": {"errorType", "errorMessage"}, "ms", "aws_ms"}``
+  (``ms``: the handler's time; ``aws_ms``: the part of it spent waiting on AWS calls).
 
 What the function prints (structured logs, EMF metrics) goes to the stack's log file, as
 CloudWatch Logs would get it. Between invocations the pool freezes the process (SIGSTOP):
@@ -71,6 +72,55 @@ class _Context:
         return max(0, int(self._deadline_ms - time.time() * 1000))
 
 
+class AwsClock:
+    """Wall time during which at least one AWS call is in flight (the handler waiting on the
+    embedded AWS, which is moto here and a network round trip when deployed), so the
+    handler's own time can be told apart. Counted around botocore's endpoint requests."""
+
+    def __init__(self):
+        import threading
+
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.since = 0.0
+        self.total = 0.0
+
+    def install(self) -> None:
+        from botocore.endpoint import Endpoint
+
+        original, clock = Endpoint.make_request, self
+
+        def make_request(endpoint, *args, **kwargs):
+            clock._enter()
+            try:
+                return original(endpoint, *args, **kwargs)
+            finally:
+                clock._leave()
+
+        Endpoint.make_request = make_request
+
+    def _enter(self) -> None:
+        with self.lock:
+            if not self.in_flight:
+                self.since = time.perf_counter()
+            self.in_flight += 1
+
+    def _leave(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self.total += time.perf_counter() - self.since
+
+    def take_ms(self) -> float:
+        with self.lock:
+            total, self.total = self.total, 0.0
+            if self.in_flight:  # a background call still running: count up to now
+                now = time.perf_counter()
+                total += now - self.since
+                self.since = now
+        return total * 1000
+
+
 def _apply_overrides(module, overrides: dict) -> None:
     for attribute, value in overrides.items():
         if isinstance(getattr(module, attribute, None), Path):
@@ -82,7 +132,9 @@ def main() -> None:
     name, request_fd, response_fd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the stack, which stops us
     started = time.perf_counter()
+    aws_clock = AwsClock()
     try:
+        aws_clock.install()
         from . import handlers
 
         module = handlers.load(name)  # credentials: the role's, from this process's environment
@@ -97,6 +149,7 @@ def main() -> None:
         if request is None:
             return
         context = _Context(name, request["request_id"], request["deadline_ms"])
+        aws_clock.take_ms()
         began = time.perf_counter()
         try:
             result = module.lambda_handler(request["event"], context)
@@ -105,6 +158,7 @@ def main() -> None:
             traceback.print_exc()
             reply = {"error": {"errorType": type(exc).__name__, "errorMessage": str(exc)[:2000]}}
         reply["ms"] = (time.perf_counter() - began) * 1000
+        reply["aws_ms"] = min(reply["ms"], aws_clock.take_ms())
         sys.stdout.flush()
         try:
             write_message(response_fd, reply)

@@ -38,6 +38,7 @@ def test_idle_containers_are_frozen_and_thawed_for_the_next_invocation(features)
     assert features(http_api_event("GET", "/nowhere"))["statusCode"] == 404
     assert process_state(container.process.pid) == "T"
     assert features.invocations == 2 and len(features.init_ms) == 1  # one cold start, then warm
+    assert features.aws_ms == [0.0, 0.0]  # no route: no AWS call
 
 
 def test_concurrency_scales_up_to_the_bound(features):
