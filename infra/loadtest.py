@@ -126,7 +126,8 @@ class LocalProcess:
     def __init__(self, workers: int = 4, fault_every: int = 0, state_file: Path | None = None,
                  timeout_s: float = 180.0):
         self.state_file = state_file or ROOT / "build" / f"loadtest-stack-{os.getpid()}.json"
-        self.args = ["--port", "0", "--workers", str(workers), "--fault-every", str(fault_every),
+        self.args = ["--port", "0", *(["--workers", str(workers)] if workers else ["--in-process"]),
+                     "--fault-every", str(fault_every),
                      "--state-file", str(self.state_file), "--snapshot-interval", "2", "--guardrail-interval", "60"]
         self.timeout_s = timeout_s
         self.process: subprocess.Popen | None = None
@@ -603,7 +604,8 @@ def main(argv=None) -> int:
     parser.add_argument("--shoppers", type=int, default=8, help="concurrent basket shoppers")
     parser.add_argument("--flash-shoppers", type=int, default=None, help="extra shoppers in the flash sale")
     parser.add_argument("--max-events", type=int, default=200_000)
-    parser.add_argument("--workers", type=int, default=4, help="local stack: worker processes per function")
+    parser.add_argument("--workers", type=int, default=4,
+                        help="local stack: worker processes per function (0: every function in one process)")
     parser.add_argument("--fault-every", type=int, default=0, help="local stack: fail every N-th events post")
     args = parser.parse_args(argv)
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
