@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -31,6 +32,13 @@ log = logging.getLogger(__name__)
 # POSIX: freezing needs SIGSTOP/SIGCONT (not on Windows, where containers stay thawed).
 CAN_FREEZE = hasattr(signal, "SIGSTOP")
 INVOCATION_TIMEOUT_S = 30.0  # the template's longest function timeout
+INIT_TIMEOUT_S = 120.0  # Lambda allows 10 s; a busy 2-core machine importing onnxruntime needs more
+
+
+def _reply(fd: int, timeout_s: float) -> dict | None:
+    """The container's next message, or None when it died or ran out of time."""
+    ready, _, _ = select.select([fd], [], [], timeout_s)
+    return read_message(fd) if ready else None
 
 
 class FunctionError(Exception):
@@ -54,25 +62,29 @@ class Container:
             stdout=log_file, stderr=log_file, cwd=env.get("LOCAL_STACK_ROOT"))
         os.close(request_read)
         os.close(response_write)
-        hello = read_message(self._response)
+        hello = _reply(self._response, INIT_TIMEOUT_S)
         if not hello or "ready" not in hello:
             self.kill()
-            raise FunctionError(name, {"errorType": "Runtime.InitError",
-                                       "errorMessage": (hello or {}).get("init_error", "the container exited")})
+            raise FunctionError(name, {"errorType": "Runtime.InitError", "errorMessage": (hello or {}).get(
+                "init_error", f"the container exited or did not start within {INIT_TIMEOUT_S:.0f} s")})
         self.init_ms = (time.perf_counter() - started) * 1000  # process start, imports, module init
         self.frozen = False
         self._freeze()
 
     def invoke(self, event: dict) -> dict:
+        reply = None
         self._thaw()
         try:
             write_message(self._request, {"event": event, "request_id": str(uuid.uuid4()),
                                           "deadline_ms": time.time() * 1000 + INVOCATION_TIMEOUT_S * 1000})
-            reply = read_message(self._response)
+            reply = _reply(self._response, INVOCATION_TIMEOUT_S)
         finally:
+            if reply is None:  # timed out or died: Lambda discards the environment
+                self.kill()
             self._freeze()
         if reply is None:
-            raise FunctionError(self.name, {"errorType": "Runtime.ExitError", "errorMessage": "the container died"})
+            raise FunctionError(self.name, {"errorType": "Runtime.ExitError", "errorMessage":
+                                            f"the container died or timed out ({INVOCATION_TIMEOUT_S:.0f} s)"})
         return reply
 
     def _freeze(self) -> None:
@@ -98,10 +110,12 @@ class Container:
 
     def stop(self, timeout_s: float = 3.0) -> None:
         for fd in (self._request, self._response):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._request = self._response = -1  # never close a number another file reuses
         if self.alive():
             self._thaw()  # a frozen process cannot see its pipe close
             try:
@@ -110,6 +124,7 @@ class Container:
                 self.kill()
 
     def kill(self) -> None:
+        self.frozen = False  # never signal a pid that may be reused
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
@@ -148,6 +163,10 @@ class FunctionPool:
             while True:
                 if self._stopped:
                     raise FunctionError(self.name, {"errorType": "Stopped", "errorMessage": "the stack stopped"})
+                while self._idle and not self._idle[-1].alive():  # died while idle (killed, OOM)
+                    dead = self._idle.pop()
+                    self._all.remove(dead)
+                    dead.stop()
                 if self._idle:
                     return self._idle.pop(), False
                 if len(self._all) + self._starting < self.max_workers:

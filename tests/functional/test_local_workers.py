@@ -62,3 +62,11 @@ def test_stopping_ends_every_container(features):
     assert len(processes) == 2
     features.stop()
     assert all(p.poll() is not None for p in processes)
+
+
+def test_a_container_that_died_is_replaced_by_a_cold_start(features):
+    assert features(http_api_event("GET", "/nowhere"))["statusCode"] == 404
+    [container] = features._all
+    container.kill()
+    assert features(http_api_event("GET", "/nowhere"))["statusCode"] == 404
+    assert len(features.init_ms) == 2 and features.workers == 1 and features._all != [container]
