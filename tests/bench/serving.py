@@ -40,7 +40,7 @@ def snapshot_of_10k_items() -> tuple[int, float, snapshots.ItemSnapshot, MemoryR
     end = events[-1]["ts"] + 1000
     events += [{"event_id": f"stock-{i}", "type": "stock", "item_id": f"item-{i}", "ts": end - 500, "stock": 50}
                for i in range(sale.items)]
-    store = MemoryRowStore()
+    store = MemoryRowStore(clock=lambda: end / 1000)
     ingestor = Ingestor(store, MemoryQuarantine(), clock=lambda: end / 1000)
     import base64
 
