@@ -159,7 +159,7 @@ def run(requests: int = 3000) -> dict:
         for e in events:  # the stream's last minutes, ending now
             e["ts"] = now - 60_000 + (e["ts"] - base) // 100
         post_events(stack.endpoint, events)
-        stack.poller.drain(60)
+        stack.poller.drain(300)  # a shared, busy machine drains the local stream slowly
         stack.functions["snapshot"]({})
         out["stockout_to_gone_s"] = round(stockout_to_gone_s(stack), 3)
         out["cold_start_ms"] = round(cold_start_ms(stack), 1)

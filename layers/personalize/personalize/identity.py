@@ -45,7 +45,7 @@ _B64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _mac(key: str, message: bytes) -> str:
-    digest = hmac.digest(key.encode(), message, hashlib.sha256)  # one-shot: OpenSSL's HMAC, no Python object
+    digest = hmac.new(key.encode(), message, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
