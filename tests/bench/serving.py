@@ -202,9 +202,11 @@ def run(requests: int = 3000) -> dict:
         recommender.users = real_users
         recommender.soldout.interval_s, recommender.snapshot.interval_s = 1.0, 10.0
         some_user = next(iter(u for u in user_ids))
+        from personalize.adapters import aws
         from personalize.adapters.rowstore import pack
 
-        real_users.client.put_item(TableName=real_users.table_name, Item={
+        # Written by the operator (the environment's admin credentials): the edge's role only reads.
+        aws.client("dynamodb").put_item(TableName=real_users.table_name, Item={
             "pk": {"S": keys.user_key(some_user)[0]}, "sk": {"S": "row"},
             "row": {"B": pack(users[some_user].to_obj())}})
         # Measured with a 1 s timeout: moto on loopback is slower than DynamoDB's single digits.
