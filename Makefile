@@ -13,7 +13,7 @@ export POWERTOOLS_TRACE_DISABLED ?= 1
 export SAM_CLI_TELEMETRY ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test lint build serve demo bench train publish-model loadtest lock lock-checkov clean \
+.PHONY: help venv test lint build serve demo bench profile-serving train publish-model loadtest lock lock-checkov clean \
 	rotate-signing-key rotate-origin-token replay-failures
 
 help: ## List the targets
@@ -87,6 +87,9 @@ rotate-origin-token: $(STAMP) ## New CloudFront origin-verify token (then sam de
 
 bench: $(STAMP) ## Measure the budgets; writes build/bench.json
 	$(BIN)/python -m tests.bench.run
+
+profile-serving: $(STAMP) ## Where a warm edge request's time goes, stage by stage, beside the floor [REQUESTS=3000]
+	$(BIN)/python -m tests.bench.profile_serving --requests $(or $(REQUESTS),3000)
 
 loadtest: $(STAMP) ## Bounded sale-shaped load test: local stack, or TARGET=<url> [ENV=dev|prod]; writes build/bench.json "load"
 	$(BIN)/python -m infra.loadtest $(if $(TARGET),--target $(TARGET)) $(if $(ENV),--env $(ENV))
