@@ -86,7 +86,8 @@ def floor_events_per_s(batches: list[dict], n_events: int, loads=None) -> tuple[
 
 
 def throughput_in_memory(aggregate, batches, events) -> float:
-    aggregate.processor._ingestor = Ingestor(MemoryRowStore(), MemoryQuarantine(), clock=_clock_after(events))
+    aggregate.processor._ingestor = Ingestor(MemoryRowStore(clock=_clock_after(events)), MemoryQuarantine(),
+                                            clock=_clock_after(events))
     ctx = context("aggregate")
     sink = io.StringIO()  # EMF metrics are printed per invocation, as in Lambda; not shown here
     started, cpu_started = time.perf_counter(), time.process_time()
