@@ -85,7 +85,8 @@ def floor_events_per_s(batches: list[dict], n_events: int, loads=None) -> tuple[
     return n_events / (time.perf_counter() - started), n_events / (time.process_time() - cpu_started)
 
 
-def throughput_in_memory(aggregate, batches, events) -> float:
+def throughput_in_memory(aggregate, batches, events) -> tuple[float, float]:
+    """Events per second and per CPU second of the handler, in-process, in-memory store."""
     aggregate.processor._ingestor = Ingestor(MemoryRowStore(clock=_clock_after(events)), MemoryQuarantine(),
                                             clock=_clock_after(events))
     ctx = context("aggregate")

@@ -286,12 +286,6 @@ class IngestProcessor(BatchProcessor):
 
     def _prepare(self):
         super()._prepare()
-        # A batch allocates a few containers per event (decoded events, rows, tiles), none of
-        # them in reference cycles: refcounting frees them. The cyclic collector would scan
-        # them (and everything older) again and again while they live, which measured at
-        # about half of a batch's time. It pauses for the batch and resumes after (``_clean``).
-        self._gc_was_enabled = gc.isenabled()
-        gc.disable()
         self._valid: list[StreamRecord] = []
         self._rejected: list[dict] = []
         self._by_seq: dict[int, dict] = {}  # sequence number -> raw record
@@ -301,6 +295,13 @@ class IngestProcessor(BatchProcessor):
         self._replay = False
         self._now_ms = self.ingestor.now_ms()
         self._decode = self.ingestor.decode
+        # A batch allocates a few containers per event (decoded events, rows, tiles), none of
+        # them in reference cycles: refcounting frees them. The cyclic collector would scan
+        # them (and everything older) again and again while they live, which measured at
+        # about half of a batch's time. It pauses for the batch and resumes after (``_clean``,
+        # which runs whatever happens once this returns).
+        self._gc_was_enabled = gc.isenabled()
+        gc.disable()
 
     def process(self) -> list[tuple]:
         """Powertools wraps each record in a data class and calls the record handler through
