@@ -52,7 +52,7 @@ build: $(STAMP) ## sam build for one environment: ENV=dev|prod (required: it is 
 demo: $(STAMP) ## Set up, then run the scripted demo on the embedded local stack
 	$(BIN)/python -m infra.demo
 
-serve: $(STAMP) ## Run the whole pipeline locally on 127.0.0.1 (embedded moto AWS)
+serve: $(STAMP) ## Run the whole pipeline locally on 127.0.0.1 (embedded moto AWS, functions in worker processes)
 	$(BIN)/python -m infra.local.serve
 
 train: $(STAMP) ## Rebuild both rankers from the real Instacart sample (deterministic)
@@ -88,8 +88,8 @@ rotate-origin-token: $(STAMP) ## New CloudFront origin-verify token (then sam de
 bench: $(STAMP) ## Measure the budgets; writes build/bench.json
 	$(BIN)/python -m tests.bench.run
 
-loadtest: $(STAMP) ## Bounded load test on the local stack; writes build/bench.json "load"
-	$(BIN)/python -m infra.loadtest
+loadtest: $(STAMP) ## Bounded sale-shaped load test: local stack, or TARGET=<url> [ENV=dev|prod]; writes build/bench.json "load"
+	$(BIN)/python -m infra.loadtest $(if $(TARGET),--target $(TARGET)) $(if $(ENV),--env $(ENV))
 
 lock-checkov: ## Re-resolve requirements/checkov.lock (checkov's own venv)
 	rm -rf /tmp/lock-checkov && $(PYTHON) -m venv /tmp/lock-checkov
