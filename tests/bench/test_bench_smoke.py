@@ -22,6 +22,7 @@ def test_ingest_bench_writes_at_most_one_per_entity_per_batch():
     assert figures["ddb_writes_per_event"] <= 1.5 * figures["entity_floor_per_event"]
     assert figures["naive_writes_per_event"] > figures["ddb_writes_per_event"]
     assert figures["events_per_s"] > 0
+    assert figures["floor_events_per_s"] > 0 and figures["ratio_to_floor"] > 0
 
 
 def test_the_serving_floor_answers_the_same_request_as_the_edge_handler():
