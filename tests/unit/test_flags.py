@@ -138,3 +138,23 @@ def test_a_stale_document_is_refreshed_off_the_request_path():
     assert len(executor.pending) == 1
     executor.run()
     assert store.get_configuration() == new
+
+
+def test_a_scheduled_kill_switch_takes_effect_when_its_window_opens(monkeypatch):
+    """Answers are remembered per document, except for a document with time-based rules:
+    its answers change with the clock (Powertools' comparators read it; moved here)."""
+    import datetime as dt
+
+    from aws_lambda_powertools.utilities.feature_flags import comparators
+
+    clock = {"now": dt.datetime(2026, 11, 28, 9, 0, tzinfo=dt.timezone.utc)}
+    monkeypatch.setattr(comparators, "_get_now_from_timezone", lambda tz: clock["now"].astimezone(tz))
+    doc = flags.rollout_document("ranker-mlp/v1", "ranker-linear/v1", 1.0, "exp")  # everyone challenger
+    doc["kill_switch"]["rules"] = {"kill at ten": {"when_match": True, "conditions": [
+        {"action": "SCHEDULE_BETWEEN_DATETIME_RANGE", "key": "CURRENT_DATETIME",
+         "value": {"START": "2026-11-28T10:00:00", "END": "2026-11-28T11:00:00", "TIMEZONE": "UTC"}}]}}
+    store, _ = store_of(doc)
+    rollout = flags.Rollout(store, "ranker-mlp/v1", "none")
+    assert rollout.assign("shopper-1").variant == flags.CHALLENGER
+    clock["now"] = dt.datetime(2026, 11, 28, 10, 0, 1, tzinfo=dt.timezone.utc)
+    assert rollout.assign("shopper-1").variant == flags.CHAMPION, "the same warm instance obeys the window"

@@ -198,6 +198,7 @@ class Rollout:
         self._seen_step = 0
         self._evaluated_for: dict | None = None
         self._evaluated: dict = {}
+        self._timeless = True  # the current document has no time-based rules
         self.flags = FeatureFlags(store=store)
         self.default_champion = default_champion
         self.default_experiment = default_experiment
@@ -231,16 +232,21 @@ class Rollout:
     def _flag(self, name: str, default, shopper_bucket: int | None = None):
         """``FeatureFlags.evaluate`` of one flag (with the shopper's bucket as its context),
         remembered per document: its answer depends only on the document and the context, so
-        a request re-evaluates nothing it has seen (at most BUCKETS + a few per document)."""
+        a request re-evaluates nothing it has seen (at most BUCKETS + a few per document).
+        A document with time-based rules (Powertools' ``SCHEDULE_*`` actions) also depends on
+        the clock: its answers are never remembered."""
         document = self.store.document
         if document is not self._evaluated_for:  # held here: identity cannot alias a new document
             self._evaluated_for, self._evaluated = document, {}
+            self._timeless = "SCHEDULE_" not in json.dumps(document, default=str)
+        context = {} if shopper_bucket is None else {"bucket": shopper_bucket}
+        if not self._timeless:
+            return self.flags.evaluate(name=name, context=context, default=default)
         key = (name, default, shopper_bucket)
         try:
             return self._evaluated[key]
         except KeyError:
             pass
-        context = {} if shopper_bucket is None else {"bucket": shopper_bucket}
         value = self._evaluated[key] = self.flags.evaluate(name=name, context=context, default=default)
         return value
 
