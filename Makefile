@@ -36,10 +36,7 @@ $(CHECKOV_STAMP): requirements/checkov.lock
 venv: $(STAMP) $(CHECKOV_STAMP) ## Create .venv with every pinned dependency (checkov in .venv/tools)
 
 test: $(STAMP) $(CHECKOV_STAMP) ## Run the whole test suite (unit, functional under moto, lint and checkov)
-	$(BIN)/pytest --ignore=tests/functional/test_demo.py
-	# The demo starts the whole local stack (process-wide env, moto server, module state),
-	# as `make demo` does: in its own process, like any other run of the stack.
-	$(BIN)/pytest tests/functional/test_demo.py
+	$(BIN)/pytest
 
 lint: $(STAMP) $(CHECKOV_STAMP) ## cfn-lint, sam validate --lint and checkov on the template, ruff on the code
 	$(BIN)/cfn-lint template.yaml

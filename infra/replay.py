@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from infra.local import lambda_events
 from infra.local.template import ROOT
 from personalize.adapters import aws
+from personalize.adapters.stream import KinesisStreamReader
 from personalize.ingest import REPLAY_EVENT_NAME
 
 INVOKE_BYTES = 5 * 1024 * 1024  # under Lambda's 6 MB synchronous payload
@@ -42,29 +43,8 @@ class ReplayReport:
 
 
 def read_range(kinesis, stream_name: str, shard_id: str, start: str, end: str) -> list[dict] | None:
-    """The records of [start, end] as GetRecords returns them; None if the stream no longer
-    holds the start of the range."""
-    try:
-        iterator = kinesis.get_shard_iterator(StreamName=stream_name, ShardId=shard_id,
-                                              ShardIteratorType="AT_SEQUENCE_NUMBER",
-                                              StartingSequenceNumber=start)["ShardIterator"]
-    except Exception:  # noqa: BLE001 - trimmed, or the stream is gone
-        return None
-    out: list[dict] = []
-    last = int(end)
-    while iterator:
-        response = kinesis.get_records(ShardIterator=iterator, Limit=1000)
-        records = response.get("Records", [])
-        for record in records:
-            if int(record["SequenceNumber"]) > last:
-                return out
-            out.append(record)
-        if not records and not response.get("MillisBehindLatest"):
-            break
-        iterator = response.get("NextShardIterator")
-    if not out or out[0]["SequenceNumber"] != start:
-        return None
-    return out
+    """The records of [start, end]; None if the stream no longer holds the start of the range."""
+    return KinesisStreamReader(client=kinesis).read_range(stream_name, shard_id, start, end)
 
 
 def chunks(records: list[dict]):

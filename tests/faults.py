@@ -63,8 +63,8 @@ class Faults:
 
 
 class FaultyStore(MemoryRowStore):
-    def __init__(self, rng: random.Random, faults: Faults):
-        super().__init__()
+    def __init__(self, rng: random.Random, faults: Faults, clock):
+        super().__init__(clock=clock)
         self.rng, self.faults = rng, faults
 
     def get_many(self, table, keys_):
@@ -435,10 +435,10 @@ def run_schedule(seed: int, shards: int | None = None) -> Outcome:
                     crash=level * rng.random() / 4, read=level * rng.random() / 2,
                     quarantine=level * rng.random(), soldout=level * rng.random(),
                     invocation_timeout=level * rng.random() / 2, redeliver=level * rng.random())
-    store = FaultyStore(rng, faults)
+    clock = {"now": T_BASE / 1000}
+    store = FaultyStore(rng, faults, clock=lambda: clock["now"])  # TTLs judged on the ingestor's clock
     quarantine = FaultyQuarantine(rng, faults.quarantine)
     soldout = FaultySoldOut(rng, faults.soldout)
-    clock = {"now": T_BASE / 1000}
     aggregate = handler()
     aggregate.processor._ingestor = Ingestor(store, quarantine, clock=lambda: clock["now"], soldout=soldout,
                                              stream=RecordedStream(records))

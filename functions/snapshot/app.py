@@ -12,7 +12,8 @@ config = settings.load(settings.ITEMS_TABLE, settings.ARTIFACTS_BUCKET)
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics(namespace=settings.NAMESPACE)
-store = DynamoRowStore({"items": config[settings.ITEMS_TABLE]})
+# A Scan page (1 MB) may take seconds on a busy table; the function has 60 s.
+store = DynamoRowStore({"items": config[settings.ITEMS_TABLE]}, read_timeout_s=snapshot_job.SCAN_READ_TIMEOUT_S)
 artifacts = S3Artifacts(config[settings.ARTIFACTS_BUCKET])
 
 

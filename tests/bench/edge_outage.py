@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -41,6 +42,10 @@ for _ in range(int(sys.argv[3])):
     seconds = time.perf_counter() - started
     print("RESULT " + json.dumps({"status": answer.get("status"), "body": json.loads(answer.get("body") or "null"),
                                   "seconds": seconds}), flush=True)
+# Lambda never finalizes the interpreter (the sandbox is frozen, then killed): no exit-time
+# teardown while the background rebuild is inside onnxruntime (it aborts the process there).
+import os
+os._exit(0)
 """
 
 
@@ -50,17 +55,39 @@ def site_packages() -> Path:
     return Path(numpy.__file__).resolve().parents[1]
 
 
-def build_bundle(target: Path, fallback_snapshot: Path | None = None) -> Path:
-    """edge_build's bundle (handler, domain package, models, config, fallback list) plus the
-    bundled third-party packages for this interpreter; returns the runtime folder beside it."""
+def lambda_python() -> str | None:
+    """A python3.12 interpreter (the Lambda runtime's version), if this machine has one: on
+    PATH, or one of pyenv's installed versions (its shim refuses an inactive version)."""
+    candidates = [shutil.which("python3.12")]
+    try:
+        root = subprocess.run(["pyenv", "root"], capture_output=True, text=True, timeout=30).stdout.strip()
+        candidates += sorted(str(p) for p in Path(root).glob("versions/3.12*/bin/python3.12")) if root else []
+    except (OSError, subprocess.SubprocessError):
+        pass
+    for path in filter(None, candidates):
+        try:
+            version = subprocess.run([path, "-c", "import sys; print(sys.version_info[:2] == (3, 12))"],
+                                     capture_output=True, text=True, timeout=60).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if version == "True":
+            return path
+    return None
+
+
+def build_bundle(target: Path, fallback_snapshot: Path | None = None, as_deployed: bool = False) -> Path:
+    """edge_build's bundle (handler, domain package, models, config, fallback list) plus its
+    third-party packages: this interpreter's, or (``as_deployed``) the python3.12 manylinux
+    wheels ``sam build`` installs, trimmed as deployed (pip, from the package registry).
+    Returns the runtime folder beside it."""
     if fallback_snapshot is not None:
         os.environ["FALLBACK_SNAPSHOT"] = str(fallback_snapshot)
     try:
-        edge_build.build(target / "bundle", "dev", install=False)
+        edge_build.build(target / "bundle", "dev", install=as_deployed)
     finally:
         os.environ.pop("FALLBACK_SNAPSHOT", None)
     source = site_packages()
-    for name in BUNDLED:
+    for name in () if as_deployed else BUNDLED:
         if (source / name).exists() and not (target / "bundle" / name).exists():
             (target / "bundle" / name).symlink_to(source / name)
     (target / "runtime").mkdir(exist_ok=True)
@@ -90,11 +117,12 @@ def refused_endpoint() -> str:
     return f"http://127.0.0.1:{port}"  # closed again: connections are refused
 
 
-def run_offline(target: Path, endpoint: str, event: dict, requests: int = 3) -> list[dict]:
+def run_offline(target: Path, endpoint: str, event: dict, requests: int = 3,
+                python: str = sys.executable) -> list[dict]:
     env = {"PATH": os.environ.get("PATH", ""), "AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1",
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "edge", "AWS_SECRET_ACCESS_KEY": "edge",
            "AWS_SESSION_TOKEN": "edge", "AWS_EC2_METADATA_DISABLED": "true", "POWERTOOLS_METRICS_NAMESPACE": "x"}
-    result = subprocess.run([sys.executable, "-I", "-S", "-c", RUNNER, str(target / "bundle"), str(target / "runtime"),
+    result = subprocess.run([python, "-I", "-S", "-c", RUNNER, str(target / "bundle"), str(target / "runtime"),
                              str(requests)], input=json.dumps(event), capture_output=True, text=True, env=env,
                             timeout=120)
     if result.returncode != 0:

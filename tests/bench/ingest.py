@@ -53,7 +53,8 @@ def _clock_after(events):
 
 
 def throughput_in_memory(aggregate, batches, events) -> float:
-    aggregate.processor._ingestor = Ingestor(MemoryRowStore(), MemoryQuarantine(), clock=_clock_after(events))
+    aggregate.processor._ingestor = Ingestor(MemoryRowStore(clock=_clock_after(events)), MemoryQuarantine(),
+                                            clock=_clock_after(events))
     ctx = context("aggregate")
     sink = io.StringIO()  # EMF metrics are printed per invocation, as in Lambda; not shown here
     started = time.perf_counter()

@@ -2,12 +2,34 @@
 implementation (under moto, IAM enforced) pass the same cases, so a fake is never kinder
 than the service (after Feast's universal online-store tests)."""
 
+import json
+
 import pytest
 
 from personalize import settings
 from personalize.adapters import aws
 from personalize.adapters.artifacts import MemoryArtifacts, S3Artifacts
+from personalize.adapters.quarantine import MemoryQuarantine, QuarantineError, SqsQuarantine
+from personalize.adapters.rowstore import (
+    BATCH_GET_LIMIT,
+    ConflictError,
+    DynamoRowStore,
+    MemoryRowStore,
+    RowRejectedError,
+    ThrottledError,
+)
+from personalize.adapters.soldout import (
+    READ_ATTEMPTS,
+    DynamoSoldOut,
+    MemorySoldOut,
+    SoldOutError,
+    SoldOutFullError,
+    shard_of,
+)
+from personalize.adapters.stream import KinesisStreamReader
 from personalize.adapters.userstore import DynamoUserStore, MemoryUserStore, UserReadError
+from personalize.aggregation import ITEMS, USERS, Change
+from personalize.events import MAX_ID_CHARS
 
 
 @pytest.fixture(params=["fake", "moto"])
@@ -54,3 +76,273 @@ def test_an_unreadable_store_raises_user_read_error(users, monkeypatch):
         aws.client("dynamodb").delete_table(TableName=users.table_name)
     with pytest.raises(UserReadError):
         users.get("anyone")
+
+
+# --- the feature store's rows ---------------------------------------------------------------
+
+NOW_S = 1_800_000_000
+LIVE = NOW_S + 86_400  # expires tomorrow
+
+
+class DynamoFaults:
+    """What DynamoDB does under load, injected before the request leaves the client:
+    throttling errors for writes, unprocessed keys for batch reads (botocore's own retries
+    are skipped, so each injected answer costs one of the adapter's attempts)."""
+
+    def __init__(self, client):
+        self.client = client
+        self.pending: dict[str, int] = {}
+        client.meta.events.register("before-call.dynamodb.*", self._answer)
+
+    def throttle(self, requests: int, operation: str = "PutItem") -> None:
+        self.pending[operation] = self.pending.get(operation, 0) + requests
+
+    def _answer(self, model, params, **_):
+        if not self.pending.get(model.name):
+            return None
+        self.pending[model.name] -= 1
+        if model.name in ("BatchGetItem",):  # throttled reads come back as unprocessed keys
+            return _Http(200), {"Responses": {}, "UnprocessedKeys": json.loads(params["body"])["RequestItems"],
+                                "ResponseMetadata": {"HTTPStatusCode": 200}}
+        return _Http(400), {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "injected"},
+                            "ResponseMetadata": {"HTTPStatusCode": 400}}
+
+
+class _Http:
+    def __init__(self, status_code: int):
+        self.status_code, self.headers, self.content = status_code, {}, b""
+
+
+@pytest.fixture(params=["fake", "moto"])
+def rows(request):
+    """(store, clock, throttle): the clock drives TTL; throttle(n, operation) refuses n requests."""
+    clock = {"now": NOW_S}
+    if request.param == "fake":
+        store = MemoryRowStore(clock=lambda: clock["now"])
+        return store, clock, lambda n, operation="PutItem": store.throttle(n)
+    stack = request.getfixturevalue("stack")
+    client = aws.client("dynamodb")
+    store = DynamoRowStore({USERS: stack.names[settings.FEATURES_TABLE.logical_id],
+                            ITEMS: stack.names[settings.ITEMS_TABLE.logical_id]}, client=client,
+                           clock=lambda: clock["now"])
+    faults = DynamoFaults(client)
+    return store, clock, faults.throttle
+
+
+def change(key=("u#alice", "row"), version=0, row=None, aux=None, table=USERS) -> Change:
+    return Change(table, key, "user", row if row is not None else {"n": 1}, aux if aux is not None else [],
+                  version, [], 0)
+
+
+def test_a_row_is_created_once_then_changes_only_from_the_version_read(rows):
+    store, _, _ = rows
+    assert store.get_many(USERS, [("u#alice", "row")]) == {}
+    store.put(USERS, change(row={"n": 1}), LIVE)
+    with pytest.raises(ConflictError):  # a second writer that also saw no row
+        store.put(USERS, change(row={"n": 99}), LIVE)
+    stored = store.get_many(USERS, [("u#alice", "row")])[("u#alice", "row")]
+    assert (stored.row, stored.version) == ({"n": 1}, 1)
+    store.put(USERS, change(version=1, row={"n": 2}), LIVE)
+    with pytest.raises(ConflictError):  # a writer that read version 1 lost the race
+        store.put(USERS, change(version=1, row={"n": 50}), LIVE)
+    assert store.get(USERS, ("u#alice", "row")).row == {"n": 2}
+
+
+def test_a_batch_read_past_one_request_returns_every_row(rows):
+    store, _, _ = rows
+    keys_ = [(f"i#{n}", "s#0") for n in range(BATCH_GET_LIMIT + 30)]
+    for key in keys_:
+        store.put(ITEMS, change(key=key, row={"k": key[0]}, table=ITEMS), LIVE)
+    found = store.get_many(ITEMS, keys_ + [("i#missing", "s#0")])
+    assert sorted(found) == sorted(keys_) and found[keys_[-1]].row == {"k": keys_[-1][0]}
+    assert {s.row["k"] for s in store.query(ITEMS, "i#7")} == {"i#7"}
+    assert len([k for k, _ in store.scan_prefix(ITEMS, "i#1")]) == len([k for k in keys_ if k[0].startswith("i#1")])
+
+
+def test_an_expired_row_reads_empty_and_keeps_its_version(rows):
+    store, clock, _ = rows
+    store.put(USERS, change(row={"n": 1}), NOW_S + 60)
+    clock["now"] = NOW_S + 61  # TTL passed; DynamoDB deletes it some time later
+    stored = store.get_many(USERS, [("u#alice", "row")])[("u#alice", "row")]
+    assert (stored.row, stored.version) == (None, 1)
+    assert store.get(USERS, ("u#alice", "row")) is None
+    store.put(USERS, change(version=1, row={"n": 7}), LIVE)  # the next write starts it again
+    assert store.get(USERS, ("u#alice", "row")).row == {"n": 7}
+
+
+@pytest.mark.parametrize("row_bytes", [
+    pytest.param(300 * 1024, id="300KB-stored"),
+    pytest.param(420 * 1024, id="420KB-refused"),
+])
+def test_the_item_size_limit_refuses_a_row_for_good(rows, row_bytes):
+    store, _, _ = rows
+    big = change(row={"blob": b"x" * row_bytes})
+    if row_bytes < 400 * 1024:
+        store.put(USERS, big, LIVE)
+        assert len(store.get(USERS, big.key).row["blob"]) == row_bytes
+    else:
+        with pytest.raises(RowRejectedError):  # never retried: it would stall the shard
+            store.put(USERS, big, LIVE)
+        assert store.get_many(USERS, [big.key]) == {}
+
+
+def test_a_value_msgpack_cannot_encode_is_refused_for_good(rows):
+    store, _, _ = rows
+    with pytest.raises(RowRejectedError):
+        store.put(USERS, change(row={"n": 2**64}), LIVE)
+
+
+def test_throttling_is_retried_within_the_budget_then_reported(rows):
+    store, _, throttle = rows
+    throttle(store.max_attempts - 1)
+    store.put(USERS, change(row={"n": 1}), LIVE)  # lands on the last attempt
+    assert store.get(USERS, ("u#alice", "row")).row == {"n": 1}
+    throttle(store.max_attempts)
+    with pytest.raises(ThrottledError):  # a RowStoreError: its records are retried, not lost
+        store.put(USERS, change(version=1, row={"n": 2}), LIVE)
+    assert store.get(USERS, ("u#alice", "row")).row == {"n": 1}, "nothing half-written"
+    throttle(store.max_attempts, "BatchGetItem")
+    with pytest.raises(ThrottledError):
+        store.get_many(USERS, [("u#alice", "row")])
+
+
+# --- the sold-out set -----------------------------------------------------------------------
+
+
+@pytest.fixture(params=["fake", "moto"])
+def soldout(request):
+    """(set, throttle): throttle(n, operation) refuses the next n requests."""
+    if request.param == "fake":
+        fake = MemorySoldOut()
+        return fake, lambda n, operation=None: fake.throttle(n)
+    stack = request.getfixturevalue("stack")
+    client = aws.client("dynamodb")
+    faults = DynamoFaults(client)
+    return DynamoSoldOut(stack.names[settings.FEATURES_TABLE.logical_id], client=client), faults.throttle
+
+
+def ids_in_part(part: int, count: int, length: int = MAX_ID_CHARS) -> list[str]:
+    out, n = [], 0
+    while len(out) < count:
+        candidate = f"{n:08d}".ljust(length, "x")
+        if shard_of(candidate) == part:
+            out.append(candidate)
+        n += 1
+    return out
+
+
+def test_sold_out_and_restock_are_idempotent_set_changes(soldout):
+    store, _ = soldout
+    assert store.read() == set()
+    store.update({"a", "b", "c"}, set())
+    store.update({"a"}, set())  # a replayed batch
+    store.update(set(), {"b", "never-sold-out"})
+    store.update(set(), {"b"})
+    assert store.read() == {"a", "c"}
+
+
+def test_an_update_past_a_parts_size_limit_is_refused_and_the_other_parts_still_change(soldout):
+    store, _ = soldout
+    if isinstance(store, DynamoSoldOut):
+        pytest.skip("moto does not check the item size on UpdateItem ADD (AWS refuses with a "
+                    "ValidationException): here only the fake can be held to AWS's behaviour")
+    too_many = set(ids_in_part(3, 3300))  # 3,300 x 128 bytes: past the 400 KB item limit
+    elsewhere = {i for i in (f"other-{n}" for n in range(50)) if shard_of(i) != 3}
+    with pytest.raises(SoldOutFullError):
+        store.update(too_many | elsewhere, set())
+    assert store.read() == elsewhere, "all or nothing for the full part; the others changed"
+    fits = set(sorted(too_many)[:3000])  # 384 KB
+    store.update(fits, set())
+    assert store.read() == elsewhere | fits
+
+
+def test_a_full_part_refuses_more_until_restocks_free_room():
+    """The fake only, for the reason above."""
+    store = MemorySoldOut()
+    ids = ids_in_part(3, 3300)
+    store.update(set(ids[:3000]), set())
+    with pytest.raises(SoldOutFullError):
+        store.update(set(ids[3000:]), set())
+    assert store.read() == set(ids[:3000])
+    store.update(set(), set(ids[:500]))
+    store.update(set(ids[3000:]), set())
+    assert store.read() == set(ids[500:])
+
+
+def test_a_throttled_sold_out_set_fails_loudly_never_partially(soldout):
+    store, throttle = soldout
+    store.update({"a"}, set())
+    throttle(1, "UpdateItem")
+    with pytest.raises(SoldOutError):  # aggregate retries the stock records
+        store.update({"b"}, set())
+    throttle(READ_ATTEMPTS, "BatchGetItem")
+    with pytest.raises(SoldOutError):  # serving keeps its last complete set
+        store.read()
+    assert store.read() == {"a"}
+
+
+# --- the events stream, as aggregate and `make replay-failures` read it ------------------------
+
+
+def test_the_stream_reader_finds_successors_and_reads_ranges(stack):
+    name, arn = stack.names[settings.EVENTS_STREAM.logical_id], stack.arns[settings.EVENTS_STREAM.logical_id]
+    kinesis = aws.client("kinesis")
+    shard = kinesis.list_shards(StreamName=name)["Shards"][0]["ShardId"]
+    seqs = [kinesis.put_record(StreamName=name, Data=f"r{n}".encode(), PartitionKey="k",
+                               ExplicitHashKey="0")["SequenceNumber"] for n in range(5)]
+    reader = KinesisStreamReader(client=kinesis)
+    assert reader.successor(arn, shard, None) == int(seqs[0])
+    assert reader.successor(arn, shard, int(seqs[1])) == int(seqs[2])
+    assert reader.successor(arn, shard, int(seqs[4])) is None, "nothing after the tip"
+    records = reader.read_range(name, shard, seqs[1], seqs[3])
+    assert [r["Data"] for r in records] == [b"r1", b"r2", b"r3"]
+    assert reader.read_range(name, shard, str(int(seqs[0]) - 1), seqs[3]) is None, "start not in the stream"
+
+
+# --- the quarantine -------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["fake", "moto"])
+def quarantine(request):
+    """(queue, fail_requests): fail_requests(n) makes the next n SendMessageBatch calls fail."""
+    if request.param == "fake":
+        fake = MemoryQuarantine()
+        return fake, fake.fail_requests
+    stack = request.getfixturevalue("stack")
+    client = aws.client("sqs")
+    pending = {"n": 0}
+
+    def unreachable(**_):
+        if pending["n"]:
+            pending["n"] -= 1
+            return _Http(500), {"Error": {"Code": "ServiceUnavailable", "Message": "injected"},
+                                "ResponseMetadata": {"HTTPStatusCode": 500}}
+        return None
+
+    client.meta.events.register("before-call.sqs.SendMessageBatch", unreachable)
+    return (SqsQuarantine(stack.names[settings.QUARANTINE_QUEUE.logical_id], client=client),
+            lambda n: pending.__setitem__("n", pending["n"] + n))
+
+
+def entry(n: int, raw: str = "e30=") -> dict:
+    return {"id": str(n), "reason": f"bad field {n}", "raw": raw, "source": "shardId-0"}
+
+
+def test_quarantined_records_read_back_with_their_reasons_a_huge_one_cut_and_flagged(quarantine):
+    queue, _ = quarantine
+    huge = "A" * (1024 * 1024)  # a 1 MiB Kinesis record, base64: over SQS's 256 KiB message limit
+    queue.send([entry(n) for n in range(12)] + [entry(99, huge)])
+    got = {e["id"]: e for e in queue.receive_all()}
+    assert sorted(got) == sorted([str(n) for n in range(12)] + ["99"])
+    assert got["3"]["reason"] == "bad field 3" and got["3"]["raw"] == "e30="
+    assert got["99"]["raw_truncated"] and got["99"]["raw_chars"] == len(huge)
+    assert huge.startswith(got["99"]["raw"]) and len(got["99"]["raw"]) % 4 == 0
+
+
+def test_a_failed_batch_names_its_records_and_the_others_land(quarantine):
+    queue, fail_requests = quarantine
+    fail_requests(1)
+    with pytest.raises(QuarantineError) as refused:
+        queue.send([entry(n) for n in range(15)])  # two batches: 10 + 5
+    assert sorted(refused.value.failed_ids, key=int) == [str(n) for n in range(10)]
+    assert sorted((e["id"] for e in queue.receive_all()), key=int) == [str(n) for n in range(10, 15)]

@@ -37,7 +37,7 @@ def ev(n, kind="view", user="u1", item="i1", ts=T0, **extra):
 
 @pytest.fixture
 def store():
-    return MemoryRowStore()
+    return MemoryRowStore(clock=lambda: NOW / 1000)  # the ingestor's clock: TTLs as it sets them
 
 
 @pytest.fixture

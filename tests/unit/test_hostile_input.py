@@ -323,7 +323,7 @@ def test_any_query_cookie_or_country_gets_a_2xx_or_4xx_at_the_edge(edge_app, que
     st.integers(900, 5000).map(lambda d: ("invalid", ("[" * d + "]" * d).encode())),
 ), min_size=1, max_size=10))
 def test_the_decoder_quarantines_exactly_the_bad_records_and_keeps_the_rest(records):
-    quarantine, store = MemoryQuarantine(), MemoryRowStore()
+    quarantine, store = MemoryQuarantine(), MemoryRowStore(clock=lambda: NOW_MS / 1000)
     processor = IngestProcessor(lambda: Ingestor(store, quarantine, clock=lambda: NOW_MS / 1000),
                                 Metrics(namespace="test"), Logger(service="test"))
     kinesis = {"Records": [{

@@ -49,7 +49,7 @@ class Stream:
 
 @pytest.fixture
 def store():
-    return MemoryRowStore()
+    return MemoryRowStore(clock=lambda: NOW / 1000)  # the ingestor's clock: TTLs as it sets them
 
 
 @pytest.fixture
@@ -154,7 +154,7 @@ def test_a_row_that_cannot_be_stored_quarantines_its_records_not_the_batch(inges
     be encoded. Its records go to the quarantine; the rest of the batch is written."""
     poisoned = state.ItemRow(totals=[0, 0, 0, 2**64 - 1])
     store.put(ITEMS, Change(ITEMS, keys.item_key("bad", SHARD), "item", poisoned.to_obj(), state.Aux().to_obj(),
-                            0, [], T0), 0)
+                            0, [], T0), NOW // 1000 + 86_400)
     result = run(ingestor, Stream().records(ev(1, "purchase", item="bad"), ev(2, item="good"), ev(3, user="u2")))
     assert result.failed_seqs == set()
     assert item_view(store, "good").totals == [1, 0, 0, 0]
@@ -329,7 +329,7 @@ def test_a_row_from_before_the_upgrade_keeps_its_shard_watermark(store, quaranti
     legacy = state.UserRow()
     state.apply_user_event(legacy, record.event, record.event_key)
     store.put(USERS, Change(USERS, keys.user_key("u1"), "user", legacy.to_obj(), [{SHARD: str(record.seq)}, {}],
-                            0, [], T0), 0)
+                            0, [], T0), NOW // 1000 + 86_400)
     ingestor.run(SHARD, [record], [], NOW, ARN)
     assert user_row(store).totals == [1, 0, 0, 0]
     ingestor.run(SHARD, stream.records(ev(2)), [], NOW, ARN)

@@ -10,6 +10,8 @@ from .adapters.artifacts import Artifacts
 from .adapters.rowstore import RowStore
 from .aggregation import ITEMS
 
+SCAN_READ_TIMEOUT_S = 15.0  # per Scan page; the function's timeout is 60 s
+
 
 @dataclass
 class SnapshotReport:

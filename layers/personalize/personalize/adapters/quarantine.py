@@ -99,13 +99,30 @@ class SqsQuarantine(Quarantine):
 
 
 class MemoryQuarantine(Quarantine):
-    """Keeps what SQS would: the bodies, cut to batches the same way."""
+    """Keeps what SQS would: the bodies, cut to batches the same way; ``fail_requests(n)``
+    makes the next n batch requests fail as an unreachable queue would (their records are
+    named in the QuarantineError, the other batches land)."""
 
     def __init__(self):
         self.entries: list[dict] = []
         self.requests = 0
+        self.failing_requests = 0
+
+    def fail_requests(self, n: int) -> None:
+        self.failing_requests += n
 
     def send(self, entries: list[dict]) -> None:
+        failed: list[str] = []
         for chunk in batches(entries):
             self.requests += 1
+            if self.failing_requests:
+                self.failing_requests -= 1
+                failed.extend(entry["id"] for entry, _ in chunk)
+                continue
             self.entries.extend(json.loads(body) for _, body in chunk)
+        if failed:
+            raise QuarantineError(failed)
+
+    def receive_all(self, max_messages: int = 10_000) -> list[dict]:
+        out, self.entries = self.entries[:max_messages], self.entries[max_messages:]
+        return out

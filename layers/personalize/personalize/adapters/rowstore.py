@@ -75,17 +75,19 @@ class RowStore(ABC):
 class DynamoRowStore(RowStore):
     """Rows in DynamoDB tables, through the low-level client (no resource layer)."""
 
-    def __init__(self, tables: dict[str, str], client=None, max_attempts: int = 6, clock=time.time):
+    def __init__(self, tables: dict[str, str], client=None, max_attempts: int = 6, clock=time.time,
+                 read_timeout_s: float = 5.0):
         self.tables = tables  # logical name -> table name
         self.clock = clock  # for TTL: rows whose expires_at has passed read as empty
         self._client = client
+        self.read_timeout_s = read_timeout_s
         self.max_attempts = max_attempts
         self._pool: ThreadPoolExecutor | None = None
 
     @property
     def client(self):
         if self._client is None:
-            self._client = aws.client("dynamodb")
+            self._client = aws.client("dynamodb", read_timeout=self.read_timeout_s)
         return self._client
 
     def get_many(self, table: str, keys: Iterable[Key]) -> dict[Key, Stored]:
@@ -224,38 +226,80 @@ def _backoff(attempt: int, base: float = 0.02, cap: float = 1.0) -> None:
     time.sleep(random.uniform(0, min(cap, base * 2 ** attempt)))
 
 
-class MemoryRowStore(RowStore):
-    """The same contract in a dict: for unit tests and the in-process benchmark."""
+def item_size(change: Change, row_bytes: bytes, aux_bytes: bytes, expires_at: int) -> int:
+    """The item's size as DynamoDB counts it: attribute names plus values (a number counts
+    about one byte per two digits, plus one)."""
+    def number(n: int) -> int:
+        return len(str(abs(n))) // 2 + 1
 
-    def __init__(self):
+    return (len("pk") + len(change.key[0].encode("utf-8", "surrogatepass"))
+            + len("sk") + len(change.key[1].encode("utf-8", "surrogatepass"))
+            + len("row") + len(row_bytes) + len("aux") + len(aux_bytes)
+            + len("v") + number(change.version + 1) + len("expires_at") + number(expires_at))
+
+
+class MemoryRowStore(RowStore):
+    """The same contract in a dict: for unit tests and the in-process benchmark.
+
+    As strict as DynamoDB where the callers can tell (the shared contract suite,
+    tests/functional/test_adapter_contracts.py, runs it and DynamoRowStore under moto):
+    conditional writes, the 400 KB item limit counted as DynamoDB counts it, TTL (an
+    expired row reads as empty and keeps its version), and throttling (``throttle(n)``: the
+    next n requests are refused; DynamoRowStore's retry budget applies)."""
+
+    def __init__(self, clock=time.time, max_attempts: int = 6):
         self.tables: dict[str, dict[Key, tuple[bytes, bytes, int, int]]] = {}
         self.writes = 0
+        self.clock = clock
+        self.max_attempts = max_attempts
+        self.throttled_requests = 0
+
+    def throttle(self, requests: int) -> None:
+        """Refuse the next ``requests`` requests as DynamoDB does when a partition is hot."""
+        self.throttled_requests += requests
+
+    def _request(self, what: str) -> None:
+        for _ in range(self.max_attempts):
+            if self.throttled_requests == 0:
+                return
+            self.throttled_requests -= 1
+        raise ThrottledError(f"{what}: throttled after {self.max_attempts} attempts")
+
+    def _stored(self, r: tuple[bytes, bytes, int, int], now_s: float) -> Stored:
+        if r[3] < now_s:  # TTL passed, not yet deleted: empty, version kept
+            return Stored(None, None, r[2])
+        return Stored(unpack(r[0]), unpack(r[1]), r[2])
 
     def get_many(self, table, keys):
-        rows = self.tables.get(table, {})
-        return {k: Stored(unpack(r[0]), unpack(r[1]), r[2]) for k in keys if (r := rows.get(k))}
+        keys = list(keys)
+        for _ in range(0, len(keys), BATCH_GET_LIMIT):
+            self._request(f"{table}: BatchGetItem")
+        rows, now = self.tables.get(table, {}), self.clock()
+        return {k: self._stored(r, now) for k in keys if (r := rows.get(k))}
 
     def get(self, table, key, projection=None):
-        found = self.get_many(table, [key])
-        return found.get(key)
+        found = self.get_many(table, [key]).get(key)
+        return found if found is not None and found.row is not None else None
 
     def put(self, table, change, expires_at):
+        row_bytes, aux_bytes = _packed(change)
+        size = item_size(change, row_bytes, aux_bytes, expires_at)
+        if size > ITEM_LIMIT_BYTES:  # DynamoDB refuses it before the condition
+            raise RowRejectedError(f"ValidationException: item size {size} has exceeded the maximum allowed size")
+        self._request(f"{table}: PutItem")
         rows = self.tables.setdefault(table, {})
         current = rows.get(change.key)
         if (current[2] if current else 0) != change.version:
             raise ConflictError(f"{change.key} changed since it was read")
-        row_bytes, aux_bytes = _packed(change)
-        if len(row_bytes) + len(aux_bytes) > ITEM_LIMIT_BYTES:  # as DynamoDB would refuse it
-            raise RowRejectedError(f"ValidationException: item size {len(row_bytes) + len(aux_bytes)} "
-                                   f"has exceeded the maximum allowed size")
         self.writes += 1
         rows[change.key] = (row_bytes, aux_bytes, change.version + 1, expires_at)
 
     def query(self, table, pk):
-        return [Stored(unpack(r[0]), unpack(r[1]), r[2])
-                for k, r in self.tables.get(table, {}).items() if k[0] == pk]
+        now = self.clock()
+        return [self._stored(r, now) for k, r in self.tables.get(table, {}).items() if k[0] == pk]
 
     def scan_prefix(self, table, prefix):
+        now = self.clock()
         for k, r in list(self.tables.get(table, {}).items()):
             if k[0].startswith(prefix):
-                yield k, Stored(unpack(r[0]), unpack(r[1]), r[2])
+                yield k, self._stored(r, now)

@@ -19,11 +19,12 @@ import hashlib
 import time
 from abc import ABC, abstractmethod
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from . import aws
 
 SHARDS = 16
+READ_ATTEMPTS = 3
 SOLDOUT_PK = "soldout"
 
 
@@ -35,8 +36,21 @@ def shard_key(n: int) -> dict:
     return {"pk": {"S": SOLDOUT_PK}, "sk": {"S": f"items#{n}"}}
 
 
-class SoldOutFullError(Exception):
+ITEM_LIMIT_BYTES = 400 * 1024
+
+
+class SoldOutError(Exception):
+    """The set could not be read or updated completely (throttled, unreachable): retry."""
+
+
+class SoldOutFullError(SoldOutError):
     """A part of the sold-out set is at DynamoDB's item size limit."""
+
+
+def part_size(n: int, items: set[str]) -> int:
+    """A part's item size as DynamoDB counts it: attribute names plus values."""
+    return (len("pk") + len(SOLDOUT_PK) + len("sk") + len(f"items#{n}") + len("items")
+            + sum(len(i.encode("utf-8", "surrogatepass")) for i in items))
 
 
 class SoldOut(ABC):
@@ -81,44 +95,77 @@ class DynamoSoldOut(SoldOut):
                                             ExpressionAttributeValues={":s": {"SS": sorted(part)}})
                 except ClientError as exc:
                     if aws.error_code(exc) != "ValidationException":
-                        raise
+                        raise SoldOutError(f"sold-out part {n}: {exc}") from exc
                     full = SoldOutFullError(f"sold-out part {n}: {exc}")
+                except BotoCoreError as exc:
+                    raise SoldOutError(f"sold-out part {n}: {exc}") from exc
         if full is not None:
             raise full
 
     def read(self) -> set[str]:
-        """One BatchGetItem for every part (unprocessed keys are read again)."""
+        """One BatchGetItem for every part (unprocessed keys are read again). Never a part
+        of the set: a caller that got one would serve the missing parts' items."""
         request = {self.table_name: {"Keys": [shard_key(n) for n in range(SHARDS)]}}
         out: set[str] = set()
-        for _ in range(3):
-            response = self.client.batch_get_item(RequestItems=request)
-            for item in response.get("Responses", {}).get(self.table_name, []):
-                out.update(item.get("items", {}).get("SS", []))
-            request = response.get("UnprocessedKeys") or {}
-            if not request:
-                break
-        return out
+        try:
+            for _ in range(READ_ATTEMPTS):
+                response = self.client.batch_get_item(RequestItems=request)
+                for item in response.get("Responses", {}).get(self.table_name, []):
+                    out.update(item.get("items", {}).get("SS", []))
+                request = response.get("UnprocessedKeys") or {}
+                if not request:
+                    return out
+        except (ClientError, BotoCoreError) as exc:
+            raise SoldOutError(f"sold-out set unreadable: {exc}") from exc
+        unread = len(request[self.table_name]["Keys"])
+        raise SoldOutError(f"{unread} of {SHARDS} sold-out parts still unprocessed after {READ_ATTEMPTS} attempts")
 
 
 class MemorySoldOut(SoldOut):
+    """The same contract in memory, as strict as DynamoDB (tests/functional/
+    test_adapter_contracts.py runs both): a part refuses an update that would take it past
+    the item size limit (the whole update of that part, as one UpdateItem), other parts
+    still change; ``throttle(n)`` refuses the next n requests. ``capacity_per_part`` (ids)
+    makes a part fill up sooner, for tests."""
+
     def __init__(self, capacity_per_part: int | None = None):
         self.items: set[str] = set()
         self.reads = 0
         self.updated_at = time.monotonic()
         self.capacity_per_part = capacity_per_part
+        self.throttled_requests = 0
+
+    def throttle(self, requests: int) -> None:
+        self.throttled_requests += requests
+
+    def _request(self, what: str) -> None:
+        if self.throttled_requests:
+            self.throttled_requests -= 1
+            raise SoldOutError(f"{what}: throttled")
 
     def update(self, sold_out, restocked):
-        self.items -= restocked
-        full = []
-        for item in sold_out:
-            if self.capacity_per_part is not None and item not in self.items and sum(
-                    1 for i in self.items if shard_of(i) == shard_of(item)) >= self.capacity_per_part:
-                full.append(item)
-                continue
-            self.items.add(item)
-        if full:
-            raise SoldOutFullError(f"{len(full)} items did not fit")
+        full = None
+        for verb, items in (("DELETE", restocked), ("ADD", sold_out)):
+            for n, part in sorted(_split(items).items()):
+                self._request(f"sold-out part {n}: {verb}")
+                if verb == "DELETE":
+                    self.items -= part
+                    continue
+                now = {i for i in self.items if shard_of(i) == n} | part
+                if part_size(n, now) > ITEM_LIMIT_BYTES or (
+                        self.capacity_per_part is not None and len(now) > self.capacity_per_part):
+                    full = SoldOutFullError(f"sold-out part {n}: item size limit")
+                    continue
+                self.items |= part
+        if full is not None:
+            raise full
 
     def read(self):
+        for _ in range(READ_ATTEMPTS):  # DynamoSoldOut reads unprocessed parts again
+            if not self.throttled_requests:
+                break
+            self.throttled_requests -= 1
+        else:
+            raise SoldOutError(f"sold-out parts still unprocessed after {READ_ATTEMPTS} attempts")
         self.reads += 1
         return set(self.items)

@@ -123,12 +123,33 @@ class KinesisStreamReader(StreamReader):
         where = ({"ShardIteratorType": "TRIM_HORIZON"} if seq is None else
                  {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "StartingSequenceNumber": str(seq)})
         name = stream_arn.split(":stream/", 1)[-1]  # the ARN's name: same stream, and moto resolves it
-        iterator = self.client.get_shard_iterator(StreamName=name, ShardId=shard, **where)["ShardIterator"]
-        for _ in range(self.polls):
-            response = self.client.get_records(ShardIterator=iterator, Limit=1)
-            if response.get("Records"):
-                return int(response["Records"][0]["SequenceNumber"])
-            iterator = response.get("NextShardIterator")
-            if not iterator or not response.get("MillisBehindLatest"):
-                break
+        for records in self._pages(name, shard, where, limit=1, polls=self.polls):
+            return int(records[0]["SequenceNumber"])
         return None
+
+    def read_range(self, stream_name: str, shard: str, start: str, end: str) -> list[dict] | None:
+        """The records of [start, end] as GetRecords returns them (``make replay-failures``);
+        None if the stream no longer holds the start of the range."""
+        where = {"ShardIteratorType": "AT_SEQUENCE_NUMBER", "StartingSequenceNumber": start}
+        out: list[dict] = []
+        try:
+            for records in self._pages(stream_name, shard, where, limit=1000):
+                out.extend(r for r in records if int(r["SequenceNumber"]) <= int(end))
+                if int(records[-1]["SequenceNumber"]) >= int(end):
+                    break
+        except ClientError:  # trimmed, or the stream is gone
+            return None
+        return out if out and out[0]["SequenceNumber"] == start else None
+
+    def _pages(self, stream_name: str, shard: str, where: dict, limit: int, polls: int | None = None):
+        """Non-empty GetRecords pages from ``where`` until the shard's tip (or ``polls`` reads)."""
+        iterator = self.client.get_shard_iterator(StreamName=stream_name, ShardId=shard, **where)["ShardIterator"]
+        reads = 0
+        while iterator and (polls is None or reads < polls):
+            response = self.client.get_records(ShardIterator=iterator, Limit=limit)
+            reads += 1
+            if response.get("Records"):
+                yield response["Records"]
+            elif not response.get("MillisBehindLatest"):
+                return
+            iterator = response.get("NextShardIterator")
