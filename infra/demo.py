@@ -219,7 +219,12 @@ class Demo:
         s.section("2. A shopper clicks a few items and puts two in the cart; their recommendations follow "
                   "within a batch")
         cookie = self.cookie(self.user)
-        before = self.client.recommend(cookie)
+
+        def personal():  # a ranked answer (under load the edge's row read may time out: a fallback)
+            return wait_for(lambda: (lambda b: None if b["fallback"] else b)(self.client.recommend(cookie)), 15,
+                            0.2) or self.client.recommend(cookie)
+
+        before = personal()
         snap = self.stack.edge_recommender().current_snapshot()
         # Items co-bought with a popular item the shopper has not touched.
         _, shopper = self.client.request("GET", f"/features/users/{self.user}")
@@ -250,7 +255,7 @@ class Demo:
         s.figures["ingest_freshness_s"] = round(freshness, 3)
         s.claim(fresh is not None, f"the clicks and carts were in the shopper's features {freshness:.2f}s after "
                 "the POST")
-        after = self.client.recommend(cookie)
+        after = personal()
         s.say(f"before: {ids(before)}")
         s.say(f"clicked: {clicked}; added to the cart: {carted}")
         s.say(f"after:  {ids(after)}")
@@ -258,7 +263,8 @@ class Demo:
         s.figures["recommendations_changed"] = len(new)
         # The effect the in-session evaluation measured (models/train.py, the champion's
         # manifest): the list ranks the rest of the basket, not what is already in the cart.
-        s.claim(len(carted) == 2 and not set(carted) & set(ids(after)) and len(ids(after)) == len(ids(before)),
+        s.claim(len(carted) == 2 and not set(carted) & set(ids(after)) and len(ids(after)) == len(ids(before))
+                and not before["fallback"] and not after["fallback"],
                 f"the {len(carted)} items put in the cart left the top {len(ids(before))} (it ranks the rest of the "
                 f"basket: {len(new)} new items); measured on held-out Instacart baskets: {session_summary()}")
         neighbours = {snap.items[j] for c in clicked for j in snap.neighbours(snap.index[c])[0]} - set(clicked)
