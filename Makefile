@@ -13,7 +13,7 @@ export POWERTOOLS_TRACE_DISABLED ?= 1
 export SAM_CLI_TELEMETRY ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test lint build serve demo bench train publish-model loadtest lock lock-checkov clean \
+.PHONY: help venv test lint build serve demo bench profile-serving train publish-model loadtest lock lock-checkov clean \
 	rotate-signing-key rotate-origin-token replay-failures
 
 help: ## List the targets
@@ -52,7 +52,7 @@ build: $(STAMP) ## sam build for one environment: ENV=dev|prod (required: it is 
 demo: $(STAMP) ## Set up, then run the scripted demo on the embedded local stack
 	$(BIN)/python -m infra.demo
 
-serve: $(STAMP) ## Run the whole pipeline locally on 127.0.0.1 (embedded moto AWS)
+serve: $(STAMP) ## Run the whole pipeline locally on 127.0.0.1 (embedded moto AWS, functions in worker processes)
 	$(BIN)/python -m infra.local.serve
 
 train: $(STAMP) ## Rebuild both rankers from the real Instacart sample (deterministic)
@@ -88,8 +88,11 @@ rotate-origin-token: $(STAMP) ## New CloudFront origin-verify token (then sam de
 bench: $(STAMP) ## Measure the budgets; writes build/bench.json
 	$(BIN)/python -m tests.bench.run
 
-loadtest: $(STAMP) ## Bounded load test on the local stack; writes build/bench.json "load"
-	$(BIN)/python -m infra.loadtest
+profile-serving: $(STAMP) ## Where a warm edge request's time goes, stage by stage, beside the floor [REQUESTS=3000]
+	$(BIN)/python -m tests.bench.profile_serving --requests $(or $(REQUESTS),3000)
+
+loadtest: $(STAMP) ## Bounded sale-shaped load test: local stack, or TARGET=<url> [ENV=dev|prod]; writes build/bench.json "load"
+	$(BIN)/python -m infra.loadtest $(if $(TARGET),--target $(TARGET)) $(if $(ENV),--env $(ENV))
 
 lock-checkov: ## Re-resolve requirements/checkov.lock (checkov's own venv)
 	rm -rf /tmp/lock-checkov && $(PYTHON) -m venv /tmp/lock-checkov

@@ -1,4 +1,9 @@
-"""``make serve``: run the local stack until stopped (Ctrl-C)."""
+"""``make serve``: run the local stack until stopped (Ctrl-C or SIGTERM).
+
+By default every function runs in its own worker processes, as Lambda runs them (up to
+``--workers`` containers per function, frozen between invocations); ``--in-process`` runs
+them all in this process instead (what the tests and the demo do).
+"""
 
 from __future__ import annotations
 
@@ -6,22 +11,41 @@ import argparse
 import logging
 import signal
 import threading
+from pathlib import Path
 
 from .stack import STATE_FILE, LocalStack
 
+DEFAULT_WORKERS = 4
 
-def main() -> None:
+
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, default=8080, help="HTTP front port on 127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080, help="HTTP front port on 127.0.0.1 (0: any free)")
     parser.add_argument("--aws-port", type=int, default=0, help="embedded moto port (default: any free)")
-    args = parser.parse_args()
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help="at most this many worker processes per function (its concurrency limit)")
+    parser.add_argument("--in-process", action="store_true", help="run every function in this process")
+    parser.add_argument("--no-freeze", action="store_true",
+                        help="leave idle workers running (Lambda freezes them: SIGSTOP between invocations)")
+    parser.add_argument("--fault-every", type=int, default=0,
+                        help="fail every N-th events post (alternately before and after collect): client retries")
+    parser.add_argument("--snapshot-interval", type=float, default=5.0, help="seconds between snapshot runs")
+    parser.add_argument("--guardrail-interval", type=float, default=5.0, help="seconds between guardrail runs")
+    parser.add_argument("--state-file", type=Path, default=STATE_FILE, help="where to publish endpoints and keys")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    stack = LocalStack(port=args.port, aws_port=args.aws_port).start()
-    print(f"local stack up: {stack.endpoint} (AWS at {stack.aws_endpoint}); state in {STATE_FILE}")
+    stack = LocalStack(port=args.port, aws_port=args.aws_port, workers=0 if args.in_process else args.workers,
+                       freeze=not args.no_freeze, fault_every=args.fault_every, state_file=args.state_file,
+                       snapshot_interval_s=args.snapshot_interval,
+                       guardrail_interval_s=args.guardrail_interval).start()
+    mode = "in-process" if args.in_process else f"up to {args.workers} worker processes per function"
+    print(f"local stack up: {stack.endpoint} (AWS at {stack.aws_endpoint}; {mode}); state in {args.state_file}",
+          flush=True)
     print(f"  curl -X POST {stack.endpoint}/events -d '{{\"event_id\":\"e1\",\"type\":\"click\","
           f"\"user_id\":\"u1\",\"item_id\":\"sku-1\",\"ts\":'$(date +%s000)'}}'")
     print(f"  curl {stack.endpoint}/features/users/u1")
+    print(f"  curl {stack.endpoint}/local/stats   # the emulator's own overhead, per function", flush=True)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

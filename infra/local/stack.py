@@ -1,6 +1,14 @@
-"""The whole pipeline in one process on 127.0.0.1: embedded moto AWS (a moto server on a
-loopback port), resources from template.yaml, the functions in-process, the Kinesis poller
-and the HTTP front. ``make serve`` runs it; tests and the demo start it in-process.
+"""The whole pipeline on 127.0.0.1: embedded moto AWS (a moto server in its own process),
+resources from template.yaml, the functions, the Kinesis poller, the schedules and the HTTP
+front.
+
+Two ways to run the functions:
+
+- ``workers=N`` (``make serve``, ``make loadtest``): as Lambda does, each function in its own
+  worker processes ("containers", ``pool.py``) that import the handler once, handle one
+  invocation at a time, scale up to N per function and are frozen between invocations;
+- ``workers=0`` (tests, the demo, the benches): every function in this process, one
+  invocation at a time each, with its module at hand (``stack.functions[name].module``).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from pathlib import Path
 from personalize import settings
 from personalize.adapters import aws
 
-from . import handlers, iam, resources
+from . import handlers, iam, pool, resources
 from .lambda_events import context, http_api_event
 from .poller import KinesisPoller
 from .template import ROOT
@@ -145,13 +153,71 @@ class Function:
             try:
                 return self.module.lambda_handler(event, ctx or context(self.name))
             finally:
-                self.durations_ms.append((time.perf_counter() - started) * 1000)
+                ms = (time.perf_counter() - started) * 1000
+                self.durations_ms.append(ms)
+                pool._charge(ms)
                 _invoking.active = False
+
+    # The same statistics as a worker pool's (in-process: no containers, no dispatch).
+    max_workers = workers = peak_busy = 1
+    init_ms: list = []
+    dispatch_ms: list = []
+    wait_ms: list = []
+    aws_ms: list = []
+
+    @property
+    def invocations(self) -> int:
+        return len(self.durations_ms)
+
+    def reset_stats(self) -> None:
+        self.durations_ms = []
+
+    def warm(self, n=None) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+# Per function, at most this many containers when the stack runs workers: the stream's
+# trigger invokes aggregate one batch per shard at a time, the schedules one run at a time.
+SINGLE_CONCURRENCY = {"aggregate": 1, "snapshot": 1, "guardrail": 1}
+
+
+class Faults:
+    """Injected failures of the events routes (``POST /events``, ``/server/events``), for load
+    tests of client retries: every ``every``-th post fails, alternately before ``collect``
+    runs (nothing lands) and after it answered (the events landed; the client sees a 503
+    all the same, as when a response is lost on the way)."""
+
+    def __init__(self, every: int = 0):
+        self.every = every
+        self.posts = self.failed_before = self.failed_after = 0
+        self.lock = threading.Lock()
+
+    def next(self) -> str | None:
+        """None (let it through), "before" or "after"."""
+        with self.lock:
+            self.posts += 1
+            if not self.every or self.posts % self.every:
+                return None
+            if (self.posts // self.every) % 2:
+                self.failed_before += 1
+                return "before"
+            self.failed_after += 1
+            return "after"
 
 
 class LocalStack:
     def __init__(self, port: int = 0, aws_port: int = 0, poll_interval_s: float = 0.2,
-                 snapshot_interval_s: float = 5.0, guardrail_interval_s: float = 5.0):
+                 snapshot_interval_s: float = 5.0, guardrail_interval_s: float = 5.0, workers: int = 0,
+                 freeze: bool = True, fault_every: int = 0, state_file: Path = STATE_FILE):
+        self.state_file = state_file
+        self.workers = workers  # 0: functions in-process; N: up to N worker processes per function
+        self.freeze = freeze
+        self.faults = Faults(fault_every)
+        self.front_total_ms: list[float] = []
+        self.front_overhead_ms: list[float] = []
         self.snapshot_interval_s = snapshot_interval_s
         self.guardrail_interval_s = guardrail_interval_s
         self._schedules: list = []
@@ -205,17 +271,17 @@ class LocalStack:
         self._enforcement = iam.Enforcement(self.aws_endpoint).__enter__()
         self.signing_key = self.resources.signing_key
         for name in ("collect", "aggregate", "features", "snapshot", "guardrail"):
-            self.functions[name] = Function(name)
+            self.functions[name] = self._function(name)
         self.functions["snapshot"]({})  # a first snapshot before serving starts
-        self.functions["recommend"] = Function("recommend")
+        self.functions["recommend"] = self._function("recommend")
         config_path = ROOT / "build" / "edge_config.local.json"
         config_path.write_text(self.resources.serving_config().to_json())
         fallback_path = ROOT / "build" / "fallback_items.local.json"
         fallback_path.write_text(json.dumps({"built_at": "local", "items": self.resources.fallback_items()}))
         # The local stack's functions share one process (and moto's GIL): a cold edge may
         # wait longer for its build here than deployed (degraded.COLD_START_WAIT_S).
-        self.functions["edge"] = Function("edge", CONFIG_PATH=config_path, MODELS_DIR=ROOT / "models",
-                                          FALLBACK_PATH=fallback_path, COLD_START_WAIT_S=10.0)
+        self.functions["edge"] = self._function("edge", CONFIG_PATH=config_path, MODELS_DIR=ROOT / "models",
+                                                FALLBACK_PATH=fallback_path, COLD_START_WAIT_S=10.0)
         self.poller = KinesisPoller(
             self.resources.names[settings.EVENTS_STREAM.logical_id],
             self.resources.arns[settings.EVENTS_STREAM.logical_id],
@@ -229,12 +295,67 @@ class LocalStack:
         self._http = ThreadingHTTPServer(("127.0.0.1", self.port), _front(self))
         self._http.daemon_threads = True
         threading.Thread(target=self._http.serve_forever, name="http-front", daemon=True).start()
-        self.write_state()
+        self.write_state(self.state_file)
         return self
 
+    def _function(self, name: str, **overrides):
+        if not self.workers:
+            return Function(name, **overrides)
+        credentials = self.resources.identities.functions[name]
+        # Deployed, Lambda gives a function its role's credentials in its environment: here too.
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": credentials.access_key_id,
+               "AWS_SECRET_ACCESS_KEY": credentials.secret_access_key,
+               "AWS_SESSION_TOKEN": credentials.session_token or "",
+               "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "LOCAL_STACK_ROOT": str(ROOT)}
+        return pool.FunctionPool(name, env, SINGLE_CONCURRENCY.get(name, self.workers), LOG_FILE,
+                                 freeze=self.freeze, overrides=overrides)
+
     def edge_recommender(self):
-        """The edge function instance's in-memory serving state."""
+        """The edge function instance's in-memory serving state (in-process mode only)."""
+        if self.workers:
+            raise RuntimeError("the edge runs in worker processes (workers > 0): its state is not in this process")
         return self.functions["edge"].module.recommender()
+
+    def warm(self, *names: str) -> None:
+        """Start every container of these functions now (provisioned concurrency)."""
+        for name in names:
+            self.functions[name].warm()
+
+    def stats(self) -> dict:
+        """What the emulator itself costs, apart from the handlers: per function, its
+        containers, cold starts and handler vs dispatch time; for the HTTP front, each
+        request's time outside the handlers it invoked."""
+        import numpy as np
+
+        def p(values, q):
+            return round(float(np.percentile(values, q)), 3) if values else None
+
+        functions = {}
+        for name, function in self.functions.items():
+            functions[name] = {
+                "max_workers": function.max_workers, "workers": function.workers, "peak_busy": function.peak_busy,
+                "invocations": function.invocations, "cold_starts": len(function.init_ms),
+                "init_p50_ms": p(function.init_ms, 50),
+                "handler_p50_ms": p(function.durations_ms, 50), "handler_p99_ms": p(function.durations_ms, 99),
+                "handler_aws_p50_ms": p(function.aws_ms, 50),
+                "handler_own_p50_ms": p([d - a for d, a in zip(function.durations_ms, function.aws_ms)], 50),
+                "handler_own_p99_ms": p([d - a for d, a in zip(function.durations_ms, function.aws_ms)], 99),
+                "wait_p50_ms": p(function.wait_ms, 50), "wait_p99_ms": p(function.wait_ms, 99),
+                "dispatch_p50_ms": p(function.dispatch_ms, 50), "dispatch_p99_ms": p(function.dispatch_ms, 99)}
+        return {"mode": "workers" if self.workers else "in-process", "workers_per_function": self.workers,
+                "freeze": bool(self.workers and self.freeze and pool.CAN_FREEZE), "functions": functions,
+                "front": {"requests": len(self.front_total_ms),
+                          "total_p50_ms": p(self.front_total_ms, 50), "total_p99_ms": p(self.front_total_ms, 99),
+                          "overhead_p50_ms": p(self.front_overhead_ms, 50),
+                          "overhead_p99_ms": p(self.front_overhead_ms, 99)},
+                "faults": {"every": self.faults.every, "posts": self.faults.posts,
+                           "failed_before": self.faults.failed_before, "failed_after": self.faults.failed_after}}
+
+    def reset_stats(self) -> None:
+        for function in self.functions.values():
+            function.reset_stats()
+        self.front_total_ms, self.front_overhead_ms = [], []
+        self.faults = Faults(self.faults.every)
 
     def write_state(self, path: Path = STATE_FILE) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -252,6 +373,8 @@ class LocalStack:
             self.poller.stop()
         if self._http:
             self._http.shutdown()
+        for function in self.functions.values():
+            function.stop()
         if self._moto:
             self._moto.stdin.close()
             try:
@@ -276,10 +399,15 @@ class LocalStack:
         # As CloudFront does for the browsers' routes: its origin-verify header replaces any
         # the client sent. /server/events is the backend's route (IAM when deployed, open here).
         via_cdn = {**headers, settings.ORIGIN_VERIFY_HEADER: self.resources.origin_token}
-        if method == "POST" and path == "/events":
-            return self.functions["collect"](http_api_event("POST", path, body, via_cdn, query))
-        if method == "POST" and path == "/server/events":
-            return self.functions["collect"](http_api_event("POST", path, body, headers, query))
+        if method == "POST" and path in ("/events", "/server/events"):
+            fault = self.faults.next()
+            if fault == "before":
+                return _injected_failure("before")
+            answer = self.functions["collect"](http_api_event("POST", path, body,
+                                                              via_cdn if path == "/events" else headers, query))
+            return _injected_failure("after") if fault == "after" else answer
+        if path.startswith("/local/"):
+            return self._local_route(method, path, body)
         if path == "/recommendations" or path.startswith("/recommendations/"):
             event = cloudfront_event(method, path, query, headers)
             answer = self.functions["edge"](event)
@@ -295,6 +423,29 @@ class LocalStack:
         return {"statusCode": 404, "headers": {"content-type": "application/json"},
                 "body": json.dumps({"message": f"no route for {method} {path}"})}
 
+    def _local_route(self, method: str, path: str, body: bytes | None) -> dict:
+        """The emulator's own routes (not deployed): its statistics, and injected faults."""
+        if method == "GET" and path == "/local/stats":
+            return {"statusCode": 200, "body": json.dumps(self.stats())}
+        if method == "POST" and path == "/local/stats/reset":
+            self.reset_stats()
+            return {"statusCode": 204, "body": ""}
+        if method == "POST" and path == "/local/warm":
+            names = json.loads(body or b"{}").get("functions") or []
+            self.warm(*[n for n in names if n in self.functions])
+            return {"statusCode": 200, "body": json.dumps({n: self.functions[n].workers for n in names
+                                                           if n in self.functions})}
+        if method == "POST" and path == "/local/faults":
+            every = int(json.loads(body or b"{}").get("every", 0))
+            self.faults = Faults(every)
+            return {"statusCode": 200, "body": json.dumps({"every": every})}
+        return {"statusCode": 404, "body": json.dumps({"message": f"no route for {method} {path}"})}
+
+
+def _injected_failure(when: str) -> dict:
+    return {"statusCode": 503, "headers": {"content-type": "application/json", "x-local-fault": when},
+            "body": json.dumps({"message": f"injected failure ({when} collect)"})}
+
 
 def _front(stack: LocalStack):
     from urllib.parse import parse_qsl, unquote, urlsplit
@@ -309,6 +460,8 @@ def _front(stack: LocalStack):
                 self._send(413, {"content-type": "application/json"}, b'{"message": "body too large"}')
                 return
             body = self.rfile.read(length) if length else None
+            started = time.perf_counter()
+            pool.begin_request()
             try:
                 response = stack.route(method, unquote(url.path), dict(parse_qsl(url.query)),
                                        {k.lower(): v for k, v in self.headers.items()}, body)
@@ -324,6 +477,10 @@ def _front(stack: LocalStack):
                 data = raw.encode() if isinstance(raw, str) else raw
             headers = {k.lower(): v for k, v in (response.get("headers") or {}).items()}
             self._send(response.get("statusCode", 200), headers, data)
+            if not url.path.startswith("/local/"):
+                total = (time.perf_counter() - started) * 1000
+                stack.front_total_ms.append(total)
+                stack.front_overhead_ms.append(total - pool.handler_ms_of_request())
 
         def _send(self, status: int, headers: dict, data: bytes) -> None:
             self.send_response(status)

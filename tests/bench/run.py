@@ -18,13 +18,19 @@ SECTIONS = ("ingest", "model", "serving", "experiment")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", choices=SECTIONS, action="append", help="measure only these sections")
+    parser.add_argument("--fault-schedules", type=int, metavar="N",
+                        help="ingest: run N fault-injection schedules instead of 10,000 (~5 min), while "
+                             "iterating; `make bench` runs them all")
     args = parser.parse_args()
     results = json.loads(OUT.read_text()) if OUT.exists() else {}
     for section in args.only or SECTIONS:
         started = time.perf_counter()
         print(f"bench: {section} ...", flush=True)
         module = __import__(f"tests.bench.{section}", fromlist=["run"])
-        results[section] = module.run()
+        options = {}
+        if section == "ingest" and args.fault_schedules is not None:
+            options["n_fault_schedules"] = args.fault_schedules
+        results[section] = module.run(**options)
         print(f"bench: {section} done in {time.perf_counter() - started:.1f}s: "
               f"{json.dumps(results[section])}", flush=True)
     results["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")

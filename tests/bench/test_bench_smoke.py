@@ -1,7 +1,17 @@
 """The benchmarks run (on a small stream) and their write accounting holds: a guard
 against a bench that silently stops measuring. Timing is never asserted here."""
 
+import contextlib
+import io
+import json
+import time
+
+from infra.local.lambda_events import context
+from infra.local.stack import cloudfront_event
+from personalize import identity, snapshots, state
+from personalize.events import parse_event
 from tests.bench import ingest
+from tests.bench.serving_floor import Floor, PackedUserStore, in_memory_edge, interleaved, summary
 
 
 def test_ingest_bench_writes_at_most_one_per_entity_per_batch():
@@ -12,3 +22,41 @@ def test_ingest_bench_writes_at_most_one_per_entity_per_batch():
     assert figures["ddb_writes_per_event"] <= 1.5 * figures["entity_floor_per_event"]
     assert figures["naive_writes_per_event"] > figures["ddb_writes_per_event"]
     assert figures["events_per_s"] > 0
+    assert figures["floor_events_per_s"] > 0 and figures["ratio_to_floor"] > 0
+
+
+def test_the_serving_floor_answers_the_same_request_as_the_edge_handler():
+    now = int(time.time() * 1000)
+    views = {}
+    for i in range(600):
+        item = state.ItemRow()
+        item.totals = [i, 0, 0, i % 7]
+        item.popularity = [float(i), now]
+        views[f"sku-{i}"] = state.merge_item_rows([item], now)
+    rows = {}
+    for u in range(12):
+        row = rows[f"u{u}"] = state.UserRow()
+        for j in range(6):
+            kind = ("view", "click", "add_to_cart", "purchase")[(u + j) % 4]
+            event = {"event_id": f"e{u}-{j}", "type": kind, "user_id": f"u{u}",
+                     "item_id": f"sku-{(u * 37 + j * 11) % 600}", "ts": now - 60_000 * (6 - j)}
+            if kind in ("add_to_cart", "purchase"):
+                event["quantity"] = 1
+            state.apply_user_event(row, parse_event(event), j)
+    users = PackedUserStore.of(rows)
+    module, recommender = in_memory_edge(snapshots.build(views, now, "smoke").encode(), users, "smoke-key",
+                                         log_sample_rate=0, freeze=False)
+    ids = list(rows)
+    events = [cloudfront_event("GET", "/recommendations", {"k": "10"},
+                               {"cookie": "rt_uid=" + identity.cookie_value(u, "smoke-key"), "x-country": "US"})
+              for u in ids]
+    floor = Floor(recommender, users.packed, ids, "US", 10, now)
+    with contextlib.redirect_stdout(io.StringIO()):
+        answers = [json.loads(module.lambda_handler(e, context("edge"))["body"]) for e in events]
+        times = interleaved(lambda e: module.lambda_handler(e, context("edge")), events, floor, ids,
+                            requests=24, warmup=2)
+    assert all(a["user_id"] == u and not a["fallback"] and len(a["items"]) == 10 for u, a in zip(ids, answers))
+    assert [floor.top_items(u) for u in ids] == [[i["item_id"] for i in a["items"]] for a in answers]
+    figures = summary(times)
+    assert all(len(v) == 24 for v in times.values()) and users.reads >= 36
+    assert figures["ratio_p50"] > 0 and figures["cpu_ratio_p50"] > 0

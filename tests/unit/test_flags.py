@@ -72,6 +72,22 @@ def test_flags_older_than_the_maximum_age_serve_only_the_champion():
     assert (stale.variant, stale.model, stale.experiment) == (flags.OUTSIDE, "a/v1", "none")
 
 
+def test_a_new_document_reaches_shoppers_already_assigned_by_the_previous_one():
+    store, clock = store_of(flags.rollout_document("a/v1", "b/v1", 1.0, "e"),
+                            flags.rollout_document("a/v1", "b/v1", 1.0, "e", kill_switch=True),
+                            flags.rollout_document("c/v1", "b/v1", 0.0, "e2"))
+    rollout = flags.Rollout(store, "a/v1")
+    users = [f"u{i}" for i in range(50)]
+    assert {rollout.assign(u).variant for u in users} == {flags.CHALLENGER}
+    clock["now"] = 11  # the killed document
+    rollout.assign(users[0])  # a stale document is re-read, then served
+    assert {rollout.assign(u).variant for u in users} == {flags.CHAMPION}
+    clock["now"] = 22
+    rollout.assign(users[0])
+    assert {(a.variant, a.model, a.experiment.split("@")[0]) for a in map(rollout.assign, users)} == {
+        (flags.CHAMPION, "c/v1", "e2")}
+
+
 def test_kill_switch_sends_everyone_to_the_champion():
     killed = flags.rollout_document("a/v1", "b/v1", 1.0, "e", kill_switch=True)
     rollout = flags.Rollout(store_of(killed)[0], "a/v1")

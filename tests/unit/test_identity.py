@@ -49,6 +49,26 @@ def test_a_shopper_signed_before_a_rotation_is_still_recognised_after_it(ring):
     assert keyring.verified_user("alice." + "A" * 43) is None
 
 
+def test_a_cookie_remembered_as_verified_is_refused_once_its_key_has_rotated_out(ring):
+    keyring, secret, clock = ring
+    alice = identity.cookie_value("alice", "key-1")
+    assert keyring.verified_user(alice) == "alice"
+    assert keyring.verified_user(alice) == "alice"  # remembered: not signed again
+    secret.rotate("key-2")
+    secret.rotate("key-3")  # key-1 is neither current nor previous any more
+    clock.now += 61
+    assert keyring.verified_user(alice) is None
+    assert keyring.verified_user(alice[:-1] + ("A" if alice[-1] != "A" else "B")) is None  # forged
+
+
+def test_the_verified_cookies_kept_are_bounded(ring):
+    keyring, _, _ = ring
+    for i in range(identity.VERIFIED_CACHE + 10):
+        assert keyring.verified_user(identity.cookie_value(f"u{i}", "key-1")) == f"u{i}"
+    assert len(keyring._verified) <= identity.VERIFIED_CACHE
+    assert keyring.verified_user(identity.cookie_value("u1", "key-1")) == "u1"
+
+
 def test_a_cookie_signed_with_a_key_rotated_in_since_the_last_read_verifies_within_seconds(ring):
     keyring, secret, clock = ring
     secret.rotate("key-2")

@@ -26,7 +26,6 @@ Exactly once in effect:
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 from . import keys, state, windows
@@ -52,8 +51,9 @@ class StreamRecord:
     @classmethod
     def of(cls, sequence_number: str, event: Event, source: str = "", arrival_ms: int | None = None,
            raw: bytes = b"") -> StreamRecord:
-        return cls(int(sequence_number), state.id_hash(f"{source}/{sequence_number}"), event,
-                   state.id_hash(event.event_id), event.ts if arrival_ms is None else arrival_ms, raw)
+        id_hash = state.id_hash
+        return cls(int(sequence_number), id_hash(f"{source}/{sequence_number}"), event, id_hash(event.event_id),
+                   event.ts if arrival_ms is None else arrival_ms, raw)
 
 
 @dataclass(slots=True)
@@ -122,14 +122,6 @@ class _Entity:
         return not self.holes or not any(lo <= seq <= hi for lo, hi in self.holes)
 
 
-def _route(e: Event) -> str:
-    """stock: the item's row, whatever else it carries; a shopper's event: the shopper and
-    then the items; no shopper: item-level aggregates only."""
-    if e.type == "stock":
-        return "stock"
-    return "user" if e.user_id is not None else "anonymous"
-
-
 def _anonymous_dedupe_key(r: StreamRecord, source: str) -> tuple[str, str]:
     return keys.anonymous_dedupe_key(source, windows.minute_of(r.event.ts), r.event_key % state.DEDUPE_BUCKETS)
 
@@ -137,20 +129,27 @@ def _anonymous_dedupe_key(r: StreamRecord, source: str) -> tuple[str, str]:
 def rows_needed(records: list[StreamRecord], shard: str, source: str | None = None) -> dict[str, set[tuple[str, str]]]:
     """The keys of every row this batch may change, per table."""
     source = source or shard
-    users: set[tuple[str, str]] = set()
+    user_ids: set[str] = set()
+    item_ids: set[str] = set()
+    variants: set[tuple[str, str]] = set()
     items: set[tuple[str, str]] = set()
-    for r in records:
+    for r in records:  # ids first, each key formatted once per batch
         e = r.event
-        route = _route(e)
-        if route == "user":
-            users.add(keys.user_key(e.user_id))
-        elif route == "anonymous":
+        if e.type == "stock":  # the item's row, whatever else it carries
+            if e.item_id is not None:
+                item_ids.add(e.item_id)
+            continue
+        if e.user_id is not None:
+            user_ids.add(e.user_id)
+        else:
             items.add(_anonymous_dedupe_key(r, source))
         if e.item_id is not None:
-            items.add(keys.item_key(e.item_id, shard))
-        if e.variant is not None and route != "stock":
-            items.add(keys.variant_key(keys.experiment_of(e.rec_id), e.variant, shard))
-    return {USERS: users, ITEMS: items}
+            item_ids.add(e.item_id)
+        if e.variant is not None:
+            variants.add((e.rec_id, e.variant))
+    items.update(keys.item_key(item_id, shard) for item_id in item_ids)
+    items.update(keys.variant_key(keys.experiment_of(rec_id), variant, shard) for rec_id, variant in variants)
+    return {USERS: {keys.user_key(user_id) for user_id in user_ids}, ITEMS: items}
 
 
 def _poison(stats: BatchStats, r: StreamRecord, exc: Exception) -> None:
@@ -187,50 +186,75 @@ def aggregate_batch(
                 ent.holes = tuple((int(h[1]), int(h[2])) for h in aux.holes if h[0] == source)
         return ent
 
-    by_user: dict[str, list[StreamRecord]] = defaultdict(list)
+    # Each entity is looked up once per batch, by id (its key formatted once).
+    item_entities: dict[str, _Entity] = {}
+    variant_entities: dict[tuple[str, str], _Entity] = {}
+
+    def item_entity(item_id: str) -> _Entity:
+        ent = item_entities.get(item_id)
+        if ent is None:
+            ent = item_entities[item_id] = entity("item", ITEMS, keys.item_key(item_id, shard), state.ItemRow)
+        return ent
+
+    by_user: dict[str, list[StreamRecord]] = {}
     stock_records: list[StreamRecord] = []
     anonymous_records: list[StreamRecord] = []
     newest_arrival = 0
+    late = 0
     for r in records:
         e = r.event
-        stats.events += 1
-        if r.arrival_ms > newest_arrival:
-            newest_arrival = r.arrival_ms
-        if r.arrival_ms - e.ts >= LATE_MS:
-            stats.late += 1  # left out of the windows only (see the module's docstring)
-        route = _route(e)
-        if route == "stock":
+        arrival = r.arrival_ms
+        if arrival > newest_arrival:
+            newest_arrival = arrival
+        if arrival - e.ts >= LATE_MS:
+            late += 1  # left out of the windows only (see the module's docstring)
+        # stock: the item's row, whatever else it carries; a shopper's event: the shopper and
+        # then the items; no shopper: item-level aggregates only.
+        if e.type == "stock":
             stock_records.append(r)
-        elif route == "user":
-            by_user[e.user_id].append(r)
+        elif e.user_id is not None:
+            user_records = by_user.get(e.user_id)
+            if user_records is None:
+                by_user[e.user_id] = [r]
+            else:
+                user_records.append(r)
         else:
             anonymous_records.append(r)
+    stats.events = len(records)
+    stats.late = late
 
     # Per shopper, in event-time order, so co-visits do not depend on arrival order.
     accepted: list[tuple[StreamRecord, list[str], bool]] = []
+    covisit_sources, apply_user_event, is_reorder = state.covisit_sources, state.apply_user_event, state.is_reorder
     for user_id, user_records in by_user.items():
         user = entity("user", USERS, keys.user_key(user_id), state.UserRow)
-        dedupe = state.DedupeRow(user.aux.seen)
-        user_records.sort(key=lambda r: (r.event.ts, r.event_key))  # stable: a resend after its original
+        check = state.DedupeRow(user.aux.seen).check
+        row = user.row
+        if len(user_records) > 1:
+            user_records.sort(key=_event_order)  # stable: a resend after its original
         for r in user_records:
             try:
-                verdict = dedupe.check(r.event_key, r.seq_key, r.arrival_ms)
+                verdict = check(r.event_key, r.seq_key, r.arrival_ms)
                 if verdict == state.DUPLICATE:
                     stats.duplicates += 1
                     continue
                 e = r.event
-                if user.applied(r.seq):
+                seq = r.seq
+                if seq <= user.base_mark and user.applied(seq):
                     stats.already_applied += 1
-                    sources = state.covisit_sources(user.row, e, r.event_key) if e.item_id else []
+                    sources = covisit_sources(row, e, r.event_key) if e.item_id else []
                     if verdict == state.NEW:  # its id had been forgotten (over the cap): remember it again
                         _touch(user, r)
                 else:
-                    sources = (state.covisit_sources(user.row, e, r.event_key)
+                    sources = (covisit_sources(row, e, r.event_key)
                                if e.item_id and e.type in MEASURE_INDEX else [])
-                    state.apply_user_event(user.row, e, r.event_key)
-                    _touch(user, r)
+                    apply_user_event(row, e, r.event_key)
+                    user.seqs.append(seq)  # _touch, inline
+                    user.changed = True
+                    if e.ts > user.last_ts:
+                        user.last_ts = e.ts
                 # Same answer before and after the row applied it (state.is_reorder).
-                accepted.append((r, sources, e.item_id is not None and state.is_reorder(user.row, e)))
+                accepted.append((r, sources, e.type == "purchase" and e.item_id is not None and is_reorder(row, e)))
             except Exception as exc:  # noqa: BLE001 - whatever it is, it costs only this record
                 _poison(stats, r, exc)
 
@@ -251,7 +275,7 @@ def aggregate_batch(
     # Stock levels are idempotent (the newest by event time wins): no dedupe needed.
     for r in stock_records:
         try:
-            item = entity("item", ITEMS, keys.item_key(r.event.item_id, shard), state.ItemRow)
+            item = item_entity(r.event.item_id)
             if item.applied(r.seq):
                 stats.already_applied += 1
             else:
@@ -261,21 +285,28 @@ def aggregate_batch(
         except Exception as exc:  # noqa: BLE001
             _poison(stats, r, exc)
 
-
+    add_covisits = state.add_covisits
     for r, sources, reorder in accepted:
         e = r.event
+        seq = r.seq
         try:
             if e.item_id is not None and e.type in MEASURE_INDEX:
-                item = entity("item", ITEMS, keys.item_key(e.item_id, shard), state.ItemRow)
-                if not item.applied(r.seq):
-                    state.apply_item_event(item.row, e, r.event_key, reorder)
+                item = item_entities.get(e.item_id) or item_entity(e.item_id)
+                if seq > item.base_mark or not item.applied(seq):
+                    state.apply_item_event(item.row, e, r.event_key, reorder)  # looked up per call: tests patch it
                     if sources:
-                        state.add_covisits(item.row, sources, e.ts)
-                    _touch(item, r)
+                        add_covisits(item.row, sources, e.ts)
+                    item.seqs.append(seq)  # _touch, inline
+                    item.changed = True
+                    if e.ts > item.last_ts:
+                        item.last_ts = e.ts
             if e.variant is not None:
-                key = keys.variant_key(keys.experiment_of(e.rec_id), e.variant, shard)
-                variant = entity("variant", ITEMS, key, state.VariantRow)
-                if not variant.applied(r.seq):
+                variant_id = (keys.experiment_of(e.rec_id), e.variant)
+                variant = variant_entities.get(variant_id)
+                if variant is None:
+                    variant = variant_entities[variant_id] = entity(
+                        "variant", ITEMS, keys.variant_key(*variant_id, shard), state.VariantRow)
+                if seq > variant.base_mark or not variant.applied(seq):
                     state.apply_variant_event(variant.row, e)
                     _touch(variant, r)
         except Exception as exc:  # noqa: BLE001
@@ -323,6 +354,10 @@ def _finish(ent: _Entity, source: str, now_ms: int, newest_arrival_ms: int) -> C
         raise ValueError(f"{len(row_bytes) + len(aux_bytes)} bytes, over {MAX_ROW_BYTES}")
     return Change(ent.table, ent.key, ent.kind, row_obj, aux_obj, ent.version, ent.seqs, ent.last_ts,
                   row_bytes, aux_bytes)
+
+
+def _event_order(r: StreamRecord) -> tuple[int, int]:
+    return r.event.ts, r.event_key
 
 
 def _touch(ent: _Entity, r: StreamRecord) -> None:

@@ -7,6 +7,7 @@ origin (the regional function, which serves the same API) instead of an error pa
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -30,26 +31,43 @@ def header_values(request: dict, name: str) -> list[str]:
     return [e.get("value", "") for e in entries if isinstance(e, dict)]
 
 
+_QUERIES: dict[str, dict[str, str]] = {}  # query string -> parsed: most requests repeat a few
+_QUERIES_KEPT = 1024
+_QUERY_CHARS = 256  # longer ones are parsed every time, never kept
+
+
 def query(request: dict) -> dict[str, str]:
-    parsed = parse_qs(request.get("querystring") or "", keep_blank_values=True)
-    return {k: v[0] for k, v in parsed.items()}
+    raw = request.get("querystring") or ""
+    parsed = _QUERIES.get(raw) if isinstance(raw, str) else None
+    if parsed is None:
+        parsed = {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
+        if isinstance(raw, str) and len(raw) <= _QUERY_CHARS:
+            if len(_QUERIES) >= _QUERIES_KEPT:
+                _QUERIES.clear()
+            _QUERIES[raw] = parsed
+    return dict(parsed)  # the caller's own copy
+
+
+# Generated at the edge, so the distribution's response headers policy never sees them:
+# HSTS and nosniff are set here.
+_HEADERS = {"content-type": "application/json", "cache-control": "private, no-store",
+            "strict-transport-security": HSTS, "x-content-type-options": "nosniff"}
+_STATUS = {200: "OK", 400: "Bad Request", 405: "Method Not Allowed"}
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # what json.dumps(separators=...) builds per call
 
 
 def generated(status: int, body: dict, headers: dict[str, str] | None = None) -> dict:
     """A CloudFront generated response: lower-case header map of {key, value} lists."""
-    all_headers = {"content-type": "application/json", "cache-control": "private, no-store",
-                   # Generated at the edge, so the distribution's response headers policy never
-                   # sees them: HSTS and nosniff are set here.
-                   "strict-transport-security": HSTS, "x-content-type-options": "nosniff",
-                   **({k.lower(): v for k, v in (headers or {}).items()})}
+    all_headers = {**_HEADERS, **({k.lower(): v for k, v in headers.items()} if headers else {})}
     return {
         "status": str(status),
-        "statusDescription": {200: "OK", 400: "Bad Request", 405: "Method Not Allowed"}.get(status, "Error"),
+        "statusDescription": _STATUS.get(status, "Error"),
         "headers": {k: [{"key": _title(k), "value": v}] for k, v in all_headers.items()},
-        "body": json.dumps(body, separators=(",", ":")),
+        "body": _ENCODER.encode(body),
     }
 
 
+@functools.lru_cache(maxsize=256)
 def _title(header: str) -> str:
     return "-".join(part.capitalize() for part in header.split("-"))
 

@@ -88,12 +88,22 @@ def _bounded_int(digits: str) -> int | float:
     return int(digits) if len(digits) <= 4000 else float("inf")
 
 
+# ``json.loads`` with ``parse_int`` builds a decoder per call; this one is built once.
+_DECODER = json.JSONDecoder(parse_int=_bounded_int)
+
+
 def loads(raw: bytes | str) -> object:
     """JSON from a client: UTF-8 only, bounded nesting; raises EventError. NaN and Infinity
     parse (as Python's json does) so that only the event holding one is rejected, by its
-    field's bounds, and the valid events beside it are kept."""
+    field's bounds, and the valid events beside it are kept. (``json.loads(raw,
+    parse_int=...)`` exactly, with its input handling, on a decoder built once.)"""
     try:
-        return json.loads(raw, parse_int=_bounded_int)
+        if isinstance(raw, str):
+            if raw.startswith("\ufeff"):
+                raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", raw, 0)
+        else:
+            raw = raw.decode(json.detect_encoding(raw), "surrogatepass")
+        return _DECODER.decode(raw)
     except RecursionError:
         raise EventError("not valid JSON: nested too deeply") from None
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
@@ -147,6 +157,12 @@ def country_code(value: object) -> str | None:
     return code if code in COUNTRIES else None
 
 
+def _plain_text(value: object, max_chars: int) -> bool:
+    """The common case of ``clean_text``, decided fast: printable ASCII of 1..max_chars (for
+    ASCII, ``isprintable`` is exactly "no C0 control character and no DEL")."""
+    return type(value) is str and 0 < len(value) <= max_chars and value.isascii() and value.isprintable()
+
+
 def parse_event(obj: object, now_ms: int | None = None, anonymous_ok: bool = False) -> Event:
     """Validate a decoded JSON value against the contract and return the event.
 
@@ -154,59 +170,81 @@ def parse_event(obj: object, now_ms: int | None = None, anonymous_ok: bool = Fal
     ``ts`` must lie within the last ``MAX_AGE_MS`` and at most ``MAX_FUTURE_SKEW_MS`` ahead.
     ``anonymous_ok``: a shopper event may come without ``user_id`` (the public route's
     anonymous shoppers, as ``collect`` writes them to the stream). Unknown fields are ignored.
+
+    On the ingest hot path: each rule's common case is decided inline (``_plain_text``, spelt
+    out for the ids), and anything else goes through the rule's own check (``clean_text``,
+    ``_integer``), which says what is wrong. The rules are checked in the same order either
+    way, so the first broken one is reported.
     """
     if type(obj) is not dict:
         raise EventError("event must be a JSON object")
-    event_id = _string(obj, "event_id", MAX_EVENT_ID_CHARS, True)
-    kind = obj.get("type")
+    get = obj.get
+    event_id = get("event_id")
+    if not (type(event_id) is str and 0 < len(event_id) <= MAX_EVENT_ID_CHARS
+            and event_id.isascii() and event_id.isprintable()):
+        event_id = _string(obj, "event_id", MAX_EVENT_ID_CHARS, True)
+    kind = get("type")
     if type(kind) is not str or (kind not in MEASURE_INDEX and kind not in ("stock", "impression")):
         raise EventError(f"type must be one of {', '.join(EVENT_TYPES)}")
-    if obj.get("ts") is None:
-        raise EventError("ts is required")
-    ts = _integer(obj, "ts", -(2**63), 2**63 - 1)
-    if ts is None or not MIN_TS_MS <= ts <= MAX_TS_MS:
-        raise EventError("ts must be epoch milliseconds (from 2000 to 3000)")
+    ts = get("ts")
+    if type(ts) is not int or not MIN_TS_MS <= ts <= MAX_TS_MS:
+        if ts is None:
+            raise EventError("ts is required")
+        ts = _integer(obj, "ts", -(2**63), 2**63 - 1)
+        if ts is None or not MIN_TS_MS <= ts <= MAX_TS_MS:
+            raise EventError("ts must be epoch milliseconds (from 2000 to 3000)")
     if now_ms is not None:
         if ts > now_ms + MAX_FUTURE_SKEW_MS:
             raise EventError("ts is more than 5 minutes in the future")
         if ts < now_ms - MAX_AGE_MS:
             raise EventError("ts is more than 7 days in the past")
-    user_id = _string(obj, "user_id", MAX_ID_CHARS, kind != "stock" and not anonymous_ok)
-    item_id = _string(obj, "item_id", MAX_ID_CHARS, kind != "impression")
+    user_id = get("user_id")
+    if not (type(user_id) is str and 0 < len(user_id) <= MAX_ID_CHARS
+            and user_id.isascii() and user_id.isprintable()):
+        user_id = _string(obj, "user_id", MAX_ID_CHARS, kind != "stock" and not anonymous_ok)
+    item_id = get("item_id")
+    if not (type(item_id) is str and 0 < len(item_id) <= MAX_ID_CHARS
+            and item_id.isascii() and item_id.isprintable()):
+        item_id = _string(obj, "item_id", MAX_ID_CHARS, kind != "impression")
     event = Event(event_id, kind, ts, user_id, item_id)
 
-    if obj.get("category") is not None:
-        event.category = clean_text(obj["category"], "category", MAX_TAG_CHARS)
-    country = obj.get("country")
+    category = get("category")
+    if category is not None:
+        event.category = category if _plain_text(category, MAX_TAG_CHARS) else clean_text(
+            category, "category", MAX_TAG_CHARS)
+    country = get("country")
     if country is not None:
-        event.country = country_code(country)
+        event.country = country if type(country) is str and country in COUNTRIES else country_code(country)
         if event.country is None:
             raise EventError("country must be an ISO 3166-1 alpha-2 code")
-    price = obj.get("price")
+    price = get("price")
     if price is not None:
         if type(price) not in (int, float) or not 0 <= price <= MAX_PRICE:  # NaN fails the comparison
             raise EventError(f"price must be a number from 0 to {MAX_PRICE:,}")
         event.price = float(price)
-    quantity = _integer(obj, "quantity", 1, MAX_QUANTITY)
-    if quantity is not None:
-        event.quantity = quantity
+    if get("quantity") is not None:
+        event.quantity = _integer(obj, "quantity", 1, MAX_QUANTITY)
     if kind == "stock":
         stock = _integer(obj, "stock", 0, MAX_STOCK)
         if stock is None:
             raise EventError("stock is required for stock events")
         event.stock = stock
-    if obj.get("rec_id") is not None:
-        event.rec_id = clean_text(obj["rec_id"], "rec_id", MAX_TAG_CHARS)
-    if obj.get("variant") is not None:
-        event.variant = clean_text(obj["variant"], "variant", MAX_TAG_CHARS)
+    rec_id = get("rec_id")
+    if rec_id is not None:
+        event.rec_id = rec_id if _plain_text(rec_id, MAX_TAG_CHARS) else clean_text(rec_id, "rec_id", MAX_TAG_CHARS)
+    variant = get("variant")
+    if variant is not None:
+        event.variant = variant if _plain_text(variant, MAX_TAG_CHARS) else clean_text(
+            variant, "variant", MAX_TAG_CHARS)
     if kind == "impression":
-        items = obj.get("items")
+        items = get("items")
         if type(items) is not list or not items:
             raise EventError("items must be a non-empty list of item ids for impression events")
         if len(items) > MAX_IMPRESSION_ITEMS:
             raise EventError(f"items holds at most {MAX_IMPRESSION_ITEMS} item ids")
         for item in items:
-            clean_text(item, "items", MAX_ID_CHARS)
+            if not _plain_text(item, MAX_ID_CHARS):
+                clean_text(item, "items", MAX_ID_CHARS)
         event.items = tuple(items)
     return event
 

@@ -196,6 +196,8 @@ class Rollout:
         self.max_age_s = max_age_s
         self._seen: dict | None = None
         self._seen_step = 0
+        self._evaluated_for: dict | None = None
+        self._evaluated: dict = {}
         self.flags = FeatureFlags(store=store)
         self.default_champion = default_champion
         self.default_experiment = default_experiment
@@ -210,8 +212,8 @@ class Rollout:
             self.store.get_configuration()
         except ConfigurationStoreError:
             return Assignment(CHAMPION, self.default_champion, self.default_experiment, False)
-        champion = self.flags.evaluate(name="champion_model", default=self.default_champion)
-        experiment = self.flags.evaluate(name="experiment_id", default=self.default_experiment)
+        champion = self._flag("champion_model", self.default_champion)
+        experiment = self._flag("experiment_id", self.default_experiment)
         if self.store.clock() - self.store.succeeded_at > self.max_age_s:
             # An instance that cannot reach AppConfig must not keep a challenger live: the
             # guardrail's kill would never reach it. Champion only, outside the experiment.
@@ -220,13 +222,27 @@ class Rollout:
             return Assignment(OUTSIDE, champion, self.default_experiment, True)
         step = self._step()
         analysed = analysis_id(experiment, step) if step else experiment
-        if self.flags.evaluate(name="kill_switch", default=False):
+        if self._flag("kill_switch", False):
             return Assignment(CHAMPION, champion, analysed, True)
-        on = self.flags.evaluate(name=CHALLENGER, context={"bucket": bucket(user_id, experiment)}, default=False)
-        if on:
-            return Assignment(CHALLENGER, self.flags.evaluate(name="challenger_model", default=champion),
-                              analysed, True)
+        if self._flag(CHALLENGER, False, bucket(user_id, experiment)):
+            return Assignment(CHALLENGER, self._flag("challenger_model", champion), analysed, True)
         return Assignment(CHAMPION, champion, analysed, True)
+
+    def _flag(self, name: str, default, shopper_bucket: int | None = None):
+        """``FeatureFlags.evaluate`` of one flag (with the shopper's bucket as its context),
+        remembered per document: its answer depends only on the document and the context, so
+        a request re-evaluates nothing it has seen (at most BUCKETS + a few per document)."""
+        document = self.store.document
+        if document is not self._evaluated_for:  # held here: identity cannot alias a new document
+            self._evaluated_for, self._evaluated = document, {}
+        key = (name, default, shopper_bucket)
+        try:
+            return self._evaluated[key]
+        except KeyError:
+            pass
+        context = {} if shopper_bucket is None else {"bucket": shopper_bucket}
+        value = self._evaluated[key] = self.flags.evaluate(name=name, context=context, default=default)
+        return value
 
     def _step(self) -> int:
         """The current document's ramp step, recomputed only when the document changes (it is

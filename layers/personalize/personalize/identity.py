@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 COOKIE = "rt_uid"
 MAX_USER_ID = 128
 SIGNATURE_CHARS = 43
+VERIFIED_CACHE = 4096  # cookies remembered as verified, per serving instance
 REC_ID_TTL_S = 7 * 24 * 3600  # events older than a week are rejected anyway (DESIGN 3.1)
 REC_MAC_CHARS = 22
 REC_SEPARATOR = "~"
@@ -194,6 +195,10 @@ class KeyRing:
         self.failures = 0
         self._lock = threading.Lock()
         self.thread: threading.Thread | None = None  # the last background re-read (tests join it)
+        # cookie -> (the keys it verified with, its user id): a shopper's cookie is verified
+        # once per key set, not on every request. Only cookies that verified are kept (a flood
+        # of forged ones cannot fill it), at most VERIFIED_CACHE, then it starts over.
+        self._verified: dict[str, tuple[tuple[str, ...], str]] = {}
 
     @classmethod
     def static(cls, *keys: str | None) -> KeyRing:
@@ -252,9 +257,18 @@ class KeyRing:
         self.thread.start()
 
     def verified_user(self, cookie: str | None) -> str | None:
-        user = verified_user(cookie, self.keys())
-        if user is None and cookie and len(cookie.rpartition(".")[2]) == SIGNATURE_CHARS:
-            self.nudge()
+        keys = self.keys()
+        cached = self._verified.get(cookie) if isinstance(cookie, str) else None
+        if cached is not None and cached[0] == keys:
+            return cached[1]
+        user = verified_user(cookie, keys)
+        if user is None:
+            if cookie and len(cookie.rpartition(".")[2]) == SIGNATURE_CHARS:
+                self.nudge()
+            return None
+        if len(self._verified) >= VERIFIED_CACHE:
+            self._verified.clear()
+        self._verified[cookie] = (keys, user)
         return user
 
     def token_matches(self, given: str | None) -> bool:

@@ -56,20 +56,25 @@ def verify(manifest: Manifest, model_bytes: bytes) -> None:
         raise ModelError(f"{manifest.name}/{manifest.version}: duplicate features in the manifest")
 
 
+def inference_session(model_bytes: bytes):
+    """The onnxruntime session serving runs a model in: single-threaded, all graph optimisations."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
 class Ranker:
     """An ONNX ranker: one session, single-threaded, created once per process."""
 
     def __init__(self, manifest: Manifest, model_bytes: bytes):
-        import onnxruntime as ort
-
         verify(manifest, model_bytes)
         self.manifest = manifest
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        self.session = inference_session(model_bytes)
         self.input_name = self.session.get_inputs()[0].name
         outputs = [o.name for o in self.session.get_outputs()]
         self.output_name = "probabilities" if "probabilities" in outputs else outputs[-1]

@@ -13,6 +13,7 @@ know is refused at load time (``models.load_ranker``).
 from __future__ import annotations
 
 import math
+from itertools import chain, repeat
 
 import numpy as np
 
@@ -78,7 +79,16 @@ def _days_log(now_ms: int, ts: int) -> float:
 def user_item_order(row: UserRow) -> list[str]:
     """The shopper's items, strongest first (decayed purchases, carts, clicks, then recency)."""
     items = row.items
-    return sorted(items, key=lambda i: (-row.decayed(items[i]), -items[i][2], -items[i][1], -items[i][4], i))
+    n_orders = row.orders[state.O_COUNT]
+    decay, scale = state.PURCHASE_DECAY, state.DECAYED_SCALE
+
+    def key(item: str) -> tuple:
+        stats = items[item]
+        weight = stats[state.I_DECAYED]  # row.decayed(stats) inlined: the same arithmetic, same order
+        decayed = (weight * decay ** (n_orders - stats[state.I_LAST_ORDER]) if weight else 0.0) / scale
+        return (-decayed, -stats[2], -stats[1], -stats[4], item)
+
+    return sorted(items, key=key)
 
 
 def cart_indexes(snap: ItemSnapshot, row: UserRow | None, now_ms: int) -> np.ndarray:
@@ -121,15 +131,28 @@ def candidates(snap: ItemSnapshot, row: UserRow | None, country: str | None = No
     if not parts:
         return np.zeros(0, dtype=np.int32)
     pool = np.concatenate(parts)
-    pool = pool[allowed[pool]]
-    _, first = np.unique(pool, return_index=True)
-    chosen = pool[np.sort(first)]
+    chosen = _first_occurrences(pool[allowed[pool]])
     if len(chosen) < min_count and len(snap.items) > len(chosen):
         # A thin catalogue: top up with the most popular of the rest.
         rest = np.setdiff1d(np.flatnonzero(allowed), chosen, assume_unique=False)
         order = np.argsort(-snap.matrix[rest, ITEM_COLUMNS.index("item_popularity_log")], kind="stable")
         chosen = np.concatenate([chosen, rest[order][: min_count - len(chosen)].astype(np.int32)])
     return chosen.astype(np.int32)
+
+
+def _first_occurrences(pool: np.ndarray) -> np.ndarray:
+    """``pool`` without repeats, each value where it first occurs (``np.unique``'s
+    ``return_index``, sorted back, with less overhead)."""
+    if len(pool) < 2:
+        return pool
+    order = np.argsort(pool, kind="stable")  # stable: the first of equal values comes first
+    ordered = pool[order]
+    new = np.empty(len(pool), dtype=bool)
+    new[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    first = order[new]
+    first.sort()
+    return pool[first]
 
 
 def _add_covisits(out: np.ndarray, cands_sorted: np.ndarray, sorter: np.ndarray, nb: np.ndarray, w: np.ndarray):
@@ -153,111 +176,179 @@ def _neighbour_pairs(snap: ItemSnapshot, js: np.ndarray, scale: np.ndarray) -> t
     return snap.nb_items[pos], (snap.nb_weights[pos] * scale[owner]).astype(np.float32)
 
 
-def feature_matrix(snap: ItemSnapshot, row: UserRow | None, cands: np.ndarray, now_ms: int,
-                   context_item: str | None = None) -> np.ndarray:
-    """float32 [len(cands), len(FEATURES)], columns in ``FEATURES`` order."""
-    k = len(cands)
-    X = np.zeros((k, len(FEATURES)), dtype=np.float32)
-    if k == 0:
-        return X
-    X[:, _ITEM_START:_ITEM_END] = snap.matrix[cands]
-    X[:, INDEX["popular_rank_log"]] = snap.popular_rank[cands]
-    X[:, INDEX["ui_days_since_log"]] = math.log1p(NO_HISTORY_DAYS)
-    X[:, INDEX["user_days_since_log"]] = math.log1p(NO_HISTORY_DAYS)
-    X[:, INDEX["ui_days_since_purchase_log"]] = math.log1p(NO_HISTORY_DAYS)
-    X[:, INDEX["ui_orders_since_log"]] = math.log1p(NO_PURCHASE_ORDERS)
-    X[:, INDEX["ui_cycle_log"]] = -1.0
-    X[:, INDEX["user_order_cycle_log"]] = -1.0
-    order = np.argsort(cands, kind="stable")
-    cands_sorted = cands[order]
-    index = snap.index
-    if context_item is not None and context_item in index:
-        ctx = np.zeros(k, dtype=np.float32)
-        _add_covisits(ctx, cands_sorted, order, *snap.neighbours(index[context_item]))
-        X[:, INDEX["context_covisit_log"]] = np.log1p(ctx)
-    if row is None:
-        return X
-    purchases = row.totals[3]
-    X[:, INDEX["user_purchases_log"]] = math.log1p(purchases)
+# Columns every candidate starts from: 0, or the "never" value where 0 would mean "just now".
+_DEFAULTS = np.zeros(len(FEATURES), dtype=np.float32)
+_DEFAULTS[INDEX["ui_days_since_log"]] = math.log1p(NO_HISTORY_DAYS)
+_DEFAULTS[INDEX["user_days_since_log"]] = math.log1p(NO_HISTORY_DAYS)
+_DEFAULTS[INDEX["ui_days_since_purchase_log"]] = math.log1p(NO_HISTORY_DAYS)
+_DEFAULTS[INDEX["ui_orders_since_log"]] = math.log1p(NO_PURCHASE_ORDERS)
+_DEFAULTS[INDEX["ui_cycle_log"]] = -1.0
+_DEFAULTS[INDEX["user_order_cycle_log"]] = -1.0
+_POPULAR_RANK = INDEX["popular_rank_log"]
+
+
+def _user_columns(out: np.ndarray, row: UserRow, now_ms: int) -> float | None:
+    """The shopper's own columns (the same for every candidate) into ``out``; returns
+    their mean interval between orders in days (None with fewer than 2 orders)."""
+    out[INDEX["user_purchases_log"]] = math.log1p(row.totals[3])
     if row.last_ts:
-        X[:, INDEX["user_days_since_log"]] = _days_log(now_ms, row.last_ts)
+        out[INDEX["user_days_since_log"]] = _days_log(now_ms, row.last_ts)
     sums = windows.window_sums(row.tiles, now_ms)["10m"]
-    X[:, INDEX["user_click_rate_10m"]] = click_rate(sums[1], sums[0])
-    X[:, INDEX["user_views_10m_log"]] = math.log1p(sums[0])
+    out[INDEX["user_click_rate_10m"]] = click_rate(sums[1], sums[0])
+    out[INDEX["user_views_10m_log"]] = math.log1p(sums[0])
     n_orders, basket_items, first_order, last_order = row.orders[:4]
-    X[:, INDEX["user_orders_log"]] = math.log1p(n_orders)
-    X[:, INDEX["user_reorder_share"]] = row.orders[state.O_REORDER_ITEMS] / basket_items if basket_items else 0.0
-    X[:, INDEX["user_basket_log"]] = math.log1p(basket_items / n_orders) if n_orders else 0.0
+    out[INDEX["user_orders_log"]] = math.log1p(n_orders)
+    out[INDEX["user_reorder_share"]] = row.orders[state.O_REORDER_ITEMS] / basket_items if basket_items else 0.0
+    out[INDEX["user_basket_log"]] = math.log1p(basket_items / n_orders) if n_orders else 0.0
     user_interval = (last_order - first_order) / DAY_MS / (n_orders - 1) if n_orders >= 2 else None
     if user_interval is not None:
         ratio = max(0.0, (now_ms - last_order) / DAY_MS) / max(user_interval, MIN_INTERVAL_DAYS)
-        X[:, INDEX["user_order_cycle_log"]] = math.log1p(min(ratio, MAX_CYCLE_RATIO))
+        out[INDEX["user_order_cycle_log"]] = math.log1p(min(ratio, MAX_CYCLE_RATIO))
+    return user_interval
 
-    cov = np.zeros(k, dtype=np.float32)
-    nbs, ws = [], []
+
+def feature_matrix(snap: ItemSnapshot, row: UserRow | None, cands: np.ndarray, now_ms: int,
+                   context_item: str | None = None) -> np.ndarray:
+    """float32 [len(cands), len(FEATURES)], columns in ``FEATURES`` order.
+
+    Built column by column (the array is column-major: each feature is one contiguous run
+    over the candidates), from one row of defaults and the shopper's constants; the four
+    co-visit columns are summed by one sparse add."""
+    k = len(cands)
+    if k == 0:
+        return np.zeros((0, len(FEATURES)), dtype=np.float32)
+    base = _DEFAULTS.copy()
+    user_interval = _user_columns(base, row, now_ms) if row is not None else None
+    XT = np.empty((len(FEATURES), k), dtype=np.float32)  # XT[feature] = that column
+    XT[:] = base[:, None]
+    XT[_ITEM_START:_ITEM_END] = snap.matrix[cands].T
+    XT[_POPULAR_RANK] = snap.popular_rank[cands]
+    order = np.argsort(cands, kind="stable")
+    cands_sorted = cands[order]
+    index = snap.index
+    covisits = _Covisits()
+    if context_item is not None and context_item in index:
+        covisits.add(_CONTEXT, *snap.neighbours(index[context_item]))
+    if row is None:
+        covisits.into(XT, cands_sorted, order)
+        return XT.T
+
+    recent = []
     for item in dict.fromkeys(i for i, _, _ in reversed(row.recent)):  # newest first, once each
         j = index.get(item)
-        if j is None:
-            continue
-        nb, w = snap.neighbours(j)
-        nbs.append(nb)
-        ws.append(w)
-    if nbs:  # one sparse add for all recent items' neighbours
-        _add_covisits(cov, cands_sorted, order, np.concatenate(nbs), np.concatenate(ws))
-    X[:, INDEX["covisit_log"]] = np.log1p(cov)
-    recent_js = np.fromiter((index.get(i, -1) for i, _, _ in row.recent), dtype=np.int64, count=len(row.recent))
-    X[:, INDEX["ui_in_recent"]] = np.isin(cands, recent_js[recent_js >= 0])
+        if j is not None:
+            recent.append(j)
+            covisits.add(_RECENT, *snap.neighbours(j))
+    if recent:  # candidates among the recent items (as np.isin: every occurrence)
+        recent_sorted = np.sort(np.array(recent, dtype=cands.dtype))
+        loc = np.minimum(np.searchsorted(recent_sorted, cands), len(recent_sorted) - 1)
+        XT[INDEX["ui_in_recent"]] = recent_sorted[loc] == cands
     if not row.items:
-        return X
+        covisits.into(XT, cands_sorted, order)
+        return XT.T
 
     # The shopper's own items, as arrays: one row of stats per item.
-    js = np.fromiter((index.get(i, -1) for i in row.items), dtype=np.int64, count=len(row.items))
-    stats = np.array(list(row.items.values()), dtype=np.float64)
+    n_orders = row.orders[0]
+    purchases = row.totals[3]
+    n_items = len(row.items)
+    js = np.fromiter(map(index.get, row.items, repeat(-1, n_items)), dtype=np.int64, count=n_items)
+    widths = set(map(len, row.items.values()))
+    if len(widths) == 1:  # as UserRow.from_obj leaves them: one flat read, no nested-list discovery
+        width = widths.pop()
+        stats = np.fromiter(chain.from_iterable(row.items.values()), dtype=np.float64,
+                            count=n_items * width).reshape(n_items, width)
+    else:
+        stats = np.array(list(row.items.values()), dtype=np.float64)
     known = js >= 0
     js, stats = js[known], stats[known]
     orders_ago = n_orders - stats[:, state.I_LAST_ORDER]
     decayed = stats[:, state.I_DECAYED] * (state.PURCHASE_DECAY ** orders_ago / state.DECAYED_SCALE)
     in_session = stats[:, state.I_LAST_TS] >= now_ms - state.SESSION_MS
-    X[:, INDEX["session_items_log"]] = math.log1p(int(in_session.sum()))
-    session_cov = np.zeros(k, dtype=np.float32)
-    if in_session.any():
-        _add_covisits(session_cov, cands_sorted, order,
-                      *_neighbour_pairs(snap, js[in_session], np.ones(int(in_session.sum()))))
-    X[:, INDEX["session_covisit_log"]] = np.log1p(session_cov)
+    session_items = int(in_session.sum())
+    XT[INDEX["session_items_log"]] = math.log1p(session_items)
+    if session_items:
+        covisits.add(_SESSION, *_neighbour_pairs(snap, js[in_session], np.ones(session_items)))
     bought = decayed > 0
-    copurchase = np.zeros(k, dtype=np.float32)
     if bought.any():
-        _add_covisits(copurchase, cands_sorted, order, *_neighbour_pairs(snap, js[bought], decayed[bought]))
-    X[:, INDEX["copurchase_log"]] = np.log1p(copurchase)
+        covisits.add(_COPURCHASE, *_neighbour_pairs(snap, js[bought], decayed[bought]))
+    covisits.into(XT, cands_sorted, order)
 
     loc = np.minimum(np.searchsorted(cands_sorted, js), k - 1)
     hit = cands_sorted[loc] == js
     p = order[loc[hit]]  # candidate positions of the shopper's items
     s = stats[hit]
-    X[p, _UI[0]] = np.log1p(s[:, 3])
-    X[p, _UI[1]] = np.log1p(s[:, 2])
-    X[p, _UI[2]] = np.log1p(s[:, 1])
-    X[p, _UI[3]] = np.log1p(s[:, 0])
-    X[p, INDEX["ui_days_since_log"]] = np.log1p(np.maximum(0.0, (now_ms - s[:, state.I_LAST_TS]) / DAY_MS))
-    X[p, INDEX["ui_seen"]] = 1.0
-    X[p, INDEX["ui_purchase_share"]] = s[:, 3] / purchases if purchases else 0.0
-    X[p, INDEX["ui_in_session"]] = in_session[hit]
-    X[p, INDEX["ui_decayed"]] = decayed[hit]
-    has = s[:, state.I_ORDERS] > 0
+    ui = np.empty((len(_UI_BLOCK), len(p)))  # the shopper-item columns, written with one scatter
+    ui[0] = np.log1p(s[:, 3])
+    ui[1] = np.log1p(s[:, 2])
+    ui[2] = np.log1p(s[:, 1])
+    ui[3] = np.log1p(s[:, 0])
+    ui[4] = np.log1p(np.maximum(0.0, (now_ms - s[:, state.I_LAST_TS]) / DAY_MS))
+    ui[5] = 1.0
+    ui[6] = s[:, 3] / purchases if purchases else 0.0
+    ui[7] = in_session[hit]
+    ui[8] = decayed[hit]
     if n_orders:
-        X[p, INDEX["ui_basket_rate"]] = s[:, state.I_ORDERS] / n_orders
+        ui[9] = s[:, state.I_ORDERS] / n_orders
+        XT[_UI_BLOCK[:, None], p] = ui
+    else:
+        XT[_UI_BLOCK[:9, None], p] = ui[:9]
+    has = s[:, state.I_ORDERS] > 0
     pb, sb = p[has], s[has]
     if len(pb):
         first = np.where(sb[:, state.I_FIRST_ORDER] > 0, sb[:, state.I_FIRST_ORDER], 1)  # rows from before it existed
-        X[pb, INDEX["ui_rate_since_first"]] = sb[:, state.I_ORDERS] / np.maximum(n_orders - first + 1, 1)
-        X[pb, INDEX["ui_orders_since_log"]] = np.log1p(n_orders - sb[:, state.I_LAST_ORDER])
+        bought_block = np.empty((len(_BOUGHT_BLOCK), len(pb)))
+        bought_block[0] = sb[:, state.I_ORDERS] / np.maximum(n_orders - first + 1, 1)
+        bought_block[1] = np.log1p(n_orders - sb[:, state.I_LAST_ORDER])
         days = np.maximum(0.0, (now_ms / 1000 - sb[:, state.I_LAST_BUY_S]) / 86_400)
-        X[pb, INDEX["ui_days_since_purchase_log"]] = np.log1p(days)
+        bought_block[2] = np.log1p(days)
         own = sb[:, state.I_BUY_SPAN_H] / 24 / np.maximum(sb[:, state.I_ORDERS] - 1, 1)
         interval = np.where(sb[:, state.I_ORDERS] >= 2, own, user_interval if user_interval is not None else np.nan)
         ratio = days / np.maximum(interval, MIN_INTERVAL_DAYS)
-        X[pb, INDEX["ui_cycle_log"]] = np.where(np.isnan(ratio), -1.0, np.log1p(np.minimum(ratio, MAX_CYCLE_RATIO)))
-    return X
+        bought_block[3] = np.where(np.isnan(ratio), -1.0, np.log1p(np.minimum(ratio, MAX_CYCLE_RATIO)))
+        XT[_BOUGHT_BLOCK[:, None], pb] = bought_block
+    return XT.T
+
+
+# The shopper-item columns set for the shopper's own items (ui_basket_rate last: only with orders).
+_UI_BLOCK = np.array([*_UI, INDEX["ui_days_since_log"], INDEX["ui_seen"], INDEX["ui_purchase_share"],
+                      INDEX["ui_in_session"], INDEX["ui_decayed"], INDEX["ui_basket_rate"]])
+# ... and for the items they bought in an order.
+_BOUGHT_BLOCK = np.array([INDEX["ui_rate_since_first"], INDEX["ui_orders_since_log"],
+                          INDEX["ui_days_since_purchase_log"], INDEX["ui_cycle_log"]])
+# The co-visit columns, as rows of _Covisits' sums.
+_COVISIT_COLUMNS = np.array([INDEX["context_covisit_log"], INDEX["covisit_log"], INDEX["session_covisit_log"],
+                             INDEX["copurchase_log"]])
+_CONTEXT, _RECENT, _SESSION, _COPURCHASE = range(4)
+
+
+class _Covisits:
+    """Co-visit weights to sum per candidate, for the four co-visit columns at once: each
+    column's weights are added in the order they were given (float32, as one column alone)."""
+
+    def __init__(self):
+        self.items: list[np.ndarray] = []
+        self.weights: list[np.ndarray] = []
+        self.columns: list[int] = []
+
+    def add(self, column: int, items: np.ndarray, weights: np.ndarray) -> None:
+        if len(items):
+            self.items.append(items)
+            self.weights.append(weights)
+            self.columns.append(column)
+
+    def into(self, XT: np.ndarray, cands_sorted: np.ndarray, order: np.ndarray) -> None:
+        """log1p(sum of weights) per candidate into the co-visit rows of ``XT`` (none: 0, the default)."""
+        if not self.items:
+            return
+        k = len(cands_sorted)
+        nb = np.concatenate(self.items)
+        w = np.concatenate(self.weights).astype(np.float32, copy=False)
+        column = np.repeat(np.array(self.columns), [len(i) for i in self.items])
+        loc = np.minimum(np.searchsorted(cands_sorted, nb), k - 1)
+        hit = cands_sorted[loc] == nb
+        sums = np.zeros(len(_COVISIT_COLUMNS) * k, dtype=np.float32)
+        np.add.at(sums, column[hit] * k + order[loc[hit]], w[hit])
+        XT[_COVISIT_COLUMNS] = np.log1p(sums.reshape(len(_COVISIT_COLUMNS), k))
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

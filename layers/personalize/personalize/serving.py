@@ -267,7 +267,9 @@ class Recommender:
         X = ranking.feature_matrix(snap, row, cands, now_ms, query.context_item)
         scores = variant.ranker.score(X)
         best = ranking.top_k(scores, query.k)
-        body["items"] = [{"item_id": snap.items[cands[p]], "score": round(float(scores[p]), 6)} for p in best]
+        items = snap.items
+        body["items"] = [{"item_id": items[c], "score": round(v, 6)}  # Python ints and floats: no numpy scalars
+                         for c, v in zip(cands[best].tolist(), scores[best].tolist())]
         reason = reason or variant.fallback_reason
         if reason is not None:
             body.update(fallback=True, fallback_reason=reason)

@@ -181,6 +181,23 @@ def origin_keys(config: ServingConfig) -> identity.KeyRing:
     return identity.KeyRing(SecretVersions(config.origin_secret, config.home_region).load)
 
 
+def chooser(rollout: flags.Rollout, models: ModelCache, champion: Ranker) -> Callable[[str | None], Variant]:
+    """What serves a shopper: their variant from the flags, and that variant's model."""
+
+    def choose(user_id: str | None) -> Variant:
+        assignment = rollout.assign(user_id)
+        try:
+            ranker = models.get(assignment.model)
+        except ModelUnavailableError as exc:
+            # Served by the bundled champion, still counted as this variant's (a fallback of
+            # the challenger's, which the rollback alarm watches), never as the champion's.
+            log.warning("%s; serving the default champion", exc)
+            return Variant(assignment.variant, champion, assignment.experiment, f"{assignment.variant}_unavailable")
+        return Variant(assignment.variant, ranker, assignment.experiment)
+
+    return choose
+
+
 def build(config: ServingConfig, models_dir: Path, running_region: str | None, on_scored=None):
     """(recommender, rollout, models) for this function instance."""
     artifacts = S3Artifacts(config.artifacts_bucket, config.home_region)
@@ -195,18 +212,7 @@ def build(config: ServingConfig, models_dir: Path, running_region: str | None, o
                             config.default_champion)
     models = ModelCache(models_dir, artifacts, rollout.pins)
     champion = models.get(config.default_champion)  # fail at cold start, not on a request
-
-    def choose(user_id: str | None) -> Variant:
-        assignment = rollout.assign(user_id)
-        try:
-            ranker = models.get(assignment.model)
-        except ModelUnavailableError as exc:
-            # Served by the bundled champion, still counted as this variant's (a fallback of
-            # the challenger's, which the rollback alarm watches), never as the champion's.
-            log.warning("%s; serving the default champion", exc)
-            return Variant(assignment.variant, champion, assignment.experiment, f"{assignment.variant}_unavailable")
-        return Variant(assignment.variant, ranker, assignment.experiment)
-
+    choose = chooser(rollout, models, champion)
     table = config.replica_table or regions.replica_table(config.home_region, config.replica_regions)
     replica, timeout_s = regions.choose(table, running_region, config.home_region, config.user_read_timeout_s)
     users = DynamoUserStore(config.features_table, region=replica, timeout_s=timeout_s)

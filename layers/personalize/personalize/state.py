@@ -19,6 +19,7 @@ Plain Python, no AWS: training replays history through the same functions.
 from __future__ import annotations
 
 import hashlib
+import heapq
 from dataclasses import dataclass, field
 
 from . import windows
@@ -66,10 +67,10 @@ WATERMARK_IDLE_MS = 8 * DAY_MS
 MAX_HOLES = 64
 
 
-def id_hash(text: str) -> int:
+def id_hash(text: str, _blake2b=hashlib.blake2b, _from_bytes=int.from_bytes) -> int:
     """A 64-bit key (the contract's ids are valid UTF-8; ``surrogatepass`` keeps anything
     else hashable instead of raising)."""
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
+    return _from_bytes(_blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
 
 
 @dataclass(slots=True)
@@ -337,13 +338,13 @@ def covisit_sources(row: UserRow, event: Event, event_key: int) -> list[str]:
     """
     ts = event.ts
     floor = ts - COVISIT_WINDOW_MS
-    mark = (ts, event_key & RECENT_KEY_MASK)
+    key = event_key & RECENT_KEY_MASK
     own = event.item_id
     out = []
     for item, t, k in reversed(row.recent):  # newest first; stop at the window's edge
         if t < floor:
             break
-        if (t, k) < mark and item != own:
+        if (t < ts or (t == ts and k < key)) and item != own:  # (t, k) < (ts, key)
             out.append(item)
     return out
 
@@ -355,7 +356,11 @@ def apply_user_event(row: UserRow, event: Event, event_key: int) -> None:
         return
     ts = event.ts
     qty = event.quantity if measure >= 2 else 1
-    windows.add(row.tiles, ts, measure, qty)
+    minute = ts // windows.MINUTE_MS  # windows.add, inline: the hot path
+    tile = row.tiles.get(minute)
+    if tile is None:
+        tile = row.tiles[minute] = [0, 0, 0, 0]
+    tile[measure] += qty
     row.totals[measure] += qty
     if ts > row.last_ts:
         row.last_ts = ts
@@ -516,7 +521,11 @@ def apply_item_event(row: ItemRow, event: Event, event_key: int, reorder: bool =
         return
     measure = MEASURE_INDEX[event.type]
     qty = event.quantity if measure >= 2 else 1
-    windows.add(row.tiles, ts, measure, qty)
+    minute = ts // windows.MINUTE_MS  # windows.add, inline: the hot path
+    tile = row.tiles.get(minute)
+    if tile is None:
+        tile = row.tiles[minute] = [0, 0, 0, 0]
+    tile[measure] += qty
     if event.country:
         tiles = row.countries.get(event.country)
         if tiles is None:
@@ -524,16 +533,20 @@ def apply_item_event(row: ItemRow, event: Event, event_key: int, reorder: bool =
             tiles = row.countries.get(country)
             if tiles is None:
                 tiles = row.countries[country] = {}
-        windows.add(tiles, ts, measure, qty)
+        tile = tiles.get(minute)
+        if tile is None:
+            tile = tiles[minute] = [0, 0, 0, 0]
+        tile[measure] += qty
     row.totals[measure] += qty
     if reorder:
         row.reorders += qty
     pop = row.popularity
     weight = INTERACTION_WEIGHTS[measure] * qty
-    as_of = max(ts, pop[1])
-    pop[0] = (windows.decay(pop[0], pop[1], as_of, POPULARITY_HALF_LIFE_MS)
-              + windows.decay(weight, ts, as_of, POPULARITY_HALF_LIFE_MS))
-    pop[1] = as_of
+    if ts >= pop[1]:  # in order (the usual case): decay the total to this event, add it
+        pop[0] = windows.decay(pop[0], pop[1], ts, POPULARITY_HALF_LIFE_MS) + weight
+        pop[1] = ts
+    else:  # late: the event's weight decays to the row's time
+        pop[0] += windows.decay(weight, ts, pop[1], POPULARITY_HALF_LIFE_MS)
     if event.category:
         row.category = event.category
     if event.price is not None:
@@ -544,17 +557,21 @@ def add_covisits(row: ItemRow, sources: list[str], ts: int) -> None:
     """Strengthen the item's links to ``sources``; the list is cut to the strongest
     ``NEIGHBOURS`` once per batch (``prune_item``), not per event."""
     neighbours = row.neighbours
+    get = neighbours.get
+    half_life = COVISIT_HALF_LIFE_MS
     for other in sources:
-        current = neighbours.get(other)
+        current = get(other)
         if current is None:
             neighbours[other] = [1.0, ts]
-        elif ts >= current[1]:
-            if ts > current[1]:
-                current[0] *= 0.5 ** ((ts - current[1]) / COVISIT_HALF_LIFE_MS)
-                current[1] = ts
+            continue
+        at = current[1]
+        if ts == at:
             current[0] += 1.0
+        elif ts > at:
+            current[0] = current[0] * 0.5 ** ((ts - at) / half_life) + 1.0
+            current[1] = ts
         else:  # a late event: its link has already decayed to the row's time
-            current[0] += 0.5 ** ((current[1] - ts) / COVISIT_HALF_LIFE_MS)
+            current[0] += 0.5 ** ((at - ts) / half_life)
 
 
 def prune_user(row: UserRow, now_ms: int) -> None:
@@ -584,9 +601,12 @@ def prune_item(row: ItemRow, now_ms: int) -> None:
     keep the ``NEIGHBOURS`` strongest co-visited items."""
     windows.prune(row.tiles, now_ms)
     if len(row.neighbours) > NEIGHBOURS:
-        ranked = sorted(row.neighbours.items(), key=lambda kv: (
-            -windows.decay(kv[1][0], kv[1][1], now_ms, COVISIT_HALF_LIFE_MS), kv[0]))
-        row.neighbours = dict(ranked[:NEIGHBOURS])
+        def strongest_first(kv, half_life=COVISIT_HALF_LIFE_MS):  # windows.decay, inline
+            weight, at = kv[1]
+            return -(weight * 0.5 ** ((now_ms - at) / half_life) if now_ms > at else weight), kv[0]
+
+        # = sorted(...)[:NEIGHBOURS], without sorting all of them
+        row.neighbours = dict(heapq.nsmallest(NEIGHBOURS, row.neighbours.items(), key=strongest_first))
     for country in list(row.countries):
         windows.prune(row.countries[country], now_ms)
         if not row.countries[country]:
