@@ -58,13 +58,13 @@ serve: $(STAMP) ## Run the whole pipeline locally on 127.0.0.1 (embedded moto AW
 train: $(STAMP) ## Rebuild both rankers from the real Instacart sample (deterministic)
 	$(BIN)/python -m models.train
 
-publish-model: $(STAMP) ## Upload a model version: NAME=ranker-mlp VERSION=v1 [ENV=local|dev|prod]
+publish-model: $(STAMP) ## Upload a model version: NAME=ranker-mlp VERSION=v2 [ENV=local|dev|prod]
 	$(BIN)/python -m models.publish --name $(NAME) --version $(VERSION) --env $(or $(ENV),local)
 
 experiment-status: $(STAMP) ## Per-variant traffic, conversion and lift [ENV=local|dev|prod]
 	$(BIN)/python -m infra.ops --env $(or $(ENV),local) status
 
-experiment-start: $(STAMP) ## Start a challenger: CHALLENGER=ranker-linear/v1 SHARE=0.02 [ENV=...]
+experiment-start: $(STAMP) ## Start a challenger: CHALLENGER=ranker-linear/v3 SHARE=0.02 [ENV=...]
 	$(BIN)/python -m infra.ops --env $(or $(ENV),local) start --challenger $(CHALLENGER) --share $(or $(SHARE),0.02)
 
 experiment-ramp: $(STAMP) ## Ramp the challenger: SHARE=0.25 [ENV=...]

@@ -8,15 +8,19 @@ and ranking-feature code that production runs, and take examples point-in-time c
   ``context_item``, as a product page would), rank for the rest of the basket;
 * ``blind`` (validation and test orders only): the same moment and truth as ``session``,
   but from the shopper's row as it was before the order, without the context item: what
-  a ranker that ignores the session would see.
+  a ranker that ignores the session would see (it does not know what is in the cart, so
+  it may rank those items: they are not what is still to be bought);
+* ``blind_cart`` (validation and test orders only): ``blind`` with the cart's items taken
+  out of its candidates by the evaluator: what the session adds beyond knowing the cart.
 
-In ``session`` and ``blind`` evaluation examples the items already in the cart are not
-candidates (the task is ranking the rest); training examples keep them (``train`` drops
-them before fitting, so training matches the evaluation's task)."""
+The truth is always what is still to be bought: the order's products after the cut that
+are not already in the cart. ``ranking.candidates`` removes the items in the shopper's cart
+(from the row: added this session, not bought since), online and here alike."""
 
 from __future__ import annotations
 
 import copy
+import multiprocessing
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,7 +41,7 @@ SNAPSHOT_EVERY_ORDERS = 100  # the item snapshot is rebuilt after this many orde
 @dataclass
 class Example:
     order: Order
-    kind: str                   # "order", "session" or "blind"
+    kind: str                   # "order", "session", "blind" or "blind_cart"
     split: str                  # "train", "validation" or "test"
     candidates: np.ndarray      # item indexes in the snapshot
     X: np.ndarray               # float32 [candidates, len(ranking.FEATURES)]
@@ -56,6 +60,7 @@ class Replayer:
         self.seq = 0
         self.snapshot: snapshots.ItemSnapshot | None = None
         self.snapshot_builds = 0
+        self.changed_items: set[tuple[str, str]] = set()  # item rows written since ``take_changed_items``
 
     def apply(self, events: list[dict], now_ms: int) -> None:
         records = []
@@ -74,19 +79,32 @@ class Replayer:
         for c in changes:
             self.rows[c.table][c.key] = Stored(c.row, c.aux, c.version + 1)
             self.expires[c.key] = expires_at(c, now_ms)
+            if c.table == ITEMS:
+                self.changed_items.add(c.key)
+
+    def take_changed_items(self) -> dict[tuple[str, str], object]:
+        """The item rows written since the last call (their stored objects)."""
+        out = {key: self.rows[ITEMS][key].row for key in sorted(self.changed_items)}
+        self.changed_items = set()
+        return out
 
     def user_row(self, user_id: str) -> state.UserRow | None:
         stored = self.rows[USERS].get(keys.user_key(user_id))
         return state.UserRow.from_obj(stored.row) if stored else None
 
     def build_snapshot(self, now_ms: int) -> snapshots.ItemSnapshot:
-        views = {}
-        for (pk, _), stored in self.rows[ITEMS].items():
-            if pk.startswith("i#"):
-                views[keys.item_id_of(pk)] = state.merge_item_rows([state.ItemRow.from_obj(stored.row)], now_ms)
-        self.snapshot = snapshots.build(views, now_ms, f"replay-{now_ms}")
+        self.snapshot = build_snapshot({key: stored.row for key, stored in self.rows[ITEMS].items()}, now_ms)
         self.snapshot_builds += 1
         return self.snapshot
+
+
+def build_snapshot(item_rows: dict[tuple[str, str], object], now_ms: int) -> snapshots.ItemSnapshot:
+    """The item snapshot serving would load, from the item rows' stored objects."""
+    views = {}
+    for (pk, _), row in item_rows.items():
+        if pk.startswith("i#"):
+            views[keys.item_id_of(pk)] = state.merge_item_rows([state.ItemRow.from_obj(row)], now_ms)
+    return snapshots.build(views, now_ms, f"replay-{now_ms}")
 
 
 def split_of(orders: list[Order]) -> dict[str, str]:
@@ -110,15 +128,55 @@ def session_cut(order: Order) -> int:
 
 
 def replay(orders: list[Order], negatives_kept: float | None, seed: int = 0, progress: bool = True,
-           sessions: bool = True, replayer: Replayer | None = None):
+           sessions: bool = True, replayer: Replayer | None = None, parallel: bool = False):
     """Yield the ``Example``s of every order that has history (a user's order 2 onwards).
 
     For training orders keep only the positives and a ``negatives_kept`` share of the
-    negatives (seeded), to keep training data in memory.
+    negatives (seeded), to keep training data in memory. ``parallel``: a second process
+    builds the snapshots and the examples (candidates, features) while this one runs the
+    aggregation; the two halves exchange the item rows written since the last snapshot and
+    the shopper's row at each example, so the examples are the same, in the same order.
     """
-    rng = np.random.default_rng(seed)
+    maker = _ExampleMaker(negatives_kept, seed)
+    commands = _commands(orders, sessions, replayer if replayer is not None else Replayer(), progress)
+    if not parallel:
+        for command in commands:
+            yield from maker.run(command)
+        return
+    ctx = multiprocessing.get_context("fork")
+    ours, theirs = ctx.Pipe()
+    worker = ctx.Process(target=_make_examples, args=(theirs, maker), daemon=True)
+    worker.start()
+    theirs.close()
+    try:
+        for command in commands:
+            ours.send(command)
+        ours.send(None)
+        while (batch := ours.recv()) is not None:
+            yield from batch
+    finally:
+        ours.close()
+        worker.join(timeout=60)
+    if worker.exitcode != 0:
+        raise RuntimeError(f"the replay's example process failed (exit code {worker.exitcode})")
+
+
+def _make_examples(conn, maker: _ExampleMaker) -> None:
+    """The second process: run the commands, then send the examples back in batches."""
+    examples: list[Example] = []
+    while (command := conn.recv()) is not None:
+        examples.extend(maker.run(command))
+    for i in range(0, len(examples), 500):
+        conn.send(examples[i:i + 500])
+    conn.send(None)
+    conn.close()
+
+
+def _commands(orders: list[Order], sessions: bool, replayer: Replayer, progress: bool):
+    """The aggregation half: apply the events in time order through ``replayer`` and yield,
+    at each example's moment, ``("snapshot", now, item rows written since the last)`` when
+    the snapshot is due, then ``(kind, order, now, split, the shopper's row object)``."""
     splits = split_of(orders)
-    replayer = replayer if replayer is not None else Replayer()
     timeline = []
     triggers: dict[str, tuple[str, Order]] = {}
     for o in orders:
@@ -132,8 +190,7 @@ def replay(orders: list[Order], negatives_kept: float | None, seed: int = 0, pro
     timeline.sort(key=lambda t: (t[0], t[1]))
     pending: list[dict] = []
     started = time.monotonic()
-    seen_orders = since_build = 0
-    before: dict[str, state.UserRow | None] = {}  # the row before the order (validation, test)
+    seen_orders = since_build = builds = 0
     for ts, event_id, event, order in timeline:
         trigger = triggers.get(event_id)
         if trigger is not None:
@@ -141,49 +198,72 @@ def replay(orders: list[Order], negatives_kept: float | None, seed: int = 0, pro
                 replayer.apply(pending, pending[-1]["ts"])
                 pending = []
             kind, _ = trigger
-            split = splits[order.order_id]
             now = ts - 1
             if kind == "order":
                 seen_orders += 1
                 since_build += 1
                 if progress and seen_orders % 2000 == 0:
-                    print(f"  replay: {seen_orders}/{len(orders)} orders, {replayer.snapshot_builds} snapshots, "
+                    print(f"  replay: {seen_orders}/{len(orders)} orders, {builds} snapshots, "
                           f"{time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
             if order.number >= 2:
-                if replayer.snapshot is None or since_build >= SNAPSHOT_EVERY_ORDERS:
-                    replayer.build_snapshot(now)
+                if builds == 0 or since_build >= SNAPSHOT_EVERY_ORDERS:
+                    yield ("snapshot", now, replayer.take_changed_items())
+                    builds += 1
                     since_build = 0
-                row = replayer.user_row(order.user_id)
-                if kind == "order":
-                    if split != "train":
-                        before[order.order_id] = None if row is None else state.UserRow.from_obj(copy.deepcopy(
-                            row.to_obj()))
-                    examples = [_example(replayer.snapshot, row, order, now, "order", split)]
-                else:
-                    cut = session_cut(order)
-                    examples = [_example(replayer.snapshot, row, order, now, "session", split, cut,
-                                         order.products[cut - 1])]
-                    if split != "train":
-                        examples.append(_example(replayer.snapshot, before.pop(order.order_id), order, now, "blind",
-                                                 split, cut))
-                for example in examples:
-                    if example is None:
-                        continue
-                    if split == "train" and negatives_kept is not None:
-                        keep = example.y | (rng.random(len(example.y)) < negatives_kept)
-                        example.candidates, example.X, example.y = (example.candidates[keep], example.X[keep],
-                                                                    example.y[keep])
-                    yield example
+                stored = replayer.rows[USERS].get(keys.user_key(order.user_id))
+                yield (kind, order, now, splits[order.order_id], None if stored is None else stored.row)
         pending.append(event)
     if pending:
         replayer.apply(pending, pending[-1]["ts"])
 
 
+class _ExampleMaker:
+    """The example half: the item rows and snapshot, the rows before validation and test
+    orders (for ``blind``), the seeded sampling of training negatives."""
+
+    def __init__(self, negatives_kept: float | None, seed: int):
+        self.negatives_kept = negatives_kept
+        self.rng = np.random.default_rng(seed)
+        self.item_rows: dict[tuple[str, str], object] = {}
+        self.snapshot: snapshots.ItemSnapshot | None = None
+        self.before: dict[str, state.UserRow | None] = {}
+
+    def run(self, command: tuple) -> list[Example]:
+        if command[0] == "snapshot":
+            _, now, changed = command
+            self.item_rows.update(changed)
+            self.snapshot = build_snapshot(self.item_rows, now)
+            return []
+        kind, order, now, split, row_obj = command
+        row = None if row_obj is None else state.UserRow.from_obj(row_obj)
+        snap = self.snapshot
+        if kind == "order":
+            if split != "train":
+                self.before[order.order_id] = None if row is None else state.UserRow.from_obj(copy.deepcopy(row_obj))
+            examples = [_example(snap, row, order, now, "order", split)]
+        else:
+            cut = session_cut(order)
+            examples = [_example(snap, row, order, now, "session", split, cut, order.products[cut - 1])]
+            if split != "train":
+                prior = self.before.pop(order.order_id)
+                examples.append(_example(snap, prior, order, now, "blind", split, cut))
+                examples.append(_example(snap, prior, order, now, "blind_cart", split, cut))
+        out = []
+        for example in examples:
+            if example is None:
+                continue
+            if split == "train" and self.negatives_kept is not None:
+                keep = example.y | (self.rng.random(len(example.y)) < self.negatives_kept)
+                example.candidates, example.X, example.y = example.candidates[keep], example.X[keep], example.y[keep]
+            out.append(example)
+        return out
+
+
 def _example(snap: snapshots.ItemSnapshot, row: state.UserRow | None, order: Order, now_ms: int, kind: str,
              split: str, cut: int = 0, context_item: str | None = None) -> Example | None:
-    cands = ranking.candidates(snap, row, context_item=context_item)
+    cands = ranking.candidates(snap, row, context_item=context_item, now_ms=now_ms)
     in_cart = order.products[:cut]
-    if cut and split != "train":
+    if kind == "blind_cart":
         cart = np.fromiter((snap.index[p] for p in in_cart if p in snap.index), dtype=np.int32)
         cands = cands[~np.isin(cands, cart)]
     if len(cands) == 0:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 
@@ -14,18 +13,6 @@ from personalize import ranking
 from personalize.models import load_folder
 
 
-def latency_us(ranker, rows: int = 300, runs: int = 3000) -> tuple[float, float]:
-    X = np.random.default_rng(0).random((rows, len(ranking.FEATURES)), dtype=np.float32)
-    for _ in range(200):
-        ranker.score(X)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        ranker.score(X)
-        times.append((time.perf_counter() - t) * 1e6)
-    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
-
-
 def run() -> dict:
     out: dict = {}
     champion = json.loads(train.FLAGS_FILE.read_text())["champion_model"]["default"]
@@ -33,7 +20,8 @@ def run() -> dict:
         folder = ROOT / "models" / name / train.VERSION
         manifest = json.loads((folder / "manifest.json").read_text())
         m, q = manifest["metrics"], manifest["quantization"]
-        p50, p99 = latency_us(load_folder(folder))
+        rows = np.random.default_rng(0).random((300, len(ranking.FEATURES)), dtype=np.float32)
+        p50, p99 = train.latency_us(load_folder(folder), rows, runs=3000)
         out[name] = {
             "ndcg_at_10": m["test"]["ndcg_at_10"], "ndcg_at_10_ci95": m["test"]["ndcg_at_10_ci95"],
             "hit_rate_at_10": m["test"]["hit_rate_at_10"], "recall_at_10": m["test"]["recall_at_10"],
@@ -64,4 +52,10 @@ def run() -> dict:
             out["session_minus_blind_ndcg_at_10"] = session["paired_with_minus_blind"]["ndcg_at_10"]
             out["session_minus_blind_ndcg_at_10_ci95"] = session["paired_with_minus_blind"]["ndcg_at_10_ci95"]
             out["session_baseline_decayed_ndcg_at_10"] = session["baseline_decayed"]["ndcg_at_10"]
+            # What the session adds beyond knowing the cart (the blind ranker with the cart's
+            # items taken out of its candidates by the evaluator).
+            out["session_blind_cart_removed_ndcg_at_10"] = session["blind_cart_removed"]["ndcg_at_10"]
+            beyond = session["paired_with_minus_blind_cart_removed"]
+            out["session_minus_blind_cart_removed_ndcg_at_10"] = beyond["ndcg_at_10"]
+            out["session_minus_blind_cart_removed_ndcg_at_10_ci95"] = beyond["ndcg_at_10_ci95"]
     return out

@@ -1,8 +1,8 @@
 """Training-serving parity: features computed offline by the training replay equal, value
 for value, the online features after the same events go through POST /events, Kinesis and
 functions/aggregate under moto: before orders and in the middle of one (the session
-features), with every candidate source serving uses (own items, co-visits, the request's
-context item, the country pools)."""
+features, and the cart taken out of the candidates), with every candidate source serving
+uses (own items, co-visits, the request's context item, the country pools)."""
 
 import numpy as np
 import pytest
@@ -32,7 +32,7 @@ def online_items(pipeline, now_ms):
 COUNTRY = "FR"
 
 
-def check(offline, online_users, t, context_item=None) -> int:
+def check(offline, online_users, t, context_item=None, cart=()) -> int:
     checked = 0
     for user_id in USERS:
         off, on = offline.user_row(user_id), online_users.get(user_id)
@@ -41,8 +41,11 @@ def check(offline, online_users, t, context_item=None) -> int:
             continue
         assert features.user_features(on, t) == features.user_features(off, t)
         snap = offline.build_snapshot(t)
-        cands = ranking.candidates(snap, off, COUNTRY, context_item)
-        np.testing.assert_array_equal(ranking.candidates(snap, on, COUNTRY, context_item), cands)
+        cands = ranking.candidates(snap, off, COUNTRY, context_item, now_ms=t)
+        np.testing.assert_array_equal(ranking.candidates(snap, on, COUNTRY, context_item, now_ms=t), cands)
+        if cart and user_id == cart[0]:  # the shopper mid-order: what is in their cart is not a candidate
+            assert {snap.items[c] for c in ranking.cart_indexes(snap, on, t)} == set(cart[1])
+            assert not {snap.items[c] for c in cands} & set(cart[1])
         np.testing.assert_allclose(ranking.feature_matrix(snap, on, cands, t, context_item),
                                    ranking.feature_matrix(snap, off, cands, t, context_item), rtol=1e-6)
         checked += 1
@@ -76,7 +79,8 @@ def test_replay_and_aggregate_compute_the_same_features(pipeline, stack, orders)
             offline.apply(part, part[-1]["ts"])
             if k == 0 and cut:
                 # Mid-order: half of the cart is in, a product page asks with the last item.
-                sessions += check(offline, online_users, part[-1]["ts"] + 1, order.products[cut - 1])
+                sessions += check(offline, online_users, part[-1]["ts"] + 1, order.products[cut - 1],
+                                  (order.user_id, order.products[:cut]))
     assert checked >= 10 and sessions >= 5
     t = orders[-1].checkout_ms + 1
     on_items, off_items = online_items(pipeline, t), {

@@ -203,3 +203,20 @@ def test_sampled_scored_candidates_are_printed_whatever_the_log_level(parts, cap
     answer = recommender.recommend({"k": "3"}, cookie("u1"), "FR", NOW)
     [line] = [json.loads(x) for x in capsys.readouterr().out.splitlines() if '"scored_candidates"' in x]
     assert line["rec_id"] == answer.body["rec_id"] and len(line["vectors"]) == answer.body["candidates"]
+
+
+def test_items_put_in_the_cart_leave_the_answer_until_the_session_ends(parts):
+    from personalize.events import parse_event
+
+    recommender, _, _, users = parts
+    before = [i["item_id"] for i in recommender.recommend({"k": "10"}, cookie("u1"), "FR", NOW).body["items"]]
+    carted = before[:2]
+    row = users.get("u1")
+    for n, item in enumerate(carted):
+        state.apply_user_event(row, parse_event({"event_id": f"c-{n}", "type": "add_to_cart", "user_id": "u1",
+                                                 "item_id": item, "ts": NOW + n}), 10 + n)
+    after = [i["item_id"] for i in recommender.recommend({"k": "10"}, cookie("u1"), "FR", NOW + 1000).body["items"]]
+    assert len(after) == 10 and not set(carted) & set(after)
+    later = NOW + state.SESSION_MS + 60_000  # an abandoned cart no longer hides them
+    assert set(carted) & {i["item_id"] for i in recommender.recommend({"k": "50"}, cookie("u1"), "FR",
+                                                                       later).body["items"]}

@@ -149,6 +149,24 @@ def test_initial_flags_document_matches_the_example_and_powertools_schema():
         SchemaValidator(json.loads(path.read_text())).validate()
 
 
+def test_the_flags_examples_name_the_current_champion_and_challenger():
+    """The example documents operators copy name the models ``make train`` last chose, never
+    an older version still in the registry."""
+    import json
+
+    champion = json.loads((template.ROOT / "infra" / "flags" / "initial.json").read_text())["champion_model"]["default"]
+    version = champion.split("/")[1]
+    current = {champion}
+    for manifest in (template.ROOT / "models").glob(f"*/{version}/manifest.json"):
+        if json.loads(manifest.read_text()).get("role") == "challenger":
+            current.add(f"{manifest.parent.parent.name}/{version}")
+    assert len(current) == 2
+    for path in sorted((template.ROOT / "infra" / "flags").glob("*.json")):
+        doc = json.loads(path.read_text())
+        for flag in ("champion_model", "challenger_model"):
+            assert doc[flag]["default"] in current, f"{path.name} names {doc[flag]['default']}"
+
+
 def test_operators_and_the_shops_backend_need_iam():
     """The SAM transform of the HTTP API: features and the backend's events behind AWS_IAM;
     the browsers' routes open (they are guarded by the origin token, WAF and throttles)."""

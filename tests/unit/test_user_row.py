@@ -86,7 +86,7 @@ def test_ranking_features_follow_the_shoppers_own_cycle():
                                   np.zeros(0, np.int32), {}, {}, np.zeros(4, np.int32), np.zeros(0, np.int32),
                                   np.zeros(0, np.float32))
     now = T0 + 50 * DAY  # 20 days after the last coffee: twice its cycle
-    cands = ranking.candidates(snap, row)
+    cands = ranking.candidates(snap, row, now_ms=now)
     X = ranking.feature_matrix(snap, row, cands, now)
     at = {snap.items[c]: X[p] for p, c in enumerate(cands)}
     f = ranking.INDEX
@@ -120,3 +120,42 @@ def test_session_features_mark_what_the_shopper_touched_this_hour():
     assert X[:, f["session_items_log"]].tolist() == pytest.approx([math.log1p(1)] * 3)
     later = ranking.feature_matrix(snap, row, cands, T0 + 4 * DAY)  # the session is over
     assert later[:, f["ui_in_session"]].sum() == 0 and later[1, f["session_covisit_log"]] == 0
+
+
+def test_the_cart_is_what_was_added_this_session_and_not_bought_since():
+    row = state.UserRow()
+    order(row, ["milk", "bread"], T0)                     # added, then bought: not in the cart
+    buy(row, ["milk", "eggs"], T0 + 7 * DAY, "add_to_cart")
+    now = T0 + 7 * DAY + 60_000
+    in_cart = {i for i, s in row.items.items() if state.in_cart(s, now)}
+    assert in_cart == {"milk", "eggs"}
+    assert not any(state.in_cart(s, now + state.SESSION_MS + 60_000) for s in row.items.values())  # abandoned
+    buy(row, ["eggs"], now)
+    assert {i for i, s in row.items.items() if state.in_cart(s, now + 1000)} == {"milk"}
+    # Serving and the replay rank the rest: the cart's items are not candidates.
+    snap = snapshots.ItemSnapshot("t", T0, ["bread", "eggs", "milk"], np.zeros((3, len(snapshots.ITEM_COLUMNS)),
+                                  dtype=np.float32), np.ones(3, bool), np.array([0, 1, 2], np.int32),
+                                  np.zeros(0, np.int32), {}, {}, np.zeros(4, np.int32), np.zeros(0, np.int32),
+                                  np.zeros(0, np.float32))
+    cands = ranking.candidates(snap, row, now_ms=now + 1000)
+    assert sorted(snap.items[c] for c in cands) == ["bread", "eggs"]
+    assert sorted(snap.items[c] for c in ranking.candidates(snap, None, now_ms=now + 1000)) == ["bread", "eggs", "milk"]
+
+
+def test_rows_written_before_the_cart_time_existed_still_load():
+    old = {"t": {}, "a": {}, "i": {"x": [0, 0, 1, 1, T0, 1000, 1, 1, T0 // 1000, 0, 1]}, "r": [], "n": [0, 0, 1, 1],
+           "l": T0, "o": [1, 1, T0, T0, T0, 0]}
+    row = state.UserRow.from_obj(old)
+    assert len(row.items["x"]) == len(state.ITEM_STATS) and not state.in_cart(row.items["x"], T0 + 1000)
+
+
+def test_the_open_cart_survives_later_events_and_the_store():
+    from personalize.adapters.rowstore import pack, unpack
+
+    row = state.UserRow()
+    buy(row, ["tea"], T0, "add_to_cart")
+    buy(row, ["tea"], T0 + 50 * 60_000, "view")           # a look 50 minutes later: the cart is from T0
+    stored = state.UserRow.from_obj(unpack(pack(row.to_obj())))
+    assert state.cart_time_s(stored.items["tea"]) == T0 // 1000
+    assert state.in_cart(stored.items["tea"], T0 + 59 * 60_000)
+    assert not state.in_cart(stored.items["tea"], T0 + 61 * 60_000)  # the session is over

@@ -91,10 +91,25 @@ def user_item_order(row: UserRow) -> list[str]:
     return sorted(items, key=key)
 
 
-def candidates(snap: ItemSnapshot, row: UserRow | None, country: str | None = None,
-               context_item: str | None = None, min_count: int = MIN_CANDIDATES) -> np.ndarray:
-    """Item indexes to score, best sources first, sold-out removed, de-duplicated."""
+def cart_indexes(snap: ItemSnapshot, row: UserRow | None, now_ms: int) -> np.ndarray:
+    """Snapshot indexes of the items in the shopper's cart at ``now_ms`` (``state.in_cart``)."""
+    if row is None:
+        return np.zeros(0, dtype=np.int32)
     index = snap.index
+    return np.fromiter((index[i] for i, s in row.items.items() if i in index and state.in_cart(s, now_ms)),
+                       dtype=np.int32)
+
+
+def candidates(snap: ItemSnapshot, row: UserRow | None, country: str | None = None,
+               context_item: str | None = None, *, now_ms: int, min_count: int = MIN_CANDIDATES) -> np.ndarray:
+    """Item indexes to score, best sources first, de-duplicated; sold-out items and the items
+    already in the shopper's cart (at ``now_ms``) removed: the page ranks the rest."""
+    index = snap.index
+    allowed = snap.available
+    cart = cart_indexes(snap, row, now_ms)
+    if len(cart):
+        allowed = allowed.copy()
+        allowed[cart] = False
     parts: list[np.ndarray] = []
     if context_item is not None and context_item in index:
         parts.append(snap.neighbours(index[context_item])[0])
@@ -116,10 +131,10 @@ def candidates(snap: ItemSnapshot, row: UserRow | None, country: str | None = No
     if not parts:
         return np.zeros(0, dtype=np.int32)
     pool = np.concatenate(parts)
-    chosen = _first_occurrences(pool[snap.available[pool]])
+    chosen = _first_occurrences(pool[allowed[pool]])
     if len(chosen) < min_count and len(snap.items) > len(chosen):
         # A thin catalogue: top up with the most popular of the rest.
-        rest = np.setdiff1d(np.flatnonzero(snap.available), chosen, assume_unique=False)
+        rest = np.setdiff1d(np.flatnonzero(allowed), chosen, assume_unique=False)
         order = np.argsort(-snap.matrix[rest, ITEM_COLUMNS.index("item_popularity_log")], kind="stable")
         chosen = np.concatenate([chosen, rest[order][: min_count - len(chosen)].astype(np.int32)])
     return chosen.astype(np.int32)

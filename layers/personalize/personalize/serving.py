@@ -263,7 +263,7 @@ class Recommender:
         if reason is not None and query.context_item is None:
             body.update(fallback=True, fallback_reason=reason, items=self._trending(snap, country, query.k))
             return Answer(200, body)
-        cands = ranking.candidates(snap, row, country, query.context_item)
+        cands = ranking.candidates(snap, row, country, query.context_item, now_ms=now_ms)
         X = ranking.feature_matrix(snap, row, cands, now_ms, query.context_item)
         scores = variant.ranker.score(X)
         best = ranking.top_k(scores, query.k)

@@ -32,7 +32,7 @@ ORIGIN_VERIFY_SECRET = Resource("OriginVerifySecret", "ORIGIN_VERIFY_SECRET")
 ORIGIN_VERIFY_HEADER = "x-origin-verify"
 
 # The model served before any flags document was loaded.
-DEFAULT_CHAMPION = "ranker-mlp/v2"
+DEFAULT_CHAMPION = "ranker-mlp/v3"
 
 # Which variables each function receives (template Environment), by function logical id.
 FUNCTION_RESOURCES = {

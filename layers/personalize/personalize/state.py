@@ -265,8 +265,11 @@ I_ORDERS = 7         # how many of the shopper's orders held the item
 I_LAST_BUY_S = 8     # event time of the last purchase, epoch seconds (0: never)
 I_BUY_SPAN_H = 9     # hours from the first purchase to the last
 I_FIRST_ORDER = 10   # the shopper's order count when the item was first bought (0: never)
+# The item's open add-to-cart (not bought since): seconds from it to the item's last event
+# (I_LAST_TS), plus one; 0: none. Relative, so it takes a byte or two (see ``cart_time_s``).
+I_CART_AGE_S = 11
 ITEM_STATS = (*MEASURES, "last_ts", "decayed_purchases_x1000", "last_order", "orders", "last_purchase_s",
-              "purchase_span_h", "first_order")
+              "purchase_span_h", "first_order", "open_cart_age_s")
 DECAYED_SCALE = 1000
 # Shopper-level order stats (``UserRow.orders``), these positions.
 O_COUNT, O_BASKET_ITEMS, O_FIRST_TS, O_LAST_TS, O_LAST_BUY_TS, O_REORDER_ITEMS = 0, 1, 2, 3, 4, 5
@@ -294,7 +297,10 @@ class UserRow:
     orders: list[int] = field(default_factory=lambda: [0, 0, 0, 0, 0, 0])
 
     def to_obj(self) -> dict:
-        return {"t": self.tiles, "a": self.affinity, "i": self.items, "r": self.recent,
+        # An item's last stat (the open cart's age) is left out when 0, as most are: the row
+        # stays within one 4 KB read unit (``from_obj`` puts the 0 back).
+        items = {item: stats if stats[-1] else stats[:-1] for item, stats in self.items.items()}
+        return {"t": self.tiles, "a": self.affinity, "i": items, "r": self.recent,
                 "n": self.totals, "l": self.last_ts, "o": self.orders}
 
     @classmethod
@@ -302,9 +308,9 @@ class UserRow:
         if not obj:
             return cls()
         items = obj["i"]
-        for stats in items.values():  # rows written before the order stats existed
+        for stats in items.values():  # rows written before the order stats existed; a closed cart
             if len(stats) < len(ITEM_STATS):
-                stats.extend([0, 0, 0, 0, 0, 0][len(stats) - len(ITEM_STATS):])
+                stats.extend([0] * (len(ITEM_STATS) - len(stats)))
         return cls(obj["t"], obj["a"], items, obj["r"], obj["n"], obj["l"], obj.get("o") or [0, 0, 0, 0, 0, 0])
 
     @property
@@ -364,10 +370,16 @@ def apply_user_event(row: UserRow, event: Event, event_key: int) -> None:
     if stats is None:
         if len(row.items) >= USER_ITEMS:
             _evict_weakest_item(row, ts)
-        stats = row.items[item] = [0, 0, 0, 0, ts, 0, 0, 0, 0, 0, 0]
+        stats = row.items[item] = [0, 0, 0, 0, ts, 0, 0, 0, 0, 0, 0, 0]
+    cart_s = cart_time_s(stats)
     stats[measure] += qty
     if ts > stats[I_LAST_TS]:
         stats[I_LAST_TS] = ts
+    if measure == 2:
+        cart_s = max(cart_s, ts // 1000)
+    elif measure == 3 and ts // 1000 >= cart_s:
+        cart_s = 0  # bought: no longer in the cart
+    stats[I_CART_AGE_S] = stats[I_LAST_TS] // 1000 - cart_s + 1 if cart_s else 0
     if measure == 3:
         _count_purchase(row, stats, ts)
 
@@ -428,6 +440,19 @@ def _count_purchase(row: UserRow, stats: list, ts: int) -> None:
         if ts_s > last_s:
             stats[I_LAST_BUY_S] = last_s = ts_s
         stats[I_BUY_SPAN_H] = round((last_s - min(first_s, ts_s)) / 3600)
+
+
+def cart_time_s(stats: list) -> int:
+    """Event time (epoch seconds) of the item's add-to-cart not bought since; 0: none."""
+    age = stats[I_CART_AGE_S]
+    return stats[I_LAST_TS] // 1000 - age + 1 if age else 0
+
+
+def in_cart(stats: list, now_ms: int) -> bool:
+    """The item is in the shopper's cart at ``now_ms``: added within the current session
+    (``SESSION_MS``) and not bought since (a purchase in the same second ends it)."""
+    cart_s = cart_time_s(stats)
+    return cart_s > 0 and cart_s * 1000 >= now_ms - SESSION_MS
 
 
 def is_reorder(row: UserRow, event: Event) -> bool:
