@@ -91,8 +91,10 @@ bench: $(STAMP) ## Measure the budgets; writes build/bench.json
 profile-serving: $(STAMP) ## Where a warm edge request's time goes, stage by stage, beside the floor [REQUESTS=3000]
 	$(BIN)/python -m tests.bench.profile_serving --requests $(or $(REQUESTS),3000)
 
-loadtest: $(STAMP) ## Bounded sale-shaped load test: local stack, or TARGET=<url> [ENV=dev|prod]; writes build/bench.json "load"
-	$(BIN)/python -m infra.loadtest $(if $(TARGET),--target $(TARGET)) $(if $(ENV),--env $(ENV))
+loadtest: $(STAMP) ## Sale-shaped load test: local stack, or ENV=dev|prod CONFIRM=<stack> [TARGET=<url>]; writes build/bench.json "load"
+	@# Only what is given on the command line: an exported ENV or TARGET must not aim a load at a real stack.
+	$(BIN)/python -m infra.loadtest $(if $(filter command line,$(origin TARGET)),--target $(TARGET)) \
+	  $(if $(filter command line,$(origin ENV)),--env $(ENV)) $(if $(CONFIRM),--confirm $(CONFIRM))
 
 lock-checkov: ## Re-resolve requirements/checkov.lock (checkov's own venv)
 	rm -rf /tmp/lock-checkov && $(PYTHON) -m venv /tmp/lock-checkov

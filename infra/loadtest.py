@@ -73,6 +73,7 @@ class Target:
     quarantine_queue: str
     aws_endpoint: str | None = None  # the local stack's embedded AWS
     stats_url: str | None = None  # the local stack's own statistics (GET /local/stats)
+    stack: str = "local"  # the CloudFormation stack (deployed)
 
     def client(self, service: str):
         from botocore.config import Config
@@ -92,6 +93,9 @@ def local_target(endpoint: str | None = None, state_file: Path = ROOT / "build" 
     import boto3
 
     state = json.loads(Path(state_file).read_text())
+    if endpoint and not same_origin(endpoint, state["endpoint"]) and not is_loopback(endpoint):
+        raise SystemExit(f"refusing --target {endpoint} for the local stack: it is neither loopback nor the "
+                         f"local stack's endpoint ({state['endpoint']}); a deployed stack needs --env dev|prod")
     creds = state["aws_credentials"]
     session = boto3.Session(aws_access_key_id=creds["access_key_id"],
                             aws_secret_access_key=creds["secret_access_key"], region_name=state["region"])
@@ -113,10 +117,35 @@ def deployed_target(env: str, url: str | None = None) -> Target:
     session = boto3.Session(region_name=region)
     outputs = {o["OutputKey"]: o["OutputValue"] for o in session.client("cloudformation").describe_stacks(
         StackName=stack)["Stacks"][0]["Outputs"]}
-    public = (url or f"https://{outputs['DistributionDomain']}").rstrip("/")
+    distribution = f"https://{outputs['DistributionDomain']}"
+    if url and not same_origin(url, distribution):
+        # Every other route, the key and the reconciliation come from this stack: a URL of
+        # another stack would split one run across two of them.
+        raise SystemExit(f"refusing --target {url}: the {env} stack ({stack}) is served at {distribution}")
+    public = (url or distribution).rstrip("/")
     return Target(env, public, outputs["ApiUrl"].rstrip("/"), region, session,
                   SIGNING_SECRET_NAME.format(stack=stack), outputs["FeaturesTableName"],
-                  outputs["QuarantineQueueUrl"])
+                  outputs["QuarantineQueueUrl"], stack=stack)
+
+
+def same_origin(a: str, b: str) -> bool:
+    from urllib.parse import urlsplit
+
+    x, y = urlsplit(a), urlsplit(b)
+    return (x.scheme, x.hostname, x.port) == (y.scheme, y.hostname, y.port)
+
+
+def is_loopback(url: str) -> bool:
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class LocalProcess:
@@ -597,9 +626,12 @@ def passed(figures: dict) -> bool:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", default=os.environ.get("TARGET") or None,
-                        help="base URL (deployed: the CloudFront URL; default: start a local stack)")
-    parser.add_argument("--env", default=os.environ.get("ENV") or "local", choices=["local", "dev", "prod"])
+    # Never from the environment: an exported ENV=prod must not turn a local run into a sale on prod.
+    parser.add_argument("--target", default=None,
+                        help="base URL (deployed: the stack's CloudFront URL; default: start a local stack)")
+    parser.add_argument("--env", default="local", choices=["local", "dev", "prod"])
+    parser.add_argument("--confirm", default=None,
+                        help="deployed: the stack's name, to confirm the run writes synthetic traffic into it")
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--shoppers", type=int, default=8, help="concurrent basket shoppers")
     parser.add_argument("--flash-shoppers", type=int, default=None, help="extra shoppers in the flash sale")
@@ -614,7 +646,14 @@ def main(argv=None) -> int:
     kwargs = dict(seconds=args.seconds, shoppers=args.shoppers, flash_shoppers=args.flash_shoppers,
                   max_events=args.max_events)
     if args.env != "local":
-        figures = run(deployed_target(args.env, args.target), **kwargs)
+        target = deployed_target(args.env, args.target)
+        print(f"deployed stack {target.stack} ({target.region}): browsers {target.public_url}, "
+              f"server route {target.api_url}, features table {target.features_table}", flush=True)
+        if args.confirm != target.stack:
+            print(f"this writes synthetic shoppers, purchases and a flash sale into {target.stack}; "
+                  f"run again with CONFIRM={target.stack} (make) or --confirm {target.stack}", file=sys.stderr)
+            return 2
+        figures = run(target, **kwargs)
     elif args.target:
         figures = run(local_target(args.target), **kwargs)
     else:

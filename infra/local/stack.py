@@ -359,6 +359,8 @@ class LocalStack:
 
     def write_state(self, path: Path = STATE_FILE) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)  # keys inside: readable by this user only
+        path.chmod(0o600)
         path.write_text(json.dumps({
             "endpoint": self.endpoint, "aws_endpoint": self.aws_endpoint, "signing_key": self.signing_key,
             "region": "us-east-1", "resources": self.resources.names,

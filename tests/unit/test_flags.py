@@ -147,7 +147,7 @@ def test_a_scheduled_kill_switch_takes_effect_when_its_window_opens(monkeypatch)
 
     from aws_lambda_powertools.utilities.feature_flags import comparators
 
-    clock = {"now": dt.datetime(2026, 11, 28, 9, 0, tzinfo=dt.timezone.utc)}
+    clock = {"now": dt.datetime(2026, 11, 28, 9, 0, tzinfo=dt.UTC)}
     monkeypatch.setattr(comparators, "_get_now_from_timezone", lambda tz: clock["now"].astimezone(tz))
     doc = flags.rollout_document("ranker-mlp/v1", "ranker-linear/v1", 1.0, "exp")  # everyone challenger
     doc["kill_switch"]["rules"] = {"kill at ten": {"when_match": True, "conditions": [
@@ -156,5 +156,5 @@ def test_a_scheduled_kill_switch_takes_effect_when_its_window_opens(monkeypatch)
     store, _ = store_of(doc)
     rollout = flags.Rollout(store, "ranker-mlp/v1", "none")
     assert rollout.assign("shopper-1").variant == flags.CHALLENGER
-    clock["now"] = dt.datetime(2026, 11, 28, 10, 0, 1, tzinfo=dt.timezone.utc)
+    clock["now"] = dt.datetime(2026, 11, 28, 10, 0, 1, tzinfo=dt.UTC)
     assert rollout.assign("shopper-1").variant == flags.CHAMPION, "the same warm instance obeys the window"
