@@ -51,11 +51,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from infra.local import lifecycle
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "build" / "bench.json"
 SIGNING_SECRET_NAME = "{stack}/cookie-signing-key"  # infra/rotate.py, template.yaml
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 POST_ATTEMPTS = 5
+FINISH_GRACE_S = 20.0  # after --seconds: baskets in progress may finish, nothing is sent past it
 MAX_BATCH = 500  # the contract's limit per post
 
 
@@ -164,12 +167,16 @@ class LocalProcess:
     def __enter__(self) -> LocalProcess:
         self.state_file.unlink(missing_ok=True)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        self.process = subprocess.Popen([sys.executable, "-m", "infra.local.serve", *self.args], cwd=ROOT, env=env,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Its errors go to a file (a pipe nobody reads would fill and block the stack); it
+        # ends with this process, even a killed one.
+        self.log = open(self.state_file.with_suffix(".log"), "wb")  # noqa: SIM115 - closed in __exit__
+        self.process = lifecycle.spawn([sys.executable, "-m", "infra.local.serve", *self.args, "--exit-with-parent"],
+                                       env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.monotonic() + self.timeout_s
         while not self.state_file.exists():
             if self.process.poll() is not None:
-                raise RuntimeError(f"the local stack exited: {self.process.stderr.read().decode()[-2000:]}")
+                log = self.state_file.with_suffix(".log").read_text(errors="replace")
+                raise RuntimeError(f"the local stack exited: {log[-2000:]}")
             if time.monotonic() > deadline:
                 self.__exit__()
                 raise TimeoutError("the local stack did not start in time")
@@ -189,6 +196,10 @@ class LocalProcess:
                 self.process.kill()
                 self.process.wait()
         self.state_file.unlink(missing_ok=True)
+        if getattr(self, "log", None) is not None:
+            self.log.close()
+            if self.process is not None and self.process.returncode in (0, -signal.SIGTERM):
+                self.state_file.with_suffix(".log").unlink(missing_ok=True)  # kept when the stack failed
 
 
 # --- HTTP: keep-alive connections per shopper, SigV4 for the server route ----------------
@@ -196,7 +207,7 @@ class LocalProcess:
 class Http:
     """One shopper's connections (keep-alive, as a browser keeps them)."""
 
-    def __init__(self, timeout_s: float = 30.0):
+    def __init__(self, timeout_s: float = 10.0):
         self.timeout_s = timeout_s
         self.connections: dict[tuple[str, str], http.client.HTTPConnection] = {}
 
@@ -277,6 +288,7 @@ class Load:
         self.ledger = ledger
         self.run_id = run_id
         self.stop_at = 0.0  # set by ``start``
+        self.hard_stop_at = float("inf")
         self.max_events = max_events
         self.invalid_every = invalid_every
         self.key = target.signing_key()
@@ -290,6 +302,8 @@ class Load:
     def start(self, seconds: float) -> float:
         started = time.monotonic()
         self.stop_at = started + seconds
+        # Baskets in progress finish after ``seconds``, but nothing is sent past this.
+        self.hard_stop_at = self.stop_at + FINISH_GRACE_S
         return started
 
     def running(self) -> bool:
@@ -308,9 +322,13 @@ class Load:
     def recommend(self, http_: Http, cookie: str, context_item: str | None = None) -> None:
         query = {"k": "10", **({"context_item": context_item} if context_item else {})}
         started = time.perf_counter()
-        status, _ = http_.request("GET", f"{self.target.public_url}/recommendations?{urllib.parse.urlencode(query)}",
-                                  headers={"Cookie": cookie, "CloudFront-Viewer-Country": "US"})
+        if time.monotonic() > self.hard_stop_at:
+            return
+        status, raw = http_.request("GET", f"{self.target.public_url}/recommendations?{urllib.parse.urlencode(query)}",
+                                    headers={"Cookie": cookie, "CloudFront-Viewer-Country": "US"})
         self.ledger.timed("recommendations", (time.perf_counter() - started) * 1000, status == 200)
+        if status == 200 and b'"fallback": true' in raw.replace(b'"fallback":true', b'"fallback": true'):
+            self.ledger.count("recommendations_fallback")  # answered, but degraded: reported apart
 
     def post(self, http_: Http, user: str, events: list[dict], cookie: str | None) -> None:
         """Post events (the public route with a cookie, else the server route signed with
@@ -322,6 +340,8 @@ class Load:
         for attempt in range(POST_ATTEMPTS):
             if not pending:
                 return
+            if attempt and time.monotonic() > self.hard_stop_at:
+                break  # bounded in time: what is still pending is given up on, and reported
             if attempt:
                 ledger.count("retries")
                 time.sleep(min(1.0, 0.05 * 2 ** attempt) * random.uniform(0.5, 1.0))
@@ -575,7 +595,8 @@ def run(target: Target, seconds: float = 30.0, shoppers: int = 8, flash_shoppers
         "events_p50_ms": percentile(ledger.latencies["events"], 50),
         "events_p99_ms": percentile(ledger.latencies["events"], 99),
         "errors": ledger.counts["errors"], "retries": ledger.counts["retries"],
-        "posts_given_up": ledger.counts["posts_given_up"], **report,
+        "posts_given_up": ledger.counts["posts_given_up"],
+        "recommendations_fallback": ledger.counts["recommendations_fallback"], **report,
     }
     if emulator:
         out.update(emulator_figures(emulator))

@@ -12,8 +12,8 @@ config = settings.load(settings.ITEMS_TABLE, settings.ARTIFACTS_BUCKET)
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics(namespace=settings.NAMESPACE)
-# A Scan page (1 MB) may take seconds on a busy table; the function has 60 s.
-store = DynamoRowStore({"items": config[settings.ITEMS_TABLE]}, read_timeout_s=snapshot_job.SCAN_READ_TIMEOUT_S)
+store = DynamoRowStore({"items": config[settings.ITEMS_TABLE]}, read_timeout_s=snapshot_job.SCAN_READ_TIMEOUT_S,
+                       request_attempts=snapshot_job.SCAN_ATTEMPTS)
 artifacts = S3Artifacts(config[settings.ARTIFACTS_BUCKET])
 
 

@@ -26,6 +26,7 @@ import threading
 import time
 import uuid
 
+from . import lifecycle
 from .worker import read_message, write_message
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,9 @@ class Container:
         request_read, self._request = os.pipe()
         self._response, response_write = os.pipe()
         started = time.perf_counter()
-        self.process = subprocess.Popen(
+        self.process = lifecycle.spawn(
             [sys.executable, "-m", "infra.local.worker", name, str(request_read), str(response_write)],
-            pass_fds=(request_read, response_write), env=env, stdin=subprocess.DEVNULL,
+            env, pass_fds=(request_read, response_write), stdin=subprocess.DEVNULL,
             stdout=log_file, stderr=log_file, cwd=env.get("LOCAL_STACK_ROOT"))
         os.close(request_read)
         os.close(response_write)

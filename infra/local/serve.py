@@ -13,6 +13,7 @@ import signal
 import threading
 from pathlib import Path
 
+from . import lifecycle
 from .stack import STATE_FILE, LocalStack
 
 DEFAULT_WORKERS = 4
@@ -32,7 +33,11 @@ def main(argv=None) -> None:
     parser.add_argument("--snapshot-interval", type=float, default=5.0, help="seconds between snapshot runs")
     parser.add_argument("--guardrail-interval", type=float, default=5.0, help="seconds between guardrail runs")
     parser.add_argument("--state-file", type=Path, default=STATE_FILE, help="where to publish endpoints and keys")
+    parser.add_argument("--exit-with-parent", action="store_true",
+                        help="stop (as on SIGTERM) when the process that started this one ends (the load test)")
     args = parser.parse_args(argv)
+    if args.exit_with_parent:
+        lifecycle.die_with_parent(signal.SIGTERM)  # a killed load test does not leave its stack running
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     stack = LocalStack(port=args.port, aws_port=args.aws_port, workers=0 if args.in_process else args.workers,

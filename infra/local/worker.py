@@ -28,6 +28,8 @@ import time
 import traceback
 from pathlib import Path
 
+from . import lifecycle
+
 _HEADER = struct.Struct("!I")
 
 
@@ -131,6 +133,7 @@ def _apply_overrides(module, overrides: dict) -> None:
 def main() -> None:
     name, request_fd, response_fd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the stack, which stops us
+    lifecycle.die_with_parent()  # and a killed stack too, frozen or not
     started = time.perf_counter()
     aws_clock = AwsClock()
     try:

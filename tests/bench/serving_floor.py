@@ -73,7 +73,7 @@ class Floor:
         self.cands: dict[str, np.ndarray] = {}
         for user in user_ids:
             row = recommender.users.get(user)
-            cands = ranking.candidates(snap, row, country)
+            cands = ranking.candidates(snap, row, country, now_ms=now_ms)
             X = ranking.feature_matrix(snap, row, cands, now_ms)[:, champion.columns]
             blocks.append(X)
             self.positions[user] = np.arange(start, start + len(X))

@@ -70,3 +70,42 @@ def test_a_container_that_died_is_replaced_by_a_cold_start(features):
     container.kill()
     assert features(http_api_event("GET", "/nowhere"))["statusCode"] == 404
     assert len(features.init_ms) == 2 and features.workers == 1 and features._all != [container]
+
+
+def test_a_frozen_container_ends_with_its_killed_parent():
+    """SIGKILL leaves the stack no time to clean up, and a frozen worker cannot notice its
+    pipes closing: the kernel's parent-death signal ends it (on-call review: stopped
+    workers outlived a killed `make serve`)."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from infra.local import lifecycle
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the parent-death signal is Linux's")
+    child = ("from infra.local import lifecycle; lifecycle.die_with_parent(); import os, signal, time; "
+             "print(os.getpid(), flush=True); os.kill(os.getpid(), signal.SIGSTOP); time.sleep(120)")
+    parent = ("import os, subprocess, sys, time; from infra.local import lifecycle; "
+              f"p = lifecycle.spawn([sys.executable, '-c', {child!r}], dict(os.environ), stdout=subprocess.PIPE); "
+              "print(p.stdout.readline().decode().strip(), flush=True); time.sleep(120)")
+    started = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, env=dict(os.environ))
+    pid = int(started.stdout.readline())
+
+    def state() -> str:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return "gone"
+
+    deadline = time.monotonic() + 30
+    while state() != "T" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert state() == "T", "the container froze itself"
+    started.kill()
+    started.wait()
+    while state() not in ("gone", "Z") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert state() in ("gone", "Z"), f"the frozen container outlived its parent (state {state()})"
+    assert lifecycle.PARENT_ENV not in os.environ

@@ -60,13 +60,16 @@ def _session(identity: Credentials | None = None) -> boto3.session.Session:
                                  aws_session_token=identity.session_token)
 
 
-def client(service: str, region: str | None = None, connect_timeout: float = 2.0, read_timeout: float = 5.0):
-    return _client(service, region, connect_timeout, read_timeout, _identity.get())
+def client(service: str, region: str | None = None, connect_timeout: float = 2.0, read_timeout: float = 5.0,
+           attempts: int = 4):
+    """``attempts``: botocore's total attempts (the first and its retries)."""
+    return _client(service, region, connect_timeout, read_timeout, _identity.get(), attempts)
 
 
 @functools.cache
-def _client(service, region, connect_timeout, read_timeout, identity):
-    config = _CONFIG.merge(Config(connect_timeout=connect_timeout, read_timeout=read_timeout))
+def _client(service, region, connect_timeout, read_timeout, identity, attempts=4):
+    config = _CONFIG.merge(Config(connect_timeout=connect_timeout, read_timeout=read_timeout,
+                                  retries={"mode": "standard", "total_max_attempts": attempts}))
     with _lock:  # creating clients from one session is not thread-safe
         return _session(identity).client(service, region_name=region, config=config)
 

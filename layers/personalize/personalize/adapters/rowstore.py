@@ -76,18 +76,19 @@ class DynamoRowStore(RowStore):
     """Rows in DynamoDB tables, through the low-level client (no resource layer)."""
 
     def __init__(self, tables: dict[str, str], client=None, max_attempts: int = 6, clock=time.time,
-                 read_timeout_s: float = 5.0):
+                 read_timeout_s: float = 5.0, request_attempts: int = 4):
         self.tables = tables  # logical name -> table name
         self.clock = clock  # for TTL: rows whose expires_at has passed read as empty
         self._client = client
         self.read_timeout_s = read_timeout_s
+        self.request_attempts = request_attempts  # botocore's, per request (throttling has its own budget)
         self.max_attempts = max_attempts
         self._pool: ThreadPoolExecutor | None = None
 
     @property
     def client(self):
         if self._client is None:
-            self._client = aws.client("dynamodb", read_timeout=self.read_timeout_s)
+            self._client = aws.client("dynamodb", read_timeout=self.read_timeout_s, attempts=self.request_attempts)
         return self._client
 
     def get_many(self, table: str, keys: Iterable[Key]) -> dict[Key, Stored]:
