@@ -10,6 +10,7 @@ from infra.local.lambda_events import context, http_api_event, response_json
 from infra.local.stack import cloudfront_event
 from personalize import identity
 from personalize.adapters.userstore import MemoryUserStore
+from personalize.serving import decode_vectors
 from tests.conftest import Pipeline, now_ms
 
 # The champion the flags deploy (``make train`` writes it there).
@@ -260,6 +261,7 @@ def test_a_sample_of_scored_requests_is_logged_for_training(serving):
     _, body, _ = serving.get(cookie=cookie)
     [record] = logged
     assert record["rec_id"] == body["rec_id"] and record["model"] == body["model"]
-    assert len(record["vectors"]) == len(record["candidates"]) == body["candidates"]
-    assert len(record["vectors"][0]) == len(record["features"])
+    vectors = decode_vectors(record)  # exactly what the model scored: float32, one row per candidate
+    assert vectors.shape == (len(record["candidates"]), len(record["features"])) == (body["candidates"],
+                                                                                     len(record["features"]))
     assert record["returned"] == items(body)

@@ -14,6 +14,7 @@ popular; ``user_read_failed`` -> the same, without waiting longer than the read 
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import random
@@ -47,6 +48,18 @@ def print_scored(record: dict) -> None:
     """A sampled scored-candidates record as one JSON line on stdout: CloudWatch Logs keeps
     it whatever the function's log level (a logger's INFO would be dropped at WARNING)."""
     print(json.dumps({"type": "scored_candidates", **record}, separators=(",", ":")), flush=True)
+
+
+def encode_vectors(X: np.ndarray) -> dict:
+    """The feature vectors the model scored, exactly (float32, row-major, little-endian,
+    base64): ~100 KB of JSON floats cost ~4 ms per sampled request and set the p99; these
+    bytes cost microseconds. ``decode_vectors`` reads them back."""
+    served = np.ascontiguousarray(X, dtype="<f4")
+    return {"vectors_f32": base64.b64encode(served.tobytes()).decode("ascii"), "vectors_shape": list(served.shape)}
+
+
+def decode_vectors(record: dict) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(record["vectors_f32"]), dtype="<f4").reshape(record["vectors_shape"])
 
 
 class BadRequest(ValueError):
@@ -278,7 +291,7 @@ class Recommender:
                             "user_id": user_id, "snapshot_version": snap.version,
                             "features": variant.ranker.manifest.features,
                             "candidates": [snap.items[c] for c in cands],
-                            "vectors": np.round(X[:, variant.ranker.columns], 5).tolist(),
+                            **encode_vectors(X[:, variant.ranker.columns]),
                             "returned": [i["item_id"] for i in body["items"]]})
         body["candidates"] = len(cands)
         return Answer(200, body)
