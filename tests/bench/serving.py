@@ -117,7 +117,9 @@ print(json.dumps({{"ms": (time.perf_counter() - t0) * 1000}}))
     env = {**os.environ, "AWS_ENDPOINT_URL": stack.aws_endpoint}
     runs = []
     for _ in range(3):
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+        if out.returncode != 0:
+            raise RuntimeError(f"the cold edge failed: {out.stderr[-3000:]}\nits logs: {out.stdout[-6000:]}")
         runs.append(json.loads(out.stdout.strip().splitlines()[-1])["ms"])
     return statistics.median(runs)
 
