@@ -58,7 +58,7 @@ serve: $(STAMP) ## Run the whole pipeline locally on 127.0.0.1 (embedded moto AW
 train: $(STAMP) ## Rebuild both rankers from the real Instacart sample (deterministic)
 	$(BIN)/python -m models.train
 
-publish-model: $(STAMP) ## Upload a model version: NAME=ranker-mlp VERSION=v2 [ENV=local|dev|prod]
+publish-model: $(STAMP) ## Upload a model version: NAME=ranker-mlp VERSION=v3 [ENV=local|dev|prod]
 	$(BIN)/python -m models.publish --name $(NAME) --version $(VERSION) --env $(or $(ENV),local)
 
 experiment-status: $(STAMP) ## Per-variant traffic, conversion and lift [ENV=local|dev|prod]
