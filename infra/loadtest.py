@@ -202,6 +202,13 @@ class LocalProcess:
                 self.state_file.with_suffix(".log").unlink(missing_ok=True)  # kept when the stack failed
 
 
+def _is_fallback(raw: bytes) -> bool:
+    try:
+        return json.loads(raw).get("fallback") is True
+    except (ValueError, AttributeError):
+        return False
+
+
 # --- HTTP: keep-alive connections per shopper, SigV4 for the server route ----------------
 
 class Http:
@@ -327,7 +334,7 @@ class Load:
         status, raw = http_.request("GET", f"{self.target.public_url}/recommendations?{urllib.parse.urlencode(query)}",
                                     headers={"Cookie": cookie, "CloudFront-Viewer-Country": "US"})
         self.ledger.timed("recommendations", (time.perf_counter() - started) * 1000, status == 200)
-        if status == 200 and b'"fallback": true' in raw.replace(b'"fallback":true', b'"fallback": true'):
+        if status == 200 and _is_fallback(raw):
             self.ledger.count("recommendations_fallback")  # answered, but degraded: reported apart
 
     def post(self, http_: Http, user: str, events: list[dict], cookie: str | None) -> None:

@@ -73,14 +73,20 @@ def test_a_deployed_run_sends_nothing_until_its_stack_is_named(no_load, confirm,
     assert "CONFIRM=rt-personalization-dev" in capsys.readouterr().err
 
 
-def test_a_target_of_another_stack_is_refused():
-    import boto3  # noqa: F401 - patched below
+def test_a_target_of_another_stack_is_refused(no_load):
+    assert loadtest.deployed_target("dev").public_url == "https://d-dev.cloudfront.net"
+    with pytest.raises(SystemExit, match="served at https://d-dev.cloudfront.net"):
+        loadtest.deployed_target("dev", "https://d-prod.cloudfront.net")
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("boto3.Session", FakeSession)
-        assert loadtest.deployed_target("dev").public_url == "https://d-dev.cloudfront.net"
-        with pytest.raises(SystemExit, match="served at https://d-dev.cloudfront.net"):
-            loadtest.deployed_target("dev", "https://d-prod.cloudfront.net")
+
+@pytest.mark.parametrize("raw,fallback", [
+    pytest.param(b'{"items": [], "fallback": true}', True, id="fallback"),
+    pytest.param(b'{"items": [{"item_id": "a"}]}', False, id="ranked"),
+    pytest.param(b'{"note": "fallback: true"}', False, id="the-words-elsewhere"),
+    pytest.param(b"not json", False, id="garbage"),
+])
+def test_fallback_answers_are_recognised_by_their_field(raw, fallback):
+    assert loadtest._is_fallback(raw) is fallback
 
 
 @pytest.mark.parametrize("url,allowed", [
