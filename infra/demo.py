@@ -31,8 +31,11 @@ import numpy as np
 
 from infra.local.stack import LocalStack
 from infra.local.template import ROOT
-from personalize import features, flags, identity, keys, state
-from personalize.adapters.flagadmin import ExperimentStates
+from personalize import identity, keys
+from personalize.adapters.experiment_states import ExperimentStates
+from personalize.ingest import entities
+from personalize.rollout import flags
+from personalize.serving import features
 
 REPORT = ROOT / "build" / "demo-report.html"
 
@@ -176,10 +179,10 @@ class Demo:
     def item_trending(self, item_id: str) -> float:
         store = self.stack.functions["aggregate"].module.processor.ingestor.store
         now = int(time.time() * 1000)
-        rows = [state.ItemRow.from_obj(s.row) for s in store.query("items", f"i#{item_id}") if s.row]
+        rows = [entities.ItemRow.from_obj(s.row) for s in store.query("items", f"i#{item_id}") if s.row]
         if not rows:
             return 0.0
-        view = state.merge_item_rows(rows, now)
+        view = entities.merge_item_rows(rows, now)
         return features.trending_velocity(view.countries.get("FR", {}), now)
 
     # 1 ---------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ def edge_config(env: str) -> dict:
     params = dict(p.split("=", 1) for p in overrides.split())
     sys.path.insert(0, str(ROOT / "layers" / "personalize"))
     from personalize.regions import replica_table
-    from personalize.serving_config import ServingConfig
+    from personalize.serving.wiring import ServingConfig
     from personalize.settings import DEFAULT_CHAMPION
 
     replicas = [r for r in (params.get(f"ReplicaRegion{n}") for n in range(1, 5)) if r]
@@ -77,8 +77,8 @@ def fallback_items(n: int = 100) -> dict:
         print("FALLBACK_SNAPSHOT not set: the edge bundle's outage fallback list is empty", file=sys.stderr)
         return {"built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "items": []}
     sys.path.insert(0, str(ROOT / "layers" / "personalize"))
-    from personalize.degraded import popular_list
-    from personalize.snapshots import ItemSnapshot
+    from personalize.serving.degraded import popular_list
+    from personalize.serving.snapshots import ItemSnapshot
 
     snap = ItemSnapshot.decode(Path(path).read_bytes())
     return {"built_at": snap.version, "items": popular_list(snap, n)}

@@ -452,7 +452,8 @@ def read_rows(target: Target, users: list[str]) -> dict[str, tuple[set[int], int
     """Per shopper: the event-id keys counted into their row, and the sum of their totals
     (one per event counted: the load sends no quantity), read as the operator
     (dynamodb:BatchGetItem on the features table)."""
-    from personalize import codec, keys, state
+    from personalize import codec, keys
+    from personalize.ingest import entities
 
     dynamodb = target.client("dynamodb")
     out: dict[str, tuple[set[int], int]] = {}
@@ -466,8 +467,8 @@ def read_rows(target: Target, users: list[str]) -> dict[str, tuple[set[int], int
             response = dynamodb.batch_get_item(RequestItems=request)
             for item in response["Responses"].get(target.features_table, []):
                 user = item["pk"]["S"][2:]
-                aux = state.Aux.from_obj(codec.unpack(item["aux"]["B"])) if "aux" in item else state.Aux()
-                row = state.UserRow.from_obj(codec.unpack(item["row"]["B"])) if "row" in item else None
+                aux = entities.Aux.from_obj(codec.unpack(item["aux"]["B"])) if "aux" in item else entities.Aux()
+                row = entities.UserRow.from_obj(codec.unpack(item["row"]["B"])) if "row" in item else None
                 out[user] = (set(aux.seen), int(sum(row.totals)) if row else 0)
             request = response.get("UnprocessedKeys") or {}
     return out
@@ -499,10 +500,10 @@ def quarantined(target: Target, run_id: str) -> dict[str, str]:
 def reconcile(target: Target, ledger: Ledger, run_id: str, settle_s: float = 60.0) -> dict:
     """Wait until every acknowledged event is in its shopper's row (or the stream has been
     quiet for a while), then class every event sent."""
-    from personalize import state
+    from personalize.ingest import entities
 
     users = sorted(set(ledger.user_of.values()))
-    key_of = {event_id: state.id_hash(event_id) for event_id in ledger.user_of}
+    key_of = {event_id: entities.id_hash(event_id) for event_id in ledger.user_of}
     deadline, last_change, last_found = time.monotonic() + settle_s, time.monotonic(), -1
     while True:
         rows = read_rows(target, users)

@@ -29,8 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def connect(env: str):
     """(flag admin, experiment states, row store) for an environment."""
-    from personalize import flags
-    from personalize.adapters.flagadmin import ALL_AT_ONCE, GRADUAL, AppConfigAdmin, ExperimentStates, LocalFlagAdmin
+    from personalize.adapters import appconfig
+    from personalize.adapters.appconfig import ALL_AT_ONCE, GRADUAL, AppConfigAdmin, LocalFlagAdmin
+    from personalize.adapters.experiment_states import ExperimentStates
     from personalize.adapters.rowstore import DynamoRowStore
 
     if env == "local":
@@ -42,7 +43,7 @@ def connect(env: str):
         os.environ.pop("AWS_SESSION_TOKEN", None)
         names = state["resources"]
         bucket, app, profile = names["ArtifactsBucket"], names["RolloutApplication"], names["RolloutProfile"]
-        admin = LocalFlagAdmin(bucket, app, profile, flags.local_fetcher(bucket, app, profile))
+        admin = LocalFlagAdmin(bucket, app, profile, appconfig.local_fetcher(bucket, app, profile))
         items_table = names["ItemsTable"]
     else:
         import boto3
@@ -57,13 +58,13 @@ def connect(env: str):
                                outputs["RolloutProfileId"])
         admin = AppConfigAdmin(app, envid, profile, {ALL_AT_ONCE: outputs["AllAtOnceStrategyId"],
                                                      GRADUAL: outputs["GradualStrategyId"]},
-                               flags.appconfig_fetcher(app, envid, profile, region), region)
+                               appconfig.appconfig_fetcher(app, envid, profile, region), region)
         items_table = outputs["ItemsTableName"]
     return admin, ExperimentStates(items_table), DynamoRowStore({"items": items_table})
 
 
 def describe(doc: dict) -> str:
-    from personalize import flags
+    from personalize.rollout import flags
 
     return (f"champion {doc['champion_model']['default']}, challenger {doc['challenger_model']['default']} at "
             f"{flags.challenger_share(doc):.2%}, experiment {doc['experiment_id']['default']}, "
@@ -74,7 +75,7 @@ def registry_pins(*model_keys: str) -> dict[str, str]:
     """sha256 of each model as this checkout's registry (models/<name>/<version>) has it: the
     deployer's copy, never the bucket's, so a replaced S3 object cannot pin itself."""
     from models.publish import ROOT
-    from personalize.models import artifact_digest
+    from personalize.serving.models import artifact_digest
 
     pins = {}
     for key in model_keys:
@@ -89,8 +90,8 @@ EXPERIMENT_ID = re.compile(r"[A-Za-z0-9._-]{1,48}")  # fits a signed rec_id (<= 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from personalize import experiments, flags
-    from personalize.adapters.flagadmin import ALL_AT_ONCE, GRADUAL
+    from personalize.adapters.appconfig import ALL_AT_ONCE, GRADUAL
+    from personalize.rollout import experiments, flags
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="local", choices=["local", "dev", "prod"])

@@ -26,7 +26,7 @@ from infra.local import lambda_events
 from infra.local.template import ROOT
 from personalize.adapters import aws
 from personalize.adapters.stream import KinesisStreamReader
-from personalize.ingest import REPLAY_EVENT_NAME
+from personalize.ingest.processor import REPLAY_EVENT_NAME
 
 INVOKE_BYTES = 5 * 1024 * 1024  # under Lambda's 6 MB synchronous payload
 INVOKE_RECORDS = 1000

@@ -14,7 +14,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from personalize.models import MANIFEST_FILE, MODEL_FILE, Manifest, verify
+from personalize.serving.models import MANIFEST_FILE, MODEL_FILE, Manifest, verify
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET_OUTPUT = "ArtifactsBucketName"
@@ -77,7 +77,7 @@ def main() -> int:
     bucket, kwargs = bucket_for(args.env)
     keys = publish(folder, bucket, boto3.client("s3", **kwargs))
     print(f"published {args.name}/{args.version} to s3://{bucket}/{keys[0].rsplit('/', 1)[0]}/")
-    from personalize.models import artifact_digest
+    from personalize.serving.models import artifact_digest
 
     pin = artifact_digest((folder / MODEL_FILE).read_bytes(), (folder / MANIFEST_FILE).read_bytes())
     print(f"pin {pin}: `make experiment-start` puts it in the flags document (serving refuses unpinned models)")

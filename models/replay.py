@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from personalize import keys, ranking, snapshots, state
-from personalize.aggregation import ITEMS, USERS, Stored, StreamRecord, aggregate_batch, rows_needed
-from personalize.events import parse_event
-from personalize.ingest import expires_at
+from personalize import keys
+from personalize.ingest import entities
+from personalize.ingest.aggregation import ITEMS, USERS, Stored, StreamRecord, aggregate_batch, expires_at, rows_needed
+from personalize.ingest.events import parse_event
+from personalize.serving import ranking, snapshots
 
 from .instacart import Order, order_events
 
@@ -88,9 +89,9 @@ class Replayer:
         self.changed_items = set()
         return out
 
-    def user_row(self, user_id: str) -> state.UserRow | None:
+    def user_row(self, user_id: str) -> entities.UserRow | None:
         stored = self.rows[USERS].get(keys.user_key(user_id))
-        return state.UserRow.from_obj(stored.row) if stored else None
+        return entities.UserRow.from_obj(stored.row) if stored else None
 
     def build_snapshot(self, now_ms: int) -> snapshots.ItemSnapshot:
         self.snapshot = build_snapshot({key: stored.row for key, stored in self.rows[ITEMS].items()}, now_ms)
@@ -103,7 +104,7 @@ def build_snapshot(item_rows: dict[tuple[str, str], object], now_ms: int) -> sna
     views = {}
     for (pk, _), row in item_rows.items():
         if pk.startswith("i#"):
-            views[keys.item_id_of(pk)] = state.merge_item_rows([state.ItemRow.from_obj(row)], now_ms)
+            views[keys.item_id_of(pk)] = entities.merge_item_rows([entities.ItemRow.from_obj(row)], now_ms)
     return snapshots.build(views, now_ms, f"replay-{now_ms}")
 
 
@@ -226,7 +227,7 @@ class _ExampleMaker:
         self.rng = np.random.default_rng(seed)
         self.item_rows: dict[tuple[str, str], object] = {}
         self.snapshot: snapshots.ItemSnapshot | None = None
-        self.before: dict[str, state.UserRow | None] = {}
+        self.before: dict[str, entities.UserRow | None] = {}
 
     def run(self, command: tuple) -> list[Example]:
         if command[0] == "snapshot":
@@ -235,11 +236,11 @@ class _ExampleMaker:
             self.snapshot = build_snapshot(self.item_rows, now)
             return []
         kind, order, now, split, row_obj = command
-        row = None if row_obj is None else state.UserRow.from_obj(row_obj)
+        row = None if row_obj is None else entities.UserRow.from_obj(row_obj)
         snap = self.snapshot
         if kind == "order":
             if split != "train":
-                self.before[order.order_id] = None if row is None else state.UserRow.from_obj(copy.deepcopy(row_obj))
+                self.before[order.order_id] = None if row is None else entities.UserRow.from_obj(copy.deepcopy(row_obj))
             examples = [_example(snap, row, order, now, "order", split)]
         else:
             cut = session_cut(order)
@@ -259,7 +260,7 @@ class _ExampleMaker:
         return out
 
 
-def _example(snap: snapshots.ItemSnapshot, row: state.UserRow | None, order: Order, now_ms: int, kind: str,
+def _example(snap: snapshots.ItemSnapshot, row: entities.UserRow | None, order: Order, now_ms: int, kind: str,
              split: str, cut: int = 0, context_item: str | None = None) -> Example | None:
     cands = ranking.candidates(snap, row, context_item=context_item, now_ms=now_ms)
     in_cart = order.products[:cut]

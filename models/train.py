@@ -31,9 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from personalize import ranking, state
 from personalize.adapters.rowstore import pack
-from personalize.models import MANIFEST_FILE, MODEL_FILE, Manifest, Ranker
+from personalize.ingest import entities
+from personalize.serving import ranking
+from personalize.serving.models import MANIFEST_FILE, MODEL_FILE, Manifest, Ranker
 
 from . import metrics
 from .instacart import load_orders, sample_path
@@ -247,7 +248,7 @@ def _col(ex, name: str) -> np.ndarray:
 
 
 def baseline_scores(kind: str, ex) -> np.ndarray:
-    """Popularity, repeat frequency, and decayed frequency (``state.PURCHASE_DECAY``) as
+    """Popularity, repeat frequency, and decayed frequency (``entities.PURCHASE_DECAY``) as
     the shopper's row holds them; ties broken by popularity."""
     tie = 1e-4 * _col(ex, "item_purchases_log")
     if kind == "popularity":
@@ -318,8 +319,8 @@ def main() -> int:
     decay_grid = {d: float(evaluate(full_history_decayed(val, history, d), val)[:, 0].mean()) for d in DECAYS}
     chosen = max(decay_grid, key=lambda d: (round(decay_grid[d], 6), -abs(d - 0.85)))
     log("decayed baseline on validation: " + ", ".join(f"{d} {v:.4f}" for d, v in decay_grid.items()))
-    if chosen != state.PURCHASE_DECAY:
-        log(f"validation chooses decay {chosen}, the row uses state.PURCHASE_DECAY = {state.PURCHASE_DECAY}: "
+    if chosen != entities.PURCHASE_DECAY:
+        log(f"validation chooses decay {chosen}, the row uses entities.PURCHASE_DECAY = {entities.PURCHASE_DECAY}: "
             "set it and run again")
         return 1
 
@@ -395,7 +396,7 @@ def main() -> int:
                      f"{HOLDOUT_SHARE:.0%} of the training shoppers stop training early",
             "snapshot_every_orders": SNAPSHOT_EVERY_ORDERS, "replay_seconds": round(replay_s, 1),
             "user_row_bytes": {"p50": int(np.percentile(row_bytes, 50)), "p99": int(np.percentile(row_bytes, 99)),
-                               "max": int(max(row_bytes)), "user_items": state.USER_ITEMS}}
+                               "max": int(max(row_bytes)), "user_items": entities.USER_ITEMS}}
     for name in args.learners:
         c = candidates[name]
         rows = evaluate(scores_of(c["ranker"], test), test)

@@ -30,15 +30,17 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from personalize import events as events_mod
-from personalize import keys, state, windows
+from personalize import keys
 from personalize.adapters.quarantine import MemoryQuarantine, QuarantineError
 from personalize.adapters.rowstore import MemoryRowStore, RowStoreError, ThrottledError
 from personalize.adapters.soldout import MemorySoldOut
 from personalize.adapters.stream import StreamReader
-from personalize.aggregation import ITEMS, USERS
-from personalize.events import MEASURE_INDEX
-from personalize.ingest import REPLAY_EVENT_NAME, Ingestor
+from personalize.ingest import entities, windows
+from personalize.ingest import events as events_mod
+from personalize.ingest.aggregation import ITEMS, USERS
+from personalize.ingest.events import MEASURE_INDEX
+from personalize.ingest.pipeline import Ingestor
+from personalize.ingest.processor import REPLAY_EVENT_NAME
 
 T_BASE = 1_790_000_000_000 - 1_790_000_000_000 % 60_000
 STREAM_ARN = "arn:aws:kinesis:us-east-1:123456789012:stream/faults"
@@ -262,7 +264,7 @@ def reference(records: list[Record], now_ms: int) -> dict:
         if e.item_id == BOOM and e.type in MEASURE_INDEX:
             continue
         if e.type == "stock":
-            key = (e.ts, state.id_hash(e.event_id))
+            key = (e.ts, entities.id_hash(e.event_id))
             if e.item_id not in ref["stock"] or ref["stock"][e.item_id][0] < key:
                 ref["stock"][e.item_id] = (key, e.stock)
             continue
@@ -323,7 +325,7 @@ def compare(store: MemoryRowStore, soldout: MemorySoldOut, quarantine: MemoryQua
     out.events = ref["accepted"]
     for user_id, want in ref["users"].items():
         stored = store.get(USERS, keys.user_key(user_id))
-        row = state.UserRow.from_obj(stored.row if stored else None)
+        row = entities.UserRow.from_obj(stored.row if stored else None)
         for i in range(4):
             _count(f"user {user_id} total[{i}]", row.totals[i], want["n"][i], out)
         for item, counts in want["items"].items():
@@ -335,12 +337,12 @@ def compare(store: MemoryRowStore, soldout: MemorySoldOut, quarantine: MemoryQua
         _tiles_diff(f"user {user_id}", tiles, want["t"], out)
     users_with_rows = {pk[2:] for (pk, _) in store.tables.get(USERS, {})}
     for extra in users_with_rows - set(ref["users"]):
-        row = state.UserRow.from_obj(store.get(USERS, keys.user_key(extra)).row)
+        row = entities.UserRow.from_obj(store.get(USERS, keys.user_key(extra)).row)
         _count(f"user {extra} (only anonymous or duplicate events) total", sum(row.totals), 0, out)
     item_ids = set(ref["items"]) | set(ref["stock"])
     for item_id in item_ids:
-        rows = [state.ItemRow.from_obj(s.row) for s in store.query(ITEMS, f"i#{item_id}")]
-        view = state.merge_item_rows(rows, now_ms) if rows else None
+        rows = [entities.ItemRow.from_obj(s.row) for s in store.query(ITEMS, f"i#{item_id}")]
+        view = entities.merge_item_rows(rows, now_ms) if rows else None
         want = ref["items"].get(item_id)
         if want is not None:
             for i in range(4):
@@ -363,7 +365,7 @@ def compare(store: MemoryRowStore, soldout: MemorySoldOut, quarantine: MemoryQua
                 out.diffs.append(f"sold-out list {'has' if item_id in soldout.items else 'lacks'} {item_id}"
                                  f" (stock {level})")
     for (experiment, variant), want in ref["variants"].items():
-        rows = [state.VariantRow.from_obj(s.row) for s in store.query(ITEMS, keys.variant_pk(experiment, variant))]
+        rows = [entities.VariantRow.from_obj(s.row) for s in store.query(ITEMS, keys.variant_pk(experiment, variant))]
         counts = [sum(r.counts[i] for r in rows) for i in range(4)]
         for i in range(4):
             _count(f"variant {experiment}/{variant}[{i}]", counts[i], want[i], out)
@@ -393,18 +395,18 @@ def compare(store: MemoryRowStore, soldout: MemorySoldOut, quarantine: MemoryQua
 @contextlib.contextmanager
 def apply_bug():
     """Applying an event of item ``BOOM`` raises, wherever it is applied."""
-    real = state.apply_item_event
+    real = entities.apply_item_event
 
     def buggy(row, event, event_key, *rest):
         if event.item_id == BOOM and event.type != "stock":
             raise KeyError("injected bug")
         return real(row, event, event_key, *rest)
 
-    state.apply_item_event = buggy
+    entities.apply_item_event = buggy
     try:
         yield
     finally:
-        state.apply_item_event = real
+        entities.apply_item_event = real
 
 
 _HANDLER = None

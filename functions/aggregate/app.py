@@ -4,7 +4,8 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.utilities.batch import process_partial_response
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from personalize import ingest, settings
+from personalize import settings
+from personalize.ingest import processor as ingest
 
 logger = Logger()
 tracer = Tracer()

@@ -11,7 +11,8 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from personalize import collect, identity, settings
+from personalize import identity, settings
+from personalize.ingest import collect
 
 logger = Logger()
 tracer = Tracer()

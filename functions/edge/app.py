@@ -14,8 +14,8 @@ from pathlib import Path
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
-from personalize import cloudfront, degraded, identity, serving, serving_config, settings, telemetry
-from personalize.adapters import aws
+from personalize import identity, settings, telemetry
+from personalize.serving import cloudfront, degraded, recommendations, wiring
 
 HERE = Path(__file__).resolve().parent
 CONFIG_PATH = HERE / "edge_config.json"
@@ -32,20 +32,18 @@ def home_metrics() -> telemetry.HomeMetrics:
     """Per-variant counts sent to us-east-1, where the rollback alarm looks."""
     if "home_metrics" not in _state:
         context = contextvars.copy_context()
-        _state["home_metrics"] = telemetry.HomeMetrics(
-            settings.NAMESPACE, "edge",
-            lambda: aws.client("cloudwatch", "us-east-1", connect_timeout=1.0, read_timeout=2.0),
-            submit=lambda fn: _background.submit(context.copy().run, fn))
+        _state["home_metrics"] = telemetry.home_metrics(
+            settings.NAMESPACE, "edge", submit=lambda fn: _background.submit(context.copy().run, fn))
     return _state["home_metrics"]
 
 
 def _build():
     """The instance's serving state (signing key, flags, models, snapshot): network calls,
     run off the request path by degraded.BackgroundBuild."""
-    config = serving_config.ServingConfig.from_file(CONFIG_PATH).for_stack(
-        serving_config.stack_of_function(_state.get("function_name")))  # a bundle built for another stack
+    config = wiring.ServingConfig.from_file(CONFIG_PATH).for_stack(
+        wiring.stack_of_function(_state.get("function_name")))  # a bundle built for another stack
     config.artifacts_bucket = config.artifacts_bucket.replace("{account}", _state.get("account", ""))
-    built, _state["rollout"], _state["models"] = serving_config.build(config, MODELS_DIR, os.environ.get("AWS_REGION"))
+    built, _state["rollout"], _state["models"] = wiring.build(config, MODELS_DIR, os.environ.get("AWS_REGION"))
     built.warm(_state["rollout"].store.refresh_now)
     if built.keys.current is None or built.snapshot.value is None:  # not worth serving: try again later
         raise RuntimeError("cold start incomplete: signing key or item snapshot unavailable")
@@ -81,10 +79,10 @@ def serve(request: dict, remaining_ms: int | None = None) -> tuple[int, dict, di
     built = recommender(degraded.deadline_s(remaining_ms, COLD_START_WAIT_S))
     if built is None:  # cold, and AWS unreachable or slow: answer from the bundle
         try:
-            query = serving.parse_query(params)
-        except serving.BadRequest as exc:
+            query = recommendations.parse_query(params)
+        except recommendations.BadRequest as exc:
             return 400, {"message": str(exc)}, {}
-        answer = serving.Answer(200, fallback().answer(query.k))
+        answer = recommendations.Answer(200, fallback().answer(query.k))
     else:
         answer = built.recommend(params, cookie, country)
     variant = answer.body.get("variant", "none")

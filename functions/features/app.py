@@ -1,32 +1,30 @@
 """HTTP API ``GET /features/users/{user_id}``: a shopper's online features, for operators."""
 
 import json
-import time
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from personalize import features, settings
-from personalize.adapters.userstore import DynamoUserStore
+from personalize import settings
+from personalize.serving import features
 
-config = settings.load(settings.FEATURES_TABLE)
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics(namespace=settings.NAMESPACE)
 app = APIGatewayHttpResolver()
-users = DynamoUserStore(config[settings.FEATURES_TABLE])
+reader = features.build_reader()
 
 
 @app.get("/features/users/<user_id>")
 @tracer.capture_method
 def get_user_features(user_id: str) -> Response:
-    row = users.get(user_id)
-    if row is None:
+    found = reader.read(user_id)
+    if found is None:
         body, status = {"message": f"no features for user {user_id!r}"}, 404
     else:
-        body, status = {"user_id": user_id, **features.user_features(row, int(time.time() * 1000))}, 200
+        body, status = {"user_id": user_id, **found}, 200
     return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=json.dumps(body),
                     headers={"Cache-Control": "no-store"})
 

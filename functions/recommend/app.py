@@ -12,16 +12,17 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from personalize import identity, serving_config, settings
+from personalize import identity, settings
+from personalize.serving import wiring
 
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics(namespace=settings.NAMESPACE)
 app = APIGatewayHttpResolver()
 MODELS_DIR = Path(os.environ.get("MODELS_DIR", "/opt/python/shipped_models"))
-config = serving_config.ServingConfig.from_env()
-recommender, rollout, models = serving_config.build(config, MODELS_DIR, os.environ.get("AWS_REGION"))
-origin = serving_config.origin_keys(config)
+config = wiring.ServingConfig.from_env()
+recommender, rollout, models = wiring.build(config, MODELS_DIR, os.environ.get("AWS_REGION"))
+origin = wiring.origin_keys(config)
 recommender.warm(rollout.store.refresh_now, origin.refresh_now)
 
 

@@ -4,24 +4,20 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from personalize import settings, snapshot_job
-from personalize.adapters.artifacts import S3Artifacts
-from personalize.adapters.rowstore import DynamoRowStore
+from personalize import settings
+from personalize.serving import snapshot_job
 
-config = settings.load(settings.ITEMS_TABLE, settings.ARTIFACTS_BUCKET)
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics(namespace=settings.NAMESPACE)
-store = DynamoRowStore({"items": config[settings.ITEMS_TABLE]}, read_timeout_s=snapshot_job.SCAN_READ_TIMEOUT_S,
-                       request_attempts=snapshot_job.SCAN_ATTEMPTS)
-artifacts = S3Artifacts(config[settings.ARTIFACTS_BUCKET])
+publisher = snapshot_job.build_publisher()
 
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
-    report = snapshot_job.publish(store, artifacts)
+    report = publisher.publish()
     metrics.add_metric("SnapshotBuildMs", MetricUnit.Milliseconds, report.build_ms)
     metrics.add_metric("SnapshotBytes", MetricUnit.Bytes, report.bytes)
     metrics.add_metric("SnapshotItems", MetricUnit.Count, report.items)

@@ -41,7 +41,7 @@ class LocalResources:
 
     def serving_config(self):
         """The edge's config file as the local stack bakes it (local flags source)."""
-        from personalize.serving_config import ServingConfig
+        from personalize.serving.wiring import ServingConfig
 
         return ServingConfig(
             home_region="us-east-1", features_table=self.names["FeaturesTable"],
@@ -53,9 +53,9 @@ class LocalResources:
 
     def fallback_items(self, n: int = 100) -> list[str]:
         """The popular items a bundle would carry, from the newest snapshot (as make build does)."""
-        from personalize import degraded
         from personalize.adapters.artifacts import S3Artifacts
-        from personalize.snapshots import ItemSnapshot
+        from personalize.serving import degraded
+        from personalize.serving.snapshots import ItemSnapshot
 
         artifacts = S3Artifacts(self.names["ArtifactsBucket"])
         pointer = artifacts.pointer_if_changed(None)
@@ -64,7 +64,7 @@ class LocalResources:
     def deploy_flags(self, document: dict) -> int:
         """What an AppConfig deployment does, locally: a new hosted version, then the
         pointer that the local flag reader follows (moto has no deployments)."""
-        from personalize.adapters.flagadmin import ALL_AT_ONCE, LocalFlagAdmin
+        from personalize.adapters.appconfig import ALL_AT_ONCE, LocalFlagAdmin
 
         admin = LocalFlagAdmin(self.names["ArtifactsBucket"], self.names["RolloutApplication"],
                                self.names["RolloutProfile"], fetch=None)

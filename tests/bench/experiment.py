@@ -9,7 +9,8 @@ import urllib.request
 import numpy as np
 
 from infra.local.stack import LocalStack
-from personalize import flags, identity
+from personalize import identity
+from personalize.rollout import flags
 
 from .simulation import BASE_RATE, guardrail_kills, naive_kills, ramp_kills, simulate, simulate_ramps
 from .streams import post_events
@@ -66,7 +67,7 @@ def kill_during_rollout_s() -> float:
     """On the local stack: a 2% experiment ramping to 25% (a gradual deployment still in
     progress), then the guardrail's kill path (stop the ramp, deploy share 0 all at once);
     seconds from the kill call until no response names the challenger."""
-    from personalize.adapters.flagadmin import ALL_AT_ONCE, GRADUAL, LocalFlagAdmin
+    from personalize.adapters.appconfig import ALL_AT_ONCE, GRADUAL, LocalFlagAdmin
 
     stack = LocalStack(snapshot_interval_s=1.0, guardrail_interval_s=3600).start()
     try:

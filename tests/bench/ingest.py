@@ -16,7 +16,7 @@ from personalize import keys
 from personalize.adapters import aws
 from personalize.adapters.quarantine import MemoryQuarantine
 from personalize.adapters.rowstore import MemoryRowStore
-from personalize.ingest import Ingestor
+from personalize.ingest.pipeline import Ingestor
 
 from .streams import FlashSale, kinesis_batches
 

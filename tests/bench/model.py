@@ -9,8 +9,8 @@ import numpy as np
 
 from infra.local.template import ROOT
 from models import train
-from personalize import ranking
-from personalize.models import load_folder
+from personalize.serving import ranking
+from personalize.serving.models import load_folder
 
 
 def run() -> dict:

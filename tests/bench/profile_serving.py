@@ -23,7 +23,8 @@ from collections import defaultdict
 
 from infra.local.lambda_events import context
 from infra.local.stack import cloudfront_event
-from personalize import cloudfront, identity, ranking, serving
+from personalize import identity
+from personalize.serving import cloudfront, ranking, recommendations
 
 from .serving_floor import Floor, PackedUserStore, in_memory_edge, interleaved, summary
 
@@ -84,7 +85,7 @@ def instrument(module, recommender) -> Stages:
     w(cloudfront, "header_values", "parse: headers, cookie, query")
     w(identity, "cookie_from_headers", "parse: headers, cookie, query")
     w(cloudfront, "query", "parse: headers, cookie, query")
-    w(serving, "parse_query", "parse: headers, cookie, query")
+    w(recommendations, "parse_query", "parse: headers, cookie, query")
     w(recommender.keys, "verified_user", "cookie verify (HMAC)")
     w(recommender, "choose_variant", "variant (flags)")
     w(identity, "issue_rec_id", "rec_id (nonce, HMAC)")

@@ -18,11 +18,13 @@ import numpy as np
 from infra.local.lambda_events import context
 from infra.local.stack import LocalStack, cloudfront_event
 from infra.local.template import ROOT
-from personalize import identity, keys, snapshots, state
+from personalize import identity, keys
 from personalize.adapters.quarantine import MemoryQuarantine
 from personalize.adapters.rowstore import MemoryRowStore
-from personalize.aggregation import ITEMS, USERS
-from personalize.ingest import Ingestor
+from personalize.ingest import entities
+from personalize.ingest.aggregation import ITEMS, USERS
+from personalize.ingest.pipeline import Ingestor
+from personalize.serving import snapshots
 
 from .serving_floor import Floor, PackedUserStore, interleaved, summary
 from .streams import FlashSale, kinesis_batches, post_events
@@ -44,8 +46,8 @@ def snapshot_of_10k_items() -> tuple[int, float, snapshots.ItemSnapshot, MemoryR
     ingestor = Ingestor(store, MemoryQuarantine(), clock=lambda: end / 1000)
     import base64
 
-    from personalize.aggregation import StreamRecord
-    from personalize.events import parse_event
+    from personalize.ingest.aggregation import StreamRecord
+    from personalize.ingest.events import parse_event
 
     for batch in kinesis_batches(events):
         shard = batch["Records"][0]["eventID"].split(":")[0]
@@ -55,20 +57,20 @@ def snapshot_of_10k_items() -> tuple[int, float, snapshots.ItemSnapshot, MemoryR
         ingestor.run(shard, records, [], end)
     rows: dict[str, list] = {}
     for (pk, _), stored in store.scan_prefix(ITEMS, "i#"):
-        rows.setdefault(keys.item_id_of(pk), []).append(state.ItemRow.from_obj(stored.row))
+        rows.setdefault(keys.item_id_of(pk), []).append(entities.ItemRow.from_obj(stored.row))
     started = time.perf_counter()
-    views = {item: state.merge_item_rows(r, end) for item, r in rows.items()}
+    views = {item: entities.merge_item_rows(r, end) for item, r in rows.items()}
     snap = snapshots.build(views, end, "bench")
     data = snap.encode()
     build_ms = (time.perf_counter() - started) * 1000
     return len(data), build_ms, snapshots.ItemSnapshot.decode(data), store
 
 
-def shoppers(store: MemoryRowStore, count: int) -> dict[str, state.UserRow]:
+def shoppers(store: MemoryRowStore, count: int) -> dict[str, entities.UserRow]:
     """The first ``count`` shoppers' rows of the in-memory aggregation."""
     users = {}
     for (pk, _), stored in store.scan_prefix(USERS, "u#"):
-        users[pk[2:]] = state.UserRow.from_obj(stored.row)
+        users[pk[2:]] = entities.UserRow.from_obj(stored.row)
         if len(users) == count:
             break
     return users
@@ -232,7 +234,7 @@ def run(requests: int = 3000) -> dict:
         # Measured with a 1 s timeout: moto on loopback is slower than DynamoDB's single digits.
         from personalize.adapters.userstore import DynamoUserStore
 
-        patient = DynamoUserStore(real_users.table_name, timeout_s=1.0)
+        patient = DynamoUserStore(real_users.table_name, entities.UserRow.from_obj, timeout_s=1.0)
         reads = []
         for _ in range(200):
             t = time.perf_counter()

@@ -20,14 +20,17 @@ import msgpack
 import numpy as np
 
 from infra.local.template import ROOT
-from personalize import flags, identity, ranking, serving_config, settings, telemetry
+from personalize import identity, settings, telemetry
 from personalize.adapters.artifacts import MemoryArtifacts
 from personalize.adapters.rowstore import pack
 from personalize.adapters.soldout import MemorySoldOut
 from personalize.adapters.userstore import UserStore, decode_user
-from personalize.models import MANIFEST_FILE, MODEL_FILE, Manifest, inference_session
-from personalize.serving import Recommender
-from personalize.state import UserRow
+from personalize.ingest import entities
+from personalize.ingest.entities import UserRow
+from personalize.rollout import flags
+from personalize.serving import ranking, wiring
+from personalize.serving.models import MANIFEST_FILE, MODEL_FILE, Manifest, inference_session
+from personalize.serving.recommendations import Recommender
 
 MODELS_DIR = ROOT / "models"
 
@@ -44,7 +47,7 @@ class PackedUserStore(UserStore):
     def get(self, user_id: str) -> UserRow | None:
         self.reads += 1
         data = self.packed.get(user_id)
-        return None if data is None else decode_user({"row": {"B": data}}, self.clock())
+        return None if data is None else decode_user({"row": {"B": data}}, self.clock(), entities.UserRow.from_obj)
 
     @classmethod
     def of(cls, rows: dict[str, UserRow]) -> PackedUserStore:
@@ -162,9 +165,9 @@ def in_memory_edge(snapshot_bytes: bytes, users: PackedUserStore, signing_key: s
     store = flags.CachedDocumentStore(lambda: flags.rollout_document(champion, None, 0.0, "bench-exp"),
                                       executor=pool)
     rollout = flags.Rollout(store, champion)
-    models = serving_config.ModelCache(MODELS_DIR, artifacts, rollout.pins)
+    models = wiring.ModelCache(MODELS_DIR, artifacts, rollout.pins)
     recommender = Recommender(users, artifacts, MemorySoldOut(), identity.KeyRing.static(signing_key),
-                              serving_config.chooser(rollout, models, models.get(champion)),
+                              wiring.chooser(rollout, models, models.get(champion)),
                               log_sample_rate=log_sample_rate, pool=pool)
     recommender.warm(store.refresh_now)
     if freeze:

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from personalize import experiments
+from personalize.rollout import experiments
 
 SIMULATIONS = 1000
 TICKS = 100                  # the guardrail looks after every tick

@@ -8,8 +8,10 @@ import time
 
 from infra.local.lambda_events import context
 from infra.local.stack import cloudfront_event
-from personalize import identity, snapshots, state
-from personalize.events import parse_event
+from personalize import identity
+from personalize.ingest import entities
+from personalize.ingest.events import parse_event
+from personalize.serving import snapshots
 from tests.bench import ingest
 from tests.bench.serving_floor import Floor, PackedUserStore, in_memory_edge, interleaved, summary
 
@@ -29,20 +31,20 @@ def test_the_serving_floor_answers_the_same_request_as_the_edge_handler():
     now = int(time.time() * 1000)
     views = {}
     for i in range(600):
-        item = state.ItemRow()
+        item = entities.ItemRow()
         item.totals = [i, 0, 0, i % 7]
         item.popularity = [float(i), now]
-        views[f"sku-{i}"] = state.merge_item_rows([item], now)
+        views[f"sku-{i}"] = entities.merge_item_rows([item], now)
     rows = {}
     for u in range(12):
-        row = rows[f"u{u}"] = state.UserRow()
+        row = rows[f"u{u}"] = entities.UserRow()
         for j in range(6):
             kind = ("view", "click", "add_to_cart", "purchase")[(u + j) % 4]
             event = {"event_id": f"e{u}-{j}", "type": kind, "user_id": f"u{u}",
                      "item_id": f"sku-{(u * 37 + j * 11) % 600}", "ts": now - 60_000 * (6 - j)}
             if kind in ("add_to_cart", "purchase"):
                 event["quantity"] = 1
-            state.apply_user_event(row, parse_event(event), j)
+            entities.apply_user_event(row, parse_event(event), j)
     users = PackedUserStore.of(rows)
     module, recommender = in_memory_edge(snapshots.build(views, now, "smoke").encode(), users, "smoke-key",
                                          log_sample_rate=0, freeze=False)

@@ -28,8 +28,9 @@ from personalize.adapters.soldout import (
 )
 from personalize.adapters.stream import KinesisStreamReader
 from personalize.adapters.userstore import DynamoUserStore, MemoryUserStore, UserReadError
-from personalize.aggregation import ITEMS, USERS, Change
-from personalize.events import MAX_ID_CHARS
+from personalize.ingest import entities
+from personalize.ingest.aggregation import ITEMS, USERS, Change
+from personalize.ingest.events import MAX_ID_CHARS
 
 
 @pytest.fixture(params=["fake", "moto"])
@@ -62,7 +63,7 @@ def users(request):
     if request.param == "fake":
         return MemoryUserStore()
     stack = request.getfixturevalue("stack")
-    return DynamoUserStore(stack.names[settings.FEATURES_TABLE.logical_id], timeout_s=1.0)
+    return DynamoUserStore(stack.names[settings.FEATURES_TABLE.logical_id], entities.UserRow.from_obj, timeout_s=1.0)
 
 
 def test_a_user_without_a_row_reads_none(users):

@@ -6,7 +6,9 @@ CloudFront origin-request for /recommendations gets a 200 named fallback from th
 import pytest
 
 from infra.local.stack import cloudfront_event
-from personalize import settings, snapshots, state
+from personalize import settings
+from personalize.ingest import entities
+from personalize.serving import snapshots
 from tests.bench import edge_outage
 
 
@@ -15,12 +17,12 @@ def bundle(tmp_path_factory):
     target = tmp_path_factory.mktemp("edge")
     views = {}
     for i in range(30):
-        row = state.ItemRow()
+        row = entities.ItemRow()
         row.totals = [i, 0, 0, 0]
         row.popularity = [float(i), 1_790_000_000_000]
         if i == 29:
             row.stock = [1, 1_790_000_000_000, 0]  # the most popular item is nearly gone
-        views[f"sku-{i}"] = state.merge_item_rows([row], 1_790_000_000_000)
+        views[f"sku-{i}"] = entities.merge_item_rows([row], 1_790_000_000_000)
     snap = target / "latest.msgpack"
     snap.write_bytes(snapshots.build(views, 1_790_000_000_000, "v-build").encode())
     edge_outage.build_bundle(target, snap)

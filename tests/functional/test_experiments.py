@@ -3,8 +3,9 @@
 import pytest
 
 from infra.local.lambda_events import context
-from personalize import experiments, flags, identity
-from personalize.adapters.flagadmin import ExperimentStates
+from personalize import identity
+from personalize.adapters.experiment_states import ExperimentStates
+from personalize.rollout import experiments, flags
 from tests.conftest import now_ms
 from tests.functional.test_serving import Serving, load_shop
 
@@ -101,7 +102,7 @@ def test_no_decision_without_enough_data(lab):
 def test_a_kill_during_a_gradual_ramp_stops_it_and_lands_at_once(lab):
     """AppConfig runs one deployment at a time: the guardrail's kill stops the running ramp
     first (locally emulated), instead of failing with a conflict for the ramp's duration."""
-    from personalize.adapters.flagadmin import GRADUAL, DeploymentConflictError, LocalFlagAdmin
+    from personalize.adapters.appconfig import GRADUAL, DeploymentConflictError, LocalFlagAdmin
 
     names = lab.stack.names
     admin = LocalFlagAdmin(names["ArtifactsBucket"], names["RolloutApplication"], names["RolloutProfile"],

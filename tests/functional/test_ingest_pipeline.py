@@ -7,9 +7,10 @@ import pytest
 from botocore.exceptions import ClientError
 
 from infra.local.lambda_events import context, kinesis_event
-from personalize import keys, settings, state
+from personalize import keys, settings
 from personalize.adapters import aws
 from personalize.adapters.quarantine import SqsQuarantine
+from personalize.ingest import entities
 from tests.conftest import function_client, load_event, now_ms
 
 
@@ -63,7 +64,7 @@ def test_country_comes_from_the_viewer_header_when_absent(pipeline):
                   headers={"CloudFront-Viewer-Country": "de"})
     pipeline.drain()
     rows = pipeline.rows.query("items", "i#sku-9")
-    assert list(state.ItemRow.from_obj(rows[0].row).countries) == ["DE"]
+    assert list(entities.ItemRow.from_obj(rows[0].row).countries) == ["DE"]
 
 
 def test_failed_put_records_are_retried_then_reported(pipeline, monkeypatch):
@@ -133,7 +134,7 @@ def read_batch(stack):
 
 def user_totals(pipeline, user_id):
     stored = pipeline.rows.get_many("users", [keys.user_key(user_id)])
-    return state.UserRow.from_obj(stored[keys.user_key(user_id)].row).totals
+    return entities.UserRow.from_obj(stored[keys.user_key(user_id)].row).totals
 
 
 def views(n, ts, user="u1", item="i1"):
@@ -185,7 +186,7 @@ def test_throttled_writes_are_retried_and_nothing_is_lost(pipeline, stack, monke
     assert pipeline.poller.stats.retries >= 1
     assert user_totals(pipeline, "u1") == [3, 0, 0, 0]
     rows = pipeline.rows.query("items", "i#i1")
-    assert state.ItemRow.from_obj(rows[0].row).totals == [3, 0, 0, 0]
+    assert entities.ItemRow.from_obj(rows[0].row).totals == [3, 0, 0, 0]
 
 
 def test_flash_sale_burst_on_one_item_writes_each_row_once_per_batch(pipeline, stack):
@@ -198,7 +199,7 @@ def test_flash_sale_burst_on_one_item_writes_each_row_once_per_batch(pipeline, s
     client.meta.events.register("before-call.dynamodb.PutItem", lambda **kw: puts.append(1))
     pipeline.drain()
     shards = pipeline.poller.stats.invocations
-    merged = state.merge_item_rows([state.ItemRow.from_obj(r.row) for r in pipeline.rows.query("items", "i#hot")],
+    merged = entities.merge_item_rows([entities.ItemRow.from_obj(r.row) for r in pipeline.rows.query("items", "i#hot")],
                                    ts)
     assert merged.totals == [0, 300, 100, 0]
     assert len(puts) <= 50 + 3 * shards, \

@@ -10,8 +10,8 @@ from infra.ops import registry_pins
 from models import publish
 from personalize.adapters import aws
 from personalize.adapters.artifacts import S3Artifacts
-from personalize.models import ModelError
-from personalize.serving_config import ModelCache
+from personalize.serving.models import ModelError
+from personalize.serving.wiring import ModelCache
 
 SHIPPED = publish.ROOT / "models" / "ranker-linear" / "v1"
 
@@ -48,7 +48,7 @@ def test_a_model_replaced_in_the_bucket_is_refused_before_parsing(stack, tmp_pat
     (evil / "manifest.json").write_text(json.dumps(manifest))
     publish.publish(evil, bucket, aws.client("s3"))
     parsed = []
-    import personalize.models as models_module
+    import personalize.serving.models as models_module
     real = models_module.Ranker.__init__
     monkeypatch.setattr(models_module.Ranker, "__init__", lambda self, *a: parsed.append(a) or real(self, *a))
     cache = ModelCache(tmp_path / "nothing-bundled", S3Artifacts(bucket), pins=lambda: {"ranker-linear/v1": pinned})

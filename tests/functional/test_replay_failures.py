@@ -7,8 +7,9 @@ from botocore.exceptions import ClientError
 
 from infra import replay
 from infra.local.lambda_events import context
-from personalize import keys, settings, state
+from personalize import keys, settings
 from personalize.adapters import aws
+from personalize.ingest import entities
 from tests.conftest import now_ms
 
 
@@ -25,7 +26,7 @@ def views(prefix, n, user, item, ts):
 
 def totals(store, table, key):
     stored = store.get_many(table, [key]).get(key)
-    cls = state.UserRow if table == "users" else state.ItemRow
+    cls = entities.UserRow if table == "users" else entities.ItemRow
     return cls.from_obj(stored.row).totals if stored else None
 
 

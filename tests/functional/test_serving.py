@@ -10,7 +10,7 @@ from infra.local.lambda_events import context, http_api_event, response_json
 from infra.local.stack import cloudfront_event
 from personalize import identity
 from personalize.adapters.userstore import MemoryUserStore
-from personalize.serving import decode_vectors
+from personalize.serving.recommendations import decode_vectors
 from tests.conftest import Pipeline, now_ms
 
 # The champion the flags deploy (``make train`` writes it there).

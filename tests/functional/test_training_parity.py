@@ -9,8 +9,10 @@ import pytest
 
 from models.instacart import load_orders, order_events
 from models.replay import Replayer
-from personalize import features, keys, ranking, state
+from personalize import keys
 from personalize.adapters.userstore import DynamoUserStore
+from personalize.ingest import entities
+from personalize.serving import features, ranking
 from personalize.settings import FEATURES_TABLE
 
 USERS = ("ic1", "ic7", "ic13")
@@ -25,8 +27,8 @@ def online_items(pipeline, now_ms):
     store = pipeline.rows
     by_item: dict[str, list] = {}
     for (pk, _), stored in store.scan_prefix("items", "i#"):
-        by_item.setdefault(keys.item_id_of(pk), []).append(state.ItemRow.from_obj(stored.row))
-    return {item: state.merge_item_rows(rows, now_ms) for item, rows in by_item.items()}
+        by_item.setdefault(keys.item_id_of(pk), []).append(entities.ItemRow.from_obj(stored.row))
+    return {item: entities.merge_item_rows(rows, now_ms) for item, rows in by_item.items()}
 
 
 COUNTRY = "FR"
@@ -58,7 +60,8 @@ def test_replay_and_aggregate_compute_the_same_features(pipeline, stack, orders)
     # The sample is dated 2026-01: its rows' TTL has passed by the wall clock, so every
     # reader here runs on the replay's clock, as the aggregate function does.
     clock = {"now_s": 0.0}
-    online_users = DynamoUserStore(stack.names[FEATURES_TABLE.logical_id], clock=lambda: clock["now_s"])
+    online_users = DynamoUserStore(stack.names[FEATURES_TABLE.logical_id], entities.UserRow.from_obj,
+                                   clock=lambda: clock["now_s"])
     ingestor.store.clock = lambda: clock["now_s"]
     ingestor.clock = lambda: clock["now_s"]  # and judges arrival (lateness, bounds) by it
     pipeline.collect.collector.clock = lambda: clock["now_s"]  # the backend sends each order as it happens
@@ -84,7 +87,7 @@ def test_replay_and_aggregate_compute_the_same_features(pipeline, stack, orders)
     assert checked >= 10 and sessions >= 5
     t = orders[-1].checkout_ms + 1
     on_items, off_items = online_items(pipeline, t), {
-        keys.item_id_of(pk): state.merge_item_rows([state.ItemRow.from_obj(s.row)], t)
+        keys.item_id_of(pk): entities.merge_item_rows([entities.ItemRow.from_obj(s.row)], t)
         for (pk, _), s in offline.rows["items"].items() if pk.startswith("i#")}
     assert set(on_items) == set(off_items)
     assert sum(v.reorders for v in off_items.values()) > 0

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from infra.local.lambda_events import context, http_api_event, response_json
-from personalize import identity, state
+from personalize import identity
+from personalize.ingest import entities
 from tests.conftest import now_ms
 from tests.functional.test_serving import Serving, load_shop
 
@@ -27,8 +28,8 @@ def served_items(shop, cookie=None, query="k=50", country="US"):
 
 def item_counts(shop, item_id):
     store = shop.rows  # read as the administrator: aggregate's role may not Query or Scan
-    rows = [state.ItemRow.from_obj(s.row) for s in store.query("items", f"i#{item_id}") if s.row is not None]
-    return state.merge_item_rows(rows, now_ms()) if rows else None
+    rows = [entities.ItemRow.from_obj(s.row) for s in store.query("items", f"i#{item_id}") if s.row is not None]
+    return entities.merge_item_rows(rows, now_ms()) if rows else None
 
 
 def test_a_browser_cannot_mark_an_item_sold_out(shop):

@@ -2,12 +2,14 @@
 
 import pytest
 
-from personalize import features, keys, state
+from personalize import keys
 from personalize.adapters.quarantine import MemoryQuarantine
 from personalize.adapters.rowstore import MemoryRowStore
-from personalize.aggregation import ITEMS, USERS, StreamRecord
-from personalize.events import parse_event
-from personalize.ingest import Ingestor
+from personalize.ingest import entities
+from personalize.ingest.aggregation import ITEMS, USERS, StreamRecord
+from personalize.ingest.events import parse_event
+from personalize.ingest.pipeline import Ingestor
+from personalize.serving import features
 
 T0 = 1_790_000_000_000 - 1_790_000_000_000 % 60_000
 SHARD = "shardId-000000000000"
@@ -47,12 +49,12 @@ def ingestor(store):
 
 def user(store, user_id="u1"):
     stored = store.get(USERS, keys.user_key(user_id))
-    return state.UserRow.from_obj(stored.row)
+    return entities.UserRow.from_obj(stored.row)
 
 
 def item(store, item_id="i1"):
     rows = store.query(ITEMS, f"i#{item_id}")
-    return state.merge_item_rows([state.ItemRow.from_obj(r.row) for r in rows], T0 + 30_000)
+    return entities.merge_item_rows([entities.ItemRow.from_obj(r.row) for r in rows], T0 + 30_000)
 
 
 def run(ingestor, records):
@@ -124,7 +126,7 @@ def test_late_events_miss_only_the_windows(ingestor, store):
     assert user(store).totals == [2, 0, 0, 3]
     assert item(store, "b").totals == [0, 0, 0, 3] and item(store, "b").stock == 0
     assert set(item(store, "b").neighbours) == {"a"}
-    row = state.VariantRow.from_obj(store.query(ITEMS, keys.variant_pk("exp1", "champion"))[0].row)
+    row = entities.VariantRow.from_obj(store.query(ITEMS, keys.variant_pk("exp1", "champion"))[0].row)
     assert (row.counts, row.revenue) == ([0, 0, 0, 1], 6.0)
 
 
@@ -187,7 +189,7 @@ def test_variant_counters_are_attributed_through_rec_id(ingestor, store):
         ev(2, "click", rec_id=rec, variant="challenger"),
         ev(3, "purchase", price=10.0, quantity=2, rec_id=rec, variant="challenger")))
     rows = store.query(ITEMS, keys.variant_pk("exp1", "challenger"))
-    row = state.VariantRow.from_obj(rows[0].row)
+    row = entities.VariantRow.from_obj(rows[0].row)
     assert row.counts == [1, 1, 0, 1]
     assert row.revenue == 20.0
 
@@ -198,5 +200,5 @@ def test_serving_row_of_a_heavy_shopper_fits_one_4_kb_read_unit(ingestor, store)
     run(ingestor, Stream().records(*events))
     from personalize.adapters.rowstore import pack
     row = user(store)
-    assert len(row.items) == state.USER_ITEMS
+    assert len(row.items) == entities.USER_ITEMS
     assert len(pack(row.to_obj())) < 4096

@@ -3,7 +3,7 @@
 import json
 
 from personalize.adapters.stream import MemoryEventStream
-from personalize.collect import collect
+from personalize.ingest.collect import collect
 
 NOW = 1_790_000_000_000
 
@@ -33,8 +33,8 @@ def test_an_event_keeps_its_own_country_over_the_viewers():
 
 
 def test_an_unreadable_origin_token_is_a_retryable_503_not_a_403():
-    from personalize import collect as collect_module
     from personalize.identity import KeyRing
+    from personalize.ingest import collect as collect_module
 
     def down():
         raise ConnectionError("secrets manager unreachable")
@@ -55,8 +55,8 @@ def test_only_signed_in_shoppers_and_the_backends_purchases_move_experiment_coun
     """A rec_id is signed by serving, yet replayable: anonymous events and browser purchases
     (a claim with any price) never attribute; the backend's purchases and a signed-in
     shopper's clicks do."""
-    from personalize import collect as c
     from personalize.identity import issue_rec_id
+    from personalize.ingest import collect as c
 
     key = "k"
     anon_rec = issue_rec_id(key, "exp", "champion", None, NOW / 1000)
@@ -74,8 +74,8 @@ def test_only_signed_in_shoppers_and_the_backends_purchases_move_experiment_coun
 
 
 def test_a_served_list_is_one_impression_however_often_it_is_sent():
-    from personalize import collect as c
     from personalize.identity import issue_rec_id
+    from personalize.ingest import collect as c
 
     rec = issue_rec_id("k", "exp", "challenger", "alice", NOW / 1000)
     other = issue_rec_id("k", "exp", "challenger", "alice", NOW / 1000)
@@ -89,7 +89,7 @@ def test_a_served_list_is_one_impression_however_often_it_is_sent():
 
 
 def test_the_public_route_takes_the_country_from_cloudfront_never_the_body():
-    from personalize import collect as c
+    from personalize.ingest import collect as c
 
     stream = MemoryEventStream()
     event = {"event_id": "a", "type": "view", "item_id": "i", "ts": NOW, "country": "JP"}

@@ -10,9 +10,9 @@ import pytest
 from infra.local import handlers
 from infra.local.lambda_events import context
 from infra.local.stack import cloudfront_event
-from personalize import degraded
 from personalize.adapters.artifacts import MemoryArtifacts
-from personalize.serving_config import ModelCache, ModelUnavailableError
+from personalize.serving import degraded
+from personalize.serving.wiring import ModelCache, ModelUnavailableError
 
 
 class Clock:

@@ -1,6 +1,6 @@
 import pytest
 
-from personalize.events import Event, EventError, parse_event, partition_key
+from personalize.ingest.events import Event, EventError, parse_event, partition_key
 
 NOW = 1_790_000_000_000
 

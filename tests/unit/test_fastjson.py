@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from personalize import events, fastjson
+from personalize.ingest import _fastjson, events
 from tests.unit.test_hostile_input import HUGE, hostile_text, json_values
 
 
@@ -34,7 +34,7 @@ def dumps(value, ensure_ascii: bool) -> bytes:
     st.text(max_size=80).map(lambda t: t.encode("utf-8", "surrogatepass")),
 ))
 def test_the_fast_decoder_agrees_with_the_strict_one(raw):
-    assert outcome(fastjson.loads, raw) == outcome(events.loads, raw)
+    assert outcome(_fastjson.loads, raw) == outcome(events.loads, raw)
 
 
 @pytest.mark.parametrize("raw", [
@@ -45,7 +45,7 @@ def test_the_fast_decoder_agrees_with_the_strict_one(raw):
     '{"a":"é"}'.encode("utf-16"), b'{"a":1}\x00', b'"text"', b"[1,2]",
 ], ids=lambda raw: repr(raw[:24]))
 def test_corners_where_msgspec_differs_take_the_strict_path(raw):
-    assert outcome(fastjson.loads, raw) == outcome(events.loads, raw)
+    assert outcome(_fastjson.loads, raw) == outcome(events.loads, raw)
 
 
 def test_a_plain_event_is_decoded_by_msgspec():
@@ -55,7 +55,7 @@ def test_a_plain_event_is_decoded_by_msgspec():
     real = events.loads
     events.loads = lambda data: calls.append(data) or real(data)
     try:
-        assert fastjson.loads(raw) == json.loads(raw)
+        assert _fastjson.loads(raw) == json.loads(raw)
     finally:
         events.loads = real
     assert calls == []  # no fallback for the common case

@@ -5,8 +5,8 @@ bench` runs 10,000 more."""
 
 import pytest
 
-from personalize import aggregation, state
 from personalize.adapters.rowstore import MemoryRowStore
+from personalize.ingest import aggregation, entities
 from tests import faults
 
 SCHEDULES = 300
@@ -39,8 +39,9 @@ def test_the_harness_sees_doubles_when_watermarks_are_ignored(monkeypatch):
 
 
 def test_the_harness_sees_doubles_when_resends_are_not_recognised(monkeypatch):
-    real = state.DedupeRow.check
-    monkeypatch.setattr(state.DedupeRow, "check", lambda self, e, r, a: min(real(self, e, r, a), state.REDELIVERED))
+    real = entities.DedupeRow.check
+    monkeypatch.setattr(entities.DedupeRow, "check",
+                        lambda self, e, r, a: min(real(self, e, r, a), entities.REDELIVERED))
     result = faults.run_many(range(60))
     assert result["fault_doubled"] > 0
 

@@ -6,13 +6,13 @@ import json
 import boto3
 from botocore.stub import Stubber
 
-from personalize.adapters import aws, flagadmin
+from personalize.adapters import appconfig, aws
 
 
 def test_a_kill_stops_the_running_ramp_then_deploys_all_at_once(monkeypatch):
     client = boto3.client("appconfig", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
     monkeypatch.setattr(aws, "client", lambda *args, **kwargs: client)
-    admin = flagadmin.AppConfigAdmin("app", "env", "prof", {flagadmin.ALL_AT_ONCE: "once", flagadmin.GRADUAL: "ramp"},
+    admin = appconfig.AppConfigAdmin("app", "env", "prof", {appconfig.ALL_AT_ONCE: "once", appconfig.GRADUAL: "ramp"},
                                      fetch=dict)
     document = {"kill_switch": {"default": True}}
     with Stubber(client) as stub:
@@ -27,17 +27,17 @@ def test_a_kill_stops_the_running_ramp_then_deploys_all_at_once(monkeypatch):
         stub.add_response("start_deployment", {"DeploymentNumber": 8},
                           {"ApplicationId": "app", "EnvironmentId": "env", "ConfigurationProfileId": "prof",
                            "ConfigurationVersion": "9", "DeploymentStrategyId": "once", "Description": "kill"})
-        assert admin.deploy(document, flagadmin.ALL_AT_ONCE, "kill") == "9"
+        assert admin.deploy(document, appconfig.ALL_AT_ONCE, "kill") == "9"
         stub.assert_no_pending_responses()
 
 
 def test_a_ramp_does_not_stop_anything(monkeypatch):
     client = boto3.client("appconfig", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
     monkeypatch.setattr(aws, "client", lambda *args, **kwargs: client)
-    admin = flagadmin.AppConfigAdmin("app", "env", "prof", {flagadmin.ALL_AT_ONCE: "once", flagadmin.GRADUAL: "ramp"},
+    admin = appconfig.AppConfigAdmin("app", "env", "prof", {appconfig.ALL_AT_ONCE: "once", appconfig.GRADUAL: "ramp"},
                                      fetch=dict)
     with Stubber(client) as stub:
         stub.add_response("create_hosted_configuration_version", {"VersionNumber": 3})
         stub.add_response("start_deployment", {"DeploymentNumber": 2})
-        assert admin.deploy({}, flagadmin.GRADUAL, "ramp") == "3"
+        assert admin.deploy({}, appconfig.GRADUAL, "ramp") == "3"
         stub.assert_no_pending_responses()

@@ -3,7 +3,7 @@
 import pytest
 from aws_lambda_powertools.utilities.feature_flags.schema import SchemaValidator
 
-from personalize import flags
+from personalize.rollout import flags
 
 
 def store_of(*documents):

@@ -6,7 +6,7 @@ simulations can tell a valid guardrail from an invalid one."""
 import numpy as np
 import pytest
 
-from personalize import experiments
+from personalize.rollout import experiments
 from tests.bench.simulation import (
     BASE_RATE,
     CHALLENGER_PER_TICK,

@@ -24,16 +24,18 @@ from hypothesis import strategies as st
 from infra.local import handlers
 from infra.local.lambda_events import context, http_api_event
 from infra.local.stack import cloudfront_event
-from personalize import collect, events, identity, keys, state
+from personalize import identity, keys
 from personalize.adapters.artifacts import MemoryArtifacts
 from personalize.adapters.quarantine import MemoryQuarantine
 from personalize.adapters.rowstore import MemoryRowStore
 from personalize.adapters.soldout import MemorySoldOut
 from personalize.adapters.stream import MemoryEventStream
 from personalize.adapters.userstore import MemoryUserStore
-from personalize.ingest import Ingestor, IngestProcessor
-from personalize.models import load_folder
-from personalize.serving import Recommender, Variant
+from personalize.ingest import collect, entities, events
+from personalize.ingest.pipeline import Ingestor
+from personalize.ingest.processor import IngestProcessor
+from personalize.serving.models import load_folder
+from personalize.serving.recommendations import Recommender, Variant
 from tests.unit.test_recommender import snapshot
 
 HUGE = "<an integer of 5,000 digits>"  # Python cannot even repr one: dumps() writes it
@@ -282,7 +284,7 @@ def edge_app():
     ranker = load_folder(Path(__file__).resolve().parents[2] / "models" / "ranker-mlp" / "v1")
     artifacts = MemoryArtifacts()
     artifacts.put_snapshot("v1", snapshot("v1", 400), {})
-    user = state.UserRow()
+    user = entities.UserRow()
     recommender = Recommender(MemoryUserStore({"alice": user}), artifacts, MemorySoldOut(), KEY,
                               lambda user_id: Variant("champion", ranker, "exp"), log_sample_rate=0)
     recommender.warm()

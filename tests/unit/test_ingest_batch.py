@@ -14,7 +14,8 @@ from aws_lambda_powertools.utilities.batch import process_partial_response
 from infra.local.lambda_events import context
 from personalize.adapters.quarantine import MemoryQuarantine
 from personalize.adapters.rowstore import MemoryRowStore
-from personalize.ingest import Ingestor, IngestProcessor
+from personalize.ingest.pipeline import Ingestor
+from personalize.ingest.processor import IngestProcessor
 
 NOW_MS = 1_790_000_000_000
 

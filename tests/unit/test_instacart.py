@@ -3,7 +3,7 @@
 import pytest
 
 from models.instacart import CART_STEP_MS, CHECKOUT_DELAY_MS, DAY_MS, HOUR_MS, START_MS, load_orders, order_events
-from personalize.events import parse_event
+from personalize.ingest.events import parse_event
 
 
 @pytest.fixture(scope="module")

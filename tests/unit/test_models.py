@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from models import train
-from personalize import ranking
-from personalize.models import Manifest, ModelError, Ranker, load_folder, verify
+from personalize.serving import ranking
+from personalize.serving.models import Manifest, ModelError, Ranker, load_folder, verify
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 SHIPPED = [pytest.param(name, id=name) for name in train.MODELS]

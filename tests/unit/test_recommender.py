@@ -7,12 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from personalize import identity, snapshots, state
+from personalize import identity
 from personalize.adapters.artifacts import MemoryArtifacts
 from personalize.adapters.soldout import MemorySoldOut
 from personalize.adapters.userstore import MemoryUserStore
-from personalize.models import load_folder
-from personalize.serving import Recommender, Variant, decode_vectors, print_scored
+from personalize.ingest import entities
+from personalize.serving import snapshots
+from personalize.serving.models import load_folder
+from personalize.serving.recommendations import Recommender, Variant, decode_vectors, print_scored
 
 NOW = 1_790_000_000_000
 KEY = "test-signing-key"
@@ -22,12 +24,12 @@ RANKER = load_folder(Path(__file__).resolve().parents[2] / "models" / "ranker-ml
 def snapshot(version: str, n_items: int = 500, low_stock: set[str] = frozenset()) -> bytes:
     views = {}
     for i in range(n_items):
-        row = state.ItemRow()
+        row = entities.ItemRow()
         row.totals = [i, 0, 0, i % 7]
         row.popularity = [float(i), NOW]
         if f"sku-{i}" in low_stock:
             row.stock = [2, NOW, 0]
-        views[f"sku-{i}"] = state.merge_item_rows([row], NOW)
+        views[f"sku-{i}"] = entities.merge_item_rows([row], NOW)
     return snapshots.build(views, NOW, version).encode()
 
 
@@ -35,8 +37,8 @@ def snapshot(version: str, n_items: int = 500, low_stock: set[str] = frozenset()
 def parts():
     artifacts, soldout = MemoryArtifacts(), MemorySoldOut()
     artifacts.put_snapshot("v1", snapshot("v1"), {})
-    user = state.UserRow()
-    state.apply_user_event(user, _click("sku-3"), 1)
+    user = entities.UserRow()
+    entities.apply_user_event(user, _click("sku-3"), 1)
     users = MemoryUserStore({"u1": user})
     recommender = Recommender(users, artifacts, soldout, KEY, lambda user_id: Variant("champion", RANKER, "exp"),
                               log_sample_rate=0)
@@ -45,7 +47,7 @@ def parts():
 
 
 def _click(item):
-    from personalize.events import parse_event
+    from personalize.ingest.events import parse_event
 
     return parse_event({"event_id": f"e-{item}", "type": "click", "user_id": "u1", "item_id": item, "ts": NOW})
 
@@ -208,17 +210,17 @@ def test_sampled_scored_candidates_are_printed_whatever_the_log_level(parts, cap
 
 
 def test_items_put_in_the_cart_leave_the_answer_until_the_session_ends(parts):
-    from personalize.events import parse_event
+    from personalize.ingest.events import parse_event
 
     recommender, _, _, users = parts
     before = [i["item_id"] for i in recommender.recommend({"k": "10"}, cookie("u1"), "FR", NOW).body["items"]]
     carted = before[:2]
     row = users.get("u1")
     for n, item in enumerate(carted):
-        state.apply_user_event(row, parse_event({"event_id": f"c-{n}", "type": "add_to_cart", "user_id": "u1",
+        entities.apply_user_event(row, parse_event({"event_id": f"c-{n}", "type": "add_to_cart", "user_id": "u1",
                                                  "item_id": item, "ts": NOW + n}), 10 + n)
     after = [i["item_id"] for i in recommender.recommend({"k": "10"}, cookie("u1"), "FR", NOW + 1000).body["items"]]
     assert len(after) == 10 and not set(carted) & set(after)
-    later = NOW + state.SESSION_MS + 60_000  # an abandoned cart no longer hides them
+    later = NOW + entities.SESSION_MS + 60_000  # an abandoned cart no longer hides them
     assert set(carted) & {i["item_id"] for i in recommender.recommend({"k": "50"}, cookie("u1"), "FR",
                                                                        later).body["items"]}

@@ -7,7 +7,7 @@ import pytest
 
 from infra import edge_build
 from personalize import regions
-from personalize.serving_config import ServingConfig, stack_of_function
+from personalize.serving.wiring import ServingConfig, stack_of_function
 
 PROD = ["eu-west-1", "ap-southeast-1", "us-west-2", "ap-northeast-1"]
 

@@ -13,12 +13,13 @@ import json
 
 import pytest
 
-from personalize import aggregation, events, keys, state
+from personalize import keys
 from personalize.adapters.quarantine import MemoryQuarantine, SqsQuarantine
 from personalize.adapters.rowstore import MemoryRowStore, pack
 from personalize.adapters.soldout import MemorySoldOut
-from personalize.aggregation import ITEMS, USERS, Change, StreamRecord
-from personalize.ingest import Ingestor
+from personalize.ingest import aggregation, entities, events
+from personalize.ingest.aggregation import ITEMS, USERS, Change, StreamRecord
+from personalize.ingest.pipeline import Ingestor
 from tests import faults
 
 T0 = 1_790_000_000_000 - 1_790_000_000_000 % 60_000
@@ -73,12 +74,12 @@ def run(ingestor, records, arn=ARN):
 
 def user_row(store, user_id="u1"):
     stored = store.get(USERS, keys.user_key(user_id))
-    return state.UserRow.from_obj(stored.row) if stored else None
+    return entities.UserRow.from_obj(stored.row) if stored else None
 
 
 def item_view(store, item_id="i1"):
     rows = store.query(ITEMS, f"i#{item_id}")
-    return state.merge_item_rows([state.ItemRow.from_obj(r.row) for r in rows], NOW) if rows else None
+    return entities.merge_item_rows([entities.ItemRow.from_obj(r.row) for r in rows], NOW) if rows else None
 
 
 # --- 1. poison costs only itself ---------------------------------------------------------
@@ -105,7 +106,7 @@ def test_a_record_that_breaks_the_decoder_costs_only_itself(store, quarantine, m
             raise TypeError("a bug, not a contract violation")
         return real(obj, *args, **kwargs)
 
-    monkeypatch.setattr("personalize.ingest.parse_event", buggy)
+    monkeypatch.setattr("personalize.ingest.pipeline.parse_event", buggy)
     payloads = [json.dumps(e).encode() for e in (ev(1), ev(2), ev(3, item="i2"), ev(4))]
     payloads[2] = json.dumps({**ev(3), "event_id": "bug"}).encode()
     assert invoke(store, quarantine, payloads) == {"batchItemFailures": []}
@@ -116,14 +117,14 @@ def test_a_record_that_breaks_the_decoder_costs_only_itself(store, quarantine, m
 
 
 def test_a_record_that_breaks_aggregation_is_applied_nowhere(store, quarantine, monkeypatch):
-    real = state.apply_item_event
+    real = entities.apply_item_event
 
     def buggy(row, event, key, *rest):
         if event.event_id == "e2":
             raise ZeroDivisionError("bug")
         return real(row, event, key, *rest)
 
-    monkeypatch.setattr(state, "apply_item_event", buggy)
+    monkeypatch.setattr(entities, "apply_item_event", buggy)
     payloads = [json.dumps(e).encode() for e in (ev(1), ev(2, "click"), ev(3, item="i2"))]
     assert invoke(store, quarantine, payloads) == {"batchItemFailures": []}
     assert user_row(store).totals == [2, 0, 0, 0], "the bad click is in no row, not even the shopper's"
@@ -152,8 +153,8 @@ def test_an_unbounded_quantity_is_rejected_and_the_item_keeps_counting(ingestor,
 def test_a_row_that_cannot_be_stored_quarantines_its_records_not_the_batch(ingestor, store, quarantine):
     """A row already holding 2**64 - 1 (written before the bounds): the next purchase cannot
     be encoded. Its records go to the quarantine; the rest of the batch is written."""
-    poisoned = state.ItemRow(totals=[0, 0, 0, 2**64 - 1])
-    store.put(ITEMS, Change(ITEMS, keys.item_key("bad", SHARD), "item", poisoned.to_obj(), state.Aux().to_obj(),
+    poisoned = entities.ItemRow(totals=[0, 0, 0, 2**64 - 1])
+    store.put(ITEMS, Change(ITEMS, keys.item_key("bad", SHARD), "item", poisoned.to_obj(), entities.Aux().to_obj(),
                             0, [], T0), NOW // 1000 + 86_400)
     result = run(ingestor, Stream().records(ev(1, "purchase", item="bad"), ev(2, item="good"), ev(3, user="u2")))
     assert result.failed_seqs == set()
@@ -168,9 +169,9 @@ def test_an_item_row_keeps_a_bounded_number_of_countries(ingestor, store):
     codes = sorted(events.COUNTRIES)
     run(ingestor, Stream().records(*(ev(n, user=f"u{n}", country=c) for n, c in enumerate(codes))))
     view = item_view(store)
-    assert len(view.countries) == state.ITEM_COUNTRIES + 1
+    assert len(view.countries) == entities.ITEM_COUNTRIES + 1
     assert sum(t[0] for tiles in view.countries.values() for t in tiles.values()) == len(codes), "none lost"
-    assert sum(t[0] for t in view.countries[state.OTHER_COUNTRY].values()) == len(codes) - state.ITEM_COUNTRIES
+    assert sum(t[0] for t in view.countries[entities.OTHER_COUNTRY].values()) == len(codes) - entities.ITEM_COUNTRIES
 
 
 def _longest(prefix: str, n: int) -> str:
@@ -180,23 +181,23 @@ def _longest(prefix: str, n: int) -> str:
 def test_every_row_at_its_worst_case_fits_without_the_guard():
     """Rows are bounded by construction: the largest values the contract allows, in every
     slot a row has, pack under the guard's limit (so the guard never has to cut)."""
-    user, item, aux = state.UserRow(), state.ItemRow(), state.Aux()
-    dedupe = state.DedupeRow()
+    user, item, aux = entities.UserRow(), entities.ItemRow(), entities.Aux()
+    dedupe = entities.DedupeRow()
     for n in range(2_000):
         e = events.Event(f"e{n}", ["view", "click", "add_to_cart", "purchase"][n % 4], T0 - (n % 61) * 60_000,
                          _longest("u", 0), _longest("i", n % 90), category=_longest("c", n % 40),
                          country=sorted(events.COUNTRIES)[n % 240], price=999_999.99, quantity=1000)
-        state.apply_user_event(user, e, 2**64 - 1 - n)
-        state.apply_item_event(item, e, 2**64 - 1 - n)
-        state.add_covisits(item, [_longest("n", k) for k in range(n % 30)], e.ts)
-    for n in range(state.DEDUPE_IDS_PER_SHOPPER):
+        entities.apply_user_event(user, e, 2**64 - 1 - n)
+        entities.apply_item_event(item, e, 2**64 - 1 - n)
+        entities.add_covisits(item, [_longest("n", k) for k in range(n % 30)], e.ts)
+    for n in range(entities.DEDUPE_IDS_PER_SHOPPER):
         aux.seen[2**64 - 1 - n] = [2**64 - 1 - n, NOW // 1000]
     for n in range(40):
         aux.advance(keys.source_key(ARN, f"shardId-{n:012d}"), 10**56 + n, NOW)
-    for n in range(state.DEDUPE_IDS):
+    for n in range(entities.DEDUPE_IDS):
         dedupe.seen[2**64 - 1 - n] = [2**64 - 1 - n, NOW // 1000]
-    state.prune_user(user, T0)
-    state.prune_item(item, T0)
+    entities.prune_user(user, T0)
+    entities.prune_item(item, T0)
     sizes = {"user": len(pack(user.to_obj())) + len(pack(aux.to_obj())),
              "item": len(pack(item.to_obj())) + len(pack(aux.to_obj())),
              "dedupe": len(pack(dedupe.to_obj()))}
@@ -238,7 +239,7 @@ def test_anonymous_events_count_for_items_and_variants_only_and_once(ingestor, s
     run(ingestor, stream.records(*anon))  # the browser's offline queue resends them
     assert item_view(store).totals == [1, 0, 0, 2]
     assert not store.tables.get(USERS), "no shopper row"
-    row = state.VariantRow.from_obj(store.query(ITEMS, keys.variant_pk("x1", "champion"))[0].row)
+    row = entities.VariantRow.from_obj(store.query(ITEMS, keys.variant_pk("x1", "champion"))[0].row)
     assert (row.counts, row.revenue) == ([0, 0, 0, 1], 10.0)
 
 
@@ -269,7 +270,7 @@ def test_a_retry_a_day_later_is_forgotten_but_one_within_24_hours_is_not(store, 
     assert user_row(store).totals[3] == 1
     much_later = NOW + 25 * 3_600_000
     ingestor.run(SHARD, stream.records(ev(2), arrival_ms=much_later), [], much_later, ARN)
-    assert len(state.Aux.from_obj(store.get(USERS, keys.user_key("u1")).aux).seen) == 1, "pruned by arrival"
+    assert len(entities.Aux.from_obj(store.get(USERS, keys.user_key("u1")).aux).seen) == 1, "pruned by arrival"
 
 
 def test_ids_that_collide_in_crc32_both_count(ingestor, store):
@@ -326,12 +327,12 @@ def test_a_row_from_before_the_upgrade_keeps_its_shard_watermark(store, quaranti
     ingestor = Ingestor(store, quarantine, clock=lambda: NOW / 1000)
     stream = Stream()
     [record] = stream.records(ev(1))
-    legacy = state.UserRow()
-    state.apply_user_event(legacy, record.event, record.event_key)
+    legacy = entities.UserRow()
+    entities.apply_user_event(legacy, record.event, record.event_key)
     store.put(USERS, Change(USERS, keys.user_key("u1"), "user", legacy.to_obj(), [{SHARD: str(record.seq)}, {}],
                             0, [], T0), NOW // 1000 + 86_400)
     ingestor.run(SHARD, [record], [], NOW, ARN)
     assert user_row(store).totals == [1, 0, 0, 0]
     ingestor.run(SHARD, stream.records(ev(2)), [], NOW, ARN)
-    aux = state.Aux.from_obj(store.get(USERS, keys.user_key("u1")).aux)
+    aux = entities.Aux.from_obj(store.get(USERS, keys.user_key("u1")).aux)
     assert list(aux.wm) == [keys.source_key(ARN, SHARD)] and user_row(store).totals == [2, 0, 0, 0]

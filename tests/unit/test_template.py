@@ -83,9 +83,9 @@ def test_the_stream_outlives_a_weekend_outage_and_the_trigger_gives_up_inside_it
     assert stream["RetentionPeriodHours"] >= 72
     # A range the trigger gives up on is still in the stream for replay-failures.
     assert props["MaximumRecordAgeInSeconds"] <= stream["RetentionPeriodHours"] * 3600 - 12 * 3600
-    from personalize import state
+    from personalize.ingest import entities
     # No watermark may be forgotten while its records can still come back.
-    assert state.WATERMARK_IDLE_MS > stream["RetentionPeriodHours"] * 3_600_000
+    assert entities.WATERMARK_IDLE_MS > stream["RetentionPeriodHours"] * 3_600_000
 
 
 def test_ingest_has_alarms_on_lag_lateness_rows_and_both_queues():

@@ -1,4 +1,4 @@
-from personalize import windows
+from personalize.ingest import windows
 
 T0 = 1_790_000_000_000 - 1_790_000_000_000 % 60_000  # the start of a minute
 

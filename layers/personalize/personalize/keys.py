@@ -8,6 +8,8 @@ writes out of the global table means they are not replicated to every region.
 
 from __future__ import annotations
 
+import hashlib
+
 USER_SK = "row"
 EXPERIMENT_SK = "state"
 
@@ -69,3 +71,9 @@ def anonymous_dedupe_key(source: str, minute: int, bucket: int) -> tuple[str, st
 def progress_key(source: str) -> tuple[str, str]:
     """What the trigger last attempted on a source, and the ranges it gave up on."""
     return f"p#{source}", "progress"
+
+
+def id_hash(text: str, _blake2b=hashlib.blake2b, _from_bytes=int.from_bytes) -> int:
+    """A 64-bit key of an id (the contract's ids are valid UTF-8; ``surrogatepass`` keeps
+    anything else hashable instead of raising)."""
+    return _from_bytes(_blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")

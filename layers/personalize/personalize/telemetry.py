@@ -14,6 +14,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from personalize.adapters import aws
+
 log = logging.getLogger(__name__)
 
 
@@ -55,3 +57,13 @@ class HomeMetrics:
             with self._lock:
                 for name, value in pending.items():
                     self.pending[name] = self.pending.get(name, 0.0) + value
+
+
+HOME_REGION = "us-east-1"
+
+
+def home_metrics(namespace: str, service: str, submit: Callable) -> HomeMetrics:
+    """Counts sent to CloudWatch in the home region with short timeouts (never a request's)."""
+    return HomeMetrics(namespace, service,
+                       lambda: aws.client("cloudwatch", HOME_REGION, connect_timeout=1.0, read_timeout=2.0),
+                       submit=submit)

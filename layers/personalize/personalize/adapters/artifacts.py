@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
 
-from . import aws
+from personalize.adapters import aws
 
 SNAPSHOT_PREFIX = "snapshots/"
 POINTER_KEY = "snapshots/latest.json"

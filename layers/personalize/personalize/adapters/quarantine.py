@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 
-from . import aws
+from personalize.adapters import aws
 
 SQS_BATCH = 10
 # SQS limits: 256 KiB per message and per SendMessageBatch request (body and attributes).

@@ -11,17 +11,46 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..aggregation import Change, Stored
-from ..codec import pack, unpack
-from . import aws
+from personalize.adapters import aws
+from personalize.codec import pack, unpack
 
 Key = tuple[str, str]
 BATCH_GET_LIMIT = 100
 ITEM_LIMIT_BYTES = 400 * 1024
 WRITE_THREADS = 16
+
+
+@dataclass(slots=True)
+class Stored:
+    """A row as read from the store: msgpack-decoded row and aux, and its version."""
+
+    row: dict | None = None
+    aux: list | None = None
+    version: int = 0
+
+
+USERS = "users"
+ITEMS = "items"
+
+
+@dataclass(slots=True)
+class Change:
+    """A row to write back: conditional on ``version`` (0: must not exist yet)."""
+
+    table: str
+    key: tuple[str, str]
+    kind: str
+    row: dict
+    aux: list
+    version: int
+    seqs: list[int]
+    last_ts: int
+    row_bytes: bytes = b""  # packed, measured by the size guard
+    aux_bytes: bytes = b""
 
 
 class RowStoreError(Exception):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from botocore.config import Config
 
-from . import aws
+from personalize.adapters import aws
 
 CURRENT = "AWSCURRENT"
 PREVIOUS = "AWSPREVIOUS"

@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import aws
+from personalize.adapters import aws
 
 SHARDS = 16
 READ_ATTEMPTS = 3

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
 
-from . import aws
+from personalize.adapters import aws
 
 PUT_RECORDS_LIMIT = 500
 PUT_RECORDS_BYTES = 5 * 1024 * 1024

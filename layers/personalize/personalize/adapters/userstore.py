@@ -1,20 +1,23 @@
 """The serving read: one shopper's row by one GetItem, with a tight timeout.
 
 Serving never waits on DynamoDB for long: a slow or failing read answers ``None`` through
-``UserReadError`` and the caller serves without the row (a named fallback).
+``UserReadError`` and the caller serves without the row (a named fallback). The row's type is
+the caller's (``from_obj``: the msgpack-decoded row to the row object, e.g.
+``entities.UserRow.from_obj``): this adapter knows the storage, not the schema.
 """
 
 from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
 
 import msgpack
 from botocore.config import Config
 
-from .. import keys
-from ..state import UserRow
-from . import aws
+from personalize import keys
+from personalize.adapters import aws
 
 
 class UserReadError(Exception):
@@ -23,24 +26,25 @@ class UserReadError(Exception):
 
 class UserStore(ABC):
     @abstractmethod
-    def get(self, user_id: str) -> UserRow | None:
+    def get(self, user_id: str) -> Any | None:
         """The shopper's row; None when there is none (or it expired)."""
 
 
-def decode_user(item: dict, now_s: float) -> UserRow | None:
+def decode_user(item: dict, now_s: float, from_obj: Callable[[dict], Any]) -> Any | None:
     expires = item.get("expires_at")
     if expires is not None and int(expires["N"]) < now_s:
         return None
     row = item.get("row")
     if row is None:
         return None
-    return UserRow.from_obj(msgpack.unpackb(row["B"], raw=False, strict_map_key=False))
+    return from_obj(msgpack.unpackb(row["B"], raw=False, strict_map_key=False))
 
 
 class DynamoUserStore(UserStore):
-    def __init__(self, table_name: str, region: str | None = None, timeout_s: float = 0.05, client=None,
-                 clock=time.time):
+    def __init__(self, table_name: str, from_obj: Callable[[dict], Any], region: str | None = None,
+                 timeout_s: float = 0.05, client=None, clock=time.time):
         self.table_name = table_name
+        self.from_obj = from_obj
         self.clock = clock  # for TTL: an expired row reads as no row
         self.region = region
         self.timeout_s = timeout_s
@@ -55,7 +59,7 @@ class DynamoUserStore(UserStore):
                 retries={"mode": "standard", "total_max_attempts": 1}))
         return self._client
 
-    def get(self, user_id: str) -> UserRow | None:
+    def get(self, user_id: str) -> Any | None:
         pk, sk = keys.user_key(user_id)
         try:
             response = self.client.get_item(TableName=self.table_name, Key={"pk": {"S": pk}, "sk": {"S": sk}},
@@ -64,18 +68,18 @@ class DynamoUserStore(UserStore):
         except Exception as exc:  # any failure means: serve without the row
             raise UserReadError(str(exc)) from exc
         item = response.get("Item")
-        return decode_user(item, self.clock()) if item else None
+        return decode_user(item, self.clock(), self.from_obj) if item else None
 
 
 class MemoryUserStore(UserStore):
     """Rows in a dict, optionally failing or slow, for tests and the serving bench."""
 
-    def __init__(self, rows: dict[str, UserRow] | None = None, fail: bool = False):
+    def __init__(self, rows: dict[str, Any] | None = None, fail: bool = False):
         self.rows = rows or {}
         self.fail = fail
         self.reads = 0
 
-    def get(self, user_id: str) -> UserRow | None:
+    def get(self, user_id: str) -> Any | None:
         self.reads += 1
         if self.fail:
             raise UserReadError("unavailable")

@@ -13,13 +13,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from . import flags, identity, regions, settings
-from .adapters.artifacts import S3Artifacts
-from .adapters.secrets import SecretVersions
-from .adapters.soldout import DynamoSoldOut
-from .adapters.userstore import DynamoUserStore
-from .models import MANIFEST_FILE, MODEL_FILE, Manifest, ModelError, Ranker, artifact_digest
-from .serving import Recommender, Variant
+from personalize import identity, regions, settings
+from personalize.adapters import appconfig
+from personalize.adapters.artifacts import S3Artifacts
+from personalize.adapters.secrets import SecretVersions
+from personalize.adapters.soldout import DynamoSoldOut
+from personalize.adapters.userstore import DynamoUserStore
+from personalize.ingest import entities
+from personalize.rollout import flags
+from personalize.serving.models import MANIFEST_FILE, MODEL_FILE, Manifest, ModelError, Ranker, artifact_digest
+from personalize.serving.recommendations import Recommender, Variant
 
 log = logging.getLogger(__name__)
 
@@ -203,9 +206,9 @@ def build(config: ServingConfig, models_dir: Path, running_region: str | None, o
     artifacts = S3Artifacts(config.artifacts_bucket, config.home_region)
     source = config.flags
     if source["source"] == "local":
-        fetch = flags.local_fetcher(source["bucket"], source["application_id"], source["profile_id"])
+        fetch = appconfig.local_fetcher(source["bucket"], source["application_id"], source["profile_id"])
     else:
-        fetch = flags.appconfig_fetcher(source["application"], source["environment"], source["profile"],
+        fetch = appconfig.appconfig_fetcher(source["application"], source["environment"], source["profile"],
                                         config.home_region)
     pool = ThreadPoolExecutor(3, thread_name_prefix="refresh")  # off-request refreshes
     rollout = flags.Rollout(flags.CachedDocumentStore(fetch, config.flags_max_age_s, executor=pool),
@@ -215,7 +218,7 @@ def build(config: ServingConfig, models_dir: Path, running_region: str | None, o
     choose = chooser(rollout, models, champion)
     table = config.replica_table or regions.replica_table(config.home_region, config.replica_regions)
     replica, timeout_s = regions.choose(table, running_region, config.home_region, config.user_read_timeout_s)
-    users = DynamoUserStore(config.features_table, region=replica, timeout_s=timeout_s)
+    users = DynamoUserStore(config.features_table, entities.UserRow.from_obj, region=replica, timeout_s=timeout_s)
     _ = artifacts.client  # clients are made here, on one thread, before the warm-up fans out
     soldout = DynamoSoldOut(config.features_table, region=replica, client=users.client)
     # The edge names the secret; it is replicated beside the table, so read it from there too.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .ranking import FEATURES, INDEX
+from personalize.serving.ranking import FEATURES, INDEX
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"

@@ -17,11 +17,11 @@ from itertools import chain, repeat
 
 import numpy as np
 
-from . import state, windows
-from .events import MEASURES
-from .features import click_rate
-from .snapshots import ITEM_COLUMNS, ItemSnapshot
-from .state import DAY_MS, UserRow
+from personalize.ingest import entities, windows
+from personalize.ingest.entities import DAY_MS, UserRow
+from personalize.ingest.events import MEASURES
+from personalize.serving.features import click_rate
+from personalize.serving.snapshots import ITEM_COLUMNS, ItemSnapshot
 
 MIN_CANDIDATES = 300
 NO_HISTORY_DAYS = 365.0
@@ -79,24 +79,24 @@ def _days_log(now_ms: int, ts: int) -> float:
 def user_item_order(row: UserRow) -> list[str]:
     """The shopper's items, strongest first (decayed purchases, carts, clicks, then recency)."""
     items = row.items
-    n_orders = row.orders[state.O_COUNT]
-    decay, scale = state.PURCHASE_DECAY, state.DECAYED_SCALE
+    n_orders = row.orders[entities.O_COUNT]
+    decay, scale = entities.PURCHASE_DECAY, entities.DECAYED_SCALE
 
     def key(item: str) -> tuple:
         stats = items[item]
-        weight = stats[state.I_DECAYED]  # row.decayed(stats) inlined: the same arithmetic, same order
-        decayed = (weight * decay ** (n_orders - stats[state.I_LAST_ORDER]) if weight else 0.0) / scale
+        weight = stats[entities.I_DECAYED]  # row.decayed(stats) inlined: the same arithmetic, same order
+        decayed = (weight * decay ** (n_orders - stats[entities.I_LAST_ORDER]) if weight else 0.0) / scale
         return (-decayed, -stats[2], -stats[1], -stats[4], item)
 
     return sorted(items, key=key)
 
 
 def cart_indexes(snap: ItemSnapshot, row: UserRow | None, now_ms: int) -> np.ndarray:
-    """Snapshot indexes of the items in the shopper's cart at ``now_ms`` (``state.in_cart``)."""
+    """Snapshot indexes of the items in the shopper's cart at ``now_ms`` (``entities.in_cart``)."""
     if row is None:
         return np.zeros(0, dtype=np.int32)
     index = snap.index
-    return np.fromiter((index[i] for i, s in row.items.items() if i in index and state.in_cart(s, now_ms)),
+    return np.fromiter((index[i] for i, s in row.items.items() if i in index and entities.in_cart(s, now_ms)),
                        dtype=np.int32)
 
 
@@ -198,7 +198,7 @@ def _user_columns(out: np.ndarray, row: UserRow, now_ms: int) -> float | None:
     out[INDEX["user_views_10m_log"]] = math.log1p(sums[0])
     n_orders, basket_items, first_order, last_order = row.orders[:4]
     out[INDEX["user_orders_log"]] = math.log1p(n_orders)
-    out[INDEX["user_reorder_share"]] = row.orders[state.O_REORDER_ITEMS] / basket_items if basket_items else 0.0
+    out[INDEX["user_reorder_share"]] = row.orders[entities.O_REORDER_ITEMS] / basket_items if basket_items else 0.0
     out[INDEX["user_basket_log"]] = math.log1p(basket_items / n_orders) if n_orders else 0.0
     user_interval = (last_order - first_order) / DAY_MS / (n_orders - 1) if n_orders >= 2 else None
     if user_interval is not None:
@@ -261,9 +261,9 @@ def feature_matrix(snap: ItemSnapshot, row: UserRow | None, cands: np.ndarray, n
         stats = np.array(list(row.items.values()), dtype=np.float64)
     known = js >= 0
     js, stats = js[known], stats[known]
-    orders_ago = n_orders - stats[:, state.I_LAST_ORDER]
-    decayed = stats[:, state.I_DECAYED] * (state.PURCHASE_DECAY ** orders_ago / state.DECAYED_SCALE)
-    in_session = stats[:, state.I_LAST_TS] >= now_ms - state.SESSION_MS
+    orders_ago = n_orders - stats[:, entities.I_LAST_ORDER]
+    decayed = stats[:, entities.I_DECAYED] * (entities.PURCHASE_DECAY ** orders_ago / entities.DECAYED_SCALE)
+    in_session = stats[:, entities.I_LAST_TS] >= now_ms - entities.SESSION_MS
     session_items = int(in_session.sum())
     XT[INDEX["session_items_log"]] = math.log1p(session_items)
     if session_items:
@@ -282,27 +282,28 @@ def feature_matrix(snap: ItemSnapshot, row: UserRow | None, cands: np.ndarray, n
     ui[1] = np.log1p(s[:, 2])
     ui[2] = np.log1p(s[:, 1])
     ui[3] = np.log1p(s[:, 0])
-    ui[4] = np.log1p(np.maximum(0.0, (now_ms - s[:, state.I_LAST_TS]) / DAY_MS))
+    ui[4] = np.log1p(np.maximum(0.0, (now_ms - s[:, entities.I_LAST_TS]) / DAY_MS))
     ui[5] = 1.0
     ui[6] = s[:, 3] / purchases if purchases else 0.0
     ui[7] = in_session[hit]
     ui[8] = decayed[hit]
     if n_orders:
-        ui[9] = s[:, state.I_ORDERS] / n_orders
+        ui[9] = s[:, entities.I_ORDERS] / n_orders
         XT[_UI_BLOCK[:, None], p] = ui
     else:
         XT[_UI_BLOCK[:9, None], p] = ui[:9]
-    has = s[:, state.I_ORDERS] > 0
+    has = s[:, entities.I_ORDERS] > 0
     pb, sb = p[has], s[has]
     if len(pb):
-        first = np.where(sb[:, state.I_FIRST_ORDER] > 0, sb[:, state.I_FIRST_ORDER], 1)  # rows from before it existed
+        # rows from before I_FIRST_ORDER existed count from the first order
+        first = np.where(sb[:, entities.I_FIRST_ORDER] > 0, sb[:, entities.I_FIRST_ORDER], 1)
         bought_block = np.empty((len(_BOUGHT_BLOCK), len(pb)))
-        bought_block[0] = sb[:, state.I_ORDERS] / np.maximum(n_orders - first + 1, 1)
-        bought_block[1] = np.log1p(n_orders - sb[:, state.I_LAST_ORDER])
-        days = np.maximum(0.0, (now_ms / 1000 - sb[:, state.I_LAST_BUY_S]) / 86_400)
+        bought_block[0] = sb[:, entities.I_ORDERS] / np.maximum(n_orders - first + 1, 1)
+        bought_block[1] = np.log1p(n_orders - sb[:, entities.I_LAST_ORDER])
+        days = np.maximum(0.0, (now_ms / 1000 - sb[:, entities.I_LAST_BUY_S]) / 86_400)
         bought_block[2] = np.log1p(days)
-        own = sb[:, state.I_BUY_SPAN_H] / 24 / np.maximum(sb[:, state.I_ORDERS] - 1, 1)
-        interval = np.where(sb[:, state.I_ORDERS] >= 2, own, user_interval if user_interval is not None else np.nan)
+        own = sb[:, entities.I_BUY_SPAN_H] / 24 / np.maximum(sb[:, entities.I_ORDERS] - 1, 1)
+        interval = np.where(sb[:, entities.I_ORDERS] >= 2, own, user_interval if user_interval is not None else np.nan)
         ratio = days / np.maximum(interval, MIN_INTERVAL_DAYS)
         bought_block[3] = np.where(np.isnan(ratio), -1.0, np.log1p(np.minimum(ratio, MAX_CYCLE_RATIO)))
         XT[_BOUGHT_BLOCK[:, None], pb] = bought_block

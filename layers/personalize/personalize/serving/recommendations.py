@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import identity, keys, ranking
-from .adapters.artifacts import Artifacts
-from .adapters.soldout import SoldOut
-from .adapters.userstore import UserReadError, UserStore
-from .models import Ranker
-from .snapshots import ItemSnapshot
+from personalize import identity, keys
+from personalize.adapters.artifacts import Artifacts
+from personalize.adapters.soldout import SoldOut
+from personalize.adapters.userstore import UserReadError, UserStore
+from personalize.serving import ranking
+from personalize.serving.models import Ranker
+from personalize.serving.snapshots import ItemSnapshot
 
 log = logging.getLogger(__name__)
 

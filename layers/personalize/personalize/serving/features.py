@@ -8,9 +8,13 @@ same thing everywhere.
 
 from __future__ import annotations
 
-from . import windows
-from .events import MEASURES
-from .state import AFFINITY_HALF_LIFE_MS, ITEM_STATS, O_BASKET_ITEMS, O_COUNT, UserRow
+import time
+
+from personalize import settings
+from personalize.adapters.userstore import DynamoUserStore, UserStore
+from personalize.ingest import windows
+from personalize.ingest.entities import AFFINITY_HALF_LIFE_MS, ITEM_STATS, O_BASKET_ITEMS, O_COUNT, UserRow
+from personalize.ingest.events import MEASURES
 
 WINDOWED_NAMES = tuple(f"{m}_{w}" for m in MEASURES for w in windows.WINDOWS)
 
@@ -61,3 +65,21 @@ def trending_velocity(tiles, now_ms: int) -> float:
     short = sum(w * c for w, c in zip(TRENDING_WEIGHTS, sums["10m"]))
     long = sum(w * c for w, c in zip(TRENDING_WEIGHTS, sums["1h"]))
     return max(0.0, short / 10 - long / 60)
+
+
+class FeatureReader:
+    """``GET /features/users/{user_id}``: a shopper's online features now, or None."""
+
+    def __init__(self, users: UserStore, clock=time.time):
+        self.users = users
+        self.clock = clock
+
+    def read(self, user_id: str) -> dict | None:
+        row = self.users.get(user_id)
+        return None if row is None else user_features(row, int(self.clock() * 1000))
+
+
+def build_reader() -> FeatureReader:
+    """From the function's validated environment."""
+    table = settings.load(settings.FEATURES_TABLE)[settings.FEATURES_TABLE]
+    return FeatureReader(DynamoUserStore(table, UserRow.from_obj))

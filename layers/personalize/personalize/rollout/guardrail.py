@@ -9,11 +9,16 @@ touched again, and the guardrail never promotes: a winning challenger is only re
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass
 
-from . import experiments, flags
-from .adapters.flagadmin import ALL_AT_ONCE, ExperimentStates, FlagAdmin
+from personalize import settings
+from personalize.adapters import appconfig
+from personalize.adapters.appconfig import ALL_AT_ONCE, FlagAdmin
+from personalize.adapters.experiment_states import ExperimentStates
+from personalize.adapters.rowstore import ITEMS, DynamoRowStore, RowStore
+from personalize.rollout import experiments, flags
 
 STOPPED = ("killed", "promoted", "stopped")
 
@@ -57,3 +62,34 @@ def run(store, admin: FlagAdmin, states: ExperimentStates, alpha: float = experi
                             "flags_version": version, "counters": summary,
                             "likelihood_ratio": decision.likelihood_ratio})
     return GuardrailResult(experiment, "killed", decision.reason, version, summary)
+
+
+def admin_from_env() -> appconfig.FlagAdmin:
+    """The flags admin for a function, from its validated environment."""
+    application, profile = os.environ["APPCONFIG_APPLICATION"], os.environ["APPCONFIG_PROFILE"]
+    if os.environ.get("FLAGS_SOURCE") == "local":
+        bucket = settings.load(settings.ARTIFACTS_BUCKET)[settings.ARTIFACTS_BUCKET]
+        return appconfig.LocalFlagAdmin(bucket, application, profile,
+                                        appconfig.local_fetcher(bucket, application, profile))
+    environment = os.environ["APPCONFIG_ENVIRONMENT"]
+    strategies = {appconfig.ALL_AT_ONCE: os.environ["ALL_AT_ONCE_STRATEGY"],
+                  appconfig.GRADUAL: os.environ["GRADUAL_STRATEGY"]}
+    return appconfig.AppConfigAdmin(application, environment, profile, strategies,
+                                    appconfig.appconfig_fetcher(application, environment, profile))
+
+
+@dataclass
+class Wiring:
+    """What ``run`` needs, as the deployed function builds it from its environment."""
+
+    store: RowStore
+    admin: appconfig.FlagAdmin
+    states: ExperimentStates
+    alpha: float
+
+
+def wiring_from_env() -> Wiring:
+    config = settings.load(settings.ITEMS_TABLE)
+    return Wiring(DynamoRowStore({ITEMS: config[settings.ITEMS_TABLE]}), admin_from_env(),
+                  ExperimentStates(config[settings.ITEMS_TABLE]),
+                  float(os.environ.get("GUARDRAIL_ALPHA", str(experiments.ALPHA))))

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import msgpack
 import numpy as np
 
-from . import windows
-from .features import TRENDING_WEIGHTS, trending_velocity
-from .state import ItemView
+from personalize.ingest import windows
+from personalize.ingest.entities import ItemView
+from personalize.serving.features import TRENDING_WEIGHTS, trending_velocity
 
 FORMAT = 1
 ITEM_COLUMNS = (

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import keys, state
-from .flags import CHALLENGER, CHAMPION
+from personalize import keys
+from personalize.ingest import entities
+from personalize.rollout.flags import CHALLENGER, CHAMPION
 
 ALPHA = 0.05
 # The mixing distribution's scale: the size of difference in conversion rate the test is
@@ -53,7 +54,7 @@ class Counters:
         return self.revenue / self.impressions if self.impressions else 0.0
 
 
-def merge_variant_rows(rows: list[state.VariantRow]) -> Counters:
+def merge_variant_rows(rows: list[entities.VariantRow]) -> Counters:
     c = Counters()
     for row in rows:
         c.impressions += row.counts[0]
@@ -79,7 +80,7 @@ def read_counters(store, experiment: str, variants=(CHAMPION, CHALLENGER)) -> di
     """Per variant, the counters merged over their per-shard rows (items table)."""
     out = {}
     for variant in variants:
-        rows = [state.VariantRow.from_obj(s.row) for s in store.query("items", keys.variant_pk(experiment, variant))
+        rows = [entities.VariantRow.from_obj(s.row) for s in store.query("items", keys.variant_pk(experiment, variant))
                 if s.row is not None]
         out[variant] = merge_variant_rows(rows)
     return out

@@ -22,9 +22,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from .adapters.stream import EventStream
-from .events import EventError, country_code, loads, parse_event, partition_key
-from .identity import KeyRing, verify_rec_id
+from personalize.adapters.stream import EventStream
+from personalize.identity import KeyRing, verify_rec_id
+from personalize.ingest.events import EventError, country_code, loads, parse_event, partition_key
 
 MAX_BODY_BYTES = 1_048_576  # 1 MiB: 500 events of about 2 KB each
 MAX_EVENTS = 500
@@ -199,9 +199,9 @@ def build_collector() -> Collector:
     """The production wiring, from the function's validated environment."""
     import os
 
-    from . import settings
-    from .adapters.secrets import SecretVersions
-    from .adapters.stream import KinesisEventStream
+    from personalize import settings
+    from personalize.adapters.secrets import SecretVersions
+    from personalize.adapters.stream import KinesisEventStream
 
     config = settings.load(settings.EVENTS_STREAM, settings.SIGNING_KEY_SECRET, settings.ORIGIN_VERIFY_SECRET)
     region = os.environ.get("AWS_REGION")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import msgspec
 
-from . import events
+from personalize.ingest import events
 
 _decode = msgspec.json.Decoder().decode
 _INT_LOW, _INT_HIGH = -(2**63), 2**63 - 1

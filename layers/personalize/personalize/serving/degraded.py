@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from . import keys
+from personalize import keys
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -28,13 +28,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import keys, state, windows
-from .codec import pack
-from .events import MEASURE_INDEX, Event
+from personalize import keys
+from personalize.adapters.rowstore import ITEMS, USERS, Change, Stored  # noqa: F401 - re-exported
+from personalize.codec import pack
+from personalize.ingest import entities, windows
+from personalize.ingest.events import MEASURE_INDEX, Event
 
 # DynamoDB refuses items over 400 KB (names and values); the guard keeps a margin.
 MAX_ROW_BYTES = 350_000
 LATE_MS = windows.LONGEST_WINDOW_MINUTES * windows.MINUTE_MS
+# A row expires after this long without an event (DynamoDB TTL). Grocery shoppers come
+# back after weeks, so a shopper's history is kept for over a year. A dedupe row only has
+# to outlive the 24 h retry horizon of its newest id.
+ROW_TTL_MS = {"user": 400 * entities.DAY_MS, "item": 400 * entities.DAY_MS, "variant": 400 * entities.DAY_MS,
+              "dedupe": entities.DEDUPE_HORIZON_MS + entities.HOUR_MS}
 
 
 @dataclass(slots=True)
@@ -51,38 +58,9 @@ class StreamRecord:
     @classmethod
     def of(cls, sequence_number: str, event: Event, source: str = "", arrival_ms: int | None = None,
            raw: bytes = b"") -> StreamRecord:
-        id_hash = state.id_hash
+        id_hash = entities.id_hash
         return cls(int(sequence_number), id_hash(f"{source}/{sequence_number}"), event, id_hash(event.event_id),
                    event.ts if arrival_ms is None else arrival_ms, raw)
-
-
-@dataclass(slots=True)
-class Stored:
-    """A row as read from the store: msgpack-decoded row and aux, and its version."""
-
-    row: dict | None = None
-    aux: list | None = None
-    version: int = 0
-
-
-USERS = "users"
-ITEMS = "items"
-
-
-@dataclass(slots=True)
-class Change:
-    """A row to write back: conditional on ``version`` (0: must not exist yet)."""
-
-    table: str
-    key: tuple[str, str]
-    kind: str
-    row: dict
-    aux: list
-    version: int
-    seqs: list[int]
-    last_ts: int
-    row_bytes: bytes = b""  # packed, measured by the size guard
-    aux_bytes: bytes = b""
 
 
 @dataclass
@@ -105,7 +83,7 @@ class _Entity:
     table: str
     key: tuple[str, str]
     row: object
-    aux: state.Aux
+    aux: entities.Aux
     version: int
     base_mark: int = -1  # the source's watermark as loaded, before this batch
     seqs: list[int] = field(default_factory=list)
@@ -123,7 +101,7 @@ class _Entity:
 
 
 def _anonymous_dedupe_key(r: StreamRecord, source: str) -> tuple[str, str]:
-    return keys.anonymous_dedupe_key(source, windows.minute_of(r.event.ts), r.event_key % state.DEDUPE_BUCKETS)
+    return keys.anonymous_dedupe_key(source, windows.minute_of(r.event.ts), r.event_key % entities.DEDUPE_BUCKETS)
 
 
 def rows_needed(records: list[StreamRecord], shard: str, source: str | None = None) -> dict[str, set[tuple[str, str]]]:
@@ -156,6 +134,56 @@ def _poison(stats: BatchStats, r: StreamRecord, exc: Exception) -> None:
     stats.poison[r.seq] = f"could not apply: {type(exc).__name__}: {exc}"[:500]
 
 
+class _Batch:
+    """One batch's entities, each loaded once and looked up once per batch by id (its key
+    formatted once), and what the batch has counted so far."""
+
+    def __init__(self, shard: str, source: str, loaded: dict[tuple[str, str], Stored],
+                 replay: tuple[int, int] | None):
+        self.shard, self.source, self.loaded, self.replay = shard, source, loaded, replay
+        self.stats = BatchStats()
+        self.entities: dict[tuple[str, str], _Entity] = {}
+        self.items: dict[str, _Entity] = {}
+        self.variants: dict[tuple[str, str], _Entity] = {}
+
+    def entity(self, kind: str, table: str, key: tuple[str, str], cls) -> _Entity:
+        ent = self.entities.get(key)
+        if ent is None:
+            stored = self.loaded.get(key) or Stored()
+            aux = entities.Aux.from_obj(stored.aux)
+            ent = self.entities[key] = _Entity(kind, table, key, cls.from_obj(stored.row), aux, stored.version,
+                                               aux.mark(self.source))
+            if self.replay is not None and aux.holes:
+                ent.holes = tuple((int(h[1]), int(h[2])) for h in aux.holes if h[0] == self.source)
+        return ent
+
+    def item(self, item_id: str) -> _Entity:
+        ent = self.items.get(item_id)
+        if ent is None:
+            ent = self.items[item_id] = self.entity("item", ITEMS, keys.item_key(item_id, self.shard),
+                                                    entities.ItemRow)
+        return ent
+
+    def variant(self, rec_id: str, variant: str) -> _Entity:
+        variant_id = (keys.experiment_of(rec_id), variant)
+        ent = self.variants.get(variant_id)
+        if ent is None:
+            ent = self.variants[variant_id] = self.entity(
+                "variant", ITEMS, keys.variant_key(*variant_id, self.shard), entities.VariantRow)
+        return ent
+
+
+@dataclass(slots=True)
+class _Routed:
+    """A batch's records by the row that decides whether each counts."""
+
+    by_user: dict[str, list[StreamRecord]] = field(default_factory=dict)
+    stock: list[StreamRecord] = field(default_factory=list)
+    anonymous: list[StreamRecord] = field(default_factory=list)
+    newest_arrival: int = 0
+    late: int = 0
+
+
 def aggregate_batch(
     records: list[StreamRecord],
     shard: str,
@@ -171,36 +199,22 @@ def aggregate_batch(
     ``keys.source_key``; default: the shard) keys the watermarks. If ``stats.poison`` is not
     empty, the changes must not be written: drop those records, reload, aggregate again.
     """
-    source = source or shard
-    stats = BatchStats()
-    entities: dict[tuple[str, str], _Entity] = {}
+    batch = _Batch(shard, source or shard, loaded, replay)
+    routed = _route(records)
+    batch.stats.events, batch.stats.late = len(records), routed.late
+    accepted = _count_shoppers(batch, routed.by_user)
+    accepted += _count_anonymous(batch, routed.anonymous)
+    _apply_stock(batch, routed.stock)
+    _count_items_and_variants(batch, accepted)
+    return _changes(batch, holes, now_ms, routed.newest_arrival), batch.stats
 
-    def entity(kind: str, table: str, key: tuple[str, str], cls) -> _Entity:
-        ent = entities.get(key)
-        if ent is None:
-            stored = loaded.get(key) or Stored()
-            aux = state.Aux.from_obj(stored.aux)
-            ent = entities[key] = _Entity(kind, table, key, cls.from_obj(stored.row), aux, stored.version,
-                                          aux.mark(source))
-            if replay is not None and aux.holes:
-                ent.holes = tuple((int(h[1]), int(h[2])) for h in aux.holes if h[0] == source)
-        return ent
 
-    # Each entity is looked up once per batch, by id (its key formatted once).
-    item_entities: dict[str, _Entity] = {}
-    variant_entities: dict[tuple[str, str], _Entity] = {}
-
-    def item_entity(item_id: str) -> _Entity:
-        ent = item_entities.get(item_id)
-        if ent is None:
-            ent = item_entities[item_id] = entity("item", ITEMS, keys.item_key(item_id, shard), state.ItemRow)
-        return ent
-
-    by_user: dict[str, list[StreamRecord]] = {}
-    stock_records: list[StreamRecord] = []
-    anonymous_records: list[StreamRecord] = []
-    newest_arrival = 0
-    late = 0
+def _route(records: list[StreamRecord]) -> _Routed:
+    """Stock: the item's row, whatever else it carries; a shopper's event: the shopper's row
+    and then the items; no shopper: item-level aggregates only (after its dedupe row)."""
+    routed = _Routed()
+    by_user, stock, anonymous = routed.by_user, routed.stock, routed.anonymous
+    newest_arrival = late = 0
     for r in records:
         e = r.event
         arrival = r.arrival_ms
@@ -208,10 +222,8 @@ def aggregate_batch(
             newest_arrival = arrival
         if arrival - e.ts >= LATE_MS:
             late += 1  # left out of the windows only (see the module's docstring)
-        # stock: the item's row, whatever else it carries; a shopper's event: the shopper and
-        # then the items; no shopper: item-level aggregates only.
         if e.type == "stock":
-            stock_records.append(r)
+            stock.append(r)
         elif e.user_id is not None:
             user_records = by_user.get(e.user_id)
             if user_records is None:
@@ -219,23 +231,32 @@ def aggregate_batch(
             else:
                 user_records.append(r)
         else:
-            anonymous_records.append(r)
-    stats.events = len(records)
-    stats.late = late
+            anonymous.append(r)
+    routed.newest_arrival, routed.late = newest_arrival, late
+    return routed
 
-    # Per shopper, in event-time order, so co-visits do not depend on arrival order.
-    accepted: list[tuple[StreamRecord, list[str], bool]] = []
-    covisit_sources, apply_user_event, is_reorder = state.covisit_sources, state.apply_user_event, state.is_reorder
+
+_Accepted = tuple[StreamRecord, list[str], bool]  # record, co-visit sources, is a reorder
+
+
+def _count_shoppers(batch: _Batch, by_user: dict[str, list[StreamRecord]]) -> list[_Accepted]:
+    """Per shopper, in event-time order (so co-visits do not depend on arrival order): a
+    resend of an event id seen in the last 24 h changes nothing; a record the row already
+    holds (its watermark) is not applied again but still counts for the items it touches."""
+    stats = batch.stats
+    accepted: list[_Accepted] = []
+    covisit_sources, apply_user_event = entities.covisit_sources, entities.apply_user_event
+    is_reorder = entities.is_reorder
     for user_id, user_records in by_user.items():
-        user = entity("user", USERS, keys.user_key(user_id), state.UserRow)
-        check = state.DedupeRow(user.aux.seen).check
+        user = batch.entity("user", USERS, keys.user_key(user_id), entities.UserRow)
+        check = entities.DedupeRow(user.aux.seen).check
         row = user.row
         if len(user_records) > 1:
             user_records.sort(key=_event_order)  # stable: a resend after its original
         for r in user_records:
             try:
                 verdict = check(r.event_key, r.seq_key, r.arrival_ms)
-                if verdict == state.DUPLICATE:
+                if verdict == entities.DUPLICATE:
                     stats.duplicates += 1
                     continue
                 e = r.event
@@ -243,7 +264,7 @@ def aggregate_batch(
                 if seq <= user.base_mark and user.applied(seq):
                     stats.already_applied += 1
                     sources = covisit_sources(row, e, r.event_key) if e.item_id else []
-                    if verdict == state.NEW:  # its id had been forgotten (over the cap): remember it again
+                    if verdict == entities.NEW:  # its id had been forgotten (over the cap): remember it again
                         _touch(user, r)
                 else:
                     sources = (covisit_sources(row, e, r.event_key)
@@ -253,47 +274,63 @@ def aggregate_batch(
                     user.changed = True
                     if e.ts > user.last_ts:
                         user.last_ts = e.ts
-                # Same answer before and after the row applied it (state.is_reorder).
+                # Same answer before and after the row applied it (entities.is_reorder).
                 accepted.append((r, sources, e.type == "purchase" and e.item_id is not None and is_reorder(row, e)))
             except Exception as exc:  # noqa: BLE001 - whatever it is, it costs only this record
                 _poison(stats, r, exc)
+    return accepted
 
-    for r in anonymous_records:
+
+def _count_anonymous(batch: _Batch, records: list[StreamRecord]) -> list[_Accepted]:
+    """Events without a shopper: a dedupe row per source, event minute and id bucket
+    decides whether each is a resend."""
+    stats = batch.stats
+    accepted: list[_Accepted] = []
+    for r in records:
         try:
-            dedupe = entity("dedupe", ITEMS, _anonymous_dedupe_key(r, source), state.DedupeRow)
+            dedupe = batch.entity("dedupe", ITEMS, _anonymous_dedupe_key(r, batch.source), entities.DedupeRow)
             verdict = dedupe.row.check(r.event_key, r.seq_key, r.arrival_ms)
-            if verdict == state.DUPLICATE:
+            if verdict == entities.DUPLICATE:
                 stats.duplicates += 1
                 continue
-            if verdict == state.NEW:
+            if verdict == entities.NEW:
                 _touch(dedupe, r)
             stats.anonymous += 1
             accepted.append((r, [], False))
         except Exception as exc:  # noqa: BLE001
             _poison(stats, r, exc)
+    return accepted
 
-    # Stock levels are idempotent (the newest by event time wins): no dedupe needed.
-    for r in stock_records:
+
+def _apply_stock(batch: _Batch, records: list[StreamRecord]) -> None:
+    """Stock levels are idempotent (the newest by event time wins): no dedupe needed."""
+    stats = batch.stats
+    for r in records:
         try:
-            item = item_entity(r.event.item_id)
+            item = batch.item(r.event.item_id)
             if item.applied(r.seq):
                 stats.already_applied += 1
             else:
-                state.apply_item_event(item.row, r.event, r.event_key)
+                entities.apply_item_event(item.row, r.event, r.event_key)
                 _touch(item, r)
             stats.stock_levels[r.event.item_id] = item.row.stock[0] if item.row.stock else r.event.stock
         except Exception as exc:  # noqa: BLE001
             _poison(stats, r, exc)
 
-    add_covisits = state.add_covisits
+
+def _count_items_and_variants(batch: _Batch, accepted: list[_Accepted]) -> None:
+    """What the deciding rows accepted counts for its item (with its co-visits) and for the
+    variant its rec_id attributes it to, unless that row already holds the record."""
+    add_covisits = entities.add_covisits
+    items = batch.items
     for r, sources, reorder in accepted:
         e = r.event
         seq = r.seq
         try:
             if e.item_id is not None and e.type in MEASURE_INDEX:
-                item = item_entities.get(e.item_id) or item_entity(e.item_id)
+                item = items.get(e.item_id) or batch.item(e.item_id)
                 if seq > item.base_mark or not item.applied(seq):
-                    state.apply_item_event(item.row, e, r.event_key, reorder)  # looked up per call: tests patch it
+                    entities.apply_item_event(item.row, e, r.event_key, reorder)  # looked up per call: tests patch it
                     if sources:
                         add_covisits(item.row, sources, e.ts)
                     item.seqs.append(seq)  # _touch, inline
@@ -301,19 +338,20 @@ def aggregate_batch(
                     if e.ts > item.last_ts:
                         item.last_ts = e.ts
             if e.variant is not None:
-                variant_id = (keys.experiment_of(e.rec_id), e.variant)
-                variant = variant_entities.get(variant_id)
-                if variant is None:
-                    variant = variant_entities[variant_id] = entity(
-                        "variant", ITEMS, keys.variant_key(*variant_id, shard), state.VariantRow)
+                variant = batch.variant(e.rec_id, e.variant)
                 if seq > variant.base_mark or not variant.applied(seq):
-                    state.apply_variant_event(variant.row, e)
+                    entities.apply_variant_event(variant.row, e)
                     _touch(variant, r)
         except Exception as exc:  # noqa: BLE001
-            _poison(stats, r, exc)
+            _poison(batch.stats, r, exc)
 
+
+def _changes(batch: _Batch, holes: list[tuple[int, int]], now_ms: int, newest_arrival_ms: int) -> list[Change]:
+    """The changed rows, each with its watermark moved and its holes noted (or, in a replay,
+    filled); a row that cannot be stored sends its records to the quarantine."""
     changes = []
-    for ent in entities.values():
+    source, replay = batch.source, batch.replay
+    for ent in batch.entities.values():
         if not ent.changed:
             continue
         try:
@@ -321,12 +359,12 @@ def aggregate_batch(
                 ent.aux.fill(source, *replay)
             elif holes:
                 ent.aux.note_holes(source, ent.base_mark, max(ent.seqs), holes, now_ms)
-            changes.append(_finish(ent, source, now_ms, newest_arrival))
+            changes.append(_finish(ent, source, now_ms, newest_arrival_ms))
         except Exception as exc:  # noqa: BLE001 - the row cannot be stored: its records are quarantined
             reason = f"row {ent.key[0]}|{ent.key[1]} cannot be stored: {type(exc).__name__}: {exc}"[:500]
             for seq in ent.seqs:
-                stats.poison.setdefault(seq, reason)
-    return changes, stats
+                batch.stats.poison.setdefault(seq, reason)
+    return changes
 
 
 def _finish(ent: _Entity, source: str, now_ms: int, newest_arrival_ms: int) -> Change:
@@ -334,12 +372,12 @@ def _finish(ent: _Entity, source: str, now_ms: int, newest_arrival_ms: int) -> C
     ent.aux.advance(source, max(ent.seqs), now_ms)
     row = ent.row
     if ent.kind == "user":
-        state.prune_user(row, now_ms)
-        seen = state.DedupeRow(ent.aux.seen)
-        seen.prune(newest_arrival_ms, state.DEDUPE_IDS_PER_SHOPPER)
+        entities.prune_user(row, now_ms)
+        seen = entities.DedupeRow(ent.aux.seen)
+        seen.prune(newest_arrival_ms, entities.DEDUPE_IDS_PER_SHOPPER)
         ent.aux.seen = seen.seen
     elif ent.kind == "item":
-        state.prune_item(row, now_ms)
+        entities.prune_item(row, now_ms)
     elif ent.kind == "dedupe":
         row.prune(newest_arrival_ms)
     row_obj, aux_obj = row.to_obj(), ent.aux.to_obj()
@@ -347,7 +385,7 @@ def _finish(ent: _Entity, source: str, now_ms: int, newest_arrival_ms: int) -> C
     for _ in range(8):
         if len(row_bytes) + len(aux_bytes) <= MAX_ROW_BYTES:
             break
-        state.shrink(row)
+        entities.shrink(row)
         row_obj = row.to_obj()
         row_bytes = pack(row_obj)
     else:
@@ -366,3 +404,8 @@ def _touch(ent: _Entity, r: StreamRecord) -> None:
     ent.changed = True
     if r.event.ts > ent.last_ts:
         ent.last_ts = r.event.ts
+
+
+def expires_at(change: Change, now_ms: int) -> int:
+    """The row's TTL attribute (epoch seconds)."""
+    return (max(change.last_ts, now_ms) + ROW_TTL_MS[change.kind]) // 1000

@@ -1,6 +1,8 @@
-"""Changing the rollout: a new hosted configuration version of the flags profile, then a
-deployment. AppConfig when deployed; locally (moto has hosted versions but no deployments)
-the deployment is a pointer in the artifacts bucket that the local flag reader follows."""
+"""AppConfig: reading the flags document (``appconfig_fetcher``, ``local_fetcher``) and
+changing the rollout (``FlagAdmin``: a new hosted configuration version of the flags profile,
+then a deployment). AppConfig when deployed; locally (moto has hosted versions but no
+deployments) the deployment is a pointer in the artifacts bucket that the local flag reader
+follows."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import json
 import time
 from abc import ABC, abstractmethod
 
-from . import aws
+from personalize.adapters import aws
 
 ALL_AT_ONCE = "all_at_once"
 GRADUAL = "gradual"
@@ -79,8 +81,6 @@ class LocalFlagAdmin(FlagAdmin):
         self.gradual_s = gradual_s
 
     def _pointer(self) -> dict | None:
-        from ..flags import LOCAL_DEPLOYED_KEY
-
         try:
             return json.loads(aws.client("s3").get_object(Bucket=self.bucket, Key=LOCAL_DEPLOYED_KEY)["Body"].read())
         except Exception as exc:
@@ -89,8 +89,6 @@ class LocalFlagAdmin(FlagAdmin):
             raise
 
     def stop_running(self) -> list[int]:
-        from ..flags import LOCAL_DEPLOYED_KEY
-
         pointer = self._pointer()
         if not pointer or pointer.get("deploying_until", 0) <= time.time():
             return []
@@ -100,8 +98,6 @@ class LocalFlagAdmin(FlagAdmin):
         return [int(pointer["version"])]
 
     def deploy(self, document, strategy, description):
-        from ..flags import LOCAL_DEPLOYED_KEY
-
         if strategy == ALL_AT_ONCE:
             self.stop_running()
         running = self._pointer()
@@ -120,40 +116,33 @@ class LocalFlagAdmin(FlagAdmin):
         return self.fetch()
 
 
-class ExperimentStates:
-    """Each experiment's state (running / killed / promoted / stopped, and why) in the items
-    table, so the guardrail never touches a stopped experiment again."""
+def appconfig_fetcher(application: str, environment: str, profile: str, region: str | None = None):
+    """Deployed: the AppConfig data API (sessions and polling handled by Powertools)."""
+    from aws_lambda_powertools.utilities.parameters import AppConfigProvider
+    from botocore.config import Config
 
-    def __init__(self, table_name: str):
-        self.table_name = table_name
+    provider = AppConfigProvider(environment=environment, application=application,
+                                 boto_config=Config(region_name=region, connect_timeout=1, read_timeout=2,
+                                                    retries={"mode": "standard", "total_max_attempts": 2}))
 
-    def get(self, experiment: str) -> dict | None:
-        from ..keys import experiment_key
+    def fetch() -> dict:
+        return provider.get(profile, transform="json", force_fetch=True)
 
-        pk, sk = experiment_key(experiment)
-        item = aws.client("dynamodb").get_item(TableName=self.table_name, Key={"pk": {"S": pk}, "sk": {"S": sk}},
-                                               ConsistentRead=True).get("Item")
-        return json.loads(item["state"]["S"]) if item else None
-
-    def put(self, experiment: str, state: dict) -> None:
-        from ..keys import experiment_key
-
-        pk, sk = experiment_key(experiment)
-        aws.client("dynamodb").put_item(TableName=self.table_name, Item={
-            "pk": {"S": pk}, "sk": {"S": sk}, "state": {"S": json.dumps(state)}})
+    return fetch
 
 
-def admin_from_env() -> FlagAdmin:
-    """The flags admin for a function, from its validated environment."""
-    import os
+LOCAL_DEPLOYED_KEY = "appconfig/deployed.json"
 
-    from .. import flags, settings
 
-    application, profile = os.environ["APPCONFIG_APPLICATION"], os.environ["APPCONFIG_PROFILE"]
-    if os.environ.get("FLAGS_SOURCE") == "local":
-        bucket = settings.load(settings.ARTIFACTS_BUCKET)[settings.ARTIFACTS_BUCKET]
-        return LocalFlagAdmin(bucket, application, profile, flags.local_fetcher(bucket, application, profile))
-    environment = os.environ["APPCONFIG_ENVIRONMENT"]
-    return AppConfigAdmin(application, environment, profile,
-                          {ALL_AT_ONCE: os.environ["ALL_AT_ONCE_STRATEGY"], GRADUAL: os.environ["GRADUAL_STRATEGY"]},
-                          flags.appconfig_fetcher(application, environment, profile))
+def local_fetcher(bucket_name: str, application_id: str, profile_id: str):
+    """The local stack: moto has AppConfig's hosted versions but no deployments or data API,
+    so a 'deployment' there is an object in the artifacts bucket holding the deployed hosted
+    version's number and content (moto's GET APIs of AppConfig fail its own signature check
+    when IAM is enforced, so the content travels with the pointer)."""
+    s3 = aws.client("s3")  # now, not on the first request
+
+    def fetch() -> dict:
+        pointer = json.loads(s3.get_object(Bucket=bucket_name, Key=LOCAL_DEPLOYED_KEY)["Body"].read())
+        return pointer["content"]
+
+    return fetch

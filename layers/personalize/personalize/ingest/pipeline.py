@@ -1,0 +1,180 @@
+"""Kinesis batch in, feature rows out: decoding, quarantine, aggregation, conditional writes.
+
+``IngestProcessor`` is a Powertools ``BatchProcessor`` whose record handler only decodes and
+buffers; when the batch ends it aggregates the whole batch at once (one write per touched
+row, never one per event).
+
+What happens to a record, whatever goes wrong:
+
+* it cannot be decoded or breaks the contract (any exception, not only the contract's):
+  quarantined with the reason and its raw bytes; the batch goes on;
+* it cannot be applied (an exception in aggregation) or a row it changes cannot be stored
+  (packing fails, the size guard gives up, DynamoDB refuses the item as invalid):
+  quarantined, and the batch is aggregated again without it, so it is applied nowhere and
+  costs its neighbours nothing;
+* a row it changes could not be written for a reason that may pass (throttling, a timeout,
+  a conflicting writer, a service error): reported as a batch item failure, so Lambda
+  retries from it; rows that did get written skip it on the retry (``aggregation``);
+* the quarantine itself fails: reported as a batch item failure (retried, never dropped).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from personalize import keys
+from personalize.adapters.quarantine import Quarantine
+from personalize.adapters.rowstore import ITEMS, USERS, Change, RowStore
+from personalize.adapters.soldout import SoldOut, SoldOutFullError
+from personalize.adapters.stream import StreamReader
+from personalize.ingest import _fastjson
+from personalize.ingest.aggregation import StreamRecord, aggregate_batch, rows_needed
+from personalize.ingest.events import parse_event
+from personalize.ingest.progress import SourceProgress
+from personalize.ingest.writes import RowWriter, quarantine_entry
+
+# Rows that decide whether an event counts (they hold the event ids): written first.
+DECIDERS = ("user", "dedupe")
+
+
+@dataclass
+class IngestResult:
+    failed_seqs: set[int] = field(default_factory=set)
+    events: int = 0
+    quarantined: int = 0
+    poison: int = 0  # valid records that could not be applied or stored (quarantined)
+    late: int = 0
+    anonymous: int = 0
+    duplicates: int = 0
+    already_applied: int = 0
+    writes: int = 0
+    write_failures: int = 0
+    rows_rejected: int = 0
+    sold_out: int = 0
+    soldout_full: int = 0
+    passes: int = 0
+
+
+class Ingestor:
+    """The batch pipeline, free of Lambda: also driven directly by tests and the bench.
+
+    ``run``: record the attempt (``SourceProgress``), aggregate until no record is poison
+    (``_aggregate``), write the deciding rows then the rest (``_write_in_two_phases``),
+    mirror stock-outs into the sold-out list, and note how far the attempt got."""
+
+    def __init__(self, store: RowStore, quarantine: Quarantine, clock: Callable[[], float] = time.time,
+                 soldout: SoldOut | None = None, stream: StreamReader | None = None):
+        self.store = store
+        self.quarantine = quarantine
+        self.clock = clock
+        self.soldout = soldout
+        self.stream = stream  # to tell a skipped range from the next record (``entities.Progress``)
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def decode(self, data: bytes, sequence_number: str, arrival_ms: int, source: str = "") -> StreamRecord:
+        """Bounds (ts window included) are judged against the record's arrival, not against
+        when a backlog happens to be processed."""
+        return StreamRecord.of(sequence_number, parse_event(_fastjson.loads(data), arrival_ms, anonymous_ok=True),
+                               source, arrival_ms, data)
+
+    def run(self, shard: str, records: list[StreamRecord], rejected: list[dict], now_ms: int,
+            stream_arn: str | None = None, replay: bool = False) -> IngestResult:
+        """``replay``: the records re-drive a range the trigger gave up on (``infra.replay``)."""
+        result = IngestResult(events=len(records))
+        source = keys.source_key(stream_arn, shard)
+        seqs = [r.seq for r in records] + [int(e["id"]) for e in rejected if str(e["id"]).isdigit()]
+        if not seqs:
+            return result
+        holes: list[tuple[int, int]] = []
+        claim = None
+        replayed = (min(seqs), max(seqs)) if replay else None
+        progress = SourceProgress(self.store, self.stream)
+        if not replay:
+            try:
+                claim, holes = progress.begin(source, shard, stream_arn, min(seqs), max(seqs), now_ms)
+            except Exception:  # noqa: BLE001 - nothing written yet: retry the whole batch
+                result.failed_seqs.update(seqs)
+                return result
+        writer = RowWriter(self.store, self.quarantine)
+        writer.send_to_quarantine(rejected, result)
+        self._write_in_two_phases(writer, shard, source, records, now_ms, stream_arn, holes, replayed, result)
+        if claim is not None:
+            progress.finish(claim, result.failed_seqs, now_ms)
+        return result
+
+    def _aggregate(self, writer, shard, source, records, now_ms, stream_arn, holes, replayed, result, excluded):
+        """Load and aggregate, dropping (and quarantining) records that cannot be applied
+        until none is left; None if the rows cannot be read (nothing written yet)."""
+        while True:
+            result.passes += 1
+            live = [r for r in records if r.seq not in excluded] if excluded else records
+            needed = rows_needed(live, shard, source)
+            try:
+                loaded = {}
+                for table in (USERS, ITEMS):
+                    loaded.update(self.store.get_many(table, needed[table]))
+            except Exception:  # noqa: BLE001 - retry the whole batch
+                return None
+            if replayed is not None and live:  # what this pass re-drives (a cut may leave the rest)
+                replayed = (min(r.seq for r in live), max(r.seq for r in live))
+            changes, stats = aggregate_batch(live, shard, loaded, now_ms, source, holes, replayed)
+            if not stats.poison:
+                return live, changes, stats
+            excluded.update(stats.poison)
+            writer.send_to_quarantine([
+                quarantine_entry(str(r.seq), stats.poison[r.seq], r.raw, shard, r.arrival_ms, stream_arn)
+                for r in live if r.seq in stats.poison], result)
+            result.poison += len(stats.poison)
+
+    def _write_in_two_phases(self, writer, shard, source, records, now_ms, stream_arn, holes, replayed,
+                             result) -> None:
+        """First the rows that decide whether an event counts (shoppers' rows, which hold
+        their event ids, and the dedupe rows of events without a shopper); then items and
+        variants, aggregated only from records whose deciding row is stored. So if the
+        trigger gives up on a record, no item counted it unless its event id is remembered:
+        a client's later resend cannot count it a second time."""
+        excluded: dict[int, str] = {}
+        aggregated = self._aggregate(writer, shard, source, records, now_ms, stream_arn, holes, replayed, result,
+                                     excluded)
+        if aggregated is None:
+            result.failed_seqs.update(r.seq for r in records if r.seq not in excluded)
+            result.write_failures = len(result.failed_seqs)
+            return
+        live, changes, stats = aggregated
+        result.late, result.duplicates, result.already_applied = stats.late, stats.duplicates, stats.already_applied
+        result.anonymous = stats.anonymous
+        deciders = [c for c in changes if c.kind in DECIDERS]
+        not_decided = writer.write(deciders, live, shard, stream_arn, now_ms, result)
+        rest: list[Change] = [c for c in changes if c.kind not in DECIDERS]
+        if not_decided and rest:
+            # Lambda retries from the lowest of them: aggregate items and variants again from
+            # the records before it only, so no row's watermark moves past a record it lacks
+            # (the stored deciding rows show their records as applied: nothing counts twice).
+            cut = min(not_decided)
+            excluded.update((r.seq, "") for r in records if r.seq >= cut)
+            again = self._aggregate(writer, shard, source, records, now_ms, stream_arn, holes, replayed, result,
+                                    excluded)
+            if again is None:
+                result.failed_seqs.update(r.seq for r in live)
+                return
+            rest = [c for c in again[1] if c.kind not in DECIDERS]
+        writer.write(rest, live, shard, stream_arn, now_ms, result)
+        if self.soldout is not None and stats.stock_levels:
+            self._update_soldout(live, stats.stock_levels, result)
+
+    def _update_soldout(self, records, levels: dict[str, int], result: IngestResult) -> None:
+        """Mirror stock 0 / restock into the sold-out list (idempotent set updates)."""
+        sold = {item for item, level in levels.items() if level == 0}
+        result.sold_out = len(sold)
+        try:
+            self.soldout.update(sold, set(levels) - sold)
+        except SoldOutFullError:
+            # The fast path is full: the stock level is in the item rows, and the next
+            # snapshot (within a minute) drops the item. Never stall the shard for it.
+            result.soldout_full = len(sold)
+        except Exception:  # noqa: BLE001 - retried by Lambda through the stock records
+            result.failed_seqs.update(r.seq for r in records if r.event.type == "stock")
