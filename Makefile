@@ -35,10 +35,12 @@ $(CHECKOV_STAMP): requirements/checkov.lock
 
 venv: $(STAMP) $(CHECKOV_STAMP) ## Create .venv with every pinned dependency (checkov in .venv/tools)
 
-test: $(STAMP) $(CHECKOV_STAMP) ## Run the whole test suite (unit, functional under moto, lint and checkov)
+test: $(STAMP) $(CHECKOV_STAMP) ## Run the whole test suite (ruff, then unit, functional under moto, layering, template checks)
+	$(BIN)/ruff check .
 	$(BIN)/pytest
 
-lint: $(STAMP) $(CHECKOV_STAMP) ## cfn-lint, sam validate --lint and checkov on the template, ruff on the code
+lint: $(STAMP) $(CHECKOV_STAMP) ## cfn-lint, sam validate --lint and checkov on the template, ruff and the layering (import-linter)
+	$(BIN)/lint-imports --config .importlinter
 	$(BIN)/cfn-lint template.yaml
 	$(BIN)/sam validate --lint --template template.yaml --region us-east-1
 	$(CHECKOV) -f template.yaml --framework cloudformation --compact --quiet
