@@ -26,7 +26,7 @@ export function createRecs(options = {}) {
     base: "", timeoutMs: 800, maxQueue: 200, flushMs: 5000, consent: false, fetch: (...a) => fetch(...a),
     storage: globalThis.sessionStorage, now: () => Date.now(), ...options,
   };
-  let consent = !!o.consent, queue = load(o.storage, Q, []), timer = 0, sending = false, backoff = 0;
+  let consent = !!o.consent, queue = load(o.storage, Q, []), timer = 0, sending = false, backoff = 0, dirty = false;
   const attribution = load(o.storage, A, {}); // item_id -> {rec_id}: clicked items, for later pages
   const seen = new WeakSet(), lists = new Map(); // rec_id -> {items: [], positions: [], decision}
   const credentials = () => (consent ? "same-origin" : "omit");
@@ -34,7 +34,7 @@ export function createRecs(options = {}) {
   function enqueue(event) {
     queue.push({ event_id: newId(), ts: o.now(), ...event });
     if (queue.length > o.maxQueue) queue.splice(0, queue.length - o.maxQueue); // bounded: oldest go
-    save(o.storage, Q, queue);
+    if (!dirty) { dirty = true; queueMicrotask(() => { dirty = false; save(o.storage, Q, queue); }); }
     if (!timer) timer = setTimeout(() => { timer = 0; flush(); }, o.flushMs + backoff);
   }
 
@@ -81,12 +81,13 @@ export function createRecs(options = {}) {
 
   async function flush(keepalive = false) {
     flushImpressions();
-    if (sending || !queue.length) return;
+    if (keepalive) save(o.storage, Q, queue); // whatever cannot leave now, the next page sends
+    if ((sending && !keepalive) || !queue.length) return;
     sending = true;
     const out = batches(queue, keepalive ? KEEPALIVE_BUDGET : Infinity);
     const sent = new Set(out.flat());
     try {
-      if (keepalive) { // page hide: all at once, nothing awaited; sessionStorage keeps the rest
+      if (keepalive) { // page hide: all at once, nothing awaited; a resend keeps its event_ids
         out.forEach((b) => post(b, true).catch(() => {}));
         return;
       }

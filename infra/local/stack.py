@@ -29,6 +29,7 @@ from pathlib import Path
 
 from personalize import settings
 from personalize.adapters import aws
+from personalize.ingest.origins import ENV as ORIGINS_ENV
 
 from . import handlers, iam, pool, resources, web
 from .lambda_events import context, http_api_event
@@ -274,6 +275,8 @@ class LocalStack:
         # From here on the embedded AWS enforces IAM: the stack acts as the administrator,
         # each function as its own role (handlers.load), the poller as aggregate's.
         os.environ.update({**self.resources.env(), **self.resources.admin_env()})
+        # The template's AllowedOrigins: the pages the front itself serves (the demo shop).
+        os.environ[ORIGINS_ENV] = ",".join(self.allowed_origins)
         os.environ.pop("AWS_SESSION_TOKEN", None)
         aws.reset()
         handlers.use_identities(self.resources.identities.functions)
@@ -310,6 +313,10 @@ class LocalStack:
             shop.seed_history(self.shop_seed_orders)
         self.write_state(self.state_file)
         return self
+
+    @property
+    def allowed_origins(self) -> list[str]:
+        return [f"http://127.0.0.1:{self.port}", f"http://localhost:{self.port}"]
 
     @property
     def shop_url(self) -> str:
