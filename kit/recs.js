@@ -126,7 +126,11 @@ export function createRecs(options = {}) {
 
   function seenFor(el) {
     visible.delete(el);
-    if (seen.has(el) || !el.isConnected) return;
+    if (seen.has(el) || !el.isConnected || document.visibilityState === "hidden") return;
+    const r = el.getBoundingClientRect(); // still at least half visible, a second later?
+    const shown = Math.max(0, Math.min(r.bottom, innerHeight) - Math.max(r.top, 0)) *
+      Math.max(0, Math.min(r.right, innerWidth) - Math.max(r.left, 0));
+    if (shown * 2 < r.width * r.height) return; // no: the observer starts again when it is
     seen.add(el); observer.unobserve(el);
     const list = lists.get(el.dataset.recId);
     if (!list) return;
