@@ -162,7 +162,7 @@ def test_impressions_only_for_items_scrolled_into_view(stack, page):
     page.on("request", lambda r: sent.append(json.loads(r.post_data)) if r.url.endswith("/events") else None)
     page.clock.run_for(1_200)
     page.clock.run_for(6_000)
-    _wait(lambda: sent, 10, 0.1)
+    _wait(lambda: (page.clock.run_for(1_000), sent)[1], 30, 0.1)
     seen = [(e["rec_id"], i) for body in sent for e in body["events"] if e["type"] == "impression"
             for i in e["items"]]
     assert visible and sorted(i for _, i in seen) == sorted(visible)
@@ -171,7 +171,9 @@ def test_impressions_only_for_items_scrolled_into_view(stack, page):
     page.eval_on_selector("[data-slot=trending]", "e => e.scrollIntoView()")
     page.clock.run_for(1_200)
     page.clock.run_for(6_000)
-    _wait(lambda: any(e.get("rec_id") == trending[0][1] for b in sent for e in b["events"]), 20, 0.1)
+    # The page's clock is Playwright's: keep it moving while a previous batch may still be in flight.
+    _wait(lambda: (page.clock.run_for(1_000), any(e.get("rec_id") == trending[0][1] for b in sent
+                                                  for e in b["events"]))[1], 30, 0.1)
     later = [e for b in sent for e in b["events"] if e["type"] == "impression" and e["rec_id"] == trending[0][1]]
     assert later and all(e["positions"] for e in later)
 
