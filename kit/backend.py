@@ -80,6 +80,9 @@ def cookie_value(user_id: str, keys: Keys) -> str:
     text is percent-encoded (collect and serving try the decoded id too)."""
     signature = sign(user_id, keys.current)
     shown = user_id if _COOKIE_SAFE.fullmatch(user_id) else urllib.parse.quote(user_id, safe="")
+    if len(shown) > MAX_USER_ID:  # serving reads at most 128 characters before the signature
+        raise KitError("this user id is longer than 128 characters once percent-encoded for a cookie: "
+                       "use a shorter id (an account number) as the shopper's id")
     return f"{shown}.{signature}"
 
 

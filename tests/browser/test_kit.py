@@ -15,7 +15,8 @@ ORIGIN = "http://kit.test"
 HARNESS = """<!doctype html><meta charset="utf-8"><title>kit</title>
 <style>body{margin:0}.rt-recs li{height:300px;list-style:none}</style>
 <div id="slot"></div><div id="far" style="margin-top:3000px"></div>
-<script type="module">import {createRecs} from "/kit/recs.js"; window.createRecs = createRecs; window.ready = true;</script>"""
+<script type="module">import {createRecs} from "/kit/recs.js";
+window.createRecs = createRecs; window.ready = true;</script>"""
 
 
 def test_the_snippet_is_at_most_5_kb_gzipped():

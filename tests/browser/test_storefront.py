@@ -258,7 +258,8 @@ def test_a_page_of_another_origin_cannot_post_events_as_the_shopper(stack, page,
     finally:
         server.shutdown()
     stack.poller.drain(30)
-    forged = [(origin, status) for origin, status, body in stack.posts[posts_before:] if b"forged-item" in (body or b"")]
+    forged = [(origin, status) for origin, status, body in stack.posts[posts_before:]
+              if b"forged-item" in (body or b"")]
     assert forged and all(status == 403 for _, status in forged), forged
     assert all(origin == f"http://{host}:{server.server_address[1]}" for origin, _ in forged)
     assert "forged-item" not in _features(stack, user).get("items", {})
