@@ -187,7 +187,7 @@ export function createRecs(options = {}) {
         enqueue({ type: "click", item_id: item.item_id, rec_id, position: item.position });
       });
     });
-    return { rec_id, fallback: false, items, variant: answer.variant };
+    return { rec_id, fallback: false, reason: answer.fallback_reason || null, items, variant: answer.variant };
   }
 
   function action(type, item_id, extra = {}) {

@@ -346,7 +346,8 @@ class LocalStack:
                 self._shop = Shop(ShopConfig(
                     events=ServerEvents(self.endpoint, "us-east-1", credentials),
                     keys=CachedKeys(lambda: Keys.from_secrets_manager(secret, secrets_client)),
-                    cookie_domain=None, secure=False))  # plain http on 127.0.0.1: host-only, not Secure
+                    cookie_domain=None, secure=False,  # plain http on 127.0.0.1: host-only, not Secure
+                    recs_timeout_ms=5000))  # one process and one GIL here (800 ms deployed)
             return self._shop
 
     def console(self):

@@ -53,6 +53,9 @@ class ShopConfig:
     keys: Callable[[], Keys]             # the signing key's current/previous values
     cookie_domain: str | None = None     # the shop's registrable domain (None: host-only, local)
     secure: bool = True                  # False only for the plain-http local stack
+    # How long a page waits for recommendations before showing the shop's own list. The
+    # local stack runs every function, moto and the front in one process: it sets more.
+    recs_timeout_ms: int = 800
 
 
 class CachedKeys:
@@ -156,6 +159,7 @@ class Shop:
 
     def _html(self, title: str, main: str, user: str | None, consent: bool, item: str | None = None):
         config = {"labels": self.labels, "fallback": [p.item_id for p in self.products[:12]], "user": user,
+                  "timeoutMs": self.config.recs_timeout_ms,
                   "consent": consent, "item": item, "shoppers": list(SAMPLE_SHOPPERS)}
         # JSON in a script element: "<" escaped so no value can close the element.
         data = json.dumps(config).replace("<", "\\u003c")

@@ -83,8 +83,18 @@ def _sign_in(page, stack, user, consent=True):
     page.wait_for_selector("#who")
 
 
-def _rail(page, slot="personal"):
-    page.wait_for_selector(f"[data-slot={slot}][data-state]")
+def _rail(page, slot="personal", served=True, tries=10):
+    """The rail's (item, rec_id) pairs; with ``served``, a ranked answer: the page reloads
+    while the slot shows the shop's own list or the service's named fallback (on this shared
+    machine the edge's 50 ms row read can time out into trending, as the demo notes)."""
+    for attempt in range(tries):
+        page.wait_for_selector(f"[data-slot={slot}][data-state]", timeout=30_000)
+        state = page.get_attribute(f"[data-slot={slot}]", "data-state")
+        reason = page.get_attribute(f"[data-slot={slot}]", "data-reason")
+        if not served or (state == "served" and reason in ("", "anonymous", "no_user_row")) or attempt == tries - 1:
+            break
+        time.sleep(0.5)
+        page.reload()
     return page.eval_on_selector_all(f"[data-slot={slot}] [data-item-id]",
                                      "els => els.map(e => [e.dataset.itemId, e.dataset.recId || null])")
 

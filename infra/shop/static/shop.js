@@ -5,6 +5,7 @@ const config = JSON.parse(document.getElementById("shop-config").textContent);
 const label = (id) => config.labels[id] || `Product ${id}`;
 const recs = createRecs({
   consent: config.consent,
+  timeoutMs: config.timeoutMs,
   itemUrl: (id) => `/shop/item?id=${encodeURIComponent(id)}`,
   itemLabel: label,
 });
@@ -27,7 +28,13 @@ for (const el of document.querySelectorAll("[data-slot]")) {
   recs.slot(el, {
     k: 8, label: el.getAttribute("aria-labelledby") && document.getElementById(el.getAttribute("aria-labelledby")).textContent,
     contextItem: el.dataset.context, personal: kind !== "trending", fallback: config.fallback,
-  }).then((answer) => { el.dataset.state = answer.fallback ? "fallback" : "served"; el.dataset.variant = answer.variant || ""; });
+  }).then((answer) => {
+    // fallback: the shop's own list (no answer in time); a reason: the service's named fallback
+    // (anonymous and new shoppers get trending by design; "user_read_failed" is degraded).
+    el.dataset.state = answer.fallback ? "fallback" : "served";
+    el.dataset.reason = answer.reason || "";
+    el.dataset.variant = answer.variant || "";
+  });
 }
 if (config.item) recs.view(config.item);
 
