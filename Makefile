@@ -15,7 +15,7 @@ export POWERTOOLS_TRACE_DISABLED ?= 1
 export SAM_CLI_TELEMETRY ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test lint build serve demo bench profile-serving train publish-model loadtest lock lock-checkov clean \
+.PHONY: help venv test lint build serve demo console bench profile-serving train publish-model loadtest lock lock-checkov clean \
 	rotate-signing-key rotate-origin-token replay-failures
 
 help: ## List the targets
@@ -70,6 +70,9 @@ train: $(STAMP) ## Rebuild both rankers from the real Instacart sample (determin
 
 publish-model: $(STAMP) ## Upload a model version: NAME=ranker-mlp VERSION=v3 [ENV=local|dev|prod]
 	$(BIN)/python -m models.publish --name $(NAME) --version $(VERSION) --env $(or $(ENV),local)
+
+console: $(STAMP) ## The live console of a deployed stack on 127.0.0.1:8090: ENV=dev|prod [ADMIN=1] (local: make serve)
+	$(BIN)/python -m infra.console --env $(ENV) $(if $(ADMIN),--admin)
 
 experiment-status: $(STAMP) ## Per-variant traffic, conversion and lift [ENV=local|dev|prod]
 	$(BIN)/python -m infra.ops --env $(or $(ENV),local) status

@@ -43,14 +43,8 @@ def connect(env: str):
         os.environ.pop("AWS_SESSION_TOKEN", None)
         return connect_local(state["resources"])
     else:
-        import boto3
-
-        config = tomllib.loads((ROOT / "samconfig.toml").read_text())[env]
-        region = config["deploy"]["parameters"]["region"]
-        os.environ["AWS_DEFAULT_REGION"] = region
-        stack = config["global"]["parameters"]["stack_name"]
-        outputs = {o["OutputKey"]: o["OutputValue"] for o in boto3.client("cloudformation", region_name=region)
-                   .describe_stacks(StackName=stack)["Stacks"][0]["Outputs"]}
+        outputs = stack_outputs(env)
+        region = outputs["_region"]
         app, envid, profile = (outputs["RolloutApplicationId"], outputs["RolloutEnvironmentId"],
                                outputs["RolloutProfileId"])
         admin = AppConfigAdmin(app, envid, profile, {ALL_AT_ONCE: outputs["AllAtOnceStrategyId"],
@@ -58,6 +52,20 @@ def connect(env: str):
                                appconfig.appconfig_fetcher(app, envid, profile, region), region)
         items_table = outputs["ItemsTableName"]
     return admin, ExperimentStates(items_table), DynamoRowStore({"items": items_table})
+
+
+def stack_outputs(env: str) -> dict[str, str]:
+    """The CloudFormation outputs of the stack samconfig.toml names for ``env`` (and its
+    region, as ``_region``)."""
+    import boto3
+
+    config = tomllib.loads((ROOT / "samconfig.toml").read_text())[env]
+    region = config["deploy"]["parameters"]["region"]
+    os.environ["AWS_DEFAULT_REGION"] = region
+    stack = config["global"]["parameters"]["stack_name"]
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in boto3.client("cloudformation", region_name=region)
+               .describe_stacks(StackName=stack)["Stacks"][0]["Outputs"]}
+    return {**outputs, "_region": region}
 
 
 def connect_local(names: dict):

@@ -36,6 +36,8 @@ class Sources:
     def snapshot_built_at_ms(self) -> int | None: ...
     def stockouts(self) -> int | None: ...
     def served(self) -> dict[str, int] | None: ...
+    def events_per_s(self) -> float | None: return None  # noqa: E704 - a source with a rate of its own
+    def served_share(self) -> float | None: return None  # noqa: E704
     def flags(self) -> dict: ...
     def experiment(self, doc: dict) -> tuple[dict | None, object | None, dict | None]: ...
     def change(self, command: str, **kwargs) -> tuple[str, int, dict]: ...
@@ -139,8 +141,11 @@ class Console:
                 "variants": {v: _counters(counters[v]) for v in VARIANTS} if counters else {},
                 "decision": {"action": decision.action, "reason": decision.reason} if decision is not None else None,
             }
+            rate, share = _safe(s.events_per_s), _safe(s.served_share)
+            if rate is not None or share is not None:  # a deployed stack: CloudWatch's own rates
+                sample["events_per_s"], sample["served_challenger_share"] = rate, share
             previous = self._last
-            if previous is not None:
+            if previous is not None and rate is None:
                 dt = max(1e-6, now - previous["t"])
                 if sample["events_total"] is not None and previous["events_total"] is not None:
                     sample["events_per_s"] = round((sample["events_total"] - previous["events_total"]) / dt, 1)
