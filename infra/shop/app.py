@@ -141,6 +141,15 @@ class Shop:
         user = self.shopper(cookies)
         consent = backend.cookie_from_header(cookies, CONSENT) == "1"
         signed_in = user if user and not backend.is_anonymous(user) else None
+        status, headers, body = self._page(path, query, signed_in, consent)
+        keys = self.config.keys()
+        if user and backend.needs_refresh(backend.cookie_from_header(cookies), keys):
+            # Signed with the previous key (a rotation): the same shopper, with the current key.
+            headers = headers + [("set-cookie", backend.set_cookie(user, keys, self.config.cookie_domain,
+                                                                    secure=self.config.secure))]
+        return status, headers, body
+
+    def _page(self, path: str, query: dict, signed_in: str | None, consent: bool):
         if path in ("/", ""):
             grid = "".join(CARD.format(id=html.escape(p.item_id), label=html.escape(p.label))
                            for p in self.products[:GRID])

@@ -306,3 +306,36 @@ def test_the_console_shows_a_kill_reaching_zero_share(stack, page):
     finally:
         stop.set()
         thread.join(30)
+
+
+def test_a_consented_visitors_history_follows_them_into_their_account(stack, page):
+    page.goto(stack.shop_url)
+    page.click("#accept")
+    page.wait_for_selector("#consent", state="detached")
+    anonymous = identity.verified_user({c["name"]: c for c in page.context.cookies()}["rt_uid"]["value"],
+                                       stack.signing_key)
+    assert anonymous and anonymous.startswith("anon-")  # minted by the shop's backend, with consent
+    page.reload()
+    item = _rail(page)[0][0]
+    with page.expect_navigation():
+        page.click(f"[data-slot=personal] [data-item-id='{item}'] a")
+    page.goto(stack.shop_url)  # page hide: the click leaves
+
+    def clicked(user):
+        stack.poller.drain(30)
+        return _features(stack, user).get("items", {}).get(item, {}).get("clicks", 0) >= 1
+
+    assert _wait(lambda: clicked(anonymous)), "the anonymous visitor's click never counted"
+    user = "ic13"
+    page.select_option("#shopper", user)
+    with page.expect_navigation():
+        page.click("#signin")
+    assert identity.verified_user({c["name"]: c for c in page.context.cookies()}["rt_uid"]["value"],
+                                  stack.signing_key) == user
+    assert _wait(lambda: clicked(user)), "the visitor's history did not follow them into the account"
+    before = _features(stack, user)["items"][item]
+    # Carried once: the same anonymous id carried again (a retried sign-in) counts nothing more.
+    again = stack.shop().config.events.carry_over(anonymous, user)
+    assert again.accepted >= 1 and not again.rejected
+    stack.poller.drain(30)
+    assert _features(stack, user)["items"][item]["clicks"] == before["clicks"]
