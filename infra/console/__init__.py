@@ -38,9 +38,24 @@ class Sources:
     def served(self) -> dict[str, int] | None: ...
     def events_per_s(self) -> float | None: return None  # noqa: E704 - a source with a rate of its own
     def served_share(self) -> float | None: return None  # noqa: E704
-    def flags(self) -> dict: ...
-    def experiment(self, doc: dict) -> tuple[dict | None, object | None, dict | None]: ...
-    def change(self, command: str, **kwargs) -> tuple[str, int, dict]: ...
+    # The flags, the experiment's counters and state, and changes: through ``infra.ops`` with
+    # the (flag admin, experiment states, row store) a subclass sets as admin, states, store.
+    admin = states = store = None
+
+    def flags(self) -> dict:
+        return self.admin.current()
+
+    def experiment(self, doc: dict) -> tuple[dict | None, object | None, dict | None]:
+        from infra import ops
+
+        counters, decision = ops.experiment_counters(self.store, doc)
+        state = self.states.get(doc["experiment_id"]["default"]) if counters is not None else None
+        return counters, decision, state
+
+    def change(self, command: str, **kwargs) -> tuple[str, int, dict]:
+        from infra import ops
+
+        return ops.change(self.admin, self.states, command, **kwargs)
 
 
 class LocalSources(Sources):
@@ -80,21 +95,6 @@ class LocalSources(Sources):
 
     def served(self):
         return dict(self.stack.served)
-
-    def flags(self):
-        return self.admin.current()
-
-    def experiment(self, doc):
-        from infra import ops
-
-        counters, decision = ops.experiment_counters(self.store, doc)
-        state = self.states.get(doc["experiment_id"]["default"]) if counters is not None else None
-        return counters, decision, state
-
-    def change(self, command, **kwargs):
-        from infra import ops
-
-        return ops.change(self.admin, self.states, command, **kwargs)
 
 
 def _safe(read: Callable, default=None):

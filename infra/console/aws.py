@@ -89,19 +89,9 @@ class AwsSources(Sources):
     def served(self):
         return None
 
-    def flags(self):
-        return self.admin.current()
-
-    def experiment(self, doc):
-        from infra import ops
-
-        counters, decision = ops.experiment_counters(self.store, doc)
-        state = self.states.get(doc["experiment_id"]["default"]) if counters is not None else None
-        return counters, decision, state
-
     def change(self, command, **kwargs):
         from infra import ops
 
         if not self.allow_changes:
             raise ops.ChangeRefused("this console is read-only (make console ENV=... ADMIN=1 for controls)")
-        return ops.change(self.admin, self.states, command, **kwargs)
+        return super().change(command, **kwargs)

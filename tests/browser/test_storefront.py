@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.demo import wait_for
 from infra.local.stack import LocalStack
 from personalize import identity
 
@@ -57,13 +58,7 @@ def _features(stack, user):
 
 
 def _wait(predicate, timeout_s=30.0, interval_s=0.2):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    return None
+    return wait_for(predicate, timeout_s, interval_s)
 
 
 def _record(**figures):

@@ -9,7 +9,7 @@ from infra.console import Console, Sources, wsgi
 from personalize.rollout import flags
 
 
-class FakeSources(Sources):
+class FakeSources(Sources):  # flags, experiment and change: its own, not infra.ops
     def __init__(self):
         self.total, self.counts, self.changes = 0, {"champion": 0, "challenger": 0}, []
         self.doc = flags.rollout_document("ranker-mlp/v3", "ranker-linear/v3", 0.5, "exp-1")
