@@ -29,7 +29,7 @@ export function createRecs(options = {}) {
   let consent = !!o.consent, queue = load(o.storage, Q, []), timer = 0, sending = false, backoff = 0, dirty = false;
   const attribution = load(o.storage, A, {}); // item_id -> {rec_id}: clicked items, for later pages
   const seen = new WeakSet(), lists = new Map(); // rec_id -> {items: [], positions: [], decision}
-  const credentials = () => (consent ? "same-origin" : "omit");
+  const credentials = () => (consent ? "include" : "omit"); // include: also for an API on a sibling host
 
   function enqueue(event) {
     queue.push({ event_id: newId(), ts: o.now(), ...event });

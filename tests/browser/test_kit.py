@@ -116,7 +116,7 @@ def test_consent_decides_whether_the_cookie_goes(kit_page):
     kit_page.evaluate("recs.setConsent(true); recs.addToCart('i2'); recs.flush()")
     kit_page.wait_for_function("calls.length === 2")
     calls = kit_page.evaluate("calls")
-    assert [c["init"]["credentials"] for c in calls] == ["omit", "same-origin"]
+    assert [c["init"]["credentials"] for c in calls] == ["omit", "include"]
     for call in calls:
         body = json.loads(call["init"]["body"])
         assert call["init"]["headers"]["content-type"] == "application/json" and call["url"] == "/events"
