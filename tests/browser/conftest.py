@@ -19,13 +19,13 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 KIT = Path(__file__).resolve().parents[2] / "kit" / "recs.js"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # one browser per module: closed before the rest of the suite runs
 def chromium():
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
-    profile = tempfile.mkdtemp(prefix="rt-chromium-")  # a fresh profile, removed after the session
+    profile = tempfile.mkdtemp(prefix="rt-chromium-")  # a fresh HOME, removed with the browser
     with sync_playwright() as playwright:
         context_args = {"viewport": {"width": 1280, "height": 720}}
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, env={**os.environ, "HOME": profile})
