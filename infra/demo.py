@@ -456,6 +456,8 @@ def take_screenshots(stack, story: Story, chromium: str = "/usr/bin/chromium") -
         return
     from playwright.sync_api import sync_playwright
 
+    stack.shop().seed_history(0)  # the sample shoppers' own order histories: their "for you" rail
+    stack.poller.drain(60)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -134,7 +134,7 @@ class Console:
                 "served": _safe(s.served) or {},
                 "experiment": experiment,
                 "champion": (doc.get("champion_model") or {}).get("default"),
-                "challenger": (doc.get("challenger_model") or {}).get("default"),
+                "challenger": (doc.get("challenger_model") or {}).get("default") if experiment != "none" else None,
                 "share": _share(doc), "kill_switch": bool((doc.get("kill_switch") or {}).get("default")),
                 "state": (state or {}).get("status") or ("running" if counters is not None else "none"),
                 "reason": (state or {}).get("reason"),

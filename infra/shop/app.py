@@ -92,11 +92,15 @@ class Shop:
 
     def seed_history(self, n_orders: int, span_ms: int = 50 * 60_000) -> int:
         """Real Instacart orders of the listed products, re-timed into the last ``span_ms``,
-        sent as the shop's order history (add-to-carts and purchases by the backend)."""
+        sent as the shop's order history (add-to-carts and purchases by the backend): every
+        order of the sample shoppers one signs in as, and the first ``n_orders`` others."""
         from models.instacart import order_events
 
         listed = set(self.labels)
-        orders = [o for o in catalogue.orders() if sum(p in listed for p in o.products) >= 2][:n_orders]
+        orders = [o for o in catalogue.orders() if sum(p in listed for p in o.products) >= 2]
+        orders = [o for o in orders if o.user_id in SAMPLE_SHOPPERS] + \
+            [o for o in orders if o.user_id not in SAMPLE_SHOPPERS][:n_orders]
+        orders.sort(key=lambda o: (o.placed_ms, o.order_id))
         if not orders:
             return 0
         now = int(time.time() * 1000)
