@@ -330,7 +330,10 @@ def test_a_consented_visitors_history_follows_them_into_their_account(stack, pag
     assert _wait(lambda: clicked(user)), "the visitor's history did not follow them into the account"
     before = _features(stack, user)["items"][item]
     # Carried once: the same anonymous id carried again (a retried sign-in) counts nothing more.
-    again = stack.shop().config.events.carry_over(anonymous, user)
+    events = stack.shop().config.events
+    history = _wait(lambda: events.features(anonymous))
+    assert history, "the anonymous visitor's features are unreadable"
+    again = events.carry_over(anonymous, user, history)
     assert again.accepted >= 1 and not again.rejected
     stack.poller.drain(30)
     assert _features(stack, user)["items"][item]["clicks"] == before["clicks"]
