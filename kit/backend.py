@@ -247,9 +247,23 @@ class ServerEvents:
         return result
 
     def features(self, user_id: str) -> dict | None:
-        """The shopper's online features (IAM-authorized operators' route), or None."""
-        status, body = self._call("GET", "/features/users/" + urllib.parse.quote(user_id, safe=""), None)
-        return body if status == 200 else None
+        """The shopper's online features (IAM-authorized operators' route); None when the
+        shopper has none (404). A failed read (5xx, 429, no connection) is retried, then
+        raised as ``KitError``: "no history" and "history unreadable" are not the same."""
+        path = "/features/users/" + urllib.parse.quote(user_id, safe="")
+        delay = 0.2
+        for attempt in range(self.attempts):
+            status, body = self._call("GET", path, None)
+            if status == 200:
+                return body
+            if status == 404:
+                return None
+            if status not in (0, 429) and status < 500:
+                break
+            if attempt + 1 < self.attempts:
+                self.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        raise KitError(f"the features of {user_id!r} are unreadable now (HTTP {status}): retry later")
 
     # -- what a shop's backend says -------------------------------------------------------
 
@@ -296,7 +310,7 @@ class ServerEvents:
         once (the 24 h dedupe); the shop clears the anonymous cookie once carried."""
         if not is_anonymous(anonymous_id):
             raise KitError("carry_over takes an anonymous id minted by new_anonymous_id")
-        history = self.features(anonymous_id) if history is None else history
+        history = self.features(anonymous_id) if history is None else history  # KitError: retry later
         if not history:
             return SendResult()
         now = int(self.clock() * 1000)

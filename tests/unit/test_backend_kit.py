@@ -115,3 +115,11 @@ def test_requests_are_signed_with_sigv4_for_execute_api():
     auth = request.get_header("Authorization")
     assert auth.startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/") and "/us-east-1/execute-api/" in auth
     assert request.full_url == "https://api.example/dev/server/events"
+
+
+def test_an_unreadable_history_is_an_error_not_an_empty_one():
+    api = FakeApi([(503, {})] * 5)
+    with pytest.raises(backend.KitError, match="retry later"):
+        api.carry_over("anon-xyz", "alice")
+    assert len(api.calls) == 5
+    assert FakeApi([(404, {})]).carry_over("anon-xyz", "alice").accepted == 0
