@@ -36,11 +36,13 @@ def _answer(route: str) -> Response:
     request = collect.Request(
         route, _body(event), identity.cookie_from_headers(list(event.cookies or []) +
                                                                 [event.headers.get("cookie", "")]),
-        event.headers.get("cloudfront-viewer-country"), event.headers.get(settings.ORIGIN_VERIFY_HEADER))
+        event.headers.get("cloudfront-viewer-country"), event.headers.get(settings.ORIGIN_VERIFY_HEADER),
+        event.headers.get("origin"))
     status, body, result = collector.handle(request)
     if result is None:
-        metrics.add_metric({403: "RequestsBypassingCdn", 503: "OriginKeysUnavailable"}.get(
-            status, f"RequestsRejected_{route}"), MetricUnit.Count, 1)
+        name = "ForeignOriginRefused" if status == 403 and "AllowedOrigins" in body.get("message", "") else \
+            {403: "RequestsBypassingCdn", 503: "OriginKeysUnavailable"}.get(status, f"RequestsRejected_{route}")
+        metrics.add_metric(name, MetricUnit.Count, 1)
     else:
         metrics.add_metric(f"EventsAccepted_{route}", MetricUnit.Count, result.accepted)
         metrics.add_metric(f"EventsRejected_{route}", MetricUnit.Count, len(result.rejected))
