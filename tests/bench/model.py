@@ -19,7 +19,7 @@ import numpy as np
 
 from infra.local.template import ROOT
 from models import train
-from models.dataset import InstacartBuilder
+from models.dataset import DEFAULT_DIR, Dataset, InstacartBuilder
 from models.evaluate import EVALUATIONS_DIR, HEADLINE
 from personalize.serving import ranking
 from personalize.serving.models import load_folder
@@ -82,12 +82,20 @@ def run() -> dict:
         q = manifest["quantization"]
         rows = np.random.default_rng(0).random((300, len(ranking.FEATURES)), dtype=np.float32)
         p50, p99 = train.latency_us(load_folder(folder), rows, runs=3000)
+        if role == "champion" and "user_row_bytes" in manifest.get("data", {}):  # v1-v3 measured it in make train
+            out["user_row_bytes_p50"] = manifest["data"]["user_row_bytes"]["p50"]
+            out["user_row_bytes_p99"] = manifest["data"]["user_row_bytes"]["p99"]
         out[key.split("/")[0]] = {
             "version": key.split("/")[1], "role": role, "float_bytes": q["float_bytes"],
             "int8_bytes": q.get("int8_bytes"), "int8_ndcg_delta": q.get("int8_validation_ndcg_delta"),
             "ships": q["ships"], "batch_max_diff": q["batch_max_diff"], "p50_us": round(p50, 1),
             "p99_us": round(p99, 1)}
     dataset_id = InstacartBuilder().id()
+    folder = DEFAULT_DIR
+    if (folder / "window.json").exists() and json.loads((folder / "window.json").read_text())["id"] == dataset_id:
+        val = Dataset.load(folder).split("validation")  # candidate recall on validation (test stays sealed)
+        out["candidate_recall_validation"] = round(float(val.y.sum() / val.n_true.sum()), 6)
+        out["candidates_per_decision_validation"] = round(float(np.diff(val.offsets).mean()), 1)
     report_file = EVALUATIONS_DIR / dataset_id / "report.json"
     out["dataset"] = dataset_id
     if report_file.exists():
