@@ -52,8 +52,11 @@ class LoggedSlots:
         if n and (not np.all(np.isfinite(self.pscore)) or np.any(self.pscore <= 0) or np.any(self.pscore > 1)):
             raise ValueError("every logged pscore must be in (0, 1]: a slot shown with unknown or zero probability "
                              "cannot be reweighted")
-        if n and (np.any(self.target_pscore < 0) or np.any(self.target_pscore > 1)):
+        if n and (not np.all(np.isfinite(self.target_pscore)) or np.any(self.target_pscore < 0)
+                  or np.any(self.target_pscore > 1)):
             raise ValueError("target_pscore must be in [0, 1]")
+        if n and np.any(self.slot < 0):
+            raise ValueError("slots count from 0")
 
     @property
     def weights(self) -> np.ndarray:
@@ -160,11 +163,12 @@ def from_decisions(decisions: list[dict], target, rewards=("click", "conversion"
     codes: dict[str, int] = {}
     rew = {r: [] for r in rewards}
     for d_i, d in enumerate(decisions):
+        _check_decision(d_i, d, rewards)
         target_probs = target(d)
         outcome = {r: set(d.get(r, ())) for r in rewards}
         for shown in d["shown"]:
             dec.append(d_i)
-            slot.append(int(shown["position"]))
+            slot.append(shown["position"])
             item.append(codes.setdefault(shown["item_id"], len(codes)))
             ps.append(float(shown["propensity"]))
             tps.append(float(target_probs.get((shown["item_id"], int(shown["position"])), 0.0)))
@@ -173,3 +177,20 @@ def from_decisions(decisions: list[dict], target, rewards=("click", "conversion"
     return LoggedSlots(np.array(dec, dtype=np.int64), np.array(slot, dtype=np.int64), np.array(item, dtype=np.int64),
                        {r: np.array(v) for r, v in rew.items()}, np.array(ps, dtype=np.float64),
                        np.array(tps, dtype=np.float64))
+
+
+def _check_decision(i: int, d, rewards) -> None:
+    """A logged decision is data from the archive: anything malformed is refused with where."""
+    if not isinstance(d, dict) or not isinstance(d.get("shown"), list):
+        raise ValueError(f"decision {i}: an object with a 'shown' list is needed")
+    for j, s in enumerate(d["shown"]):
+        if not isinstance(s, dict) or not isinstance(s.get("item_id"), str):
+            raise ValueError(f"decision {i}, shown {j}: item_id must be a string")
+        if type(s.get("position")) is not int or s["position"] < 0:
+            raise ValueError(f"decision {i}, shown {j}: position must be an integer >= 0")
+        p = s.get("propensity")
+        if type(p) not in (int, float) or not 0 < p <= 1:
+            raise ValueError(f"decision {i}, shown {j}: propensity must be a number in (0, 1]")
+    for r in rewards:
+        if r in d and (not isinstance(d[r], list) or not all(isinstance(x, str) for x in d[r])):
+            raise ValueError(f"decision {i}: {r} must be a list of item ids")

@@ -69,6 +69,26 @@ def test_decisions_in_the_archive_shape_become_slots():
     assert logs.weights.tolist() == [0, 4, 0]
 
 
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-5, 5) | st.floats(-2, 2) | st.text(max_size=3),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                          max_size=4), max_leaves=8)
+shown_entry = st.fixed_dictionaries({"item_id": json_values | st.text(max_size=3), "position": json_values,
+                                     "propensity": json_values | st.floats(0, 1)})
+
+
+@given(st.lists(st.fixed_dictionaries({"rec_id": st.text(max_size=4), "shown": st.lists(shown_entry, max_size=3) |
+                                       json_values, "click": json_values})
+                | json_values, max_size=3))
+def test_a_malformed_logged_decision_is_refused_with_where_never_crashes(decisions):
+    try:
+        logs = ope.from_decisions(decisions, lambda d: {}, rewards=("click",))
+    except ValueError as exc:
+        assert "decision" in str(exc)
+    else:
+        assert len(logs.decision) == sum(len(d["shown"]) for d in decisions)
+        assert np.all((logs.pscore > 0) & (logs.pscore <= 1))
+
+
 def test_simulated_intervals_cover_the_truth_and_a_naive_one_does_not():
     """40 shops (bench: 200). A calibrated 90% interval covers in ~36 of 40 (fewer than 30
     has probability < 0.2%); the logged mean (no reweighting) as an estimate of the target
