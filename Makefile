@@ -15,7 +15,8 @@ export POWERTOOLS_TRACE_DISABLED ?= 1
 export SAM_CLI_TELEMETRY ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test lint build serve demo console bench profile-serving train publish-model loadtest lock lock-checkov clean \
+.PHONY: help venv test lint build serve demo console bench profile-serving dataset retrain train evaluate publish-model loadtest lock \
+	lock-checkov clean \
 	rotate-signing-key rotate-origin-token replay-failures
 
 help: ## List the targets
@@ -65,8 +66,16 @@ demo: $(STAMP) $(CHROMIUM) ## Set up, then run the scripted demo on the embedded
 serve: $(STAMP) ## Run the whole pipeline locally on 127.0.0.1, the demo shop at /shop/, the live console at /console/
 	$(BIN)/python -m infra.local.serve
 
-train: $(STAMP) ## Rebuild both rankers from the real Instacart sample (deterministic)
-	$(BIN)/python -m models.train
+dataset: $(STAMP) ## Build the point-in-time Instacart dataset (build/datasets/instacart; reused while its id matches)
+	$(BIN)/python -m models.dataset
+
+retrain: $(STAMP) ## Train candidates on the dataset and register each (validation figures only) [LEARNERS="ranker-mlp ..."]
+	$(BIN)/python -m models.train $(if $(LEARNERS),--learners $(LEARNERS))
+
+train: retrain ## The same as make retrain
+
+evaluate: $(STAMP) ## Candidates, champion, tuned TIFU-KNN and LightGBM on the test window (read once each, ledgered)
+	$(BIN)/python -m models.evaluate $(if $(CANDIDATE),--candidate $(CANDIDATE))
 
 publish-model: $(STAMP) ## Upload a model version: NAME=ranker-mlp VERSION=v3 [ENV=local|dev|prod]
 	$(BIN)/python -m models.publish --name $(NAME) --version $(VERSION) --env $(or $(ENV),local)

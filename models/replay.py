@@ -50,6 +50,7 @@ class Example:
     n_true: int                 # distinct products to find (recall's denominator)
     snapshot_items: list[str] = field(repr=False, default_factory=list)
     cut: int = 0                # products already in the cart (session, blind)
+    now_ms: int = 0             # the decision's moment (replay clock)
 
 
 class Replayer:
@@ -63,14 +64,17 @@ class Replayer:
         self.snapshot_builds = 0
         self.changed_items: set[tuple[str, str]] = set()  # item rows written since ``take_changed_items``
 
-    def apply(self, events: list[dict], now_ms: int) -> None:
+    def apply(self, events: list[dict], now_ms: int, items: bool = True) -> None:
+        """Aggregate ``events`` as one batch. ``items=False``: only the shoppers' rows change
+        (the item rows' changes are dropped): a held-out order updates its shopper's history
+        but no item feature, so no other shopper's example can see it."""
         records = []
         for event in events:
             self.seq += 1
             records.append(StreamRecord.of(str(self.seq), parse_event(event)))
         needed = rows_needed(records, SHARD)
         loaded = {}
-        for table in (USERS, ITEMS):
+        for table in (USERS, ITEMS) if items else (USERS,):
             for key in needed[table]:
                 stored = self.rows[table].get(key)
                 if stored is not None:
@@ -78,6 +82,8 @@ class Replayer:
                     loaded[key] = Stored(None, None, stored.version) if expired else stored
         changes, _ = aggregate_batch(records, SHARD, loaded, now_ms)
         for c in changes:
+            if not items and c.table != USERS:
+                continue
             self.rows[c.table][c.key] = Stored(c.row, c.aux, c.version + 1)
             self.expires[c.key] = expires_at(c, now_ms)
             if c.table == ITEMS:
@@ -109,7 +115,9 @@ def build_snapshot(item_rows: dict[tuple[str, str], object], now_ms: int) -> sna
 
 
 def split_of(orders: list[Order]) -> dict[str, str]:
-    """Each shopper's last order tests, the penultimate validates, the rest train."""
+    """Each shopper's last order tests, the penultimate validates, the rest train.
+    (``models.dataset`` adds the shoppers held out entirely: their earlier orders are
+    ``history``, which gives no example.)"""
     by_user: dict[str, list[Order]] = {}
     for o in orders:
         by_user.setdefault(o.user_id, []).append(o)
@@ -129,8 +137,17 @@ def session_cut(order: Order) -> int:
 
 
 def replay(orders: list[Order], negatives_kept: float | None, seed: int = 0, progress: bool = True,
-           sessions: bool = True, replayer: Replayer | None = None, parallel: bool = False):
+           sessions: bool = True, replayer: Replayer | None = None, parallel: bool = False,
+           splits: dict[str, str] | None = None, feeds_items: set[str] | None = None,
+           snapshot_every: int = SNAPSHOT_EVERY_ORDERS, preamble: list[dict] | None = None):
     """Yield the ``Example``s of every order that has history (a user's order 2 onwards).
+
+    ``splits``: each order's split (default ``split_of``); a ``history`` order gives no
+    example. ``feeds_items``: the orders whose events update the item rows (and so the
+    snapshots: item features, co-visits, pools); the others update only their shopper's row
+    (default: every order). ``snapshot_every``: the snapshot is rebuilt after this many
+    orders of traffic. ``preamble``: events applied (to every row) before the first order,
+    e.g. the shop's catalogue as ``stock`` events.
 
     For training orders keep only the positives and a ``negatives_kept`` share of the
     negatives (seeded), to keep training data in memory. ``parallel``: a second process
@@ -139,7 +156,8 @@ def replay(orders: list[Order], negatives_kept: float | None, seed: int = 0, pro
     the shopper's row at each example, so the examples are the same, in the same order.
     """
     maker = _ExampleMaker(negatives_kept, seed)
-    commands = _commands(orders, sessions, replayer if replayer is not None else Replayer(), progress)
+    commands = _commands(orders, sessions, replayer if replayer is not None else Replayer(), progress,
+                         splits or split_of(orders), feeds_items, snapshot_every, preamble)
     if not parallel:
         for command in commands:
             yield from maker.run(command)
@@ -173,11 +191,11 @@ def _make_examples(conn, maker: _ExampleMaker) -> None:
     conn.close()
 
 
-def _commands(orders: list[Order], sessions: bool, replayer: Replayer, progress: bool):
+def _commands(orders: list[Order], sessions: bool, replayer: Replayer, progress: bool, splits: dict[str, str],
+              feeds_items: set[str] | None, snapshot_every: int, preamble: list[dict] | None = None):
     """The aggregation half: apply the events in time order through ``replayer`` and yield,
     at each example's moment, ``("snapshot", now, item rows written since the last)`` when
     the snapshot is due, then ``(kind, order, now, split, the shopper's row object)``."""
-    splits = split_of(orders)
     timeline = []
     triggers: dict[str, tuple[str, Order]] = {}
     for o in orders:
@@ -189,14 +207,30 @@ def _commands(orders: list[Order], sessions: bool, replayer: Replayer, progress:
         if sessions and cut and o.number >= 2:
             triggers[events[cut]["event_id"]] = ("session", o)
     timeline.sort(key=lambda t: (t[0], t[1]))
-    pending: list[dict] = []
+    pending: list[tuple[dict, str]] = []
     started = time.monotonic()
+
+    def flush(events: list[tuple[dict, str]]) -> None:
+        # A shopper's events between two example moments come from one order, so the batch
+        # splits cleanly into the orders that feed the item rows and those that do not.
+        if feeds_items is None:
+            replayer.apply([e for e, _ in events], events[-1][0]["ts"])
+            return
+        item_feeding = [e for e, order_id in events if order_id in feeds_items]
+        own_only = [e for e, order_id in events if order_id not in feeds_items]
+        if item_feeding:
+            replayer.apply(item_feeding, item_feeding[-1]["ts"])
+        if own_only:
+            replayer.apply(own_only, own_only[-1]["ts"], items=False)
+
+    if preamble:
+        replayer.apply(preamble, preamble[-1]["ts"])
     seen_orders = since_build = builds = 0
     for ts, event_id, event, order in timeline:
         trigger = triggers.get(event_id)
         if trigger is not None:
             if pending:
-                replayer.apply(pending, pending[-1]["ts"])
+                flush(pending)
                 pending = []
             kind, _ = trigger
             now = ts - 1
@@ -206,16 +240,17 @@ def _commands(orders: list[Order], sessions: bool, replayer: Replayer, progress:
                 if progress and seen_orders % 2000 == 0:
                     print(f"  replay: {seen_orders}/{len(orders)} orders, {builds} snapshots, "
                           f"{time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
-            if order.number >= 2:
-                if builds == 0 or since_build >= SNAPSHOT_EVERY_ORDERS:
+            split = splits[order.order_id]
+            if order.number >= 2 and split != "history":
+                if builds == 0 or since_build >= snapshot_every:
                     yield ("snapshot", now, replayer.take_changed_items())
                     builds += 1
                     since_build = 0
                 stored = replayer.rows[USERS].get(keys.user_key(order.user_id))
-                yield (kind, order, now, splits[order.order_id], None if stored is None else stored.row)
-        pending.append(event)
+                yield (kind, order, now, split, None if stored is None else stored.row)
+        pending.append((event, order.order_id))
     if pending:
-        replayer.apply(pending, pending[-1]["ts"])
+        flush(pending)
 
 
 class _ExampleMaker:
@@ -273,4 +308,4 @@ def _example(snap: snapshots.ItemSnapshot, row: entities.UserRow | None, order: 
     wanted = set(order.products[cut:]) - set(in_cart)
     truth = np.fromiter((snap.index[p] for p in wanted if p in snap.index), dtype=np.int32)
     y = np.isin(cands, truth)
-    return Example(order, kind, split, cands, X, y, len(wanted), snap.items, cut)
+    return Example(order, kind, split, cands, X, y, len(wanted), snap.items, cut, now_ms)

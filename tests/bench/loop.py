@@ -1,0 +1,58 @@
+"""The learning loop's offline figures for build/bench.json (``loop``):
+
+* ``ope_coverage``: the lowest share, over SNIPS and DR x click and conversion, of 200
+  simulated shops whose 90% interval covers the known truth (budget >= 0.85), with every
+  estimator's coverage, width and bias beside it (``ope``);
+* ``obd_covers_on_policy``: on the Open Bandit Dataset sample, the SNIPS and DR intervals for
+  the Thompson policy's click rate, estimated from the uniform-random logs, both cover the
+  click rate its own logs show; ``obd_relative_width``: the wider interval's width / estimate;
+* ``retrain_s``: ``make retrain`` from nothing (the dataset built from the Instacart sample,
+  then the default candidates trained and registered into a scratch registry), wall seconds
+  (budget <= 300 on this machine; ``retrain`` has its parts and CPU seconds). The archive
+  part comes with the online half.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+from models import ope_checks
+
+
+def _cpu_s() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def retrain(users: int | None = None) -> dict:
+    from models import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        started, cpu = time.perf_counter(), _cpu_s()
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            train.main(["--dataset", str(Path(tmp) / "dataset"), "--out", str(Path(tmp) / "registry")]
+                       + (["--users", str(users)] if users else []))
+        summary = json.loads(out.getvalue().strip().splitlines()[-1])
+        return {"seconds": round(time.perf_counter() - started, 1), "cpu_seconds": round(_cpu_s() - cpu, 1),
+                "dataset_seconds": summary["dataset_seconds"], "users": users or "all",
+                "registered": sorted(summary["registered"])}
+
+
+def run(ope_seeds: int = 200, retrain_users: int | None = None) -> dict:
+    started = time.perf_counter()
+    sim = ope_checks.simulated_coverage(seeds=ope_seeds)
+    obd = ope_checks.open_bandit_check()
+    ope_s = time.perf_counter() - started
+    figures = retrain(retrain_users)
+    return {
+        "ope_coverage": sim["min_coverage"], "ope": sim, "ope_seconds": round(ope_s, 1),
+        "obd_covers_on_policy": obd["covers_on_policy"], "obd_relative_width": obd["relative_width"], "obd": obd,
+        "retrain_s": figures["seconds"], "retrain": figures,
+    }
