@@ -32,6 +32,10 @@ from urllib.parse import unquote
 log = logging.getLogger(__name__)
 
 COOKIE = "rt_uid"
+# A first-party anonymous id the shopper consented to (set by the shop's backend, signed
+# apart from rt_uid: ``anonymous_cookie_value``); it names an identity for shared scores only.
+ANONYMOUS_COOKIE = "rt_aid"
+_ANONYMOUS_DOMAIN = "anonymous\x00"
 MAX_USER_ID = 128
 SIGNATURE_CHARS = 43
 VERIFIED_CACHE = 4096  # cookies remembered as verified, per serving instance
@@ -70,15 +74,37 @@ def cookie_value(user_id: str, key: str) -> str:
     return f"{user_id}.{sign(user_id, key)}"
 
 
-def cookie_from_headers(cookie_headers: list[str]) -> str | None:
-    """The rt_uid value from one or more Cookie header values (CloudFront keeps them apart)."""
+def cookie_from_headers(cookie_headers: list[str], cookie: str = COOKIE) -> str | None:
+    """The rt_uid value (or ``cookie``'s) from one or more Cookie header values (CloudFront
+    keeps them apart)."""
     for header in cookie_headers:
         if not isinstance(header, str):
             continue
         for part in header.split(";"):
             name, _, value = part.strip().partition("=")
-            if name == COOKIE:
+            if name == cookie:
                 return value.strip().strip('"')
+    return None
+
+
+def anonymous_cookie_value(anonymous_id: str, key: str) -> str:
+    """The ``rt_aid`` cookie for a consented first-party anonymous id: its signature can
+    never pass as an ``rt_uid`` one (a different message), so it signs nobody in."""
+    return f"{anonymous_id}.{sign(_ANONYMOUS_DOMAIN + anonymous_id, key)}"
+
+
+def verified_anonymous_id(value: str | None, keys: str | Iterable[str] | None) -> str | None:
+    """The consented anonymous id of an ``rt_aid`` cookie value, when its signature verifies."""
+    if not value or not isinstance(value, str) or "." not in value:
+        return None
+    anonymous_id, _, signature = value.rpartition(".")
+    if not 0 < len(anonymous_id) <= MAX_USER_ID or len(signature) != SIGNATURE_CHARS:
+        return None
+    if not _B64URL.fullmatch(signature) or _FORBIDDEN.search(anonymous_id):
+        return None
+    for key in _keys(keys):
+        if _equal(sign(_ANONYMOUS_DOMAIN + anonymous_id, key), signature):
+            return anonymous_id
     return None
 
 
@@ -270,6 +296,9 @@ class KeyRing:
             self._verified.clear()
         self._verified[cookie] = (keys, user)
         return user
+
+    def verified_anonymous(self, cookie: str | None) -> str | None:
+        return verified_anonymous_id(cookie, self.keys()) if cookie else None
 
     def token_matches(self, given: str | None) -> bool:
         """A shared-secret header (CloudFront's origin-verify token) equals a known key."""

@@ -13,6 +13,22 @@ Two routes (DESIGN 3.1, 3.2):
 On both, the ``variant`` an event is attributed to is the one serving signed into its
 ``rec_id`` for that shopper (``identity.verify_rec_id``); a client's ``variant`` is never
 written, and a rec_id that does not verify attributes to no variant.
+
+The public route is a browser's, and a browser carries the shopper's cookie wherever the page
+posting came from: it takes only a JSON body (a cross-site HTML form can send only
+``text/plain``, ``multipart/form-data`` or ``application/x-www-form-urlencoded``, 415) and
+refuses a foreign ``Origin`` (403): allowed are the shop's own origins (``ALLOWED_ORIGINS``),
+a request the browser itself marks same-origin (``Sec-Fetch-Site``, which no page can set),
+and a request without ``Origin`` (not a browser's: it cannot carry the shopper's cookie).
+
+Identity for shared scores (``actors``): the account when signed in; for anonymous traffic a
+keyed hash of the viewer's address, valid for one window (``actor``), or of the consented
+first-party id; automated clients are marked (``bot``) and count for nothing shared. One
+identity beyond ``actors.EVENTS_PER_S`` gets 429 with ``Retry-After``.
+
+Our own outage, never the input, answers 5xx: when the signing keys cannot be read, neither the
+cookie nor a rec_id can be verified nor the anonymous identity keyed, and the request gets 503
+with ``Retry-After`` (nothing accepted, nothing silently stripped).
 """
 
 from __future__ import annotations
@@ -24,6 +40,7 @@ from dataclasses import dataclass
 
 from personalize.adapters.stream import EventStream
 from personalize.identity import KeyRing, verify_rec_id
+from personalize.ingest import actors
 from personalize.ingest.events import EventError, country_code, loads, parse_event, partition_key
 
 MAX_BODY_BYTES = 1_048_576  # 1 MiB: 500 events of about 2 KB each
@@ -31,6 +48,9 @@ MAX_EVENTS = 500
 PUBLIC = "public"
 SERVER = "server"
 PUBLIC_TYPES = frozenset({"view", "click", "add_to_cart", "purchase", "impression"})
+RETRY_AFTER_S = 10  # our outage (keys unreadable): KeyRing retries a failed read this often
+# Fields only collect writes on the public route: a browser's are dropped.
+SERVER_SET_FIELDS = ("country", "actor", "bot")
 
 
 class BodyError(ValueError):
@@ -91,7 +111,7 @@ def _as_public(obj: object, shopper: str | None) -> object:
     if claimed is not None and claimed != shopper:
         raise EventError("user_id must be the signed-in shopper's (rt_uid cookie)" if shopper else
                          "user_id needs a signed-in shopper (rt_uid cookie); leave it out when anonymous")
-    out = dict(obj)
+    out = {k: v for k, v in obj.items() if k not in SERVER_SET_FIELDS}
     if shopper is None:
         out.pop("user_id", None)
     else:
@@ -109,10 +129,12 @@ def _attributable(event, public: bool) -> bool:
 
 
 def collect(events: list, stream: EventStream, now_ms: int, viewer_country: str | None = None, *,
-            route: str = SERVER, shopper: str | None = None, keys: Iterable[str] = ()) -> CollectResult:
+            route: str = SERVER, shopper: str | None = None, keys: Iterable[str] = (), actor: str | None = None,
+            automated: bool = False) -> CollectResult:
     """Validate each event for ``route``, attribute it through its rec_id, write the valid
     ones. ``shopper``: the verified cookie's user (public route); ``keys``: the signing
-    keys that verify rec_ids (current, previous)."""
+    keys that verify rec_ids (current, previous); ``actor``: the anonymous identity (public
+    route, no shopper); ``automated``: a bot's request (counts for nothing shared)."""
     rejected: list[dict] = []
     records: list[tuple[str, bytes]] = []
     indexes: list[int] = []
@@ -125,9 +147,13 @@ def collect(events: list, stream: EventStream, now_ms: int, viewer_country: str 
             if public:
                 obj = _as_public(obj, shopper)
             if type(obj) is dict and public:
-                obj = {k: v for k, v in obj.items() if k != "country"}  # CloudFront's, never the body's
+                obj = {k: v for k, v in obj.items() if k not in SERVER_SET_FIELDS}  # ours, never the body's
                 if country:
                     obj["country"] = country
+                if actor and shopper is None:
+                    obj["actor"] = actor
+                if automated:
+                    obj["bot"] = True
             elif country and type(obj) is dict and obj.get("country") is None:
                 obj = {**obj, "country": country}
             event = parse_event(obj, now_ms, anonymous_ok=public)
@@ -157,6 +183,22 @@ def collect(events: list, stream: EventStream, now_ms: int, viewer_country: str 
     return CollectResult(accepted, rejected, attributed)
 
 
+@dataclass(frozen=True)
+class Refused:
+    """Why a request was refused as a whole (its metric's name)."""
+
+    metric: str
+
+
+BYPASS = Refused("RequestsBypassingCdn")
+ORIGIN_KEYS = Refused("OriginKeysUnavailable")
+NOT_JSON = Refused("RequestsNotJson")
+FOREIGN_ORIGIN = Refused("RequestsForeignOrigin")
+BAD_BODY = Refused("RequestsBadBody")
+IDENTITY_KEYS = Refused("IdentityKeysUnavailable")
+OVER_RATE = Refused("RequestsOverRate")
+
+
 @dataclass
 class Request:
     """What the handler passes in: the route, the raw body and the headers that matter."""
@@ -166,32 +208,87 @@ class Request:
     cookie: str | None = None
     viewer_country: str | None = None
     origin_token: str | None = None
+    content_type: str | None = None
+    origin: str | None = None           # the browser's Origin header
+    fetch_site: str | None = None       # Sec-Fetch-Site, set by the browser, never by a page
+    user_agent: str | None = None
+    viewer_address: str | None = None   # CloudFront-Viewer-Address: "<ip>:<port>"
+    anonymous_cookie: str | None = None  # rt_aid: a consented first-party anonymous id
+
+
+def is_json(content_type: str | None) -> bool:
+    """``application/json`` (parameters such as charset allowed), or a ``+json`` type."""
+    if not content_type or not isinstance(content_type, str):
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def origin_allowed(origin: str | None, fetch_site: str | None, allowed: frozenset[str]) -> bool:
+    """No Origin (not a browser's request), one of the shop's origins, or one the browser
+    itself says is same-origin."""
+    if origin is None or origin == "":
+        return True
+    if isinstance(fetch_site, str) and fetch_site.strip().lower() == "same-origin":
+        return True
+    return isinstance(origin, str) and origin.strip().rstrip("/").lower() in allowed
+
+
+def _carries_rec_id(events: list) -> bool:
+    return any(type(e) is dict and e.get("rec_id") is not None for e in events)
 
 
 class Collector:
     """Both routes' decisions, free of Lambda: origin check, identity, validation, stream."""
 
     def __init__(self, stream: EventStream, signing: KeyRing, origin: KeyRing | None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, allowed_origins: Iterable[str] = (),
+                 limiter: actors.RateLimiter | None = None):
         self.stream = stream
         self.signing = signing
         self.origin = origin  # None: no CDN in front (never in a deployed stack)
         self.clock = clock
+        self.allowed_origins = frozenset(o.strip().rstrip("/").lower() for o in allowed_origins if o.strip())
+        self.limiter = limiter if limiter is not None else actors.RateLimiter()
 
-    def handle(self, request: Request, now_ms: int | None = None) -> tuple[int, dict, CollectResult | None]:
+    def handle(self, request: Request, now_ms: int | None = None) -> tuple[int, dict, CollectResult | Refused]:
+        """(status, body, what was collected, or why the request was refused as a whole)."""
         now_ms = int(self.clock() * 1000) if now_ms is None else now_ms
         if request.route == PUBLIC and self.origin is not None and not self.origin.token_matches(
                 request.origin_token):
             if not self.origin.available:  # our outage, not the caller's fault: say so, retryable
-                return 503, {"message": "origin verification unavailable (secret unreadable); retry"}, None
-            return 403, {"message": "browsers reach this API only through the CDN"}, None
+                return 503, {"message": "origin verification unavailable (secret unreadable); retry",
+                             "retry_after_s": RETRY_AFTER_S}, ORIGIN_KEYS
+            return 403, {"message": "browsers reach this API only through the CDN"}, BYPASS
+        public = request.route == PUBLIC
+        if public and not is_json(request.content_type):
+            return 415, {"message": "POST /events takes a JSON body (Content-Type: application/json)"}, NOT_JSON
+        if public and not origin_allowed(request.origin, request.fetch_site, self.allowed_origins):
+            return 403, {"message": "this Origin may not post events for the shopper"}, FOREIGN_ORIGIN
         try:
             events = parse_body(request.body)
         except BodyError as exc:
-            return exc.status, {"message": str(exc)}, None
-        shopper = self.signing.verified_user(request.cookie) if request.route == PUBLIC else None
+            return exc.status, {"message": str(exc)}, BAD_BODY
+        keys = self.signing.keys()
+        if not keys and (public or _carries_rec_id(events)):
+            # Without the keys no cookie, rec_id or anonymous identity can be verified: our
+            # outage, so retryable, and nothing accepted in a lesser form.
+            return 503, {"message": "identity cannot be verified now (signing keys unreadable); retry",
+                         "retry_after_s": RETRY_AFTER_S}, IDENTITY_KEYS
+        shopper = actor = None
+        automated = False
+        if public:
+            shopper = self.signing.verified_user(request.cookie)
+            if shopper is None:
+                consented = self.signing.verified_anonymous(request.anonymous_cookie)
+                actor = actors.anonymous_actor(request.viewer_address, keys[0], now_ms, consented)
+            automated = actors.is_automated(request.user_agent)
+            wait = self.limiter.take(shopper or actor or "unknown", len(events), now_ms / 1000)
+            if wait:
+                return 429, {"message": f"more events than one shopper sends ({actors.EVENTS_PER_S:g}/s); "
+                                        f"retry after {wait} s", "retry_after_s": wait}, OVER_RATE
         result = collect(events, self.stream, now_ms, request.viewer_country, route=request.route,
-                         shopper=shopper, keys=self.signing.keys())
+                         shopper=shopper, keys=keys, actor=actor, automated=automated)
         return 202, result.to_body(), result
 
 
@@ -207,4 +304,5 @@ def build_collector() -> Collector:
     region = os.environ.get("AWS_REGION")
     signing = KeyRing(SecretVersions(config[settings.SIGNING_KEY_SECRET], region).load)
     origin = KeyRing(SecretVersions(config[settings.ORIGIN_VERIFY_SECRET], region).load)
-    return Collector(KinesisEventStream(config[settings.EVENTS_STREAM]), signing, origin)
+    allowed = os.environ.get("ALLOWED_ORIGINS", "").split(",")
+    return Collector(KinesisEventStream(config[settings.EVENTS_STREAM]), signing, origin, allowed_origins=allowed)
