@@ -35,8 +35,9 @@ from personalize.ingest.events import parse_event
 from personalize.ingest.progress import SourceProgress
 from personalize.ingest.writes import RowWriter, quarantine_entry
 
-# Rows that decide whether an event counts (they hold the event ids): written first.
-DECIDERS = ("user", "dedupe")
+# Rows that decide whether an event counts (they hold the event ids, and the credits of what
+# an identity may move in shared scores): written first.
+DECIDERS = ("user", "dedupe", "actor")
 
 
 @dataclass
