@@ -38,6 +38,7 @@ from personalize.rollout import flags
 from personalize.serving import features
 
 REPORT = ROOT / "build" / "demo-report.html"
+BROWSER_AGENT = "Mozilla/5.0 (X11; Linux x86_64; rt-demo shopper) Gecko/20100101 Firefox/128.0"
 
 
 @dataclass
@@ -106,7 +107,11 @@ class Client:
             return exc.code, json.loads(exc.read() or b"{}")
 
     def post_events(self, events: list[dict], headers=None, path: str = "/server/events") -> int:
-        """As the shop's backend by default; ``path="/events"`` as a browser (with its cookie)."""
+        """As the shop's backend by default; ``path="/events"`` as a browser (with its cookie):
+        a JSON body from a browser's User-Agent (ingest.actors counts an HTTP library's for
+        nothing shared)."""
+        if path == "/events":
+            headers = {"Content-Type": "application/json", "User-Agent": BROWSER_AGENT, **(headers or {})}
         accepted = 0
         for start in range(0, len(events), 500):
             status, answer = self.request("POST", path, {"events": events[start:start + 500]}, headers)

@@ -92,6 +92,9 @@ def serve(request: dict, remaining_ms: int | None = None) -> tuple[int, dict, di
     if answer.body.get("fallback"):
         metrics.add_metric(f"Fallbacks_{variant}", MetricUnit.Count, 1)
         home_metrics().add(f"Fallbacks_{variant}")
+        if recommendations.model_fault(answer.body):  # what the rollback alarm counts
+            metrics.add_metric(f"ModelFallbacks_{variant}", MetricUnit.Count, 1)
+            home_metrics().add(f"ModelFallbacks_{variant}")
     return answer.status, answer.body, answer.headers
 
 

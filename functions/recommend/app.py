@@ -13,7 +13,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from personalize import identity, settings
-from personalize.serving import wiring
+from personalize.serving import recommendations, wiring
 
 logger = Logger()
 tracer = Tracer()
@@ -44,6 +44,8 @@ def get_recommendations() -> Response:
     metrics.add_metric(f"LatencyMs_{variant}", MetricUnit.Milliseconds, (time.perf_counter() - started) * 1000)
     if answer.body.get("fallback"):
         metrics.add_metric(f"Fallbacks_{variant}", MetricUnit.Count, 1)
+        if recommendations.model_fault(answer.body):  # what the rollback alarm counts
+            metrics.add_metric(f"ModelFallbacks_{variant}", MetricUnit.Count, 1)
     return Response(status_code=answer.status, body=json.dumps(answer.body), headers=answer.headers)
 
 
