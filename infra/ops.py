@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def connect(env: str):
     """(flag admin, experiment states, row store) for an environment."""
     from personalize.adapters import appconfig
-    from personalize.adapters.appconfig import ALL_AT_ONCE, GRADUAL, AppConfigAdmin, LocalFlagAdmin
+    from personalize.adapters.appconfig import ALL_AT_ONCE, GRADUAL, AppConfigAdmin
     from personalize.adapters.experiment_states import ExperimentStates
     from personalize.adapters.rowstore import DynamoRowStore
 
@@ -43,7 +43,7 @@ def connect(env: str):
         os.environ.pop("AWS_SESSION_TOKEN", None)
         names = state["resources"]
         bucket, app, profile = names["ArtifactsBucket"], names["RolloutApplication"], names["RolloutProfile"]
-        admin = LocalFlagAdmin(bucket, app, profile, appconfig.local_fetcher(bucket, app, profile))
+        admin = appconfig.local_admin(bucket, app, profile)
         items_table = names["ItemsTable"]
     else:
         import boto3
@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command in ("start", "ramp") and not 0 <= args.share <= 1:
         parser.error("--share must be within 0..1 (0.02 is 2%)")
+    if args.command == "start" and not flags.is_model_name(args.challenger):
+        parser.error("--challenger must be a plain <model name>/<version> (no path: the flags' schema refuses one)")
     if args.command == "start":
         experiment = args.experiment or time.strftime("exp-%Y%m%d-%H%M%S", time.gmtime())
         if not EXPERIMENT_ID.fullmatch(experiment):

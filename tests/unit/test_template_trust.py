@@ -39,3 +39,29 @@ def test_a_waf_rule_bounds_event_posts_per_address():
     assert rule["AggregateKeyType"] == "IP" and rule["Limit"] == {"Ref": "WafEventPostsPer5MinPerIp"}
     scope = json.dumps(rule["ScopeDownStatement"])
     assert "/events" in scope and "POST" in scope
+
+
+def test_the_flags_profile_is_freeform_with_the_projects_schema_as_its_validator():
+    """Before: AWS.AppConfig.FeatureFlags, whose own schema (version, flags, values;
+    additionalProperties false) refuses Powertools' documents: the first deployment would fail."""
+    profile = RESOURCES["RolloutProfile"]["Properties"]
+    assert profile["Type"] == "AWS.Freeform"
+    [validator] = profile["Validators"]
+    assert validator["Type"] == "JSON_SCHEMA"
+    schema = template.ROOT / "infra" / "flags" / "schema" / "rollout.schema.json"
+    assert json.loads(validator["Content"]) == json.loads(schema.read_text())
+    assert len(validator["Content"]) <= 32_768  # AppConfig's limit for a validator's content
+
+
+def test_the_initial_version_passes_the_profiles_validator():
+    import jsonschema
+
+    content = json.loads(RESOURCES["RolloutInitialVersion"]["Properties"]["Content"])
+    schema = json.loads(RESOURCES["RolloutProfile"]["Properties"]["Validators"][0]["Content"])
+    assert not list(jsonschema.Draft7Validator(schema).iter_errors(content))
+
+
+def test_a_failed_kill_pages():
+    alarm = RESOURCES["GuardrailKillFailedAlarm"]["Properties"]
+    assert alarm["MetricName"] == "GuardrailKillFailures" and alarm["Threshold"] == 0
+    assert alarm["AlarmActions"] == [{"Ref": "IngestAlarmTopic"}]
