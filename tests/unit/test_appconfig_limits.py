@@ -97,6 +97,25 @@ def test_the_data_api_refuses_early_polls_used_and_expired_tokens_and_sends_only
     assert problem(expired.value) == "Expired"
 
 
+def test_the_finding_powertools_provider_refreshed_every_10_s_is_refused(world, admin, clock):
+    """What serving did before (adapters.appconfig.appconfig_fetcher, issue 12): Powertools'
+    AppConfigProvider, force-fetched by a 10 s store, in a session that asks for no interval.
+    Against the data API's rules, every refresh within a minute of the last poll is refused."""
+    from aws_lambda_powertools.utilities.parameters import AppConfigProvider
+
+    admin.deploy(START, appconfig.ALL_AT_ONCE, "start")
+    provider = AppConfigProvider(environment="env", application="app", boto3_client=fake.FakeAppConfigData(world))
+    assert provider.get("prof", transform="json", force_fetch=True) == START
+    refused = 0
+    for _ in range(5):  # the next 50 s of 10 s refreshes
+        clock.now += 10
+        try:
+            provider.get("prof", transform="json", force_fetch=True)
+        except Exception as exc:  # noqa: BLE001 - Powertools wraps the BadRequestException
+            refused += "Request too early" in str(exc)
+    assert refused == 5
+
+
 def test_the_session_asks_for_15_s_and_never_polls_faster(world, admin, clock):
     """Before: Powertools' provider, force-fetched every 10 s, in a session that asked for no
     interval (60 s): all but one poll a minute were refused ("Request too early")."""

@@ -192,3 +192,11 @@ def test_the_limiter_forgets_the_least_recent_identities_first():
     limiter.take("b", 1, 0)
     limiter.take("c", 1, 0)  # "a" is forgotten: a full bucket again
     assert limiter.take("a", 2, 0) == 0
+
+
+def test_the_identity_cookie_is_secure_httponly_and_samesite_lax():
+    header = identity.set_cookie(identity.cookie_value("alice", KEY))
+    attributes = {part.strip().split("=")[0].lower() for part in header.split(";")[1:]}
+    assert header.startswith("rt_uid=alice.") and {"secure", "httponly", "samesite", "path", "max-age"} <= attributes
+    assert "SameSite=Lax" in header
+    assert identity.set_cookie("v.sig", identity.ANONYMOUS_COOKIE).startswith("rt_aid=v.sig;")

@@ -87,6 +87,18 @@ def cookie_from_headers(cookie_headers: list[str], cookie: str = COOKIE) -> str 
     return None
 
 
+COOKIE_MAX_AGE_S = 30 * 24 * 3600
+
+
+def set_cookie(value: str, cookie: str = COOKIE, max_age_s: int = COOKIE_MAX_AGE_S) -> str:
+    """The ``Set-Cookie`` header value the shop's backend sends at sign-in (DESIGN 3.2):
+    ``Secure; HttpOnly; SameSite=Lax``. Lax: a cross-site POST (a form, a fetch) never
+    carries it, so another site cannot post events as the shopper; a top-level GET does, and
+    GET /recommendations changes nothing. HttpOnly: no script reads it. ``value``:
+    ``cookie_value`` (or ``anonymous_cookie_value`` with ``cookie=ANONYMOUS_COOKIE``)."""
+    return f"{cookie}={value}; Path=/; Max-Age={int(max_age_s)}; Secure; HttpOnly; SameSite=Lax"
+
+
 def anonymous_cookie_value(anonymous_id: str, key: str) -> str:
     """The ``rt_aid`` cookie for a consented first-party anonymous id: its signature can
     never pass as an ``rt_uid`` one (a different message), so it signs nobody in."""
