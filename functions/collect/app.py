@@ -38,7 +38,7 @@ def _answer(route: str) -> Response:
     request = collect.Request(
         route, _body(event), identity.cookie_from_headers(cookies), headers.get("cloudfront-viewer-country"),
         headers.get(settings.ORIGIN_VERIFY_HEADER), content_type=headers.get("content-type"),
-        origin=headers.get("origin"), fetch_site=headers.get("sec-fetch-site"), user_agent=headers.get("user-agent"),
+        origin=headers.get("origin"), user_agent=headers.get("user-agent"),
         viewer_address=headers.get("cloudfront-viewer-address"),
         anonymous_cookie=identity.cookie_from_headers(cookies, identity.ANONYMOUS_COOKIE))
     status, body, result = collector.handle(request)

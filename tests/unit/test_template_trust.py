@@ -28,11 +28,6 @@ def test_the_rollback_alarm_counts_only_the_challengers_model_fallbacks_against_
     assert len(returned) == 1
 
 
-def test_allowed_origins_reach_the_collect_function():
-    variables = RESOURCES["CollectFunction"]["Properties"]["Environment"]["Variables"]
-    assert variables["ALLOWED_ORIGINS"] == {"Ref": "ShopOrigins"}
-
-
 def test_a_waf_rule_bounds_event_posts_per_address():
     rules = {r["Name"]: r for r in RESOURCES["WebAcl"]["Properties"]["Rules"]}
     rule = rules["events-rate-per-ip"]["Statement"]["RateBasedStatement"]

@@ -15,11 +15,11 @@ On both, the ``variant`` an event is attributed to is the one serving signed int
 written, and a rec_id that does not verify attributes to no variant.
 
 The public route is a browser's, and a browser carries the shopper's cookie wherever the page
-posting came from: it takes only a JSON body (a cross-site HTML form can send only
-``text/plain``, ``multipart/form-data`` or ``application/x-www-form-urlencoded``, 415) and
-refuses a foreign ``Origin`` (403): allowed are the shop's own origins (``ALLOWED_ORIGINS``),
-a request the browser itself marks same-origin (``Sec-Fetch-Site``, which no page can set),
-and a request without ``Origin`` (not a browser's: it cannot carry the shopper's cookie).
+posting came from: it refuses a foreign ``Origin`` (403, ``origins``: the shop's
+``AllowedOrigins``; a request without ``Origin`` is no browser page's) and takes only a JSON
+body (415: a cross-site HTML form can send only ``text/plain``, ``multipart/form-data`` or
+``application/x-www-form-urlencoded``, and a page's JSON needs a CORS preflight that only the
+allowed origins pass).
 
 Identity for shared scores (``actors``): the account when signed in; for anonymous traffic a
 keyed hash of the viewer's address, valid for one window (``actor``), or of the consented
@@ -42,6 +42,7 @@ from personalize.adapters.stream import EventStream
 from personalize.identity import KeyRing, verify_rec_id
 from personalize.ingest import actors
 from personalize.ingest.events import EventError, country_code, loads, parse_event, partition_key
+from personalize.ingest.origins import OriginPolicy
 
 MAX_BODY_BYTES = 1_048_576  # 1 MiB: 500 events of about 2 KB each
 MAX_EVENTS = 500
@@ -209,8 +210,7 @@ class Request:
     viewer_country: str | None = None
     origin_token: str | None = None
     content_type: str | None = None
-    origin: str | None = None           # the browser's Origin header
-    fetch_site: str | None = None       # Sec-Fetch-Site, set by the browser, never by a page
+    origin: str | None = None           # the browser's Origin header (public route)
     user_agent: str | None = None
     viewer_address: str | None = None   # CloudFront-Viewer-Address: "<ip>:<port>"
     anonymous_cookie: str | None = None  # rt_aid: a consented first-party anonymous id
@@ -224,16 +224,6 @@ def is_json(content_type: str | None) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
-def origin_allowed(origin: str | None, fetch_site: str | None, allowed: frozenset[str]) -> bool:
-    """No Origin (not a browser's request), one of the shop's origins, or one the browser
-    itself says is same-origin."""
-    if origin is None or origin == "":
-        return True
-    if isinstance(fetch_site, str) and fetch_site.strip().lower() == "same-origin":
-        return True
-    return isinstance(origin, str) and origin.strip().rstrip("/").lower() in allowed
-
-
 def _carries_rec_id(events: list) -> bool:
     return any(type(e) is dict and e.get("rec_id") is not None for e in events)
 
@@ -242,13 +232,13 @@ class Collector:
     """Both routes' decisions, free of Lambda: origin check, identity, validation, stream."""
 
     def __init__(self, stream: EventStream, signing: KeyRing, origin: KeyRing | None,
-                 clock: Callable[[], float] = time.time, allowed_origins: Iterable[str] = (),
+                 clock: Callable[[], float] = time.time, origins: OriginPolicy | None = None,
                  limiter: actors.RateLimiter | None = None):
         self.stream = stream
         self.signing = signing
         self.origin = origin  # None: no CDN in front (never in a deployed stack)
         self.clock = clock
-        self.allowed_origins = frozenset(o.strip().rstrip("/").lower() for o in allowed_origins if o.strip())
+        self.origins = origins  # None: no Origin check (unit tests of other rules)
         self.limiter = limiter if limiter is not None else actors.RateLimiter()
 
     def handle(self, request: Request, now_ms: int | None = None) -> tuple[int, dict, CollectResult | Refused]:
@@ -261,10 +251,10 @@ class Collector:
                              "retry_after_s": RETRY_AFTER_S}, ORIGIN_KEYS
             return 403, {"message": "browsers reach this API only through the CDN"}, BYPASS
         public = request.route == PUBLIC
+        if public and self.origins is not None and not self.origins.permits(request.origin):
+            return 403, {"message": "this origin may not post events (AllowedOrigins)"}, FOREIGN_ORIGIN
         if public and not is_json(request.content_type):
             return 415, {"message": "POST /events takes a JSON body (Content-Type: application/json)"}, NOT_JSON
-        if public and not origin_allowed(request.origin, request.fetch_site, self.allowed_origins):
-            return 403, {"message": "this Origin may not post events for the shopper"}, FOREIGN_ORIGIN
         try:
             events = parse_body(request.body)
         except BodyError as exc:
@@ -304,5 +294,5 @@ def build_collector() -> Collector:
     region = os.environ.get("AWS_REGION")
     signing = KeyRing(SecretVersions(config[settings.SIGNING_KEY_SECRET], region).load)
     origin = KeyRing(SecretVersions(config[settings.ORIGIN_VERIFY_SECRET], region).load)
-    allowed = os.environ.get("ALLOWED_ORIGINS", "").split(",")
-    return Collector(KinesisEventStream(config[settings.EVENTS_STREAM]), signing, origin, allowed_origins=allowed)
+    return Collector(KinesisEventStream(config[settings.EVENTS_STREAM]), signing, origin,
+                     origins=OriginPolicy.from_env())
