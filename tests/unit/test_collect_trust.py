@@ -199,3 +199,26 @@ def test_the_identity_cookie_is_secure_httponly_and_samesite_lax():
     assert header.startswith("rt_uid=alice.") and {"secure", "httponly", "samesite", "path", "max-age"} <= attributes
     assert "SameSite=Lax" in header
     assert identity.set_cookie("v.sig", identity.ANONYMOUS_COOKIE).startswith("rt_aid=v.sig;")
+
+
+class Failing(MemoryEventStream):
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+
+    def put(self, records):
+        from personalize.adapters.stream import PutResult
+
+        if self.how == "raise":
+            raise ConnectionError("kinesis endpoint unreachable")
+        return PutResult(["ProvisionedThroughputExceededException"] * len(records))
+
+
+@pytest.mark.parametrize("how", ["raise", "nothing-stored"])
+def test_a_failing_stream_is_a_503_with_retry_after_not_a_500(how):
+    """Before: an exception from Kinesis escaped collect (API Gateway answered 500, no
+    Retry-After); a stream that stored nothing answered 202 with every event rejected."""
+    col = c.Collector(Failing(how), KeyRing.static(KEY), None, clock=lambda: NOW / 1000)
+    for req in (request({"events": [view(1), view(2)]}), c.Request(c.SERVER, json.dumps({**view(3), "user_id": "b"}))):
+        status, body, refused = col.handle(req, NOW)
+        assert (status, refused) == (503, c.STREAM_DOWN) and body["retry_after_s"] > 0

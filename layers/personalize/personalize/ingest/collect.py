@@ -34,6 +34,7 @@ with ``Retry-After`` (nothing accepted, nothing silently stripped).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -44,14 +45,21 @@ from personalize.ingest import actors
 from personalize.ingest.events import EventError, country_code, loads, parse_event, partition_key
 from personalize.ingest.origins import OriginPolicy
 
+log = logging.getLogger(__name__)
+
 MAX_BODY_BYTES = 1_048_576  # 1 MiB: 500 events of about 2 KB each
 MAX_EVENTS = 500
 PUBLIC = "public"
 SERVER = "server"
 PUBLIC_TYPES = frozenset({"view", "click", "add_to_cart", "purchase", "impression"})
 RETRY_AFTER_S = 10  # our outage (keys unreadable): KeyRing retries a failed read this often
+STREAM_RETRY_AFTER_S = 2  # our outage (Kinesis failing): soon, a client's retries back off
 # Fields only collect writes on the public route: a browser's are dropped.
 SERVER_SET_FIELDS = ("country", "actor", "bot")
+
+
+class StreamUnavailableError(RuntimeError):
+    """The stream stored none of a request's events: our outage (503, ``Retry-After``)."""
 
 
 class BodyError(ValueError):
@@ -174,7 +182,12 @@ def collect(events: list, stream: EventStream, now_ms: int, viewer_country: str 
         indexes.append(index)
     accepted = 0
     if records:
-        result = stream.put(records)
+        try:
+            result = stream.put(records)
+        except Exception as exc:  # noqa: BLE001 - the stream failed (not a throttle): our outage
+            raise StreamUnavailableError(f"{type(exc).__name__}: {exc}") from exc
+        if all(error is not None for error in result.errors):  # nothing stored: the same, retryable
+            raise StreamUnavailableError(f"no record stored ({result.errors[0]})")
         for index, error in zip(indexes, result.errors):
             if error is None:
                 accepted += 1
@@ -198,6 +211,7 @@ FOREIGN_ORIGIN = Refused("RequestsForeignOrigin")
 BAD_BODY = Refused("RequestsBadBody")
 IDENTITY_KEYS = Refused("IdentityKeysUnavailable")
 OVER_RATE = Refused("RequestsOverRate")
+STREAM_DOWN = Refused("EventsStreamUnavailable")
 
 
 @dataclass
@@ -277,8 +291,13 @@ class Collector:
             if wait:
                 return 429, {"message": f"more events than one shopper sends ({actors.EVENTS_PER_S:g}/s); "
                                         f"retry after {wait} s", "retry_after_s": wait}, OVER_RATE
-        result = collect(events, self.stream, now_ms, request.viewer_country, route=request.route,
-                         shopper=shopper, keys=keys, actor=actor, automated=automated)
+        try:
+            result = collect(events, self.stream, now_ms, request.viewer_country, route=request.route,
+                             shopper=shopper, keys=keys, actor=actor, automated=automated)
+        except StreamUnavailableError as exc:
+            log.error("events stream unavailable: %s", exc)
+            return 503, {"message": "the events stream is unavailable; retry (events are deduplicated by event_id)",
+                         "retry_after_s": STREAM_RETRY_AFTER_S}, STREAM_DOWN
         return 202, result.to_body(), result
 
 
