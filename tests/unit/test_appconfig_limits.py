@@ -256,18 +256,10 @@ def test_every_flag_document_the_project_deploys_passes_the_schema(world):
         flags.validate_document(document)
 
 
-def _refusing(document_or_error):
-    documents = list(document_or_error)
-    clock = {"now": 0.0}
+def _refusing(documents):
+    from tests.unit.test_flags import store_of
 
-    def fetch():
-        item = documents.pop(0) if len(documents) > 1 else documents[0]
-        if isinstance(item, Exception):
-            raise item
-        return item
-
-    bundled = flags.rollout_document("ranker-mlp/v3", None, 0.0, "none")
-    return flags.CachedDocumentStore(fetch, max_age_s=15, clock=lambda: clock["now"], bundled=bundled), clock
+    return store_of(*documents, bundled=flags.rollout_document("ranker-mlp/v3", None, 0.0, "none"))
 
 
 def test_a_refused_document_keeps_the_last_good_one_and_says_so():
@@ -278,7 +270,7 @@ def test_a_refused_document_keeps_the_last_good_one_and_says_so():
     rollout = flags.Rollout(store, "ranker-mlp/v3")
     users = [f"u{i}" for i in range(300)]
     before = [rollout.assign(u) for u in users]
-    clock["now"] = 16
+    clock["now"] = 11
     store.refresh_now()
     assert store.refused == 1 and "challenger" in store.refusal and store.document == START
     assert [rollout.assign(u) for u in users] == before

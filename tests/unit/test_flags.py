@@ -6,7 +6,7 @@ from aws_lambda_powertools.utilities.feature_flags.schema import SchemaValidator
 from personalize.rollout import flags
 
 
-def store_of(*documents):
+def store_of(*documents, bundled=None):
     """A store whose fetch returns the documents in turn (an Exception instance raises)."""
     queue = list(documents)
     clock = {"now": 0.0}
@@ -17,7 +17,7 @@ def store_of(*documents):
             raise item
         return item
 
-    store = flags.CachedDocumentStore(fetch, max_age_s=10, clock=lambda: clock["now"])
+    store = flags.CachedDocumentStore(fetch, max_age_s=10, clock=lambda: clock["now"], bundled=bundled)
     return store, clock
 
 

@@ -105,15 +105,24 @@ def anonymous_cookie_value(anonymous_id: str, key: str) -> str:
     return f"{anonymous_id}.{sign(_ANONYMOUS_DOMAIN + anonymous_id, key)}"
 
 
-def verified_anonymous_id(value: str | None, keys: str | Iterable[str] | None) -> str | None:
-    """The consented anonymous id of an ``rt_aid`` cookie value, when its signature verifies."""
+def _signed(value: str | None) -> tuple[str, str] | None:
+    """(id, signature) of a well-formed signed cookie value ``<id>.<signature>``."""
     if not value or not isinstance(value, str) or "." not in value:
         return None
-    anonymous_id, _, signature = value.rpartition(".")
-    if not 0 < len(anonymous_id) <= MAX_USER_ID or len(signature) != SIGNATURE_CHARS:
+    signed_id, _, signature = value.rpartition(".")
+    if not 0 < len(signed_id) <= MAX_USER_ID or len(signature) != SIGNATURE_CHARS:
         return None
-    if not _B64URL.fullmatch(signature) or _FORBIDDEN.search(anonymous_id):
+    if not _B64URL.fullmatch(signature) or _FORBIDDEN.search(signed_id):
         return None
+    return signed_id, signature
+
+
+def verified_anonymous_id(value: str | None, keys: str | Iterable[str] | None) -> str | None:
+    """The consented anonymous id of an ``rt_aid`` cookie value, when its signature verifies."""
+    parsed = _signed(value)
+    if parsed is None:
+        return None
+    anonymous_id, signature = parsed
     for key in _keys(keys):
         if _equal(sign(_ANONYMOUS_DOMAIN + anonymous_id, key), signature):
             return anonymous_id
@@ -122,13 +131,10 @@ def verified_anonymous_id(value: str | None, keys: str | Iterable[str] | None) -
 
 def verified_user(value: str | None, keys: str | Iterable[str] | None) -> str | None:
     """The user id when the cookie value carries a valid signature by one of ``keys``."""
-    if not value or not isinstance(value, str) or "." not in value:
+    parsed = _signed(value)
+    if parsed is None:
         return None
-    user_id, _, signature = value.rpartition(".")
-    if not 0 < len(user_id) <= MAX_USER_ID or len(signature) != SIGNATURE_CHARS:
-        return None
-    if not _B64URL.fullmatch(signature) or _FORBIDDEN.search(user_id):
-        return None
+    user_id, signature = parsed
     # Web frameworks percent-encode cookie values by default (alice%40shop.com); the
     # signature binds the decoded id, so trying it names nobody else.
     candidates = (user_id, unquote(user_id)) if "%" in user_id else (user_id,)
