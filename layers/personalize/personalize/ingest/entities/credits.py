@@ -55,12 +55,32 @@ def window_of(arrival_ms: int) -> int:
     return arrival_ms // CREDIT_WINDOW_MS
 
 
+# A credit key is a 64-bit hash of what it is for, then the measure (or counter) and window
+# mixed in with odd multipliers: one hash per item (or variant) per process, not per event
+# (aggregate's hot path; remembered for the busiest ids, forgotten all at once past the bound).
+_MASK = (1 << 64) - 1
+_MEASURE_MIX = 0x9E3779B97F4A7C15
+_WINDOW_MIX = 0xC2B2AE3D27D4EB4F
+_BASES: dict[tuple[str, str], int] = {}
+_MAX_BASES = 200_000
+
+
+def _base(kind: str, name: str) -> int:
+    key = (kind, name)
+    base = _BASES.get(key)
+    if base is None:
+        if len(_BASES) >= _MAX_BASES:
+            _BASES.clear()
+        base = _BASES[key] = id_hash(f"{kind}\x1f{name}")
+    return base
+
+
 def item_credit_key(item_id: str, measure: int, window: int) -> int:
-    return id_hash(f"i\x1f{item_id}\x1f{measure}\x1f{window}")
+    return (_base("i", item_id) + (measure + 1) * _MEASURE_MIX + window * _WINDOW_MIX) & _MASK
 
 
 def variant_credit_key(experiment: str, variant: str, counter: int) -> int:
-    return id_hash(f"x\x1f{experiment}\x1f{variant}\x1f{counter}")
+    return (_base("x", f"{experiment}\x1f{variant}") + (counter + 1) * _MEASURE_MIX) & _MASK
 
 
 @dataclass(slots=True)
