@@ -38,22 +38,23 @@ from personalize.rollout import flags
 from personalize.serving import features
 
 REPORT = ROOT / "build" / "demo-report.html"
+BROWSER_AGENT = "Mozilla/5.0 (X11; Linux x86_64; rt-demo shopper) Gecko/20100101 Firefox/128.0"
 
 
 @dataclass
 class Scale:
     orders: int
     burst_events: int
-    experiment_shoppers: int
-    challenger_impressions: int
-    champion_impressions: int
+    experiment_shoppers: int  # asked for recommendations: the share each variant is served
+    challenger_buyers: int    # shoppers who see a challenger's list (the guardrail counts shoppers)
+    champion_buyers: int
 
 
 SCALES = {
-    "full": Scale(orders=500, burst_events=300, experiment_shoppers=2500, challenger_impressions=1500,
-                  champion_impressions=5000),
-    "small": Scale(orders=150, burst_events=120, experiment_shoppers=1000, challenger_impressions=1200,
-                   champion_impressions=4000),
+    "full": Scale(orders=500, burst_events=300, experiment_shoppers=2500, challenger_buyers=900,
+                  champion_buyers=4000),
+    "small": Scale(orders=150, burst_events=120, experiment_shoppers=1000, challenger_buyers=800,
+                   champion_buyers=3500),
 }
 
 
@@ -107,7 +108,11 @@ class Client:
             return exc.code, json.loads(exc.read() or b"{}")
 
     def post_events(self, events: list[dict], headers=None, path: str = "/server/events") -> int:
-        """As the shop's backend by default; ``path="/events"`` as a browser (with its cookie)."""
+        """As the shop's backend by default; ``path="/events"`` as a browser (with its cookie):
+        a JSON body from a browser's User-Agent (ingest.actors counts an HTTP library's for
+        nothing shared)."""
+        if path == "/events":
+            headers = {"Content-Type": "application/json", "User-Agent": BROWSER_AGENT, **(headers or {})}
         accepted = 0
         for start in range(0, len(events), 500):
             status, answer = self.request("POST", path, {"events": events[start:start + 500]}, headers)
@@ -350,8 +355,9 @@ class Demo:
         shoppers = [f"shopper-{i}" for i in range(self.scale.experiment_shoppers)]
         cookies = {u: self.cookie(u) for u in shoppers}
         probe = shoppers[:200]
+        # Serving polls AppConfig no faster than its data API allows (15 s, as deployed).
         wait_for(lambda: any(self.client.recommend(cookies[u], query="k=3")["variant"] == "challenger"
-                             for u in probe), 20, 0.2)
+                             for u in probe), 45, 0.2)
         propagated = time.monotonic() - deployed
         served = {}
         for u in shoppers:
@@ -363,25 +369,38 @@ class Demo:
         s.claim(0.01 <= share <= 0.03, f"the challenger served {share:.2%} of {len(shoppers)} shoppers "
                 f"(first challenger answer {propagated:.1f}s after the flags deployment)")
         self.story.shares.append((time.monotonic() - self.t0, share))
-        # Shoppers see pages and buy: 8% of champion pages convert, 2% of challenger pages.
+        # Shoppers see lists and buy: 8% of the champion's shoppers, 2% of the challenger's. The
+        # guardrail counts shoppers, not pages (issue 19: one shopper's replays add nothing), so
+        # the evidence needs hundreds of the challenger's shoppers: at 2%, tens of thousands of
+        # shoppers, each put in their variant by the same sticky bucket serving computes
+        # (flags.bucket; the asked-for panel above shows serving agrees).
         events = []
-        champions = [u for u in shoppers if u not in set(challengers)]
-        for variant, pool, pages, rate in (("challenger", challengers, self.scale.challenger_impressions, 0.02),
-                                           ("champion", champions, self.scale.champion_impressions, 0.08)):
-            for n in range(pages):
-                u = pool[n % len(pool)]
-                # Each page is a served list with its own signed rec_id (as serving issues one per
-                # answer; signed here with the same key to save a round trip per page): one
-                # impression per rec_id is all that attribution counts.
-                rec = identity.issue_rec_id(self.stack.signing_key, keys.experiment_of(served[u]["rec_id"]),
-                                            variant, u, time.time())  # the experiment at its ramp step
-                item = served[u]["items"][0]["item_id"]
+        analysed = keys.experiment_of(served[shoppers[0]]["rec_id"])  # the experiment at its ramp step
+        listed = ids(served[shoppers[0]])
+        end = flags.share_step(0.02)
+        pools: dict[str, list[str]] = {"challenger": [], "champion": []}
+        wanted = {"challenger": self.scale.challenger_buyers, "champion": self.scale.champion_buyers}
+        n = 0
+        while any(len(pools[v]) < wanted[v] for v in pools):
+            u, n = f"shopper-{n}", n + 1
+            variant = "challenger" if flags.bucket(u, experiment) < end else "champion"
+            if len(pools[variant]) < wanted[variant]:
+                pools[variant].append(u)
+        in_pools = set(pools["challenger"]) | set(pools["champion"])
+        s.claim(all(served[u]["variant"] == ("challenger" if u in set(pools["challenger"]) else "champion")
+                    for u in shoppers if u in in_pools),
+                "serving put every asked-for shopper in the variant its sticky bucket names")
+        for variant, rate in (("challenger", 0.02), ("champion", 0.08)):
+            for k, u in enumerate(pools[variant]):
+                # A served list with its own signed rec_id (as serving issues one per answer; signed
+                # here with the same key to save a round trip per shopper).
+                rec = identity.issue_rec_id(self.stack.signing_key, analysed, variant, u, time.time())
                 ts = int(time.time() * 1000)
-                events.append({"event_id": f"imp-{variant}-{n}", "type": "impression", "user_id": u,
-                               "items": ids(served[u]), "ts": ts, "rec_id": rec, "variant": variant})
+                events.append({"event_id": f"imp-{variant}-{k}", "type": "impression", "user_id": u,
+                               "items": listed, "ts": ts, "rec_id": rec, "variant": variant})
                 if self.rng.random() < rate:
-                    events.append({"event_id": f"buy-{variant}-{n}", "type": "purchase", "user_id": u,
-                                   "item_id": item, "ts": ts, "rec_id": rec, "variant": variant,
+                    events.append({"event_id": f"buy-{variant}-{k}", "type": "purchase", "user_id": u,
+                                   "item_id": listed[0], "ts": ts, "rec_id": rec, "variant": variant,
                                    "price": round(self.rng.uniform(3, 30), 2)})
         self.rng.shuffle(events)
         states = ExperimentStates(self.stack.resources.names["ItemsTable"])

@@ -56,6 +56,10 @@ from infra.local import lifecycle
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "build" / "bench.json"
 SIGNING_SECRET_NAME = "{stack}/cookie-signing-key"  # infra/rotate.py, template.yaml
+# A browser's User-Agent: the load test's shoppers stand in for people, so their events do the
+# work real shoppers' do (an HTTP library's own User-Agent would mark them automated: counted
+# for nothing shared, ingest.actors).
+SHOPPER_AGENT = "Mozilla/5.0 (X11; Linux x86_64; rt-loadtest shopper) Gecko/20100101 Firefox/128.0"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 POST_ATTEMPTS = 5
 FINISH_GRACE_S = 20.0  # after --seconds: baskets in progress may finish, nothing is sent past it
@@ -332,7 +336,8 @@ class Load:
         if time.monotonic() > self.hard_stop_at:
             return
         status, raw = http_.request("GET", f"{self.target.public_url}/recommendations?{urllib.parse.urlencode(query)}",
-                                    headers={"Cookie": cookie, "CloudFront-Viewer-Country": "US"})
+                                    headers={"Cookie": cookie, "CloudFront-Viewer-Country": "US",
+                                             "User-Agent": SHOPPER_AGENT})
         self.ledger.timed("recommendations", (time.perf_counter() - started) * 1000, status == 200)
         if status == 200 and _is_fallback(raw):
             self.ledger.count("recommendations_fallback")  # answered, but degraded: reported apart
@@ -354,7 +359,7 @@ class Load:
                 time.sleep(min(1.0, 0.05 * 2 ** attempt) * random.uniform(0.5, 1.0))
             body = json.dumps({"events": pending}).encode()
             if cookie is not None:
-                url, headers = f"{self.target.public_url}/events", {"Cookie": cookie,
+                url, headers = f"{self.target.public_url}/events", {"Cookie": cookie, "User-Agent": SHOPPER_AGENT,
                                                                      "Content-Type": "application/json"}
             else:
                 url = f"{self.target.api_url}/server/events"

@@ -71,12 +71,11 @@ def stack_outputs(env: str) -> dict[str, str]:
 def connect_local(names: dict):
     """(flag admin, experiment states, row store) of a local stack, from its resource names."""
     from personalize.adapters import appconfig
-    from personalize.adapters.appconfig import LocalFlagAdmin
     from personalize.adapters.experiment_states import ExperimentStates
     from personalize.adapters.rowstore import DynamoRowStore
 
     bucket, app, profile = names["ArtifactsBucket"], names["RolloutApplication"], names["RolloutProfile"]
-    admin = LocalFlagAdmin(bucket, app, profile, appconfig.local_fetcher(bucket, app, profile))
+    admin = appconfig.local_admin(bucket, app, profile)  # the local AppConfig (appconfig_fake)
     return admin, ExperimentStates(names["ItemsTable"]), DynamoRowStore({"items": names["ItemsTable"]})
 
 
@@ -180,8 +179,9 @@ def change(admin, states, command: str, share: float | None = None, challenger: 
     if command in ("start", "ramp") and (share is None or not 0 <= share <= 1):
         raise ChangeRefused("share must be within 0..1 (0.02 is 2%)")
     if command == "start":
-        if not challenger:
-            raise ChangeRefused("start needs a challenger (<model name>/<version>)")
+        if not challenger or not flags.is_model_name(challenger):
+            raise ChangeRefused("start needs a challenger: a plain <model name>/<version> (no path: the flags' "
+                                "schema refuses one)")
         experiment = experiment or time.strftime("exp-%Y%m%d-%H%M%S", time.gmtime())
         if not EXPERIMENT_ID.fullmatch(experiment):
             raise ChangeRefused("an experiment id is 1-48 of A-Z a-z 0-9 . _ - (it is signed into every rec_id)")

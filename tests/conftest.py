@@ -17,6 +17,7 @@ from personalize import identity, settings
 from personalize.adapters import aws
 
 EVENTS_DIR = Path(__file__).parent / "events"
+BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
 
 
 def function_client(function: str, service: str):
@@ -97,14 +98,16 @@ class Pipeline:
         return response["statusCode"], response_json(response)
 
     def post_public(self, body, user: str | None = None, headers: dict | None = None,
-                    via_cdn: bool = True) -> tuple[int, dict]:
-        """As a browser through CloudFront: the shopper's signed cookie (``user``; None:
-        anonymous) and the origin-verify header CloudFront adds."""
-        headers = dict(headers or {})
+                    via_cdn: bool = True, address: str = "198.51.100.7:443") -> tuple[int, dict]:
+        """As a browser through CloudFront: a JSON body from a browser's User-Agent, the
+        shopper's signed cookie (``user``; None: anonymous), and what CloudFront adds: the
+        origin-verify header and the viewer's ``address``."""
+        headers = {"content-type": "application/json", "user-agent": BROWSER, **(headers or {})}
         if user is not None:
             headers["cookie"] = "rt_uid=" + identity.cookie_value(user, self.stack.signing_key)
         if via_cdn:
             headers[settings.ORIGIN_VERIFY_HEADER] = self.stack.origin_token
+            headers["cloudfront-viewer-address"] = address
         return self.post(body, headers, path="/events")
 
     def user_features(self, user_id: str) -> tuple[int, dict]:

@@ -193,6 +193,10 @@ def generate(rng: random.Random) -> tuple[list[Record], list[dict]]:
         event = {"event_id": f"e{k}-{rng.getrandbits(40):x}", "type": kind, "ts": arrival - delay}
         item = "hot" if rng.random() < 0.4 else rng.choice(items)
         anonymous = rng.random() < 0.2
+        if anonymous and (rng.random() < 0.8 or item == BOOM):  # most anonymous events name their identity
+            event["actor"] = f"ip~{rng.randrange(3)}"
+        if rng.random() < 0.05 and item != BOOM:  # a known bot: counts for nothing shared
+            event["bot"] = True
         if kind == "stock":
             event.update(item_id=item if item != BOOM else "hot", stock=rng.randint(0, 2))
             if rng.random() < 0.5:
@@ -250,11 +254,19 @@ def kinesis_event(records: list[Record]) -> dict:
 
 def reference(records: list[Record], now_ms: int) -> dict:
     """Exactly-once, computed directly: every valid event once by ``event_id``, the apply
-    bug's events nowhere, stock the newest level by event time."""
+    bug's events nowhere, stock the newest level by event time.
+
+    Shared scores count identities (issue 19): an item's measure moves once per identity (the
+    shopper, else the anonymous ``actor``; bots and unknown identities never) and credit
+    window of arrival, with quantity 1. Which of an identity's events in a window carries the
+    credit depends on the order batches happened to apply them in, so an item's tiles are
+    checked per minute against bounds (``credits``: the candidates' minutes and countries),
+    and exactly wherever the candidates agree. Variants count shoppers per counter."""
     seen: set[str] = set()
     ref: dict = {"users": defaultdict(lambda: {"n": [0] * 4, "items": defaultdict(lambda: [0] * 4), "t": {}}),
                  "items": defaultdict(lambda: {"n": [0] * 4, "t": {}, "c": defaultdict(dict)}),
-                 "variants": defaultdict(lambda: [0, 0, 0, 0, 0.0]), "stock": {}}
+                 "variants": defaultdict(lambda: [set(), set(), set(), set(), 0.0]), "stock": {},
+                 "credits": defaultdict(list)}
     accepted = 0
     for r in records:
         try:
@@ -280,26 +292,55 @@ def reference(records: list[Record], now_ms: int) -> dict:
                 u["n"][measure] += qty
                 u["items"][e.item_id][measure] += qty
                 windows.add(u["t"], e.ts, measure, qty)
-            it = ref["items"][e.item_id]
-            it["n"][measure] += qty
-            windows.add(it["t"], e.ts, measure, qty)
-            if e.country:
-                windows.add(it["c"][e.country], e.ts, measure, qty)
-        if e.variant is not None:
+            who = e.user_id if e.user_id is not None else e.actor
+            if who is not None and not e.bot:
+                ref["credits"][(who, e.item_id, measure, entities.credits.window_of(r.arrival_ms))].append(
+                    (windows.minute_of(e.ts), e.country))
+        if e.variant is not None and e.user_id is not None and not e.bot:
             v = ref["variants"][(keys.experiment_of(e.rec_id), e.variant)]
-            counter = {"impression": 0, "click": 1, "add_to_cart": 2, "purchase": 3}.get(e.type)
+            v[0].add(e.user_id)  # any attributed event: the shopper was exposed
+            counter = entities.VARIANT_COUNTER.get(e.type)
             if counter is not None:
-                v[counter] += 1
+                v[counter].add(e.user_id)
             if e.type == "purchase" and e.price is not None:
                 v[4] += e.price * e.quantity
-    for rows in (ref["users"].values(), ref["items"].values()):
-        for row in rows:
-            windows.prune(row["t"], now_ms)
-    for row in ref["items"].values():
-        for tiles in row["c"].values():
-            windows.prune(tiles, now_ms)
+    for (_, item_id, measure, _) in ref["credits"]:
+        ref["items"][item_id]["n"][measure] += 1
+    for row in ref["users"].values():
+        windows.prune(row["t"], now_ms)
     ref["accepted"] = accepted
     return ref
+
+
+def _credited_tiles_diff(name: str, got: dict, credits: list[list[tuple[int, str | None]]], measure: int,
+                         now_ms: int, out: Outcome, country: str | None = None) -> None:
+    """An item's tiles of ``measure`` (a country's when given), pruned at ``now_ms``, against
+    the credits: per minute, at least the credits all of whose candidates fall there and at
+    most those with any candidate there; in all, between the credits every candidate of which
+    is counted and those with any that is."""
+    oldest = windows.minute_of(now_ms) - windows.LONGEST_WINDOW_MINUTES
+    counted = [[m for m, c in cands if m > oldest and (country is None or c == country)] for cands in credits]
+    low: dict[int, int] = defaultdict(int)
+    high: dict[int, int] = defaultdict(int)
+    for cands, kept in zip(credits, counted):
+        if kept and len(kept) == len(cands) and len(set(kept)) == 1:
+            low[kept[0]] += 1
+        for minute in set(kept):
+            high[minute] += 1
+    total = 0
+    for minute in set(got) | set(high):
+        g = got.get(minute, [0] * 4)[measure] if minute > oldest else 0
+        total += g
+        if g < low.get(minute, 0):
+            _count(f"{name} tile {minute} [{measure}] (at least)", g, low[minute], out)
+        elif g > high.get(minute, 0):
+            _count(f"{name} tile {minute} [{measure}] (at most)", g, high.get(minute, 0), out)
+    all_in = sum(1 for cands, kept in zip(credits, counted) if kept and len(kept) == len(cands))
+    any_in = sum(1 for kept in counted if kept)
+    if total < all_in:
+        _count(f"{name} tiles [{measure}] (at least)", total, all_in, out)
+    elif total > any_in:
+        _count(f"{name} tiles [{measure}] (at most)", total, any_in, out)
 
 
 def _tiles_diff(name: str, got: dict, want: dict, out: Outcome) -> None:
@@ -347,13 +388,14 @@ def compare(store: MemoryRowStore, soldout: MemorySoldOut, quarantine: MemoryQua
         if want is not None:
             for i in range(4):
                 _count(f"item {item_id} total[{i}]", view.totals[i] if view else 0, want["n"][i], out)
-            tiles = dict(view.tiles) if view else {}
-            windows.prune(tiles, now_ms)
-            _tiles_diff(f"item {item_id}", tiles, want["t"], out)
-            for country in set(want["c"]) | set(view.countries if view else {}):
-                tiles = dict((view.countries if view else {}).get(country, {}))
-                windows.prune(tiles, now_ms)
-                _tiles_diff(f"item {item_id} country {country}", tiles, want["c"].get(country, {}), out)
+            for i in range(4):
+                credits = [c for (_, it, m, _), c in ref["credits"].items() if it == item_id and m == i]
+                _credited_tiles_diff(f"item {item_id}", view.tiles if view else {}, credits, i, now_ms, out)
+                countries = {c for cands in credits for _, c in cands if c} | set(view.countries if view else {})
+                for country in countries:
+                    _credited_tiles_diff(f"item {item_id} country {country}",
+                                         (view.countries if view else {}).get(country, {}), credits, i, now_ms, out,
+                                         country)
         if item_id in ref["stock"]:
             level = ref["stock"][item_id][1]
             got = view.stock if view else None
@@ -368,7 +410,7 @@ def compare(store: MemoryRowStore, soldout: MemorySoldOut, quarantine: MemoryQua
         rows = [entities.VariantRow.from_obj(s.row) for s in store.query(ITEMS, keys.variant_pk(experiment, variant))]
         counts = [sum(r.counts[i] for r in rows) for i in range(4)]
         for i in range(4):
-            _count(f"variant {experiment}/{variant}[{i}]", counts[i], want[i], out)
+            _count(f"variant {experiment}/{variant}[{i}] (shoppers)", counts[i], len(want[i]), out)
         revenue = round(sum(r.revenue for r in rows), 6)
         if revenue != round(want[4], 6):
             _count(f"variant {experiment}/{variant} revenue", revenue, round(want[4], 6), out)
@@ -394,19 +436,28 @@ def compare(store: MemoryRowStore, soldout: MemorySoldOut, quarantine: MemoryQua
 
 @contextlib.contextmanager
 def apply_bug():
-    """Applying an event of item ``BOOM`` raises, wherever it is applied."""
-    real = entities.apply_item_event
+    """Applying an event of item ``BOOM`` raises, wherever it is applied: in its item's row,
+    and in its identity's credits (an event the identity's credit was already used for never
+    reaches the item's row; every BOOM event has an identity and is no bot's)."""
+    from personalize.ingest import aggregation
+
+    real, real_grant = entities.apply_item_event, aggregation._grant
 
     def buggy(row, event, event_key, *rest):
         if event.item_id == BOOM and event.type != "stock":
             raise KeyError("injected bug")
         return real(row, event, event_key, *rest)
 
-    entities.apply_item_event = buggy
+    def buggy_grant(credits, r, new):
+        if r.event.item_id == BOOM and r.event.type in MEASURE_INDEX:
+            raise KeyError("injected bug in the credits")
+        return real_grant(credits, r, new)
+
+    entities.apply_item_event, aggregation._grant = buggy, buggy_grant
     try:
         yield
     finally:
-        entities.apply_item_event = real
+        entities.apply_item_event, aggregation._grant = real, real_grant
 
 
 _HANDLER = None

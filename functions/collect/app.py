@@ -33,21 +33,24 @@ def _body(event) -> str | bytes | None:
 
 def _answer(route: str) -> Response:
     event = app.current_event
+    headers = event.headers
+    cookies = list(event.cookies or []) + [headers.get("cookie", "")]
     request = collect.Request(
-        route, _body(event), identity.cookie_from_headers(list(event.cookies or []) +
-                                                                [event.headers.get("cookie", "")]),
-        event.headers.get("cloudfront-viewer-country"), event.headers.get(settings.ORIGIN_VERIFY_HEADER),
-        event.headers.get("origin"))
+        route, _body(event), identity.cookie_from_headers(cookies), headers.get("cloudfront-viewer-country"),
+        headers.get(settings.ORIGIN_VERIFY_HEADER), content_type=headers.get("content-type"),
+        origin=headers.get("origin"), user_agent=headers.get("user-agent"),
+        viewer_address=headers.get("cloudfront-viewer-address"),
+        anonymous_cookie=identity.cookie_from_headers(cookies, identity.ANONYMOUS_COOKIE))
     status, body, result = collector.handle(request)
-    if result is None:
-        name = "ForeignOriginRefused" if status == 403 and "AllowedOrigins" in body.get("message", "") else \
-            {403: "RequestsBypassingCdn", 503: "OriginKeysUnavailable"}.get(status, f"RequestsRejected_{route}")
-        metrics.add_metric(name, MetricUnit.Count, 1)
+    if isinstance(result, collect.Refused):
+        metrics.add_metric(result.metric, MetricUnit.Count, 1)
     else:
         metrics.add_metric(f"EventsAccepted_{route}", MetricUnit.Count, result.accepted)
         metrics.add_metric(f"EventsRejected_{route}", MetricUnit.Count, len(result.rejected))
         metrics.add_metric("EventsAttributed", MetricUnit.Count, result.attributed)
-    return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=json.dumps(body))
+    extra = {"Retry-After": str(body["retry_after_s"])} if "retry_after_s" in body else None
+    return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=json.dumps(body),
+                    headers=extra)
 
 
 @app.post("/events")

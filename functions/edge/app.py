@@ -85,6 +85,7 @@ def serve(request: dict, remaining_ms: int | None = None) -> tuple[int, dict, di
         answer = recommendations.Answer(200, fallback().answer(query.k))
     else:
         answer = built.recommend(params, cookie, country)
+    _count_refused_flags()
     variant = answer.body.get("variant", "none")
     metrics.add_metric(f"Requests_{variant}", MetricUnit.Count, 1)
     metrics.add_metric(f"LatencyMs_{variant}", MetricUnit.Milliseconds, (time.perf_counter() - started) * 1000)
@@ -92,7 +93,21 @@ def serve(request: dict, remaining_ms: int | None = None) -> tuple[int, dict, di
     if answer.body.get("fallback"):
         metrics.add_metric(f"Fallbacks_{variant}", MetricUnit.Count, 1)
         home_metrics().add(f"Fallbacks_{variant}")
+        if recommendations.model_fault(answer.body):  # what the rollback alarm counts
+            metrics.add_metric(f"ModelFallbacks_{variant}", MetricUnit.Count, 1)
+            home_metrics().add(f"ModelFallbacks_{variant}")
     return answer.status, answer.body, answer.headers
+
+
+def _count_refused_flags() -> None:
+    """A flags document that broke the schema since the last request: the last good one
+    serves (the bundled one when cold), and this says so (FlagsDocumentRefused)."""
+    rollout = _state.get("rollout")
+    refused = rollout.store.refused if rollout is not None else 0
+    if refused > _state.get("refused_seen", 0):
+        metrics.add_metric("FlagsDocumentRefused", MetricUnit.Count, refused - _state.get("refused_seen", 0))
+        home_metrics().add("FlagsDocumentRefused", refused - _state.get("refused_seen", 0))
+        _state["refused_seen"] = refused
 
 
 @logger.inject_lambda_context

@@ -24,6 +24,10 @@ def lambda_handler(event: dict, context: LambdaContext) -> dict:
     if result.action == "killed":
         metrics.add_metric("GuardrailKills", MetricUnit.Count, 1)
         logger.warning("guardrail killed the challenger", extra=result.__dict__)
+    elif result.action == "kill_failed":
+        metrics.add_metric("GuardrailKillFailures", MetricUnit.Count, 1)  # GuardrailKillFailedAlarm pages
+        logger.error("guardrail could not kill the challenger", extra=result.__dict__)
+        raise RuntimeError(result.reason)  # a failed invocation too: the next run tries again
     else:
         logger.info("guardrail checked", extra=result.__dict__)
     return result.__dict__

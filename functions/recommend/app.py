@@ -13,7 +13,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from personalize import identity, settings
-from personalize.serving import wiring
+from personalize.serving import recommendations, wiring
 
 logger = Logger()
 tracer = Tracer()
@@ -24,6 +24,7 @@ config = wiring.ServingConfig.from_env()
 recommender, rollout, models = wiring.build(config, MODELS_DIR, os.environ.get("AWS_REGION"))
 origin = wiring.origin_keys(config)
 recommender.warm(rollout.store.refresh_now, origin.refresh_now)
+_seen = {"refused": 0}
 
 
 @app.get("/recommendations")
@@ -39,11 +40,16 @@ def get_recommendations() -> Response:
                                           [event.headers.get("cookie", "")])
     answer = recommender.recommend(event.query_string_parameters or {}, cookie,
                                    event.headers.get("cloudfront-viewer-country"))
+    if rollout.store.refused > _seen["refused"]:  # a flags document broke the schema: the last good one serves
+        metrics.add_metric("FlagsDocumentRefused", MetricUnit.Count, rollout.store.refused - _seen["refused"])
+        _seen["refused"] = rollout.store.refused
     variant = answer.body.get("variant", "none")
     metrics.add_metric(f"Requests_{variant}", MetricUnit.Count, 1)
     metrics.add_metric(f"LatencyMs_{variant}", MetricUnit.Milliseconds, (time.perf_counter() - started) * 1000)
     if answer.body.get("fallback"):
         metrics.add_metric(f"Fallbacks_{variant}", MetricUnit.Count, 1)
+        if recommendations.model_fault(answer.body):  # what the rollback alarm counts
+            metrics.add_metric(f"ModelFallbacks_{variant}", MetricUnit.Count, 1)
     return Response(status_code=answer.status, body=json.dumps(answer.body), headers=answer.headers)
 
 

@@ -13,9 +13,9 @@ only for S3 (bucket/key) and SQS (queue ARN). For the other services it authoriz
 whose actions are all on resource-blind services are widened to ``*`` (the resource-level
 least privilege is checked statically: ``tests/unit/test_template.py``).
 
-Stand-ins: moto has AppConfig's hosted versions but no data API and no deployments, so the
-local flag reader and admin use a pointer object in the artifacts bucket instead (holding
-the deployed version and its content). A role that may read the deployed configuration
+Stand-ins: moto has no AppConfig data API and no deployments, so the local flag reader and
+admin run ``appconfig_fake`` (the AppConfig part of the limits model), whose state is one
+object in the artifacts bucket. A role that may read the deployed configuration
 (``appconfig:GetLatestConfiguration``) may locally read that object; a role that may deploy
 (``StartDeployment``) may write it. Nothing else is granted beyond the template.
 """
@@ -36,7 +36,7 @@ ADMIN_USER = "local-admin"
 # Services whose requests moto authorizes with their real resource ARN; for every other
 # service it authorizes against "*".
 RESOURCE_AWARE = frozenset({"s3", "sqs", "sts", "iam"})
-POINTER_KEY = "appconfig/deployed.json"
+POINTER_KEY = "appconfig/world.json"  # appconfig.LOCAL_STATE_KEY
 
 
 @dataclass

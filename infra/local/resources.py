@@ -48,8 +48,9 @@ class LocalResources:
             artifacts_bucket=self.names["ArtifactsBucket"], signing_secret=self.names["SigningKeySecret"],
             flags={"source": "local", "bucket": self.names["ArtifactsBucket"],
                    "application_id": self.names["RolloutApplication"], "profile_id": self.names["RolloutProfile"]},
-            # Faster than deployed: the local schedules run every second or two.
-            default_champion=settings.DEFAULT_CHAMPION, flags_max_age_s=2.0, snapshot_refresh_s=1.0)
+            # Faster than deployed: the local schedules run every second or two. The flags are
+            # not: the local AppConfig refuses polls faster than AWS's (15 s).
+            default_champion=settings.DEFAULT_CHAMPION, snapshot_refresh_s=1.0)
 
     def fallback_items(self, n: int = 100) -> list[str]:
         """The popular items a bundle would carry, from the newest snapshot (as make build does)."""
@@ -61,18 +62,25 @@ class LocalResources:
         pointer = artifacts.pointer_if_changed(None)
         return degraded.popular_list(ItemSnapshot.decode(artifacts.get(pointer.key)), n) if pointer else []
 
-    def deploy_flags(self, document: dict) -> int:
-        """What an AppConfig deployment does, locally: a new hosted version, then the
-        pointer that the local flag reader follows (moto has no deployments)."""
-        from personalize.adapters.appconfig import ALL_AT_ONCE, LocalFlagAdmin
+    def flag_admin(self):
+        """The flags admin against the local AppConfig (``appconfig_fake``: deployments and the
+        data API as AWS runs them; moto has neither)."""
+        from personalize.adapters import appconfig
 
-        admin = LocalFlagAdmin(self.names["ArtifactsBucket"], self.names["RolloutApplication"],
-                               self.names["RolloutProfile"], fetch=None)
-        return int(admin.deploy(document, ALL_AT_ONCE, "local deployment"))
+        return appconfig.local_admin(self.names["ArtifactsBucket"], self.names["RolloutApplication"],
+                                     self.names["RolloutProfile"])
+
+    def deploy_flags(self, document: dict) -> int:
+        """An all-at-once AppConfig deployment of ``document`` (a kill's path: whatever is in
+        progress is stopped first), locally."""
+        from personalize.adapters.appconfig import ALL_AT_ONCE
+
+        return int(self.flag_admin().deploy(document, ALL_AT_ONCE, "local deployment"))
 
 
 def create_all(prefix: str = "local") -> LocalResources:
     created = LocalResources()
+    appconfig_setup, first_deployments = [], []  # AppConfig's, once its bucket exists; deploys last
     for logical_id, resource in template.resources().items():
         kind = resource["Type"]
         props = resource.get("Properties", {})
@@ -116,15 +124,32 @@ def create_all(prefix: str = "local") -> LocalResources:
             created.names[logical_id] = arn
         elif kind == "AWS::AppConfig::Application":
             created.names[logical_id] = aws.client("appconfig").create_application(Name=name)["Id"]
+        elif kind == "AWS::AppConfig::Environment":
+            created.names[logical_id] = "local"  # appconfig.local_admin's environment
         elif kind == "AWS::AppConfig::ConfigurationProfile":
             created.names[logical_id] = aws.client("appconfig").create_configuration_profile(
                 ApplicationId=created.names[props["ApplicationId"]["Ref"]], Name=props["Name"],
                 LocationUri=props["LocationUri"], Type=props.get("Type", "AWS.Freeform"))["Id"]
+            appconfig_setup.append(lambda p=props, lid=logical_id: _local_appconfig(created).create_profile(
+                created.names[lid], p.get("Validators", [])))
+        elif kind == "AWS::AppConfig::DeploymentStrategy":
+            appconfig_setup.append(lambda p=props, lid=logical_id: _local_appconfig(created).create_strategy(
+                lid, p["DeploymentDurationInMinutes"], p["FinalBakeTimeInMinutes"], p["GrowthFactor"],
+                p.get("GrowthType", "LINEAR")))
         elif kind == "AWS::AppConfig::HostedConfigurationVersion":
             import json
 
-            created.names[logical_id] = str(created.deploy_flags(json.loads(props["Content"])))
+            first_deployments.append(lambda p=props, lid=logical_id: created.names.__setitem__(
+                lid, str(created.deploy_flags(json.loads(p["Content"])))))
+    for step in appconfig_setup + first_deployments:
+        step()
     return created
+
+
+def _local_appconfig(created: LocalResources):
+    from personalize.adapters import appconfig
+
+    return appconfig.local_world(created.names["ArtifactsBucket"])
 
 
 def create_with_roles(prefix: str = "local", template_path=template.TEMPLATE) -> LocalResources:

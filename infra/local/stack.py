@@ -39,6 +39,8 @@ from .template import ROOT
 log = logging.getLogger(__name__)
 STATE_FILE = ROOT / "build" / "local-stack.json"
 MAX_BODY = 8 * 1024 * 1024
+# A simulator's stand-in for a browser's network address (see ``LocalStack.route``).
+LOCAL_VIEWER_HEADER = "x-local-viewer-address"
 
 
 def free_port() -> int:
@@ -459,10 +461,16 @@ class LocalStack:
             self._saved = None
 
     # --- routing ---
-    def route(self, method: str, path: str, query: dict, headers: dict, body: bytes | None) -> dict:
+    def route(self, method: str, path: str, query: dict, headers: dict, body: bytes | None,
+              client: str = "127.0.0.1:0") -> dict:
         # As CloudFront does for the browsers' routes: its origin-verify header replaces any
-        # the client sent. /server/events is the backend's route (IAM when deployed, open here).
-        via_cdn = {**headers, settings.ORIGIN_VERIFY_HEADER: self.resources.origin_token}
+        # the client sent, and so does the viewer's address (CloudFront-Viewer-Address, the
+        # anonymous identity's source). A simulator standing in for many browsers (demo, load
+        # test) names each one's address with x-local-viewer-address: the local front only.
+        # /server/events is the backend's route (IAM when deployed, open here).
+        viewer = headers.pop(LOCAL_VIEWER_HEADER, None) or client
+        via_cdn = {**headers, settings.ORIGIN_VERIFY_HEADER: self.resources.origin_token,
+                   "cloudfront-viewer-address": viewer}
         if method == "POST" and path in ("/events", "/server/events"):
             fault = self.faults.next()
             if fault == "before":
@@ -546,7 +554,8 @@ def _front(stack: LocalStack):
             pool.begin_request()
             try:
                 response = stack.route(method, unquote(url.path), dict(parse_qsl(url.query)),
-                                       {k.lower(): v for k, v in self.headers.items()}, body)
+                                       {k.lower(): v for k, v in self.headers.items()}, body,
+                                       f"{self.client_address[0]}:{self.client_address[1]}")
             except Exception:
                 log.exception("front: %s %s", method, self.path)
                 self._send(502, {"content-type": "application/json"}, b'{"message": "function error"}')

@@ -46,7 +46,7 @@ def kill_to_zero_s() -> tuple[float, float]:
         def variant(user):
             return served_variant(stack.endpoint, cookies[user])
 
-        deadline = time.time() + 30
+        deadline = time.time() + 60  # the flags reach serving within AppConfig's poll interval (15 s)
         challengers: list[str] = []
         while not challengers and time.time() < deadline:  # until the start has propagated
             challengers = [u for u in users if variant(u) == flags.CHALLENGER]
@@ -67,7 +67,7 @@ def kill_during_rollout_s() -> float:
     """On the local stack: a 2% experiment ramping to 25% (a gradual deployment still in
     progress), then the guardrail's kill path (stop the ramp, deploy share 0 all at once);
     seconds from the kill call until no response names the challenger."""
-    from personalize.adapters.appconfig import ALL_AT_ONCE, GRADUAL, LocalFlagAdmin
+    from personalize.adapters.appconfig import ALL_AT_ONCE, GRADUAL
 
     stack = LocalStack(snapshot_interval_s=1.0, guardrail_interval_s=3600).start()
     try:
@@ -76,9 +76,7 @@ def kill_during_rollout_s() -> float:
                                       "item_id": f"sku-{n % 500}", "ts": now} for n in range(2000)])
         stack.poller.drain(60)
         stack.functions["snapshot"]({})
-        names = stack.resources.names
-        admin = LocalFlagAdmin(names["ArtifactsBucket"], names["RolloutApplication"], names["RolloutProfile"],
-                               fetch=None, gradual_s=600)  # AppConfig's 10-minute ramp
+        admin = stack.resources.flag_admin()  # the local AppConfig: the template's 10-minute ramp
         admin.deploy(flags.rollout_document("ranker-mlp/v1", "ranker-linear/v1", 0.02, "exp-r"), ALL_AT_ONCE, "start")
         admin.deploy(flags.rollout_document("ranker-mlp/v1", "ranker-linear/v1", 0.25, "exp-r", earlier_steps=[200]),
                      GRADUAL, "ramp to 25%")
@@ -88,7 +86,7 @@ def kill_during_rollout_s() -> float:
         def variant(user):
             return served_variant(stack.endpoint, cookies[user])
 
-        deadline = time.time() + 30
+        deadline = time.time() + 60  # the flags reach serving within AppConfig's poll interval (15 s)
         challengers: list[str] = []
         while not challengers and time.time() < deadline:
             challengers = [u for u in users if variant(u) == flags.CHALLENGER]

@@ -1,4 +1,8 @@
-"""Simulated experiments for the guardrail's statistics (tests and bench share them)."""
+"""Simulated experiments for the guardrail's statistics (tests and bench share them).
+
+The unit is the shopper (issue 19): "impressions" here are newly exposed shoppers, and a
+conversion is one of them buying (independent Bernoulli trials, as the guardrail counts
+them); the figures keep their historical names."""
 
 import numpy as np
 

@@ -4,6 +4,7 @@ import pytest
 
 from infra.local.lambda_events import context
 from personalize import identity
+from personalize.adapters import appconfig, appconfig_fake
 from personalize.adapters.experiment_states import ExperimentStates
 from personalize.rollout import experiments, flags
 from tests.conftest import now_ms
@@ -18,10 +19,17 @@ def lab(stack, tmp_path):
     return serving
 
 
+def refresh(lab):
+    """The edge's flags once AppConfig's poll interval has passed (the local AppConfig keeps
+    AWS's 15 s: its clock is moved on rather than waited for)."""
+    appconfig_fake.LOCAL_CLOCK.advance(appconfig.MIN_POLL_S)
+    return lab.edge._state["rollout"].store.refresh_now()
+
+
 def deploy(lab, document):
     lab.stack.deploy_flags(document)
     lab.edge.recommender()  # cold start if not yet
-    lab.edge._state["rollout"].store.refresh_now()  # as when max_age has passed
+    refresh(lab)
 
 
 START = flags.rollout_document("ranker-mlp/v1", "ranker-linear/v1", 0.02, "exp-test")
@@ -49,7 +57,7 @@ def attribute(lab, variant, impressions, purchases, sign=True):
     ``sign=False`` what a client inventing variants would send."""
     events = []
     for n in range(impressions):
-        user = f"{variant}-shopper-{n % 300}"
+        user = f"{variant}-shopper-{n}"  # the guardrail counts shoppers (issue 19): one each
         # The experiment at its ramp step (2%): what serving names in the rec_ids it issues.
         rec = (identity.issue_rec_id(lab.stack.signing_key, "exp-test@200", variant, user, now_ms() / 1000) if sign
                else f"exp-test~{variant}~ffffffff~{n:012x}~{'A' * 22}")
@@ -77,7 +85,7 @@ def test_the_guardrail_kills_a_worse_challenger_and_its_share_falls_to_zero(lab)
     assert "worse" in result["reason"]
     state = ExperimentStates(lab.stack.names["ItemsTable"]).get("exp-test")
     assert state["status"] == "killed" and state["by"] == "guardrail"
-    lab.edge._state["rollout"].store.refresh_now()
+    refresh(lab)
     assert set(served_variants(lab, [f"shopper-{i}" for i in range(600)])) == {"champion"}
     again = run_guardrail(lab)
     assert again["action"] in ("idle", "skipped")  # a stopped experiment is never touched again
@@ -89,7 +97,7 @@ def test_a_winning_challenger_is_reported_never_promoted(lab):
     attribute(lab, "challenger", 1500, 120)
     result = run_guardrail(lab)
     assert result["action"] == "winning"
-    assert lab.edge._state["rollout"].store.refresh_now() == START
+    assert refresh(lab) == START
 
 
 def test_no_decision_without_enough_data(lab):
@@ -99,25 +107,47 @@ def test_no_decision_without_enough_data(lab):
     assert run_guardrail(lab)["action"] == "insufficient_data"
 
 
-def test_a_kill_during_a_gradual_ramp_stops_it_and_lands_at_once(lab):
-    """AppConfig runs one deployment at a time: the guardrail's kill stops the running ramp
-    first (locally emulated), instead of failing with a conflict for the ramp's duration."""
-    from personalize.adapters.appconfig import GRADUAL, DeploymentConflictError, LocalFlagAdmin
+@pytest.mark.parametrize("minutes, state", [(3, "DEPLOYING"), (12, "BAKING")])
+def test_a_kill_during_a_gradual_ramp_lands_whatever_the_ramp_is_doing(lab, minutes, state):
+    """AppConfig runs one deployment at a time, and StopDeployment refuses a BAKING deployment
+    unless asked to revert (which returns the previous share): the guardrail's kill stops the
+    ramp with AllowRevert, then deploys share 0 all at once (before: a kill in the ramp's
+    5-minute bake failed)."""
+    from botocore.exceptions import ClientError
 
-    names = lab.stack.names
-    admin = LocalFlagAdmin(names["ArtifactsBucket"], names["RolloutApplication"], names["RolloutProfile"],
-                           fetch=None, gradual_s=600)
+    admin = lab.stack.flag_admin()
     deploy(lab, START)
     attribute(lab, "champion", 3000, 150)
     attribute(lab, "challenger", 1500, 20)
     ramp = flags.rollout_document("ranker-mlp/v1", "ranker-linear/v1", 0.02, "exp-test", earlier_steps=[200])
-    admin.deploy(ramp, GRADUAL, "ramp (still running for 10 minutes)")
-    with pytest.raises(DeploymentConflictError):
-        admin.deploy(ramp, GRADUAL, "another ramp conflicts")
+    admin.deploy(ramp, appconfig.GRADUAL, "ramp (10 minutes, then a 5-minute bake)")
+    with pytest.raises(ClientError, match="ConflictException"):
+        admin.deploy(ramp, appconfig.GRADUAL, "another ramp conflicts")
+    appconfig_fake.LOCAL_CLOCK.advance(minutes * 60)
+    assert [d["State"] for d in admin.client.list_deployments(ApplicationId="app", EnvironmentId="local")[
+        "Items"]][0] == state
     result = run_guardrail(lab)
     assert result["action"] == "killed"
-    lab.edge._state["rollout"].store.refresh_now()
+    refresh(lab)
     assert set(served_variants(lab, [f"shopper-{i}" for i in range(300)])) == {"champion"}
+
+
+def test_a_kill_that_cannot_land_pages_and_is_tried_again(lab, monkeypatch):
+    from personalize.adapters.appconfig import AppConfigAdmin, KillFailedError
+
+    deploy(lab, START)
+    attribute(lab, "champion", 3000, 150)
+    attribute(lab, "challenger", 1500, 20)
+
+    def refused(self, document, description):
+        raise KillFailedError("the kill did not land in 40 s (20 attempts): ConflictException")
+
+    monkeypatch.setattr(AppConfigAdmin, "kill", refused)
+    with pytest.raises(RuntimeError, match="the kill failed"):
+        run_guardrail(lab)
+    assert ExperimentStates(lab.stack.names["ItemsTable"]).get("exp-test")["status"] == "kill_failed"
+    monkeypatch.undo()
+    assert run_guardrail(lab)["action"] == "killed"  # the next run tries again
 
 
 def test_invented_variants_move_no_counter_the_guardrail_reads(lab):

@@ -8,7 +8,7 @@ import pytest
 from infra.local.lambda_events import context, http_api_event, response_json
 from personalize import identity
 from personalize.ingest import entities
-from tests.conftest import now_ms
+from tests.conftest import BROWSER, now_ms
 from tests.functional.test_serving import Serving, load_shop
 
 
@@ -86,9 +86,11 @@ def test_anonymous_events_count_for_the_item_never_for_a_shopper(shop):
     before = item_counts(shop, "sku-301")
     clicks_before = before.totals[1] if before else 0
     events = [{"event_id": f"anon-{n}", "type": "click", "item_id": "sku-301", "ts": now_ms()} for n in range(7)]
-    status, answer = shop.post_public({"events": events})
-    assert (status, answer["accepted"]) == (202, 7)
-    shop.post_public({"events": events[:3]})  # the browser retried: counted once
+    for n, event in enumerate(events):  # seven anonymous shoppers
+        status, answer = shop.post_public(event, address=f"203.0.113.{n}:443")
+        assert (status, answer["accepted"]) == (202, 1)
+    for n, event in enumerate(events[:3]):  # their browsers retried: counted once
+        shop.post_public(event, address=f"203.0.113.{n}:443")
     shop.drain()
     assert item_counts(shop, "sku-301").totals[1] == clicks_before + 7
     store = shop.rows  # read as the administrator: aggregate's role may not Query or Scan
@@ -179,7 +181,9 @@ def test_rotating_the_signing_key_signs_nobody_out(shop):
     for cookie, accepted in ((before, 1), (after, 1), (forged, 0)):
         status, answer = shop.post({"event_id": f"r-{cookie[-6:]}", "type": "click", "item_id": "sku-1",
                                     "user_id": "alice" if cookie == before else "bob", "ts": now_ms()},
-                                   headers={"cookie": cookie, "x-origin-verify": shop.stack.origin_token},
+                                   headers={"cookie": cookie, "x-origin-verify": shop.stack.origin_token,
+                                            "content-type": "application/json", "user-agent": BROWSER,
+                                            "cloudfront-viewer-address": "198.51.100.7:443"},
                                    path="/events")
         assert answer["accepted"] == accepted, (cookie, answer)
 
@@ -197,3 +201,52 @@ def test_a_second_signing_key_rotation_within_a_week_is_refused(stack, capsys):
     assert "rotating again drops the previous key" in rotate.refusal("local", "signing-key", secret, "us-east-1", now)
     later = now + dt.timedelta(days=8)
     assert rotate.refusal("local", "signing-key", secret, "us-east-1", later) is None
+
+
+# --- issue 19 ---------------------------------------------------------------------------------
+
+
+def test_one_address_flooding_an_item_moves_it_as_one_shopper(shop):
+    """Before: every anonymous click counted (500 from one address: +500)."""
+    before = item_counts(shop, "sku-302")
+    clicks_before = before.totals[1] if before else 0
+    flood = [{"event_id": f"flood-{n}", "type": "click", "item_id": "sku-302", "ts": now_ms()} for n in range(500)]
+    status, answer = shop.post_public({"events": flood})
+    assert (status, answer["accepted"]) == (202, 500)
+    headless = [{**e, "event_id": f"h-{e['event_id']}"} for e in flood[:100]]
+    status, _ = shop.post_public({"events": headless}, address="192.0.2.55:443",
+                                 headers={"user-agent": "Mozilla/5.0 HeadlessChrome/120.0"})
+    assert status == 202
+    shop.drain()
+    assert item_counts(shop, "sku-302").totals[1] == clicks_before + 1
+
+
+def test_collect_answers_429_and_503_with_retry_after(shop, monkeypatch):
+    flood = {"events": [{"event_id": f"r{n}", "type": "view", "item_id": "sku-1", "ts": now_ms()} for n in range(500)]}
+    assert shop.post_public(flood, user="rapid")[0] == 202
+    response = shop.collect.lambda_handler(http_api_event("POST", "/events", json.dumps(flood), {
+        "content-type": "application/json", "user-agent": BROWSER, "cookie": shop.cookie("rapid"),
+        "x-origin-verify": shop.stack.origin_token, "cloudfront-viewer-address": "198.51.100.7:443"}),
+        context("collect"))
+    assert response["statusCode"] == 429 and int(response["headers"]["Retry-After"]) >= 1
+
+    def unreadable():
+        raise ConnectionError("secrets manager unreachable")
+
+    signing = shop.collect.collector.signing
+    monkeypatch.setattr(signing, "_load", unreadable)
+    monkeypatch.setattr(signing, "_keys", ())
+    monkeypatch.setattr(signing, "tried_at", float("-inf"))
+    response = shop.collect.lambda_handler(http_api_event("POST", "/events", json.dumps(flood["events"][0]), {
+        "content-type": "application/json", "user-agent": BROWSER, "cookie": shop.cookie("alice"),
+        "x-origin-verify": shop.stack.origin_token}), context("collect"))
+    assert response["statusCode"] == 503 and int(response["headers"]["Retry-After"]) > 0
+
+
+def test_a_cross_site_form_cannot_post_as_the_shopper(shop):
+    event = {"event_id": "csrf", "type": "purchase", "item_id": "sku-3", "ts": now_ms()}
+    status, _ = shop.post_public(json.dumps(event), user="alice", headers={"content-type": "text/plain"})
+    assert status == 415
+    status, _ = shop.post_public(event, user="alice", headers={"origin": "https://evil.example",
+                                                                 "sec-fetch-site": "cross-site"})
+    assert status == 403

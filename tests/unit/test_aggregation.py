@@ -66,7 +66,8 @@ def test_counts_land_on_shopper_and_item(ingestor, store):
     run(ingestor, stream.records(ev(1), ev(2, "click"), ev(3, "add_to_cart", quantity=2), ev(4, "view", user="u2")))
     f = features.user_features(user(store), T0 + 30_000)
     assert (f["views_1m"], f["clicks_10m"], f["add_to_carts_1h"]) == (1, 1, 2)
-    assert item(store).totals == [2, 1, 2, 0]
+    # Shared scores count shoppers (issue 19): u1's two units in the cart are one shopper's.
+    assert item(store).totals == [2, 1, 1, 0]
 
 
 def test_a_batch_delivered_twice_counts_once(ingestor, store):
@@ -124,10 +125,12 @@ def test_late_events_miss_only_the_windows(ingestor, store):
     f = features.user_features(user(store), NOW)
     assert (f["views_1h"], f["purchases_1h"]) == (1, 0), "windows hold only the recent view"
     assert user(store).totals == [2, 0, 0, 3]
-    assert item(store, "b").totals == [0, 0, 0, 3] and item(store, "b").stock == 0
+    assert item(store, "b").totals == [0, 0, 0, 1] and item(store, "b").stock == 0  # one shopper bought
     assert set(item(store, "b").neighbours) == {"a"}
     row = entities.VariantRow.from_obj(store.query(ITEMS, keys.variant_pk("exp1", "champion"))[0].row)
-    assert (row.counts, row.revenue) == ([0, 0, 0, 1], 6.0)
+    # The shopper counts as exposed and as a buyer (issue 19: the unit is the shopper); revenue is
+    # the purchase's.
+    assert (row.counts, row.revenue) == ([1, 0, 0, 1], 6.0)
 
 
 def test_lateness_is_judged_by_arrival_not_by_processing_time(ingestor, store):

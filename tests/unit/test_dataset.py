@@ -73,7 +73,10 @@ def test_item_rows_count_only_returning_shoppers_training_orders(orders):
 
     for _ in _commands(orders, False, replayer, False, splits, feeds, 10**9):
         pass
-    purchases = sum(len(o.products) for o in orders if o.order_id in feeds)
+    # One shopper's worth (credits): a product counts once per shopper per credit window.
+    from personalize.ingest.entities.credits import window_of
+    purchases = len({(o.user_id, p, window_of(o.placed_ms)) for o in orders if o.order_id in feeds
+                     for p in o.products})
     held_out = sum(len(o.products) for o in orders if o.order_id not in feeds)
     from personalize.ingest import entities
 

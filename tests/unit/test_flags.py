@@ -6,7 +6,7 @@ from aws_lambda_powertools.utilities.feature_flags.schema import SchemaValidator
 from personalize.rollout import flags
 
 
-def store_of(*documents):
+def store_of(*documents, bundled=None):
     """A store whose fetch returns the documents in turn (an Exception instance raises)."""
     queue = list(documents)
     clock = {"now": 0.0}
@@ -17,7 +17,7 @@ def store_of(*documents):
             raise item
         return item
 
-    store = flags.CachedDocumentStore(fetch, max_age_s=10, clock=lambda: clock["now"])
+    store = flags.CachedDocumentStore(fetch, max_age_s=10, clock=lambda: clock["now"], bundled=bundled)
     return store, clock
 
 
@@ -98,7 +98,7 @@ def test_a_failing_store_keeps_the_last_good_document_and_counts():
     store, clock = store_of(TWO_PERCENT, RuntimeError("AppConfig down"))
     rollout = flags.Rollout(store, "ranker-mlp/v1")
     assert rollout.assign("u1").flags_loaded
-    clock["now"] = 60
+    clock["now"] = 20  # past the refresh interval, within FLAGS_MAX_AGE_S
     assignment = rollout.assign("u1")
     assert assignment.flags_loaded and assignment.experiment == "exp-a@200"  # the experiment at its ramp step
     assert store.failures == 1

@@ -31,7 +31,7 @@ from personalize.adapters.rowstore import MemoryRowStore
 from personalize.adapters.soldout import MemorySoldOut
 from personalize.adapters.stream import MemoryEventStream
 from personalize.adapters.userstore import MemoryUserStore
-from personalize.ingest import collect, entities, events
+from personalize.ingest import actors, collect, entities, events
 from personalize.ingest.pipeline import Ingestor
 from personalize.ingest.processor import IngestProcessor
 from personalize.serving.models import load_folder
@@ -163,8 +163,11 @@ def collect_app():
     finally:
         os.environ.clear()
         os.environ.update(saved)
+    # The rate limit has its own tests (test_collect_trust): thousands of generated bodies
+    # from one shopper here are about parsing.
     module.collector = collect.Collector(MemoryEventStream(), identity.KeyRing.static(KEY),
-                                         identity.KeyRing.static(ORIGIN), clock=lambda: NOW_MS / 1000)
+                                         identity.KeyRing.static(ORIGIN), clock=lambda: NOW_MS / 1000,
+                                         limiter=actors.RateLimiter(burst=10**9))
     return module
 
 
@@ -199,7 +202,8 @@ def test_server_route_accepts_exactly_the_valid_events(collect_app, plan, data):
 @given(st.sampled_from([None, "alice", "Zoë 🛒"]), st.lists(st.booleans(), max_size=8), st.data())
 def test_public_route_accepts_exactly_the_valid_events_as_the_cookies_shopper(collect_app, shopper, plan, data):
     batch = [data.draw((valid_event if valid else invalid_event)(collect.PUBLIC, shopper)) for valid in plan]
-    headers = {settings_header(): ORIGIN}
+    headers = {settings_header(): ORIGIN, "content-type": "application/json",
+               "cloudfront-viewer-address": "198.51.100.7:443"}
     if shopper is not None:
         headers["cookie"] = "rt_uid=" + identity.cookie_value(shopper, KEY)
     status, answer = invoke(collect_app, "/events", body_of(batch), headers)
@@ -222,7 +226,8 @@ def test_public_route_accepts_exactly_the_valid_events_as_the_cookies_shopper(co
              max_size=8).map(lambda pairs: "{" + ",".join(f"{json.dumps(k)}: {dumps(v)}"
                                                            for k, v in pairs) + "}"),   # duplicate keys
 ), st.sampled_from(["/events", "/server/events"]), st.dictionaries(
-    st.sampled_from(["cookie", "cloudfront-viewer-country", "x-origin-verify", "content-type"]), hostile_text))
+    st.sampled_from(["cookie", "cloudfront-viewer-country", "x-origin-verify", "content-type", "origin",
+                     "sec-fetch-site", "user-agent", "cloudfront-viewer-address"]), hostile_text))
 def test_any_body_and_headers_get_a_2xx_or_4xx(collect_app, body, path, headers):
     if isinstance(body, str):
         body = body.encode("utf-8", "surrogatepass")  # what arrives is bytes, surrogates and all

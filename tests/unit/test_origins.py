@@ -25,7 +25,7 @@ BODY = json.dumps({"event_id": "e1", "type": "click", "item_id": "i1", "ts": 1_0
     ("https://www.shop.example:8443", 403), ("https://evil.example", 403), ("null", 403), ("", 403)])
 def test_only_listed_origins_post_events(origin, status):
     collector = _collector(OriginPolicy(["https://www.shop.example"]))
-    answer = collector.handle(Request(PUBLIC, BODY, origin=origin), now_ms=2_000)
+    answer = collector.handle(Request(PUBLIC, BODY, origin=origin, content_type="application/json"), now_ms=2_000)
     assert answer[0] == status
 
 

@@ -147,7 +147,8 @@ def test_an_unbounded_quantity_is_rejected_and_the_item_keeps_counting(ingestor,
     with pytest.raises(events.EventError, match="quantity"):
         events.parse_event(ev(1, "purchase", quantity=2**64 - 1))
     run(ingestor, Stream().records(ev(2, "purchase", quantity=3), ev(3, "purchase", quantity=1000)))
-    assert item_view(store).totals == [0, 0, 0, 1003]
+    assert user_row(store).totals == [0, 0, 0, 1003]  # the shopper's own row counts units
+    assert item_view(store).totals == [0, 0, 0, 1]    # shared scores count shoppers (issue 19)
 
 
 def test_a_row_that_cannot_be_stored_quarantines_its_records_not_the_batch(ingestor, store, quarantine):
@@ -233,14 +234,14 @@ def test_a_stock_event_with_a_user_id_reaches_the_item_and_the_sold_out_list(ing
 
 def test_anonymous_events_count_for_items_and_variants_only_and_once(ingestor, store):
     stream = Stream()
-    anon = [ev(1, user=None), ev(2, "purchase", user=None, quantity=2, price=5.0, rec_id="x1~a",
-                                 variant="champion", country="FR")]
+    anon = [ev(1, user=None, actor="ip~one"), ev(2, "purchase", user=None, quantity=2, price=5.0, rec_id="x1~a",
+                                                  variant="champion", country="FR", actor="ip~one")]
     run(ingestor, stream.records(*anon))
     run(ingestor, stream.records(*anon))  # the browser's offline queue resends them
-    assert item_view(store).totals == [1, 0, 0, 2]
+    assert item_view(store).totals == [1, 0, 0, 1]  # one anonymous shopper (issue 19: not two units)
     assert not store.tables.get(USERS), "no shopper row"
-    row = entities.VariantRow.from_obj(store.query(ITEMS, keys.variant_pk("x1", "champion"))[0].row)
-    assert (row.counts, row.revenue) == ([0, 0, 0, 1], 10.0)
+    # Outside every experiment: anonymous shoppers are not assigned a variant (flags.OUTSIDE).
+    assert not store.query(ITEMS, keys.variant_pk("x1", "champion"))
 
 
 # --- 5. client retries within 24 h, 64-bit keys ------------------------------------------
@@ -257,7 +258,7 @@ def test_a_retry_after_500_other_events_counts_once(ingestor, store):
         result = run(ingestor, stream.records(*queue[start:start + 100]))
     assert result.duplicates == 100
     assert user_row(store).totals == [0, 500, 0, 0]
-    assert sum(item_view(store, f"i{k}").totals[1] for k in range(7)) == 500
+    assert sum(item_view(store, f"i{k}").totals[1] for k in range(7)) == 7  # one shopper's click on each item
 
 
 def test_a_retry_a_day_later_is_forgotten_but_one_within_24_hours_is_not(store, quarantine):

@@ -32,6 +32,10 @@ from urllib.parse import unquote
 log = logging.getLogger(__name__)
 
 COOKIE = "rt_uid"
+# A first-party anonymous id the shopper consented to (set by the shop's backend, signed
+# apart from rt_uid: ``anonymous_cookie_value``); it names an identity for shared scores only.
+ANONYMOUS_COOKIE = "rt_aid"
+_ANONYMOUS_DOMAIN = "anonymous\x00"
 MAX_USER_ID = 128
 SIGNATURE_CHARS = 43
 VERIFIED_CACHE = 4096  # cookies remembered as verified, per serving instance
@@ -70,27 +74,67 @@ def cookie_value(user_id: str, key: str) -> str:
     return f"{user_id}.{sign(user_id, key)}"
 
 
-def cookie_from_headers(cookie_headers: list[str]) -> str | None:
-    """The rt_uid value from one or more Cookie header values (CloudFront keeps them apart)."""
+def cookie_from_headers(cookie_headers: list[str], cookie: str = COOKIE) -> str | None:
+    """The rt_uid value (or ``cookie``'s) from one or more Cookie header values (CloudFront
+    keeps them apart)."""
     for header in cookie_headers:
         if not isinstance(header, str):
             continue
         for part in header.split(";"):
             name, _, value = part.strip().partition("=")
-            if name == COOKIE:
+            if name == cookie:
                 return value.strip().strip('"')
+    return None
+
+
+COOKIE_MAX_AGE_S = 30 * 24 * 3600
+
+
+def set_cookie(value: str, cookie: str = COOKIE, max_age_s: int = COOKIE_MAX_AGE_S) -> str:
+    """The ``Set-Cookie`` header value the shop's backend sends at sign-in (DESIGN 3.2):
+    ``Secure; HttpOnly; SameSite=Lax``. Lax: a cross-site POST (a form, a fetch) never
+    carries it, so another site cannot post events as the shopper; a top-level GET does, and
+    GET /recommendations changes nothing. HttpOnly: no script reads it. ``value``:
+    ``cookie_value`` (or ``anonymous_cookie_value`` with ``cookie=ANONYMOUS_COOKIE``)."""
+    return f"{cookie}={value}; Path=/; Max-Age={int(max_age_s)}; Secure; HttpOnly; SameSite=Lax"
+
+
+def anonymous_cookie_value(anonymous_id: str, key: str) -> str:
+    """The ``rt_aid`` cookie for a consented first-party anonymous id: its signature can
+    never pass as an ``rt_uid`` one (a different message), so it signs nobody in."""
+    return f"{anonymous_id}.{sign(_ANONYMOUS_DOMAIN + anonymous_id, key)}"
+
+
+def _signed(value: str | None) -> tuple[str, str] | None:
+    """(id, signature) of a well-formed signed cookie value ``<id>.<signature>``."""
+    if not value or not isinstance(value, str) or "." not in value:
+        return None
+    signed_id, _, signature = value.rpartition(".")
+    if not 0 < len(signed_id) <= MAX_USER_ID or len(signature) != SIGNATURE_CHARS:
+        return None
+    if not _B64URL.fullmatch(signature) or _FORBIDDEN.search(signed_id):
+        return None
+    return signed_id, signature
+
+
+def verified_anonymous_id(value: str | None, keys: str | Iterable[str] | None) -> str | None:
+    """The consented anonymous id of an ``rt_aid`` cookie value, when its signature verifies."""
+    parsed = _signed(value)
+    if parsed is None:
+        return None
+    anonymous_id, signature = parsed
+    for key in _keys(keys):
+        if _equal(sign(_ANONYMOUS_DOMAIN + anonymous_id, key), signature):
+            return anonymous_id
     return None
 
 
 def verified_user(value: str | None, keys: str | Iterable[str] | None) -> str | None:
     """The user id when the cookie value carries a valid signature by one of ``keys``."""
-    if not value or not isinstance(value, str) or "." not in value:
+    parsed = _signed(value)
+    if parsed is None:
         return None
-    user_id, _, signature = value.rpartition(".")
-    if not 0 < len(user_id) <= MAX_USER_ID or len(signature) != SIGNATURE_CHARS:
-        return None
-    if not _B64URL.fullmatch(signature) or _FORBIDDEN.search(user_id):
-        return None
+    user_id, signature = parsed
     # Web frameworks percent-encode cookie values by default (alice%40shop.com); the
     # signature binds the decoded id, so trying it names nobody else.
     candidates = (user_id, unquote(user_id)) if "%" in user_id else (user_id,)
@@ -270,6 +314,9 @@ class KeyRing:
             self._verified.clear()
         self._verified[cookie] = (keys, user)
         return user
+
+    def verified_anonymous(self, cookie: str | None) -> str | None:
+        return verified_anonymous_id(cookie, self.keys()) if cookie else None
 
     def token_matches(self, given: str | None) -> bool:
         """A shared-secret header (CloudFront's origin-verify token) equals a known key."""

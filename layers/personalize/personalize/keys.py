@@ -23,11 +23,21 @@ def item_key(item_id: str, shard: str) -> tuple[str, str]:
 
 
 def variant_pk(experiment: str, variant: str) -> str:
-    return f"x#{experiment}#{variant}"
+    """Counters in shoppers (``entities.credits``): ``xs#``; the ``x#`` rows of earlier
+    releases counted events and are never mixed in."""
+    return f"xs#{experiment}#{variant}"
 
 
 def variant_key(experiment: str, variant: str, shard: str) -> tuple[str, str]:
     return variant_pk(experiment, variant), f"s#{shard}"
+
+
+ACTOR_SK = "row"
+
+
+def actor_key(actor: str) -> tuple[str, str]:
+    """An anonymous identity's credits (items table: regional, never served)."""
+    return f"a#{actor}", ACTOR_SK
 
 
 def experiment_key(experiment: str) -> tuple[str, str]:

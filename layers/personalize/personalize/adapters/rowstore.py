@@ -75,6 +75,11 @@ class ThrottledError(RowStoreError):
     """DynamoDB kept throttling after the retries."""
 
 
+class DeadlineError(ThrottledError):
+    """No attempt started: it could not end before the caller's deadline (``deadline``), so
+    the caller reports the records as failed (retried) instead of timing out mid-batch."""
+
+
 class RowStore(ABC):
     @abstractmethod
     def get_many(self, table: str, keys: Iterable[Key]) -> dict[Key, Stored]: ...
@@ -105,19 +110,35 @@ class DynamoRowStore(RowStore):
     """Rows in DynamoDB tables, through the low-level client (no resource layer)."""
 
     def __init__(self, tables: dict[str, str], client=None, max_attempts: int = 6, clock=time.time,
-                 read_timeout_s: float = 5.0, request_attempts: int = 4):
+                 read_timeout_s: float = 5.0, request_attempts: int = 4, connect_timeout_s: float = 2.0,
+                 monotonic=time.monotonic, sleep=time.sleep):
         self.tables = tables  # logical name -> table name
         self.clock = clock  # for TTL: rows whose expires_at has passed read as empty
         self._client = client
         self.read_timeout_s = read_timeout_s
+        self.connect_timeout_s = connect_timeout_s
         self.request_attempts = request_attempts  # botocore's, per request (throttling has its own budget)
         self.max_attempts = max_attempts
         self._pool: ThreadPoolExecutor | None = None
+        # ``monotonic()`` past which no attempt starts that could end after it (None: no
+        # deadline); ``aggregate`` sets it inside its own timeout (``Ingestor.run``).
+        self.deadline: float | None = None
+        self.monotonic, self.sleep = monotonic, sleep
+
+    @property
+    def request_budget_s(self) -> float:
+        """The longest one request can take: botocore's attempts, each connecting and reading."""
+        return self.request_attempts * (self.connect_timeout_s + self.read_timeout_s)
+
+    def _before_attempt(self, backoff_s: float = 0.0) -> None:
+        if self.deadline is not None and self.monotonic() + backoff_s + self.request_budget_s > self.deadline:
+            raise DeadlineError(f"not attempted: {self.request_budget_s:.0f} s more would pass the deadline")
 
     @property
     def client(self):
         if self._client is None:
-            self._client = aws.client("dynamodb", read_timeout=self.read_timeout_s, attempts=self.request_attempts)
+            self._client = aws.client("dynamodb", connect_timeout=self.connect_timeout_s,
+                                      read_timeout=self.read_timeout_s, attempts=self.request_attempts)
         return self._client
 
     def get_many(self, table: str, keys: Iterable[Key]) -> dict[Key, Stored]:
@@ -142,7 +163,7 @@ class DynamoRowStore(RowStore):
                 request = response.get("UnprocessedKeys") or {}
                 if not request:
                     break
-                _backoff(attempt)
+                self._backoff(attempt)
             else:
                 raise ThrottledError(f"{name}: keys still unprocessed after {self.max_attempts} attempts")
         return out
@@ -212,7 +233,9 @@ class DynamoRowStore(RowStore):
                 yield (item["pk"]["S"], item["sk"]["S"]), _decode_low(item, self.clock())
 
     def _call(self, method, **kwargs):
-        """botocore already retries throttling; this adds a longer, jittered tail."""
+        """botocore already retries throttling; this adds a longer, jittered tail, never past
+        the deadline (``DeadlineError``)."""
+        self._before_attempt()
         for attempt in range(self.max_attempts):
             try:
                 return method(**kwargs)
@@ -221,8 +244,13 @@ class DynamoRowStore(RowStore):
                     raise
                 if attempt == self.max_attempts - 1:
                     raise ThrottledError(f"throttled after {self.max_attempts} attempts: {exc}") from exc
-                _backoff(attempt)
+                self._backoff(attempt)
         raise AssertionError("unreachable")
+
+    def _backoff(self, attempt: int) -> None:
+        delay = _backoff_s(attempt)
+        self._before_attempt(delay)
+        self.sleep(delay)
 
 
 def _packed(change: Change) -> tuple[bytes, bytes]:
@@ -252,8 +280,8 @@ def _decode_low(item: dict, now_s: float) -> Stored:
     )
 
 
-def _backoff(attempt: int, base: float = 0.02, cap: float = 1.0) -> None:
-    time.sleep(random.uniform(0, min(cap, base * 2 ** attempt)))
+def _backoff_s(attempt: int, base: float = 0.02, cap: float = 1.0) -> float:
+    return random.uniform(0, min(cap, base * 2 ** attempt))
 
 
 def item_size(change: Change, row_bytes: bytes, aux_bytes: bytes, expires_at: int) -> int:

@@ -22,6 +22,14 @@ Exactly once in effect:
 * Lateness. Windows count only recent minutes (pruned on every write); totals, stock,
   co-visitation, popularity and experiment counters count every accepted event, however late.
   ``late`` counts events that arrived over an hour after their event time.
+* One identity, one shopper's worth (``entities.credits``). The deciding row (the shopper's,
+  or an anonymous identity's actor row) grants each event its credits: the item's measure
+  once per identity and window, the variant's counters once per shopper and analysis. Items
+  and variants apply only what was granted, items with quantity 1. A grant is stored with
+  the deciding row and names its event, so redeliveries, retries and resends get the same
+  answer.
+  Events of automated clients (``bot``) and anonymous events without an identity are
+  granted nothing shared (they still count in nothing else: they have no shopper's row).
 """
 
 from __future__ import annotations
@@ -41,7 +49,9 @@ LATE_MS = windows.LONGEST_WINDOW_MINUTES * windows.MINUTE_MS
 # back after weeks, so a shopper's history is kept for over a year. A dedupe row only has
 # to outlive the 24 h retry horizon of its newest id.
 ROW_TTL_MS = {"user": 400 * entities.DAY_MS, "item": 400 * entities.DAY_MS, "variant": 400 * entities.DAY_MS,
-              "dedupe": entities.DEDUPE_HORIZON_MS + entities.HOUR_MS}
+              "dedupe": entities.DEDUPE_HORIZON_MS + entities.HOUR_MS,
+              # an anonymous identity's credits matter for their window and the one after it
+              "actor": 2 * entities.CREDIT_WINDOW_MS + entities.HOUR_MS}
 
 
 @dataclass(slots=True)
@@ -70,6 +80,9 @@ class BatchStats:
     duplicates: int = 0
     already_applied: int = 0
     anonymous: int = 0
+    # Accepted events that moved nothing shared: the identity's credit was already used in
+    # the window (or the identity is a bot, or unknown).
+    not_credited: int = 0
     # Items with stock events in this batch -> their stock level after it (applied now or
     # by an earlier delivery), for the sold-out list.
     stock_levels: dict[str, int] = field(default_factory=dict)
@@ -121,6 +134,8 @@ def rows_needed(records: list[StreamRecord], shard: str, source: str | None = No
             user_ids.add(e.user_id)
         else:
             items.add(_anonymous_dedupe_key(r, source))
+            if e.actor is not None and not e.bot:
+                items.add(keys.actor_key(e.actor))
         if e.item_id is not None:
             item_ids.add(e.item_id)
         if e.variant is not None:
@@ -236,7 +251,29 @@ def _route(records: list[StreamRecord]) -> _Routed:
     return routed
 
 
-_Accepted = tuple[StreamRecord, list[str], bool]  # record, co-visit sources, is a reorder
+# record, co-visit sources, is a reorder, its credits (``entities.ITEM | EXPOSED | COUNTER``)
+_Accepted = tuple[StreamRecord, list[str], bool, int]
+
+
+def _grant(credits: entities.Credits, r: StreamRecord, new: bool) -> int:
+    """The shared scores this record may move, as its identity's deciding row grants them."""
+    e = r.event
+    if e.bot:
+        return 0
+    granted = 0
+    measure = MEASURE_INDEX.get(e.type)
+    if measure is not None and e.item_id is not None and credits.grant_item(
+            e.item_id, measure, r.event_key, r.arrival_ms, new):
+        granted = entities.ITEM
+    if e.variant is not None and e.user_id is not None:
+        experiment = keys.experiment_of(e.rec_id)
+        if credits.grant_variant(experiment, e.variant, 0, r.event_key, r.arrival_ms, new):
+            granted |= entities.EXPOSED
+        counter = entities.VARIANT_COUNTER.get(e.type)
+        if counter is not None and credits.grant_variant(experiment, e.variant, counter, r.event_key, r.arrival_ms,
+                                                         new):
+            granted |= entities.COUNTER
+    return granted
 
 
 def _count_shoppers(batch: _Batch, by_user: dict[str, list[StreamRecord]]) -> list[_Accepted]:
@@ -266,16 +303,19 @@ def _count_shoppers(batch: _Batch, by_user: dict[str, list[StreamRecord]]) -> li
                     sources = covisit_sources(row, e, r.event_key) if e.item_id else []
                     if verdict == entities.NEW:  # its id had been forgotten (over the cap): remember it again
                         _touch(user, r)
+                    granted = _grant(user.aux.credits, r, False)
                 else:
                     sources = (covisit_sources(row, e, r.event_key)
                                if e.item_id and e.type in MEASURE_INDEX else [])
                     apply_user_event(row, e, r.event_key)
+                    granted = _grant(user.aux.credits, r, True)
                     user.seqs.append(seq)  # _touch, inline
                     user.changed = True
                     if e.ts > user.last_ts:
                         user.last_ts = e.ts
                 # Same answer before and after the row applied it (entities.is_reorder).
-                accepted.append((r, sources, e.type == "purchase" and e.item_id is not None and is_reorder(row, e)))
+                accepted.append((r, sources, e.type == "purchase" and e.item_id is not None and is_reorder(row, e),
+                                 granted))
             except Exception as exc:  # noqa: BLE001 - whatever it is, it costs only this record
                 _poison(stats, r, exc)
     return accepted
@@ -296,7 +336,15 @@ def _count_anonymous(batch: _Batch, records: list[StreamRecord]) -> list[_Accept
             if verdict == entities.NEW:
                 _touch(dedupe, r)
             stats.anonymous += 1
-            accepted.append((r, [], False))
+            e = r.event
+            granted = 0
+            if e.actor is not None and not e.bot:
+                actor = batch.entity("actor", ITEMS, keys.actor_key(e.actor), entities.ActorRow)
+                new = not actor.applied(r.seq)
+                granted = _grant(actor.row.credits, r, new)
+                if new:
+                    _touch(actor, r)
+            accepted.append((r, [], False, granted))
         except Exception as exc:  # noqa: BLE001
             _poison(stats, r, exc)
     return accepted
@@ -322,25 +370,30 @@ def _count_items_and_variants(batch: _Batch, accepted: list[_Accepted]) -> None:
     """What the deciding rows accepted counts for its item (with its co-visits) and for the
     variant its rec_id attributes it to, unless that row already holds the record."""
     add_covisits = entities.add_covisits
+    moves_variant, item_credit = entities.moves_variant, entities.ITEM
     items = batch.items
-    for r, sources, reorder in accepted:
+    for r, sources, reorder, granted in accepted:
         e = r.event
         seq = r.seq
         try:
             if e.item_id is not None and e.type in MEASURE_INDEX:
-                item = items.get(e.item_id) or batch.item(e.item_id)
-                if seq > item.base_mark or not item.applied(seq):
-                    entities.apply_item_event(item.row, e, r.event_key, reorder)  # looked up per call: tests patch it
-                    if sources:
-                        add_covisits(item.row, sources, e.ts)
-                    item.seqs.append(seq)  # _touch, inline
-                    item.changed = True
-                    if e.ts > item.last_ts:
-                        item.last_ts = e.ts
-            if e.variant is not None:
+                if not granted & item_credit:
+                    batch.stats.not_credited += 1
+                else:
+                    item = items.get(e.item_id) or batch.item(e.item_id)
+                    if seq > item.base_mark or not item.applied(seq):
+                        # One shopper's worth: quantity 1 (looked up per call: tests patch it).
+                        entities.apply_item_event(item.row, e, r.event_key, reorder, 1)
+                        if sources:
+                            add_covisits(item.row, sources, e.ts)
+                        item.seqs.append(seq)  # _touch, inline
+                        item.changed = True
+                        if e.ts > item.last_ts:
+                            item.last_ts = e.ts
+            if e.variant is not None and e.user_id is not None and not e.bot and moves_variant(e, granted):
                 variant = batch.variant(e.rec_id, e.variant)
                 if seq > variant.base_mark or not variant.applied(seq):
-                    entities.apply_variant_event(variant.row, e)
+                    entities.apply_variant_credit(variant.row, e, granted)
                     _touch(variant, r)
         except Exception as exc:  # noqa: BLE001
             _poison(batch.stats, r, exc)
@@ -376,6 +429,9 @@ def _finish(ent: _Entity, source: str, now_ms: int, newest_arrival_ms: int) -> C
         seen = entities.DedupeRow(ent.aux.seen)
         seen.prune(newest_arrival_ms, entities.DEDUPE_IDS_PER_SHOPPER)
         ent.aux.seen = seen.seen
+        ent.aux.credits.prune(newest_arrival_ms)
+    elif ent.kind == "actor":
+        row.credits.prune(newest_arrival_ms)
     elif ent.kind == "item":
         entities.prune_item(row, now_ms)
     elif ent.kind == "dedupe":

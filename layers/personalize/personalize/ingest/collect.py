@@ -13,25 +13,53 @@ Two routes (DESIGN 3.1, 3.2):
 On both, the ``variant`` an event is attributed to is the one serving signed into its
 ``rec_id`` for that shopper (``identity.verify_rec_id``); a client's ``variant`` is never
 written, and a rec_id that does not verify attributes to no variant.
+
+The public route is a browser's, and a browser carries the shopper's cookie wherever the page
+posting came from: it refuses a foreign ``Origin`` (403, ``origins``: the shop's
+``AllowedOrigins``; a request without ``Origin`` is no browser page's) and takes only a JSON
+body (415: a cross-site HTML form can send only ``text/plain``, ``multipart/form-data`` or
+``application/x-www-form-urlencoded``, and a page's JSON needs a CORS preflight that only the
+allowed origins pass).
+
+Identity for shared scores (``actors``): the account when signed in; for anonymous traffic a
+keyed hash of the viewer's address, valid for one window (``actor``), or of the consented
+first-party id; automated clients are marked (``bot``) and count for nothing shared. One
+identity beyond ``actors.EVENTS_PER_S`` gets 429 with ``Retry-After``.
+
+Our own outage, never the input, answers 5xx: when the signing keys cannot be read, neither the
+cookie nor a rec_id can be verified nor the anonymous identity keyed, and the request gets 503
+with ``Retry-After`` (nothing accepted, nothing silently stripped).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from personalize.adapters.stream import EventStream
 from personalize.identity import KeyRing, verify_rec_id
+from personalize.ingest import actors
 from personalize.ingest.events import EventError, country_code, loads, parse_event, partition_key
 from personalize.ingest.origins import OriginPolicy
+
+log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1_048_576  # 1 MiB: 500 events of about 2 KB each
 MAX_EVENTS = 500
 PUBLIC = "public"
 SERVER = "server"
 PUBLIC_TYPES = frozenset({"view", "click", "add_to_cart", "purchase", "impression"})
+RETRY_AFTER_S = 10  # our outage (keys unreadable): KeyRing retries a failed read this often
+STREAM_RETRY_AFTER_S = 2  # our outage (Kinesis failing): soon, a client's retries back off
+# Fields only collect writes on the public route: a browser's are dropped.
+SERVER_SET_FIELDS = ("country", "actor", "bot")
+
+
+class StreamUnavailableError(RuntimeError):
+    """The stream stored none of a request's events: our outage (503, ``Retry-After``)."""
 
 
 class BodyError(ValueError):
@@ -92,7 +120,7 @@ def _as_public(obj: object, shopper: str | None) -> object:
     if claimed is not None and claimed != shopper:
         raise EventError("user_id must be the signed-in shopper's (rt_uid cookie)" if shopper else
                          "user_id needs a signed-in shopper (rt_uid cookie); leave it out when anonymous")
-    out = dict(obj)
+    out = {k: v for k, v in obj.items() if k not in SERVER_SET_FIELDS}
     if shopper is None:
         out.pop("user_id", None)
     else:
@@ -110,10 +138,12 @@ def _attributable(event, public: bool) -> bool:
 
 
 def collect(events: list, stream: EventStream, now_ms: int, viewer_country: str | None = None, *,
-            route: str = SERVER, shopper: str | None = None, keys: Iterable[str] = ()) -> CollectResult:
+            route: str = SERVER, shopper: str | None = None, keys: Iterable[str] = (), actor: str | None = None,
+            automated: bool = False) -> CollectResult:
     """Validate each event for ``route``, attribute it through its rec_id, write the valid
     ones. ``shopper``: the verified cookie's user (public route); ``keys``: the signing
-    keys that verify rec_ids (current, previous)."""
+    keys that verify rec_ids (current, previous); ``actor``: the anonymous identity (public
+    route, no shopper); ``automated``: a bot's request (counts for nothing shared)."""
     rejected: list[dict] = []
     records: list[tuple[str, bytes]] = []
     indexes: list[int] = []
@@ -126,9 +156,13 @@ def collect(events: list, stream: EventStream, now_ms: int, viewer_country: str 
             if public:
                 obj = _as_public(obj, shopper)
             if type(obj) is dict and public:
-                obj = {k: v for k, v in obj.items() if k != "country"}  # CloudFront's, never the body's
+                obj = {k: v for k, v in obj.items() if k not in SERVER_SET_FIELDS}  # ours, never the body's
                 if country:
                     obj["country"] = country
+                if actor and shopper is None:
+                    obj["actor"] = actor
+                if automated:
+                    obj["bot"] = True
             elif country and type(obj) is dict and obj.get("country") is None:
                 obj = {**obj, "country": country}
             event = parse_event(obj, now_ms, anonymous_ok=public)
@@ -148,7 +182,12 @@ def collect(events: list, stream: EventStream, now_ms: int, viewer_country: str 
         indexes.append(index)
     accepted = 0
     if records:
-        result = stream.put(records)
+        try:
+            result = stream.put(records)
+        except Exception as exc:  # noqa: BLE001 - the stream failed (not a throttle): our outage
+            raise StreamUnavailableError(f"{type(exc).__name__}: {exc}") from exc
+        if all(error is not None for error in result.errors):  # nothing stored: the same, retryable
+            raise StreamUnavailableError(f"no record stored ({result.errors[0]})")
         for index, error in zip(indexes, result.errors):
             if error is None:
                 accepted += 1
@@ -156,6 +195,23 @@ def collect(events: list, stream: EventStream, now_ms: int, viewer_country: str 
                 rejected.append({"index": index, "error": f"not stored ({error}); retry later"})
         rejected.sort(key=lambda r: r["index"])
     return CollectResult(accepted, rejected, attributed)
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Why a request was refused as a whole (its metric's name)."""
+
+    metric: str
+
+
+BYPASS = Refused("RequestsBypassingCdn")
+ORIGIN_KEYS = Refused("OriginKeysUnavailable")
+NOT_JSON = Refused("RequestsNotJson")
+FOREIGN_ORIGIN = Refused("RequestsForeignOrigin")
+BAD_BODY = Refused("RequestsBadBody")
+IDENTITY_KEYS = Refused("IdentityKeysUnavailable")
+OVER_RATE = Refused("RequestsOverRate")
+STREAM_DOWN = Refused("EventsStreamUnavailable")
 
 
 @dataclass
@@ -167,36 +223,81 @@ class Request:
     cookie: str | None = None
     viewer_country: str | None = None
     origin_token: str | None = None
-    origin: str | None = None  # the browser's Origin header (public route)
+    content_type: str | None = None
+    origin: str | None = None           # the browser's Origin header (public route)
+    user_agent: str | None = None
+    viewer_address: str | None = None   # CloudFront-Viewer-Address: "<ip>:<port>"
+    anonymous_cookie: str | None = None  # rt_aid: a consented first-party anonymous id
+
+
+def is_json(content_type: str | None) -> bool:
+    """``application/json`` (parameters such as charset allowed), or a ``+json`` type."""
+    if not content_type or not isinstance(content_type, str):
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _carries_rec_id(events: list) -> bool:
+    return any(type(e) is dict and e.get("rec_id") is not None for e in events)
 
 
 class Collector:
     """Both routes' decisions, free of Lambda: origin check, identity, validation, stream."""
 
     def __init__(self, stream: EventStream, signing: KeyRing, origin: KeyRing | None,
-                 clock: Callable[[], float] = time.time, origins: OriginPolicy | None = None):
+                 clock: Callable[[], float] = time.time, origins: OriginPolicy | None = None,
+                 limiter: actors.RateLimiter | None = None):
         self.stream = stream
         self.signing = signing
         self.origin = origin  # None: no CDN in front (never in a deployed stack)
         self.clock = clock
         self.origins = origins  # None: no Origin check (unit tests of other rules)
+        self.limiter = limiter if limiter is not None else actors.RateLimiter()
 
-    def handle(self, request: Request, now_ms: int | None = None) -> tuple[int, dict, CollectResult | None]:
+    def handle(self, request: Request, now_ms: int | None = None) -> tuple[int, dict, CollectResult | Refused]:
+        """(status, body, what was collected, or why the request was refused as a whole)."""
         now_ms = int(self.clock() * 1000) if now_ms is None else now_ms
         if request.route == PUBLIC and self.origin is not None and not self.origin.token_matches(
                 request.origin_token):
             if not self.origin.available:  # our outage, not the caller's fault: say so, retryable
-                return 503, {"message": "origin verification unavailable (secret unreadable); retry"}, None
-            return 403, {"message": "browsers reach this API only through the CDN"}, None
-        if request.route == PUBLIC and self.origins is not None and not self.origins.permits(request.origin):
-            return 403, {"message": "this origin may not post events (AllowedOrigins)"}, None
+                return 503, {"message": "origin verification unavailable (secret unreadable); retry",
+                             "retry_after_s": RETRY_AFTER_S}, ORIGIN_KEYS
+            return 403, {"message": "browsers reach this API only through the CDN"}, BYPASS
+        public = request.route == PUBLIC
+        if public and self.origins is not None and not self.origins.permits(request.origin):
+            return 403, {"message": "this origin may not post events (AllowedOrigins)"}, FOREIGN_ORIGIN
+        if public and not is_json(request.content_type):
+            return 415, {"message": "POST /events takes a JSON body (Content-Type: application/json)"}, NOT_JSON
         try:
             events = parse_body(request.body)
         except BodyError as exc:
-            return exc.status, {"message": str(exc)}, None
-        shopper = self.signing.verified_user(request.cookie) if request.route == PUBLIC else None
-        result = collect(events, self.stream, now_ms, request.viewer_country, route=request.route,
-                         shopper=shopper, keys=self.signing.keys())
+            return exc.status, {"message": str(exc)}, BAD_BODY
+        keys = self.signing.keys()
+        if not keys and (public or _carries_rec_id(events)):
+            # Without the keys no cookie, rec_id or anonymous identity can be verified: our
+            # outage, so retryable, and nothing accepted in a lesser form.
+            return 503, {"message": "identity cannot be verified now (signing keys unreadable); retry",
+                         "retry_after_s": RETRY_AFTER_S}, IDENTITY_KEYS
+        shopper = actor = None
+        automated = False
+        if public:
+            shopper = self.signing.verified_user(request.cookie)
+            if shopper is None:
+                consented = self.signing.verified_anonymous(request.anonymous_cookie)
+                actor = actors.anonymous_actor(request.viewer_address, keys[0], now_ms, consented)
+            automated = actors.is_automated(request.user_agent)
+            wait = self.limiter.take(shopper or actor or "unknown", len(events), now_ms / 1000)
+            if wait:
+                return 429, {"message": f"more events than one shopper sends ({actors.EVENTS_PER_S:g}/s); "
+                                        f"retry after {wait} s", "retry_after_s": wait}, OVER_RATE
+        try:
+            result = collect(events, self.stream, now_ms, request.viewer_country, route=request.route,
+                             shopper=shopper, keys=keys, actor=actor, automated=automated)
+        except StreamUnavailableError as exc:
+            log.error("events stream unavailable: %s", exc)
+            return 503, {"message": "the events stream is unavailable; retry (events are deduplicated by event_id)",
+                         "retry_after_s": STREAM_RETRY_AFTER_S}, STREAM_DOWN
         return 202, result.to_body(), result
 
 

@@ -21,6 +21,7 @@ MAX_ID_CHARS = 128
 MAX_EVENT_ID_CHARS = 64
 MAX_TAG_CHARS = 128
 MAX_IMPRESSION_ITEMS = 100
+MAX_ACTOR_CHARS = 64
 # Bounds of DESIGN 3.1, in one place: both HTTP routes and aggregate's record decoder use them.
 MAX_QUANTITY = 1_000
 MAX_PRICE = 1_000_000
@@ -67,6 +68,10 @@ class Event:
     rec_id: str | None = None
     variant: str | None = None
     items: tuple[str, ...] = ()
+    # Set by collect on the public route (a browser's are dropped): the anonymous identity
+    # shared scores count (``ingest.actors``), and an automated client's mark.
+    actor: str | None = None
+    bot: bool = False
 
     def to_dict(self) -> dict:
         """The contract form, without fields that are unset."""
@@ -79,6 +84,10 @@ class Event:
             out["quantity"] = self.quantity
         if self.items:
             out["items"] = list(self.items)
+        if self.actor is not None:
+            out["actor"] = self.actor
+        if self.bot:
+            out["bot"] = True
         return out
 
 
@@ -246,12 +255,24 @@ def parse_event(obj: object, now_ms: int | None = None, anonymous_ok: bool = Fal
             if not _plain_text(item, MAX_ID_CHARS):
                 clean_text(item, "items", MAX_ID_CHARS)
         event.items = tuple(items)
+    actor = get("actor")
+    if actor is not None:
+        event.actor = actor if _plain_text(actor, MAX_ACTOR_CHARS) else clean_text(actor, "actor", MAX_ACTOR_CHARS)
+    bot = get("bot")
+    if bot is not None:
+        if type(bot) is not bool:
+            raise EventError("bot must be true or false")
+        event.bot = bot
     return event
 
 
 def partition_key(event: Event) -> str:
     """Kinesis partition key: the shopper, so that one shopper's events stay in order on
-    one shard; stock and anonymous events have no shopper and go by item (or event id)."""
-    if event.type != "stock" and event.user_id is not None:
-        return event.user_id
+    one shard (an anonymous identity's too: its credits have one writer, and a viral item's
+    anonymous traffic spreads over the shards); stock and the rest go by item (or event id)."""
+    if event.type != "stock":
+        if event.user_id is not None:
+            return event.user_id
+        if event.actor is not None:
+            return event.actor
     return event.item_id or event.event_id

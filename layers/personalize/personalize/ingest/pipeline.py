@@ -8,14 +8,21 @@ What happens to a record, whatever goes wrong:
 
 * it cannot be decoded or breaks the contract (any exception, not only the contract's):
   quarantined with the reason and its raw bytes; the batch goes on;
-* it cannot be applied (an exception in aggregation) or a row it changes cannot be stored
-  (packing fails, the size guard gives up, DynamoDB refuses the item as invalid):
+* it cannot be applied (an exception in aggregation), a row it changes cannot be stored
+  (packing fails, the size guard gives up), or DynamoDB refuses its deciding row as invalid:
   quarantined, and the batch is aggregated again without it, so it is applied nowhere and
   costs its neighbours nothing;
+* DynamoDB refuses another row it changes (an item's, a variant's): it still counts in its
+  deciding rows, so it is not quarantined as unapplied; the row is (``writes``);
 * a row it changes could not be written for a reason that may pass (throttling, a timeout,
-  a conflicting writer, a service error): reported as a batch item failure, so Lambda
-  retries from it; rows that did get written skip it on the retry (``aggregation``);
+  a conflicting writer, a service error, the invocation's deadline): reported as a batch item
+  failure, so Lambda retries from it; rows that did get written skip it on the retry
+  (``aggregation``);
 * the quarantine itself fails: reported as a batch item failure (retried, never dropped).
+
+Retries stop at a deadline inside the invocation's timeout (``run(deadline=...)``, the row
+store's ``deadline``): what is not written by then is reported as batch item failures, not
+lost to a timeout of the whole invocation.
 """
 
 from __future__ import annotations
@@ -35,8 +42,12 @@ from personalize.ingest.events import parse_event
 from personalize.ingest.progress import SourceProgress
 from personalize.ingest.writes import RowWriter, quarantine_entry
 
-# Rows that decide whether an event counts (they hold the event ids): written first.
-DECIDERS = ("user", "dedupe")
+# Rows that decide whether an event counts (they hold the event ids, and the credits of what
+# an identity may move in shared scores): written first.
+DECIDERS = ("user", "dedupe", "actor")
+# A batch whose deciding rows DynamoDB keeps refusing is aggregated again without their
+# records at most this often (each pass sets aside at least one row's records).
+MAX_REJECTED_PASSES = 8
 
 
 @dataclass
@@ -47,6 +58,7 @@ class IngestResult:
     poison: int = 0  # valid records that could not be applied or stored (quarantined)
     late: int = 0
     anonymous: int = 0
+    not_credited: int = 0  # accepted events that moved nothing shared (``entities.credits``)
     duplicates: int = 0
     already_applied: int = 0
     writes: int = 0
@@ -82,8 +94,20 @@ class Ingestor:
                                source, arrival_ms, data)
 
     def run(self, shard: str, records: list[StreamRecord], rejected: list[dict], now_ms: int,
-            stream_arn: str | None = None, replay: bool = False) -> IngestResult:
-        """``replay``: the records re-drive a range the trigger gave up on (``infra.replay``)."""
+            stream_arn: str | None = None, replay: bool = False, deadline: float | None = None) -> IngestResult:
+        """``replay``: the records re-drive a range the trigger gave up on (``infra.replay``);
+        ``deadline``: ``time.monotonic()`` past which no store request starts (the row
+        store's ``deadline``): what is not written by then is reported failed, retried."""
+        held = getattr(self.store, "deadline", None)
+        if deadline is not None and hasattr(self.store, "deadline"):
+            self.store.deadline = deadline
+        try:
+            return self._run(shard, records, rejected, now_ms, stream_arn, replay)
+        finally:
+            if deadline is not None and hasattr(self.store, "deadline"):
+                self.store.deadline = held
+
+    def _run(self, shard, records, rejected, now_ms, stream_arn, replay) -> IngestResult:
         result = IngestResult(events=len(records))
         source = keys.source_key(stream_arn, shard)
         seqs = [r.seq for r in records] + [int(e["id"]) for e in rejected if str(e["id"]).isdigit()]
@@ -138,17 +162,27 @@ class Ingestor:
         trigger gives up on a record, no item counted it unless its event id is remembered:
         a client's later resend cannot count it a second time."""
         excluded: dict[int, str] = {}
-        aggregated = self._aggregate(writer, shard, source, records, now_ms, stream_arn, holes, replayed, result,
-                                     excluded)
-        if aggregated is None:
+        for _ in range(MAX_REJECTED_PASSES):
+            aggregated = self._aggregate(writer, shard, source, records, now_ms, stream_arn, holes, replayed, result,
+                                         excluded)
+            if aggregated is None:
+                result.failed_seqs.update(r.seq for r in records if r.seq not in excluded)
+                result.write_failures = len(result.failed_seqs)
+                return
+            live, changes, stats = aggregated
+            deciders = [c for c in changes if c.kind in DECIDERS]
+            not_decided, refused = writer.write(deciders, live, shard, stream_arn, now_ms, result)
+            if not refused:
+                break
+            # DynamoDB refused a deciding row: its records (quarantined) were applied nowhere.
+            # Aggregate the batch again without them, from fresh rows: the deciding rows that
+            # were written hold their records now, so items and variants count their records.
+            excluded.update((seq, "rejected") for seq in refused)
+        else:  # refused pass after pass: retry the rest of the batch rather than guess
             result.failed_seqs.update(r.seq for r in records if r.seq not in excluded)
-            result.write_failures = len(result.failed_seqs)
             return
-        live, changes, stats = aggregated
         result.late, result.duplicates, result.already_applied = stats.late, stats.duplicates, stats.already_applied
-        result.anonymous = stats.anonymous
-        deciders = [c for c in changes if c.kind in DECIDERS]
-        not_decided = writer.write(deciders, live, shard, stream_arn, now_ms, result)
+        result.anonymous, result.not_credited = stats.anonymous, stats.not_credited
         rest: list[Change] = [c for c in changes if c.kind not in DECIDERS]
         if not_decided and rest:
             # Lambda retries from the lowest of them: aggregate items and variants again from
@@ -162,7 +196,7 @@ class Ingestor:
                 result.failed_seqs.update(r.seq for r in live)
                 return
             rest = [c for c in again[1] if c.kind not in DECIDERS]
-        writer.write(rest, live, shard, stream_arn, now_ms, result)
+        writer.write(rest, live, shard, stream_arn, now_ms, result, deciding=False)
         if self.soldout is not None and stats.stock_levels:
             self._update_soldout(live, stats.stock_levels, result)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import sys
+import time
 from binascii import a2b_base64 as b64decode  # base64.b64decode without its wrapper
 from collections.abc import Callable
 
@@ -25,6 +26,10 @@ from personalize.ingest.writes import quarantine_entry
 
 # Records re-driven by ``infra.replay`` (make replay-failures) carry this eventName.
 REPLAY_EVENT_NAME = "personalize:replay"
+# No store request starts later than this before the invocation's timeout: what is not
+# written by then is reported as batch item failures (the quarantine and the answer need
+# the rest). The row store's own budget per request (``request_budget_s``) comes on top.
+DEADLINE_MARGIN_S = 5.0
 
 
 class IngestProcessor(BatchProcessor):
@@ -117,7 +122,7 @@ class IngestProcessor(BatchProcessor):
     def _aggregate_batch(self) -> None:
         if self.records:  # ``collect`` never fails a record: the batch is always aggregated
             result = self.ingestor.run(self._shard, self._valid, self._rejected, self._now_ms, self._stream_arn,
-                                       replay=self._replay)
+                                       replay=self._replay, deadline=self._deadline())
             self.last_result = result
             self._report(result)
             if result.failed_seqs:
@@ -133,6 +138,14 @@ class IngestProcessor(BatchProcessor):
                     self.fail_messages.append(KinesisStreamRecord(raw))
                     self.exceptions.append(info)
 
+    def _deadline(self) -> float | None:
+        """``time.monotonic()`` past which the store starts no request (None outside Lambda)."""
+        context = getattr(self, "lambda_context", None)
+        remaining = getattr(context, "get_remaining_time_in_millis", None)
+        if remaining is None:
+            return None
+        return time.monotonic() + remaining() / 1000 - DEADLINE_MARGIN_S
+
     def _report(self, result: IngestResult) -> None:
         m = self.metrics
         m.add_metric("EventsIn", MetricUnit.Count, result.events + len(self._rejected))
@@ -140,6 +153,7 @@ class IngestProcessor(BatchProcessor):
         m.add_metric("EventsPoison", MetricUnit.Count, result.poison)
         m.add_metric("EventsLate", MetricUnit.Count, result.late)
         m.add_metric("EventsAnonymous", MetricUnit.Count, result.anonymous)
+        m.add_metric("EventsNotCredited", MetricUnit.Count, result.not_credited)
         m.add_metric("EventsDuplicate", MetricUnit.Count, result.duplicates)
         m.add_metric("RowWrites", MetricUnit.Count, result.writes)
         m.add_metric("RowWriteFailures", MetricUnit.Count, result.write_failures)
@@ -156,6 +170,9 @@ class IngestProcessor(BatchProcessor):
 def build_ingestor() -> Ingestor:
     """The production wiring, from the function's validated environment."""
     config = settings.load(settings.FEATURES_TABLE, settings.ITEMS_TABLE, settings.QUARANTINE_QUEUE)
-    store = DynamoRowStore({USERS: config[settings.FEATURES_TABLE], ITEMS: config[settings.ITEMS_TABLE]})
+    # Short per-request budgets (2 attempts of 1 s connect + 5 s read): retries stay inside the
+    # invocation's deadline (``DEADLINE_MARGIN_S``, ``Ingestor.run``).
+    store = DynamoRowStore({USERS: config[settings.FEATURES_TABLE], ITEMS: config[settings.ITEMS_TABLE]},
+                           request_attempts=2, connect_timeout_s=1.0)
     return Ingestor(store, SqsQuarantine(config[settings.QUARANTINE_QUEUE]),
                     soldout=DynamoSoldOut(config[settings.FEATURES_TABLE]), stream=KinesisStreamReader())

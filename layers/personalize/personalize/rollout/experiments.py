@@ -1,7 +1,12 @@
 """Experiment analysis and the guardrail's sequential test.
 
-Conversion is purchases per impression, attributed through ``rec_id``/``variant`` by
-``aggregate``. The guardrail asks, every time it runs, whether the challenger converts
+The unit is the shopper (issue 19; ``entities.credits``): a variant's counters hold the
+shoppers exposed to it (``impressions``) and those who clicked, carted and bought, each
+counted once per analysis however many lists, impressions, clicks or replays they send, so no
+one shopper can steer the test. Conversion is the share of exposed shoppers who bought,
+attributed through ``rec_id``/``variant`` by ``aggregate``; the shopper is also the unit of
+randomization (sticky buckets), so the counts are independent Bernoulli trials, as the test
+assumes. The guardrail asks, every time it runs, whether the challenger converts
 worse than the champion, with a mixture sequential probability ratio test (mSPRT, Johari
 et al. 2017) on the difference of the two conversion rates: the statistic
 
@@ -29,12 +34,15 @@ ALPHA = 0.05
 # The mixing distribution's scale: the size of difference in conversion rate the test is
 # tuned to find (half a point of conversion).
 TAU = 0.005
-MIN_IMPRESSIONS = 500  # per variant, before the normal approximation is trusted
+MIN_IMPRESSIONS = 500  # exposed shoppers per variant, before the normal approximation is trusted
 Z95 = 1.959963984540054
 
 
 @dataclass
 class Counters:
+    """One variant's shoppers (see the module): exposed (``impressions``), clicked, carted,
+    bought; ``revenue`` sums every attributed purchase."""
+
     impressions: int = 0
     clicks: int = 0
     add_to_carts: int = 0

@@ -6,13 +6,22 @@ The document (see ``infra/flags/``) holds ``champion_model`` and ``challenger_mo
 The bucket is a salted hash of (experiment id, user id): the same shopper gets the same
 variant on every request and at every edge location, a new experiment reshuffles, and
 anonymous shoppers get the champion labelled ``outside`` (not part of the experiment, left
-out of its analysis); so does everyone on an instance whose flags are older than
-``FLAGS_MAX_AGE_S`` (it cannot have seen a kill).
+out of its analysis); so does everyone on an instance whose flags AppConfig has not confirmed
+for ``FLAGS_MAX_AGE_S`` (it cannot have seen a kill: an instance idle for longer, or cut off).
 
-Serving evaluates the real document with Powertools ``FeatureFlags``. The store keeps the
-last good document when a fetch fails and counts the failure; before any document was
-loaded, ``Rollout.assign`` serves the champion it was built with and says so
-(``flags_loaded=False``), because Powertools alone would return defaults silently.
+Serving evaluates the real document with Powertools ``FeatureFlags``. The store refreshes it
+as often as AppConfig's data API allows (``adapters.appconfig.FlagSession``: 15 s) and keeps
+the last good document when a fetch fails, and counts the failure. A document that breaks
+the schema (``validate_document``: the same rules as the profile's JSON_SCHEMA validator,
+``infra/flags/schema/rollout.schema.json``, plus Powertools' own) is refused: the last good one is kept (the
+bundled one when there is none yet: the champion alone) and ``refused`` counts it (serving's
+``FlagsDocumentRefused`` metric). Before any document was loaded, ``Rollout.assign`` serves
+the champion it was built with and says so (``flags_loaded=False``), because Powertools alone
+would return defaults silently.
+
+End to end, a kill reaches every instance within ``FLAGS_MAX_AGE_S`` (30 s) of the moment
+AppConfig serves it: a busy instance polls every 15 s; an instance that has not heard from
+AppConfig for 30 s (idle, frozen, cut off) serves only the champion until it has.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +39,9 @@ from typing import Any
 from aws_lambda_powertools.utilities.feature_flags import FeatureFlags
 from aws_lambda_powertools.utilities.feature_flags.base import StoreProvider
 from aws_lambda_powertools.utilities.feature_flags.exceptions import ConfigurationStoreError
+from aws_lambda_powertools.utilities.feature_flags.schema import SchemaValidator
+
+from personalize.adapters.appconfig import PollTooEarly
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +51,11 @@ CHALLENGER = "challenger"
 # Served the champion but not part of the experiment (anonymous, or flags too old to trust):
 # labelled so, attributed to no experiment, left out of its analysis.
 OUTSIDE = "outside"
-FLAGS_MAX_AGE_S = 300.0  # flags not refreshed for longer than this serve only the champion
+# Flags AppConfig has not confirmed for longer than this serve only the champion: two of the
+# data API's 15 s poll intervals (the end-to-end kill latency, see the module's docstring).
+FLAGS_MAX_AGE_S = 30.0
+# How often the store asks AppConfig (its data API refuses anything faster).
+REFRESH_S = 15.0
 
 
 def bucket(user_id: str, experiment_id: str) -> int:
@@ -47,6 +64,88 @@ def bucket(user_id: str, experiment_id: str) -> int:
 
 
 MODEL_PINS = "model_sha256"
+# A model is a plain <name>/<version>: never a path (a name with one escaped the sha256 pin).
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}/[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
+_EXPERIMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+REQUIRED_FLAGS = ("champion_model", "challenger_model", "experiment_id", "kill_switch", "challenger")
+OPTIONAL_FLAGS = ("ramp_steps", MODEL_PINS)
+
+
+class FlagsDocumentError(ValueError):
+    """A flags document that breaks the schema: refused, the last good one kept."""
+
+
+def is_model_name(key: object) -> bool:
+    return isinstance(key, str) and MODEL_NAME.fullmatch(key) is not None
+
+
+def _flag(doc: dict, name: str) -> dict:
+    flag = doc.get(name)
+    if not isinstance(flag, dict) or "default" not in flag:
+        raise FlagsDocumentError(f"{name}: a flag object with a default is required")
+    return flag
+
+
+def _keys_within(flag: dict, name: str, allowed: tuple[str, ...]) -> None:
+    extra = set(flag) - set(allowed)
+    if extra:
+        raise FlagsDocumentError(f"{name}: unknown fields {sorted(extra)}")
+
+
+def validate_document(doc: object) -> None:
+    """The profile's JSON_SCHEMA validator's rules (``infra/flags/schema/rollout.schema.json``; a test keeps
+    them equal on generated documents), then Powertools' own schema. Raises FlagsDocumentError."""
+    if not isinstance(doc, dict):
+        raise FlagsDocumentError("the flags document is not a JSON object")
+    unknown = set(doc) - set(REQUIRED_FLAGS) - set(OPTIONAL_FLAGS)
+    if unknown:
+        raise FlagsDocumentError(f"unknown flags {sorted(unknown)}")
+    for name in ("champion_model", "challenger_model"):
+        flag = _flag(doc, name)
+        _keys_within(flag, name, ("default", "boolean_type"))
+        if not is_model_name(flag["default"]) or flag.get("boolean_type", False) is not False:
+            raise FlagsDocumentError(f"{name}: a plain <name>/<version> model (no path), boolean_type false")
+    flag = _flag(doc, "experiment_id")
+    _keys_within(flag, "experiment_id", ("default", "boolean_type"))
+    if not (isinstance(flag["default"], str) and _EXPERIMENT_ID.fullmatch(flag["default"])) \
+            or flag.get("boolean_type", False) is not False:
+        raise FlagsDocumentError("experiment_id: 1-64 letters, digits, '.', '_' or '-'")
+    for name in ("kill_switch", CHALLENGER):
+        flag = _flag(doc, name)
+        _keys_within(flag, name, ("default", "boolean_type", "rules"))
+        if type(flag["default"]) is not bool or flag.get("boolean_type", True) is not True:
+            raise FlagsDocumentError(f"{name}: a boolean flag")
+        rules = flag.get("rules", {})
+        if not isinstance(rules, dict) or len(rules) > 32:
+            raise FlagsDocumentError(f"{name}: rules must be an object of at most 32 rules")
+        for rule_name, rule in rules.items():
+            if not isinstance(rule, dict) or set(rule) != {"when_match", "conditions"} \
+                    or type(rule["when_match"]) is not bool or not isinstance(rule["conditions"], list) \
+                    or not 1 <= len(rule["conditions"]) <= 16:
+                raise FlagsDocumentError(f"{name}: rule {rule_name!r} must hold when_match and 1-16 conditions")
+            for condition in rule["conditions"]:
+                if not isinstance(condition, dict) or set(condition) != {"action", "key", "value"} \
+                        or not isinstance(condition["key"], str) or not condition["key"]:
+                    raise FlagsDocumentError(f"{name}: rule {rule_name!r}: conditions are action, key, value")
+    if "ramp_steps" in doc:
+        flag = _flag(doc, "ramp_steps")
+        _keys_within(flag, "ramp_steps", ("default", "boolean_type"))
+        steps = flag["default"]
+        if flag.get("boolean_type") is not False or not isinstance(steps, list) or len(steps) > 100 \
+                or not all(type(x) is int and 1 <= x <= BUCKETS for x in steps):
+            raise FlagsDocumentError("ramp_steps: at most 100 shares in buckets (1-10000), boolean_type false")
+    if MODEL_PINS in doc:
+        flag = _flag(doc, MODEL_PINS)
+        _keys_within(flag, MODEL_PINS, ("default", "boolean_type"))
+        pins = flag["default"]
+        if flag.get("boolean_type") is not False or not isinstance(pins, dict) or len(pins) > 16 or not all(
+                is_model_name(k) and isinstance(v, str) and _SHA256.fullmatch(v) for k, v in pins.items()):
+            raise FlagsDocumentError("model_sha256: plain model names to 64 hex digits, boolean_type false")
+    try:
+        SchemaValidator(doc).validate()
+    except Exception as exc:  # Powertools' SchemaValidationError, or whatever a bad rule makes it raise
+        raise FlagsDocumentError(f"Powertools refuses the document: {exc}") from None
 
 
 def share_step(share: float) -> int:
@@ -113,20 +212,26 @@ def ramp_steps(doc: dict) -> list[int]:
 
 class CachedDocumentStore(StoreProvider):
     """A flags document fetched at most every ``max_age_s``; the last good one survives
-    fetch failures (counted, logged); before the first success, fetches raise."""
+    fetch failures (counted, logged) and refused documents (``refused``: ``validate_document``);
+    before the first success, fetches raise, unless a refused document arrives first: then the
+    ``bundled`` one (the champion alone) is served. ``fetch`` may raise ``PollTooEarly``: no
+    failure, asked again when it says."""
 
-    def __init__(self, fetch: Callable[[], dict], max_age_s: float = 10.0, clock=time.monotonic,
-                 executor=None):
+    def __init__(self, fetch: Callable[[], dict], max_age_s: float = REFRESH_S, clock=time.monotonic,
+                 executor=None, bundled: dict | None = None):
         self.fetch = fetch
         self.max_age_s = max_age_s
         self.clock = clock
         # With an executor, a stale document is refreshed in the background and the current
         # one answers meanwhile: serving never waits on AppConfig once it has a document.
         self.executor = executor
+        self.bundled = bundled
         self.document: dict | None = None
         self.fetched_at = float("-inf")
         self.succeeded_at = float("-inf")  # the last fetch that worked (fetched_at counts failures too)
         self.failures = 0
+        self.refused = 0      # documents that broke the schema (the last good one kept)
+        self.refusal: str | None = None  # why the last one was refused
         self.loads = 0
         self._lock = threading.Lock()
         self._refreshing = threading.Lock()
@@ -160,12 +265,26 @@ class CachedDocumentStore(StoreProvider):
         with self._lock:
             try:
                 document = self.fetch()
-                if not isinstance(document, dict):
-                    raise ValueError("flags document is not a JSON object")
-                if document != self.document:
-                    self.document = document
+                try:
+                    validate_document(document)
+                except FlagsDocumentError as refusal:
+                    self.refused += 1
+                    self.refusal = str(refusal)
+                    log.error("flags document refused (%s); keeping the %s document", refusal,
+                              "last good" if self.document is not None else "bundled")
+                    if self.document is None and self.bundled is not None:
+                        self.document = self.bundled
+                else:
+                    if document != self.document:
+                        self.document = document
+                    self.refusal = None
                 self.loads += 1
                 self.succeeded_at = now
+            except PollTooEarly as wait:
+                if self.document is None:
+                    raise ConfigurationStoreError(f"flags unavailable: {wait}") from wait
+                self.fetched_at = now - self.max_age_s + wait.retry_in_s  # asked again when allowed
+                return self.document
             except Exception as exc:
                 self.failures += 1
                 log.warning("flag store fetch failed (%s); %s", exc,

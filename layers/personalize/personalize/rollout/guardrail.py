@@ -2,9 +2,13 @@
 
 On each run: read the deployed rollout; if a challenger is live, read both variants'
 counters and run the sequential test (``experiments.decide``). A kill writes a new flags
-version with the challenger's share at 0 and the kill switch on, deploys it all at once,
-and records the experiment as killed with the reason. A stopped experiment is never
-touched again, and the guardrail never promotes: a winning challenger is only reported.
+version with the challenger's share at 0 and the kill switch on, deploys it all at once
+whatever the environment's deployment is doing (``FlagAdmin.kill``: a ramp still DEPLOYING
+or BAKING is stopped with AllowRevert first, which returns the previous share, so the kill
+still lands after it), and records the experiment as killed with the reason. A kill that does
+not land is recorded (``kill_failed``) and fails the invocation: its alarm pages, and the next
+run tries again. A stopped experiment is never touched again, and the guardrail never
+promotes: a winning challenger is only reported.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 from personalize import settings
 from personalize.adapters import appconfig
-from personalize.adapters.appconfig import ALL_AT_ONCE, FlagAdmin
+from personalize.adapters.appconfig import FlagAdmin
 from personalize.adapters.experiment_states import ExperimentStates
 from personalize.adapters.rowstore import ITEMS, DynamoRowStore, RowStore
 from personalize.rollout import experiments, flags
@@ -57,7 +61,13 @@ def run(store, admin: FlagAdmin, states: ExperimentStates, alpha: float = experi
         document["champion_model"]["default"], document["challenger_model"]["default"], 0.0, experiment,
         kill_switch=True, pins=(document.get(flags.MODEL_PINS) or {}).get("default"),
         earlier_steps=flags.ramp_steps(document))
-    version = admin.deploy(killed, ALL_AT_ONCE, f"guardrail kill of {experiment}: {decision.reason}")
+    try:
+        version = admin.kill(killed, f"guardrail kill of {experiment}: {decision.reason}")
+    except Exception as exc:  # noqa: BLE001 - recorded, then raised by the handler: it pages
+        states.put(experiment, {"status": "kill_failed", "by": "guardrail", "reason": decision.reason,
+                                "error": f"{type(exc).__name__}: {exc}"[:500], "at": clock(), "counters": summary})
+        return GuardrailResult(experiment, "kill_failed", f"{decision.reason}; the kill failed: {exc}",
+                               counters=summary)
     states.put(experiment, {"status": "killed", "by": "guardrail", "reason": decision.reason, "at": clock(),
                             "flags_version": version, "counters": summary,
                             "likelihood_ratio": decision.likelihood_ratio})
@@ -69,8 +79,7 @@ def admin_from_env() -> appconfig.FlagAdmin:
     application, profile = os.environ["APPCONFIG_APPLICATION"], os.environ["APPCONFIG_PROFILE"]
     if os.environ.get("FLAGS_SOURCE") == "local":
         bucket = settings.load(settings.ARTIFACTS_BUCKET)[settings.ARTIFACTS_BUCKET]
-        return appconfig.LocalFlagAdmin(bucket, application, profile,
-                                        appconfig.local_fetcher(bucket, application, profile))
+        return appconfig.local_admin(bucket, application, profile)
     environment = os.environ["APPCONFIG_ENVIRONMENT"]
     strategies = {appconfig.ALL_AT_ONCE: os.environ["ALL_AT_ONCE_STRATEGY"],
                   appconfig.GRADUAL: os.environ["GRADUAL_STRATEGY"]}

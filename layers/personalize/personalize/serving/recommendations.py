@@ -10,6 +10,10 @@ Fallbacks, each named in the answer (``fallback: true``, ``fallback_reason``):
 ``anonymous``/``no_user_row`` -> trending in the shopper's country, then global trending and
 popular; ``user_read_failed`` -> the same, without waiting longer than the read timeout;
 ``no_snapshot`` -> an empty list with 200 (the last good snapshot is kept when a refresh fails).
+A fallback the variant's model caused (``<variant>_unavailable``: it did not load, served by
+the bundled champion; ``<variant>_failed``: scoring raised, served trending) is what the
+flags rollback alarm counts per variant (``model_fault``), against the champion's rate: a new
+account's ``no_user_row`` or an outage's ``user_read_failed`` is no challenger's failure.
 """
 
 from __future__ import annotations
@@ -65,6 +69,14 @@ def decode_vectors(record: dict) -> np.ndarray:
 
 class BadRequest(ValueError):
     pass
+
+
+def model_fault(body: dict) -> bool:
+    """The answer fell back because of its variant's model (``<variant>_unavailable`` or
+    ``<variant>_failed``), not because of the shopper (anonymous, a new account) or the data
+    (a user read, the snapshot): what the flags rollback alarm counts per variant."""
+    reason = body.get("fallback_reason") or ""
+    return body.get("fallback") is True and reason.endswith(("_unavailable", "_failed"))
 
 
 @dataclass
@@ -133,7 +145,7 @@ class Refreshing:
             self.failures += 1
             log.warning("refresh of %s failed; keeping the last good value", self.name, exc_info=True)
             return False
-        if value is not None and value is not self.value:
+        if value is not None and value is not self.value and not _unchanged(value, self.value):
             self.value = value
             self.generation += 1
         self.succeeded_at = max(self.succeeded_at, started)  # as fresh as when the read started
@@ -160,6 +172,12 @@ class Refreshing:
             return True
         self.refresh_now()
         return self.age() <= max_age_s
+
+
+def _unchanged(value, current) -> bool:
+    """A re-read equal to what is held (a sold-out set read again each second): the same
+    generation, so nothing derived from it is rebuilt."""
+    return isinstance(value, (set, frozenset)) and isinstance(current, (set, frozenset)) and value == current
 
 
 class SnapshotSource:
@@ -279,7 +297,13 @@ class Recommender:
             return Answer(200, body)
         cands = ranking.candidates(snap, row, country, query.context_item, now_ms=now_ms)
         X = ranking.feature_matrix(snap, row, cands, now_ms, query.context_item)
-        scores = variant.ranker.score(X)
+        try:
+            scores = variant.ranker.score(X)
+        except Exception:  # the variant's model failed on this input: its fault, counted, never a 5xx
+            log.exception("scoring with %s failed; serving trending", variant.ranker.key)
+            body.update(fallback=True, fallback_reason=f"{variant.name}_failed",
+                        items=self._trending(snap, country, query.k))
+            return Answer(200, body)
         best = ranking.top_k(scores, query.k)
         items = snap.items
         body["items"] = [{"item_id": items[c], "score": round(v, 6)}  # Python ints and floats: no numpy scalars

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from personalize import identity, regions, settings
+from personalize import identity, keys, regions, settings
 from personalize.adapters import appconfig
 from personalize.adapters.artifacts import S3Artifacts
 from personalize.adapters.secrets import SecretVersions
@@ -51,7 +51,7 @@ class ServingConfig:
     replica_regions: list[str] = field(default_factory=list)
     log_sample_rate: float = 0.01
     user_read_timeout_s: float = 0.05
-    flags_max_age_s: float = 10.0
+    flags_max_age_s: float = flags.REFRESH_S  # how often the flags are asked for (AppConfig's floor: 15 s)
     snapshot_refresh_s: float = 10.0
     soldout_refresh_s: float = 1.0
     # Regional only: the secret whose value CloudFront adds as x-origin-verify ("" at the edge).
@@ -127,6 +127,8 @@ class ModelCache:
     def get(self, key: str) -> Ranker:
         ranker = self.rankers.get(key)
         if ranker is None:
+            if not flags.is_model_name(key):  # a path would name a file outside the bundle, unpinned
+                raise ModelUnavailableError(f"{key!r} is not a plain <name>/<version> model name; refused")
             failed = self.failed.get(key)
             if failed is not None and self.clock() - failed[0] < self.retry_after_s:
                 raise ModelUnavailableError(f"{key} failed to load: {failed[1]}")
@@ -211,7 +213,10 @@ def build(config: ServingConfig, models_dir: Path, running_region: str | None, o
         fetch = appconfig.appconfig_fetcher(source["application"], source["environment"], source["profile"],
                                         config.home_region)
     pool = ThreadPoolExecutor(3, thread_name_prefix="refresh")  # off-request refreshes
-    rollout = flags.Rollout(flags.CachedDocumentStore(fetch, config.flags_max_age_s, executor=pool),
+    # A refused document (it breaks the schema) keeps the last good one; when there is none yet,
+    # this one: the bundled champion alone.
+    bundled = flags.rollout_document(config.default_champion, None, 0.0, keys.NO_EXPERIMENT)
+    rollout = flags.Rollout(flags.CachedDocumentStore(fetch, config.flags_max_age_s, executor=pool, bundled=bundled),
                             config.default_champion)
     models = ModelCache(models_dir, artifacts, rollout.pins)
     champion = models.get(config.default_champion)  # fail at cold start, not on a request

@@ -7,8 +7,11 @@ Three kinds of entity, each one DynamoDB item (see ``personalize.keys``):
   GetItem;
 * ``items``: an item's per-shard row: its tiles overall and per country, totals, decayed
   popularity, stock and co-visitation neighbours, as seen on one Kinesis shard;
-* ``variants``: an experiment variant's per-shard row: impressions, clicks, add-to-carts,
-  purchases and revenue attributed through ``rec_id``/``variant``.
+* ``variants``: an experiment variant's per-shard row: the shoppers exposed to it, and those
+  who clicked, carted and bought, attributed through ``rec_id``/``variant``, and revenue;
+* ``credits``: what one identity has moved in shared scores (one shopper's worth), kept by
+  the row that decides whether its events count: the shopper's row, or an anonymous
+  identity's ``ActorRow``.
 
 ``bookkeeping`` holds what makes writes exactly-once in effect (watermarks, progress, the
 24 h ids of client events); ``tuning`` the half-lives, caps and horizons, in one place.
@@ -33,6 +36,16 @@ from .bookkeeping import (  # noqa: F401 - the package's interface
     Progress,
     id_hash,
     shrink_dedupe,
+)
+from .credits import (  # noqa: F401 - the package's interface
+    COUNTER,
+    CREDIT_WINDOW_MS,
+    EXPOSED,
+    ITEM,
+    MAX_ITEM_CREDITS,
+    VARIANT_COUNTER,
+    ActorRow,
+    Credits,
 )
 from .items import (  # noqa: F401 - the package's interface
     ItemRow,
@@ -103,7 +116,8 @@ from .users import (  # noqa: F401 - the package's interface
 from .variants import (  # noqa: F401 - the package's interface
     VARIANT_COUNTERS,
     VariantRow,
-    apply_variant_event,
+    apply_variant_credit,
+    moves_variant,
 )
 
 

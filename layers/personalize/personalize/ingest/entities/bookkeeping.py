@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from personalize.keys import id_hash  # noqa: F401 - part of this module's interface
 
+from .credits import Credits
 from .tuning import DEDUPE_HORIZON_MS, DEDUPE_IDS, MAX_HOLES, WATERMARK_IDLE_MS
 
 
@@ -26,6 +27,8 @@ class Aux:
     # [source, first, last sequence number (text), noted at (epoch s)]: ranges under the
     # watermark this row has NOT applied (the trigger gave up on them; see ``Progress``).
     holes: list[list] = field(default_factory=list)
+    # On a shopper's row: what the shopper has moved in shared scores (``credits``).
+    credits: Credits = field(default_factory=Credits)
 
     def mark(self, source: str) -> int:
         entry = self.wm.get(source)
@@ -75,6 +78,8 @@ class Aux:
         self.holes = kept
 
     def to_obj(self) -> list:
+        if self.credits:
+            return [self.wm, self.seen, self.holes, self.credits.to_obj()]
         return [self.wm, self.seen, self.holes] if self.holes else [self.wm, self.seen]
 
     @classmethod
@@ -84,7 +89,8 @@ class Aux:
         seen = obj[1] if len(obj) > 1 else {}
         if seen and type(next(iter(seen.values()))) is not list:
             seen = {}  # a v1 row's 64 crc32 ids: not comparable with 64-bit keys
-        return cls(obj[0], seen, obj[2] if len(obj) > 2 else [])  # fresh from msgpack: no copy needed
+        # fresh from msgpack: no copy needed
+        return cls(obj[0], seen, obj[2] if len(obj) > 2 else [], Credits.from_obj(obj[3] if len(obj) > 3 else None))
 COMPLETE = "*"
 
 

@@ -52,9 +52,12 @@ class ItemRow:
                    obj.get("ro", 0))
 
 
-def apply_item_event(row: ItemRow, event: Event, event_key: int, reorder: bool = False) -> None:
+def apply_item_event(row: ItemRow, event: Event, event_key: int, reorder: bool = False,
+                     quantity: int | None = None) -> None:
     """Count one event (not late: the batch drops those) into the item's row; ``reorder``:
-    the shopper had bought the item in an earlier order (``is_reorder``)."""
+    the shopper had bought the item in an earlier order (``is_reorder``); ``quantity``: what
+    it counts for (aggregation passes 1: shared scores count shoppers, ``credits``; default:
+    the event's own quantity for carts and purchases)."""
     ts = event.ts
     if event.type == "stock":
         current = row.stock
@@ -62,7 +65,7 @@ def apply_item_event(row: ItemRow, event: Event, event_key: int, reorder: bool =
             row.stock = [event.stock, ts, event_key]
         return
     measure = MEASURE_INDEX[event.type]
-    qty = event.quantity if measure >= 2 else 1
+    qty = quantity if quantity is not None else (event.quantity if measure >= 2 else 1)
     minute = ts // windows.MINUTE_MS  # windows.add, inline: the hot path
     tile = row.tiles.get(minute)
     if tile is None:

@@ -1,0 +1,77 @@
+"""Serving's part of issue 19: what the flags rollback alarm counts against the challenger,
+a model that fails on a request, and a sold-out list that did not change."""
+
+from personalize.adapters.artifacts import MemoryArtifacts
+from personalize.adapters.soldout import MemorySoldOut
+from personalize.adapters.userstore import MemoryUserStore
+from personalize.ingest import entities
+from personalize.serving.recommendations import Recommender, Variant, model_fault
+from tests.unit.test_recommender import KEY, NOW, RANKER, _click, cookie, snapshot
+
+
+class Broken:
+    """A challenger's ranker that fails on every input (a bad export, a shape mismatch)."""
+
+    key = "ranker-broken/v1"
+    manifest = RANKER.manifest
+    columns = RANKER.columns
+
+    def score(self, X):
+        raise RuntimeError("input shape mismatch")
+
+
+def recommender(choose, users=None):
+    artifacts = MemoryArtifacts()
+    artifacts.put_snapshot("v1", snapshot("v1"), {})
+    user = entities.UserRow()
+    entities.apply_user_event(user, _click("sku-3"), 1)
+    rec = Recommender(users or MemoryUserStore({"u1": user}), artifacts, MemorySoldOut(), KEY, choose,
+                      log_sample_rate=0)
+    rec.warm()
+    return rec
+
+
+def test_a_new_accounts_fallback_is_not_the_challengers_fault():
+    """Before: every fallback of a challenger-assigned shopper counted against the challenger
+    (Fallbacks_challenger), so a wave of sign-ups (no row yet) could trip the rollback."""
+    rec = recommender(lambda user_id: Variant("challenger", RANKER, "exp@200"))
+    body = rec.recommend({"k": "5"}, cookie("brand-new"), "US", NOW).body
+    assert (body["fallback"], body["fallback_reason"]) == (True, "no_user_row")
+    assert not model_fault(body)
+    body = rec.recommend({"k": "5"}, None, "US", NOW).body
+    assert body["fallback_reason"] == "anonymous" and not model_fault(body)
+
+
+def test_a_challenger_model_that_did_not_load_is_its_fault():
+    rec = recommender(lambda user_id: Variant("challenger", RANKER, "exp@200", "challenger_unavailable"))
+    body = rec.recommend({"k": "5"}, cookie("u1"), "US", NOW).body
+    assert body["fallback_reason"] == "challenger_unavailable" and model_fault(body)
+
+
+def test_a_model_that_fails_on_a_request_answers_trending_and_is_counted():
+    """Before: an exception in scoring escaped the request (a 5xx at the region, a pass-through
+    at the edge) and the alarm only saw it as a Lambda error of no variant."""
+    rec = recommender(lambda user_id: Variant("challenger", Broken(), "exp@200"))
+    answer = rec.recommend({"k": "5"}, cookie("u1"), "US", NOW)
+    assert answer.status == 200 and len(answer.body["items"]) == 5
+    assert answer.body["fallback_reason"] == "challenger_failed" and model_fault(answer.body)
+
+
+def test_the_sold_out_generation_moves_only_when_the_list_changes():
+    """Before: each one-second re-read made a new set, a new generation, and so a new
+    snapshot.without(sold) for the next request, whatever the list held."""
+    soldout = MemorySoldOut()
+    soldout.update({"sku-1"}, set())
+    artifacts = MemoryArtifacts()
+    artifacts.put_snapshot("v1", snapshot("v1"), {})
+    rec = Recommender(MemoryUserStore({}), artifacts, soldout, KEY,
+                      lambda user_id: Variant("champion", RANKER, "exp"), log_sample_rate=0)
+    rec.warm()
+    generation = rec.soldout.generation
+    served = rec.current_snapshot()
+    for _ in range(5):
+        rec.soldout.refresh_now()
+    assert rec.soldout.generation == generation and rec.current_snapshot() is served
+    soldout.update({"sku-2"}, set())
+    rec.soldout.refresh_now()
+    assert rec.soldout.generation == generation + 1 and rec.current_snapshot() is not served
