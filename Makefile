@@ -46,10 +46,8 @@ lint: $(STAMP) $(CHECKOV_STAMP) ## cfn-lint, sam validate --lint and checkov on 
 	$(CHECKOV) -f template.yaml --framework cloudformation --compact --quiet
 	$(BIN)/ruff check .
 
-build: $(STAMP) ## sam build for one environment: ENV=dev|prod (required: it is baked into the edge bundle)
-	@if [ "$(ENV)" != dev ] && [ "$(ENV)" != prod ]; then \
-	  echo "make build needs ENV=dev or ENV=prod: the edge bundle bakes that stack's replica table" >&2; exit 2; fi
-	PATH="$(CURDIR)/$(BIN):$$PATH" SAM_CONFIG_ENV=$(ENV) $(BIN)/sam build --build-in-source --template template.yaml
+build: $(STAMP) ## sam build for one environment [ENV=dev|prod, default dev]: the edge bundle bakes its names and replicas
+	PATH="$(CURDIR)/$(BIN):$$PATH" SAM_CONFIG_ENV=$(or $(ENV),dev) $(BIN)/sam build --build-in-source --template template.yaml
 
 demo: $(STAMP) ## Set up, then run the scripted demo on the embedded local stack
 	$(BIN)/python -m infra.demo
