@@ -5,18 +5,18 @@ import base64
 import binascii
 import json
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
-from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from personalize import identity, settings
+from personalize import identity, settings, telemetry
 from personalize.ingest import collect
 
 logger = Logger()
+copy_config_to_registered_loggers(source_logger=logger, include={"personalize"})
 tracer = Tracer()
-metrics = Metrics(namespace=settings.NAMESPACE)
+figures = telemetry.Figures(settings.NAMESPACE, "collect", flush_every_s=5.0)  # EMF, aggregated per container
 app = APIGatewayHttpResolver()
 collector = collect.build_collector()
 
@@ -38,14 +38,21 @@ def _answer(route: str) -> Response:
                                                                 [event.headers.get("cookie", "")]),
         event.headers.get("cloudfront-viewer-country"), event.headers.get(settings.ORIGIN_VERIFY_HEADER))
     status, body, result = collector.handle(request)
-    if result is None:
-        metrics.add_metric({403: "RequestsBypassingCdn", 503: "OriginKeysUnavailable"}.get(
-            status, f"RequestsRejected_{route}"), MetricUnit.Count, 1)
+    if status == 403:
+        figures.count("RequestsBypassingCdn")
+    elif status == 503:
+        figures.count("OriginKeysUnavailable")
+    elif result is None:
+        figures.count("RequestsRejected", route=route)
     else:
-        metrics.add_metric(f"EventsAccepted_{route}", MetricUnit.Count, result.accepted)
-        metrics.add_metric(f"EventsRejected_{route}", MetricUnit.Count, len(result.rejected))
-        metrics.add_metric("EventsAttributed", MetricUnit.Count, result.attributed)
-    return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=json.dumps(body))
+        figures.count("EventsAccepted", result.accepted, route=route)
+        figures.count("EventsRejected", len(result.rejected), route=route)
+        figures.count("EventsAttributed", result.attributed)
+    headers = {"Cache-Control": "no-store", "x-request-id": logger.get_correlation_id() or ""}
+    if status == 503:
+        headers["Retry-After"] = "1"
+    return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=json.dumps(body),
+                    headers=headers)
 
 
 @app.post("/events")
@@ -60,8 +67,12 @@ def post_server_events() -> Response:
     return _answer(collect.SERVER)
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@logger.inject_lambda_context
 @tracer.capture_lambda_handler
-@metrics.log_metrics
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
-    return app.resolve(event, context)
+    # CloudFront's request id when it forwarded the request (the viewer's x-amz-cf-id), else API Gateway's.
+    logger.set_correlation_id(telemetry.correlation_id(event))
+    try:
+        return app.resolve(event, context)
+    finally:
+        figures.flush_if_due()

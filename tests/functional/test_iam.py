@@ -87,7 +87,9 @@ def test_the_edge_may_send_its_counts_to_the_home_region(stack):
     with aws.as_identity(stack.identities.functions["edge"]):
         cloudwatch = aws.client("cloudwatch")
     cloudwatch.put_metric_data(Namespace="RealtimePersonalization", MetricData=[
-        {"MetricName": "Requests_challenger", "Dimensions": [{"Name": "service", "Value": "edge"}], "Value": 3}])
+        {"MetricName": "Requests", "Value": 3, "Dimensions": [
+            {"Name": "service", "Value": "edge"}, {"Name": "variant", "Value": "challenger"},
+            {"Name": "scope", "Value": "global"}]}])
     with aws.as_identity(stack.identities.functions["features"]):
         other = aws.client("cloudwatch")
     with pytest.raises(ClientError, match="not authorized"):

@@ -288,8 +288,10 @@ class Recommender:
         if reason is not None:
             body.update(fallback=True, fallback_reason=reason)
         if self.log_sample_rate and random.random() < self.log_sample_rate:
+            # Never the user id in a log (often an e-mail address): its keyed pseudonym; the
+            # outcome is joined by rec_id.
             self.on_scored({"rec_id": rec_id, "variant": variant.name, "model": variant.ranker.key,
-                            "user_id": user_id, "snapshot_version": snap.version,
+                            "user": identity.pseudonym(user_id, self.keys.current), "snapshot_version": snap.version,
                             "features": variant.ranker.manifest.features,
                             "candidates": [snap.items[c] for c in cands],
                             **encode_vectors(X[:, variant.ranker.columns]),
