@@ -14,7 +14,8 @@ export SAM_CLI_TELEMETRY ?= 0
 
 .DEFAULT_GOAL := help
 .PHONY: help venv test lint build serve demo bench profile-serving train publish-model loadtest lock lock-checkov clean \
-	rotate-signing-key rotate-origin-token replay-failures
+	rotate-signing-key rotate-origin-token replay-failures \
+	observability deploy delete delete-edge-leftovers smoke
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -107,6 +108,9 @@ lock: ## Re-resolve requirements/dev.lock from requirements/dev.in
 	/tmp/lock-venv/bin/pip install --quiet -r requirements/dev.in
 	(echo '# Generated from requirements/dev.in by `make lock`; every package pinned.'; \
 	 /tmp/lock-venv/bin/pip freeze) > requirements/dev.lock
+
+observability: $(STAMP) ## Regenerate template.yaml's SLO alarms and dashboards from infra/observability.py
+	$(BIN)/python -m infra.observability
 
 clean: ## Remove build outputs (keeps .venv)
 	rm -rf build .aws-sam .pytest_cache

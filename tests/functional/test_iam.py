@@ -77,7 +77,8 @@ def test_a_function_may_do_only_what_its_role_allows(stack):
 
 def test_every_function_has_a_role_built_from_the_template(stack):
     roles = stack.identities.policies
-    assert set(roles) == {"collect", "aggregate", "features", "snapshot", "recommend", "guardrail", "edge"}
+    assert set(roles) == {"collect", "aggregate", "features", "snapshot", "recommend", "guardrail", "edge",
+                          "edgelogs"}
     aggregate = {a for s in roles["aggregate"] for a in
                  ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
     assert {"dynamodb:UpdateItem", "kinesis:GetRecords", "sqs:SendMessage*"} <= aggregate

@@ -283,6 +283,10 @@ class HomeMetrics:
         self.pending.observe(name, value, unit, **dims)
         self._maybe_flush()
 
+    def maximum(self, name: str, value: float, unit: str = "None", **dims: str) -> None:
+        self.pending.maximum(name, value, unit, **dims)
+        self._maybe_flush()
+
     def _maybe_flush(self) -> None:
         if self.clock() - self.flushed_at >= self.flush_every_s:
             self.flushed_at = self.clock()
@@ -323,6 +327,7 @@ def record_answer(sinks, variant: str, fallback_reason: str | None, latency_ms: 
     """One answer's figures into each sink (``Figures`` and/or ``HomeMetrics``)."""
     for sink in sinks:
         count = sink.add if isinstance(sink, HomeMetrics) else sink.count
+        count("Answers")
         count("Requests", variant=variant)
         sink.observe("LatencyMs", latency_ms, "Milliseconds", variant=variant)
         if latency_ms > LATENCY_OBJECTIVE_MS:
@@ -332,7 +337,7 @@ def record_answer(sinks, variant: str, fallback_reason: str | None, latency_ms: 
             count("FallbackReasons", reason=fallback_reason)
             if fallback_reason not in PLANNED_FALLBACKS:
                 count("DegradedAnswers")
-        if snapshot_age_s is not None and isinstance(sink, Figures):
+        if snapshot_age_s is not None:
             sink.maximum("SnapshotAgeSeconds", round(snapshot_age_s, 1), "Seconds")
 
 
@@ -349,3 +354,25 @@ def correlation_id(event: object) -> str | None:
         if isinstance(value, str) and 0 < len(value) <= 128 and value.isascii() and value.isprintable():
             return value
     return None
+
+
+# --- the edge's log groups in every execution region -----------------------------------
+
+def keep_edge_logs(function_name: str, days: int, log_groups=None,
+                   execution_regions: tuple[str, ...] | None = None) -> dict[str, str]:
+    """Every region where the edge may run gets its log group with ``days`` of retention,
+    before the edge writes its first line there (``functions/edgelogs``, on a schedule).
+    Region -> "created", "set" or the error (one region failing never stops the others)."""
+    from personalize import regions
+    from personalize.adapters.logs import LogGroups, edge_log_group
+
+    log_groups = log_groups or LogGroups()
+    group = edge_log_group(function_name)
+    report = {}
+    for region in execution_regions or regions.EDGE_EXECUTION_REGIONS:
+        try:
+            report[region] = log_groups.keep(group, region, days)
+        except Exception as exc:  # noqa: BLE001 - a region opted out or throttled: the others still get theirs
+            log.warning("retention of %s in %s failed", group, region, exc_info=True)
+            report[region] = f"{type(exc).__name__}: {exc}"[:200]
+    return report
