@@ -50,6 +50,16 @@ lint: $(STAMP) $(CHECKOV_STAMP) ## cfn-lint, sam validate --lint and checkov on 
 build: $(STAMP) ## sam build for one environment [ENV=dev|prod, default dev]: the edge bundle bakes its names and replicas
 	PATH="$(CURDIR)/$(BIN):$$PATH" SAM_CONFIG_ENV=$(or $(ENV),dev) $(BIN)/sam build --build-in-source --template template.yaml
 
+deploy: $(STAMP) ## sam deploy ENV=dev|prod, refusing a build baked for another environment (make build ENV=... first)
+	$(BIN)/python -m infra.deploy check --env $(or $(ENV),dev)
+	SAM_CLI_TELEMETRY=0 $(BIN)/sam deploy --config-env $(or $(ENV),dev) $(DEPLOY_ARGS)
+
+delete: $(STAMP) ## Tear a stack down: ENV=dev|prod CONFIRM=<stack name> (docs/operations.md, "Tear down")
+	$(BIN)/python -m infra.teardown delete --env $(ENV) --confirm "$(CONFIRM)"
+
+delete-edge-leftovers: $(STAMP) ## Hours after make delete: the retained edge function and its log groups [PURGE_SECRETS=1]
+	$(BIN)/python -m infra.teardown leftovers --env $(ENV) $(if $(PURGE_SECRETS),--purge-secrets)
+
 demo: $(STAMP) ## Set up, then run the scripted demo on the embedded local stack
 	$(BIN)/python -m infra.demo
 

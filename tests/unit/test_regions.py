@@ -114,3 +114,20 @@ def test_plain_sam_build_builds_the_default_environment(monkeypatch, tmp_path):
     assert (tmp_path / "env").read_text() == environments.DEFAULT
     monkeypatch.setenv("SAM_CONFIG_ENV", "staging")
     assert edge_build.main([str(tmp_path / "out")]) == 2
+
+
+def test_a_deploy_refuses_a_build_baked_for_another_environment(tmp_path, capsys):
+    from infra import deploy
+
+    edge = tmp_path / "EdgeFunction"
+    edge.mkdir()
+    assert "make build ENV=prod" in deploy.check("prod", tmp_path)  # nothing built yet
+    (edge / "edge_config.json").write_text(json.dumps(edge_build.edge_config("dev")))
+    assert deploy.check("dev", tmp_path) is None
+    assert "rt-personalization-dev" in deploy.check("prod", tmp_path)
+    assert deploy.main(["check", "--env", "prod", "--build-dir", str(tmp_path)]) == 2
+    assert "refused" in capsys.readouterr().err
+    stale = edge_build.edge_config("prod")
+    stale["replica_regions"] = stale["replica_regions"][:2]  # built before a replica was added
+    (edge / "edge_config.json").write_text(json.dumps(stale))
+    assert "again" in deploy.check("prod", tmp_path)
