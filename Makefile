@@ -60,6 +60,9 @@ delete: $(STAMP) ## Tear a stack down: ENV=dev|prod CONFIRM=<stack name> (docs/o
 delete-edge-leftovers: $(STAMP) ## Hours after make delete: the retained edge function and its log groups [PURGE_SECRETS=1]
 	$(BIN)/python -m infra.teardown leftovers --env $(ENV) $(if $(PURGE_SECRETS),--purge-secrets)
 
+smoke: $(STAMP) ## Check a stack as a storefront and the shop's backend would [ENV=local|dev|prod]; a synthetic shopper
+	$(BIN)/python -m infra.smoke --env $(or $(ENV),local)
+
 demo: $(STAMP) ## Set up, then run the scripted demo on the embedded local stack
 	$(BIN)/python -m infra.demo
 

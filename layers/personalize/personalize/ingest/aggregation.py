@@ -323,8 +323,13 @@ def _count_items_and_variants(batch: _Batch, accepted: list[_Accepted]) -> None:
     variant its rec_id attributes it to, unless that row already holds the record."""
     add_covisits = entities.add_covisits
     items = batch.items
+    is_synthetic = keys.is_synthetic
     for r, sources, reorder in accepted:
         e = r.event
+        if is_synthetic(e.user_id, e.item_id):
+            continue  # a smoke check: its shopper's own row only (keys.SYNTHETIC_PREFIX)
+        if sources and any(is_synthetic(s) for s in sources):
+            sources = [s for s in sources if not is_synthetic(s)]
         seq = r.seq
         try:
             if e.item_id is not None and e.type in MEASURE_INDEX:
