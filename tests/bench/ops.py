@@ -126,11 +126,11 @@ def lost_share(rps: float, flush_every_s: float, lifetime_s: float = LIFETIME_S,
     (telemetry.Figures' rule), then frozen and reclaimed."""
     rng = random.Random(seed)
     lost = total = 0
+    now = [0.0]
     for _ in range(containers):
-        now = [0.0]
-        printed = []
+        now[0] = 0.0
         figures = telemetry.Figures("NS", "edge", flush_every_s=flush_every_s, clock=lambda: now[0],
-                                    out=printed.append)
+                                    out=lambda line: None)
         t, served = 0.0, 0
         while True:
             t += rng.expovariate(rps)
