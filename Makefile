@@ -40,8 +40,9 @@ test: $(STAMP) $(CHECKOV_STAMP) ## Run the whole test suite (ruff, then unit, fu
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
-lint: $(STAMP) $(CHECKOV_STAMP) ## cfn-lint, sam validate --lint and checkov on the template, ruff and the layering (import-linter)
+lint: $(STAMP) $(CHECKOV_STAMP) ## cfn-lint, sam validate --lint and checkov on the template, ruff, the layering, the workflows
 	$(BIN)/lint-imports --config .importlinter
+	$(BIN)/actionlint
 	$(BIN)/cfn-lint template.yaml
 	$(BIN)/sam validate --lint --template template.yaml --region us-east-1
 	$(CHECKOV) -f template.yaml --framework cloudformation --compact --quiet
