@@ -45,7 +45,7 @@ def test_every_alarm_reaches_a_person(name):
 def test_every_alarm_has_a_runbook_entry_with_the_command_that_fixes_it(name):
     assert RUNBOOK.exists(), "docs/operations.md is the runbook"
     text = RUNBOOK.read_text()
-    entry = re.search(rf"^### .*`{name}`.*$(.*?)(?=^### |\Z)", text, re.M | re.S)
+    entry = re.search(rf"^### [^\n]*`{name}`[^\n]*\n(.*?)(?=^##|\Z)", text, re.M | re.S)
     assert entry, f"docs/operations.md has no '### ... `{name}`' entry"
     assert "```" in entry.group(1) or "make " in entry.group(1), f"{name}: the entry names no command"
 
