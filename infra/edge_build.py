@@ -126,7 +126,9 @@ def build(target: Path, env: str = "dev", install: bool = True) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    sys.path.insert(0, str(ROOT))
+    # Run as a script by sam build (functions/edge/Makefile): neither the repository nor the
+    # domain package is on the path yet.
+    sys.path[:0] = [str(ROOT), str(ROOT / "layers" / "personalize")]
     from infra import environments
 
     target = Path((argv if argv is not None else sys.argv[1:])[0])
