@@ -149,3 +149,36 @@ def sign(method: str, url: str, body: bytes, access_key_id: str, secret_access_k
     request.headers["Host"] = urlsplit(url).netloc
     SigV4Auth(Credentials(access_key_id, secret_access_key, session_token), SERVICE, region).add_auth(request)
     return dict(request.headers.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m infra.local.sigv4 '<json body>' [path]``: POST to the running local stack's
+    IAM route as its administrator (the keys in build/local-stack.json), as the shop's backend
+    signs when deployed."""
+    import json
+    import sys
+    import urllib.error
+    import urllib.request
+    from pathlib import Path
+
+    args = argv if argv is not None else sys.argv[1:]
+    if not args:
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    state = json.loads((Path(__file__).resolve().parents[2] / "build" / "local-stack.json").read_text())
+    body, path = args[0].encode(), (args[1] if len(args) > 1 else "/server/events")
+    url = state["endpoint"] + path
+    keys = state["aws_credentials"]
+    request = urllib.request.Request(url, data=body, method="POST", headers=sign(
+        "POST", url, body, keys["access_key_id"], keys["secret_access_key"], region=state["region"]))
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            print(response.read().decode())
+    except urllib.error.HTTPError as refused:
+        print(f"{refused.code}: {refused.read().decode()}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
