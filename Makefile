@@ -7,13 +7,15 @@ STAMP := $(VENV)/.installed
 CHECKOV_VENV := $(VENV)/tools/checkov
 CHECKOV := $(CHECKOV_VENV)/bin/checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+# The browser tests drive Debian's chromium (never a browser download): installed when missing.
+CHROMIUM := /usr/bin/chromium
 export PYTHONPATH := $(CURDIR)/layers/personalize:$(CURDIR)
 export AWS_DEFAULT_REGION ?= us-east-1
 export POWERTOOLS_TRACE_DISABLED ?= 1
 export SAM_CLI_TELEMETRY ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test lint build serve demo bench profile-serving train publish-model loadtest lock lock-checkov clean \
+.PHONY: help venv test lint build serve demo console bench profile-serving train publish-model loadtest lock lock-checkov clean \
 	rotate-signing-key rotate-origin-token replay-failures \
 	observability deploy delete delete-edge-leftovers smoke
 
@@ -34,9 +36,15 @@ $(CHECKOV_STAMP): requirements/checkov.lock
 	$(CHECKOV_VENV)/bin/pip install --quiet -r requirements/checkov.lock
 	touch $(CHECKOV_STAMP)
 
-venv: $(STAMP) $(CHECKOV_STAMP) ## Create .venv with every pinned dependency (checkov in .venv/tools)
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; else \
+	  echo "$(CHROMIUM) is missing: install Debian's chromium (apt-get install chromium) as root" >&2; exit 2; fi; \
+	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium || \
+	  { $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
 
-test: $(STAMP) $(CHECKOV_STAMP) ## Run the whole test suite (ruff, then unit, functional under moto, layering, template checks)
+venv: $(STAMP) $(CHECKOV_STAMP) $(CHROMIUM) ## Create .venv with every pinned dependency (checkov in .venv/tools), Debian's chromium
+
+test: $(STAMP) $(CHECKOV_STAMP) $(CHROMIUM) ## Run the whole test suite (ruff, then unit, functional under moto, browser tests in chromium, layering, template checks)
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
@@ -64,10 +72,10 @@ delete-edge-leftovers: $(STAMP) ## Hours after make delete: the retained edge fu
 smoke: $(STAMP) ## Check a stack as a storefront and the shop's backend would [ENV=local|dev|prod]; a synthetic shopper
 	$(BIN)/python -m infra.smoke --env $(or $(ENV),local)
 
-demo: $(STAMP) ## Set up, then run the scripted demo on the embedded local stack
+demo: $(STAMP) $(CHROMIUM) ## Set up, then run the scripted demo on the embedded local stack (report with screenshots)
 	$(BIN)/python -m infra.demo
 
-serve: $(STAMP) ## Run the whole pipeline locally on 127.0.0.1 (embedded moto AWS, functions in worker processes)
+serve: $(STAMP) ## Run the whole pipeline locally on 127.0.0.1, the demo shop at /shop/, the live console at /console/
 	$(BIN)/python -m infra.local.serve
 
 train: $(STAMP) ## Rebuild both rankers from the real Instacart sample (deterministic)
@@ -75,6 +83,9 @@ train: $(STAMP) ## Rebuild both rankers from the real Instacart sample (determin
 
 publish-model: $(STAMP) ## Upload a model version: NAME=ranker-mlp VERSION=v3 [ENV=local|dev|prod]
 	$(BIN)/python -m models.publish --name $(NAME) --version $(VERSION) --env $(or $(ENV),local)
+
+console: $(STAMP) ## The live console of a deployed stack on 127.0.0.1:8090: ENV=dev|prod [ADMIN=1] (local: make serve)
+	$(BIN)/python -m infra.console --env $(ENV) $(if $(ADMIN),--admin)
 
 experiment-status: $(STAMP) ## Per-variant traffic, conversion and lift [ENV=local|dev|prod]
 	$(BIN)/python -m infra.ops --env $(or $(ENV),local) status

@@ -74,6 +74,7 @@ class Story:
     served: list[tuple[float, str]] = field(default_factory=list)       # (s, variant) of signed-in answers
     experiment_started: float | None = None
     sections: list[tuple[str, list[str]]] = field(default_factory=list)
+    screenshots: list[tuple[str, str]] = field(default_factory=list)  # (title, base64 PNG)
 
     def section(self, title: str) -> None:
         print(f"\n{title}", flush=True)
@@ -452,6 +453,42 @@ class Demo:
         return self.story
 
 
+def take_screenshots(stack, story: Story, chromium: str = "/usr/bin/chromium") -> None:
+    """The demo storefront (signed in as one of the demo's shoppers) and the live console, in
+    headless Chromium (Debian's, as the browser tests drive it), for the report."""
+    from pathlib import Path
+
+    if not Path(chromium).exists():
+        story.say(f"no screenshots: {chromium} is missing (make demo installs it)")
+        return
+    from playwright.sync_api import sync_playwright
+
+    stack.shop().seed_history(0)  # the sample shoppers' own order histories: their "for you" rail
+    stack.poller.drain(60)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(stack.shop_url)
+            page.click("#accept")
+            page.select_option("#shopper", "ic1")
+            with page.expect_navigation():
+                page.click("#signin")
+            page.wait_for_selector("[data-slot=personal][data-state]", timeout=30_000)
+            page.wait_for_selector("[data-slot=trending][data-state]", timeout=30_000)
+            story.screenshots.append(("The demo storefront (/shop/), signed in", base64.b64encode(
+                page.screenshot()).decode()))
+            page.goto(stack.console_url)
+            page.wait_for_function("document.getElementById('updated').textContent !== ''", timeout=30_000)
+            page.wait_for_timeout(3_500)  # a few samples: rates and the share over time
+            story.screenshots.append(("The live console (/console/)", base64.b64encode(
+                page.screenshot(full_page=True)).decode()))
+        finally:
+            browser.close()
+
+
 def _png(fig) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
@@ -508,6 +545,10 @@ def write_report(story: Story, path=REPORT) -> None:
     parts += [f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in story.figures.items()]
     parts.append("</table><h2>Plots</h2>")
     parts += [f"<p><img src='data:image/png;base64,{img}'></p>" for img in images]
+    if story.screenshots:
+        parts.append("<h2>Screenshots</h2>")
+        parts += [f"<h3>{html.escape(title)}</h3><p><img style='max-width:100%;border:1px solid #ccc' "
+                  f"src='data:image/png;base64,{img}'></p>" for title, img in story.screenshots]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts))
 
@@ -521,6 +562,10 @@ def main(argv=None) -> int:
     print(f"local stack at {stack.endpoint}; function logs in build/local-stack.log", flush=True)
     try:
         story = Demo(stack, SCALES[args.scale]).run()
+        try:
+            take_screenshots(stack, story)
+        except Exception as exc:  # a report without pictures beats no report
+            story.say(f"no screenshots: {exc}")
     finally:
         stack.stop()
     write_report(story)

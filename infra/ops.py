@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def connect(env: str):
     """(flag admin, experiment states, row store) for an environment."""
     from personalize.adapters import appconfig
-    from personalize.adapters.appconfig import ALL_AT_ONCE, GRADUAL, AppConfigAdmin, LocalFlagAdmin
+    from personalize.adapters.appconfig import ALL_AT_ONCE, GRADUAL, AppConfigAdmin
     from personalize.adapters.experiment_states import ExperimentStates
     from personalize.adapters.rowstore import DynamoRowStore
 
@@ -41,19 +41,10 @@ def connect(env: str):
         os.environ.update(AWS_ACCESS_KEY_ID=state["aws_credentials"]["access_key_id"],
                           AWS_SECRET_ACCESS_KEY=state["aws_credentials"]["secret_access_key"])
         os.environ.pop("AWS_SESSION_TOKEN", None)
-        names = state["resources"]
-        bucket, app, profile = names["ArtifactsBucket"], names["RolloutApplication"], names["RolloutProfile"]
-        admin = LocalFlagAdmin(bucket, app, profile, appconfig.local_fetcher(bucket, app, profile))
-        items_table = names["ItemsTable"]
+        return connect_local(state["resources"])
     else:
-        import boto3
-
-        config = tomllib.loads((ROOT / "samconfig.toml").read_text())[env]
-        region = config["deploy"]["parameters"]["region"]
-        os.environ["AWS_DEFAULT_REGION"] = region
-        stack = config["global"]["parameters"]["stack_name"]
-        outputs = {o["OutputKey"]: o["OutputValue"] for o in boto3.client("cloudformation", region_name=region)
-                   .describe_stacks(StackName=stack)["Stacks"][0]["Outputs"]}
+        outputs = stack_outputs(env)
+        region = outputs["_region"]
         app, envid, profile = (outputs["RolloutApplicationId"], outputs["RolloutEnvironmentId"],
                                outputs["RolloutProfileId"])
         admin = AppConfigAdmin(app, envid, profile, {ALL_AT_ONCE: outputs["AllAtOnceStrategyId"],
@@ -61,6 +52,32 @@ def connect(env: str):
                                appconfig.appconfig_fetcher(app, envid, profile, region), region)
         items_table = outputs["ItemsTableName"]
     return admin, ExperimentStates(items_table), DynamoRowStore({"items": items_table})
+
+
+def stack_outputs(env: str) -> dict[str, str]:
+    """The CloudFormation outputs of the stack samconfig.toml names for ``env`` (and its
+    region, as ``_region``)."""
+    import boto3
+
+    config = tomllib.loads((ROOT / "samconfig.toml").read_text())[env]
+    region = config["deploy"]["parameters"]["region"]
+    os.environ["AWS_DEFAULT_REGION"] = region
+    stack = config["global"]["parameters"]["stack_name"]
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in boto3.client("cloudformation", region_name=region)
+               .describe_stacks(StackName=stack)["Stacks"][0]["Outputs"]}
+    return {**outputs, "_region": region}
+
+
+def connect_local(names: dict):
+    """(flag admin, experiment states, row store) of a local stack, from its resource names."""
+    from personalize.adapters import appconfig
+    from personalize.adapters.appconfig import LocalFlagAdmin
+    from personalize.adapters.experiment_states import ExperimentStates
+    from personalize.adapters.rowstore import DynamoRowStore
+
+    bucket, app, profile = names["ArtifactsBucket"], names["RolloutApplication"], names["RolloutProfile"]
+    admin = LocalFlagAdmin(bucket, app, profile, appconfig.local_fetcher(bucket, app, profile))
+    return admin, ExperimentStates(names["ItemsTable"]), DynamoRowStore({"items": names["ItemsTable"]})
 
 
 def describe(doc: dict) -> str:
@@ -89,9 +106,23 @@ def registry_pins(*model_keys: str) -> dict[str, str]:
 EXPERIMENT_ID = re.compile(r"[A-Za-z0-9._-]{1,48}")  # fits a signed rec_id (<= 128 chars), no "~"
 
 
-def main(argv: list[str] | None = None) -> int:
-    from personalize.adapters.appconfig import ALL_AT_ONCE, GRADUAL
+def experiment_counters(store, doc: dict):
+    """(per-variant counters over every ramp step, the guardrail's decision) of the flags
+    document's experiment; (None, None) when none runs."""
     from personalize.rollout import experiments, flags
+
+    experiment = doc["experiment_id"]["default"]
+    if experiment == "none":
+        return None, None
+    steps = [flags.analysis_id(experiment, s) for s in flags.ramp_steps(doc)] or [experiment]
+    per_step = [experiments.read_counters(store, analysed) for analysed in steps]
+    counters = {v: experiments.merge_counters([c[v] for c in per_step]) for v in (flags.CHAMPION, flags.CHALLENGER)}
+    decision = experiments.decide_steps([(c[flags.CHAMPION], c[flags.CHALLENGER]) for c in per_step])
+    return counters, decision
+
+
+def main(argv: list[str] | None = None) -> int:
+    from personalize.rollout import experiments
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="local", choices=["local", "dev", "prod"])
@@ -107,50 +138,79 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("promote")
     args = parser.parse_args(argv)
     admin, states, store = connect(args.env)
-    doc = admin.current()
-    champion, challenger = doc["champion_model"]["default"], doc["challenger_model"]["default"]
-    experiment = doc["experiment_id"]["default"]
     if args.command == "status":
+        doc = admin.current()
+        experiment = doc["experiment_id"]["default"]
         print(describe(doc))
         print(f"state: {states.get(experiment) or 'running'}")
-        if experiment != "none":
-            steps = [flags.analysis_id(experiment, s) for s in flags.ramp_steps(doc)] or [experiment]
-            per_step = [experiments.read_counters(store, analysed) for analysed in steps]
-            counters = {v: experiments.merge_counters([c[v] for c in per_step])
-                        for v in (flags.CHAMPION, flags.CHALLENGER)}
-            decision = experiments.decide_steps([(c[flags.CHAMPION], c[flags.CHALLENGER]) for c in per_step])
+        counters, decision = experiment_counters(store, doc)
+        if counters is not None:
             print(experiments.format_report(experiment, counters, decision))
         return 0
     if args.command in ("start", "ramp") and not 0 <= args.share <= 1:
         parser.error("--share must be within 0..1 (0.02 is 2%)")
-    if args.command == "start":
-        experiment = args.experiment or time.strftime("exp-%Y%m%d-%H%M%S", time.gmtime())
-        if not EXPERIMENT_ID.fullmatch(experiment):
-            parser.error("--experiment must be 1-48 of A-Z a-z 0-9 . _ - (it is signed into every rec_id)")
-        new = flags.rollout_document(champion, args.challenger, args.share, experiment,
-                                     pins=registry_pins(champion, args.challenger))
-        strategy, note = GRADUAL, f"start {experiment}: {args.challenger} at {args.share:.2%}"
-        states.put(experiment, {"status": "running", "at": time.time(), "challenger": args.challenger})
-    elif args.command == "ramp":
-        current = states.get(experiment) or {}
-        if current.get("status") in ("killed", "promoted"):
-            print(f"experiment {experiment} is {current['status']}: start a new one", file=sys.stderr)
-            return 2
-        new = flags.rollout_document(champion, challenger, args.share, experiment,
-                                     pins=registry_pins(champion, challenger), earlier_steps=flags.ramp_steps(doc))
-        strategy, note = GRADUAL, f"ramp {experiment} to {args.share:.2%}"
-    elif args.command == "kill":
-        new = flags.rollout_document(champion, challenger, 0.0, experiment, kill_switch=True,
-                                     pins=registry_pins(champion, challenger), earlier_steps=flags.ramp_steps(doc))
-        strategy, note = ALL_AT_ONCE, f"kill {experiment} (operator)"
-        states.put(experiment, {"status": "killed", "by": "operator", "at": time.time()})
-    else:
-        new = flags.rollout_document(challenger, None, 0.0, "none", pins=registry_pins(challenger))
-        strategy, note = GRADUAL, f"promote {challenger} (from {experiment})"
-        states.put(experiment, {"status": "promoted", "at": time.time()})
-    version = admin.deploy(new, strategy, note)
-    print(f"{note}: flags version {version} deployed ({strategy.replace('_', ' ')})\nnow: {describe(new)}")
+    if args.command == "start" and args.experiment and not EXPERIMENT_ID.fullmatch(args.experiment):
+        parser.error("--experiment must be 1-48 of A-Z a-z 0-9 . _ - (it is signed into every rec_id)")
+    try:
+        note, version, new = change(admin, states, args.command, share=getattr(args, "share", None),
+                                    challenger=getattr(args, "challenger", None),
+                                    experiment=getattr(args, "experiment", None))
+    except ChangeRefused as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"{note}: flags version {version} deployed ({'all at once' if args.command == 'kill' else 'gradual'})"
+          f"\nnow: {describe(new)}")
     return 0
+
+
+class ChangeRefused(RuntimeError):
+    """A change the experiment's state does not allow (ramping a killed experiment)."""
+
+
+def change(admin, states, command: str, share: float | None = None, challenger: str | None = None,
+           experiment: str | None = None) -> tuple[str, int, dict]:
+    """Start, ramp, kill or promote: a new flags version and its deployment (gradual, or all at
+    once for a kill). The CLI and the console's admin controls both come here."""
+    from personalize.adapters.appconfig import ALL_AT_ONCE, GRADUAL
+    from personalize.rollout import flags
+
+    doc = admin.current()
+    champion, current_challenger = doc["champion_model"]["default"], doc["challenger_model"]["default"]
+    current = doc["experiment_id"]["default"]
+    if command in ("start", "ramp") and (share is None or not 0 <= share <= 1):
+        raise ChangeRefused("share must be within 0..1 (0.02 is 2%)")
+    if command == "start":
+        if not challenger:
+            raise ChangeRefused("start needs a challenger (<model name>/<version>)")
+        experiment = experiment or time.strftime("exp-%Y%m%d-%H%M%S", time.gmtime())
+        if not EXPERIMENT_ID.fullmatch(experiment):
+            raise ChangeRefused("an experiment id is 1-48 of A-Z a-z 0-9 . _ - (it is signed into every rec_id)")
+        new = flags.rollout_document(champion, challenger, share, experiment,
+                                     pins=registry_pins(champion, challenger))
+        strategy, note = GRADUAL, f"start {experiment}: {challenger} at {share:.2%}"
+        states.put(experiment, {"status": "running", "at": time.time(), "challenger": challenger})
+    elif command == "ramp":
+        state = states.get(current) or {}
+        if current == "none" or state.get("status") in ("killed", "promoted"):
+            raise ChangeRefused(f"experiment {current} is {state.get('status', 'not running')}: start a new one")
+        new = flags.rollout_document(champion, current_challenger, share, current,
+                                     pins=registry_pins(champion, current_challenger),
+                                     earlier_steps=flags.ramp_steps(doc))
+        strategy, note = GRADUAL, f"ramp {current} to {share:.2%}"
+    elif command == "kill":
+        new = flags.rollout_document(champion, current_challenger, 0.0, current, kill_switch=True,
+                                     pins=registry_pins(champion, current_challenger),
+                                     earlier_steps=flags.ramp_steps(doc))
+        strategy, note = ALL_AT_ONCE, f"kill {current} (operator)"
+        states.put(current, {"status": "killed", "by": "operator", "at": time.time()})
+    elif command == "promote":
+        new = flags.rollout_document(current_challenger, None, 0.0, "none", pins=registry_pins(current_challenger))
+        strategy, note = GRADUAL, f"promote {current_challenger} (from {current})"
+        states.put(current, {"status": "promoted", "at": time.time()})
+    else:
+        raise ChangeRefused(f"unknown command {command!r}")
+    version = admin.deploy(new, strategy, note)
+    return note, version, new
 
 
 if __name__ == "__main__":

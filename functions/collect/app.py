@@ -36,9 +36,12 @@ def _answer(route: str) -> Response:
     request = collect.Request(
         route, _body(event), identity.cookie_from_headers(list(event.cookies or []) +
                                                                 [event.headers.get("cookie", "")]),
-        event.headers.get("cloudfront-viewer-country"), event.headers.get(settings.ORIGIN_VERIFY_HEADER))
+        event.headers.get("cloudfront-viewer-country"), event.headers.get(settings.ORIGIN_VERIFY_HEADER),
+        event.headers.get("origin"))
     status, body, result = collector.handle(request)
-    if status == 403:
+    if status == 403 and "AllowedOrigins" in body.get("message", ""):
+        figures.count("ForeignOriginRefused")
+    elif status == 403:
         figures.count("RequestsBypassingCdn")
     elif status == 503:
         figures.count("OriginKeysUnavailable")

@@ -37,6 +37,9 @@ class PollerStats:
     retries: int = 0
     sent_to_failure_queue: int = 0
     last_batch_s: float = 0.0
+    # Ingest lag of the last batch handled: its oldest record's arrival on the stream to the
+    # end of the invocation that aggregated it (what Lambda's IteratorAge approximates).
+    last_lag_ms: float | None = None
 
 
 class KinesisPoller:
@@ -109,6 +112,9 @@ class KinesisPoller:
             log.exception("aggregate raised on a batch of %d records", len(batch))
             failures, raised = [batch[0]["SequenceNumber"]], True
         self.stats.last_batch_s = time.perf_counter() - started
+        arrived = batch[0].get("ApproximateArrivalTimestamp")
+        if arrived is not None and hasattr(arrived, "timestamp"):
+            self.stats.last_lag_ms = round(max(0.0, time.time() - arrived.timestamp()) * 1000, 1)
         if not failures:
             self._advance(cursor, len(batch))
             self.stats.records += len(batch)

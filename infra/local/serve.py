@@ -32,6 +32,8 @@ def main(argv=None) -> None:
                         help="fail every N-th events post (alternately before and after collect): client retries")
     parser.add_argument("--snapshot-interval", type=float, default=5.0, help="seconds between snapshot runs")
     parser.add_argument("--guardrail-interval", type=float, default=5.0, help="seconds between guardrail runs")
+    parser.add_argument("--shop-seed-orders", type=int, default=300,
+                        help="real Instacart orders the demo shop sends as its history at start (0: none)")
     parser.add_argument("--state-file", type=Path, default=STATE_FILE, help="where to publish endpoints and keys")
     parser.add_argument("--exit-with-parent", action="store_true",
                         help="stop (as on SIGTERM) when the process that started this one ends (the load test)")
@@ -43,14 +45,17 @@ def main(argv=None) -> None:
     stack = LocalStack(port=args.port, aws_port=args.aws_port, workers=0 if args.in_process else args.workers,
                        freeze=not args.no_freeze, fault_every=args.fault_every, state_file=args.state_file,
                        snapshot_interval_s=args.snapshot_interval,
-                       guardrail_interval_s=args.guardrail_interval).start()
+                       guardrail_interval_s=args.guardrail_interval,
+                       shop_seed_orders=args.shop_seed_orders).start()
     mode = "in-process" if args.in_process else f"up to {args.workers} worker processes per function"
     print(f"local stack up: {stack.endpoint} (AWS at {stack.aws_endpoint}; {mode}); state in {args.state_file}",
           flush=True)
     print(f"  curl -X POST {stack.endpoint}/events -d '{{\"event_id\":\"e1\",\"type\":\"click\","
           f"\"user_id\":\"u1\",\"item_id\":\"sku-1\",\"ts\":'$(date +%s000)'}}'")
     print(f"  curl {stack.endpoint}/features/users/u1")
-    print(f"  curl {stack.endpoint}/local/stats   # the emulator's own overhead, per function", flush=True)
+    print(f"  curl {stack.endpoint}/local/stats   # the emulator's own overhead, per function")
+    print(f"  demo storefront: {stack.shop_url}   live console: {stack.console_url} "
+          "(admin token: console_admin_token in the state file)", flush=True)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

@@ -29,8 +29,9 @@ from pathlib import Path
 
 from personalize import settings
 from personalize.adapters import aws
+from personalize.ingest.origins import ENV as ORIGINS_ENV
 
-from . import handlers, iam, pool, resources, sigv4
+from . import handlers, iam, pool, resources, sigv4, web
 from .lambda_events import context, http_api_event
 from .poller import KinesisPoller
 from .template import ROOT
@@ -216,8 +217,17 @@ class Faults:
 class LocalStack:
     def __init__(self, port: int = 0, aws_port: int = 0, poll_interval_s: float = 0.2,
                  snapshot_interval_s: float = 5.0, guardrail_interval_s: float = 5.0, workers: int = 0,
-                 freeze: bool = True, fault_every: int = 0, state_file: Path = STATE_FILE):
+                 freeze: bool = True, fault_every: int = 0, state_file: Path = STATE_FILE,
+                 shop_seed_orders: int = 0):
         self.state_file = state_file
+        # The demo storefront (/shop/) and the live console (/console/): built on first use;
+        # with shop_seed_orders > 0 at start, the shop publishes its catalogue and that many
+        # real orders of history through the backend kit (make serve).
+        self.shop_seed_orders = shop_seed_orders
+        self._shop = self._console = None
+        self._web_lock = threading.Lock()
+        self.served: dict[str, int] = {}  # recommendations answered, per variant (the console's share)
+        self.console_admin_token = secrets.token_urlsafe(24)
         self.workers = workers  # 0: functions in-process; N: up to N worker processes per function
         self.freeze = freeze
         self.faults = Faults(fault_every)
@@ -270,6 +280,8 @@ class LocalStack:
         # From here on the embedded AWS enforces IAM: the stack acts as the administrator,
         # each function as its own role (handlers.load), the poller as aggregate's.
         os.environ.update({**self.resources.env(), **self.resources.admin_env()})
+        # The template's AllowedOrigins: the pages the front itself serves (the demo shop).
+        os.environ[ORIGINS_ENV] = ",".join(self.allowed_origins)
         os.environ.pop("AWS_SESSION_TOKEN", None)
         aws.reset()
         handlers.use_identities(self.resources.identities.functions)
@@ -301,6 +313,10 @@ class LocalStack:
         self._http = ThreadingHTTPServer(("127.0.0.1", self.port), _front(self))
         self._http.daemon_threads = True
         threading.Thread(target=self._http.serve_forever, name="http-front", daemon=True).start()
+        if self.shop_seed_orders:
+            shop = self.shop()
+            shop.publish_catalogue()
+            shop.seed_history(self.shop_seed_orders)
         self.write_state(self.state_file)
         return self
 
@@ -330,6 +346,50 @@ class LocalStack:
             return _forbidden(f"User: {principal.arn} is not authorized to perform: execute-api:Invoke on "
                               f"resource: {resource}")
         return None
+
+    @property
+    def allowed_origins(self) -> list[str]:
+        return [f"http://127.0.0.1:{self.port}", f"http://localhost:{self.port}"]
+
+    @property
+    def shop_url(self) -> str:
+        return f"{self.endpoint}/shop/"
+
+    @property
+    def console_url(self) -> str:
+        return f"{self.endpoint}/console/"
+
+    def shop(self):
+        """The demo storefront's backend (``infra.shop``), on the backend kit: it signs its
+        server events with the administrator's keys as a shop's backend signs with its own."""
+        with self._web_lock:
+            if self._shop is None:
+                import botocore.session
+                from botocore.credentials import Credentials
+
+                from infra.shop.app import CachedKeys, Shop, ShopConfig
+                from kit.backend import Keys, ServerEvents
+
+                admin = self.resources.identities.admin
+                credentials = Credentials(admin.access_key_id, admin.secret_access_key)
+                secrets_client = botocore.session.get_session().create_client(
+                    "secretsmanager", region_name="us-east-1", endpoint_url=self.aws_endpoint,
+                    aws_access_key_id=admin.access_key_id, aws_secret_access_key=admin.secret_access_key)
+                secret = self.resources.names[settings.SIGNING_KEY_SECRET.logical_id]
+                self._shop = Shop(ShopConfig(
+                    events=ServerEvents(self.endpoint, "us-east-1", credentials),
+                    keys=CachedKeys(lambda: Keys.from_secrets_manager(secret, secrets_client)),
+                    cookie_domain=None, secure=False,  # plain http on 127.0.0.1: host-only, not Secure
+                    recs_timeout_ms=5000))  # one process and one GIL here (800 ms deployed)
+            return self._shop
+
+    def console(self):
+        with self._web_lock:
+            if self._console is None:
+                from infra.console import Console, LocalSources
+
+                self._console = Console(LocalSources(self), admin_token=self.console_admin_token)
+            return self._console
 
     def _function(self, name: str, **overrides):
         if not self.workers:
@@ -399,6 +459,8 @@ class LocalStack:
             "region": "us-east-1", "resources": self.resources.names,
             "aws_credentials": {"access_key_id": self.resources.identities.admin.access_key_id,
                                 "secret_access_key": self.resources.identities.admin.secret_access_key},
+            "shop_url": self.shop_url, "console_url": self.console_url,
+            "console_admin_token": self.console_admin_token,
         }, indent=2))
 
     def stop(self) -> None:
@@ -463,16 +525,34 @@ class LocalStack:
             event = cloudfront_event(method, path, query, headers, request_id=cf_id)
             answer = self.functions["edge"](event)
             if "status" in answer:  # generated at the edge
-                return {"statusCode": int(answer["status"]), "body": answer.get("body", ""),
-                        "headers": {k: v[0]["value"] for k, v in answer.get("headers", {}).items()}}
-            # passed through: CloudFront forwards it to the regional origin
-            return self.functions["recommend"](http_api_event(method, path, None, via_cdn, query))
+                answer = {"statusCode": int(answer["status"]), "body": answer.get("body", ""),
+                          "headers": {k: v[0]["value"] for k, v in answer.get("headers", {}).items()}}
+            else:  # passed through: CloudFront forwards it to the regional origin
+                answer = self.functions["recommend"](http_api_event(method, path, None, via_cdn, query))
+            self._count_served(answer)
+            return answer
+        if path == "/shop" or path.startswith("/shop/"):
+            return web.call(self.shop(), method, path[len("/shop"):], query, headers, body, self.endpoint)
+        if path == "/console" or path.startswith("/console/"):
+            return web.call(web.console_app(self.console()), method, path[len("/console"):], query, headers, body,
+                            self.endpoint)
+        if method == "GET" and path == "/kit/recs.js":
+            return web.static(ROOT / "kit" / "recs.js", "text/javascript")
         if method == "GET" and path.startswith("/features/users/") and len(path) > len("/features/users/"):
             user_id = path[len("/features/users/"):]
             return self.functions["features"](http_api_event("GET", path, None, headers, query,
                                                              {"user_id": user_id}))
         return {"statusCode": 404, "headers": {"content-type": "application/json"},
                 "body": json.dumps({"message": f"no route for {method} {path}"})}
+
+    def _count_served(self, answer: dict) -> None:
+        if answer.get("statusCode") != 200:
+            return
+        try:
+            variant = json.loads(answer.get("body") or "{}").get("variant") or "none"
+        except ValueError:
+            return
+        self.served[variant] = self.served.get(variant, 0) + 1
 
     def _local_route(self, method: str, path: str, body: bytes | None) -> dict:
         """The emulator's own routes (not deployed): its statistics, and injected faults."""
@@ -533,17 +613,19 @@ def _front(stack: LocalStack):
             else:
                 data = raw.encode() if isinstance(raw, str) else raw
             headers = {k.lower(): v for k, v in (response.get("headers") or {}).items()}
-            self._send(response.get("statusCode", 200), headers, data)
+            self._send(response.get("statusCode", 200), headers, data, response.get("cookies") or [])
             if not url.path.startswith("/local/"):
                 total = (time.perf_counter() - started) * 1000
                 stack.front_total_ms.append(total)
                 stack.front_overhead_ms.append(total - pool.handler_ms_of_request())
 
-        def _send(self, status: int, headers: dict, data: bytes) -> None:
+        def _send(self, status: int, headers: dict, data: bytes, cookies: list[str] = ()) -> None:
             self.send_response(status)
             for key, value in headers.items():
                 if key not in ("content-length", "connection"):
                     self.send_header(key, value)
+            for cookie in cookies:  # as API Gateway's payload 2.0 "cookies": one Set-Cookie each
+                self.send_header("set-cookie", cookie)
             self.send_header("content-length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)

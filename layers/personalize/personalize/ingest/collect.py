@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from personalize.adapters.stream import EventStream
 from personalize.identity import KeyRing, verify_rec_id
 from personalize.ingest.events import EventError, country_code, loads, parse_event, partition_key
+from personalize.ingest.origins import OriginPolicy
 
 MAX_BODY_BYTES = 1_048_576  # 1 MiB: 500 events of about 2 KB each
 MAX_EVENTS = 500
@@ -166,17 +167,19 @@ class Request:
     cookie: str | None = None
     viewer_country: str | None = None
     origin_token: str | None = None
+    origin: str | None = None  # the browser's Origin header (public route)
 
 
 class Collector:
     """Both routes' decisions, free of Lambda: origin check, identity, validation, stream."""
 
     def __init__(self, stream: EventStream, signing: KeyRing, origin: KeyRing | None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, origins: OriginPolicy | None = None):
         self.stream = stream
         self.signing = signing
         self.origin = origin  # None: no CDN in front (never in a deployed stack)
         self.clock = clock
+        self.origins = origins  # None: no Origin check (unit tests of other rules)
 
     def handle(self, request: Request, now_ms: int | None = None) -> tuple[int, dict, CollectResult | None]:
         now_ms = int(self.clock() * 1000) if now_ms is None else now_ms
@@ -185,6 +188,8 @@ class Collector:
             if not self.origin.available:  # our outage, not the caller's fault: say so, retryable
                 return 503, {"message": "origin verification unavailable (secret unreadable); retry"}, None
             return 403, {"message": "browsers reach this API only through the CDN"}, None
+        if request.route == PUBLIC and self.origins is not None and not self.origins.permits(request.origin):
+            return 403, {"message": "this origin may not post events (AllowedOrigins)"}, None
         try:
             events = parse_body(request.body)
         except BodyError as exc:
@@ -207,4 +212,5 @@ def build_collector() -> Collector:
     region = os.environ.get("AWS_REGION")
     signing = KeyRing(SecretVersions(config[settings.SIGNING_KEY_SECRET], region).load)
     origin = KeyRing(SecretVersions(config[settings.ORIGIN_VERIFY_SECRET], region).load)
-    return Collector(KinesisEventStream(config[settings.EVENTS_STREAM]), signing, origin)
+    return Collector(KinesisEventStream(config[settings.EVENTS_STREAM]), signing, origin,
+                     origins=OriginPolicy.from_env())

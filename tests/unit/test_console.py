@@ -1,0 +1,73 @@
+"""The console's summary and its admin controls, with fake sources and a controllable clock."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from infra.console import Console, Sources, wsgi
+from personalize.rollout import flags
+
+
+class FakeSources(Sources):  # flags, experiment and change: its own, not infra.ops
+    def __init__(self):
+        self.total, self.counts, self.changes = 0, {"champion": 0, "challenger": 0}, []
+        self.doc = flags.rollout_document("ranker-mlp/v3", "ranker-linear/v3", 0.5, "exp-1")
+
+    def events_total(self): return self.total  # noqa: E704
+    def ingest_lag_ms(self): return 120.0  # noqa: E704
+    def quarantined(self): raise RuntimeError("queue unreadable")  # noqa: E704
+    def snapshot_built_at_ms(self): return 95_000  # noqa: E704
+    def stockouts(self): return 3  # noqa: E704
+    def served(self): return dict(self.counts)  # noqa: E704
+    def flags(self): return self.doc  # noqa: E704
+    def experiment(self, doc): return None, None, {"status": "running"}  # noqa: E704
+
+    def change(self, command, **kwargs):
+        self.changes.append((command, kwargs))
+        return f"{command} exp-1", 7, {}
+
+
+def test_rates_and_the_served_share_come_from_successive_samples():
+    sources, now = FakeSources(), [100.0]
+    console = Console(sources, clock=lambda: now[0])
+    console.sample()
+    sources.total, sources.counts = 500, {"champion": 30, "challenger": 10}
+    now[0] += 0.5
+    assert "events_per_s" not in console.sample()  # at most one read per second
+    now[0] += 1.5
+    sample = console.sample()
+    assert sample["events_per_s"] == 250.0 and sample["served_challenger_share"] == 0.25
+    assert sample["quarantined"] is None  # unreadable: unknown, the page still renders
+    assert sample["snapshot_age_s"] == 7.0 and sample["stockouts"] == 3 and sample["share"] == 0.5
+    assert len(console.summary()["history"]) == 2
+
+
+def _post(app, body, token=None, origin=None, kind="application/json"):
+    data = json.dumps(body).encode()
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/api/experiment", "CONTENT_TYPE": kind,
+               "CONTENT_LENGTH": str(len(data)), "wsgi.input": io.BytesIO(data), "wsgi.url_scheme": "http",
+               "HTTP_HOST": "127.0.0.1:8080"}
+    if token:
+        environ["HTTP_X_CONSOLE_TOKEN"] = token
+    if origin:
+        environ["HTTP_ORIGIN"] = origin
+    status = []
+    body = b"".join(app(environ, lambda s, h: status.append(int(s.split()[0]))))
+    return status[0], json.loads(body)
+
+
+def test_only_the_admin_token_from_the_console_page_may_kill():
+    sources = FakeSources()
+    app = wsgi(Console(sources, admin_token="s3cret"))
+    assert _post(app, {"command": "kill"})[0] == 403
+    assert _post(app, {"command": "kill"}, token="wrong")[0] == 403
+    assert _post(app, {"command": "kill"}, token="s3cret", origin="http://evil.test")[0] == 403
+    assert _post(app, {"command": "kill"}, token="s3cret", kind="text/plain")[0] == 415
+    assert _post(app, {"command": "ramp", "share": "all"}, token="s3cret")[0] == 400
+    assert _post(app, {"command": "drop tables"}, token="s3cret")[0] == 400
+    assert sources.changes == []
+    assert _post(app, {"command": "kill"}, token="s3cret", origin="http://127.0.0.1:8080") == (
+        200, {"message": "kill exp-1: flags version 7"})
+    read_only = wsgi(Console(sources, admin_token="s3cret"), read_only=True)
+    assert _post(read_only, {"command": "kill"}, token="s3cret")[0] == 404
