@@ -17,7 +17,8 @@ export SAM_CLI_TELEMETRY ?= 0
 .DEFAULT_GOAL := help
 .PHONY: help venv test lint build serve demo console bench profile-serving dataset retrain train evaluate publish-model loadtest lock \
 	lock-checkov clean \
-	rotate-signing-key rotate-origin-token replay-failures
+	rotate-signing-key rotate-origin-token replay-failures \
+	observability deploy delete delete-edge-leftovers smoke
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -48,17 +49,29 @@ test: $(STAMP) $(CHECKOV_STAMP) $(CHROMIUM) ## Run the whole test suite (ruff, t
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
-lint: $(STAMP) $(CHECKOV_STAMP) ## cfn-lint, sam validate --lint and checkov on the template, ruff and the layering (import-linter)
+lint: $(STAMP) $(CHECKOV_STAMP) ## cfn-lint, sam validate --lint and checkov on the template, ruff, the layering, the workflows
 	$(BIN)/lint-imports --config .importlinter
+	$(BIN)/actionlint
 	$(BIN)/cfn-lint template.yaml
 	$(BIN)/sam validate --lint --template template.yaml --region us-east-1
 	$(CHECKOV) -f template.yaml --framework cloudformation --compact --quiet
 	$(BIN)/ruff check .
 
-build: $(STAMP) ## sam build for one environment: ENV=dev|prod (required: it is baked into the edge bundle)
-	@if [ "$(ENV)" != dev ] && [ "$(ENV)" != prod ]; then \
-	  echo "make build needs ENV=dev or ENV=prod: the edge bundle bakes that stack's replica table" >&2; exit 2; fi
-	PATH="$(CURDIR)/$(BIN):$$PATH" SAM_CONFIG_ENV=$(ENV) $(BIN)/sam build --build-in-source --template template.yaml
+build: $(STAMP) ## sam build for one environment [ENV=dev|prod, default dev]: the edge bundle bakes its names and replicas
+	PATH="$(CURDIR)/$(BIN):$$PATH" SAM_CONFIG_ENV=$(or $(ENV),dev) $(BIN)/sam build --build-in-source --template template.yaml
+
+deploy: $(STAMP) ## sam deploy ENV=dev|prod, refusing a build baked for another environment (make build ENV=... first)
+	$(BIN)/python -m infra.deploy check --env $(or $(ENV),dev)
+	SAM_CLI_TELEMETRY=0 $(BIN)/sam deploy --config-env $(or $(ENV),dev) $(DEPLOY_ARGS)
+
+delete: $(STAMP) ## Tear a stack down: ENV=dev|prod CONFIRM=<stack name> (docs/operations.md, "Tear down")
+	$(BIN)/python -m infra.teardown delete --env $(ENV) --confirm "$(CONFIRM)"
+
+delete-edge-leftovers: $(STAMP) ## Hours after make delete: the retained edge function and its log groups [PURGE_SECRETS=1]
+	$(BIN)/python -m infra.teardown leftovers --env $(ENV) $(if $(PURGE_SECRETS),--purge-secrets)
+
+smoke: $(STAMP) ## Check a stack as a storefront and the shop's backend would [ENV=local|dev|prod]; a synthetic shopper
+	$(BIN)/python -m infra.smoke --env $(or $(ENV),local)
 
 demo: $(STAMP) $(CHROMIUM) ## Set up, then run the scripted demo on the embedded local stack (report with screenshots)
 	$(BIN)/python -m infra.demo
@@ -129,6 +142,9 @@ lock: ## Re-resolve requirements/dev.lock from requirements/dev.in
 	/tmp/lock-venv/bin/pip install --quiet -r requirements/dev.in
 	(echo '# Generated from requirements/dev.in by `make lock`; every package pinned.'; \
 	 /tmp/lock-venv/bin/pip freeze) > requirements/dev.lock
+
+observability: $(STAMP) ## Regenerate template.yaml's SLO alarms and dashboards from infra/observability.py
+	$(BIN)/python -m infra.observability
 
 clean: ## Remove build outputs (keeps .venv)
 	rm -rf build .aws-sam .pytest_cache

@@ -92,15 +92,22 @@ class Story:
 
 
 class Client:
-    def __init__(self, endpoint: str, story: Story):
+    def __init__(self, endpoint: str, story: Story, credentials=None):
         self.endpoint = endpoint
         self.story = story
+        self.credentials = credentials  # the administrator's: signs the backend's route (SigV4)
         self.accepted = 0
         self.t0 = time.monotonic()
 
     def request(self, method: str, path: str, body=None, headers=None) -> tuple[int, dict]:
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.endpoint + path, data=data, method=method, headers=headers or {})
+        headers = dict(headers or {})
+        if path.startswith("/server/") and self.credentials is not None:
+            from infra.local import sigv4
+
+            headers.update(sigv4.sign(method, self.endpoint + path, data or b"", self.credentials.access_key_id,
+                                      self.credentials.secret_access_key))
+        req = urllib.request.Request(self.endpoint + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=30) as response:
                 return response.status, json.loads(response.read() or b"{}")
@@ -167,7 +174,7 @@ class Demo:
         self.scale = scale
         self.rng = random.Random(seed)
         self.story = Story()
-        self.client = Client(stack.endpoint, self.story)
+        self.client = Client(stack.endpoint, self.story, stack.resources.identities.admin)
         self.t0 = self.client.t0
         self.writes = 0
         store = stack.functions["aggregate"].module.processor.ingestor.store

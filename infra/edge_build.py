@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
@@ -43,16 +42,17 @@ def pinned(packages: list[str]) -> list[str]:
 
 
 def edge_config(env: str) -> dict:
-    config = tomllib.loads((ROOT / "samconfig.toml").read_text())
-    stack = os.environ.get("STACK_NAME") or config[env]["global"]["parameters"]["stack_name"]
-    overrides = config[env]["deploy"]["parameters"].get("parameter_overrides", "")
-    params = dict(p.split("=", 1) for p in overrides.split())
     sys.path.insert(0, str(ROOT / "layers" / "personalize"))
+    sys.path.insert(0, str(ROOT))
+    from infra import environments
     from personalize.regions import replica_table
     from personalize.serving.wiring import ServingConfig
     from personalize.settings import DEFAULT_CHAMPION
 
-    replicas = [r for r in (params.get(f"ReplicaRegion{n}") for n in range(1, 5)) if r]
+    environment = environments.load(env)
+    stack = os.environ.get("STACK_NAME") or environment.stack
+    params = environment.parameters
+    replicas = environment.replica_regions
     return ServingConfig(
         stack=stack, replica_table=replica_table("us-east-1", replicas),
         home_region="us-east-1", features_table=f"{stack}-features",
@@ -125,11 +125,23 @@ def build(target: Path, env: str = "dev", install: bool = True) -> float:
     return zipped_mb(target)
 
 
-def main() -> int:
-    target = Path(sys.argv[1])
-    env = os.environ.get("SAM_CONFIG_ENV")
-    if env not in ("dev", "prod"):  # the bundle bakes one stack's names and replica table
-        print("build the edge for one environment: make build ENV=dev|prod (or SAM_CONFIG_ENV=...)", file=sys.stderr)
+def main(argv: list[str] | None = None) -> int:
+    # Run as a script by sam build (functions/edge/Makefile): neither the repository nor the
+    # domain package is on the path yet.
+    sys.path[:0] = [str(ROOT), str(ROOT / "layers" / "personalize")]
+    from infra import environments
+
+    target = Path((argv if argv is not None else sys.argv[1:])[0])
+    env = os.environ.get("SAM_CONFIG_ENV") or environments.DEFAULT
+    if env not in environments.names():  # the bundle bakes one stack's names and replica table
+        print(f"no environment {env!r} in samconfig.toml: make build ENV={'|'.join(environments.names())}",
+              file=sys.stderr)
+        return 2
+    if not os.environ.get("SAM_CONFIG_ENV"):
+        print(f"edge bundle for {env} (the default; make build ENV=... or SAM_CONFIG_ENV=... for another)")
+    problems = environments.load(env).problems()
+    if problems:
+        print(f"samconfig.toml, {env}: " + "; ".join(problems), file=sys.stderr)
         return 2
     size = build(target, env)
     print(f"edge bundle: {size:.1f} MB zipped (limit {LIMIT_MB:.0f} MB, goal 30 MB)")

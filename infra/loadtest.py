@@ -221,6 +221,7 @@ class Http:
     def __init__(self, timeout_s: float = 10.0):
         self.timeout_s = timeout_s
         self.connections: dict[tuple[str, str], http.client.HTTPConnection] = {}
+        self.last_headers: dict[str, str] = {}  # the last response's, lower-cased names
 
     def request(self, method: str, url: str, body: bytes | None = None,
                 headers: dict | None = None) -> tuple[int, bytes]:
@@ -236,6 +237,7 @@ class Http:
             try:
                 connection.request(method, path, body=body, headers=headers or {})
                 response = connection.getresponse()
+                self.last_headers = {k.lower(): v for k, v in response.getheaders()}
                 return response.status, response.read()
             except (OSError, http.client.HTTPException):
                 connection.close()

@@ -5,18 +5,18 @@ import base64
 import binascii
 import json
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
-from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from personalize import identity, settings
+from personalize import identity, settings, telemetry
 from personalize.ingest import collect
 
 logger = Logger()
+copy_config_to_registered_loggers(source_logger=logger, include={"personalize"})
 tracer = Tracer()
-metrics = Metrics(namespace=settings.NAMESPACE)
+figures = telemetry.Figures(settings.NAMESPACE, "collect", flush_every_s=5.0)  # EMF, aggregated per container
 app = APIGatewayHttpResolver()
 collector = collect.build_collector()
 
@@ -43,14 +43,16 @@ def _answer(route: str) -> Response:
         anonymous_cookie=identity.cookie_from_headers(cookies, identity.ANONYMOUS_COOKIE))
     status, body, result = collector.handle(request)
     if isinstance(result, collect.Refused):
-        metrics.add_metric(result.metric, MetricUnit.Count, 1)
+        figures.count(result.metric, route=route)
     else:
-        metrics.add_metric(f"EventsAccepted_{route}", MetricUnit.Count, result.accepted)
-        metrics.add_metric(f"EventsRejected_{route}", MetricUnit.Count, len(result.rejected))
-        metrics.add_metric("EventsAttributed", MetricUnit.Count, result.attributed)
-    extra = {"Retry-After": str(body["retry_after_s"])} if "retry_after_s" in body else None
+        figures.count("EventsAccepted", result.accepted, route=route)
+        figures.count("EventsRejected", len(result.rejected), route=route)
+        figures.count("EventsAttributed", result.attributed)
+    headers = {"Cache-Control": "no-store", "x-request-id": logger.get_correlation_id() or ""}
+    if "retry_after_s" in body:
+        headers["Retry-After"] = str(body["retry_after_s"])
     return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=json.dumps(body),
-                    headers=extra)
+                    headers=headers)
 
 
 @app.post("/events")
@@ -65,8 +67,12 @@ def post_server_events() -> Response:
     return _answer(collect.SERVER)
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@logger.inject_lambda_context
 @tracer.capture_lambda_handler
-@metrics.log_metrics
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
-    return app.resolve(event, context)
+    # CloudFront's request id when it forwarded the request (the viewer's x-amz-cf-id), else API Gateway's.
+    logger.set_correlation_id(telemetry.correlation_id(event))
+    try:
+        return app.resolve(event, context)
+    finally:
+        figures.flush_if_due()

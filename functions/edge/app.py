@@ -11,8 +11,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 
 from personalize import identity, settings, telemetry
 from personalize.serving import cloudfront, degraded, recommendations, wiring
@@ -23,13 +23,17 @@ MODELS_DIR = HERE / "shipped_models"
 FALLBACK_PATH = HERE / "fallback_items.json"
 COLD_START_WAIT_S = degraded.COLD_START_WAIT_S
 logger = Logger(service="edge")
-metrics = Metrics(namespace=settings.NAMESPACE, service="edge")
+# The domain's log lines are JSON with this request's correlation id (CloudFront's request id) too.
+copy_config_to_registered_loggers(source_logger=logger, include={"personalize"})
+# Per-request figures, aggregated in the container and printed as EMF at most every 5 s
+# (one EMF blob per request was ~1.3 KB of logs a request).
+figures = telemetry.Figures(settings.NAMESPACE, "edge", flush_every_s=5.0)
 _state = {}
 _background = ThreadPoolExecutor(1, thread_name_prefix="home-metrics")
 
 
 def home_metrics() -> telemetry.HomeMetrics:
-    """Per-variant counts sent to us-east-1, where the rollback alarm looks."""
+    """The same figures sent to us-east-1 once a minute, where the alarms look."""
     if "home_metrics" not in _state:
         context = contextvars.copy_context()
         _state["home_metrics"] = telemetry.home_metrics(
@@ -71,7 +75,7 @@ def fallback() -> degraded.BundledFallback:
     return _state["fallback"]
 
 
-def serve(request: dict, remaining_ms: int | None = None) -> tuple[int, dict, dict]:
+def serve(request: dict, remaining_ms: int | None = None, request_id: str | None = None) -> tuple[int, dict, dict]:
     started = time.perf_counter()
     cookie = identity.cookie_from_headers(cloudfront.header_values(request, "cookie"))
     country = next(iter(cloudfront.header_values(request, "cloudfront-viewer-country")), None)
@@ -85,18 +89,24 @@ def serve(request: dict, remaining_ms: int | None = None) -> tuple[int, dict, di
         answer = recommendations.Answer(200, fallback().answer(query.k))
     else:
         answer = built.recommend(params, cookie, country)
+    headers = {**answer.headers, cloudfront.REQUEST_ID_HEADER: request_id} if request_id else answer.headers
     _count_refused_flags()
-    variant = answer.body.get("variant", "none")
-    metrics.add_metric(f"Requests_{variant}", MetricUnit.Count, 1)
-    metrics.add_metric(f"LatencyMs_{variant}", MetricUnit.Milliseconds, (time.perf_counter() - started) * 1000)
-    home_metrics().add(f"Requests_{variant}")
-    if answer.body.get("fallback"):
-        metrics.add_metric(f"Fallbacks_{variant}", MetricUnit.Count, 1)
-        home_metrics().add(f"Fallbacks_{variant}")
-        if recommendations.model_fault(answer.body):  # what the rollback alarm counts
-            metrics.add_metric(f"ModelFallbacks_{variant}", MetricUnit.Count, 1)
-            home_metrics().add(f"ModelFallbacks_{variant}")
-    return answer.status, answer.body, answer.headers
+    if answer.status == 200:
+        snapshot = built.snapshot.value if built is not None else None
+        telemetry.record_answer(
+            (figures, home_metrics()), answer.body.get("variant", "none"),
+            answer.body.get("fallback_reason") if answer.body.get("fallback") else None,
+            (time.perf_counter() - started) * 1000,
+            snapshot_age_s=(time.time() * 1000 - snapshot.built_at_ms) / 1000 if snapshot is not None else None,
+            model_fault=recommendations.model_fault(answer.body))
+    else:
+        figures.count("RequestsRefused", status=str(answer.status))
+    return answer.status, answer.body, headers
+
+
+def _passed_to_origin() -> None:
+    figures.count("EdgeErrors")
+    home_metrics().add("EdgeErrors")
 
 
 def _count_refused_flags() -> None:
@@ -105,14 +115,20 @@ def _count_refused_flags() -> None:
     rollout = _state.get("rollout")
     refused = rollout.store.refused if rollout is not None else 0
     if refused > _state.get("refused_seen", 0):
-        metrics.add_metric("FlagsDocumentRefused", MetricUnit.Count, refused - _state.get("refused_seen", 0))
+        figures.count("FlagsDocumentRefused", refused - _state.get("refused_seen", 0))
         home_metrics().add("FlagsDocumentRefused", refused - _state.get("refused_seen", 0))
         _state["refused_seen"] = refused
 
 
 @logger.inject_lambda_context
-@metrics.log_metrics
 def lambda_handler(event: dict, context) -> dict:
     _state.setdefault("account", context.invoked_function_arn.split(":")[4])
     _state.setdefault("function_name", context.function_name)
-    return cloudfront.handle(event, lambda request: serve(request, context.get_remaining_time_in_millis()))
+    request_id = cloudfront.request_id(event)  # = the x-amz-cf-id CloudFront answers the viewer with
+    logger.set_correlation_id(request_id)
+    try:
+        return cloudfront.handle(
+            event, lambda request: serve(request, context.get_remaining_time_in_millis(), request_id),
+            on_error=_passed_to_origin)
+    finally:
+        figures.flush_if_due()  # inside the invocation: a frozen container runs nothing

@@ -6,18 +6,18 @@ import os
 import time
 from pathlib import Path
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
-from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from personalize import identity, settings
+from personalize import identity, settings, telemetry
 from personalize.serving import recommendations, wiring
 
 logger = Logger()
+copy_config_to_registered_loggers(source_logger=logger, include={"personalize"})
 tracer = Tracer()
-metrics = Metrics(namespace=settings.NAMESPACE)
+figures = telemetry.Figures(settings.NAMESPACE, "recommend", flush_every_s=5.0)  # EMF, aggregated per container
 app = APIGatewayHttpResolver()
 MODELS_DIR = Path(os.environ.get("MODELS_DIR", "/opt/python/shipped_models"))
 config = wiring.ServingConfig.from_env()
@@ -33,7 +33,7 @@ def get_recommendations() -> Response:
     started = time.perf_counter()
     event = app.current_event
     if not origin.token_matches(event.headers.get(settings.ORIGIN_VERIFY_HEADER)):
-        metrics.add_metric("RequestsBypassingCdn", MetricUnit.Count, 1)
+        figures.count("RequestsBypassingCdn")
         return Response(status_code=403, content_type="application/json",
                         body=json.dumps({"message": "browsers reach this API only through the CDN"}))
     cookie = identity.cookie_from_headers([c for c in (event.cookies or [])] +
@@ -41,20 +41,28 @@ def get_recommendations() -> Response:
     answer = recommender.recommend(event.query_string_parameters or {}, cookie,
                                    event.headers.get("cloudfront-viewer-country"))
     if rollout.store.refused > _seen["refused"]:  # a flags document broke the schema: the last good one serves
-        metrics.add_metric("FlagsDocumentRefused", MetricUnit.Count, rollout.store.refused - _seen["refused"])
+        figures.count("FlagsDocumentRefused", rollout.store.refused - _seen["refused"])
         _seen["refused"] = rollout.store.refused
-    variant = answer.body.get("variant", "none")
-    metrics.add_metric(f"Requests_{variant}", MetricUnit.Count, 1)
-    metrics.add_metric(f"LatencyMs_{variant}", MetricUnit.Milliseconds, (time.perf_counter() - started) * 1000)
-    if answer.body.get("fallback"):
-        metrics.add_metric(f"Fallbacks_{variant}", MetricUnit.Count, 1)
-        if recommendations.model_fault(answer.body):  # what the rollback alarm counts
-            metrics.add_metric(f"ModelFallbacks_{variant}", MetricUnit.Count, 1)
-    return Response(status_code=answer.status, body=json.dumps(answer.body), headers=answer.headers)
+    if answer.status == 200:
+        snapshot = recommender.snapshot.value
+        telemetry.record_answer(
+            (figures,), answer.body.get("variant", "none"),
+            answer.body.get("fallback_reason") if answer.body.get("fallback") else None,
+            (time.perf_counter() - started) * 1000,
+            snapshot_age_s=(time.time() * 1000 - snapshot.built_at_ms) / 1000 if snapshot is not None else None,
+            model_fault=recommendations.model_fault(answer.body))
+    else:
+        figures.count("RequestsRefused", status=str(answer.status))
+    return Response(status_code=answer.status, body=json.dumps(answer.body),
+                    headers={**answer.headers, "x-request-id": logger.get_correlation_id() or ""})
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@logger.inject_lambda_context
 @tracer.capture_lambda_handler
-@metrics.log_metrics
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
-    return app.resolve(event, context)
+    # CloudFront's request id when it forwarded the request (the viewer's x-amz-cf-id), else API Gateway's.
+    logger.set_correlation_id(telemetry.correlation_id(event))
+    try:
+        return app.resolve(event, context)
+    finally:
+        figures.flush_if_due()

@@ -38,11 +38,15 @@ class AwsSources(Sources):
             ("events", "RealtimePersonalization", "EventsIn", [("service", "aggregate")], "Sum"),
             ("lag", "AWS/Lambda", "IteratorAge", [("FunctionName", self.outputs["AggregateFunctionName"])],
              "Maximum"),
-            ("champion_edge", "RealtimePersonalization", "Requests_champion", [("service", "edge")], "Sum"),
-            ("challenger_edge", "RealtimePersonalization", "Requests_challenger", [("service", "edge")], "Sum"),
-            ("champion_region", "RealtimePersonalization", "Requests_champion", [("service", "recommend")], "Sum"),
-            ("challenger_region", "RealtimePersonalization", "Requests_challenger", [("service", "recommend")],
-             "Sum"),
+            # By dimension (telemetry.record_answer); the edge's, all regions, as sent to the home region.
+            ("champion_edge", "RealtimePersonalization", "Requests",
+             [("service", "edge"), ("scope", "global"), ("variant", "champion")], "Sum"),
+            ("challenger_edge", "RealtimePersonalization", "Requests",
+             [("service", "edge"), ("scope", "global"), ("variant", "challenger")], "Sum"),
+            ("champion_region", "RealtimePersonalization", "Requests",
+             [("service", "recommend"), ("variant", "champion")], "Sum"),
+            ("challenger_region", "RealtimePersonalization", "Requests",
+             [("service", "recommend"), ("variant", "challenger")], "Sum"),
         ]
         response = self.cloudwatch.get_metric_data(
             StartTime=end - dt.timedelta(minutes=10), EndTime=end, ScanBy="TimestampDescending",

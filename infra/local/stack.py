@@ -31,7 +31,7 @@ from personalize import settings
 from personalize.adapters import aws
 from personalize.ingest.origins import ENV as ORIGINS_ENV
 
-from . import handlers, iam, pool, resources, web
+from . import handlers, iam, pool, resources, sigv4, web
 from .lambda_events import context, http_api_event
 from .poller import KinesisPoller
 from .template import ROOT
@@ -92,7 +92,7 @@ class Schedule:
         self._stop.set()
 
 
-def cloudfront_event(method: str, path: str, query: dict, headers: dict) -> dict:
+def cloudfront_event(method: str, path: str, query: dict, headers: dict, request_id: str | None = None) -> dict:
     """The origin-request event CloudFront sends for a viewer request (the policy forwards
     the rt_uid cookie, CloudFront-Viewer-Country and the k/context_item query)."""
     from urllib.parse import urlencode
@@ -104,7 +104,7 @@ def cloudfront_event(method: str, path: str, query: dict, headers: dict) -> dict
     cf_headers["cloudfront-viewer-country"] = [{"key": "CloudFront-Viewer-Country", "value": country}]
     return {"Records": [{"cf": {
         "config": {"distributionDomainName": "localhost", "distributionId": "LOCAL", "eventType": "origin-request",
-                   "requestId": secrets.token_hex(8)},
+                   "requestId": request_id or cloudfront_request_id()},
         "request": {"clientIp": "127.0.0.1", "method": method, "uri": path, "querystring": urlencode(query),
                     "headers": cf_headers,
                     "origin": {"custom": {"domainName": "regional.local", "port": 443, "protocol": "https",
@@ -113,6 +113,11 @@ def cloudfront_event(method: str, path: str, query: dict, headers: dict) -> dict
 
 
 DEFAULT_COUNTRY = "US"
+
+
+def cloudfront_request_id() -> str:
+    """An id shaped like CloudFront's (56 base64url characters)."""
+    return secrets.token_urlsafe(42)
 
 
 def _own_metrics_store(module) -> None:
@@ -283,6 +288,7 @@ class LocalStack:
         aws.reset()
         handlers.use_identities(self.resources.identities.functions)
         self._enforcement = iam.Enforcement(self.aws_endpoint).__enter__()
+        self.principals = self._principals()
         self.signing_key = self.resources.signing_key
         for name in ("collect", "aggregate", "features", "snapshot", "guardrail"):
             self.functions[name] = self._function(name)
@@ -315,6 +321,33 @@ class LocalStack:
             shop.seed_history(self.shop_seed_orders)
         self.write_state(self.state_file)
         return self
+
+    def _principals(self) -> dict[str, sigv4.Principal]:
+        """Who may sign requests to the IAM-authorized route: the administrator (every
+        action) and each function's role (its template policies: none allows execute-api)."""
+        identities = self.resources.identities
+        admin = identities.admin
+        out = {admin.access_key_id: sigv4.Principal(
+            admin.access_key_id, admin.secret_access_key, None, f"arn:aws:iam::{iam.ACCOUNT}:user/{iam.ADMIN_USER}",
+            ({"Effect": "Allow", "Action": "*", "Resource": "*"},))}
+        for name, credentials in identities.functions.items():
+            out[credentials.access_key_id] = sigv4.Principal(
+                credentials.access_key_id, credentials.secret_access_key, credentials.session_token,
+                f"arn:aws:sts::{iam.ACCOUNT}:assumed-role/{credentials.name}/{name}",
+                tuple(identities.policies.get(name, ())))
+        return out
+
+    def authorize(self, method: str, raw_path: str, raw_query: str, headers: dict, body: bytes | None) -> dict | None:
+        """None when the request may use the IAM route, else API Gateway's 403 answer."""
+        try:
+            principal = sigv4.verify(method, raw_path, raw_query, headers, body or b"", self.principals, iam.REGION)
+        except sigv4.Refused as refused:
+            return _forbidden(refused.message)
+        resource = sigv4.route_arn(iam.REGION, iam.ACCOUNT, "local", "local", method, raw_path)
+        if not principal.may_invoke(resource):
+            return _forbidden(f"User: {principal.arn} is not authorized to perform: execute-api:Invoke on "
+                              f"resource: {resource}")
+        return None
 
     @property
     def allowed_origins(self) -> list[str]:
@@ -462,15 +495,32 @@ class LocalStack:
 
     # --- routing ---
     def route(self, method: str, path: str, query: dict, headers: dict, body: bytes | None,
-              client: str = "127.0.0.1:0") -> dict:
+              client: str = "127.0.0.1:0", raw_path: str | None = None, raw_query: str = "") -> dict:
         # As CloudFront does for the browsers' routes: its origin-verify header replaces any
         # the client sent, and so does the viewer's address (CloudFront-Viewer-Address, the
-        # anonymous identity's source). A simulator standing in for many browsers (demo, load
-        # test) names each one's address with x-local-viewer-address: the local front only.
-        # /server/events is the backend's route (IAM when deployed, open here).
+        # anonymous identity's source); it adds its request id. A simulator standing in for many
+        # browsers (demo, load test) names each one's address with x-local-viewer-address: the
+        # local front only. /server/events is the backend's route: SigV4 against the local IAM,
+        # as API Gateway's IAM authorizer checks it when deployed.
+        if path.startswith("/local/"):
+            return self._local_route(method, path, body)
         viewer = headers.pop(LOCAL_VIEWER_HEADER, None) or client
-        via_cdn = {**headers, settings.ORIGIN_VERIFY_HEADER: self.resources.origin_token,
+        # The browsers' routes come through CloudFront, which answers the viewer with its request
+        # id (X-Amz-Cf-Id) and tells the origin; the backend's and operators' call API Gateway.
+        through_cdn = path == "/events" or path == "/recommendations" or path.startswith("/recommendations/")
+        cf_id = cloudfront_request_id() if through_cdn else None
+        answer = self._route(method, path, query, headers, body, raw_path, raw_query, cf_id, viewer)
+        if cf_id:
+            answer["headers"] = {**(answer.get("headers") or {}), "x-amz-cf-id": cf_id}
+        return answer
+
+    def _route(self, method, path, query, headers, body, raw_path, raw_query, cf_id, viewer) -> dict:
+        via_cdn = {**headers, settings.ORIGIN_VERIFY_HEADER: self.resources.origin_token, "x-amz-cf-id": cf_id,
                    "cloudfront-viewer-address": viewer}
+        if method == "POST" and path == "/server/events":
+            refused = self.authorize(method, raw_path or path, raw_query, headers, body)
+            if refused is not None:
+                return refused
         if method == "POST" and path in ("/events", "/server/events"):
             fault = self.faults.next()
             if fault == "before":
@@ -478,10 +528,8 @@ class LocalStack:
             answer = self.functions["collect"](http_api_event("POST", path, body,
                                                               via_cdn if path == "/events" else headers, query))
             return _injected_failure("after") if fault == "after" else answer
-        if path.startswith("/local/"):
-            return self._local_route(method, path, body)
         if path == "/recommendations" or path.startswith("/recommendations/"):
-            event = cloudfront_event(method, path, query, headers)
+            event = cloudfront_event(method, path, query, headers, request_id=cf_id)
             answer = self.functions["edge"](event)
             if "status" in answer:  # generated at the edge
                 answer = {"statusCode": int(answer["status"]), "body": answer.get("body", ""),
@@ -532,6 +580,11 @@ class LocalStack:
         return {"statusCode": 404, "body": json.dumps({"message": f"no route for {method} {path}"})}
 
 
+def _forbidden(message: str) -> dict:
+    return {"statusCode": 403, "body": json.dumps({"message": message}),
+            "headers": {"content-type": "application/json", "x-amzn-errortype": "AccessDeniedException"}}
+
+
 def _injected_failure(when: str) -> dict:
     return {"statusCode": 503, "headers": {"content-type": "application/json", "x-local-fault": when},
             "body": json.dumps({"message": f"injected failure ({when} collect)"})}
@@ -555,7 +608,8 @@ def _front(stack: LocalStack):
             try:
                 response = stack.route(method, unquote(url.path), dict(parse_qsl(url.query)),
                                        {k.lower(): v for k, v in self.headers.items()}, body,
-                                       f"{self.client_address[0]}:{self.client_address[1]}")
+                                       f"{self.client_address[0]}:{self.client_address[1]}",
+                                       raw_path=url.path, raw_query=url.query)
             except Exception:
                 log.exception("front: %s %s", method, self.path)
                 self._send(502, {"content-type": "application/json"}, b'{"message": "function error"}')

@@ -75,3 +75,68 @@ def transformed(path: Path = TEMPLATE) -> dict:
     import copy
 
     return copy.deepcopy(_transformed(path.read_text()))
+
+
+_NO_VALUE = object()
+
+
+class Evaluator:
+    """The template's conditions and ``Fn::If`` choices for given parameter values (what
+    CloudFormation decides at deploy), to check a resource as an environment deploys it.
+    Only the functions conditions may hold are evaluated; anything else is left as it is."""
+
+    def __init__(self, parameters: dict[str, str], path: Path = TEMPLATE):
+        doc = load(path)
+        self.parameters = {name: str(p.get("Default", "")) for name, p in doc.get("Parameters", {}).items()}
+        unknown = set(parameters) - set(self.parameters)
+        if unknown:
+            raise KeyError(f"parameters the template does not declare: {sorted(unknown)}")
+        self.parameters.update(parameters)
+        self._conditions = doc.get("Conditions", {})
+        self._cache: dict[str, bool] = {}
+
+    def condition(self, name: str) -> bool:
+        if name not in self._cache:
+            self._cache[name] = bool(self._value(self._conditions[name]))
+        return self._cache[name]
+
+    def _value(self, node):
+        if isinstance(node, dict) and len(node) == 1:
+            (key, arg), = node.items()
+            if key == "Ref":
+                return self.parameters.get(arg, node) if arg != "AWS::NoValue" else _NO_VALUE
+            if key == "Fn::Equals":
+                return self._value(arg[0]) == self._value(arg[1])
+            if key == "Fn::Not":
+                return not self._value(arg[0])
+            if key == "Fn::And":
+                return all(self._value(a) for a in arg)
+            if key == "Fn::Or":
+                return any(self._value(a) for a in arg)
+            if key == "Condition":
+                return self.condition(arg)
+        return node
+
+    def __call__(self, node):
+        """``node`` with every Fn::If decided and AWS::NoValue dropped."""
+        if isinstance(node, list):
+            out = [self(v) for v in node]
+            return [v for v in out if v is not _NO_VALUE]
+        if isinstance(node, dict):
+            if len(node) == 1 and "Fn::If" in node:
+                name, yes, no = node["Fn::If"]
+                return self(yes if self.condition(name) else no)
+            if node == {"Ref": "AWS::NoValue"}:
+                return _NO_VALUE
+            if len(node) == 1 and node.get("Ref") in self.parameters:
+                return self.parameters[node["Ref"]]
+            out = {k: self(v) for k, v in node.items()}
+            return {k: v for k, v in out.items() if v is not _NO_VALUE}
+        return node
+
+    def resource(self, logical_id: str) -> dict | None:
+        """The resource's properties as deployed, or None when its condition leaves it out."""
+        resource = resources()[logical_id]
+        if "Condition" in resource and not self.condition(resource["Condition"]):
+            return None
+        return self(resource.get("Properties", {}))

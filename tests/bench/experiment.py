@@ -36,7 +36,7 @@ def kill_to_zero_s() -> tuple[float, float]:
         now = int(time.time() * 1000)
         events = [{"event_id": f"k{n}", "type": "view", "user_id": f"bg{n % 50}", "item_id": f"sku-{n % 500}",
                    "ts": now} for n in range(3000)]
-        post_events(stack.endpoint, events)
+        post_events(stack, events)
         stack.poller.drain(60)
         stack.functions["snapshot"]({})
         stack.resources.deploy_flags(flags.rollout_document("ranker-mlp/v1", "ranker-linear/v1", 0.02, "exp-k"))
@@ -72,7 +72,7 @@ def kill_during_rollout_s() -> float:
     stack = LocalStack(snapshot_interval_s=1.0, guardrail_interval_s=3600).start()
     try:
         now = int(time.time() * 1000)
-        post_events(stack.endpoint, [{"event_id": f"r{n}", "type": "view", "user_id": f"bg{n % 50}",
+        post_events(stack, [{"event_id": f"r{n}", "type": "view", "user_id": f"bg{n % 50}",
                                       "item_id": f"sku-{n % 500}", "ts": now} for n in range(2000)])
         stack.poller.drain(60)
         stack.functions["snapshot"]({})

@@ -23,7 +23,7 @@ from collections import defaultdict
 
 from infra.local.lambda_events import context
 from infra.local.stack import cloudfront_event
-from personalize import identity
+from personalize import identity, telemetry
 from personalize.serving import cloudfront, ranking, recommendations
 
 from .serving_floor import Floor, PackedUserStore, in_memory_edge, interleaved, summary
@@ -76,10 +76,9 @@ def setup(users: int = 500):
 def instrument(module, recommender) -> Stages:
     stages = Stages()
     w = stages.wrap
-    w(module, "lambda_handler", "Powertools decorators (logger context, EMF flush glue)")
-    w(module.metrics.provider, "flush_metrics", "EMF flush (serialise, print)")
-    w(module.metrics, "add_metric", "metrics.add_metric (x2)")
-    w(module.home_metrics(), "add", "home-region counters")
+    w(module, "lambda_handler", "Powertools logger context, correlation id")
+    w(module.figures, "flush", "EMF flush every 5 s (serialise, print)")
+    w(telemetry, "record_answer", "figures: counts, histogram (container + home)")
     w(cloudfront, "handle", "CloudFront event glue")
     w(module, "serve", "edge serve() glue")
     w(cloudfront, "header_values", "parse: headers, cookie, query")

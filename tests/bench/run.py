@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 from infra.local.template import ROOT
 
 OUT = ROOT / "build" / "bench.json"
-SECTIONS = ("ingest", "model", "serving", "experiment", "loop", "limits")
+# ops last: it prices what the others measured
+SECTIONS = ("ingest", "model", "serving", "experiment", "loop", "limits", "ops")
 # ``limits`` (issue 19) is the union of every tests/bench/limits_*.py module's figures, so the
 # streams measuring AWS's limits each add a module without editing the same lines.
 LIMITS_MODULES = sorted(p.stem for p in (ROOT / "tests" / "bench").glob("limits_*.py"))

@@ -152,8 +152,12 @@ def stockout_to_gone_s(stack: LocalStack) -> float:
     victim = body["items"][0]["item_id"]
     event = {"event_id": f"bench-stockout-{time.time_ns()}", "type": "stock", "item_id": victim,
              "ts": int(time.time() * 1000), "stock": 0}
-    request = urllib.request.Request(stack.endpoint + "/server/events", data=json.dumps(event).encode(),
-                                     method="POST")
+    from infra.local import sigv4
+
+    admin, body = stack.resources.identities.admin, json.dumps(event).encode()
+    url = stack.endpoint + "/server/events"
+    request = urllib.request.Request(url, data=body, method="POST", headers=sigv4.sign(
+        "POST", url, body, admin.access_key_id, admin.secret_access_key))
     started = time.perf_counter()
     urllib.request.urlopen(request, timeout=10).read()
     while time.perf_counter() - started < 30:
@@ -177,7 +181,7 @@ def run(requests: int = 3000) -> dict:
         now, base = int(time.time() * 1000), events[0]["ts"]
         for e in events:  # the stream's last minutes, ending now
             e["ts"] = now - 60_000 + (e["ts"] - base) // 100
-        post_events(stack.endpoint, events)
+        post_events(stack, events)
         stack.poller.drain(300)  # a shared, busy machine drains the local stream slowly
         stack.functions["snapshot"]({})
         out["stockout_to_gone_s"] = round(stockout_to_gone_s(stack), 3)

@@ -105,12 +105,17 @@ def kinesis_batches(events: list[dict], shards: int = 4, batch_size: int = 1000,
     return batches
 
 
-def post_events(endpoint: str, events: list[dict], chunk: int = 500) -> None:
-    """POST events to a running local stack's front as the shop's backend, at most ``chunk``
-    per request."""
+def post_events(stack, events: list[dict], chunk: int = 500) -> None:
+    """POST events to a running local stack's front as the shop's backend (SigV4-signed with
+    the stack's administrator keys, as the IAM route requires), at most ``chunk`` per request."""
     import urllib.request
 
+    from infra.local import sigv4
+
+    admin = stack.resources.identities.admin
+    url = stack.endpoint + "/server/events"
     for start in range(0, len(events), chunk):
-        request = urllib.request.Request(endpoint + "/server/events", method="POST",
-                                         data=json.dumps({"events": events[start:start + chunk]}).encode())
+        body = json.dumps({"events": events[start:start + chunk]}).encode()
+        headers = sigv4.sign("POST", url, body, admin.access_key_id, admin.secret_access_key)
+        request = urllib.request.Request(url, method="POST", data=body, headers=headers)
         urllib.request.urlopen(request, timeout=30).read()

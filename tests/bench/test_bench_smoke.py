@@ -72,3 +72,21 @@ def test_the_loop_bench_measures_its_contract_keys():
     assert 0 <= figures["ope_coverage"] <= 1 and figures["ope"]["seeds"] == 3
     assert figures["obd_relative_width"] > 0 and figures["retrain_s"] > 0
     assert figures["retrain"]["registered"] == ["ranker-linear", "ranker-mlp"]
+def test_the_ops_bench_counts_the_edges_log_bytes_by_kind_and_prices_a_million_requests():
+    from infra import costs
+    from tests.bench import ops
+
+    figures = ops.edge_log_bytes(requests=3000, rps=100.0, error_rate=0.001)
+    kinds = figures["edge_log_bytes_by_kind"]
+    assert kinds.get("emf", 0) > 0 and kinds.get("error", 0) > 0  # 3 injected errors logged
+    assert figures["edge_emf_flushes"] >= 3000 / 100 / 5 - 1  # every 5 s of the simulated clock
+    assert figures["edge_log_bytes_per_request"] == round(sum(kinds.values()), 1) or \
+        abs(figures["edge_log_bytes_per_request"] - sum(kinds.values())) < 0.5
+    assert ops.platform_log_bytes()["edge_platform_log_bytes_per_request"] > 150
+    assert 0 < ops.lost_share(1.0, 5.0, lifetime_s=600) < 0.05
+    assert ops.lost_share(100.0, 5.0, lifetime_s=600) < ops.lost_share(100.0, 60.0, lifetime_s=600)
+    model = costs.model({"ops": figures})
+    assert model["usd_per_million_requests"] > 0 and all(v >= 0 for v in model["by_part"].values())
+    more_replicas = costs.model({"ops": figures}, {"environment": "prod"})
+    fewer = costs.model({"ops": figures}, {"environment": "dev"})
+    assert more_replicas["usd_per_million_requests"] > fewer["usd_per_million_requests"]

@@ -77,7 +77,8 @@ def test_a_function_may_do_only_what_its_role_allows(stack):
 
 def test_every_function_has_a_role_built_from_the_template(stack):
     roles = stack.identities.policies
-    assert set(roles) == {"collect", "aggregate", "features", "snapshot", "recommend", "guardrail", "edge"}
+    assert set(roles) == {"collect", "aggregate", "features", "snapshot", "recommend", "guardrail", "edge",
+                          "edgelogs"}
     aggregate = {a for s in roles["aggregate"] for a in
                  ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
     assert {"dynamodb:UpdateItem", "kinesis:GetRecords", "sqs:SendMessage*"} <= aggregate
@@ -87,7 +88,9 @@ def test_the_edge_may_send_its_counts_to_the_home_region(stack):
     with aws.as_identity(stack.identities.functions["edge"]):
         cloudwatch = aws.client("cloudwatch")
     cloudwatch.put_metric_data(Namespace="RealtimePersonalization", MetricData=[
-        {"MetricName": "Requests_challenger", "Dimensions": [{"Name": "service", "Value": "edge"}], "Value": 3}])
+        {"MetricName": "Requests", "Value": 3, "Dimensions": [
+            {"Name": "service", "Value": "edge"}, {"Name": "variant", "Value": "challenger"},
+            {"Name": "scope", "Value": "global"}]}])
     with aws.as_identity(stack.identities.functions["features"]):
         other = aws.client("cloudwatch")
     with pytest.raises(ClientError, match="not authorized"):

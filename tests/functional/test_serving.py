@@ -10,7 +10,7 @@ from infra.local.lambda_events import context, http_api_event, response_json
 from infra.local.stack import cloudfront_event
 from personalize import identity
 from personalize.adapters.userstore import MemoryUserStore
-from personalize.serving.recommendations import decode_vectors
+from personalize.serving.recommendations import decode_candidates, decode_vectors
 from tests.conftest import Pipeline, now_ms
 
 # The champion the flags deploy (``make train`` writes it there).
@@ -262,6 +262,6 @@ def test_a_sample_of_scored_requests_is_logged_for_training(serving):
     [record] = logged
     assert record["rec_id"] == body["rec_id"] and record["model"] == body["model"]
     vectors = decode_vectors(record)  # exactly what the model scored: float32, one row per candidate
-    assert vectors.shape == (len(record["candidates"]), len(record["features"])) == (body["candidates"],
+    assert vectors.shape == (len(decode_candidates(record)), len(record["features"])) == (body["candidates"],
                                                                                      len(record["features"]))
     assert record["returned"] == items(body)

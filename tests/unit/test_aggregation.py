@@ -205,3 +205,19 @@ def test_serving_row_of_a_heavy_shopper_fits_one_4_kb_read_unit(ingestor, store)
     row = user(store)
     assert len(row.items) == entities.USER_ITEMS
     assert len(pack(row.to_obj())) < 4096
+
+
+def test_synthetic_traffic_moves_its_own_row_and_no_shared_figure(ingestor, store):
+    """make smoke's shopper and test item (keys.SYNTHETIC_PREFIX): the shopper's row counts
+    them (the smoke check reads it back), no item, co-visit or experiment figure does."""
+    shopper, item_id = keys.SYNTHETIC_PREFIX + "shopper", keys.SYNTHETIC_PREFIX + "item"
+    stream = Stream()
+    run(ingestor, stream.records(
+        ev(1, "view", user=shopper, item="real-1"), ev(2, "click", user=shopper, item=item_id, ts=T0 + 1),
+        ev(3, "view", user="u9", item=item_id, ts=T0 + 2), ev(4, "view", user="u9", item="real-2", ts=T0 + 3)))
+    assert user(store, shopper).totals != [0, 0, 0, 0]  # its own row: the freshness check reads it
+    assert store.query(ITEMS, f"i#{item_id}") == []
+    assert item(store, "real-1").totals == [0, 0, 0, 0] or not store.query(ITEMS, "i#real-1")
+    real_2 = item(store, "real-2")  # a real shopper's view counts, without a link to the test item
+    assert real_2.totals[0] == 1
+    assert item_id not in str([r.row for r in store.query(ITEMS, "i#real-2")])  # no co-visit link

@@ -224,3 +224,18 @@ def test_items_put_in_the_cart_leave_the_answer_until_the_session_ends(parts):
     later = NOW + entities.SESSION_MS + 60_000  # an abandoned cart no longer hides them
     assert set(carted) & {i["item_id"] for i in recommender.recommend({"k": "50"}, cookie("u1"), "FR",
                                                                        later).body["items"]}
+
+
+def test_a_sampled_record_carries_the_scored_vectors_and_candidates_exactly_and_compressed():
+    from personalize.serving.recommendations import decode_candidates, encode_ids, encode_vectors
+
+    rng = np.random.default_rng(7)
+    X = np.concatenate([rng.integers(0, 5, (320, 12)).astype(np.float32),  # counts: repetitive columns
+                        rng.random((320, 12), dtype=np.float32)], axis=1)
+    record = {**encode_vectors(X), "candidates_z": encode_ids([f"sku-{i}" for i in range(320)])}
+    assert np.array_equal(decode_vectors(record), X) and decode_vectors(record).dtype == np.float32
+    assert decode_candidates(record) == [f"sku-{i}" for i in range(320)]
+    assert len(record["vectors_zf32"]) < X.nbytes * 4 / 3 * 0.8  # half the columns are noise here; real ones ~11x
+    old = {"vectors_f32": __import__("base64").b64encode(X.astype("<f4").tobytes()).decode(),
+           "vectors_shape": [320, 24], "candidates": ["a"]}
+    assert np.array_equal(decode_vectors(old), X) and decode_candidates(old) == ["a"]  # earlier records still read

@@ -1,7 +1,14 @@
-"""The edge's per-variant counts reach the home region (where the rollback alarm looks) in
-one PutMetricData a minute, and survive a failed send."""
+"""Figures aggregated in the container: the edge's home-region copy (one PutMetricData a
+minute, kept when a send fails), EMF printed at most every few seconds inside an invocation,
+and histograms whose percentiles survive aggregation within their 10% buckets."""
 
-from personalize.telemetry import HomeMetrics
+import json
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from personalize.telemetry import Figures, Histogram, HomeMetrics, emf_documents
 
 
 class Clock:
@@ -20,22 +27,76 @@ class CloudWatch:
     def put_metric_data(self, Namespace, MetricData):  # noqa: N803 - boto3's names
         if self.fail:
             raise ConnectionError("unreachable")
-        self.calls.append((Namespace, {d["MetricName"]: d["Value"] for d in MetricData}))
+        self.calls.append((Namespace, {(d["MetricName"], tuple((x["Name"], x["Value"]) for x in d["Dimensions"])):
+                                       d["Value"] for d in MetricData}))
 
 
 def test_counts_are_summed_and_sent_once_a_minute_and_kept_when_a_send_fails():
     clock, cloudwatch = Clock(), CloudWatch()
     metrics = HomeMetrics("NS", "edge", lambda: cloudwatch, submit=lambda fn: fn(), clock=clock)
     for _ in range(3):
-        metrics.add("Requests_challenger")
-    metrics.add("Fallbacks_challenger")
+        metrics.add("Requests", variant="challenger")
+    metrics.add("Fallbacks", variant="challenger")
     assert cloudwatch.calls == []
     cloudwatch.fail = True
     clock.now = 61
-    metrics.add("Requests_champion")
+    metrics.add("Requests", variant="champion")
     assert cloudwatch.calls == [] and metrics.failures == 1
     cloudwatch.fail = False
     clock.now = 122
-    metrics.add("Requests_champion")
-    assert cloudwatch.calls == [("NS", {"Requests_challenger": 3, "Fallbacks_challenger": 1,
-                                        "Requests_champion": 2})]
+    metrics.add("Requests", variant="champion")
+    dims = lambda v: (("service", "edge"), ("variant", v), ("scope", "global"))  # noqa: E731
+    assert cloudwatch.calls == [("NS", {("Requests", dims("challenger")): 3, ("Fallbacks", dims("challenger")): 1,
+                                        ("Requests", dims("champion")): 2})]
+
+
+def test_emf_is_printed_inside_an_invocation_at_most_every_few_seconds():
+    clock, printed = Clock(), []
+    figures = Figures("NS", "edge", flush_every_s=5.0, clock=clock, wall=lambda: 1_800_000_000.0,
+                      out=printed.append)
+    for n in range(50):
+        clock.now = n * 0.1  # 10 requests a second
+        figures.count("Requests", variant="champion")
+        figures.observe("LatencyMs", 1.0 + n % 5, variant="champion")
+        figures.flush_if_due()
+    assert len(printed) == 0  # 4.9 s: nothing yet
+    clock.now = 5.0
+    figures.count("Requests", variant="champion")
+    assert figures.flush_if_due() and len(printed) == 1
+    [doc] = [json.loads(line) for line in printed]
+    assert doc["Requests"] == 51 and doc["LatencyMs"]["Count"] == 50
+    assert doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["service", "variant"]]
+    assert figures.bytes_written == len(printed[0]) + 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(min_value=0.01, max_value=5000, allow_nan=False), min_size=1, max_size=400))
+def test_a_histograms_percentiles_are_within_its_bucket_width(values):
+    histogram = Histogram()
+    for v in values:
+        histogram.add(v)
+    buckets, counts = histogram.values_counts()
+    assert sum(counts) == len(values) and len(buckets) <= 100 or len(set(values)) > 100
+    ordered = sorted(values)
+    for q in (0.5, 0.99):
+        true = ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+        seen, estimate = 0, None
+        for value, count in zip(buckets, counts):
+            seen += count
+            if seen >= q * len(values):
+                estimate = value
+                break
+        assert abs(estimate - true) <= true * 0.11 + 1e-9, (q, estimate, true)
+
+
+def test_more_than_100_buckets_are_coarsened_for_emf_never_dropped():
+    histogram = Histogram()
+    for n in range(2999):
+        histogram.add(0.001 * 1.05 ** (n % 400))  # 0.001 ms to 300 s: ~200 buckets of 10%
+    assert len(histogram.buckets) > 100
+    from personalize.telemetry import Aggregate
+
+    aggregate = Aggregate()
+    aggregate.histograms[("LatencyMs", ())] = ("Milliseconds", histogram)
+    [doc] = emf_documents(aggregate, "NS", "edge", 0)
+    assert len(doc["LatencyMs"]["Values"]) <= 100 and sum(doc["LatencyMs"]["Counts"]) == 2999

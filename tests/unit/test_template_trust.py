@@ -16,9 +16,12 @@ def test_the_rollback_alarm_counts_only_the_challengers_model_fallbacks_against_
     """Before: it watched Fallbacks_challenger, every fallback of a challenger-assigned
     shopper (a new account's no_user_row included), against a fixed 20%."""
     alarm = RESOURCES["ServingHealthAlarm"]
-    names = {m["MetricStat"]["Metric"]["MetricName"] for m in _metric_stats(alarm)}
-    assert "Fallbacks_challenger" not in names
-    assert {"ModelFallbacks_challenger", "ModelFallbacks_champion", "Requests_champion"} <= names
+    watched = {(m["MetricStat"]["Metric"]["MetricName"],
+                next((d["Value"] for d in m["MetricStat"]["Metric"].get("Dimensions", []) if d["Name"] == "variant"),
+                     None))
+               for m in _metric_stats(alarm)}
+    assert ("Fallbacks", "challenger") not in watched
+    assert {("ModelFallbacks", "challenger"), ("ModelFallbacks", "champion"), ("Requests", "champion")} <= watched
     expressions = " ".join(m["Expression"] for m in alarm["Properties"]["Metrics"] if "Expression" in m)
     assert "all_champion_model_fallbacks / all_champion_requests" in expressions
     # CloudWatch's limits for one alarm: 10 metrics, 10 expressions.
@@ -59,4 +62,5 @@ def test_the_initial_version_passes_the_profiles_validator():
 def test_a_failed_kill_pages():
     alarm = RESOURCES["GuardrailKillFailedAlarm"]["Properties"]
     assert alarm["MetricName"] == "GuardrailKillFailures" and alarm["Threshold"] == 0
-    assert alarm["AlarmActions"] == [{"Ref": "IngestAlarmTopic"}]
+    # the on-call's topic (AlarmTopic, or the operator's AlarmTopicArn), as every alarm's
+    assert alarm["AlarmActions"] == RESOURCES["ServingHealthAlarm"]["Properties"]["AlarmActions"]

@@ -165,6 +165,22 @@ def _rec_mac(key: str, payload: str, user_id: str | None) -> str:
     return _mac(key, _REC_DOMAIN + payload.encode() + b"\x00" + (user_id or "").encode())[:REC_MAC_CHARS]
 
 
+_LOG_DOMAIN = b"log\x00"
+PSEUDONYM_CHARS = 16  # 96 bits: no collision among a shop's shoppers, and short in a log line
+
+
+def pseudonym(user_id: str | None, key: str | None) -> str | None:
+    """What logs carry instead of a user id (often an e-mail address): a keyed hash, the
+    same for one shopper while the signing key lasts, useless without the key (a plain hash
+    of an e-mail address is reversed by hashing a list of addresses). Domain-separated from
+    cookie and rec_id macs. ``None`` for an anonymous shopper; ``"-"`` without a key."""
+    if user_id is None:
+        return None
+    if not key:
+        return "-"
+    return "u:" + _mac(key, _LOG_DOMAIN + user_id.encode())[:PSEUDONYM_CHARS]
+
+
 def issue_rec_id(key: str | None, experiment: str, variant: str, user_id: str | None, now_s: float,
                  ttl_s: int = REC_ID_TTL_S) -> str:
     """A rec_id binding (experiment, variant) to ``user_id`` (None: anonymous) until

@@ -13,6 +13,16 @@ import hashlib
 USER_SK = "row"
 EXPERIMENT_SK = "state"
 
+# Synthetic traffic (``make smoke``'s shopper and test item): ids starting with this are
+# aggregated into their own rows only, never into a shared figure (trending, popularity,
+# co-visitation, experiment counters) and never into a snapshot, so a smoke check of a live
+# shop moves nothing a shopper sees. Offline learning leaves them out too.
+SYNTHETIC_PREFIX = "__rt_synthetic__"
+
+
+def is_synthetic(*ids: str | None) -> bool:
+    return any(i is not None and i.startswith(SYNTHETIC_PREFIX) for i in ids)
+
 
 def user_key(user_id: str) -> tuple[str, str]:
     return f"u#{user_id}", USER_SK

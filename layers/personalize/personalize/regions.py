@@ -39,6 +39,10 @@ _RTT_MS = {
 }
 
 
+# Every region the table above has figures for (a replica must be one of them).
+KNOWN_REGIONS = frozenset(region for pair in _RTT_MS for region in pair)
+
+
 def rtt_ms(a: str, b: str) -> int:
     if a == b:
         return 2

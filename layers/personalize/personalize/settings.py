@@ -31,6 +31,11 @@ SIGNING_KEY_SECRET = Resource("SigningKeySecret", "SIGNING_KEY_SECRET")
 ORIGIN_VERIFY_SECRET = Resource("OriginVerifySecret", "ORIGIN_VERIFY_SECRET")
 ORIGIN_VERIFY_HEADER = "x-origin-verify"
 
+# What an edge reads near itself: each has a copy in every replica region the operator
+# chose (samconfig.toml, ReplicaRegion1..4), and the edge reads the copy in the replica
+# ``regions.replica_table`` maps its execution region to (tests/unit/test_regions.py).
+NEAR_EDGE = (FEATURES_TABLE, SIGNING_KEY_SECRET)
+
 # The model served before any flags document was loaded.
 DEFAULT_CHAMPION = "ranker-mlp/v3"
 

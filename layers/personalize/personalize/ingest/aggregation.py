@@ -372,8 +372,13 @@ def _count_items_and_variants(batch: _Batch, accepted: list[_Accepted]) -> None:
     add_covisits = entities.add_covisits
     moves_variant, item_credit = entities.moves_variant, entities.ITEM
     items = batch.items
+    is_synthetic = keys.is_synthetic
     for r, sources, reorder, granted in accepted:
         e = r.event
+        if is_synthetic(e.user_id, e.item_id):
+            continue  # a smoke check: its shopper's own row only (keys.SYNTHETIC_PREFIX)
+        if sources and any(is_synthetic(s) for s in sources):
+            sources = [s for s in sources if not is_synthetic(s)]
         seq = r.seq
         try:
             if e.item_id is not None and e.type in MEASURE_INDEX:

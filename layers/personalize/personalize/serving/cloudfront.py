@@ -16,6 +16,9 @@ from urllib.parse import parse_qs
 log = logging.getLogger(__name__)
 PATH = "/recommendations"
 HSTS = "max-age=63072000; includeSubDomains"
+# CloudFront's id of the request (what it answers the viewer with as X-Amz-Cf-Id, a header a
+# function may not set): the edge returns it in this header and logs it on every line.
+REQUEST_ID_HEADER = "x-request-id"
 
 
 def request_of(event: object) -> dict | None:
@@ -24,6 +27,15 @@ def request_of(event: object) -> dict | None:
     except (KeyError, IndexError, TypeError):
         return None
     return request if isinstance(request, dict) else None
+
+
+def request_id(event: object) -> str | None:
+    """CloudFront's request id (``config.requestId``), the viewer's ``x-amz-cf-id``."""
+    try:
+        value = event["Records"][0]["cf"]["config"]["requestId"]  # type: ignore[index]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return value if isinstance(value, str) and 0 < len(value) <= 128 and value.isascii() else None
 
 
 def header_values(request: dict, name: str) -> list[str]:
@@ -72,8 +84,10 @@ def _title(header: str) -> str:
     return "-".join(part.capitalize() for part in header.split("-"))
 
 
-def handle(event: object, serve: Callable[[dict], tuple[int, dict, dict]]) -> dict:
-    """The origin-request decision. ``serve(request)`` answers (status, body, headers)."""
+def handle(event: object, serve: Callable[[dict], tuple[int, dict, dict]],
+           on_error: Callable[[], None] | None = None) -> dict:
+    """The origin-request decision. ``serve(request)`` answers (status, body, headers);
+    ``on_error()`` is told when a failure passes the request on to the origin."""
     request = request_of(event)
     if request is None:
         return generated(400, {"message": "not a CloudFront origin-request event"})
@@ -87,4 +101,6 @@ def handle(event: object, serve: Callable[[dict], tuple[int, dict, dict]]) -> di
         return generated(status, body, headers)
     except Exception:  # the regional origin serves the same API: let it answer
         log.exception("edge failed; passing the request to the origin")
+        if on_error is not None:
+            on_error()
         return request

@@ -24,6 +24,7 @@ import logging
 import random
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -56,15 +57,35 @@ def print_scored(record: dict) -> None:
 
 
 def encode_vectors(X: np.ndarray) -> dict:
-    """The feature vectors the model scored, exactly (float32, row-major, little-endian,
-    base64): ~100 KB of JSON floats cost ~4 ms per sampled request and set the p99; these
-    bytes cost microseconds. ``decode_vectors`` reads them back."""
-    served = np.ascontiguousarray(X, dtype="<f4")
-    return {"vectors_f32": base64.b64encode(served.tobytes()).decode("ascii"), "vectors_shape": list(served.shape)}
+    """The feature vectors the model scored, exactly: float32, little-endian, column by
+    column (a feature's values sit together and compress ~11x), zlib level 1, base64. A
+    sampled record is ~6 KB of log instead of ~60 KB (logs are billed per byte: DESIGN's
+    100 bytes of edge log per request), for ~0.15 ms per sampled request.
+    ``decode_vectors`` reads it back (and the earlier uncompressed ``vectors_f32``)."""
+    served = np.ascontiguousarray(np.asarray(X, dtype="<f4").T)
+    return {"vectors_zf32": base64.b64encode(zlib.compress(served.tobytes(), 1)).decode("ascii"),
+            "vectors_shape": list(X.shape)}
 
 
 def decode_vectors(record: dict) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(record["vectors_f32"]), dtype="<f4").reshape(record["vectors_shape"])
+    rows, columns = record["vectors_shape"]
+    if "vectors_zf32" in record:
+        data = zlib.decompress(base64.b64decode(record["vectors_zf32"]))
+        return np.frombuffer(data, dtype="<f4").reshape(columns, rows).T
+    return np.frombuffer(base64.b64decode(record["vectors_f32"]), dtype="<f4").reshape(rows, columns)
+
+
+def encode_ids(ids: list[str]) -> str:
+    """Item ids (never a control character) joined by newlines, zlib level 1, base64."""
+    return base64.b64encode(zlib.compress("\n".join(ids).encode(), 1)).decode("ascii")
+
+
+def decode_candidates(record: dict) -> list[str]:
+    """The candidates of a sampled record, in the order of its vectors."""
+    if "candidates_z" in record:
+        text = zlib.decompress(base64.b64decode(record["candidates_z"])).decode()
+        return text.split("\n") if text else []
+    return list(record["candidates"])
 
 
 class BadRequest(ValueError):
@@ -312,10 +333,12 @@ class Recommender:
         if reason is not None:
             body.update(fallback=True, fallback_reason=reason)
         if self.log_sample_rate and random.random() < self.log_sample_rate:
+            # Never the user id in a log (often an e-mail address): its keyed pseudonym; the
+            # outcome is joined by rec_id.
             self.on_scored({"rec_id": rec_id, "variant": variant.name, "model": variant.ranker.key,
-                            "user_id": user_id, "snapshot_version": snap.version,
+                            "user": identity.pseudonym(user_id, self.keys.current), "snapshot_version": snap.version,
                             "features": variant.ranker.manifest.features,
-                            "candidates": [snap.items[c] for c in cands],
+                            "candidates_z": encode_ids([snap.items[c] for c in cands]),
                             **encode_vectors(X[:, variant.ranker.columns]),
                             "returned": [i["item_id"] for i in body["items"]]})
         body["candidates"] = len(cands)

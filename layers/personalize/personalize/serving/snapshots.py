@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import msgpack
 import numpy as np
 
+from personalize import keys
 from personalize.ingest import windows
 from personalize.ingest.entities import ItemView
 from personalize.serving.features import TRENDING_WEIGHTS, trending_velocity
@@ -173,8 +174,9 @@ def _weighted(tile_sum: list[int]) -> float:
 
 
 def build(views: dict[str, ItemView], now_ms: int, version: str) -> ItemSnapshot:
-    """The snapshot of ``views`` (items merged over their shard rows) as of ``now_ms``."""
-    items = sorted(views)
+    """The snapshot of ``views`` (items merged over their shard rows) as of ``now_ms``;
+    synthetic test items (``keys.SYNTHETIC_PREFIX``) are never in it."""
+    items = sorted(item for item in views if not keys.is_synthetic(item))
     index = {item: i for i, item in enumerate(items)}
     n = len(items)
     matrix = np.zeros((n, len(ITEM_COLUMNS)), dtype=np.float32)

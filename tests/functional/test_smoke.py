@@ -1,0 +1,48 @@
+"""``make smoke`` against the local stack, with the same code a deployed stack gets: every
+check passes, the backend's route refuses what API Gateway's IAM authorizer refuses, and the
+synthetic shopper and test item move no shared figure."""
+
+import json
+import urllib.request
+
+from infra import loadtest, smoke
+from infra.local import sigv4
+from infra.local.stack import LocalStack
+from personalize import keys
+
+
+def test_smoke_passes_against_the_local_stack_and_moves_no_shared_figure(tmp_path):
+    state = tmp_path / "stack.json"
+    stack = LocalStack(snapshot_interval_s=1.0, guardrail_interval_s=60.0, state_file=state).start()
+    try:
+        check = smoke.Smoke(loadtest.local_target(state_file=state))
+        assert check.run(), [(c.name, c.detail) for c in check.checks if not c.ok]
+        assert len(check.checks) == 6
+        stack.functions["snapshot"]({})
+        body = json.loads(urllib.request.urlopen(f"{stack.endpoint}/recommendations?k=50", timeout=10).read())
+        assert not any(keys.is_synthetic(i["item_id"]) for i in body["items"])
+        snapshot = stack.edge_recommender().snapshot.value
+        assert not any(keys.is_synthetic(i) for i in snapshot.items)
+
+        # what the IAM authorizer refuses: a function role's signature (no execute-api:Invoke)
+        url, body = f"{stack.endpoint}/server/events", b'{"events": []}'
+        role = stack.resources.identities.functions["recommend"]
+        headers = sigv4.sign("POST", url, body, role.access_key_id, role.secret_access_key, role.session_token)
+        request = urllib.request.Request(url, data=body, method="POST", headers=headers)
+        try:
+            urllib.request.urlopen(request, timeout=10)
+            raise AssertionError("a role without execute-api:Invoke was let in")
+        except urllib.error.HTTPError as refused:
+            assert refused.code == 403 and "execute-api:Invoke" in json.loads(refused.read())["message"]
+    finally:
+        stack.stop()
+
+
+def test_a_failing_check_is_reported_with_its_reason_and_the_run_fails(capsys):
+    class Target:
+        name, public_url, api_url = "nowhere", "http://127.0.0.1:9", "http://127.0.0.1:9"
+
+    check = smoke.Smoke(Target())
+    assert not check.run()
+    assert all(not c.ok and c.detail for c in check.checks)
+    assert "0 passed, 6 failed" in capsys.readouterr().out

@@ -1,0 +1,176 @@
+"""Operating the stack: every alarm reaches a person, the SLOs guard flag deployments, every
+log group (the edge's regional ones included) has a retention, CloudFront never caches an
+error of the API, and the dashboards and SLO alarms are the ones the code generates."""
+
+import re
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from infra import observability
+from infra.local import template
+from personalize import regions, telemetry
+from personalize.adapters.logs import LogGroups, edge_log_group
+
+RESOURCES = template.resources()
+ALARMS = {k: v for k, v in RESOURCES.items()
+          if v["Type"] in ("AWS::CloudWatch::Alarm", "AWS::CloudWatch::CompositeAlarm")}
+TOPIC = {"Fn::If": ["HasAlarmTopicArn", {"Ref": "AlarmTopicArn"}, {"Ref": "AlarmTopic"}]}
+RUNBOOK = template.ROOT / "docs" / "operations.md"
+
+
+def test_the_generated_block_is_what_the_code_generates():
+    text = template.TEMPLATE.read_text()
+    assert observability.block_in(text) == observability.render(), "run `make observability`"
+
+
+def _components(composite: dict) -> set[str]:
+    return set(re.findall(r"ALARM\(\$\{(\w+)\}\)", composite["Properties"]["AlarmRule"]["Fn::Sub"]))
+
+
+@pytest.mark.parametrize("name", sorted(ALARMS))
+def test_every_alarm_reaches_a_person(name):
+    """The ingest topic had no subscriber and two alarms had no action at all."""
+    props = ALARMS[name]["Properties"]
+    if props.get("AlarmActions"):
+        assert props["AlarmActions"] == [TOPIC], name
+        return
+    parents = [k for k, v in ALARMS.items() if v["Type"] == "AWS::CloudWatch::CompositeAlarm"
+               and name in _components(v) and v["Properties"].get("AlarmActions") == [TOPIC]]
+    assert parents, f"{name} has no action and is part of no composite alarm that has one"
+
+
+@pytest.mark.parametrize("name", sorted(ALARMS))
+def test_every_alarm_has_a_runbook_entry_with_the_command_that_fixes_it(name):
+    assert RUNBOOK.exists(), "docs/operations.md is the runbook"
+    text = RUNBOOK.read_text()
+    entry = re.search(rf"^### [^\n]*`{name}`[^\n]*\n(.*?)(?=^##|\Z)", text, re.M | re.S)
+    assert entry, f"docs/operations.md has no '### ... `{name}`' entry"
+    assert "```" in entry.group(1) or "make " in entry.group(1), f"{name}: the entry names no command"
+
+
+def test_the_on_call_is_subscribed_and_the_topic_is_one_cloudwatch_can_publish_to():
+    subscription = RESOURCES["AlarmEmailSubscription"]
+    assert subscription["Condition"] == "HasAlarmEmail"
+    assert subscription["Properties"]["Protocol"] == "email"
+    topic = RESOURCES["AlarmTopic"]["Properties"]
+    # CloudWatch cannot use the AWS-managed aws/sns key: alarms on such a topic reach no one.
+    assert topic["KmsMasterKeyId"] == {"Ref": "AlarmTopicKey"}
+    statements = RESOURCES["AlarmTopicKey"]["Properties"]["KeyPolicy"]["Statement"]
+    [publishers] = [s for s in statements if s["Sid"] == "AlarmsAndBudgetsPublish"]
+    assert "cloudwatch.amazonaws.com" in publishers["Principal"]["Service"]
+    assert {"kms:Decrypt", "kms:GenerateDataKey*"} <= set(publishers["Action"])
+
+
+def test_the_slos_burn_rate_alarms_are_the_rollback_monitors_of_flag_deployments():
+    monitors = {m["AlarmArn"]["Fn::GetAtt"][0] for m in RESOURCES["RolloutEnvironment"]["Properties"]["Monitors"]}
+    assert {"ServingHealthAlarm", "AvailabilityBurn5mAlarm", "LatencyBurn5mAlarm"} <= monitors
+    assert len(monitors) <= 5  # AppConfig's limit per environment
+    for slo in observability.SLOS:
+        fast = ALARMS[f"{slo.name}FastBurnAlarm"]
+        assert _components(fast) == {f"{slo.name}Burn5mAlarm", f"{slo.name}Burn1hAlarm"}
+        for window, period in (("5m", 300), ("1h", 3600)):
+            props = ALARMS[f"{slo.name}Burn{window}Alarm"]["Properties"]
+            assert props["Threshold"] == pytest.approx(14.4 * slo.budget)
+            assert {q["MetricStat"]["Period"] for q in props["Metrics"] if "MetricStat" in q} == {period}
+        assert ALARMS[f"{slo.name}SlowBurnAlarm"]["Properties"]["Threshold"] == pytest.approx(6 * slo.budget)
+
+
+def test_the_slo_alarms_read_the_metrics_serving_records():
+    """The names and dimensions in the alarms are the ones telemetry.record_answer writes."""
+    from personalize.telemetry import Aggregate, metric_data
+
+    recorded = Aggregate()
+
+    class Sink:
+        add = count = recorded.count
+        observe = recorded.observe
+        maximum = recorded.maximum
+
+    telemetry.record_answer((Sink(),), "champion", "user_read_failed", 500.0, 12.0)
+    written = {(d["MetricName"], frozenset((x["Name"], x["Value"]) for x in d["Dimensions"]))
+               for d in metric_data(recorded, "edge", telemetry.GLOBAL)}
+    written |= {(d["MetricName"], frozenset((x["Name"], x["Value"]) for x in d["Dimensions"]))
+                for d in metric_data(recorded, "recommend")}
+    for slo in observability.SLOS:
+        for query in observability.error_ratio_queries(slo, 300):
+            metric = query.get("MetricStat", {}).get("Metric")
+            if metric and metric["Namespace"] == "RealtimePersonalization":
+                key = (metric["MetricName"], frozenset((d["Name"], d["Value"]) for d in metric["Dimensions"]))
+                assert key in written, key
+
+
+def test_every_log_group_has_a_retention_and_every_regional_function_its_group():
+    groups = {k: v for k, v in RESOURCES.items() if v["Type"] == "AWS::Logs::LogGroup"}
+    for name, group in groups.items():
+        assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}, name
+    named = {g["Properties"]["LogGroupName"]["Fn::Sub"] for g in groups.values()}
+    for name in template.of_type("AWS::Serverless::Function"):
+        if name != "EdgeFunction":
+            assert f"/aws/lambda/${{{name}}}" in named, f"{name} logs to a group without retention"
+
+
+def test_the_edges_log_groups_in_every_execution_region_get_the_retention():
+    function = RESOURCES["EdgeLogsFunction"]["Properties"]
+    assert function["Environment"]["Variables"]["EDGE_FUNCTION_NAME"] == {"Fn::Sub": "${AWS::StackName}-edge"}
+    assert RESOURCES["EdgeFunction"]["Properties"]["FunctionName"] == {"Fn::Sub": "${AWS::StackName}-edge"}
+    [statement] = function["Policies"][0]["Statement"]
+    assert all(r["Fn::Sub"].startswith("arn:${AWS::Partition}:logs:*:") for r in statement["Resource"])
+    with mock_aws():
+        report = telemetry.keep_edge_logs("shop-edge", 30)
+        assert set(report) == set(regions.EDGE_EXECUTION_REGIONS)
+        assert set(report.values()) == {"created"}
+        for region in regions.EDGE_EXECUTION_REGIONS:
+            [group] = boto3.client("logs", region).describe_log_groups(
+                logGroupNamePrefix=edge_log_group("shop-edge"))["logGroups"]
+            assert group["retentionInDays"] == 30
+        assert set(telemetry.keep_edge_logs("shop-edge", 14).values()) == {"set"}  # again: only the retention
+
+
+def test_one_region_failing_does_not_stop_the_others():
+    class Failing(LogGroups):
+        def keep(self, group, region, days):
+            if region == "ap-south-1":
+                raise ConnectionError("opted out")
+            return "set"
+
+    report = telemetry.keep_edge_logs("shop-edge", 30, Failing())
+    assert report.pop("ap-south-1").startswith("ConnectionError")
+    assert set(report.values()) == {"set"}
+
+
+def test_cloudfront_caches_no_error_answer_of_the_api():
+    config = RESOURCES["Distribution"]["Properties"]["DistributionConfig"]
+    responses = {r["ErrorCode"]: r for r in config["CustomErrorResponses"]}
+    # Every status code CloudFront caches (HTTPStatusCodes / custom-error-pages-expiration).
+    assert set(responses) == {400, 403, 404, 405, 414, 416, 500, 501, 502, 503, 504}
+    for code, response in responses.items():
+        assert response["ErrorCachingMinTTL"] == 0, code
+        assert "ResponsePagePath" not in response  # the API's own error body reaches the client
+
+
+def test_the_edge_function_outlives_the_stack_until_its_replicas_are_gone():
+    assert RESOURCES["EdgeFunction"]["DeletionPolicy"] == "Retain"
+    transformed = template.transformed()["Resources"]
+    assert transformed["EdgeFunction"]["DeletionPolicy"] == "Retain"
+
+
+def test_a_budget_tells_the_alarm_topic():
+    budget = RESOURCES["CostBudget"]["Properties"]
+    assert budget["Budget"]["BudgetLimit"]["Amount"] == {"Ref": "MonthlyBudgetUsd"}
+    for notification in budget["NotificationsWithSubscribers"]:
+        assert notification["Subscribers"] == [{"SubscriptionType": "SNS", "Address": TOPIC}]
+
+
+def test_the_operator_dashboard_shows_edge_errors_in_every_execution_region():
+    body = observability.operator_dashboard()
+    [widget] = [w for w in body["widgets"] if w["properties"].get("title", "").startswith("Edge errors per")]
+    shown = {row[-1]["region"] for row in widget["properties"]["metrics"]}
+    assert shown == set(regions.EDGE_EXECUTION_REGIONS)
+    titles = " | ".join(w["properties"]["title"] for w in body["widgets"])
+    for needed in ("Ingest lag", "throughput", "quarantined", "Snapshot age", "latency", "Fallbacks by reason",
+                   "Variant shares", "Guardrail", "SLO"):
+        assert needed in titles, needed
+    listed = {a.strip("${}").removesuffix(".Arn") for a in body["widgets"][-1]["properties"]["alarms"]}
+    assert listed == set(ALARMS) - {n for n in ALARMS if re.search(r"Burn(5m|1h)Alarm$", n)}
