@@ -238,8 +238,8 @@ def operator_dashboard() -> dict:
 ALARMS_ON_DASHBOARD = ("AvailabilityFastBurnAlarm", "LatencyFastBurnAlarm", "AvailabilitySlowBurnAlarm",
                        "LatencySlowBurnAlarm", "ServingHealthAlarm", "CdnBypassAlarm", "AggregateIteratorAgeAlarm",
                        "AggregateLateEventsAlarm", "AggregateRowWriteFailuresAlarm", "QuarantineDepthAlarm",
-                       "StreamFailureDepthAlarm", "SnapshotStaleAlarm", "GuardrailErrorsAlarm", "GuardrailKillFailedAlarm",
-                       "EdgeLogRetentionAlarm")
+                       "StreamFailureDepthAlarm", "SnapshotStaleAlarm", "GuardrailErrorsAlarm",
+                       "GuardrailKillFailedAlarm", "EdgeLogRetentionAlarm")
 
 
 def experiment_dashboard() -> dict:
