@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from moto import mock_aws
 
-from infra.local import handlers, iam, resources, template
+from infra.local import aws_limits, handlers, iam, resources, template
 from infra.local.lambda_events import http_api_event, response_json
 from infra.local.poller import KinesisPoller
 from personalize import identity, settings
@@ -45,7 +45,7 @@ def _no_real_aws(monkeypatch):
 def moto_stack(monkeypatch, template_path=template.TEMPLATE):
     """Moto started first, then the template's resources and roles, then the functions'
     env; IAM enforced from then on: each function runs as its own role (handlers.load),
-    the test itself as the administrator."""
+    the test itself as the administrator; AWS's throughput limits in front of moto."""
     with mock_aws():
         aws.reset()
         created = resources.create_with_roles(template_path=template_path)
@@ -53,12 +53,18 @@ def moto_stack(monkeypatch, template_path=template.TEMPLATE):
             monkeypatch.setenv(name, value)
         monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
         aws.reset()
+        # AWS's throughput limits in front of moto, on every client made from here on
+        # (``created.limits``: its clock can be swapped for a manual one).
+        created.limits = aws_limits.AwsLimitsFront()
+        hook = lambda client: aws_limits.install(client, created.limits)  # noqa: E731
+        aws.on_new_client(hook)
         handlers.use_identities(created.identities.functions)
         try:
             with iam.Enforcement():
                 yield created
         finally:
             handlers.use_identities(None)
+            aws.remove_client_hook(hook)
     aws.reset()
 
 

@@ -22,6 +22,7 @@ class LocalResources:
     signing_key: str = ""
     origin_token: str = ""  # what the local front adds as CloudFront would (x-origin-verify)
     identities: object | None = None  # iam.Identities: the administrator's and each function's credentials
+    limits: object | None = None  # aws_limits.AwsLimitsFront in front of an in-process moto (tests)
 
     def admin_env(self) -> dict[str, str]:
         """Environment for code acting as the administrator (the stack itself, operators, tests)."""
