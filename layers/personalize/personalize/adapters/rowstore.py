@@ -94,6 +94,15 @@ class RowStore(ABC):
     def query_keys(self, table: str, pk: str) -> list[tuple[Key, Stored]]:
         """Every row of a partition with its key, in sort-key order."""
 
+    def put_once(self, table: str, key: Key, kind: str, row: dict, expires_at: int) -> bool:
+        """Create a row that is written once and never changed (a batch's journal): False
+        when it exists already (an earlier attempt of the same write landed)."""
+        try:
+            self.put(table, Change(table, key, kind, row, [], 0, [], 0), expires_at)
+        except ConflictError:
+            return False
+        return True
+
     def put_many(self, pairs: list[tuple[str, Change, int]]) -> list[tuple[Change, Exception]]:
         """Write every change; return the ones that failed, with why."""
         failures = []

@@ -181,12 +181,24 @@ class KinesisStreamReader(StreamReader):
             return None
         return out if out and out[0]["SequenceNumber"] == start else None
 
+    def _get_records(self, iterator: str, limit: int, attempts: int = 4) -> dict:
+        """GetRecords, waiting out the shard's 5 reads/s (shared with the trigger's own
+        polling) rather than failing the batch over it."""
+        for attempt in range(attempts):
+            try:
+                return self.client.get_records(ShardIterator=iterator, Limit=limit)
+            except ClientError as exc:
+                if aws.error_code(exc) != "ProvisionedThroughputExceededException" or attempt == attempts - 1:
+                    raise
+                time.sleep(random.uniform(0.1, 0.2) * 2 ** attempt)
+        raise AssertionError("unreachable")
+
     def _pages(self, stream_name: str, shard: str, where: dict, limit: int, polls: int | None = None):
         """Non-empty GetRecords pages from ``where`` until the shard's tip (or ``polls`` reads)."""
         iterator = self.client.get_shard_iterator(StreamName=stream_name, ShardId=shard, **where)["ShardIterator"]
         reads = 0
         while iterator and (polls is None or reads < polls):
-            response = self.client.get_records(ShardIterator=iterator, Limit=limit)
+            response = self._get_records(iterator, limit)
             reads += 1
             if response.get("Records"):
                 yield response["Records"]

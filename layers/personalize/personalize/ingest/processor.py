@@ -14,11 +14,13 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
 from aws_lambda_powertools.utilities.data_classes.kinesis_stream_event import KinesisStreamRecord
 
 from personalize import keys, settings
+from personalize.adapters.artifacts import S3Artifacts
 from personalize.adapters.quarantine import SqsQuarantine
 from personalize.adapters.rowstore import ITEMS, USERS, DynamoRowStore, RowStoreError
 from personalize.adapters.soldout import DynamoSoldOut
 from personalize.adapters.stream import KinesisStreamReader
 from personalize.ingest.aggregation import StreamRecord
+from personalize.ingest.catalogue import MembershipCache, artifacts_loader
 from personalize.ingest.events import EventError
 from personalize.ingest.pipeline import Ingestor, IngestResult
 from personalize.ingest.writes import quarantine_entry
@@ -144,18 +146,25 @@ class IngestProcessor(BatchProcessor):
         m.add_metric("RowWrites", MetricUnit.Count, result.writes)
         m.add_metric("RowWriteFailures", MetricUnit.Count, result.write_failures)
         m.add_metric("RowsRejected", MetricUnit.Count, result.rows_rejected)
-        m.add_metric("SoldOutFull", MetricUnit.Count, result.soldout_full)
+        m.add_metric("EventsUnlisted", MetricUnit.Count, result.unlisted)
+        m.add_metric("AvailabilityTransitions", MetricUnit.Count, result.unavailable_entries)
+        if result.catalogue_unverified:
+            m.add_metric("CatalogueUnverified", MetricUnit.Count, 1)
         self.log.info("batch aggregated", extra={
             "shard": self._shard, "records": len(self.records), "valid": result.events,
             "quarantined": result.quarantined, "poison": result.poison, "late": result.late,
             "anonymous": result.anonymous, "duplicates": result.duplicates, "rows_rejected": result.rows_rejected,
+            "unlisted": result.unlisted,
             "already_applied": result.already_applied, "writes": result.writes,
             "failed_records": len(result.failed_seqs)})
 
 
 def build_ingestor() -> Ingestor:
     """The production wiring, from the function's validated environment."""
-    config = settings.load(settings.FEATURES_TABLE, settings.ITEMS_TABLE, settings.QUARANTINE_QUEUE)
+    config = settings.load(settings.FEATURES_TABLE, settings.ITEMS_TABLE, settings.QUARANTINE_QUEUE,
+                           settings.ARTIFACTS_BUCKET)
     store = DynamoRowStore({USERS: config[settings.FEATURES_TABLE], ITEMS: config[settings.ITEMS_TABLE]})
+    membership = MembershipCache(artifacts_loader(S3Artifacts(config[settings.ARTIFACTS_BUCKET])))
     return Ingestor(store, SqsQuarantine(config[settings.QUARANTINE_QUEUE]),
-                    soldout=DynamoSoldOut(config[settings.FEATURES_TABLE]), stream=KinesisStreamReader())
+                    soldout=DynamoSoldOut(config[settings.FEATURES_TABLE]), stream=KinesisStreamReader(),
+                    catalogue=membership)

@@ -23,7 +23,16 @@ from personalize.ingest import windows
 from personalize.ingest.entities import ItemView
 from personalize.serving.features import TRENDING_WEIGHTS, trending_velocity
 
-FORMAT = 1
+# The document's format (``encode``/``decode``). A document says the oldest reader format
+# that can read it (``compat``): a change that old readers can still read keeps ``compat``; a
+# change they cannot bumps it, and the snapshot job then also writes the previous format
+# (``LEGACY_FORMATS``) under the pointer's ``key``, which old edge replicas follow, while new
+# ones follow ``formats`` to the newest they read. Format 2: ``compat``, ``published`` (the
+# catalogue's size) and ``bounded`` (items left out to keep the snapshot within
+# ``MAX_ITEMS_SERVED``) added; readable by format-1 code but for its strict format check.
+FORMAT = 2
+COMPAT = 1
+LEGACY_FORMATS = (1,)
 ITEM_COLUMNS = (
     "item_purchases_log",   # log1p(all-time purchases)
     "item_carts_log",       # log1p(all-time add-to-carts)
@@ -42,6 +51,11 @@ NEIGHBOURS = 20
 # fresh sold-out list (its safe answer: DESIGN's 5 s stock-out budget, see serving.py).
 LOW_STOCK = 5
 MAX_ITEMS = 5_000_000  # a decoded snapshot above this is refused as corrupt
+# The snapshot is bounded by the candidate pools, not the catalogue (a million published items
+# would make it ~90 MB): the pools (trending, per-country), their co-visited neighbours,
+# then the most popular items up to this many (``bound``). A shopper's own items outside
+# them are not candidates (serving scores only what the snapshot carries).
+MAX_ITEMS_SERVED = 20_000
 
 
 class SnapshotError(ValueError):
@@ -103,9 +117,13 @@ class ItemSnapshot:
                             self.low_stock)
 
     # --- msgpack ---
-    def encode(self) -> bytes:
+    published: int | None = None  # the catalogue's size when built (format 2)
+    bounded: int = 0  # candidates left out by ``bound`` (format 2)
+
+    def encode(self, fmt: int = FORMAT) -> bytes:
+        extra = {"compat": COMPAT, "published": self.published, "bounded": self.bounded} if fmt >= 2 else {}
         return msgpack.packb({
-            "format": FORMAT, "version": self.version, "built_at_ms": self.built_at_ms,
+            "format": fmt, **extra, "version": self.version, "built_at_ms": self.built_at_ms,
             "columns": list(ITEM_COLUMNS), "items": self.items,
             "matrix": self.matrix.astype(np.float32).tobytes(), "available": np.packbits(self.available).tobytes(),
             "popular": self.popular.astype(np.int32).tobytes(), "trending": self.trending.astype(np.int32).tobytes(),
@@ -123,9 +141,10 @@ class ItemSnapshot:
         raises SnapshotError, never returns a snapshot that could crash or mislead serving."""
         try:
             doc = msgpack.unpackb(data, raw=False)
-            if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-                raise SnapshotError(f"snapshot format {doc.get('format') if isinstance(doc, dict) else '?'} "
-                                    f"is not this code's ({FORMAT})")
+            fmt = doc.get("format") if isinstance(doc, dict) else None
+            if type(fmt) is not int or not (fmt == FORMAT or doc.get("compat", fmt) <= FORMAT):
+                raise SnapshotError(f"snapshot format {fmt if fmt is not None else '?'} is not one this code "
+                                    f"reads (up to {FORMAT})")
             if tuple(doc["columns"]) != ITEM_COLUMNS:
                 raise SnapshotError("snapshot columns differ from this code's")
             n = len(doc["items"])
@@ -143,6 +162,7 @@ class ItemSnapshot:
                 i32(doc["nb_offsets"]), i32(doc["nb_items"]), np.frombuffer(doc["nb_weights"], dtype=np.float32),
                 low_stock=bits(doc["low_stock"]) if "low_stock" in doc else None,
             )
+            snap.published, snap.bounded = doc.get("published"), int(doc.get("bounded") or 0)
         except SnapshotError:
             raise
         except Exception as exc:  # truncated, not msgpack, missing fields, wrong sizes
@@ -172,8 +192,63 @@ def _weighted(tile_sum: list[int]) -> float:
     return sum(w * c for w, c in zip(TRENDING_WEIGHTS, tile_sum))
 
 
-def build(views: dict[str, ItemView], now_ms: int, version: str) -> ItemSnapshot:
-    """The snapshot of ``views`` (items merged over their shard rows) as of ``now_ms``."""
+def bound(views: dict[str, ItemView], now_ms: int, max_items: int = MAX_ITEMS_SERVED) -> dict[str, ItemView]:
+    """The views a snapshot of at most ``max_items`` carries: the trending and per-country
+    pools, the items co-visited with them, then the most popular (decayed) items."""
+    if len(views) <= max_items:
+        return views
+    popularity: list[tuple[float, str]] = []
+    trending: list[tuple[float, str]] = []
+    country_pools: dict[tuple[str, str], list[tuple[float, str]]] = {}
+    for item, view in views.items():
+        popularity.append((windows.decay(view.popularity, view.popularity_ts, now_ms, 7 * 24 * 3_600_000), item))
+        if view.stock == 0:
+            continue
+        if view.tiles:
+            trend = trending_velocity(view.tiles, now_ms)
+            if trend > 0:
+                trending.append((trend, item))
+        for country, tiles in view.countries.items():
+            sums = windows.window_sums(tiles, now_ms)
+            t = _weighted(sums["10m"]) / 10 - _weighted(sums["1h"]) / 60
+            w = _weighted(sums["1h"])
+            if t > 0:
+                country_pools.setdefault((country, "trending"), []).append((t, item))
+            if w > 0:
+                country_pools.setdefault((country, "popular"), []).append((w, item))
+    keep: dict[str, None] = {}
+    for _, item in heapq.nlargest(TRENDING_POOL, trending):
+        keep[item] = None
+    for pool in country_pools.values():
+        for _, item in heapq.nlargest(COUNTRY_POOL, pool):
+            keep[item] = None
+    for _, item in heapq.nlargest(POPULAR_POOL, popularity):
+        keep[item] = None
+    for item in list(keep):
+        for other in views[item].neighbours:
+            if other in views:
+                keep[other] = None
+    if len(keep) < max_items:
+        for _, item in heapq.nlargest(max_items, popularity):
+            keep[item] = None
+            if len(keep) >= max_items:
+                break
+    return {item: views[item] for item in keep}
+
+
+def build(views: dict[str, ItemView], now_ms: int, version: str, max_items: int | None = None) -> ItemSnapshot:
+    """The snapshot of ``views`` (items merged over their shard rows) as of ``now_ms``;
+    ``max_items``: bounded by the candidate pools (``bound``)."""
+    bounded = 0
+    if max_items is not None and len(views) > max_items:
+        kept = bound(views, now_ms, max_items)
+        bounded, views = len(views) - len(kept), kept
+    snap = _build(views, now_ms, version)
+    snap.bounded = bounded
+    return snap
+
+
+def _build(views: dict[str, ItemView], now_ms: int, version: str) -> ItemSnapshot:
     items = sorted(views)
     index = {item: i for i, item in enumerate(items)}
     n = len(items)
