@@ -122,6 +122,28 @@ class Pipeline:
     def drain(self) -> None:
         self.poller.drain()
 
+    def publish(self, *items: str, **details) -> None:
+        """The shop publishes items (``catalogue`` events on the server route), the snapshot
+        job publishes the membership, and collect and aggregate read it: public events about
+        them are accepted from here on (DESIGN 3.1: the shop owns the catalogue)."""
+        now = now_ms()
+        status, body = self.post({"events": [
+            {"event_id": f"publish-{item}-{now}", "type": "catalogue", "item_id": item, "listed": True,
+             "ts": now, **details} for item in items]})
+        assert status == 202 and body["accepted"] == len(items), body
+        self.drain()
+        self.run_snapshot()
+
+    def run_snapshot(self) -> None:
+        """One run of the snapshot function, then collect and aggregate re-read the membership."""
+        if self._snapshot is None:
+            self._snapshot = handlers.load("snapshot")
+        self._snapshot.lambda_handler({}, _context("snapshot"))
+        self.collect.collector.catalogue.refresh_now()
+        self.aggregate.processor.ingestor.catalogue.refresh_now()
+
+    _snapshot = None
+
 
 def _context(name):
     from infra.local.lambda_events import context

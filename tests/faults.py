@@ -69,10 +69,10 @@ class FaultyStore(MemoryRowStore):
         super().__init__(clock=clock)
         self.rng, self.faults = rng, faults
 
-    def get_many(self, table, keys_):
+    def get_many(self, table, keys_, consistent=True):
         if self.rng.random() < self.faults.read:
             raise ThrottledError("injected: read throttled")
-        return super().get_many(table, keys_)
+        return super().get_many(table, keys_, consistent)
 
     def put(self, table, change, expires_at):
         f, roll = self.faults, self.rng.random()

@@ -31,6 +31,8 @@ class ShardCursor:
     limit: int = 0  # bisection: how many pending records the next invocation gets
     done: bool = False
     next_read_at: float = 0.0  # GetRecords paced under the shard's 5 reads/s (shared with aggregate's reader)
+    caught_up: bool = False  # its last GetRecords found nothing new
+    read_at: float = 0.0  # when that was
 
 
 @dataclass
@@ -87,10 +89,11 @@ class KinesisPoller:
 
     def drain(self, timeout_s: float = 30.0) -> None:
         """Poll until a round finds nothing new (tests, the demo's checkpoints)."""
-        deadline = time.monotonic() + timeout_s
+        began = time.monotonic()
+        deadline = began + timeout_s
         while time.monotonic() < deadline:
-            if (self.poll_once() == 0 and not self._deferred
-                    and not any(c.pending for c in self.cursors.values())):
+            if self.poll_once() == 0 and all(c.caught_up and c.read_at >= began and not c.pending
+                                             for c in self.cursors.values()):
                 return
             if self._deferred:
                 time.sleep(0.02)
@@ -114,6 +117,7 @@ class KinesisPoller:
                 self._deferred = True
                 return 0
             cursor.next_read_at = now + self.READ_INTERVAL_S
+            cursor.caught_up, cursor.read_at = not response["Records"], now
             cursor.iterator = response.get("NextShardIterator")
             cursor.pending = response["Records"]
             cursor.attempts, cursor.limit = 0, len(cursor.pending)

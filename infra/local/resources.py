@@ -35,6 +35,7 @@ class LocalResources:
         for resource in vars(settings).values():
             if isinstance(resource, settings.Resource) and resource.logical_id in self.names:
                 out[resource.env] = self.names[resource.logical_id]
+        out["CATALOGUE_REFRESH_S"] = "1"  # the local snapshot runs every few seconds: membership follows
         if "RolloutApplication" in self.names:
             out.update(FLAGS_SOURCE="local", APPCONFIG_APPLICATION=self.names["RolloutApplication"],
                        APPCONFIG_PROFILE=self.names["RolloutProfile"], MODELS_DIR=str(template.ROOT / "models"))

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from infra.local.template import ROOT
 
 OUT = ROOT / "build" / "bench.json"
-SECTIONS = ("ingest", "model", "serving", "experiment")
+SECTIONS = ("ingest", "model", "serving", "experiment", "limits")
 
 
 def main() -> None:

@@ -20,19 +20,11 @@ from personalize.adapters.rowstore import (
     RowRejectedError,
     ThrottledError,
 )
-from personalize.adapters.soldout import (
-    READ_ATTEMPTS,
-    DynamoSoldOut,
-    MemorySoldOut,
-    SoldOutError,
-    SoldOutFullError,
-    shard_of,
-)
+from personalize.adapters.soldout import DynamoSoldOut, MemorySoldOut, SoldOutError
 from personalize.adapters.stream import KinesisEventStream, KinesisStreamReader, MemoryEventStream
 from personalize.adapters.userstore import DynamoUserStore, MemoryUserStore, UserReadError
 from personalize.ingest import entities
 from personalize.ingest.aggregation import ITEMS, USERS, Change
-from personalize.ingest.events import MAX_ID_CHARS
 
 
 @pytest.fixture(params=["fake", "moto"])
@@ -209,79 +201,51 @@ def test_throttling_is_retried_within_the_budget_then_reported(rows):
         store.get_many(USERS, [("u#alice", "row")])
 
 
-# --- the sold-out set -----------------------------------------------------------------------
+# --- the sold-out (availability) log -------------------------------------------------------
 
 
 @pytest.fixture(params=["fake", "moto"])
 def soldout(request):
-    """(set, throttle): throttle(n, operation) refuses the next n requests."""
+    """(log, throttle): throttle(n, operation) refuses the next n requests."""
     if request.param == "fake":
-        fake = MemorySoldOut()
+        fake = MemorySoldOut(limits_model=None)
         return fake, lambda n, operation=None: fake.throttle(n)
     stack = request.getfixturevalue("stack")
-    client = aws.client("dynamodb")
+    client = aws.client("dynamodb", read_timeout=2.0, attempts=1)
     faults = DynamoFaults(client)
     return DynamoSoldOut(stack.names[settings.FEATURES_TABLE.logical_id], client=client), faults.throttle
 
 
-def ids_in_part(part: int, count: int, length: int = MAX_ID_CHARS) -> list[str]:
-    out, n = [], 0
-    while len(out) < count:
-        candidate = f"{n:08d}".ljust(length, "x")
-        if shard_of(candidate) == part:
-            out.append(candidate)
-        n += 1
-    return out
+T_MS = NOW_S * 1000
 
 
-def test_sold_out_and_restock_are_idempotent_set_changes(soldout):
-    store, _ = soldout
-    assert store.read() == set()
-    store.update({"a", "b", "c"}, set())
-    store.update({"a"}, set())  # a replayed batch
-    store.update(set(), {"b", "never-sold-out"})
-    store.update(set(), {"b"})
-    assert store.read() == {"a", "c"}
+def test_the_newest_transition_per_item_wins_whatever_the_order_read(soldout):
+    log, _ = soldout
+    log.append([["a", "s", T_MS], ["b", "s", T_MS]], "w#1-2", T_MS)
+    log.append([["a", "r", T_MS + 10], ["c", "d", T_MS + 5]], "w#3-4", T_MS + 1000)
+    log.append([["b", "r", T_MS - 10]], "w#5-5", T_MS + 2000)  # older than b's sale: changes nothing
+    log.append([["a", "s", T_MS + 10]], "w#3-4", T_MS + 1000)  # the same write again (a retry)
+    assert log.read(T_MS - 1, T_MS + 3000) == {"b", "c"}
 
 
-def test_an_update_past_a_parts_size_limit_is_refused_and_the_other_parts_still_change(soldout):
-    store, _ = soldout
-    if isinstance(store, DynamoSoldOut):
-        pytest.skip("moto does not check the item size on UpdateItem ADD (AWS refuses with a "
-                    "ValidationException): here only the fake can be held to AWS's behaviour")
-    too_many = set(ids_in_part(3, 3300))  # 3,300 x 128 bytes: past the 400 KB item limit
-    elsewhere = {i for i in (f"other-{n}" for n in range(50)) if shard_of(i) != 3}
-    with pytest.raises(SoldOutFullError):
-        store.update(too_many | elsewhere, set())
-    assert store.read() == elsewhere, "all or nothing for the full part; the others changed"
-    fits = set(sorted(too_many)[:3000])  # 384 KB
-    store.update(fits, set())
-    assert store.read() == elsewhere | fits
+def test_a_reader_asks_only_for_what_was_written_after_a_time(soldout):
+    log, _ = soldout
+    log.append([["old", "s", T_MS]], "w#1-1", T_MS)
+    log.append([["new", "s", T_MS + 61_000]], "w#2-2", T_MS + 61_000)  # the next minute's partition
+    assert [entries for _, entries in log.read_since(T_MS + 1, T_MS + 62_000)] == [[["new", "s", T_MS + 61_000]]]
+    assert len(log.read_since(T_MS - 1, T_MS + 62_000)) == 2
 
 
-def test_a_full_part_refuses_more_until_restocks_free_room():
-    """The fake only, for the reason above."""
-    store = MemorySoldOut()
-    ids = ids_in_part(3, 3300)
-    store.update(set(ids[:3000]), set())
-    with pytest.raises(SoldOutFullError):
-        store.update(set(ids[3000:]), set())
-    assert store.read() == set(ids[:3000])
-    store.update(set(), set(ids[:500]))
-    store.update(set(ids[3000:]), set())
-    assert store.read() == set(ids[500:])
-
-
-def test_a_throttled_sold_out_set_fails_loudly_never_partially(soldout):
-    store, throttle = soldout
-    store.update({"a"}, set())
-    throttle(1, "UpdateItem")
-    with pytest.raises(SoldOutError):  # aggregate retries the stock records
-        store.update({"b"}, set())
-    throttle(READ_ATTEMPTS, "BatchGetItem")
-    with pytest.raises(SoldOutError):  # serving keeps its last complete set
-        store.read()
-    assert store.read() == {"a"}
+def test_a_throttled_log_fails_loudly(soldout):
+    log, throttle = soldout
+    throttle(1, "PutItem")
+    with pytest.raises(SoldOutError):  # aggregate retries the batch (no item row written)
+        log.append([["a", "s", T_MS]], "w#1-1", T_MS)
+    log.append([["a", "s", T_MS]], "w#1-1", T_MS)
+    throttle(1, "Query")
+    with pytest.raises(SoldOutError):  # serving keeps what it has, and its age says how stale
+        log.read_since(T_MS - 1, T_MS + 1)
+    assert log.read(T_MS - 1, T_MS + 1) == {"a"}
 
 
 # --- the events stream, as aggregate and `make replay-failures` read it ------------------------

@@ -79,7 +79,9 @@ class ThrottledError(RowStoreError):
 
 class RowStore(ABC):
     @abstractmethod
-    def get_many(self, table: str, keys: Iterable[Key]) -> dict[Key, Stored]: ...
+    def get_many(self, table: str, keys: Iterable[Key], consistent: bool = True) -> dict[Key, Stored]:
+        """The rows of ``keys`` that exist; ``consistent=False``: eventually consistent reads
+        (half the read units; a write of the last second may not show)."""
 
     @abstractmethod
     def put(self, table: str, change: Change, expires_at: int) -> None: ...
@@ -135,20 +137,20 @@ class DynamoRowStore(RowStore):
             self._client = aws.client("dynamodb", read_timeout=self.read_timeout_s, attempts=self.request_attempts)
         return self._client
 
-    def get_many(self, table: str, keys: Iterable[Key]) -> dict[Key, Stored]:
+    def get_many(self, table: str, keys: Iterable[Key], consistent: bool = True) -> dict[Key, Stored]:
         try:
-            return self._get_many(table, keys)
+            return self._get_many(table, keys, consistent)
         except (ClientError, BotoCoreError) as exc:
             raise RowStoreError(f"{table}: read failed: {exc}") from exc
 
-    def _get_many(self, table: str, keys: Iterable[Key]) -> dict[Key, Stored]:
+    def _get_many(self, table: str, keys: Iterable[Key], consistent: bool = True) -> dict[Key, Stored]:
         name = self.tables[table]
         keys = list(keys)
         out: dict[Key, Stored] = {}
         for start in range(0, len(keys), BATCH_GET_LIMIT):
             request = {name: {
                 "Keys": [{"pk": {"S": pk}, "sk": {"S": sk}} for pk, sk in keys[start:start + BATCH_GET_LIMIT]],
-                "ConsistentRead": True,
+                "ConsistentRead": consistent,
             }}
             for attempt in range(self.max_attempts):
                 response = self._call(self.client.batch_get_item, RequestItems=request)
@@ -313,6 +315,8 @@ class MemoryRowStore(RowStore):
 
     def __init__(self, clock=time.time, max_attempts: int = 6, limits=_REAL_TIME):
         self.tables: dict[str, dict[Key, tuple[bytes, bytes, int, int]]] = {}
+        self._partitions: dict[str, dict[str, set[Key]]] = {}  # table -> pk -> keys: a Query reads one
+        self._indexed: dict[str, int] = {}
         self.writes = 0
         self.clock = clock
         self.max_attempts = max_attempts
@@ -351,7 +355,7 @@ class MemoryRowStore(RowStore):
     def _size(key: Key, r: tuple[bytes, bytes, int, int] | None) -> int:
         return 0 if r is None else stored_size(key, len(r[0]), len(r[1]), r[2], r[3])
 
-    def get_many(self, table, keys):
+    def get_many(self, table, keys, consistent=True):
         keys = list(dict.fromkeys(keys))
         rows, out = self.tables.get(table, {}), {}
         pending = keys
@@ -364,7 +368,7 @@ class MemoryRowStore(RowStore):
                 for k in pending:
                     r = rows.get(k)
                     if self.limits is not None:
-                        units = limits_mod.read_units(self._size(k, r))  # ConsistentRead, as DynamoRowStore
+                        units = limits_mod.read_units(self._size(k, r), consistent)
                         try:
                             self.limits.read(table, k[0], units, "BatchGetItem")
                         except ClientError:
@@ -402,16 +406,30 @@ class MemoryRowStore(RowStore):
             raise ConflictError(f"{change.key} changed since it was read")
         self.writes += 1
         rows[change.key] = (row_bytes, aux_bytes, change.version + 1, expires_at)
+        if change.version == 0 and table in self._partitions:
+            self._partitions[table].setdefault(change.key[0], set()).add(change.key)
+            self._indexed[table] = self._indexed.get(table, 0) + 1
+
+    def _partition(self, table, pk):
+        """The rows of one partition key (an index kept beside the rows: a Query reads one)."""
+        rows = self.tables.get(table, {})
+        index = self._partitions.get(table)
+        if index is None or self._indexed.get(table) != len(rows):  # rows set from outside: index again
+            index = self._partitions[table] = {}
+            for k in rows:
+                index.setdefault(k[0], set()).add(k)
+            self._indexed[table] = len(rows)
+        return [(k, rows[k]) for k in index.get(pk, ()) if k in rows]
 
     def query(self, table, pk):
-        rows = [(k, r) for k, r in self.tables.get(table, {}).items() if k[0] == pk]
+        rows = self._partition(table, pk)
         self._request("Query", table, pk, limits_mod.read_units(sum(self._size(k, r) for k, r in rows)), write=False)
         now = self.clock()
         return [self._stored(r, now) for _, r in rows]
 
     def query_keys(self, table, pk) -> list[tuple[Key, Stored]]:
         """Like ``query``, with each row's key (the sort key matters to the caller)."""
-        rows = sorted((k, r) for k, r in self.tables.get(table, {}).items() if k[0] == pk)
+        rows = sorted(self._partition(table, pk))
         self._request("Query", table, pk, limits_mod.read_units(sum(self._size(k, r) for k, r in rows)), write=False)
         now = self.clock()
         return [(k, self._stored(r, now)) for k, r in rows]

@@ -316,7 +316,12 @@ def _count_anonymous(batch: _Batch, records: list[StreamRecord]) -> list[_Accept
                 stats.duplicates += 1
                 continue
             if verdict == entities.NEW:
-                _touch(dedupe, r)
+                # As _touch, but the row's horizon (its TTL, ``expires_at``) runs on arrival,
+                # the server's clock, never on the client's event time.
+                dedupe.seqs.append(r.seq)
+                dedupe.changed = True
+                if r.arrival_ms > dedupe.last_ts:
+                    dedupe.last_ts = r.arrival_ms
             stats.anonymous += 1
             accepted.append((r, [], False))
         except Exception as exc:  # noqa: BLE001

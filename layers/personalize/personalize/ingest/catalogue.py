@@ -33,6 +33,13 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"RTCATv1\n"
 REFRESH_S = 10.0  # how often a holder asks whether a newer membership was published
+REFRESH_SETTING = "CATALOGUE_REFRESH_S"  # the local stack's schedules run every few seconds: so does this
+
+
+def refresh_s() -> float:
+    from personalize import settings
+
+    return float(settings.int_setting(REFRESH_SETTING, int(REFRESH_S), 1, 300))
 
 
 class CatalogueError(ValueError):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from personalize.adapters.stream import EventStream
 from personalize.identity import KeyRing, verify_rec_id
 from personalize.ingest.catalogue import MembershipCache, artifacts_loader
+from personalize.ingest.catalogue import refresh_s as catalogue_refresh_s
 from personalize.ingest.coalesce import StockGate, newest_stock_events
 from personalize.ingest.events import (
     ITEM_TYPES,
@@ -258,5 +259,6 @@ def build_collector() -> Collector:
     region = os.environ.get("AWS_REGION")
     signing = KeyRing(SecretVersions(config[settings.SIGNING_KEY_SECRET], region).load)
     origin = KeyRing(SecretVersions(config[settings.ORIGIN_VERIFY_SECRET], region).load)
-    catalogue = MembershipCache(artifacts_loader(S3Artifacts(config[settings.ARTIFACTS_BUCKET], region)))
+    catalogue = MembershipCache(artifacts_loader(S3Artifacts(config[settings.ARTIFACTS_BUCKET], region)),
+                                refresh_s=catalogue_refresh_s())
     return Collector(KinesisEventStream(config[settings.EVENTS_STREAM]), signing, origin, catalogue=catalogue)

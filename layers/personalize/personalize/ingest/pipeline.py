@@ -23,6 +23,7 @@ cannot be written, no item row is and the batch is retried.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ from personalize.ingest.catalogue import MembershipCache
 from personalize.ingest.events import parse_event
 from personalize.ingest.progress import SourceProgress
 from personalize.ingest.writes import RowWriter, quarantine_entry
+
+log = logging.getLogger(__name__)
 
 # Rows that decide whether an event counts (they hold the event ids): written first.
 DECIDERS = ("user", "dedupe")
@@ -206,5 +209,6 @@ class Ingestor:
             result.unavailable_entries += len(entries)
             result.sold_out = sum(1 for e in entries if e[1] == "s")
         except Exception:  # noqa: BLE001 - throttled, unreachable, a bug: retried, never half-told
+            log.warning("journal or availability log not written: the batch is retried", exc_info=True)
             return False
         return True

@@ -21,6 +21,7 @@ from personalize.adapters.soldout import DynamoSoldOut
 from personalize.adapters.stream import KinesisStreamReader
 from personalize.ingest.aggregation import StreamRecord
 from personalize.ingest.catalogue import MembershipCache, artifacts_loader
+from personalize.ingest.catalogue import refresh_s as catalogue_refresh_s
 from personalize.ingest.events import EventError
 from personalize.ingest.pipeline import Ingestor, IngestResult
 from personalize.ingest.writes import quarantine_entry
@@ -164,7 +165,8 @@ def build_ingestor() -> Ingestor:
     config = settings.load(settings.FEATURES_TABLE, settings.ITEMS_TABLE, settings.QUARANTINE_QUEUE,
                            settings.ARTIFACTS_BUCKET)
     store = DynamoRowStore({USERS: config[settings.FEATURES_TABLE], ITEMS: config[settings.ITEMS_TABLE]})
-    membership = MembershipCache(artifacts_loader(S3Artifacts(config[settings.ARTIFACTS_BUCKET])))
+    membership = MembershipCache(artifacts_loader(S3Artifacts(config[settings.ARTIFACTS_BUCKET])),
+                                 refresh_s=catalogue_refresh_s())
     return Ingestor(store, SqsQuarantine(config[settings.QUARANTINE_QUEUE]),
                     soldout=DynamoSoldOut(config[settings.FEATURES_TABLE]), stream=KinesisStreamReader(),
                     catalogue=membership)

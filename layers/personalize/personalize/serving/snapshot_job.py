@@ -73,15 +73,16 @@ class JobState:
     built_ms: int = 0
     tracked: dict[str, list[str]] = field(default_factory=dict)  # item -> shards
     published: int = 0
+    read: list[str] = field(default_factory=list)  # journal rows already folded in, within the overlap
 
     def to_bytes(self) -> bytes:
         return msgpack.packb({"journal_ms": self.journal_ms, "built_ms": self.built_ms, "tracked": self.tracked,
-                              "published": self.published})
+                              "published": self.published, "read": self.read})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> JobState:
         doc = msgpack.unpackb(data, raw=False)
-        return cls(doc["journal_ms"], doc["built_ms"], doc["tracked"], doc.get("published", 0))
+        return cls(doc["journal_ms"], doc["built_ms"], doc["tracked"], doc.get("published", 0), doc.get("read", []))
 
 
 @dataclass
@@ -122,19 +123,20 @@ def _load_state(artifacts: Artifacts) -> JobState | None:
         return None
 
 
-def read_journal(store: RowStore, since_ms: int, now_ms: int) -> tuple[dict[str, set[str]], list[list], int]:
-    """(changed item -> shards, listing changes, rows read) from the journal written from
-    ``since_ms`` on."""
+def read_journal(store: RowStore, since_ms: int, now_ms: int, already: set[str] = frozenset()
+                 ) -> tuple[dict[str, set[str]], list[list], list[str]]:
+    """(changed item -> shards, listing changes, the rows' sort keys) from the journal
+    written from ``since_ms`` on, but for the rows in ``already``."""
     touched: dict[str, set[str]] = {}
     listings: list[list] = []
-    rows = 0
+    rows: list[str] = []
     floor = f"{since_ms:013d}"
     for minute in range(since_ms // journal.MINUTE_MS, now_ms // journal.MINUTE_MS + 1):
         for pk in journal.journal_partitions(minute):
             for (_, sk), stored in store.query_keys(ITEMS, pk):
-                if sk < floor or stored.row is None:
+                if sk < floor or stored.row is None or sk in already:
                     continue
-                rows += 1
+                rows.append(sk)
                 shard = stored.row["shard"]
                 for item in stored.row["t"]:
                     touched.setdefault(item, set()).add(shard)
@@ -145,7 +147,8 @@ def read_journal(store: RowStore, since_ms: int, now_ms: int) -> tuple[dict[str,
 def read_views(store: RowStore, tracked: dict[str, set[str]], now_ms: int) -> tuple[dict[str, entities.ItemView], int]:
     """The items' rows (one per shard each lives on), merged."""
     wanted = [keys.item_key(item, shard) for item, shards in tracked.items() for shard in sorted(shards)]
-    found = store.get_many(ITEMS, wanted) if wanted else {}
+    # Eventually consistent: half the read units; a row of the last second shows next minute.
+    found = store.get_many(ITEMS, wanted, consistent=False) if wanted else {}
     rows: dict[str, list[entities.ItemRow]] = {}
     for (pk, _), stored in found.items():
         if stored.row is not None:
@@ -168,7 +171,7 @@ def publish(store: RowStore, artifacts: Artifacts, clock=time.time, deadline: De
     state = _load_state(artifacts) or JobState()
     mark = time.perf_counter()
     since = max(0, state.journal_ms - JOURNAL_OVERLAP_MS) if state.journal_ms else now_ms - FIRST_RUN_LOOKBACK_MS
-    touched, listings, journal_rows = read_journal(store, since, now_ms)
+    touched, listings, journal_rows = read_journal(store, since, now_ms, set(state.read))
     mark = stage("journal", mark)
     deadline.check("the catalogue")
     catalogue = Catalogue.read(store)
@@ -205,12 +208,14 @@ def publish(store: RowStore, artifacts: Artifacts, clock=time.time, deadline: De
         # Format-1 readers (edge replicas of an older release) follow key/bytes: the oldest
         # format written. Newer readers pick from formats the newest they read.
         "key": legacy["key"], "bytes": legacy["bytes"], "formats": formats, "catalogue": catalogue_doc})
+    overlap = f"{now_ms - JOURNAL_OVERLAP_MS:013d}"
     artifacts.put_object(STATE_KEY, JobState(now_ms, now_ms, {
-        item: sorted(candidates[item]) for item in snap.items if item in candidates}, len(membership)).to_bytes())
+        item: sorted(candidates[item]) for item in snap.items if item in candidates}, len(membership),
+        [sk for sk in (*state.read, *journal_rows) if sk >= overlap]).to_bytes())
     stage("publish", mark)
     return SnapshotReport(snap.version, len(snap.items), int(snap.available.sum()), len(data), build_ms,
                           formats[str(snapshots.FORMAT)]["key"], len(membership), len(touched), rows_read,
-                          journal_rows, snap.bounded, 0.0, stages)
+                          len(journal_rows), snap.bounded, 0.0, stages)
 
 
 def published_age_s(artifacts: Artifacts, now_s: float) -> float | None:

@@ -53,7 +53,7 @@ LOW_STOCK = 5
 MAX_ITEMS = 5_000_000  # a decoded snapshot above this is refused as corrupt
 # The snapshot is bounded by the candidate pools, not the catalogue (a million published items
 # would make it ~90 MB): the pools (trending, per-country), their co-visited neighbours,
-# then the most popular items up to this many (``bound``). A shopper's own items outside
+# then the most popular items up to this many (``build(max_items=...)``). A shopper's own items outside
 # them are not candidates (serving scores only what the snapshot carries).
 MAX_ITEMS_SERVED = 20_000
 
@@ -192,76 +192,21 @@ def _weighted(tile_sum: list[int]) -> float:
     return sum(w * c for w, c in zip(TRENDING_WEIGHTS, tile_sum))
 
 
-def bound(views: dict[str, ItemView], now_ms: int, max_items: int = MAX_ITEMS_SERVED) -> dict[str, ItemView]:
-    """The views a snapshot of at most ``max_items`` carries: the trending and per-country
-    pools, the items co-visited with them, then the most popular (decayed) items."""
-    if len(views) <= max_items:
-        return views
-    popularity: list[tuple[float, str]] = []
-    trending: list[tuple[float, str]] = []
-    country_pools: dict[tuple[str, str], list[tuple[float, str]]] = {}
-    for item, view in views.items():
-        popularity.append((windows.decay(view.popularity, view.popularity_ts, now_ms, 7 * 24 * 3_600_000), item))
-        if view.stock == 0:
-            continue
-        if view.tiles:
-            trend = trending_velocity(view.tiles, now_ms)
-            if trend > 0:
-                trending.append((trend, item))
-        for country, tiles in view.countries.items():
-            sums = windows.window_sums(tiles, now_ms)
-            t = _weighted(sums["10m"]) / 10 - _weighted(sums["1h"]) / 60
-            w = _weighted(sums["1h"])
-            if t > 0:
-                country_pools.setdefault((country, "trending"), []).append((t, item))
-            if w > 0:
-                country_pools.setdefault((country, "popular"), []).append((w, item))
-    keep: dict[str, None] = {}
-    for _, item in heapq.nlargest(TRENDING_POOL, trending):
-        keep[item] = None
-    for pool in country_pools.values():
-        for _, item in heapq.nlargest(COUNTRY_POOL, pool):
-            keep[item] = None
-    for _, item in heapq.nlargest(POPULAR_POOL, popularity):
-        keep[item] = None
-    for item in list(keep):
-        for other in views[item].neighbours:
-            if other in views:
-                keep[other] = None
-    if len(keep) < max_items:
-        for _, item in heapq.nlargest(max_items, popularity):
-            keep[item] = None
-            if len(keep) >= max_items:
-                break
-    return {item: views[item] for item in keep}
-
-
 def build(views: dict[str, ItemView], now_ms: int, version: str, max_items: int | None = None) -> ItemSnapshot:
-    """The snapshot of ``views`` (items merged over their shard rows) as of ``now_ms``;
-    ``max_items``: bounded by the candidate pools (``bound``)."""
-    bounded = 0
-    if max_items is not None and len(views) > max_items:
-        kept = bound(views, now_ms, max_items)
-        bounded, views = len(views) - len(kept), kept
-    snap = _build(views, now_ms, version)
-    snap.bounded = bounded
-    return snap
+    """The snapshot of ``views`` (items merged over their shard rows) as of ``now_ms``.
 
-
-def _build(views: dict[str, ItemView], now_ms: int, version: str) -> ItemSnapshot:
+    ``max_items``: bounded by the candidate pools rather than the catalogue: the trending and
+    per-country pools, the items co-visited with them, then the most popular (decayed) items
+    up to ``max_items`` (``snapshot.bounded`` counts the views left out). Each item's
+    features are computed once either way."""
     items = sorted(views)
-    index = {item: i for i, item in enumerate(items)}
     n = len(items)
     matrix = np.zeros((n, len(ITEM_COLUMNS)), dtype=np.float32)
     available = np.ones(n, dtype=bool)
     low_stock = np.zeros(n, dtype=bool)
     trending = np.zeros(n, dtype=np.float64)
     popularity = np.zeros(n, dtype=np.float64)
-    country_trend: dict[str, list[tuple[float, int]]] = {}
-    country_pop: dict[str, list[tuple[float, int]]] = {}
-    src: list[int] = []
-    dst: list[int] = []
-    weights: list[float] = []
+    country_scores: list[list[tuple[str, float, float]] | None] = [None] * n  # (country, trend, 1h weight)
     log1p = math.log1p
     for i, item in enumerate(items):
         view = views[item]
@@ -280,15 +225,37 @@ def _build(views: dict[str, ItemView], now_ms: int, version: str) -> ItemSnapsho
         if view.stock == 0:
             available[i] = False
             continue
+        scores = []
         for country, tiles in view.countries.items():
             sums = windows.window_sums(tiles, now_ms)
-            t = max(0.0, _weighted(sums["10m"]) / 10 - _weighted(sums["1h"]) / 60)
+            scores.append((country, max(0.0, _weighted(sums["10m"]) / 10 - _weighted(sums["1h"]) / 60),
+                           _weighted(sums["1h"])))
+        country_scores[i] = scores
+    bounded = 0
+    if max_items is not None and n > max_items:
+        keep = _bound(items, views, available, popularity, trending, country_scores, max_items)
+        bounded = n - len(keep)
+        items = [items[i] for i in keep]
+        matrix, available, low_stock = matrix[keep], available[keep], low_stock[keep]
+        trending, popularity = trending[keep], popularity[keep]
+        country_scores = [country_scores[i] for i in keep]
+        n = len(items)
+    index = {item: i for i, item in enumerate(items)}
+    country_trend: dict[str, list[tuple[float, int]]] = {}
+    country_pop: dict[str, list[tuple[float, int]]] = {}
+    src: list[int] = []
+    dst: list[int] = []
+    weights: list[float] = []
+    for i, item in enumerate(items):
+        scores = country_scores[i]
+        if scores is None:  # sold out: in no pool, no co-visit
+            continue
+        for country, t, w in scores:
             if t > 0:
                 country_trend.setdefault(country, []).append((t, i))
-            w = _weighted(sums["1h"])
             if w > 0:
                 country_pop.setdefault(country, []).append((w, i))
-        for other, weight in view.neighbours.items():
+        for other, weight in views[item].neighbours.items():
             j = index.get(other)
             if j is not None and j != i:
                 src.append(i)
@@ -305,11 +272,46 @@ def _build(views: dict[str, ItemView], now_ms: int, version: str) -> ItemSnapsho
         return np.array([i for _, i in best], dtype=np.int32)
 
     offsets, nb_items, nb_weights = _symmetric_top(n, src, dst, weights, NEIGHBOURS)
-    return ItemSnapshot(
+    snap = ItemSnapshot(
         version, now_ms, items, matrix, available, top(popularity, POPULAR_POOL), top(trending, TRENDING_POOL),
         {c: top_pairs(p, COUNTRY_POOL) for c, p in sorted(country_trend.items())},
         {c: top_pairs(p, COUNTRY_POOL) for c, p in sorted(country_pop.items())},
         offsets, nb_items, nb_weights, index, low_stock=low_stock)
+    snap.bounded = bounded
+    return snap
+
+
+def _bound(items, views, available, popularity, trending, country_scores, max_items) -> list[int]:
+    """The indexes a bounded snapshot keeps (sorted): the pools, their co-visited items,
+    then the most popular up to ``max_items``."""
+    keep: dict[int, None] = {}
+    for i in heapq.nlargest(TRENDING_POOL, np.flatnonzero(available & (trending > 0)).tolist(),
+                            key=lambda i: trending[i]):
+        keep[i] = None
+    pools: dict[tuple[str, int], list[tuple[float, int]]] = {}
+    for i, scores in enumerate(country_scores):
+        for country, t, w in scores or ():
+            if t > 0:
+                pools.setdefault((country, 0), []).append((t, i))
+            if w > 0:
+                pools.setdefault((country, 1), []).append((w, i))
+    for pool in pools.values():
+        for _, i in heapq.nlargest(COUNTRY_POOL, pool):
+            keep[i] = None
+    by_popularity = np.argsort(-popularity, kind="stable")
+    for i in by_popularity[:POPULAR_POOL].tolist():
+        keep[i] = None
+    position = {item: i for i, item in enumerate(items)}
+    for i in list(keep):
+        for other in views[items[i]].neighbours:
+            j = position.get(other)
+            if j is not None:
+                keep[j] = None
+    for i in by_popularity.tolist():
+        if len(keep) >= max_items:
+            break
+        keep[i] = None
+    return sorted(keep)
 
 
 def _symmetric_top(n: int, src: list[int], dst: list[int], weights: list[float], k: int):
