@@ -9,6 +9,8 @@ The targets differ only in how they are set up (``Target``): where the browsers'
 are, where the shop backend's route is, the operator's AWS credentials and the names of
 the signing key, the features table and the quarantine queue. Everything else is shared:
 
+- the shop publishes its catalogue first (the sample's products, ``catalogue`` events on
+  the server route) and the run starts once the public route accepts them;
 - shoppers follow the Instacart sample's baskets: they view and add to cart each product
   of a real order through the public route (``POST /events`` with their signed cookie),
   ask for recommendations on the way, and the shop's backend confirms the order's purchases
@@ -428,6 +430,41 @@ class Load:
         finally:
             http_.close()
 
+    def publish_catalogue(self, timeout_s: float = 240.0) -> int:
+        """The shop publishes its catalogue first (``catalogue`` events on the server route:
+        public events about any other item are refused), then waits until the public route
+        accepts them: one snapshot interval, and collect's next look at the membership. The
+        probe is an anonymous impression: it counts toward nothing."""
+        products = sorted({str(p) for o in self.orders for p in o.products})
+        http_ = Http()
+        try:
+            for start in range(0, len(products), 500):
+                chunk = enumerate(products[start:start + 500], start)
+                body = json.dumps({"events": [
+                    {"event_id": f"{self.run_id}-cat-{n}", "type": "catalogue", "item_id": p, "listed": True,
+                     "ts": int(time.time() * 1000)} for n, p in chunk]}).encode()
+                url = f"{self.target.api_url}/server/events"
+                for _ in range(POST_ATTEMPTS):
+                    status, raw = http_.request("POST", url, body, sigv4_headers(self.target, "POST", url, body))
+                    if status == 202 and not json.loads(raw)["rejected"]:
+                        break
+                    time.sleep(1.0)
+                else:
+                    raise RuntimeError(f"the catalogue was not accepted: {status} {raw[:200]!r}")
+            probe = json.dumps({"event_id": f"{self.run_id}-probe", "type": "impression",
+                                "items": [products[0], products[-1], str(self.hot_item)],
+                                "ts": int(time.time() * 1000)}).encode()
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                status, raw = http_.request("POST", f"{self.target.public_url}/events", probe,
+                                            {"Content-Type": "application/json"})
+                if status == 202 and json.loads(raw)["accepted"] == 1:
+                    return len(products)
+                time.sleep(1.0)
+            raise RuntimeError(f"the catalogue ({len(products)} items) was not published within {timeout_s:.0f} s")
+        finally:
+            http_.close()
+
     def flash_sale_shopper(self, worker: int, start_at: float, end_at: float) -> None:
         """Many shoppers on one item over a short window: see it, click it, cart it, buy it."""
         http_ = Http()
@@ -585,6 +622,7 @@ def run(target: Target, seconds: float = 30.0, shoppers: int = 8, flash_shoppers
     run_id = f"lt{uuid.uuid4().hex[:8]}"
     flash_shoppers = shoppers if flash_shoppers is None else flash_shoppers
     provision(target)
+    Load(target, Ledger(), run_id + "c", max_events).publish_catalogue()
     if warmup_s > 0:  # the same load, not measured: containers started, caches and snapshot filled
         warm = Load(target, Ledger(), run_id + "w", max_events)
         warm.start(warmup_s)

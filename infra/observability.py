@@ -238,7 +238,7 @@ def operator_dashboard() -> dict:
 ALARMS_ON_DASHBOARD = ("AvailabilityFastBurnAlarm", "LatencyFastBurnAlarm", "AvailabilitySlowBurnAlarm",
                        "LatencySlowBurnAlarm", "ServingHealthAlarm", "CdnBypassAlarm", "AggregateIteratorAgeAlarm",
                        "AggregateLateEventsAlarm", "AggregateRowWriteFailuresAlarm", "QuarantineDepthAlarm",
-                       "StreamFailureDepthAlarm", "SnapshotStaleAlarm", "GuardrailErrorsAlarm",
+                       "StreamFailureDepthAlarm", "SnapshotStaleAlarm", "SnapshotAgeAlarm", "GuardrailErrorsAlarm",
                        "GuardrailKillFailedAlarm", "EdgeLogRetentionAlarm")
 
 

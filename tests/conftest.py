@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from moto import mock_aws
 
-from infra.local import handlers, iam, resources, template
+from infra.local import aws_limits, handlers, iam, resources, template
 from infra.local.lambda_events import http_api_event, response_json
 from infra.local.poller import KinesisPoller
 from personalize import identity, settings
@@ -46,7 +46,7 @@ def _no_real_aws(monkeypatch):
 def moto_stack(monkeypatch, template_path=template.TEMPLATE):
     """Moto started first, then the template's resources and roles, then the functions'
     env; IAM enforced from then on: each function runs as its own role (handlers.load),
-    the test itself as the administrator."""
+    the test itself as the administrator; AWS's throughput limits in front of moto."""
     with mock_aws():
         aws.reset()
         created = resources.create_with_roles(template_path=template_path)
@@ -54,12 +54,18 @@ def moto_stack(monkeypatch, template_path=template.TEMPLATE):
             monkeypatch.setenv(name, value)
         monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
         aws.reset()
+        # AWS's throughput limits in front of moto, on every client made from here on
+        # (``created.limits``: its clock can be swapped for a manual one).
+        created.limits = aws_limits.AwsLimitsFront()
+        hook = lambda client: aws_limits.install(client, created.limits)  # noqa: E731
+        aws.on_new_client(hook)
         handlers.use_identities(created.identities.functions)
         try:
             with iam.Enforcement():
                 yield created
         finally:
             handlers.use_identities(None)
+            aws.remove_client_hook(hook)
     aws.reset()
 
 
@@ -118,6 +124,28 @@ class Pipeline:
 
     def drain(self) -> None:
         self.poller.drain()
+
+    def publish(self, *items: str, **details) -> None:
+        """The shop publishes items (``catalogue`` events on the server route), the snapshot
+        job publishes the membership, and collect and aggregate read it: public events about
+        them are accepted from here on (DESIGN 3.1: the shop owns the catalogue)."""
+        now = now_ms()
+        status, body = self.post({"events": [
+            {"event_id": f"publish-{item}-{now}", "type": "catalogue", "item_id": item, "listed": True,
+             "ts": now, **details} for item in items]})
+        assert status == 202 and body["accepted"] == len(items), body
+        self.drain()
+        self.run_snapshot()
+
+    def run_snapshot(self) -> None:
+        """One run of the snapshot function, then collect and aggregate re-read the membership."""
+        if self._snapshot is None:
+            self._snapshot = handlers.load("snapshot")
+        self._snapshot.lambda_handler({}, _context("snapshot"))
+        self.collect.collector.catalogue.refresh_now()
+        self.aggregate.processor.ingestor.catalogue.refresh_now()
+
+    _snapshot = None
 
 
 def _context(name):

@@ -69,10 +69,10 @@ class FaultyStore(MemoryRowStore):
         super().__init__(clock=clock)
         self.rng, self.faults = rng, faults
 
-    def get_many(self, table, keys_):
+    def get_many(self, table, keys_, consistent=True):
         if self.rng.random() < self.faults.read:
             raise ThrottledError("injected: read throttled")
-        return super().get_many(table, keys_)
+        return super().get_many(table, keys_, consistent)
 
     def put(self, table, change, expires_at):
         f, roll = self.faults, self.rng.random()
@@ -111,14 +111,19 @@ class RecordedStream(StreamReader):
 
 
 class FaultySoldOut(MemorySoldOut):
+    """The availability log: a write fails before it lands, or after (the batch is retried)."""
+
     def __init__(self, rng: random.Random, p: float):
-        super().__init__()
+        super().__init__(limits_model=None)
         self.rng, self.p = rng, p
 
-    def update(self, sold_out, restocked):
-        if self.rng.random() < self.p:
-            raise RuntimeError("injected: sold-out update failed")
-        super().update(sold_out, restocked)
+    def append(self, entries, writer, now_ms):
+        roll = self.rng.random()
+        if roll < self.p / 2:
+            raise RuntimeError("injected: availability log write failed")
+        super().append(entries, writer, now_ms)
+        if roll < self.p:
+            raise RuntimeError("injected: availability log write timed out after it landed")
 
 
 @dataclass

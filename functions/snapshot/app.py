@@ -17,9 +17,19 @@ publisher = snapshot_job.build_publisher()
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
-    report = publisher.publish()
+    try:
+        report = publisher.publish(context.get_remaining_time_in_millis)
+    except Exception:
+        metrics.add_metric("SnapshotFailures", MetricUnit.Count, 1)
+        logger.exception("snapshot not published; the last good one stays")
+        raise
+    finally:  # every run, published or not: the alarm on a stale snapshot reads it
+        age = publisher.age_s()
+        if age is not None:
+            metrics.add_metric("SnapshotAgeSeconds", MetricUnit.Seconds, round(age, 1))
     metrics.add_metric("SnapshotBuildMs", MetricUnit.Milliseconds, report.build_ms)
     metrics.add_metric("SnapshotBytes", MetricUnit.Bytes, report.bytes)
     metrics.add_metric("SnapshotItems", MetricUnit.Count, report.items)
+    metrics.add_metric("PublishedItems", MetricUnit.Count, report.published_items)
     logger.info("snapshot published", extra=report.__dict__)
     return report.__dict__

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from botocore.exceptions import ClientError
+
 from personalize.adapters import aws
 
 from . import lambda_events
@@ -28,6 +30,9 @@ class ShardCursor:
     attempts: int = 0
     limit: int = 0  # bisection: how many pending records the next invocation gets
     done: bool = False
+    next_read_at: float = 0.0  # GetRecords paced under the shard's 5 reads/s (shared with aggregate's reader)
+    caught_up: bool = False  # its last GetRecords found nothing new
+    read_at: float = 0.0  # when that was
 
 
 @dataclass
@@ -80,21 +85,42 @@ class KinesisPoller:
             if not self.cursors:
                 self._discover()
             handed = 0
+            self._deferred = False
             for cursor in self.cursors.values():
                 handed += self._poll_shard(cursor)
             return handed
 
     def drain(self, timeout_s: float = 30.0) -> None:
         """Poll until a round finds nothing new (tests, the demo's checkpoints)."""
-        deadline = time.monotonic() + timeout_s
+        began = time.monotonic()
+        deadline = began + timeout_s
         while time.monotonic() < deadline:
-            if self.poll_once() == 0 and not any(c.pending for c in self.cursors.values()):
+            if self.poll_once() == 0 and all(c.caught_up and c.read_at >= began and not c.pending
+                                             for c in self.cursors.values()):
                 return
+            if self._deferred:
+                time.sleep(0.02)
         raise TimeoutError("stream not drained in time")
+
+    _deferred = False
+    READ_INTERVAL_S = 0.2  # at most 5 GetRecords a second on a shard (AWS's limit)
 
     def _poll_shard(self, cursor: ShardCursor) -> int:
         if not cursor.pending and cursor.iterator:
-            response = self.kinesis.get_records(ShardIterator=cursor.iterator, Limit=self.batch_size)
+            now = time.monotonic()
+            if now < cursor.next_read_at:  # this shard's read budget: later
+                self._deferred = True
+                return 0
+            try:
+                response = self.kinesis.get_records(ShardIterator=cursor.iterator, Limit=self.batch_size)
+            except ClientError as exc:
+                if aws.error_code(exc) != "ProvisionedThroughputExceededException":
+                    raise
+                cursor.next_read_at = now + 2 * self.READ_INTERVAL_S  # as the event source mapping backs off
+                self._deferred = True
+                return 0
+            cursor.next_read_at = now + self.READ_INTERVAL_S
+            cursor.caught_up, cursor.read_at = not response["Records"], now
             cursor.iterator = response.get("NextShardIterator")
             cursor.pending = response["Records"]
             cursor.attempts, cursor.limit = 0, len(cursor.pending)

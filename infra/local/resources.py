@@ -22,6 +22,7 @@ class LocalResources:
     signing_key: str = ""
     origin_token: str = ""  # what the local front adds as CloudFront would (x-origin-verify)
     identities: object | None = None  # iam.Identities: the administrator's and each function's credentials
+    limits: object | None = None  # aws_limits.AwsLimitsFront in front of an in-process moto (tests)
 
     def admin_env(self) -> dict[str, str]:
         """Environment for code acting as the administrator (the stack itself, operators, tests)."""
@@ -34,6 +35,7 @@ class LocalResources:
         for resource in vars(settings).values():
             if isinstance(resource, settings.Resource) and resource.logical_id in self.names:
                 out[resource.env] = self.names[resource.logical_id]
+        out["CATALOGUE_REFRESH_S"] = "1"  # the local snapshot runs every few seconds: membership follows
         if "RolloutApplication" in self.names:
             out.update(FLAGS_SOURCE="local", APPCONFIG_APPLICATION=self.names["RolloutApplication"],
                        APPCONFIG_PROFILE=self.names["RolloutProfile"], MODELS_DIR=str(template.ROOT / "models"))

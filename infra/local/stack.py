@@ -405,6 +405,16 @@ class LocalStack:
         return pool.FunctionPool(name, env, SINGLE_CONCURRENCY.get(name, self.workers), LOG_FILE,
                                  freeze=self.freeze, overrides=overrides)
 
+    def publish_snapshot(self) -> None:
+        """One snapshot run now; collect and aggregate hold its catalogue membership right
+        after (in-process), or within their refresh (worker processes: CATALOGUE_REFRESH_S)."""
+        self.functions["snapshot"]({})
+        if not self.workers:
+            self.functions["collect"].module.collector.catalogue.refresh_now()
+            self.functions["aggregate"].module.processor.ingestor.catalogue.refresh_now()
+        else:
+            time.sleep(float(os.environ.get("CATALOGUE_REFRESH_S", "1")) + 0.5)
+
     def edge_recommender(self):
         """The edge function instance's in-memory serving state (in-process mode only)."""
         if self.workers:

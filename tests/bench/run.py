@@ -12,26 +12,9 @@ from datetime import UTC, datetime
 from infra.local.template import ROOT
 
 OUT = ROOT / "build" / "bench.json"
-# ops last: it prices what the others measured
+# ops last: it prices what the others measured; ``limits`` (tests/bench/limits.py) adds every
+# tests/bench/limits_*.py module's keys to its own.
 SECTIONS = ("ingest", "model", "serving", "experiment", "loop", "limits", "ops")
-# ``limits`` (issue 19) is the union of every tests/bench/limits_*.py module's figures, so the
-# streams measuring AWS's limits each add a module without editing the same lines.
-LIMITS_MODULES = sorted(p.stem for p in (ROOT / "tests" / "bench").glob("limits_*.py"))
-
-
-class _Limits:
-    @staticmethod
-    def run() -> dict:
-        figures: dict = {}
-        for name in LIMITS_MODULES:
-            started = time.perf_counter()
-            part = __import__(f"tests.bench.{name}", fromlist=["run"]).run()
-            clash = set(part) & set(figures)
-            if clash:
-                raise AssertionError(f"{name} measures keys another limits module does: {sorted(clash)}")
-            figures.update(part)
-            print(f"bench: limits: {name} done in {time.perf_counter() - started:.1f}s", flush=True)
-        return figures
 
 
 def main() -> None:
@@ -45,7 +28,7 @@ def main() -> None:
     for section in args.only or SECTIONS:
         started = time.perf_counter()
         print(f"bench: {section} ...", flush=True)
-        module = _Limits if section == "limits" else __import__(f"tests.bench.{section}", fromlist=["run"])
+        module = __import__(f"tests.bench.{section}", fromlist=["run"])
         options = {}
         if section == "ingest" and args.fault_schedules is not None:
             options["n_fault_schedules"] = args.fault_schedules

@@ -72,6 +72,8 @@ def test_the_loop_bench_measures_its_contract_keys():
     assert 0 <= figures["ope_coverage"] <= 1 and figures["ope"]["seeds"] == 3
     assert figures["obd_relative_width"] > 0 and figures["retrain_s"] > 0
     assert figures["retrain"]["registered"] == ["ranker-linear", "ranker-mlp"]
+
+
 def test_the_ops_bench_counts_the_edges_log_bytes_by_kind_and_prices_a_million_requests():
     from infra import costs
     from tests.bench import ops
@@ -90,3 +92,19 @@ def test_the_ops_bench_counts_the_edges_log_bytes_by_kind_and_prices_a_million_r
     more_replicas = costs.model({"ops": figures}, {"environment": "prod"})
     fewer = costs.model({"ops": figures}, {"environment": "dev"})
     assert more_replicas["usd_per_million_requests"] > fewer["usd_per_million_requests"]
+
+
+def test_the_limits_figures_measure_what_they_name_on_small_workloads():
+    """`make bench` runs them at full size (tests/bench/limits.py); here, small and quick."""
+    from tests.bench import limits
+
+    viral = limits.viral_item_hot_shard(seconds=2)
+    assert viral["viral_item_hot_shard_records_per_s"] <= 1000 < viral["viral_item_hot_shard_records_per_s_before"]
+    churn = limits.soldout_churn(sold_out=32_000, instances=50, seconds=2)
+    assert churn["soldout_churn_max_partition_wcu_per_s"] < churn["soldout_churn_max_partition_wcu_per_s_before"]
+    assert churn["soldout_max_partition_rcu_per_s"] < churn["soldout_max_partition_rcu_per_s_before"]
+    run = limits.snapshot_job_at(0.002)
+    assert run["total_s"] > run["cpu_s"] > 0 and run["read_units"] > 0 and run["snapshot_items"] > 0
+    invented = limits.invented_item(published_items=200, shoppers=100, purchases=100)
+    assert invented["invented_item_top10_share"] == 0 < invented["invented_item_top10_share_before"]
+    assert set(limits.KEYS) >= {"viral_item_hot_shard_records_per_s", "invented_item_top10_share"}

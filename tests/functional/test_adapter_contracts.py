@@ -5,10 +5,12 @@ than the service (after Feast's universal online-store tests)."""
 import json
 
 import pytest
+from botocore.exceptions import ClientError
 
 from personalize import settings
 from personalize.adapters import aws
 from personalize.adapters.artifacts import MemoryArtifacts, S3Artifacts
+from personalize.adapters.limits import DynamoLimits, KinesisLimits, ManualClock
 from personalize.adapters.quarantine import MemoryQuarantine, QuarantineError, SqsQuarantine
 from personalize.adapters.rowstore import (
     BATCH_GET_LIMIT,
@@ -18,19 +20,11 @@ from personalize.adapters.rowstore import (
     RowRejectedError,
     ThrottledError,
 )
-from personalize.adapters.soldout import (
-    READ_ATTEMPTS,
-    DynamoSoldOut,
-    MemorySoldOut,
-    SoldOutError,
-    SoldOutFullError,
-    shard_of,
-)
-from personalize.adapters.stream import KinesisStreamReader
+from personalize.adapters.soldout import DynamoSoldOut, MemorySoldOut, SoldOutError
+from personalize.adapters.stream import KinesisEventStream, KinesisStreamReader, MemoryEventStream
 from personalize.adapters.userstore import DynamoUserStore, MemoryUserStore, UserReadError
 from personalize.ingest import entities
 from personalize.ingest.aggregation import ITEMS, USERS, Change
-from personalize.ingest.events import MAX_ID_CHARS
 
 
 @pytest.fixture(params=["fake", "moto"])
@@ -207,79 +201,51 @@ def test_throttling_is_retried_within_the_budget_then_reported(rows):
         store.get_many(USERS, [("u#alice", "row")])
 
 
-# --- the sold-out set -----------------------------------------------------------------------
+# --- the sold-out (availability) log -------------------------------------------------------
 
 
 @pytest.fixture(params=["fake", "moto"])
 def soldout(request):
-    """(set, throttle): throttle(n, operation) refuses the next n requests."""
+    """(log, throttle): throttle(n, operation) refuses the next n requests."""
     if request.param == "fake":
-        fake = MemorySoldOut()
+        fake = MemorySoldOut(limits_model=None)
         return fake, lambda n, operation=None: fake.throttle(n)
     stack = request.getfixturevalue("stack")
-    client = aws.client("dynamodb")
+    client = aws.client("dynamodb", read_timeout=2.0, attempts=1)
     faults = DynamoFaults(client)
     return DynamoSoldOut(stack.names[settings.FEATURES_TABLE.logical_id], client=client), faults.throttle
 
 
-def ids_in_part(part: int, count: int, length: int = MAX_ID_CHARS) -> list[str]:
-    out, n = [], 0
-    while len(out) < count:
-        candidate = f"{n:08d}".ljust(length, "x")
-        if shard_of(candidate) == part:
-            out.append(candidate)
-        n += 1
-    return out
+T_MS = NOW_S * 1000
 
 
-def test_sold_out_and_restock_are_idempotent_set_changes(soldout):
-    store, _ = soldout
-    assert store.read() == set()
-    store.update({"a", "b", "c"}, set())
-    store.update({"a"}, set())  # a replayed batch
-    store.update(set(), {"b", "never-sold-out"})
-    store.update(set(), {"b"})
-    assert store.read() == {"a", "c"}
+def test_the_newest_transition_per_item_wins_whatever_the_order_read(soldout):
+    log, _ = soldout
+    log.append([["a", "s", T_MS], ["b", "s", T_MS]], "w#1-2", T_MS)
+    log.append([["a", "r", T_MS + 10], ["c", "d", T_MS + 5]], "w#3-4", T_MS + 1000)
+    log.append([["b", "r", T_MS - 10]], "w#5-5", T_MS + 2000)  # older than b's sale: changes nothing
+    log.append([["a", "s", T_MS + 10]], "w#3-4", T_MS + 1000)  # the same write again (a retry)
+    assert log.read(T_MS - 1, T_MS + 3000) == {"b", "c"}
 
 
-def test_an_update_past_a_parts_size_limit_is_refused_and_the_other_parts_still_change(soldout):
-    store, _ = soldout
-    if isinstance(store, DynamoSoldOut):
-        pytest.skip("moto does not check the item size on UpdateItem ADD (AWS refuses with a "
-                    "ValidationException): here only the fake can be held to AWS's behaviour")
-    too_many = set(ids_in_part(3, 3300))  # 3,300 x 128 bytes: past the 400 KB item limit
-    elsewhere = {i for i in (f"other-{n}" for n in range(50)) if shard_of(i) != 3}
-    with pytest.raises(SoldOutFullError):
-        store.update(too_many | elsewhere, set())
-    assert store.read() == elsewhere, "all or nothing for the full part; the others changed"
-    fits = set(sorted(too_many)[:3000])  # 384 KB
-    store.update(fits, set())
-    assert store.read() == elsewhere | fits
+def test_a_reader_asks_only_for_what_was_written_after_a_time(soldout):
+    log, _ = soldout
+    log.append([["old", "s", T_MS]], "w#1-1", T_MS)
+    log.append([["new", "s", T_MS + 61_000]], "w#2-2", T_MS + 61_000)  # the next minute's partition
+    assert [entries for _, entries in log.read_since(T_MS + 1, T_MS + 62_000)] == [[["new", "s", T_MS + 61_000]]]
+    assert len(log.read_since(T_MS - 1, T_MS + 62_000)) == 2
 
 
-def test_a_full_part_refuses_more_until_restocks_free_room():
-    """The fake only, for the reason above."""
-    store = MemorySoldOut()
-    ids = ids_in_part(3, 3300)
-    store.update(set(ids[:3000]), set())
-    with pytest.raises(SoldOutFullError):
-        store.update(set(ids[3000:]), set())
-    assert store.read() == set(ids[:3000])
-    store.update(set(), set(ids[:500]))
-    store.update(set(ids[3000:]), set())
-    assert store.read() == set(ids[500:])
-
-
-def test_a_throttled_sold_out_set_fails_loudly_never_partially(soldout):
-    store, throttle = soldout
-    store.update({"a"}, set())
-    throttle(1, "UpdateItem")
-    with pytest.raises(SoldOutError):  # aggregate retries the stock records
-        store.update({"b"}, set())
-    throttle(READ_ATTEMPTS, "BatchGetItem")
-    with pytest.raises(SoldOutError):  # serving keeps its last complete set
-        store.read()
-    assert store.read() == {"a"}
+def test_a_throttled_log_fails_loudly(soldout):
+    log, throttle = soldout
+    throttle(1, "PutItem")
+    with pytest.raises(SoldOutError):  # aggregate retries the batch (no item row written)
+        log.append([["a", "s", T_MS]], "w#1-1", T_MS)
+    log.append([["a", "s", T_MS]], "w#1-1", T_MS)
+    throttle(1, "Query")
+    with pytest.raises(SoldOutError):  # serving keeps what it has, and its age says how stale
+        log.read_since(T_MS - 1, T_MS + 1)
+    assert log.read(T_MS - 1, T_MS + 1) == {"a"}
 
 
 # --- the events stream, as aggregate and `make replay-failures` read it ------------------------
@@ -347,3 +313,143 @@ def test_a_failed_batch_names_its_records_and_the_others_land(quarantine):
         queue.send([entry(n) for n in range(15)])  # two batches: 10 + 5
     assert sorted(refused.value.failed_ids, key=int) == [str(n) for n in range(10)]
     assert sorted((e["id"] for e in queue.receive_all()), key=int) == [str(n) for n in range(10, 15)]
+
+
+# --- AWS's throughput limits (personalize.adapters.limits): the fakes, and moto behind the -----
+# --- local stack's front (infra/local/aws_limits.py), fail the same requests the same way ------
+
+
+@pytest.fixture(params=["fake", "moto"])
+def limited_stream(request):
+    """(stream without retries, manual clock, model or None): one PutRecords per chunk."""
+    clock = ManualClock()
+    if request.param == "fake":
+        model = KinesisLimits(4, clock)
+        return MemoryEventStream(model, attempts=1), clock
+    stack = request.getfixturevalue("stack")
+    stack.limits.use_clock(clock)
+    return KinesisEventStream(stack.names[settings.EVENTS_STREAM.logical_id], attempts=1), clock
+
+
+def test_a_hot_partition_key_fails_per_record_past_1000_a_second_and_gets_through_a_second_later(limited_stream):
+    stream, clock = limited_stream
+    result = stream.put([("viral-item", b'{"n": 1}')] * 1200)
+    assert result.errors[:1000] == [None] * 1000
+    assert result.errors[1000:] == ["ProvisionedThroughputExceededException"] * 200
+    clock.advance(1)
+    assert stream.put([("viral-item", b'{"n": 1}')] * 200).errors == [None] * 200
+    spread = stream.put([(f"event-{n}", b'{"n": 1}') for n in range(1600)])  # keys that spread: all land
+    assert spread.errors == [None] * 1600
+
+
+def test_putrecords_never_raises_for_throughput_it_counts_the_failed_records(stack):
+    stack.limits.use_clock(ManualClock())
+    kinesis = aws.client("kinesis")
+    name = stack.names[settings.EVENTS_STREAM.logical_id]
+    answers = [kinesis.put_records(StreamName=name, Records=[{"PartitionKey": "hot", "Data": b"x"}] * 500)
+               for _ in range(3)]
+    assert [a["FailedRecordCount"] for a in answers] == [0, 0, 500]
+    assert {r["ErrorCode"] for r in answers[2]["Records"]} == {"ProvisionedThroughputExceededException"}
+    with pytest.raises(ClientError) as raised:  # PutRecord (one record) raises instead
+        kinesis.put_record(StreamName=name, PartitionKey="hot", Data=b"x")
+    assert aws.error_code(raised.value) == "ProvisionedThroughputExceededException"
+
+
+def test_the_fake_puts_each_key_on_the_shard_moto_does(stack):
+    """Where moto models a behaviour (MD5 of the key over the shards' hash ranges), the fake agrees."""
+    kinesis = aws.client("kinesis")
+    name = stack.names[settings.EVENTS_STREAM.logical_id]
+    ranges = [(int(s["HashKeyRange"]["StartingHashKey"]), int(s["HashKeyRange"]["EndingHashKey"]))
+              for s in kinesis.list_shards(StreamName=name)["Shards"]]
+    model = KinesisLimits(len(ranges), ManualClock())
+    assert model.ranges == ranges, "the fake's shards are the on-demand stream's (4, even ranges)"
+    keys_ = [f"key-{n}" for n in range(300)] + ["", "é", "x" * 256]
+    keys_ = [k for k in keys_ if k]
+    answer = kinesis.put_records(StreamName=name, Records=[{"PartitionKey": k, "Data": b"x"} for k in keys_])
+    assert [r["ShardId"] for r in answer["Records"]] == [f"shardId-{model.shard_of(k):012d}" for k in keys_]
+
+
+def test_getrecords_past_five_calls_a_second_on_a_shard_raises(stack):
+    clock = ManualClock()
+    stack.limits.use_clock(clock)
+    kinesis = aws.client("kinesis")
+    name = stack.names[settings.EVENTS_STREAM.logical_id]
+    shard = kinesis.list_shards(StreamName=name)["Shards"][0]["ShardId"]
+    iterator = kinesis.get_shard_iterator(StreamName=name, ShardId=shard, ShardIteratorType="TRIM_HORIZON")[
+        "ShardIterator"]
+    for _ in range(5):
+        iterator = kinesis.get_records(ShardIterator=iterator)["NextShardIterator"]
+    with pytest.raises(ClientError) as raised:
+        kinesis.get_records(ShardIterator=iterator)
+    assert aws.error_code(raised.value) == "ProvisionedThroughputExceededException"
+    clock.advance(1)
+    kinesis.get_records(ShardIterator=iterator)
+
+
+@pytest.fixture(params=["fake", "moto"])
+def limited_rows(request):
+    """(row store that does not retry, manual clock)."""
+    clock = ManualClock()
+    if request.param == "fake":
+        return MemoryRowStore(clock=lambda: NOW_S, max_attempts=1, limits=DynamoLimits(clock)), clock
+    stack = request.getfixturevalue("stack")
+    stack.limits.use_clock(clock)
+    client = aws.client("dynamodb", attempts=1)
+    return DynamoRowStore({USERS: stack.names[settings.FEATURES_TABLE.logical_id],
+                           ITEMS: stack.names[settings.ITEMS_TABLE.logical_id]}, client=client, max_attempts=1,
+                          clock=lambda: NOW_S), clock
+
+
+def test_a_partition_takes_1000_write_units_a_second_billed_per_kb_of_the_whole_item(limited_rows):
+    store, clock = limited_rows
+    row = {"blob": b"x" * 99_000}  # 97 KB with its names: 97 units per write
+    for version in range(10):
+        store.put(ITEMS, change(key=("i#viral", "s#0"), version=version, row=row, table=ITEMS), LIVE)
+    with pytest.raises(ThrottledError):
+        store.put(ITEMS, change(key=("i#viral", "s#0"), version=10, row=row, table=ITEMS), LIVE)
+    store.put(ITEMS, change(key=("i#other", "s#0"), version=0, row=row, table=ITEMS), LIVE)  # another partition
+    clock.advance(1)
+    store.put(ITEMS, change(key=("i#viral", "s#0"), version=10, row={"small": 1}, table=ITEMS), LIVE)
+    # The small write replacing a 97 KB item is billed at the larger of the two: 97 units.
+    for version in range(11, 20):
+        store.put(ITEMS, change(key=("i#viral", "s#0"), version=version, row={"small": 1}, table=ITEMS), LIVE)
+    store.put(ITEMS, change(key=("i#viral", "s#0"), version=20, row={"small": 1}, table=ITEMS), LIVE)
+
+
+def test_a_partition_takes_3000_read_units_a_second_then_batch_reads_come_back_unprocessed(limited_rows):
+    store, clock = limited_rows
+    store.put(ITEMS, change(key=("i#big", "s#0"), row={"blob": b"x" * 300_000}, table=ITEMS), LIVE)
+    clock.advance(1)
+    for _ in range(40):  # 74 units per strong read of a 293 KB item
+        assert store.get_many(ITEMS, [("i#big", "s#0")])
+    with pytest.raises(ThrottledError):
+        store.get_many(ITEMS, [("i#big", "s#0")])
+    clock.advance(1)
+    assert store.get_many(ITEMS, [("i#big", "s#0")])
+
+
+def test_an_update_is_billed_at_the_whole_item_and_refused_past_400kb(stack):
+    """moto applies an UpdateItem whatever its size and bills nothing; the front does as AWS."""
+    clock = ManualClock()
+    stack.limits.use_clock(clock)
+    dynamodb = aws.client("dynamodb", attempts=1)
+    table = stack.names[settings.FEATURES_TABLE.logical_id]
+    key = {"pk": {"S": "soldout"}, "sk": {"S": "items#0"}}
+    dynamodb.put_item(TableName=table, Item={**key, "items": {"SS": [f"{n:0>100}" for n in range(3000)]}})
+    clock.advance(1)
+    for n in range(3):  # ~300 KB each: 3 x 294 units, whatever the one id they add
+        dynamodb.update_item(TableName=table, Key=key, UpdateExpression="ADD #i :s",
+                             ExpressionAttributeNames={"#i": "items"},
+                             ExpressionAttributeValues={":s": {"SS": [f"new-{n}"]}})
+    with pytest.raises(ClientError) as raised:
+        dynamodb.update_item(TableName=table, Key=key, UpdateExpression="ADD #i :s",
+                             ExpressionAttributeNames={"#i": "items"}, ExpressionAttributeValues={":s": {"SS": ["x"]}})
+    assert raised.value.response["ThrottlingReasons"][0]["reason"] == "TableWriteKeyRangeThroughputExceeded"
+    clock.advance(1)
+    with pytest.raises(ClientError) as raised:  # 1,100 more 100-byte ids: past 400 KB
+        dynamodb.update_item(TableName=table, Key=key, UpdateExpression="ADD #i :s",
+                             ExpressionAttributeNames={"#i": "items"},
+                             ExpressionAttributeValues={":s": {"SS": [f"{n:0>100}x" for n in range(1100)]}})
+    assert aws.error_code(raised.value) == "ValidationException"
+    stored = dynamodb.get_item(TableName=table, Key=key)["Item"]["items"]["SS"]
+    assert len(stored) == 3003, "the refused update left the item as it was"

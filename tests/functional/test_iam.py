@@ -22,7 +22,7 @@ def stock_out(stack, item: str) -> None:
 
 
 def sold_out(stack) -> set[str]:
-    return DynamoSoldOut(stack.names[settings.FEATURES_TABLE.logical_id]).read()
+    return DynamoSoldOut(stack.names[settings.FEATURES_TABLE.logical_id]).read(now_ms=now_ms() + 60_000)
 
 
 def without_action(action: str, function: str, path):
@@ -49,8 +49,8 @@ def test_the_stock_out_path_works_under_the_aggregate_role(pipeline, stack):
     assert pipeline.poller.stats.sent_to_failure_queue == 0
 
 
-def test_without_update_item_the_stock_out_path_fails(monkeypatch, tmp_path):
-    broken = without_action("dynamodb:UpdateItem", "AggregateFunction", tmp_path / "template.json")
+def test_without_put_item_the_stock_out_path_fails(monkeypatch, tmp_path):
+    broken = without_action("dynamodb:PutItem", "AggregateFunction", tmp_path / "template.json")
     with moto_stack(monkeypatch, broken) as stack:
         pipeline = Pipeline(stack)
         stock_out(stack, "sku-1")
@@ -67,6 +67,10 @@ def test_a_function_may_do_only_what_its_role_allows(stack):
     with pytest.raises(ClientError, match="not authorized to perform: dynamodb:Scan"):
         dynamodb.scan(TableName=items_table)
     with aws.as_identity(stack.identities.functions["snapshot"]):
+        snapshot_dynamodb = aws.client("dynamodb")
+    with pytest.raises(ClientError, match="not authorized to perform: dynamodb:Scan"):
+        snapshot_dynamodb.scan(TableName=items_table)
+    with aws.as_identity(stack.identities.functions["snapshot"]):
         s3 = aws.client("s3")
     bucket = stack.names[settings.ARTIFACTS_BUCKET.logical_id]
     s3.put_object(Bucket=bucket, Key="snapshots/x.msgpack", Body=b"x")  # its prefix
@@ -81,7 +85,10 @@ def test_every_function_has_a_role_built_from_the_template(stack):
                           "edgelogs"}
     aggregate = {a for s in roles["aggregate"] for a in
                  ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
-    assert {"dynamodb:UpdateItem", "kinesis:GetRecords", "sqs:SendMessage*"} <= aggregate
+    assert {"dynamodb:PutItem", "kinesis:GetRecords", "sqs:SendMessage*"} <= aggregate
+    assert "dynamodb:UpdateItem" not in aggregate, "the sold-out log is written with conditional puts only"
+    snapshot = {a for s in roles["snapshot"] for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+    assert "dynamodb:Scan" not in snapshot, "the snapshot job reads only what it publishes"
 
 
 def test_the_edge_may_send_its_counts_to_the_home_region(stack):

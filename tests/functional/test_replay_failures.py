@@ -21,7 +21,9 @@ def put(stack, events):
 
 
 def views(prefix, n, user, item, ts):
-    return [{"event_id": f"{prefix}{k}", "type": "view", "user_id": user, "item_id": item, "ts": ts} for k in range(n)]
+    """The shop backend's events as collect writes them on the stream (route named)."""
+    return [{"event_id": f"{prefix}{k}", "type": "view", "user_id": user, "item_id": item, "ts": ts, "route": "server"}
+            for k in range(n)]
 
 
 def totals(store, table, key):

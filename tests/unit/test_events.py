@@ -107,4 +107,41 @@ def test_anonymous_events_only_where_allowed():
         parse_event(base(user_id=None), NOW)
     event = parse_event(base(user_id=None), NOW, anonymous_ok=True)
     assert event.user_id is None
-    assert partition_key(event) == "i1"
+    assert partition_key(event) == "e1"  # by event id: see test_partition_keys_spread_a_viral_item
+
+
+def test_partition_keys_spread_a_viral_item_and_keep_what_must_stay_in_order():
+    """Issue 19: anonymous events were keyed by item (this test failed: the key was "i1"), so
+    a viral item's whole flash sale landed on one shard (1,000 records/s). By event id they
+    spread, and a resend (same id) still reaches the original's shard and dedupe row."""
+    anonymous = [parse_event(base(event_id=f"e{n}", user_id=None), NOW, anonymous_ok=True) for n in range(100)]
+    assert len({partition_key(e) for e in anonymous}) == 100
+    resend = parse_event(base(event_id="e7", user_id=None, ts=NOW - 5), NOW, anonymous_ok=True)
+    assert partition_key(resend) == partition_key(anonymous[7])
+    assert partition_key(parse_event(base(), NOW)) == "u1"  # a shopper's events, in order
+    stock = parse_event(base(type="stock", user_id="backend", stock=3), NOW)
+    assert partition_key(stock) == "i1"  # one shard decides an item's sold-out transitions
+    listing = parse_event(base(type="catalogue", user_id=None, listed=False), NOW)
+    assert partition_key(listing) == "i1"
+
+
+@pytest.mark.parametrize("obj, message", [
+    pytest.param(base(type="catalogue", user_id=None), "listed", id="no-listed"),
+    pytest.param(base(type="catalogue", user_id=None, listed="yes"), "listed", id="listed-not-bool"),
+    pytest.param(base(type="catalogue", user_id=None, listed=True, department="x" * 129), "department",
+                 id="long-department"),
+    pytest.param(base(type="catalogue", user_id=None, listed=True, name="\x00"), "name", id="control-name"),
+    pytest.param(base(type="catalogue", user_id=None, listed=True, item_id=None), "item_id", id="no-item"),
+])
+def test_catalogue_events_are_checked(obj, message):
+    with pytest.raises(EventError, match=message):
+        parse_event(obj, NOW)
+
+
+def test_a_catalogue_event_carries_the_shops_details():
+    event = parse_event(base(type="catalogue", user_id=None, listed=True, department="dairy", name="<b>Milk</b>",
+                             price=1.5), NOW)
+    assert (event.listed, event.department, event.name, event.price) == (True, "dairy", "<b>Milk</b>", 1.5)
+    assert parse_event(event.to_dict(), NOW).to_dict() == event.to_dict()  # as the stream carries it
+    assert parse_event(base(route="server"), NOW).from_server
+    assert parse_event(base(route="admin"), NOW).route is None  # only the two routes' names

@@ -111,14 +111,7 @@ class Clock:
 
 
 class FlakySoldOut(MemorySoldOut):
-    def __init__(self):
-        super().__init__()
-        self.fail = False
-
-    def read(self):
-        if self.fail:
-            raise ConnectionError("unreachable")
-        return super().read()
+    """``fail``: every request fails (MemorySoldOut's own switch)."""
 
 
 def frozen_recommender(artifacts, soldout, clock):
@@ -169,15 +162,41 @@ def test_a_new_sold_out_list_is_always_applied_even_at_a_reused_address():
     recommender = frozen_recommender(artifacts, soldout, clock)
     top = served(recommender, "2")
     for n in range(200):
-        gone = top[n % 2]
-        soldout.items = {gone}
+        gone, back = top[n % 2], top[(n + 1) % 2]
+        soldout.update({gone}, {back}, now_ms=NOW_WALL() + n)
         recommender.soldout.refresh_now()
         assert gone not in served(recommender, "2"), n
 
 
+def NOW_WALL() -> int:  # noqa: N802 - the log's entries are stamped with the wall clock
+    import time
+
+    return int(time.time() * 1000)
+
+
+def test_serving_reads_only_what_the_log_wrote_since_its_last_look():
+    """Issue 19: every instance read the whole sold-out set (16 parts, ~6 MB at 320,000 ids)
+    every second. Now a refresh reads what was written since the last one (and a few seconds
+    before it), and a refresh that finds nothing new changes nothing downstream."""
+    artifacts, soldout, clock = MemoryArtifacts(), FlakySoldOut(), Clock()
+    artifacts.put_snapshot("v1", snapshot("v1"), {})
+    recommender = frozen_recommender(artifacts, soldout, clock)
+    old = [f"gone-{n}" for n in range(5000)]
+    soldout.update(set(old), set(), now_ms=NOW_WALL() - 30_000)  # before the last look: not read again
+    recommender.availability.read_to_ms = NOW_WALL() - 10_000
+    generation = recommender.soldout.generation
+    recommender.soldout.refresh_now()
+    assert recommender.availability.rows_read == 0 and recommender.soldout.generation == generation
+    top = served(recommender, "2")[0]
+    soldout.update({top}, set())
+    recommender.soldout.refresh_now()
+    assert recommender.availability.rows_read == 1 and top not in served(recommender, "2")
+
+
 @pytest.mark.parametrize("corrupt", [
     pytest.param(lambda good: good[: len(good) // 2], id="truncated"),
-    pytest.param(lambda good: good.replace(b"\xa6format\x01", b"\xa6format\x09"), id="other-format"),
+    pytest.param(lambda good: good.replace(b"\xa6format\x02", b"\xa6format\x09").replace(
+        b"\xa6compat\x01", b"\xa6compat\x09"), id="a-format-this-code-cannot-read"),
     pytest.param(lambda good: _with(good, popular=np.array([10_000], dtype=np.int32).tobytes()),
                  id="pool-out-of-range"),
     pytest.param(lambda good: _with(good, matrix=np.full(500 * 7, np.nan, dtype=np.float32).tobytes()), id="nan"),
@@ -239,3 +258,29 @@ def test_a_sampled_record_carries_the_scored_vectors_and_candidates_exactly_and_
     old = {"vectors_f32": __import__("base64").b64encode(X.astype("<f4").tobytes()).decode(),
            "vectors_shape": [320, 24], "candidates": ["a"]}
     assert np.array_equal(decode_vectors(old), X) and decode_candidates(old) == ["a"]  # earlier records still read
+
+
+def test_an_old_reader_keeps_reading_while_the_writer_moves_to_a_new_format():
+    """Format 1 readers (edge replicas of the previous release) refuse any other format; the
+    snapshot job writes format 1 under the pointer's key as long as LEGACY_FORMATS says so,
+    and format 2 under ``formats``, which new readers follow."""
+    from personalize.adapters.rowstore import MemoryRowStore
+    from personalize.serving import snapshot_job
+
+    artifacts = MemoryArtifacts()
+    snapshot_job.publish(MemoryRowStore(limits=None), artifacts, clock=lambda: NOW / 1000)
+    pointer = artifacts.pointer_if_changed(None)
+    old = pointer.doc["key"]
+    assert old.endswith("v1.msgpack") and pointer.doc["formats"]["2"]["key"].endswith("v2.msgpack")
+    import msgpack
+
+    def previous_release_reads(data: bytes) -> bool:  # its decode: ``doc.get("format") != FORMAT (1)``: refused
+        return msgpack.unpackb(data, raw=False).get("format") == 1
+
+    assert previous_release_reads(artifacts.get(old))
+    assert not previous_release_reads(artifacts.get(pointer.doc["formats"]["2"]["key"]))
+    assert snapshots.ItemSnapshot.decode(artifacts.get(old)).version == str(NOW)  # this release reads both
+    recommender = Recommender(MemoryUserStore(), artifacts, MemorySoldOut(), KEY,
+                              lambda user_id: Variant("champion", RANKER, "exp"), log_sample_rate=0)
+    recommender.snapshot.refresh_now()
+    assert recommender.snapshot.value.version == str(NOW) and artifacts.gets >= 1

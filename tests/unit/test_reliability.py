@@ -225,7 +225,7 @@ def test_a_stock_event_with_a_user_id_reaches_the_item_and_the_sold_out_list(ing
     result = run(ingestor, Stream().records(stock))
     assert result.failed_seqs == set()
     assert item_view(store).stock == 0
-    assert soldout.read() == {"i1"}
+    assert soldout.items == {"i1"}
     assert user_row(store, "warehouse-bot") is None, "a stock update is no shopper's action"
 
 
@@ -285,13 +285,30 @@ def test_ids_that_collide_in_crc32_both_count(ingestor, store):
 # --- 7. sold-out set, quarantine batches, watermarks ---------------------------------------
 
 
-def test_a_full_sold_out_part_never_stalls_the_shard(store, quarantine):
-    soldout = MemorySoldOut(capacity_per_part=0)
+def test_the_sold_out_log_is_written_only_on_transitions(store, quarantine):
+    """Issue 19: every stock event above zero rewrote the sold-out set (an UpdateItem billed
+    at the whole part, up to 400 units). Now only a transition writes, once per batch."""
+    soldout = MemorySoldOut(limits_model=None)
     ingestor = Ingestor(store, quarantine, clock=lambda: NOW / 1000, soldout=soldout)
+    levels = [50, 49, 48, 0, 0, 7, 6]
+    for n, level in enumerate(levels):
+        run(ingestor, Stream(start=10 + n).records({"event_id": f"s{n}", "type": "stock", "item_id": "i1",
+                                                     "ts": T0 + n, "stock": level}))
+    assert soldout.writes == 2, "sold out, then back in stock: two transitions, two writes"
+    assert soldout.items == set()
+
+
+def test_a_sold_out_log_that_cannot_be_written_holds_back_the_item_rows(store, quarantine):
+    soldout = MemorySoldOut(limits_model=None)
+    ingestor = Ingestor(store, quarantine, clock=lambda: NOW / 1000, soldout=soldout)
+    soldout.fail = True
     stock = {"event_id": "s1", "type": "stock", "item_id": "i1", "ts": T0, "stock": 0}
     result = run(ingestor, Stream().records(stock, ev(2)))
-    assert result.failed_seqs == set() and result.soldout_full == 1
-    assert item_view(store).stock == 0, "the snapshot path still drops it"
+    assert result.failed_seqs, "retried: a row written now would hide the transition from the retry"
+    assert item_view(store) is None or item_view(store).stock is None
+    soldout.fail = False
+    result = run(ingestor, Stream().records(stock, ev(2)))
+    assert result.failed_seqs == set() and soldout.items == {"i1"} and item_view(store).stock == 0
 
 
 def test_quarantine_batches_are_cut_by_bytes_and_huge_records_still_fit():

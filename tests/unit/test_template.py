@@ -288,3 +288,47 @@ def test_edges_may_read_the_signing_key_replica_in_their_region():
     assert grant["Resource"]["Fn::Sub"].endswith("${AWS::StackName}/cookie-signing-key-*")
     secret = template.resources()["SigningKeySecret"]["Properties"]
     assert secret["Name"] == {"Fn::Sub": "${AWS::StackName}/cookie-signing-key"} and secret["ReplicaRegions"]
+
+
+def test_no_lifecycle_rule_can_expire_what_serving_reads():
+    """Issue 19: the rule on snapshots/ expired objects after 2 days; the snapshot a stalled
+    job last published (what cold instances read) would vanish with it (this test failed)."""
+    from personalize.adapters.artifacts import POINTER_KEY
+    from personalize.serving import snapshot_job
+
+    served = [POINTER_KEY, snapshot_job.MEMBERSHIP_KEY, snapshot_job.STATE_KEY,
+              *(snapshot_job.snapshot_key(f) for f in (snapshots_format(), 1))]
+    rules = template.resources()["ArtifactsBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    for rule in rules:
+        prefix = rule.get("Prefix", rule.get("Filter", {}).get("Prefix", ""))
+        if any(key.startswith(prefix) for key in served):
+            assert not {"ExpirationInDays", "ExpirationDate"} & set(rule), rule["Id"]
+            assert rule.get("NoncurrentVersionExpiration"), "replaced versions still go"
+
+
+def snapshots_format() -> int:
+    from personalize.serving import snapshots
+
+    return snapshots.FORMAT
+
+
+def test_an_alarm_fires_when_the_served_snapshot_is_older_than_its_budget():
+    """Issue 19: nothing alarmed on a stale snapshot (this test failed: no such alarm)."""
+    from personalize.serving import snapshot_job
+
+    alarm = template.resources()["SnapshotAgeAlarm"]["Properties"]
+    assert alarm["MetricName"] == "SnapshotAgeSeconds" and alarm["Namespace"] == settings.NAMESPACE
+    assert alarm["TreatMissingData"] == "breaching", "a job that never runs is stale too"
+    assert alarm["Threshold"] + alarm["Period"] * alarm["EvaluationPeriods"] / 2 <= snapshot_job.AGE_BUDGET_S + 60
+    assert alarm["AlarmActions"]
+    handler = (template.ROOT / "functions" / "snapshot" / "app.py").read_text()
+    assert '"SnapshotAgeSeconds"' in handler and "finally:" in handler, "emitted whether the run published or not"
+
+
+def test_the_snapshot_function_may_not_scan_and_its_timeout_holds_the_deadline():
+    from personalize.serving import snapshot_job
+
+    snapshot = template.resources()["SnapshotFunction"]["Properties"]
+    actions = {a for s in snapshot["Policies"][0]["Statement"] for a in s["Action"]}
+    assert "dynamodb:Scan" not in actions
+    assert snapshot["Timeout"] == snapshot_job.TIMEOUT_S > snapshot_job.DEADLINE_RESERVE_S

@@ -41,8 +41,8 @@ DEFAULT_CHAMPION = "ranker-mlp/v3"
 
 # Which variables each function receives (template Environment), by function logical id.
 FUNCTION_RESOURCES = {
-    "CollectFunction": (EVENTS_STREAM, SIGNING_KEY_SECRET, ORIGIN_VERIFY_SECRET),
-    "AggregateFunction": (FEATURES_TABLE, ITEMS_TABLE, QUARANTINE_QUEUE),
+    "CollectFunction": (EVENTS_STREAM, SIGNING_KEY_SECRET, ORIGIN_VERIFY_SECRET, ARTIFACTS_BUCKET),
+    "AggregateFunction": (FEATURES_TABLE, ITEMS_TABLE, QUARANTINE_QUEUE, ARTIFACTS_BUCKET),
     "FeaturesFunction": (FEATURES_TABLE,),
     "SnapshotFunction": (ITEMS_TABLE, ARTIFACTS_BUCKET),
     "RecommendFunction": (FEATURES_TABLE, ARTIFACTS_BUCKET, SIGNING_KEY_SECRET, ORIGIN_VERIFY_SECRET),

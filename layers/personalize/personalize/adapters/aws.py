@@ -71,13 +71,33 @@ def _client(service, region, connect_timeout, read_timeout, identity, attempts=4
     config = _CONFIG.merge(Config(connect_timeout=connect_timeout, read_timeout=read_timeout,
                                   retries={"mode": "standard", "total_max_attempts": attempts}))
     with _lock:  # creating clients from one session is not thread-safe
-        return _session(identity).client(service, region_name=region, config=config)
+        return _hooked(_session(identity).client(service, region_name=region, config=config))
 
 
 def boto3_client(service: str, region: str | None, config: Config):
     """An uncached client with its own config (serving's tight timeouts)."""
     with _lock:
-        return _session(_identity.get()).client(service, region_name=region, config=config)
+        return _hooked(_session(_identity.get()).client(service, region_name=region, config=config))
+
+
+# Called with every client made from now on: how the tests put AWS's limits in front of an
+# in-process moto (infra/local/aws_limits.py). Nothing registers one when deployed.
+_client_hooks: list = []
+
+
+def on_new_client(hook) -> None:
+    _client_hooks.append(hook)
+
+
+def remove_client_hook(hook) -> None:
+    if hook in _client_hooks:
+        _client_hooks.remove(hook)
+
+
+def _hooked(client):
+    for hook in list(_client_hooks):
+        hook(client)
+    return client
 
 
 def reset() -> None:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from botocore.exceptions import BotoCoreError, ClientError
 
 from personalize.adapters import aws
+from personalize.adapters import limits as limits_mod
+from personalize.adapters.limits import DynamoLimits
 from personalize.codec import pack, unpack
 
 Key = tuple[str, str]
@@ -82,7 +84,9 @@ class DeadlineError(ThrottledError):
 
 class RowStore(ABC):
     @abstractmethod
-    def get_many(self, table: str, keys: Iterable[Key]) -> dict[Key, Stored]: ...
+    def get_many(self, table: str, keys: Iterable[Key], consistent: bool = True) -> dict[Key, Stored]:
+        """The rows of ``keys`` that exist; ``consistent=False``: eventually consistent reads
+        (half the read units; a write of the last second may not show)."""
 
     @abstractmethod
     def put(self, table: str, change: Change, expires_at: int) -> None: ...
@@ -92,6 +96,19 @@ class RowStore(ABC):
 
     @abstractmethod
     def scan_prefix(self, table: str, prefix: str) -> Iterable[tuple[Key, Stored]]: ...
+
+    @abstractmethod
+    def query_keys(self, table: str, pk: str) -> list[tuple[Key, Stored]]:
+        """Every row of a partition with its key, in sort-key order."""
+
+    def put_once(self, table: str, key: Key, kind: str, row: dict, expires_at: int) -> bool:
+        """Create a row that is written once and never changed (a batch's journal): False
+        when it exists already (an earlier attempt of the same write landed)."""
+        try:
+            self.put(table, Change(table, key, kind, row, [], 0, [], 0), expires_at)
+        except ConflictError:
+            return False
+        return True
 
     def put_many(self, pairs: list[tuple[str, Change, int]]) -> list[tuple[Change, Exception]]:
         """Write every change; return the ones that failed, with why."""
@@ -141,20 +158,20 @@ class DynamoRowStore(RowStore):
                                       read_timeout=self.read_timeout_s, attempts=self.request_attempts)
         return self._client
 
-    def get_many(self, table: str, keys: Iterable[Key]) -> dict[Key, Stored]:
+    def get_many(self, table: str, keys: Iterable[Key], consistent: bool = True) -> dict[Key, Stored]:
         try:
-            return self._get_many(table, keys)
+            return self._get_many(table, keys, consistent)
         except (ClientError, BotoCoreError) as exc:
             raise RowStoreError(f"{table}: read failed: {exc}") from exc
 
-    def _get_many(self, table: str, keys: Iterable[Key]) -> dict[Key, Stored]:
+    def _get_many(self, table: str, keys: Iterable[Key], consistent: bool = True) -> dict[Key, Stored]:
         name = self.tables[table]
         keys = list(keys)
         out: dict[Key, Stored] = {}
         for start in range(0, len(keys), BATCH_GET_LIMIT):
             request = {name: {
                 "Keys": [{"pk": {"S": pk}, "sk": {"S": sk}} for pk, sk in keys[start:start + BATCH_GET_LIMIT]],
-                "ConsistentRead": True,
+                "ConsistentRead": consistent,
             }}
             for attempt in range(self.max_attempts):
                 response = self._call(self.client.batch_get_item, RequestItems=request)
@@ -225,6 +242,15 @@ class DynamoRowStore(RowStore):
             out.extend(_decode_low(item, self.clock()) for item in page.get("Items", []))
         return out
 
+    def query_keys(self, table: str, pk: str) -> list[tuple[Key, Stored]]:
+        paginator = self.client.get_paginator("query")
+        out = []
+        for page in paginator.paginate(TableName=self.tables[table], KeyConditionExpression="pk = :pk",
+                                       ExpressionAttributeValues={":pk": {"S": pk}}, ConsistentRead=True):
+            out.extend(((item["pk"]["S"], item["sk"]["S"]), _decode_low(item, self.clock()))
+                       for item in page.get("Items", []))
+        return out
+
     def scan_prefix(self, table: str, prefix: str):
         paginator = self.client.get_paginator("scan")
         for page in paginator.paginate(TableName=self.tables[table], FilterExpression="begins_with(pk, :p)",
@@ -287,13 +313,20 @@ def _backoff_s(attempt: int, base: float = 0.02, cap: float = 1.0) -> float:
 def item_size(change: Change, row_bytes: bytes, aux_bytes: bytes, expires_at: int) -> int:
     """The item's size as DynamoDB counts it: attribute names plus values (a number counts
     about one byte per two digits, plus one)."""
+    return stored_size(change.key, len(row_bytes), len(aux_bytes), change.version + 1, expires_at)
+
+
+def stored_size(key: Key, row_len: int, aux_len: int, version: int, expires_at: int) -> int:
     def number(n: int) -> int:
         return len(str(abs(n))) // 2 + 1
 
-    return (len("pk") + len(change.key[0].encode("utf-8", "surrogatepass"))
-            + len("sk") + len(change.key[1].encode("utf-8", "surrogatepass"))
-            + len("row") + len(row_bytes) + len("aux") + len(aux_bytes)
-            + len("v") + number(change.version + 1) + len("expires_at") + number(expires_at))
+    return (len("pk") + len(key[0].encode("utf-8", "surrogatepass"))
+            + len("sk") + len(key[1].encode("utf-8", "surrogatepass"))
+            + len("row") + row_len + len("aux") + aux_len
+            + len("v") + number(version) + len("expires_at") + number(expires_at))
+
+
+_REAL_TIME = object()  # the default limits: AWS's, on the wall clock
 
 
 class MemoryRowStore(RowStore):
@@ -302,38 +335,84 @@ class MemoryRowStore(RowStore):
     As strict as DynamoDB where the callers can tell (the shared contract suite,
     tests/functional/test_adapter_contracts.py, runs it and DynamoRowStore under moto):
     conditional writes, the 400 KB item limit counted as DynamoDB counts it, TTL (an
-    expired row reads as empty and keeps its version), and throttling (``throttle(n)``: the
-    next n requests are refused; DynamoRowStore's retry budget applies)."""
+    expired row reads as empty and keeps its version), per-partition throughput in AWS's
+    unit arithmetic (``limits``: a ``DynamoLimits``, on the wall clock unless given one; a
+    throttled request is retried with DynamoRowStore's backoff, slept on the model's clock,
+    then reported as ``ThrottledError``; None: no throughput limits), and injected
+    throttling (``throttle(n)``: the next n requests are refused)."""
 
-    def __init__(self, clock=time.time, max_attempts: int = 6):
+    def __init__(self, clock=time.time, max_attempts: int = 6, limits=_REAL_TIME):
         self.tables: dict[str, dict[Key, tuple[bytes, bytes, int, int]]] = {}
+        self._partitions: dict[str, dict[str, set[Key]]] = {}  # table -> pk -> keys: a Query reads one
+        self._indexed: dict[str, int] = {}
         self.writes = 0
         self.clock = clock
         self.max_attempts = max_attempts
         self.throttled_requests = 0
+        self.limits = DynamoLimits() if limits is _REAL_TIME else limits
 
     def throttle(self, requests: int) -> None:
         """Refuse the next ``requests`` requests as DynamoDB does when a partition is hot."""
         self.throttled_requests += requests
 
-    def _request(self, what: str) -> None:
-        for _ in range(self.max_attempts):
-            if self.throttled_requests == 0:
+    def _request(self, what: str, table: str | None = None, pk: str | None = None, units: float = 0.0,
+                 write: bool = True) -> None:
+        """One request, retried as DynamoRowStore retries: injected throttles first, then the
+        partition's throughput (its own error, as botocore raises it)."""
+        for attempt in range(self.max_attempts):
+            if self.throttled_requests:
+                self.throttled_requests -= 1
+            elif self.limits is None or pk is None:
                 return
-            self.throttled_requests -= 1
-        raise ThrottledError(f"{what}: throttled after {self.max_attempts} attempts")
+            else:
+                try:
+                    (self.limits.write if write else self.limits.read)(table, pk, units, what)
+                    return
+                except ClientError:
+                    pass
+            if self.limits is not None and attempt < self.max_attempts - 1:
+                self.limits.clock.sleep(random.uniform(0, min(1.0, 0.02 * 2 ** attempt)))
+        raise ThrottledError(f"{table or ''}: {what}: throttled after {self.max_attempts} attempts")
 
     def _stored(self, r: tuple[bytes, bytes, int, int], now_s: float) -> Stored:
         if r[3] < now_s:  # TTL passed, not yet deleted: empty, version kept
             return Stored(None, None, r[2])
         return Stored(unpack(r[0]), unpack(r[1]), r[2])
 
-    def get_many(self, table, keys):
-        keys = list(keys)
-        for _ in range(0, len(keys), BATCH_GET_LIMIT):
-            self._request(f"{table}: BatchGetItem")
-        rows, now = self.tables.get(table, {}), self.clock()
-        return {k: self._stored(r, now) for k in keys if (r := rows.get(k))}
+    @staticmethod
+    def _size(key: Key, r: tuple[bytes, bytes, int, int] | None) -> int:
+        return 0 if r is None else stored_size(key, len(r[0]), len(r[1]), r[2], r[3])
+
+    def get_many(self, table, keys, consistent=True):
+        keys = list(dict.fromkeys(keys))
+        rows, out = self.tables.get(table, {}), {}
+        pending = keys
+        for attempt in range(self.max_attempts):
+            if self.throttled_requests:  # an injected throttle: the whole request comes back unprocessed
+                self.throttled_requests -= 1
+                unprocessed = pending
+            else:
+                unprocessed = []
+                for k in pending:
+                    r = rows.get(k)
+                    if self.limits is not None:
+                        units = limits_mod.read_units(self._size(k, r), consistent)
+                        try:
+                            self.limits.read(table, k[0], units, "BatchGetItem")
+                        except ClientError:
+                            unprocessed.append(k)
+                            continue
+                    if r is not None:
+                        out[k] = r
+            if not unprocessed:
+                break
+            pending = unprocessed
+            if attempt < self.max_attempts - 1 and self.limits is not None:
+                self.limits.clock.sleep(random.uniform(0, min(1.0, 0.02 * 2 ** attempt)))
+        else:
+            raise ThrottledError(f"{table}: keys still unprocessed after {self.max_attempts} attempts")
+        now = self.clock()
+        return {k: self._stored(r, now) for k, r in out.items()}
 
     def get(self, table, key, projection=None):
         found = self.get_many(table, [key]).get(key)
@@ -344,20 +423,50 @@ class MemoryRowStore(RowStore):
         size = item_size(change, row_bytes, aux_bytes, expires_at)
         if size > ITEM_LIMIT_BYTES:  # DynamoDB refuses it before the condition
             raise RowRejectedError(f"ValidationException: item size {size} has exceeded the maximum allowed size")
-        self._request(f"{table}: PutItem")
         rows = self.tables.setdefault(table, {})
+        current = rows.get(change.key)
+        # A PutItem is billed at the larger of the item it replaces and the new one, whether
+        # its condition holds or not.
+        self._request("PutItem", table, change.key[0], limits_mod.write_units(max(size, self._size(change.key,
+                                                                                                    current))))
         current = rows.get(change.key)
         if (current[2] if current else 0) != change.version:
             raise ConflictError(f"{change.key} changed since it was read")
         self.writes += 1
         rows[change.key] = (row_bytes, aux_bytes, change.version + 1, expires_at)
+        if change.version == 0 and table in self._partitions:
+            self._partitions[table].setdefault(change.key[0], set()).add(change.key)
+            self._indexed[table] = self._indexed.get(table, 0) + 1
+
+    def _partition(self, table, pk):
+        """The rows of one partition key (an index kept beside the rows: a Query reads one)."""
+        rows = self.tables.get(table, {})
+        index = self._partitions.get(table)
+        if index is None or self._indexed.get(table) != len(rows):  # rows set from outside: index again
+            index = self._partitions[table] = {}
+            for k in rows:
+                index.setdefault(k[0], set()).add(k)
+            self._indexed[table] = len(rows)
+        return [(k, rows[k]) for k in index.get(pk, ()) if k in rows]
 
     def query(self, table, pk):
+        rows = self._partition(table, pk)
+        self._request("Query", table, pk, limits_mod.read_units(sum(self._size(k, r) for k, r in rows)), write=False)
         now = self.clock()
-        return [self._stored(r, now) for k, r in self.tables.get(table, {}).items() if k[0] == pk]
+        return [self._stored(r, now) for _, r in rows]
+
+    def query_keys(self, table, pk) -> list[tuple[Key, Stored]]:
+        """Like ``query``, with each row's key (the sort key matters to the caller)."""
+        rows = sorted(self._partition(table, pk))
+        self._request("Query", table, pk, limits_mod.read_units(sum(self._size(k, r) for k, r in rows)), write=False)
+        now = self.clock()
+        return [(k, self._stored(r, now)) for k, r in rows]
 
     def scan_prefix(self, table, prefix):
+        """A Scan reads (and bills) every item of the table, whatever the filter keeps."""
         now = self.clock()
         for k, r in list(self.tables.get(table, {}).items()):
+            if self.limits is not None:  # eventually consistent, summed over the page: ~size / 8 KB
+                self.limits.read_usage.add((table, "<scan>"), int(self.limits.clock.now()), self._size(k, r) / 8192)
             if k[0].startswith(prefix):
                 yield k, self._stored(r, now)

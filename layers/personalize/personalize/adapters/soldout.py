@@ -1,16 +1,23 @@
-"""The fast stock-out path: the set of items whose stock is 0 right now, in a few small
-items of the features table.
+"""The fast stock-out path: a log of availability transitions, in small items of the
+features table (a global table: the edge reads its nearest replica).
 
-``aggregate`` adds an item when its stock reaches 0 and removes it on restock (set ADD and
-DELETE: idempotent, so replays are harmless). Serving re-reads it about once a second, from
-the nearest replica, off the request path, and drops those items from every answer without
-waiting for the next minute's snapshot.
+``aggregate`` appends one item per batch that changed something, and only then: an item
+sold out (stock reached 0), back in stock (from 0), delisted or listed again by the shop.
+Items are spread over partition keys by writer and minute (``av#<minute>#<bucket>``), and
+sorted by when they were written (``<write ms>#<writer>``), so a reader asks each partition
+only for what was written since it last looked (a Query on the sort key): serving reads
+what changed, never the whole set. The snapshot (every minute) carries every item's
+availability as of its build; serving applies the log written since on top of it
+(``serving.recommendations.Availability``).
 
-The set is split over ``SHARDS`` items by a hash of the item id (``soldout`` /
-``items#<n>``), read together with one ``BatchGetItem``: about 20,000 sold-out ids fit in
-each part, so 16 hold ~320,000. A part that is full refuses the update
-(``SoldOutFullError``); ``aggregate`` then relies on the snapshot (the stock level is in the
-item rows) instead of stalling its shard on it.
+Why not one set: a set under one partition key is rewritten on every stock event and each
+UpdateItem is billed at the whole item (a 400 KB part: 400 write units), and every serving
+instance reading all its parts each second makes the same partition hot for reads
+(``make bench``: ``limits.soldout_*``).
+
+An entry is ``[item_id, kind, event ts]``; the newest by event time wins per item and kind
+(stock or listing). A writer's retry of the same batch writes the same item again
+(idempotent: it exists already); a later attempt writes a new one, which changes nothing.
 """
 
 from __future__ import annotations
@@ -18,54 +25,88 @@ from __future__ import annotations
 import hashlib
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from personalize.adapters import aws
+from personalize.adapters import aws, limits
+from personalize.codec import pack, unpack
 
-SHARDS = 16
-READ_ATTEMPTS = 3
-SOLDOUT_PK = "soldout"
-
-
-def shard_of(item_id: str) -> int:
-    return hashlib.blake2b(item_id.encode("utf-8", "surrogatepass"), digest_size=2).digest()[0] % SHARDS
-
-
-def shard_key(n: int) -> dict:
-    return {"pk": {"S": SOLDOUT_PK}, "sk": {"S": f"items#{n}"}}
-
-
-ITEM_LIMIT_BYTES = 400 * 1024
+SOLD_OUT, IN_STOCK, DELISTED, LISTED = "s", "r", "d", "l"
+KINDS = (SOLD_OUT, IN_STOCK, DELISTED, LISTED)
+BUCKETS = 4
+# A reader asks again for what was written up to this long before its last look: a write's
+# timestamp is taken before it lands (and replicates), so a late one is never skipped.
+OVERLAP_MS = 5_000
+TTL_S = 86_400
+MINUTE_MS = 60_000
+PK_PREFIX = "av#"
 
 
 class SoldOutError(Exception):
-    """The set could not be read or updated completely (throttled, unreachable): retry."""
+    """The log could not be read or written (throttled, unreachable): retry."""
 
 
-class SoldOutFullError(SoldOutError):
-    """A part of the sold-out set is at DynamoDB's item size limit."""
+def bucket_of(writer: str) -> int:
+    return hashlib.blake2b(writer.encode("utf-8", "surrogatepass"), digest_size=2).digest()[0] % BUCKETS
 
 
-def part_size(n: int, items: set[str]) -> int:
-    """A part's item size as DynamoDB counts it: attribute names plus values."""
-    return (len("pk") + len(SOLDOUT_PK) + len("sk") + len(f"items#{n}") + len("items")
-            + sum(len(i.encode("utf-8", "surrogatepass")) for i in items))
+def partition(minute: int, bucket: int) -> str:
+    return f"{PK_PREFIX}{minute}#{bucket}"
+
+
+def sort_key(written_ms: int, writer: str) -> str:
+    return f"{written_ms:013d}#{writer}"
+
+
+def fold(entries: Iterable[list], state: dict[tuple[str, str], tuple[int, str]] | None = None
+         ) -> dict[tuple[str, str], tuple[int, str]]:
+    """(item, "stock" | "listing") -> (event ts, kind) of the newest entry."""
+    state = {} if state is None else state
+    for item, kind, ts in entries:
+        topic = "stock" if kind in (SOLD_OUT, IN_STOCK) else "listing"
+        current = state.get((item, topic))
+        if current is None or (ts, kind) >= current:
+            state[(item, topic)] = (ts, kind)
+    return state
+
+
+def unavailable(state: dict[tuple[str, str], tuple[int, str]]) -> set[str]:
+    return {item for (item, _), (_, kind) in state.items() if kind in (SOLD_OUT, DELISTED)}
 
 
 class SoldOut(ABC):
-    @abstractmethod
-    def update(self, sold_out: set[str], restocked: set[str]) -> None: ...
+    """The availability log: ``append`` (aggregate), ``read_since`` (serving)."""
 
     @abstractmethod
-    def read(self) -> set[str]: ...
+    def append(self, entries: list[list], writer: str, now_ms: int) -> None:
+        """Write one batch's transitions (raises SoldOutError: the batch is retried)."""
+
+    @abstractmethod
+    def read_since(self, since_ms: int, now_ms: int) -> list[tuple[str, list[list]]]:
+        """(sort key, entries) of every item written from ``since_ms`` to ``now_ms``, in
+        sort-key order per partition."""
+
+    # Conveniences for tests, the demo and operators.
+    def update(self, sold_out: set[str], restocked: set[str], now_ms: int | None = None, writer: str = "manual"):
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        entries = [[i, SOLD_OUT, now_ms] for i in sorted(sold_out)] + [[i, IN_STOCK, now_ms] for i in sorted(restocked)]
+        if entries:
+            self.append(entries, writer, now_ms)
+
+    def read(self, since_ms: int | None = None, now_ms: int | None = None) -> set[str]:
+        """The items the log says are unavailable, from what was written since ``since_ms``
+        (default: the last 10 minutes)."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        since_ms = now_ms - 10 * MINUTE_MS if since_ms is None else since_ms
+        state: dict = {}
+        for _, entries in self.read_since(since_ms, now_ms):
+            fold(entries, state)
+        return unavailable(state)
 
 
-def _split(items: set[str]) -> dict[int, set[str]]:
-    out: dict[int, set[str]] = {}
-    for item in items:
-        out.setdefault(shard_of(item), set()).add(item)
-    return out
+def _minutes(since_ms: int, now_ms: int) -> range:
+    return range(since_ms // MINUTE_MS, max(since_ms, now_ms) // MINUTE_MS + 1)
 
 
 class DynamoSoldOut(SoldOut):
@@ -80,92 +121,113 @@ class DynamoSoldOut(SoldOut):
     @property
     def client(self):
         if self._client is None:
-            self._client = aws.client("dynamodb", self.region)
+            self._client = aws.client("dynamodb", self.region, read_timeout=2.0, attempts=2)
         return self._client
 
-    def update(self, sold_out: set[str], restocked: set[str]) -> None:
-        # Two updates per part: DynamoDB refuses ADD and DELETE on one attribute in one expression.
-        # Restocks first: they free room in a part.
-        full = None
-        for verb, items in (("DELETE", restocked), ("ADD", sold_out)):
-            for n, part in sorted(_split(items).items()):
-                try:
-                    self.client.update_item(TableName=self.table_name, Key=shard_key(n),
-                                            UpdateExpression=f"{verb} #i :s", ExpressionAttributeNames={"#i": "items"},
-                                            ExpressionAttributeValues={":s": {"SS": sorted(part)}})
-                except ClientError as exc:
-                    if aws.error_code(exc) != "ValidationException":
-                        raise SoldOutError(f"sold-out part {n}: {exc}") from exc
-                    full = SoldOutFullError(f"sold-out part {n}: {exc}")
-                except BotoCoreError as exc:
-                    raise SoldOutError(f"sold-out part {n}: {exc}") from exc
-        if full is not None:
-            raise full
-
-    def read(self) -> set[str]:
-        """One BatchGetItem for every part (unprocessed keys are read again). Never a part
-        of the set: a caller that got one would serve the missing parts' items."""
-        request = {self.table_name: {"Keys": [shard_key(n) for n in range(SHARDS)]}}
-        out: set[str] = set()
+    def append(self, entries, writer, now_ms):
+        if not entries:
+            return
+        minute = now_ms // MINUTE_MS
+        item = {"pk": {"S": partition(minute, bucket_of(writer))}, "sk": {"S": sort_key(now_ms, writer)},
+                "e": {"B": pack(entries)}, "expires_at": {"N": str(now_ms // 1000 + TTL_S)}}
         try:
-            for _ in range(READ_ATTEMPTS):
-                response = self.client.batch_get_item(RequestItems=request)
-                for item in response.get("Responses", {}).get(self.table_name, []):
-                    out.update(item.get("items", {}).get("SS", []))
-                request = response.get("UnprocessedKeys") or {}
-                if not request:
-                    return out
+            self.client.put_item(TableName=self.table_name, Item=item, ConditionExpression="attribute_not_exists(pk)")
+        except ClientError as exc:
+            if aws.error_code(exc) == "ConditionalCheckFailedException":
+                return  # this very write landed before (a retry): nothing to add
+            raise SoldOutError(f"availability log: {exc}") from exc
+        except BotoCoreError as exc:
+            raise SoldOutError(f"availability log: {exc}") from exc
+
+    def read_since(self, since_ms, now_ms):
+        out = []
+        try:
+            for minute in _minutes(since_ms, now_ms):
+                for bucket in range(BUCKETS):
+                    kwargs = {"TableName": self.table_name, "KeyConditionExpression": "pk = :p AND sk > :s",
+                              "ExpressionAttributeValues": {":p": {"S": partition(minute, bucket)},
+                                                            ":s": {"S": f"{since_ms:013d}"}}}
+                    while True:
+                        page = self.client.query(**kwargs)
+                        out.extend((item["sk"]["S"], unpack(item["e"]["B"])) for item in page.get("Items", []))
+                        if not page.get("LastEvaluatedKey"):
+                            break
+                        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
         except (ClientError, BotoCoreError) as exc:
-            raise SoldOutError(f"sold-out set unreadable: {exc}") from exc
-        unread = len(request[self.table_name]["Keys"])
-        raise SoldOutError(f"{unread} of {SHARDS} sold-out parts still unprocessed after {READ_ATTEMPTS} attempts")
+            raise SoldOutError(f"availability log unreadable: {exc}") from exc
+        return out
+
+
+_REAL_TIME = object()
 
 
 class MemorySoldOut(SoldOut):
     """The same contract in memory, as strict as DynamoDB (tests/functional/
-    test_adapter_contracts.py runs both): a part refuses an update that would take it past
-    the item size limit (the whole update of that part, as one UpdateItem), other parts
-    still change; ``throttle(n)`` refuses the next n requests. ``capacity_per_part`` (ids)
-    makes a part fill up sooner, for tests."""
+    test_adapter_contracts.py runs both): per-partition throughput in AWS's units
+    (``limits``: a ``DynamoLimits``; writes billed per KB, reads as eventually consistent
+    Queries), ``throttle(n)`` refuses the next n requests, ``fail`` every one."""
 
-    def __init__(self, capacity_per_part: int | None = None):
-        self.items: set[str] = set()
-        self.reads = 0
-        self.updated_at = time.monotonic()
-        self.capacity_per_part = capacity_per_part
+    table = "features"
+
+    def __init__(self, limits_model=_REAL_TIME):
+        self.partitions: dict[str, dict[str, bytes]] = {}
+        self.limits = limits.DynamoLimits() if limits_model is _REAL_TIME else limits_model
         self.throttled_requests = 0
+        self.fail = False
+        self.reads = 0  # Query requests
+        self.writes = 0
 
     def throttle(self, requests: int) -> None:
         self.throttled_requests += requests
 
     def _request(self, what: str) -> None:
+        if self.fail:
+            raise SoldOutError(f"{what}: unreachable")
         if self.throttled_requests:
             self.throttled_requests -= 1
             raise SoldOutError(f"{what}: throttled")
 
-    def update(self, sold_out, restocked):
-        full = None
-        for verb, items in (("DELETE", restocked), ("ADD", sold_out)):
-            for n, part in sorted(_split(items).items()):
-                self._request(f"sold-out part {n}: {verb}")
-                if verb == "DELETE":
-                    self.items -= part
-                    continue
-                now = {i for i in self.items if shard_of(i) == n} | part
-                if part_size(n, now) > ITEM_LIMIT_BYTES or (
-                        self.capacity_per_part is not None and len(now) > self.capacity_per_part):
-                    full = SoldOutFullError(f"sold-out part {n}: item size limit")
-                    continue
-                self.items |= part
-        if full is not None:
-            raise full
+    def append(self, entries, writer, now_ms):
+        if not entries:
+            return
+        self._request("PutItem")
+        pk, sk = partition(now_ms // MINUTE_MS, bucket_of(writer)), sort_key(now_ms, writer)
+        data = pack(entries)
+        if self.limits is not None:
+            try:
+                self.limits.write(self.table, pk, limits.write_units(_size(pk, sk, data)), "PutItem")
+            except ClientError as exc:
+                raise SoldOutError(f"availability log: {exc}") from exc
+        self.writes += 1
+        self.partitions.setdefault(pk, {}).setdefault(sk, data)
 
-    def read(self):
-        for _ in range(READ_ATTEMPTS):  # DynamoSoldOut reads unprocessed parts again
-            if not self.throttled_requests:
-                break
-            self.throttled_requests -= 1
-        else:
-            raise SoldOutError(f"sold-out parts still unprocessed after {READ_ATTEMPTS} attempts")
-        self.reads += 1
-        return set(self.items)
+    def read_since(self, since_ms, now_ms):
+        out = []
+        floor = f"{since_ms:013d}"
+        for minute in _minutes(since_ms, now_ms):
+            for bucket in range(BUCKETS):
+                self._request("Query")
+                pk = partition(minute, bucket)
+                rows = sorted((sk, data) for sk, data in self.partitions.get(pk, {}).items() if sk > floor)
+                if self.limits is not None:
+                    size = sum(_size(pk, sk, data) for sk, data in rows)
+                    try:
+                        self.limits.read(self.table, pk, limits.read_units(size, consistent=False), "Query")
+                    except ClientError as exc:
+                        raise SoldOutError(f"availability log unreadable: {exc}") from exc
+                self.reads += 1
+                out.extend((sk, unpack(data)) for sk, data in rows)
+        return out
+
+    @property
+    def items(self) -> set[str]:
+        """Every item the whole log says is unavailable now (tests)."""
+        state: dict = {}
+        for rows in self.partitions.values():
+            for _, data in sorted(rows.items()):
+                fold(unpack(data), state)
+        return unavailable(state)
+
+
+def _size(pk: str, sk: str, data: bytes) -> int:
+    return 2 + len(pk) + 2 + len(sk) + 1 + len(data) + 10 + 6

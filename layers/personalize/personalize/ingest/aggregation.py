@@ -34,13 +34,14 @@ Exactly once in effect:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from personalize import keys
 from personalize.adapters.rowstore import ITEMS, USERS, Change, Stored  # noqa: F401 - re-exported
 from personalize.codec import pack
-from personalize.ingest import entities, windows
-from personalize.ingest.events import MEASURE_INDEX, Event
+from personalize.ingest import catalogue, entities, windows
+from personalize.ingest.events import ITEM_TYPES, MEASURE_INDEX, Event
 
 # DynamoDB refuses items over 400 KB (names and values); the guard keeps a margin.
 MAX_ROW_BYTES = 350_000
@@ -84,8 +85,16 @@ class BatchStats:
     # the window (or the identity is a bot, or unknown).
     not_credited: int = 0
     # Items with stock events in this batch -> their stock level after it (applied now or
-    # by an earlier delivery), for the sold-out list.
+    # by an earlier delivery), and before it (this shard's row as loaded): the sold-out
+    # transitions (``journal.availability_entries``).
     stock_levels: dict[str, int] = field(default_factory=dict)
+    stock_before: dict[str, int | None] = field(default_factory=dict)
+    stock_ts: dict[str, int] = field(default_factory=dict)
+    # The catalogue (``catalogue``): listing changes of this batch, item -> (listed, ts,
+    # event key), the newest per item; items the shop's backend spoke about (published).
+    listings: dict[str, tuple[bool, int, int]] = field(default_factory=dict)
+    published: dict[str, int] = field(default_factory=dict)  # item -> newest event time
+    unlisted: int = 0  # public events about items the shop has not published: counted nowhere
     # Records that could not be applied (sequence number -> why): aggregate again without them.
     poison: dict[int, str] = field(default_factory=dict)
 
@@ -126,7 +135,7 @@ def rows_needed(records: list[StreamRecord], shard: str, source: str | None = No
     items: set[tuple[str, str]] = set()
     for r in records:  # ids first, each key formatted once per batch
         e = r.event
-        if e.type == "stock":  # the item's row, whatever else it carries
+        if e.type in ITEM_TYPES:  # the item's row, whatever else it carries
             if e.item_id is not None:
                 item_ids.add(e.item_id)
             continue
@@ -207,15 +216,22 @@ def aggregate_batch(
     source: str | None = None,
     holes: list[tuple[int, int]] = (),
     replay: tuple[int, int] | None = None,
+    listed: Callable[[str], bool] | None = None,
 ) -> tuple[list[Change], BatchStats]:
     """Apply a batch (records in sequence order, late ones included) to the loaded rows.
 
     ``shard`` names the per-shard item and variant rows; ``source`` (stream and shard,
     ``keys.source_key``; default: the shard) keys the watermarks. If ``stats.poison`` is not
     empty, the changes must not be written: drop those records, reload, aggregate again.
+    ``listed``: whether the shop has published an item (``catalogue.Membership``); when
+    given, events that came by the public route about any other item count for nothing
+    (``stats.unlisted``); the batch's own catalogue events and the items the shop's backend
+    speaks about in it count as published (``catalogue.batch_listing``).
     """
     batch = _Batch(shard, source or shard, loaded, replay)
-    routed = _route(records)
+    if listed is not None or any(r.event.from_server for r in records):
+        listed = catalogue.batch_listing(records, listed, batch.stats)
+    routed = _route(records, listed, batch.stats)
     batch.stats.events, batch.stats.late = len(records), routed.late
     accepted = _count_shoppers(batch, routed.by_user)
     accepted += _count_anonymous(batch, routed.anonymous)
@@ -224,9 +240,11 @@ def aggregate_batch(
     return _changes(batch, holes, now_ms, routed.newest_arrival), batch.stats
 
 
-def _route(records: list[StreamRecord]) -> _Routed:
-    """Stock: the item's row, whatever else it carries; a shopper's event: the shopper's row
-    and then the items; no shopper: item-level aggregates only (after its dedupe row)."""
+def _route(records: list[StreamRecord], listed: Callable[[str], bool] | None = None,
+           stats: BatchStats | None = None) -> _Routed:
+    """Stock and catalogue: the item's row, whatever else they carry; a shopper's event: the
+    shopper's row and then the items; no shopper: item-level aggregates only (after its
+    dedupe row). A public event about an item the shop has not published: nowhere."""
     routed = _Routed()
     by_user, stock, anonymous = routed.by_user, routed.stock, routed.anonymous
     newest_arrival = late = 0
@@ -235,9 +253,13 @@ def _route(records: list[StreamRecord]) -> _Routed:
         arrival = r.arrival_ms
         if arrival > newest_arrival:
             newest_arrival = arrival
+        if listed is not None and e.item_id is not None and e.type in MEASURE_INDEX and not e.from_server \
+                and not listed(e.item_id):
+            stats.unlisted += 1
+            continue
         if arrival - e.ts >= LATE_MS:
             late += 1  # left out of the windows only (see the module's docstring)
-        if e.type == "stock":
+        if e.type in ITEM_TYPES:
             stock.append(r)
         elif e.user_id is not None:
             user_records = by_user.get(e.user_id)
@@ -334,7 +356,12 @@ def _count_anonymous(batch: _Batch, records: list[StreamRecord]) -> list[_Accept
                 stats.duplicates += 1
                 continue
             if verdict == entities.NEW:
-                _touch(dedupe, r)
+                # As _touch, but the row's horizon (its TTL, ``expires_at``) runs on arrival,
+                # the server's clock, never on the client's event time.
+                dedupe.seqs.append(r.seq)
+                dedupe.changed = True
+                if r.arrival_ms > dedupe.last_ts:
+                    dedupe.last_ts = r.arrival_ms
             stats.anonymous += 1
             e = r.event
             granted = 0
@@ -351,17 +378,23 @@ def _count_anonymous(batch: _Batch, records: list[StreamRecord]) -> list[_Accept
 
 
 def _apply_stock(batch: _Batch, records: list[StreamRecord]) -> None:
-    """Stock levels are idempotent (the newest by event time wins): no dedupe needed."""
+    """Stock levels and catalogue details are idempotent (the newest by event time wins): no
+    dedupe needed."""
     stats = batch.stats
     for r in records:
         try:
-            item = batch.item(r.event.item_id)
+            item_id = r.event.item_id
+            item = batch.item(item_id)
+            if r.event.type == "stock" and item_id not in stats.stock_before:
+                stats.stock_before[item_id] = item.row.stock[0] if item.row.stock else None
             if item.applied(r.seq):
                 stats.already_applied += 1
             else:
                 entities.apply_item_event(item.row, r.event, r.event_key)
                 _touch(item, r)
-            stats.stock_levels[r.event.item_id] = item.row.stock[0] if item.row.stock else r.event.stock
+            if r.event.type == "stock":
+                stats.stock_levels[item_id] = item.row.stock[0] if item.row.stock else r.event.stock
+                stats.stock_ts[item_id] = item.row.stock[1] if item.row.stock else r.event.ts
         except Exception as exc:  # noqa: BLE001
             _poison(stats, r, exc)
 

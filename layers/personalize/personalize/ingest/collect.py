@@ -42,7 +42,19 @@ from dataclasses import dataclass
 from personalize.adapters.stream import EventStream
 from personalize.identity import KeyRing, verify_rec_id
 from personalize.ingest import actors
-from personalize.ingest.events import EventError, country_code, loads, parse_event, partition_key
+from personalize.ingest.catalogue import MembershipCache, artifacts_loader
+from personalize.ingest.catalogue import refresh_s as catalogue_refresh_s
+from personalize.ingest.coalesce import StockGate, newest_stock_events
+from personalize.ingest.events import (
+    ITEM_TYPES,
+    PUBLIC_ROUTE,
+    SERVER_ROUTE,
+    EventError,
+    country_code,
+    loads,
+    parse_event,
+    partition_key,
+)
 from personalize.ingest.origins import OriginPolicy
 
 log = logging.getLogger(__name__)
@@ -75,9 +87,13 @@ class CollectResult:
     accepted: int
     rejected: list[dict]
     attributed: int = 0
+    coalesced: int = 0  # stock updates superseded before the stream (``coalesce``): not to be retried
 
     def to_body(self) -> dict:
-        return {"accepted": self.accepted, "rejected": self.rejected}
+        body = {"accepted": self.accepted, "rejected": self.rejected}
+        if self.coalesced:
+            body["coalesced"] = self.coalesced
+        return body
 
 
 def parse_body(body: str | bytes | None) -> list:
@@ -108,12 +124,13 @@ def parse_body(body: str | bytes | None) -> list:
 
 
 def _as_public(obj: object, shopper: str | None) -> object:
-    """The event as the public route lets it through: the cookie's shopper, no stock."""
+    """The event as the public route lets it through: the cookie's shopper, no stock, no
+    catalogue."""
     if type(obj) is not dict:
         return obj
     kind = obj.get("type")
-    if kind == "stock":
-        raise EventError("stock events come only from the shop's backend (POST /server/events)")
+    if kind in ITEM_TYPES:
+        raise EventError(f"{kind} events come only from the shop's backend (POST /server/events)")
     if isinstance(kind, str) and kind not in PUBLIC_TYPES:
         return obj  # parse_event names the allowed types
     claimed = obj.get("user_id")
@@ -137,16 +154,29 @@ def _attributable(event, public: bool) -> bool:
     return not (public and event.type == "purchase")
 
 
+UNPUBLISHED = "is not in the shop's catalogue (unknown or delisted): the shop publishes its items"
+
+
+def _check_published(event, catalogue) -> None:
+    """Public events only about items the shop has published (DESIGN 3.1)."""
+    if event.item_id is not None and event.item_id not in catalogue:
+        raise EventError(f"item_id {UNPUBLISHED}")
+    for item in event.items:
+        if item not in catalogue:
+            raise EventError(f"items holds an item that {UNPUBLISHED}")
+
+
 def collect(events: list, stream: EventStream, now_ms: int, viewer_country: str | None = None, *,
             route: str = SERVER, shopper: str | None = None, keys: Iterable[str] = (), actor: str | None = None,
-            automated: bool = False) -> CollectResult:
+            automated: bool = False, catalogue=None, gate: StockGate | None = None) -> CollectResult:
     """Validate each event for ``route``, attribute it through its rec_id, write the valid
     ones. ``shopper``: the verified cookie's user (public route); ``keys``: the signing
     keys that verify rec_ids (current, previous); ``actor``: the anonymous identity (public
-    route, no shopper); ``automated``: a bot's request (counts for nothing shared)."""
+    route, no shopper); ``automated``: a bot's request (counts for nothing shared);
+    ``catalogue``: the published items (``catalogue.Membership``; public route; None:
+    unknown, aggregate checks); ``gate``: coalesces stock updates (server route, ``coalesce``)."""
     rejected: list[dict] = []
-    records: list[tuple[str, bytes]] = []
-    indexes: list[int] = []
+    valid: list[tuple[int, object]] = []
     keys = tuple(keys)
     country = country_code(viewer_country)
     public = route == PUBLIC
@@ -166,8 +196,22 @@ def collect(events: list, stream: EventStream, now_ms: int, viewer_country: str 
             elif country and type(obj) is dict and obj.get("country") is None:
                 obj = {**obj, "country": country}
             event = parse_event(obj, now_ms, anonymous_ok=public)
+            if public and catalogue is not None:
+                _check_published(event, catalogue)
         except EventError as exc:
             rejected.append({"index": index, "error": str(exc)})
+            continue
+        event.route = PUBLIC_ROUTE if public else SERVER_ROUTE  # the route's word, never the body's
+        valid.append((index, event))
+    superseded = set() if public else newest_stock_events(
+        [{"type": e.type, "item_id": e.item_id, "ts": e.ts, "event_id": e.event_id} for _, e in valid])
+    records: list[tuple[str, bytes]] = []
+    indexes: list[int] = []
+    coalesced = 0
+    for position, (index, event) in enumerate(valid):
+        if event.type == "stock" and (position in superseded or (
+                gate is not None and not gate.admit(event.item_id, event.stock, now_ms))):
+            coalesced += 1
             continue
         served = verify_rec_id(event.rec_id, event.user_id, keys, now_ms / 1000) if _attributable(event, public) \
             else None
@@ -194,7 +238,7 @@ def collect(events: list, stream: EventStream, now_ms: int, viewer_country: str 
             else:
                 rejected.append({"index": index, "error": f"not stored ({error}); retry later"})
         rejected.sort(key=lambda r: r["index"])
-    return CollectResult(accepted, rejected, attributed)
+    return CollectResult(accepted, rejected, attributed, coalesced)
 
 
 @dataclass(frozen=True)
@@ -247,13 +291,17 @@ class Collector:
 
     def __init__(self, stream: EventStream, signing: KeyRing, origin: KeyRing | None,
                  clock: Callable[[], float] = time.time, origins: OriginPolicy | None = None,
-                 limiter: actors.RateLimiter | None = None):
+                 limiter: actors.RateLimiter | None = None, catalogue: MembershipCache | None = None,
+                 gate: StockGate | None = None):
         self.stream = stream
         self.signing = signing
         self.origin = origin  # None: no CDN in front (never in a deployed stack)
         self.clock = clock
         self.origins = origins  # None: no Origin check (unit tests of other rules)
         self.limiter = limiter if limiter is not None else actors.RateLimiter()
+        # The published items (None: not checked here; aggregate checks whatever it can).
+        self.catalogue = catalogue
+        self.gate = gate if gate is not None else StockGate()
 
     def handle(self, request: Request, now_ms: int | None = None) -> tuple[int, dict, CollectResult | Refused]:
         """(status, body, what was collected, or why the request was refused as a whole)."""
@@ -291,9 +339,11 @@ class Collector:
             if wait:
                 return 429, {"message": f"more events than one shopper sends ({actors.EVENTS_PER_S:g}/s); "
                                         f"retry after {wait} s", "retry_after_s": wait}, OVER_RATE
+        membership = self.catalogue.get() if self.catalogue is not None and public else None
         try:
             result = collect(events, self.stream, now_ms, request.viewer_country, route=request.route,
-                             shopper=shopper, keys=keys, actor=actor, automated=automated)
+                             shopper=shopper, keys=keys, actor=actor, automated=automated,
+                             catalogue=membership, gate=self.gate)
         except StreamUnavailableError as exc:
             log.error("events stream unavailable: %s", exc)
             return 503, {"message": "the events stream is unavailable; retry (events are deduplicated by event_id)",
@@ -306,12 +356,16 @@ def build_collector() -> Collector:
     import os
 
     from personalize import settings
+    from personalize.adapters.artifacts import S3Artifacts
     from personalize.adapters.secrets import SecretVersions
     from personalize.adapters.stream import KinesisEventStream
 
-    config = settings.load(settings.EVENTS_STREAM, settings.SIGNING_KEY_SECRET, settings.ORIGIN_VERIFY_SECRET)
+    config = settings.load(settings.EVENTS_STREAM, settings.SIGNING_KEY_SECRET, settings.ORIGIN_VERIFY_SECRET,
+                           settings.ARTIFACTS_BUCKET)
     region = os.environ.get("AWS_REGION")
     signing = KeyRing(SecretVersions(config[settings.SIGNING_KEY_SECRET], region).load)
     origin = KeyRing(SecretVersions(config[settings.ORIGIN_VERIFY_SECRET], region).load)
+    catalogue = MembershipCache(artifacts_loader(S3Artifacts(config[settings.ARTIFACTS_BUCKET], region)),
+                                refresh_s=catalogue_refresh_s())
     return Collector(KinesisEventStream(config[settings.EVENTS_STREAM]), signing, origin,
-                     origins=OriginPolicy.from_env())
+                     origins=OriginPolicy.from_env(), catalogue=catalogue)

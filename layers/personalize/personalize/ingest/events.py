@@ -11,7 +11,13 @@ import math
 import re
 from dataclasses import dataclass
 
-EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "stock", "impression")
+EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "stock", "impression", "catalogue")
+# Types about the item itself, from the shop's backend only: keyed by item on the stream
+# (one writer per item: sold-out transitions and listing changes are decided in order).
+ITEM_TYPES = ("stock", "catalogue")
+# Which route an event came by, as ``collect`` writes it on the stream (never a client's word).
+SERVER_ROUTE = "server"
+PUBLIC_ROUTE = "public"
 # Events that count as an interaction with an item, in the order of the measures kept in
 # every tile: views, clicks, add-to-carts, purchases.
 MEASURES = ("views", "clicks", "add_to_carts", "purchases")
@@ -20,6 +26,7 @@ MEASURE_INDEX = {"view": 0, "click": 1, "add_to_cart": 2, "purchase": 3}
 MAX_ID_CHARS = 128
 MAX_EVENT_ID_CHARS = 64
 MAX_TAG_CHARS = 128
+MAX_NAME_CHARS = 256
 MAX_IMPRESSION_ITEMS = 100
 MAX_ACTOR_CHARS = 64
 # Bounds of DESIGN 3.1, in one place: both HTTP routes and aggregate's record decoder use them.
@@ -72,11 +79,21 @@ class Event:
     # shared scores count (``ingest.actors``), and an automated client's mark.
     actor: str | None = None
     bot: bool = False
+    route: str | None = None  # SERVER_ROUTE or PUBLIC_ROUTE: set by collect, read from the stream
+    listed: bool | None = None  # catalogue: published (True) or delisted (False)
+    department: str | None = None  # catalogue
+    name: str | None = None  # catalogue
+
+    @property
+    def from_server(self) -> bool:
+        """Came by the shop's backend (``POST /server/events``): speaks for the catalogue."""
+        return self.route == SERVER_ROUTE
 
     def to_dict(self) -> dict:
         """The contract form, without fields that are unset."""
         out = {"event_id": self.event_id, "type": self.type, "ts": self.ts}
-        for name in ("user_id", "item_id", "category", "country", "price", "stock", "rec_id", "variant"):
+        for name in ("user_id", "item_id", "category", "country", "price", "stock", "rec_id", "variant", "route",
+                     "listed", "department", "name"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
@@ -193,7 +210,7 @@ def parse_event(obj: object, now_ms: int | None = None, anonymous_ok: bool = Fal
             and event_id.isascii() and event_id.isprintable()):
         event_id = _string(obj, "event_id", MAX_EVENT_ID_CHARS, True)
     kind = get("type")
-    if type(kind) is not str or (kind not in MEASURE_INDEX and kind not in ("stock", "impression")):
+    if type(kind) is not str or (kind not in MEASURE_INDEX and kind not in ("stock", "impression", "catalogue")):
         raise EventError(f"type must be one of {', '.join(EVENT_TYPES)}")
     ts = get("ts")
     if type(ts) is not int or not MIN_TS_MS <= ts <= MAX_TS_MS:
@@ -210,7 +227,7 @@ def parse_event(obj: object, now_ms: int | None = None, anonymous_ok: bool = Fal
     user_id = get("user_id")
     if not (type(user_id) is str and 0 < len(user_id) <= MAX_ID_CHARS
             and user_id.isascii() and user_id.isprintable()):
-        user_id = _string(obj, "user_id", MAX_ID_CHARS, kind != "stock" and not anonymous_ok)
+        user_id = _string(obj, "user_id", MAX_ID_CHARS, kind not in ITEM_TYPES and not anonymous_ok)
     item_id = get("item_id")
     if not (type(item_id) is str and 0 < len(item_id) <= MAX_ID_CHARS
             and item_id.isascii() and item_id.isprintable()):
@@ -245,6 +262,16 @@ def parse_event(obj: object, now_ms: int | None = None, anonymous_ok: bool = Fal
     if variant is not None:
         event.variant = variant if _plain_text(variant, MAX_TAG_CHARS) else clean_text(
             variant, "variant", MAX_TAG_CHARS)
+    if kind == "catalogue":
+        listed = get("listed")
+        if type(listed) is not bool:
+            raise EventError("listed (true or false) is required for catalogue events")
+        event.listed = listed
+        event.department = _string(obj, "department", MAX_TAG_CHARS, False)
+        event.name = _string(obj, "name", MAX_NAME_CHARS, False)
+    route = get("route")
+    if route is not None:
+        event.route = route if route in (SERVER_ROUTE, PUBLIC_ROUTE) else None
     if kind == "impression":
         items = get("items")
         if type(items) is not list or not items:
@@ -267,12 +294,20 @@ def parse_event(obj: object, now_ms: int | None = None, anonymous_ok: bool = Fal
 
 
 def partition_key(event: Event) -> str:
-    """Kinesis partition key: the shopper, so that one shopper's events stay in order on
-    one shard (an anonymous identity's too: its credits have one writer, and a viral item's
-    anonymous traffic spreads over the shards); stock and the rest go by item (or event id)."""
-    if event.type != "stock":
-        if event.user_id is not None:
-            return event.user_id
-        if event.actor is not None:
-            return event.actor
-    return event.item_id or event.event_id
+    """Kinesis partition key (a shard takes 1,000 records/s):
+
+    * a shopper's events: the shopper, so that they stay in order on one shard;
+    * ``stock`` and ``catalogue``: the item, so that one shard decides its sold-out and
+      listing transitions in order (stock updates are coalesced before, ``collect``);
+    * anonymous events: the anonymous identity (``actor``): its credits have one writer, a
+      client's resend reaches the same shard and dedupe row as the original, and a viral
+      item's flash sale spreads over the shards with its many shoppers (one identity's own
+      rate is bounded by collect's 429); without an actor (the server route), the event id.
+    """
+    if event.type in ITEM_TYPES:
+        return event.item_id or event.event_id
+    if event.user_id is not None:
+        return event.user_id
+    if event.actor is not None:
+        return event.actor
+    return event.event_id

@@ -23,10 +23,14 @@ What happens to a record, whatever goes wrong:
 Retries stop at a deadline inside the invocation's timeout (``run(deadline=...)``, the row
 store's ``deadline``): what is not written by then is reported as batch item failures, not
 lost to a timeout of the whole invocation.
+
+Before the batch's item rows, its journal and availability entries (``journal``): if either
+cannot be written, no item row is and the batch is retried.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,13 +38,16 @@ from dataclasses import dataclass, field
 from personalize import keys
 from personalize.adapters.quarantine import Quarantine
 from personalize.adapters.rowstore import ITEMS, USERS, Change, RowStore
-from personalize.adapters.soldout import SoldOut, SoldOutFullError
+from personalize.adapters.soldout import SoldOut
 from personalize.adapters.stream import StreamReader
-from personalize.ingest import _fastjson
+from personalize.ingest import _fastjson, journal
 from personalize.ingest.aggregation import StreamRecord, aggregate_batch, rows_needed
+from personalize.ingest.catalogue import MembershipCache
 from personalize.ingest.events import parse_event
 from personalize.ingest.progress import SourceProgress
 from personalize.ingest.writes import RowWriter, quarantine_entry
+
+log = logging.getLogger(__name__)
 
 # Rows that decide whether an event counts (they hold the event ids, and the credits of what
 # an identity may move in shared scores): written first.
@@ -65,7 +72,9 @@ class IngestResult:
     write_failures: int = 0
     rows_rejected: int = 0
     sold_out: int = 0
-    soldout_full: int = 0
+    unavailable_entries: int = 0  # availability transitions written (sold out, restocked, listings)
+    unlisted: int = 0  # public events about items the shop has not published: counted nowhere
+    catalogue_unverified: bool = False  # no membership could be read: public events counted unchecked
     passes: int = 0
 
 
@@ -77,12 +86,18 @@ class Ingestor:
     mirror stock-outs into the sold-out list, and note how far the attempt got."""
 
     def __init__(self, store: RowStore, quarantine: Quarantine, clock: Callable[[], float] = time.time,
-                 soldout: SoldOut | None = None, stream: StreamReader | None = None):
+                 soldout: SoldOut | None = None, stream: StreamReader | None = None,
+                 catalogue: MembershipCache | None = None):
         self.store = store
         self.quarantine = quarantine
         self.clock = clock
         self.soldout = soldout
         self.stream = stream  # to tell a skipped range from the next record (``entities.Progress``)
+        # What the shop publishes (None: no check, e.g. replays of history): public events
+        # about other items count for nothing shared (``aggregation``).
+        self.catalogue = catalogue
+        self._membership = None  # this batch's
+        self._restate = False
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -123,8 +138,13 @@ class Ingestor:
             except Exception:  # noqa: BLE001 - nothing written yet: retry the whole batch
                 result.failed_seqs.update(seqs)
                 return result
+        # A retry (or a replay) may follow an attempt that logged a transition and never wrote
+        # the rows behind it: then every stock item says its state again, transition or not.
+        self._restate = replay or claim is None or progress.previous_unfinished
         writer = RowWriter(self.store, self.quarantine)
         writer.send_to_quarantine(rejected, result)
+        self._membership = self.catalogue.get() if self.catalogue is not None else None
+        result.catalogue_unverified = self.catalogue is not None and self._membership is None
         self._write_in_two_phases(writer, shard, source, records, now_ms, stream_arn, holes, replayed, result)
         if claim is not None:
             progress.finish(claim, result.failed_seqs, now_ms)
@@ -145,7 +165,9 @@ class Ingestor:
                 return None
             if replayed is not None and live:  # what this pass re-drives (a cut may leave the rest)
                 replayed = (min(r.seq for r in live), max(r.seq for r in live))
-            changes, stats = aggregate_batch(live, shard, loaded, now_ms, source, holes, replayed)
+            membership = self._membership
+            changes, stats = aggregate_batch(live, shard, loaded, now_ms, source, holes, replayed,
+                                             listed=membership.__contains__ if membership is not None else None)
             if not stats.poison:
                 return live, changes, stats
             excluded.update(stats.poison)
@@ -183,6 +205,7 @@ class Ingestor:
             return
         result.late, result.duplicates, result.already_applied = stats.late, stats.duplicates, stats.already_applied
         result.anonymous, result.not_credited = stats.anonymous, stats.not_credited
+        result.unlisted = stats.unlisted
         rest: list[Change] = [c for c in changes if c.kind not in DECIDERS]
         if not_decided and rest:
             # Lambda retries from the lowest of them: aggregate items and variants again from
@@ -196,19 +219,31 @@ class Ingestor:
                 result.failed_seqs.update(r.seq for r in live)
                 return
             rest = [c for c in again[1] if c.kind not in DECIDERS]
+            stats = again[2]
+        if not self._tell_readers(rest, stats, live, shard, source, now_ms, result):
+            result.failed_seqs.update(r.seq for r in live if r.seq not in result.failed_seqs)
+            return
         writer.write(rest, live, shard, stream_arn, now_ms, result, deciding=False)
-        if self.soldout is not None and stats.stock_levels:
-            self._update_soldout(live, stats.stock_levels, result)
 
-    def _update_soldout(self, records, levels: dict[str, int], result: IngestResult) -> None:
-        """Mirror stock 0 / restock into the sold-out list (idempotent set updates)."""
-        sold = {item for item, level in levels.items() if level == 0}
-        result.sold_out = len(sold)
+    def _tell_readers(self, rest: list[Change], stats, live, shard: str, source: str, now_ms: int,
+                      result: IngestResult) -> bool:
+        """The batch's journal (items table) and availability transitions (the sold-out
+        log), before its item rows; False when either could not be written (the caller then
+        writes no item row: the batch is retried, and says it all again)."""
+        seqs = [r.seq for r in live]
+        if not seqs:
+            return True
         try:
-            self.soldout.update(sold, set(levels) - sold)
-        except SoldOutFullError:
-            # The fast path is full: the stock level is in the item rows, and the next
-            # snapshot (within a minute) drops the item. Never stall the shard for it.
-            result.soldout_full = len(sold)
-        except Exception:  # noqa: BLE001 - retried by Lambda through the stock records
-            result.failed_seqs.update(r.seq for r in records if r.event.type == "stock")
+            row = journal.journal_row(shard, rest, stats, self._membership)
+            if row is not None:
+                self.store.put_once(ITEMS, journal.journal_key(source, min(seqs), max(seqs), now_ms), "journal",
+                                    row, (now_ms + journal.TTL_MS) // 1000)
+            entries = journal.availability_entries(stats, restate=self._restate)
+            if entries and self.soldout is not None:
+                self.soldout.append(entries, f"{source}#{min(seqs)}-{max(seqs)}", now_ms)
+            result.unavailable_entries += len(entries)
+            result.sold_out = sum(1 for e in entries if e[1] == "s")
+        except Exception:  # noqa: BLE001 - throttled, unreachable, a bug: retried, never half-told
+            log.warning("journal or availability log not written: the batch is retried", exc_info=True)
+            return False
+        return True

@@ -15,11 +15,14 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
 from aws_lambda_powertools.utilities.data_classes.kinesis_stream_event import KinesisStreamRecord
 
 from personalize import keys, settings
+from personalize.adapters.artifacts import S3Artifacts
 from personalize.adapters.quarantine import SqsQuarantine
 from personalize.adapters.rowstore import ITEMS, USERS, DynamoRowStore, RowStoreError
 from personalize.adapters.soldout import DynamoSoldOut
 from personalize.adapters.stream import KinesisStreamReader
 from personalize.ingest.aggregation import StreamRecord
+from personalize.ingest.catalogue import MembershipCache, artifacts_loader
+from personalize.ingest.catalogue import refresh_s as catalogue_refresh_s
 from personalize.ingest.events import EventError
 from personalize.ingest.pipeline import Ingestor, IngestResult
 from personalize.ingest.writes import quarantine_entry
@@ -158,21 +161,29 @@ class IngestProcessor(BatchProcessor):
         m.add_metric("RowWrites", MetricUnit.Count, result.writes)
         m.add_metric("RowWriteFailures", MetricUnit.Count, result.write_failures)
         m.add_metric("RowsRejected", MetricUnit.Count, result.rows_rejected)
-        m.add_metric("SoldOutFull", MetricUnit.Count, result.soldout_full)
+        m.add_metric("EventsUnlisted", MetricUnit.Count, result.unlisted)
+        m.add_metric("AvailabilityTransitions", MetricUnit.Count, result.unavailable_entries)
+        if result.catalogue_unverified:
+            m.add_metric("CatalogueUnverified", MetricUnit.Count, 1)
         self.log.info("batch aggregated", extra={
             "shard": self._shard, "records": len(self.records), "valid": result.events,
             "quarantined": result.quarantined, "poison": result.poison, "late": result.late,
             "anonymous": result.anonymous, "duplicates": result.duplicates, "rows_rejected": result.rows_rejected,
+            "unlisted": result.unlisted,
             "already_applied": result.already_applied, "writes": result.writes,
             "failed_records": len(result.failed_seqs)})
 
 
 def build_ingestor() -> Ingestor:
     """The production wiring, from the function's validated environment."""
-    config = settings.load(settings.FEATURES_TABLE, settings.ITEMS_TABLE, settings.QUARANTINE_QUEUE)
+    config = settings.load(settings.FEATURES_TABLE, settings.ITEMS_TABLE, settings.QUARANTINE_QUEUE,
+                           settings.ARTIFACTS_BUCKET)
     # Short per-request budgets (2 attempts of 1 s connect + 5 s read): retries stay inside the
     # invocation's deadline (``DEADLINE_MARGIN_S``, ``Ingestor.run``).
     store = DynamoRowStore({USERS: config[settings.FEATURES_TABLE], ITEMS: config[settings.ITEMS_TABLE]},
                            request_attempts=2, connect_timeout_s=1.0)
+    membership = MembershipCache(artifacts_loader(S3Artifacts(config[settings.ARTIFACTS_BUCKET])),
+                                 refresh_s=catalogue_refresh_s())
     return Ingestor(store, SqsQuarantine(config[settings.QUARANTINE_QUEUE]),
-                    soldout=DynamoSoldOut(config[settings.FEATURES_TABLE]), stream=KinesisStreamReader())
+                    soldout=DynamoSoldOut(config[settings.FEATURES_TABLE]), stream=KinesisStreamReader(),
+                    catalogue=membership)

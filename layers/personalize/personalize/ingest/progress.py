@@ -14,6 +14,7 @@ class SourceProgress:
     def __init__(self, store: RowStore, stream: StreamReader | None = None):
         self.store = store
         self.stream = stream  # to tell a skipped range from the next record
+        self.previous_unfinished = False  # the source's last attempt never completed (this may retry it)
 
     def begin(self, source: str, shard: str, stream_arn: str | None, first: int, last: int, now_ms: int):
         """Read the source's progress; record this attempt (written before any row). Returns
@@ -23,6 +24,7 @@ class SourceProgress:
         progress = entities.Progress.from_obj(stored.row if stored else None)
         version = stored.version if stored else 0
         before = (progress.attempt, progress.end, progress.done, [list(h) for h in progress.holes])
+        self.previous_unfinished = progress.attempt is not None and progress.done != entities.COMPLETE
         successor = None
         if self.stream is not None and stream_arn:
             def successor(seq: int) -> int | None:

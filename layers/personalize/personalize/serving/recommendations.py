@@ -36,8 +36,9 @@ from personalize.adapters.artifacts import Artifacts
 from personalize.adapters.soldout import SoldOut
 from personalize.adapters.userstore import UserReadError, UserStore
 from personalize.serving import ranking
+from personalize.serving.availability import Availability
 from personalize.serving.models import Ranker
-from personalize.serving.snapshots import ItemSnapshot
+from personalize.serving.snapshots import FORMAT, ItemSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,12 @@ class SnapshotSource:
         pointer = self.artifacts.pointer_if_changed(self.etag)
         if pointer is None:
             return current
-        data = self.artifacts.get(pointer.key)
+        key, version_id = pointer.key, None
+        readable = [int(f) for f in (pointer.doc.get("formats") or {}) if str(f).isdigit() and int(f) <= FORMAT]
+        if readable:  # the newest format this code reads, at the exact version the pointer names
+            chosen = pointer.doc["formats"][str(max(readable))]
+            key, version_id = chosen["key"], chosen.get("version_id")
+        data = self.artifacts.get(key, version_id)
         self.etag = pointer.etag  # a bad snapshot is refused once, not downloaded again every refresh
         return ItemSnapshot.decode(data)  # validated: a bad one raises, the last good is kept
 
@@ -233,7 +239,7 @@ class Recommender:
                  choose_variant: Callable[[str | None], Variant], log_sample_rate: float = 0.01,
                  snapshot_refresh_s: float = SNAPSHOT_REFRESH_S, soldout_refresh_s: float = SOLDOUT_REFRESH_S,
                  on_scored: Callable[[dict], None] | None = None, pool: ThreadPoolExecutor | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time):
         self.users = users
         # The cookie and rec_id key: a KeyRing (rotation, re-read) or one fixed key (tests).
         self.keys = signing_key if isinstance(signing_key, identity.KeyRing) else identity.KeyRing.static(signing_key)
@@ -242,15 +248,27 @@ class Recommender:
         self.on_scored = on_scored or print_scored
         self.pool = pool or ThreadPoolExecutor(3, thread_name_prefix="refresh")
         self.snapshot = Refreshing("snapshot", SnapshotSource(artifacts), snapshot_refresh_s, self.pool, clock)
-        self.soldout = Refreshing("soldout", lambda _: soldout.read(), soldout_refresh_s, self.pool, clock)
+        # What changed since the served snapshot (the availability log): read only what is new.
+        self.availability = Availability(soldout, lambda: int(wall_clock() * 1000))
+        self.soldout = Refreshing("soldout", lambda _: self.availability.load(self._snapshot_built_ms()),
+                                  soldout_refresh_s, self.pool, clock)
         self._served: tuple[tuple, ItemSnapshot] | None = None
         self.stale_soldout_answers = 0  # answers that dropped low-stock items instead (counted, logged)
 
+    def _snapshot_built_ms(self) -> int | None:
+        snap = self.snapshot.value
+        return None if snap is None else snap.built_at_ms
+
     def warm(self, *more: Callable[[], object]) -> None:
         """Load the snapshot, the sold-out list (and ``more``, e.g. the flags) now, side by
-        side (cold start), so the first request waits for none of them."""
-        futures = [self.pool.submit(f) for f in (self.snapshot.refresh_now, self.soldout.refresh_now,
-                                                 self.keys.refresh_now, *more)]
+        side (cold start), so the first request waits for none of them (the sold-out log is
+        read from the snapshot's build: after it)."""
+
+        def snapshot_then_soldout():
+            self.snapshot.refresh_now()
+            self.soldout.refresh_now()
+
+        futures = [self.pool.submit(f) for f in (snapshot_then_soldout, self.keys.refresh_now, *more)]
         for future in futures:
             try:
                 future.result()

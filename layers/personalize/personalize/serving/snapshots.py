@@ -24,7 +24,16 @@ from personalize.ingest import windows
 from personalize.ingest.entities import ItemView
 from personalize.serving.features import TRENDING_WEIGHTS, trending_velocity
 
-FORMAT = 1
+# The document's format (``encode``/``decode``). A document says the oldest reader format
+# that can read it (``compat``): a change that old readers can still read keeps ``compat``; a
+# change they cannot bumps it, and the snapshot job then also writes the previous format
+# (``LEGACY_FORMATS``) under the pointer's ``key``, which old edge replicas follow, while new
+# ones follow ``formats`` to the newest they read. Format 2: ``compat``, ``published`` (the
+# catalogue's size) and ``bounded`` (items left out to keep the snapshot within
+# ``MAX_ITEMS_SERVED``) added; readable by format-1 code but for its strict format check.
+FORMAT = 2
+COMPAT = 1
+LEGACY_FORMATS = (1,)
 ITEM_COLUMNS = (
     "item_purchases_log",   # log1p(all-time purchases)
     "item_carts_log",       # log1p(all-time add-to-carts)
@@ -43,6 +52,11 @@ NEIGHBOURS = 20
 # fresh sold-out list (its safe answer: DESIGN's 5 s stock-out budget, see serving.py).
 LOW_STOCK = 5
 MAX_ITEMS = 5_000_000  # a decoded snapshot above this is refused as corrupt
+# The snapshot is bounded by the candidate pools, not the catalogue (a million published items
+# would make it ~90 MB): the pools (trending, per-country), their co-visited neighbours,
+# then the most popular items up to this many (``build(max_items=...)``). A shopper's own items outside
+# them are not candidates (serving scores only what the snapshot carries).
+MAX_ITEMS_SERVED = 20_000
 
 
 class SnapshotError(ValueError):
@@ -104,9 +118,13 @@ class ItemSnapshot:
                             self.low_stock)
 
     # --- msgpack ---
-    def encode(self) -> bytes:
+    published: int | None = None  # the catalogue's size when built (format 2)
+    bounded: int = 0  # candidates left out by ``bound`` (format 2)
+
+    def encode(self, fmt: int = FORMAT) -> bytes:
+        extra = {"compat": COMPAT, "published": self.published, "bounded": self.bounded} if fmt >= 2 else {}
         return msgpack.packb({
-            "format": FORMAT, "version": self.version, "built_at_ms": self.built_at_ms,
+            "format": fmt, **extra, "version": self.version, "built_at_ms": self.built_at_ms,
             "columns": list(ITEM_COLUMNS), "items": self.items,
             "matrix": self.matrix.astype(np.float32).tobytes(), "available": np.packbits(self.available).tobytes(),
             "popular": self.popular.astype(np.int32).tobytes(), "trending": self.trending.astype(np.int32).tobytes(),
@@ -124,9 +142,10 @@ class ItemSnapshot:
         raises SnapshotError, never returns a snapshot that could crash or mislead serving."""
         try:
             doc = msgpack.unpackb(data, raw=False)
-            if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-                raise SnapshotError(f"snapshot format {doc.get('format') if isinstance(doc, dict) else '?'} "
-                                    f"is not this code's ({FORMAT})")
+            fmt = doc.get("format") if isinstance(doc, dict) else None
+            if type(fmt) is not int or not (fmt == FORMAT or doc.get("compat", fmt) <= FORMAT):
+                raise SnapshotError(f"snapshot format {fmt if fmt is not None else '?'} is not one this code "
+                                    f"reads (up to {FORMAT})")
             if tuple(doc["columns"]) != ITEM_COLUMNS:
                 raise SnapshotError("snapshot columns differ from this code's")
             n = len(doc["items"])
@@ -144,6 +163,7 @@ class ItemSnapshot:
                 i32(doc["nb_offsets"]), i32(doc["nb_items"]), np.frombuffer(doc["nb_weights"], dtype=np.float32),
                 low_stock=bits(doc["low_stock"]) if "low_stock" in doc else None,
             )
+            snap.published, snap.bounded = doc.get("published"), int(doc.get("bounded") or 0)
         except SnapshotError:
             raise
         except Exception as exc:  # truncated, not msgpack, missing fields, wrong sizes
@@ -173,22 +193,22 @@ def _weighted(tile_sum: list[int]) -> float:
     return sum(w * c for w, c in zip(TRENDING_WEIGHTS, tile_sum))
 
 
-def build(views: dict[str, ItemView], now_ms: int, version: str) -> ItemSnapshot:
+def build(views: dict[str, ItemView], now_ms: int, version: str, max_items: int | None = None) -> ItemSnapshot:
     """The snapshot of ``views`` (items merged over their shard rows) as of ``now_ms``;
-    synthetic test items (``keys.SYNTHETIC_PREFIX``) are never in it."""
+    synthetic test items (``keys.SYNTHETIC_PREFIX``) are never in it.
+
+    ``max_items``: bounded by the candidate pools rather than the catalogue: the trending and
+    per-country pools, the items co-visited with them, then the most popular (decayed) items
+    up to ``max_items`` (``snapshot.bounded`` counts the views left out). Each item's
+    features are computed once either way."""
     items = sorted(item for item in views if not keys.is_synthetic(item))
-    index = {item: i for i, item in enumerate(items)}
     n = len(items)
     matrix = np.zeros((n, len(ITEM_COLUMNS)), dtype=np.float32)
     available = np.ones(n, dtype=bool)
     low_stock = np.zeros(n, dtype=bool)
     trending = np.zeros(n, dtype=np.float64)
     popularity = np.zeros(n, dtype=np.float64)
-    country_trend: dict[str, list[tuple[float, int]]] = {}
-    country_pop: dict[str, list[tuple[float, int]]] = {}
-    src: list[int] = []
-    dst: list[int] = []
-    weights: list[float] = []
+    country_scores: list[list[tuple[str, float, float]] | None] = [None] * n  # (country, trend, 1h weight)
     log1p = math.log1p
     for i, item in enumerate(items):
         view = views[item]
@@ -207,15 +227,37 @@ def build(views: dict[str, ItemView], now_ms: int, version: str) -> ItemSnapshot
         if view.stock == 0:
             available[i] = False
             continue
+        scores = []
         for country, tiles in view.countries.items():
             sums = windows.window_sums(tiles, now_ms)
-            t = max(0.0, _weighted(sums["10m"]) / 10 - _weighted(sums["1h"]) / 60)
+            scores.append((country, max(0.0, _weighted(sums["10m"]) / 10 - _weighted(sums["1h"]) / 60),
+                           _weighted(sums["1h"])))
+        country_scores[i] = scores
+    bounded = 0
+    if max_items is not None and n > max_items:
+        keep = _bound(items, views, available, popularity, trending, country_scores, max_items)
+        bounded = n - len(keep)
+        items = [items[i] for i in keep]
+        matrix, available, low_stock = matrix[keep], available[keep], low_stock[keep]
+        trending, popularity = trending[keep], popularity[keep]
+        country_scores = [country_scores[i] for i in keep]
+        n = len(items)
+    index = {item: i for i, item in enumerate(items)}
+    country_trend: dict[str, list[tuple[float, int]]] = {}
+    country_pop: dict[str, list[tuple[float, int]]] = {}
+    src: list[int] = []
+    dst: list[int] = []
+    weights: list[float] = []
+    for i, item in enumerate(items):
+        scores = country_scores[i]
+        if scores is None:  # sold out: in no pool, no co-visit
+            continue
+        for country, t, w in scores:
             if t > 0:
                 country_trend.setdefault(country, []).append((t, i))
-            w = _weighted(sums["1h"])
             if w > 0:
                 country_pop.setdefault(country, []).append((w, i))
-        for other, weight in view.neighbours.items():
+        for other, weight in views[item].neighbours.items():
             j = index.get(other)
             if j is not None and j != i:
                 src.append(i)
@@ -232,11 +274,46 @@ def build(views: dict[str, ItemView], now_ms: int, version: str) -> ItemSnapshot
         return np.array([i for _, i in best], dtype=np.int32)
 
     offsets, nb_items, nb_weights = _symmetric_top(n, src, dst, weights, NEIGHBOURS)
-    return ItemSnapshot(
+    snap = ItemSnapshot(
         version, now_ms, items, matrix, available, top(popularity, POPULAR_POOL), top(trending, TRENDING_POOL),
         {c: top_pairs(p, COUNTRY_POOL) for c, p in sorted(country_trend.items())},
         {c: top_pairs(p, COUNTRY_POOL) for c, p in sorted(country_pop.items())},
         offsets, nb_items, nb_weights, index, low_stock=low_stock)
+    snap.bounded = bounded
+    return snap
+
+
+def _bound(items, views, available, popularity, trending, country_scores, max_items) -> list[int]:
+    """The indexes a bounded snapshot keeps (sorted): the pools, their co-visited items,
+    then the most popular up to ``max_items``."""
+    keep: dict[int, None] = {}
+    for i in heapq.nlargest(TRENDING_POOL, np.flatnonzero(available & (trending > 0)).tolist(),
+                            key=lambda i: trending[i]):
+        keep[i] = None
+    pools: dict[tuple[str, int], list[tuple[float, int]]] = {}
+    for i, scores in enumerate(country_scores):
+        for country, t, w in scores or ():
+            if t > 0:
+                pools.setdefault((country, 0), []).append((t, i))
+            if w > 0:
+                pools.setdefault((country, 1), []).append((w, i))
+    for pool in pools.values():
+        for _, i in heapq.nlargest(COUNTRY_POOL, pool):
+            keep[i] = None
+    by_popularity = np.argsort(-popularity, kind="stable")
+    for i in by_popularity[:POPULAR_POOL].tolist():
+        keep[i] = None
+    position = {item: i for i, item in enumerate(items)}
+    for i in list(keep):
+        for other in views[items[i]].neighbours:
+            j = position.get(other)
+            if j is not None:
+                keep[j] = None
+    for i in by_popularity.tolist():
+        if len(keep) >= max_items:
+            break
+        keep[i] = None
+    return sorted(keep)
 
 
 def _symmetric_top(n: int, src: list[int], dst: list[int], weights: list[float], k: int):

@@ -64,6 +64,12 @@ def apply_item_event(row: ItemRow, event: Event, event_key: int, reorder: bool =
         if current is None or (current[1], current[2]) < (ts, event_key):
             row.stock = [event.stock, ts, event_key]
         return
+    if event.type == "catalogue":  # the shop's own details (its listing is the catalogue's)
+        if event.department:
+            row.category = event.department
+        if event.price is not None:
+            row.price = event.price
+        return
     measure = MEASURE_INDEX[event.type]
     qty = quantity if quantity is not None else (event.quantity if measure >= 2 else 1)
     minute = ts // windows.MINUTE_MS  # windows.add, inline: the hot path
