@@ -30,8 +30,8 @@ def stack(tmp_path_factory):
     posts = []
     route = stack.route
 
-    def spy(method, path, query, headers, body):  # what collect answered to each browser post
-        answer = route(method, path, query, headers, body)
+    def spy(method, path, query, headers, body, *args, **kwargs):  # what collect answered to each browser post
+        answer = route(method, path, query, headers, body, *args, **kwargs)
         if method == "POST" and path == "/events":
             posts.append((headers.get("origin"), answer["statusCode"], body))
         return answer
