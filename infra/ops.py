@@ -209,7 +209,14 @@ def change(admin, states, command: str, share: float | None = None, challenger: 
         states.put(current, {"status": "promoted", "at": time.time()})
     else:
         raise ChangeRefused(f"unknown command {command!r}")
-    version = admin.deploy(new, strategy, note)
+    try:
+        version = admin.deploy(new, strategy, note)
+    except Exception as exc:
+        code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+        if code == "ConflictException":  # AppConfig runs one deployment at a time per environment
+            raise ChangeRefused(f"a flags deployment is still in progress ({exc}); wait for it to complete "
+                                "(a ramp takes up to 15 minutes), or kill, which stops it") from exc
+        raise
     return note, version, new
 
 

@@ -206,6 +206,28 @@ def test_a_completed_deployment_reverts_only_within_72_hours(world, admin, clock
         client.stop_deployment(ApplicationId="app", EnvironmentId="env", DeploymentNumber=2)
 
 
+def test_the_admin_reads_its_own_writes_until_another_deployment_or_a_rollback(world, clock):
+    """Found merging issue 19 with the console: a change composed within the data API's poll
+    interval of the previous one (start, then kill from the console) started from the version
+    before it, through a stale poll: the kill named the previous experiment."""
+    fetched = []
+
+    def fetch():
+        fetched.append(clock.now)
+        return json.loads(world.served("env", "prof", 0.99)[1])
+
+    admin = appconfig.AppConfigAdmin("app", "env", "prof", {appconfig.ALL_AT_ONCE: "once", appconfig.GRADUAL: "ramp"},
+                                     fetch=fetch, client=fake.FakeAppConfig(world), clock=clock, sleep=clock.sleep)
+    admin.deploy(START, appconfig.ALL_AT_ONCE, "start")
+    admin.deploy(RAMP, appconfig.GRADUAL, "ramp")
+    assert world.served("env", "prof", 0.99)[1] == json.dumps(START).encode()  # most sessions: the old one
+    assert admin.current() == RAMP and not fetched
+    other = appconfig.AppConfigAdmin("app", "env", "prof", {appconfig.ALL_AT_ONCE: "once"}, fetch=fetch,
+                                     client=fake.FakeAppConfig(world), clock=clock, sleep=clock.sleep)
+    other.kill(KILL, "guardrail kill")  # another writer: this admin reads the environment again
+    assert admin.current() == KILL and fetched
+
+
 @pytest.mark.parametrize("state, minutes", [("DEPLOYING", 3), ("BAKING", 12), ("COMPLETE", 20), ("none", None)])
 def test_a_kill_lands_in_every_deployment_state(world, admin, clock, state, minutes):
     admin.deploy(START, appconfig.ALL_AT_ONCE, "start")

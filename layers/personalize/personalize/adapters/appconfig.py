@@ -204,6 +204,7 @@ class AppConfigAdmin(FlagAdmin):
             return self.kill(document, description)
         version = self._version(document, description)
         self._start(version, strategy, description)
+        self._written = (version, document)
         return version
 
     def kill(self, document, description):
@@ -233,18 +234,41 @@ class AppConfigAdmin(FlagAdmin):
             if landed and landed[0].get("State") in ("ROLLED_BACK", "REVERTED"):
                 last = KillFailedError(f"kill deployment {number} was {landed[0]['State']}")
                 continue
+            self._written = (version, document)
             return version
         raise KillFailedError(f"the kill did not land in {self.kill_deadline_s:.0f} s ({attempts} attempts): {last}")
 
     def current(self):
-        """The deployed document, through the data API (the last one read while its poll
-        interval has not passed)."""
+        """The document the environment is deploying or has deployed. After this admin
+        deployed one, that one (read your own writes: the data API serves a gradual
+        deployment to a growing share of sessions, and answers a poll inside its interval with
+        nothing new, so a change composed right after another would start from the version
+        before it) for as long as it is the environment's latest deployment and was not
+        rolled back; otherwise the data API's (the last one read while its poll interval has
+        not passed)."""
+        written = getattr(self, "_written", None)
+        if written is not None:
+            version, document = written
+            latest = self._latest_deployment()
+            if latest is not None and str(latest.get("ConfigurationVersion")) == version and \
+                    latest.get("State") not in ("ROLLED_BACK", "REVERTED"):
+                return document
+            self._written = None
         try:
             self._current = self.fetch()
         except PollTooEarly:
             if getattr(self, "_current", None) is None:
                 raise
         return self._current
+
+    def _latest_deployment(self) -> dict | None:
+        try:
+            items = self.client.list_deployments(ApplicationId=self.application,
+                                                 EnvironmentId=self.environment).get("Items", [])
+        except Exception:  # noqa: BLE001 - the control plane unreadable: fall back to the data API
+            log.warning("list_deployments failed; reading the flags through the data API", exc_info=True)
+            return None
+        return max(items, key=lambda d: d.get("DeploymentNumber", 0), default=None)
 
 
 def appconfig_fetcher(application: str, environment: str, profile: str, region: str | None = None):
