@@ -190,12 +190,21 @@ def test_impressions_only_for_items_scrolled_into_view(stack, page):
 
 
 def _experiment(stack, share):
+    """An experiment at ``share`` at once: ``make experiment-start`` deploys gradually (10 minutes
+    in 20% steps, then a 5-minute bake, as AppConfig would), longer than a test; this is the
+    same document deployed all at once (which also stops a deployment still running)."""
+    from infra import ops
+    from personalize.adapters.appconfig import ALL_AT_ONCE
+    from personalize.rollout import flags
+
     sources = stack.console().sources
-    if sources.admin.current()["experiment_id"]["default"] != "none":
-        sources.change("kill")  # all at once: it also stops a gradual deployment still running
-    note, _, _ = sources.change("start", share=share, challenger="ranker-linear/v3",
-                                experiment=f"exp-browser-{int(time.time())}")
-    return sources.admin.current()["experiment_id"]["default"]
+    champion = sources.admin.current()["champion_model"]["default"]
+    experiment, challenger = f"exp-browser-{int(time.time())}", "ranker-linear/v3"
+    doc = flags.rollout_document(champion, challenger, share, experiment, pins=ops.registry_pins(champion, challenger))
+    sources.states.put(experiment, {"status": "running", "at": time.time(), "challenger": challenger})
+    sources.admin.deploy(doc, ALL_AT_ONCE, f"start {experiment}: {challenger} at {share:.2%} (at once)")
+    assert sources.admin.current()["experiment_id"]["default"] == experiment
+    return experiment
 
 
 def test_a_purchase_on_a_later_page_counts_for_the_variant_that_served_the_list(stack, page):
