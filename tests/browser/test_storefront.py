@@ -213,7 +213,12 @@ def test_a_purchase_on_a_later_page_counts_for_the_variant_that_served_the_list(
     experiment = _experiment(stack, 0.5)
     user = "ic3"
     _sign_in(page, stack, user)
-    served = _wait(lambda: (page.reload(), _rail(page))[1] if experiment in (_rail(page)[0][1] or "") else None, 120, 2)
+    def served_by_the_experiment():  # the page asks again each time (the kit fetches once per page view)
+        page.reload()
+        rail = _rail(page)
+        return rail if experiment in (rail[0][1] or "") else None
+
+    served = _wait(served_by_the_experiment, 120, 2)
     assert served, "the experiment's flags never reached the edge"
     item, rec_id = served[0]
     variant = rec_id.split("~")[1]
