@@ -61,6 +61,9 @@ class _Static:
 # --- limits.viral_item_hot_shard_records_per_s ----------------------------------------------
 
 
+BROWSER = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
+
+
 def viral_item_hot_shard(seconds: int = 10, rate: int = 3000, purchase_share: float = 0.1,
                          collect_instances: int = 10) -> dict:
     """One item at ``rate`` events/s, half anonymous (browsers), half signed-in shoppers; the
@@ -99,9 +102,10 @@ def viral_item_hot_shard(seconds: int = 10, rate: int = 3000, purchase_share: fl
                     stock.append({"event_id": f"s{event['event_id']}", "type": "stock", "item_id": "viral",
                                   "ts": now_ms, "stock": level})
                     old_keys[(second, kinesis.shard_of("viral"))] += 1
-            for chunk in range(0, len(anonymous), 25):
-                collectors[chunk % collect_instances].handle(
-                    Request(PUBLIC, json.dumps({"events": anonymous[chunk:chunk + 25]})))
+            for chunk in range(0, len(anonymous), 25):  # a browser each: its address is its anonymous identity
+                collectors[chunk % collect_instances].handle(Request(
+                    PUBLIC, json.dumps({"events": anonymous[chunk:chunk + 25]}), content_type="application/json",
+                    viewer_address=f"203.{second % 256}.{tick}.{chunk // 25}:443", user_agent=BROWSER))
             for chunk in range(0, len(shoppers), 25):
                 collectors[chunk % collect_instances].handle(
                     Request(SERVER, json.dumps({"events": shoppers[chunk:chunk + 25]})))
@@ -264,8 +268,9 @@ def _snapshot_job_at(scale: float, n_items: int, rate: float, head: int) -> dict
             n_event += 1
             ts = int(now["s"] * 1000 + k * seconds * 1000 // max(1, total))
             event = {"event_id": f"a{n_event}", "type": kind, "item_id": ids[item], "ts": ts,
-                     "country": countries[n_event % len(countries)], "route": "public"}
-            by_shard[shards.shard_of(event["event_id"])].append(event)  # keyed by event id
+                     "country": countries[n_event % len(countries)], "route": "public",
+                     "actor": f"ip~{n_event % 20_000}"}  # 20,000 browsers, a few events a minute each
+            by_shard[shards.shard_of(event["actor"])].append(event)  # keyed by anonymous identity
         for shard, events in by_shard.items():
             for start in range(0, len(events), per_batch):
                 batch = []
@@ -409,11 +414,13 @@ def _invented_run(mode: str, published_items: int, shoppers: int, purchases: int
     refused = 0
     for start in range(0, len(attack), 100):  # from a browser in the US (CloudFront's country)
         _, body, _ = collector.handle(Request(PUBLIC, json.dumps({"events": attack[start:start + 100]}),
-                                              viewer_country="US"))
-        refused += len(body["rejected"])
+                                              viewer_country="US", content_type="application/json",
+                                              viewer_address="198.51.100.66:443", user_agent=BROWSER))
+        refused += len(body.get("rejected", attack[start:start + 100]))
     flush()
-    flush([json.dumps({**a, "event_id": "p" + a["event_id"], "route": "public", "country": "US"}).encode()
-           for a in attack])
+    flush([json.dumps({**a, "event_id": "p" + a["event_id"], "route": "public", "country": "US",
+                       "actor": f"ip~attacker-{k}"}).encode()  # as many identities as purchases: the worst case
+           for k, a in enumerate(attack)])
     now["s"] += 30
     if mode == "after":
         snapshot_job.publish(store, artifacts, lambda: now["s"])

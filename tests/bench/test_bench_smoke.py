@@ -100,6 +100,8 @@ def test_the_limits_figures_measure_what_they_name_on_small_workloads():
 
     viral = limits.viral_item_hot_shard(seconds=2)
     assert viral["viral_item_hot_shard_records_per_s"] <= 1000 < viral["viral_item_hot_shard_records_per_s_before"]
+    # ... and the traffic was really offered (a refused request offers nothing: 3,000 events/s over 4 shards)
+    assert viral["viral_item_hot_shard_records_per_s"] > 3000 / 4 * 0.8
     churn = limits.soldout_churn(sold_out=32_000, instances=50, seconds=2)
     assert churn["soldout_churn_max_partition_wcu_per_s"] < churn["soldout_churn_max_partition_wcu_per_s_before"]
     assert churn["soldout_max_partition_rcu_per_s"] < churn["soldout_max_partition_rcu_per_s_before"]
