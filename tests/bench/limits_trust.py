@@ -177,8 +177,10 @@ class Pipeline:
 
     def __init__(self, now_ms: int):
         self.now_ms = now_ms
-        self.stream = MemoryEventStream()
-        self.store = MemoryRowStore(clock=lambda: self.now_ms / 1000)
+        # What one identity can move, not throughput: the shard and partition limits (the limits
+        # model, on its own clock) are measured by tests/bench/limits.py.
+        self.stream = MemoryEventStream(limits=None)
+        self.store = MemoryRowStore(clock=lambda: self.now_ms / 1000, limits=None)
         self.ingestor = Ingestor(self.store, MemoryQuarantine(), clock=lambda: self.now_ms / 1000)
         self.collector = collect.Collector(self.stream, identity.KeyRing.static(KEY), None,
                                            clock=lambda: self.now_ms / 1000)
