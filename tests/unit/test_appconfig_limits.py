@@ -9,6 +9,7 @@ from botocore.exceptions import ClientError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from infra.local import template
 from personalize.adapters import appconfig
 from personalize.adapters import appconfig_fake as fake
 from personalize.rollout import flags
@@ -250,6 +251,28 @@ def test_a_kill_that_cannot_land_raises_to_page(world, clock):
     with pytest.raises(appconfig.KillFailedError, match="did not land"):
         admin.kill(KILL, "kill")
     assert clock.now - 1_790_000_000.0 <= appconfig.KILL_DEADLINE_S + 2
+
+
+def test_a_failing_kill_with_slow_calls_still_pages_before_the_guardrail_times_out(world, clock):
+    """On-call review: the deadline was checked only between attempts, so slow control-plane
+    calls (each up to its client's budget) took a refused kill past the guardrail's 60 s
+    timeout: the invocation died without the KillFailedError that pages."""
+    class SlowStuck(fake.FakeAppConfig):
+        def list_deployments(self, **kwargs):
+            clock.now += appconfig.KILL_CALL_BUDGET_S
+            return super().list_deployments(**kwargs)
+
+        def start_deployment(self, **kwargs):
+            clock.now += appconfig.KILL_CALL_BUDGET_S
+            raise fake.error("ThrottlingException", "rate exceeded", "StartDeployment", status=429)
+
+    admin = appconfig.AppConfigAdmin("app", "env", "prof", {appconfig.ALL_AT_ONCE: "once"}, fetch=None,
+                                     client=SlowStuck(world), clock=clock, sleep=clock.sleep)
+    with pytest.raises(appconfig.KillFailedError):
+        admin.kill(KILL, "kill")
+    guardrail_timeout = template.resources()["GuardrailFunction"]["Properties"]["Timeout"]
+    # Within its own deadline (no attempt starts that cannot end by then), well inside the guardrail's.
+    assert clock.now - 1_790_000_000.0 <= appconfig.KILL_DEADLINE_S + 2 < guardrail_timeout - 10
 
 
 # --- the schema: nothing malformed is deployed, and serving refuses what arrives anyway ------------

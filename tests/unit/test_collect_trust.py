@@ -193,6 +193,18 @@ def test_the_limiter_forgets_the_least_recent_identities_first():
     assert limiter.take("a", 2, 0) == 0
 
 
+def test_shoppers_behind_one_carrier_address_are_not_refused():
+    """On-call review: 200 anonymous phones behind one NAT address, one event each every 10 s
+    (20 a second), got 429 on two events in three at the per-person rate of 5 a second."""
+    limiter = actors.RateLimiter()
+    refused = sum(limiter.take("ip~carrier-nat", 1, second + phone / 200) > 0
+                  for second in range(0, 300, 10) for phone in range(200))
+    assert refused == 0
+    person = actors.RateLimiter()  # a signed-in account at the same pace is refused beyond its burst
+    assert sum(person.take("alice", 1, second + phone / 200) > 0
+               for second in range(0, 300, 10) for phone in range(200)) > 0
+
+
 def test_the_identity_cookie_is_secure_httponly_and_samesite_lax():
     header = identity.set_cookie(identity.cookie_value("alice", KEY))
     attributes = {part.strip().split("=")[0].lower() for part in header.split(";")[1:]}

@@ -174,3 +174,48 @@ def test_the_operator_dashboard_shows_edge_errors_in_every_execution_region():
         assert needed in titles, needed
     listed = {a.strip("${}").removesuffix(".Arn") for a in body["widgets"][-1]["properties"]["alarms"]}
     assert listed == set(ALARMS) - {n for n in ALARMS if re.search(r"Burn(5m|1h)Alarm$", n)}
+
+
+def test_the_cdn_bypass_alarm_reads_what_collect_prints():
+    """On-call review: collect counts refusals with a ``route`` dimension and the alarm asked
+    for ``service`` alone (CloudWatch matches dimension sets exactly): it could never fire on
+    collect's figures, an unreadable origin secret included."""
+    import json
+    import os
+
+    from infra.local import handlers
+    from infra.local.lambda_events import context, http_api_event
+    from personalize import identity
+    from personalize.adapters.stream import MemoryEventStream
+    from personalize.ingest import collect
+
+    saved = dict(os.environ)
+    os.environ.update(EVENTS_STREAM="unused", SIGNING_KEY_SECRET="unused", ORIGIN_VERIFY_SECRET="unused",
+                      ARTIFACTS_BUCKET="unused", POWERTOOLS_TRACE_DISABLED="1")
+    try:
+        app = handlers.load("collect")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    printed = []
+    app.figures.out = printed.append
+    app.collector = collect.Collector(MemoryEventStream(limits=None), identity.KeyRing.static("k"),
+                                      identity.KeyRing.static("origin"))
+    for token in (None, "wrong"):  # no CDN in front: refused, counted
+        headers = {"content-type": "application/json", **({"x-origin-verify": token} if token else {})}
+        app.lambda_handler(http_api_event("POST", "/events", "{}", headers), context("collect"))
+    app.figures.flush()
+    emitted = set()
+    for line in printed:
+        doc = json.loads(line)
+        for directive in doc["_aws"]["CloudWatchMetrics"]:
+            for dims in directive["Dimensions"]:
+                for metric in directive["Metrics"]:
+                    emitted.add((metric["Name"], frozenset((d, doc[d]) for d in dims)))
+    watched = {(m["MetricStat"]["Metric"]["MetricName"],
+                frozenset((d["Name"], d["Value"]) for d in m["MetricStat"]["Metric"]["Dimensions"]))
+               for m in ALARMS["CdnBypassAlarm"]["Properties"]["Metrics"] if "MetricStat" in m}
+    from_collect = {w for w in watched if ("service", "collect") in w[1]}
+    assert from_collect and any(w in emitted for w in from_collect if w[0] == "RequestsBypassingCdn"), \
+        (sorted(emitted), sorted(from_collect))
+    assert all(w[1] == next(iter(e[1] for e in emitted if e[0] == "RequestsBypassingCdn")) for w in from_collect)

@@ -42,6 +42,14 @@ def test_a_new_accounts_fallback_is_not_the_challengers_fault():
     assert body["fallback_reason"] == "anonymous" and not model_fault(body)
 
 
+def test_a_user_read_that_failed_is_no_models_fault():
+    """On-call review: ``user_read_failed`` ends in ``_failed`` and counted against the
+    variant, so a replica outage could roll back a healthy challenger."""
+    assert not model_fault({"fallback": True, "fallback_reason": "user_read_failed", "variant": "challenger"})
+    assert model_fault({"fallback": True, "fallback_reason": "challenger_failed", "variant": "challenger"})
+    assert not model_fault({"fallback": True, "fallback_reason": "champion_failed", "variant": "challenger"})
+
+
 def test_a_challenger_model_that_did_not_load_is_its_fault():
     rec = recommender(lambda user_id: Variant("challenger", RANKER, "exp@200", "challenger_unavailable"))
     body = rec.recommend({"k": "5"}, cookie("u1"), "US", NOW).body

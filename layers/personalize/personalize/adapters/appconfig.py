@@ -31,6 +31,10 @@ IN_PROGRESS = ("DEPLOYING", "BAKING", "VALIDATING", "ROLLING_BACK")
 MIN_POLL_S = 15  # the data API's floor for RequiredMinimumPollIntervalInSeconds
 TOKEN_REFRESH_S = 23 * 3600  # a session older than this is started again (tokens last 24 h)
 KILL_DEADLINE_S = 40.0  # a kill that has not landed by then raises KillFailedError (it pages)
+# One control-plane call at most (2 attempts of 1 s connect + 3 s read): no attempt of a kill
+# starts unless its four calls fit before the deadline, so the guardrail (60 s) reports a
+# failed kill itself instead of timing out.
+KILL_CALL_BUDGET_S = 8.0
 LOCAL_STATE_KEY = "appconfig/world.json"
 
 
@@ -167,7 +171,9 @@ class AppConfigAdmin(FlagAdmin):
 
     @property
     def client(self):
-        return self._client if self._client is not None else aws.client("appconfig", self.region)
+        # Short budgets: every call of a kill fits inside its deadline (``KILL_CALL_BUDGET_S``).
+        return self._client if self._client is not None else aws.client(
+            "appconfig", self.region, connect_timeout=1.0, read_timeout=3.0, attempts=2)
 
     def running(self) -> list[dict]:
         """The environment's deployments in progress (newest first)."""
@@ -217,7 +223,8 @@ class AppConfigAdmin(FlagAdmin):
         version = self._version(document, description)
         attempts = 0
         last: Exception | None = None
-        while self.clock() - started < self.kill_deadline_s:
+        # The first attempt always; another only if its four calls fit before the deadline.
+        while attempts == 0 or self.clock() - started + 4 * KILL_CALL_BUDGET_S <= self.kill_deadline_s:
             attempts += 1
             try:
                 self.stop_running()
@@ -233,6 +240,7 @@ class AppConfigAdmin(FlagAdmin):
                       if d.get("DeploymentNumber") == number]
             if landed and landed[0].get("State") in ("ROLLED_BACK", "REVERTED"):
                 last = KillFailedError(f"kill deployment {number} was {landed[0]['State']}")
+                self.sleep(min(2.0, 0.25 * attempts))
                 continue
             self._written = (version, document)
             return version

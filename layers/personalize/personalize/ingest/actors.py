@@ -42,6 +42,11 @@ ACTOR_WINDOW_MS = DAY_MS
 ACTOR_CHARS = 22  # 132 bits of the HMAC, base64url
 EVENTS_PER_S = 5.0      # 300 events a minute, sustained: no person clicks that fast for long
 BURST_EVENTS = 500      # one full request (collect.MAX_EVENTS) is always allowed from a full bucket
+# An address is not a person: a carrier's or an office's NAT puts hundreds of shoppers behind
+# one. Address-keyed anonymous identities (``ip~``) get this rate instead (500 phones at one
+# event every 10 s); what they move in shared scores is bounded by their credits all the same,
+# and the WAF's per-address rule bounds the fleet.
+ADDRESS_EVENTS_PER_S = 50.0
 LIMITER_IDENTITIES = 50_000  # buckets kept per container (least recently seen dropped first)
 
 # Crawlers and bots name themselves; headless browsers and HTTP libraries do too, by default.
@@ -117,14 +122,15 @@ class RateLimiter:
         if n <= 0:
             return 0
         with self._lock:
+            rate = self.rate * (ADDRESS_EVENTS_PER_S / EVENTS_PER_S) if identity.startswith("ip~") else self.rate
             tokens, at = self._buckets.pop(identity, (float(self.burst), now_s))
-            tokens = min(float(self.burst), tokens + max(0.0, now_s - at) * self.rate)
+            tokens = min(float(self.burst), tokens + max(0.0, now_s - at) * rate)
             if n <= tokens:
                 self._buckets[identity] = (tokens - n, now_s)
                 wait = 0
             else:
                 self._buckets[identity] = (tokens, now_s)
-                wait = max(1, math.ceil((min(n, self.burst) - tokens) / self.rate))
+                wait = max(1, math.ceil((min(n, self.burst) - tokens) / rate))
                 self.refused += 1
             while len(self._buckets) > self.max_identities:
                 self._buckets.popitem(last=False)

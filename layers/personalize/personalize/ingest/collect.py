@@ -337,7 +337,7 @@ class Collector:
             automated = actors.is_automated(request.user_agent)
             wait = self.limiter.take(shopper or actor or "unknown", len(events), now_ms / 1000)
             if wait:
-                return 429, {"message": f"more events than one shopper sends ({actors.EVENTS_PER_S:g}/s); "
+                return 429, {"message": "more events than one shopper (or one address) sends; "
                                         f"retry after {wait} s", "retry_after_s": wait}, OVER_RATE
         membership = self.catalogue.get() if self.catalogue is not None and public else None
         try:

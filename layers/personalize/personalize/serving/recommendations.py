@@ -98,7 +98,10 @@ def model_fault(body: dict) -> bool:
     ``<variant>_failed``), not because of the shopper (anonymous, a new account) or the data
     (a user read, the snapshot): what the flags rollback alarm counts per variant."""
     reason = body.get("fallback_reason") or ""
-    return body.get("fallback") is True and reason.endswith(("_unavailable", "_failed"))
+    variant = body.get("variant") or ""
+    # Exactly the variant's own reasons: ``user_read_failed`` (a replica outage) is no model's.
+    return body.get("fallback") is True and bool(variant) and reason in (f"{variant}_unavailable",
+                                                                          f"{variant}_failed")
 
 
 @dataclass
