@@ -91,16 +91,8 @@ def serve(request: dict, remaining_ms: int | None = None, request_id: str | None
         answer = built.recommend(params, cookie, country)
     headers = {**answer.headers, cloudfront.REQUEST_ID_HEADER: request_id} if request_id else answer.headers
     _count_refused_flags()
-    if answer.status == 200:
-        snapshot = built.snapshot.value if built is not None else None
-        telemetry.record_answer(
-            (figures, home_metrics()), answer.body.get("variant", "none"),
-            answer.body.get("fallback_reason") if answer.body.get("fallback") else None,
-            (time.perf_counter() - started) * 1000,
-            snapshot_age_s=(time.time() * 1000 - snapshot.built_at_ms) / 1000 if snapshot is not None else None,
-            model_fault=recommendations.model_fault(answer.body))
-    else:
-        figures.count("RequestsRefused", status=str(answer.status))
+    recommendations.record((figures, home_metrics()) if answer.status == 200 else (figures,), answer, started,
+                           built.snapshot.value if built is not None else None)
     return answer.status, answer.body, headers
 
 

@@ -43,16 +43,7 @@ def get_recommendations() -> Response:
     if rollout.store.refused > _seen["refused"]:  # a flags document broke the schema: the last good one serves
         figures.count("FlagsDocumentRefused", rollout.store.refused - _seen["refused"])
         _seen["refused"] = rollout.store.refused
-    if answer.status == 200:
-        snapshot = recommender.snapshot.value
-        telemetry.record_answer(
-            (figures,), answer.body.get("variant", "none"),
-            answer.body.get("fallback_reason") if answer.body.get("fallback") else None,
-            (time.perf_counter() - started) * 1000,
-            snapshot_age_s=(time.time() * 1000 - snapshot.built_at_ms) / 1000 if snapshot is not None else None,
-            model_fault=recommendations.model_fault(answer.body))
-    else:
-        figures.count("RequestsRefused", status=str(answer.status))
+    recommendations.record((figures,), answer, started, recommender.snapshot.value)
     return Response(status_code=answer.status, body=json.dumps(answer.body),
                     headers={**answer.headers, "x-request-id": logger.get_correlation_id() or ""})
 

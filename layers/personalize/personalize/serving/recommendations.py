@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from personalize import identity, keys
+from personalize import identity, keys, telemetry
 from personalize.adapters.artifacts import Artifacts
 from personalize.adapters.soldout import SoldOut
 from personalize.adapters.userstore import UserReadError, UserStore
@@ -102,6 +102,23 @@ def model_fault(body: dict) -> bool:
     # Exactly the variant's own reasons: ``user_read_failed`` (a replica outage) is no model's.
     return body.get("fallback") is True and bool(variant) and reason in (f"{variant}_unavailable",
                                                                           f"{variant}_failed")
+
+
+def record(sinks, answer: Answer, started: float, snapshot) -> None:
+    """An answer's figures into ``sinks`` (``telemetry.Figures`` / ``HomeMetrics``): what the
+    SLO, rollback and snapshot-age alarms read; ``started``: ``time.perf_counter()`` at the
+    request's start; ``snapshot``: the item snapshot it was ranked from (None when cold)."""
+    if answer.status != 200:
+        for sink in sinks:
+            (sink.add if isinstance(sink, telemetry.HomeMetrics) else sink.count)(
+                "RequestsRefused", status=str(answer.status))
+        return
+    body = answer.body
+    telemetry.record_answer(
+        sinks, body.get("variant", "none"), body.get("fallback_reason") if body.get("fallback") else None,
+        (time.perf_counter() - started) * 1000,
+        snapshot_age_s=(time.time() * 1000 - snapshot.built_at_ms) / 1000 if snapshot is not None else None,
+        model_fault=model_fault(body))
 
 
 @dataclass
