@@ -34,3 +34,28 @@ def test_what_cannot_be_stored_raises_as_msgpack_did():
             continue
         raise AssertionError(f"{value} was packed")
     assert math.isnan(codec.unpack(codec.pack(float("nan"))))
+
+
+def test_without_msgspec_the_edge_bundle_packs_the_same_bytes(monkeypatch):
+    """The edge bundle carries no msgspec and reads the sold-out log through this module
+    (found merging issue 19: the bundle failed to import)."""
+    import builtins
+    import importlib
+
+    real_import = builtins.__import__
+
+    def no_msgspec(name, *args, **kwargs):
+        if name == "msgspec" or name.startswith("msgspec."):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_msgspec)
+    fallback = importlib.reload(codec)
+    try:
+        assert "msgspec" not in vars(fallback)
+        row = {"t": {1: [2, 3.5, None, b"x"]}, "s": "é"}
+        assert fallback.pack(row) == msgpack.packb(row, use_bin_type=True)
+        assert fallback.unpack(fallback.pack(row)) == row
+    finally:
+        monkeypatch.undo()
+        importlib.reload(codec)

@@ -3,16 +3,25 @@
 Encoded and decoded with msgspec, which writes the same bytes as ``msgpack.packb(obj,
 use_bin_type=True)`` and reads them as ``msgpack.unpackb(data, raw=False,
 strict_map_key=False)`` does (a test pins both), at a fraction of the cost: ingest packs and
-unpacks every row it touches once per batch. Readers on the edge keep using msgpack (the
-edge bundle does not carry msgspec).
+unpacks every row it touches once per batch. The edge bundle does not carry msgspec: there
+this module falls back to msgpack (the edge reads the sold-out log through it).
 """
 
 from __future__ import annotations
 
-import msgspec
+try:
+    import msgspec
+except ImportError:  # the edge bundle (no msgspec): msgpack, the same bytes (a test pins both)
+    import msgpack
 
-_encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder().decode
+    def _encode(obj) -> bytes:
+        return msgpack.packb(obj, use_bin_type=True)
+
+    def _decode(data: bytes):
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+else:
+    _encode = msgspec.msgpack.Encoder().encode
+    _decode = msgspec.msgpack.Decoder().decode
 
 
 def pack(obj) -> bytes:
