@@ -31,6 +31,7 @@ from personalize import identity, keys
 SHOPPER = keys.SYNTHETIC_PREFIX + "shopper"
 TEST_ITEM = keys.SYNTHETIC_PREFIX + "item"
 FRESHNESS_S = 15.0
+PUBLISHED_S = 130.0  # a new item reaches collect's membership: the next snapshot (1/min) + its refresh
 
 
 @dataclass
@@ -114,11 +115,18 @@ class Smoke:
     def storefront_events(self) -> str:
         cookie = "rt_uid=" + identity.cookie_value(SHOPPER, self.target.signing_key())
         body = self._events({k: v for k, v in self._event("click").items() if k != "user_id"})
-        status, raw = self.http.request("POST", f"{self.target.public_url}/events", body,
-                                        {"Content-Type": "application/json", "Cookie": cookie})
-        answer = self._json(status, raw, 202)
-        assert answer.get("accepted") == 1, f"answered {answer}"
-        return "202, the shopper's click accepted (identity from the signed cookie)"
+        # The backend's events published the test item; the public route accepts it once the next
+        # snapshot has published it (a minute when deployed, plus collect's refresh).
+        deadline = self.clock() + PUBLISHED_S
+        while True:
+            status, raw = self.http.request("POST", f"{self.target.public_url}/events", body,
+                                            {"Content-Type": "application/json", "Cookie": cookie})
+            answer = self._json(status, raw, 202)
+            if answer.get("accepted") == 1:
+                return "202, the shopper's click accepted (identity from the signed cookie)"
+            unpublished = any("catalogue" in r.get("error", "") for r in answer.get("rejected", []))
+            assert unpublished and self.clock() < deadline, f"answered {answer}"
+            self.sleep(1.0)
 
     def freshness(self) -> str:
         url = f"{self.target.api_url}/features/users/{SHOPPER}"
