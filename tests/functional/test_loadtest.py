@@ -16,7 +16,8 @@ def stack():
 
 @pytest.fixture(scope="module")
 def figures(stack):
-    return loadtest.run(stack, seconds=4, shoppers=2, flash_shoppers=2, warmup_s=1, settle_s=60, invalid_every=10)
+    return loadtest.run(stack, seconds=4, shoppers=2, flash_shoppers=2, warmup_s=1, settle_s=60, invalid_every=10,
+                        catalogue_orders=400)  # a 4-second run takes a few dozen orders
 
 
 def test_every_event_is_counted_once_despite_failed_posts(figures):
