@@ -90,6 +90,12 @@ def test_an_order_confirmed_twice_has_the_same_event_ids():
     assert sent[0]["rec_id"] == "r~1" and sent[0]["type"] == "purchase" and sent[1]["quantity"] == 2
 
 
+def test_the_kits_anonymous_ids_are_what_collect_and_serving_treat_as_consented_visitors():
+    """The kit cannot import the package: the prefix is written twice, and kept equal here."""
+    assert backend.ANON_PREFIX == identity.CONSENTED_PREFIX
+    assert identity.is_consented_anonymous(backend.new_anonymous_id())
+
+
 def test_carry_over_is_idempotent_and_only_for_anonymous_ids():
     history = {"recent_items": ["a", "b"], "items": {"a": {"views": 2, "clicks": 1, "last_ts": 1e12},
                                                      "b": {"views": 1, "add_to_carts": 1}}}

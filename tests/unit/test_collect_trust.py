@@ -122,12 +122,24 @@ def test_anonymous_events_carry_a_keyed_window_scoped_identity_never_the_address
     assert {key for key, _ in stream.records[:2]} == {a}  # one identity, one shard: its credits have one writer
 
 
-def test_an_ipv6_subscriber_is_one_identity_across_its_64():
-    assert actors.network_address("2001:db8:1:2:aaaa::1:443") == actors.network_address("2001:db8:1:2:bbbb::9:80")
-    assert actors.network_address("2001:db8:1:3::1:443") != actors.network_address("2001:db8:1:2::1:443")
-    assert actors.network_address("[2001:db8::1]:443") == "2001:db8::/64"
+def test_an_ipv6_subscriber_is_one_identity_across_its_56():
+    """Before: keyed by the /64, so the holder of a /56 (a common home delegation) or a /48
+    was 256 or 65,536 anonymous shoppers (attacker review, 2026-12-05: one /48 moved an item
+    by 200 shoppers' worth)."""
+    same = {actors.network_address(f"2001:db8:1:{sub:x}:aaaa::1:443") for sub in range(256)}
+    assert len(same) == 1  # every /64 of a /56
+    assert actors.network_address("2001:db8:1:100::1:443") != actors.network_address("2001:db8:1:2::1:443")
+    assert actors.network_address("[2001:db8::1]:443") == "2001:db8::/56"
     assert actors.network_address("::ffff:198.51.100.7:80") == "198.51.100.7"
+    assert actors.network_address("2002:c633:6407::1:80") == "198.51.100.7"  # 6to4: its IPv4 address
     assert actors.network_address("not an address") is None
+
+
+def test_an_ipv6_48_moves_an_item_by_at_most_256_shoppers_worth():
+    col, stream = collector()
+    for n in range(2000):
+        col.handle(request(view(n), viewer_address=f"[2001:db8:7:{n % 65536:x}::1]:443"), NOW)
+    assert len({e["actor"] for e in written(stream)}) <= 256
 
 
 def test_a_consented_first_party_id_tells_shoppers_behind_one_address_apart():
@@ -155,6 +167,10 @@ def test_a_browser_cannot_choose_its_identity_or_clear_its_bot_mark():
     "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; bingbot/2.0)",
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/120.0 Safari/537.36",
     "python-requests/2.32.3", "curl/8.4.0", "Go-http-client/2.0", "", None,
+    # HTTP clients' defaults the attacker review of 2026-12-05 found counted as browsers
+    "node", "Deno/1.46.3", "Bun/1.1.29", "Java-http-client/21.0.4", "GuzzleHttp/7", "Ruby",
+    "Dart/3.5 (dart:io)", "Faraday v2.12.0", "got (https://github.com/sindresorhus/got)", "RestSharp/112.0.0.0",
+    "ReactorNetty/1.1.22", "Mechanize/2.12 Ruby/3.3.5p100 (http://github.com/sparklemotion/mechanize/)",
 ])
 def test_known_bots_and_headless_clients_are_marked(agent):
     assert actors.is_automated(agent)
@@ -234,3 +250,50 @@ def test_a_failing_stream_is_a_503_with_retry_after_not_a_500(how):
     for req in (request({"events": [view(1), view(2)]}), c.Request(c.SERVER, json.dumps({**view(3), "user_id": "b"}))):
         status, body, refused = col.handle(req, NOW)
         assert (status, refused) == (503, c.STREAM_DOWN) and body["retry_after_s"] > 0
+
+
+# --- consent is one click: one address's consented ids are bounded --------------------------------
+
+
+def test_one_address_presents_at_most_a_households_consented_ids_as_identities():
+    """Before: each fresh rt_aid replaced the address, so a client that consented again after
+    clearing its cookies was a new shopper each time (attacker review, 2026-12-05: 50 consents
+    from one address moved an item by 50 purchases)."""
+    col, stream = collector()
+    for n in range(50):
+        col.handle(request(view(n), anonymous_cookie=identity.anonymous_cookie_value(f"visitor-{n}", KEY)), NOW)
+    identities = [e["actor"] for e in written(stream)]
+    consented = {a for a in identities if a.startswith("aid~")}
+    assert len(consented) == actors.CONSENTED_PER_ADDRESS and len(set(identities)) == actors.CONSENTED_PER_ADDRESS + 1
+    # another address has its own household; the next day the bound starts over
+    col.handle(request(view(60), anonymous_cookie=identity.anonymous_cookie_value("visitor-60", KEY),
+                       viewer_address="203.0.113.9:443"), NOW)
+    col.handle(request(view(61), anonymous_cookie=identity.anonymous_cookie_value("visitor-49", KEY)),
+               NOW + actors.ACTOR_WINDOW_MS)
+    assert all(e["actor"].startswith("aid~") for e in written(stream)[-2:])
+
+
+def test_a_shops_consented_anonymous_shopper_is_outside_experiments_and_bounded_per_address():
+    """Before: a shop's ``anon-`` rt_uid (minted by the kit on consent, no account) counted as a
+    signed-in shopper: its rec_ids attributed to variants, and one client minting one per click
+    steered the guardrail and moved shared scores by one shopper per click."""
+    col, stream = collector()
+    for n in range(10):
+        visitor = f"{identity.CONSENTED_PREFIX}visitor-{n}"
+        rec = identity.issue_rec_id(KEY, "exp@200", "challenger", visitor, NOW / 1000)
+        status, _, _ = col.handle(request({"events": [
+            {"event_id": f"i{n}", "type": "impression", "items": ["sku-1"], "ts": NOW, "rec_id": rec},
+            {**view(n), "rec_id": rec}]}, cookie=identity.cookie_value(visitor, KEY)), NOW)
+        assert status == 202
+    events = written(stream)
+    assert all(e.get("variant") is None for e in events)  # attributed to no variant
+    assert all(e["user_id"].startswith("anon-") for e in events)  # each visitor's own row still learns
+    counted = {e["user_id"] for e in events if not e.get("bot")}
+    assert len(counted) == actors.CONSENTED_PER_ADDRESS  # the rest move nothing shared
+
+
+def test_an_account_is_not_bounded_by_its_address():
+    col, stream = collector()
+    for n in range(20):
+        col.handle(request(view(n), cookie=identity.cookie_value(f"account-{n}", KEY)), NOW)
+    assert not any(e.get("bot") for e in written(stream))

@@ -194,3 +194,22 @@ def test_each_ramp_step_counts_its_shoppers_apart(store, ingest):
 def test_a_bots_attributed_events_count_for_no_variant(store, ingest):
     ingest([attributed(1, "impression", bot=True), attributed(2, "click", bot=True)])
     assert variant_counts(store) == ([0, 0, 0, 0], 0)
+
+
+def test_a_shopper_active_every_day_of_a_long_step_counts_once(store, ingest, clock):
+    """Before: a credit's day was refreshed only by the event it was granted to, so a shopper
+    seen every day was forgotten 30 days after the first exposure and counted again (found by
+    the attacker review of 2026-12-05: [1, 1, 0, 0] on day 0, [2, 2, 0, 0] on day 32)."""
+    for day in range(0, 64, 2):
+        at = NOW + day * entities.DAY_MS
+        ingest([attributed(2 * day, "impression", rec=f"exp@200~{day}", ts=at),
+                attributed(2 * day + 1, "click", rec=f"exp@200~{day}", ts=at)], arrival_ms=at)
+    assert variant_counts(store)[0] == [1, 1, 0, 0]
+
+
+def test_a_shopper_gone_for_longer_than_the_credit_ttl_is_forgotten(store, ingest, clock):
+    """The other side of the bound: an identity's credits are not kept for ever."""
+    ingest([attributed(1, "impression")])
+    later = NOW + entities.EXPERIMENT_CREDIT_TTL_MS + 2 * entities.DAY_MS
+    ingest([attributed(2, "impression", rec="exp@200~2", ts=later)], arrival_ms=later)
+    assert variant_counts(store)[0] == [2, 0, 0, 0]

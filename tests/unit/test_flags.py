@@ -59,6 +59,8 @@ def test_anonymous_shoppers_get_the_champion_outside_the_experiment():
     anonymous = rollout.assign(None)
     assert (anonymous.variant, anonymous.model, anonymous.experiment) == (flags.OUTSIDE, "a/v1", "none")
     assert rollout.assign("someone").variant == flags.CHALLENGER
+    # A consenting visitor's shop-minted id (no account) is anonymous too: one per click.
+    assert rollout.assign("anon-Idknok3l-vTGTT5LKYSAw").variant == flags.OUTSIDE
 
 
 def test_flags_older_than_the_maximum_age_serve_only_the_champion():

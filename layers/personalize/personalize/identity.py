@@ -105,6 +105,19 @@ def anonymous_cookie_value(anonymous_id: str, key: str) -> str:
     return f"{anonymous_id}.{sign(_ANONYMOUS_DOMAIN + anonymous_id, key)}"
 
 
+# A shop mints first-party anonymous ids for consenting visitors as ``rt_uid`` values with
+# this prefix (the kit's ``new_anonymous_id``; kit/backend.py keeps the same constant, a test
+# checks it): a row of their own, but no account. They are outside every experiment and, as
+# anonymous identities, bounded per address (``ingest.actors.ConsentedIds``). Account ids never
+# start with it.
+CONSENTED_PREFIX = "anon-"
+
+
+def is_consented_anonymous(user_id: str | None) -> bool:
+    """A consenting visitor's first-party anonymous id (minted by the shop), not an account."""
+    return type(user_id) is str and user_id.startswith(CONSENTED_PREFIX)
+
+
 def _signed(value: str | None) -> tuple[str, str] | None:
     """(id, signature) of a well-formed signed cookie value ``<id>.<signature>``."""
     if not value or not isinstance(value, str) or "." not in value:

@@ -54,7 +54,10 @@ _AUTOMATED = re.compile(
     r"(?<!cu)bot\b|bot/|crawl|spider|slurp|scrap|headless|phantomjs|puppeteer|playwright|selenium|webdriver|"
     r"lighthouse|pagespeed|python-|python/|aiohttp|httpx|requests/|urllib|curl/|wget|libwww|go-http-client|"
     r"okhttp|java/|apache-httpclient|node-fetch|axios|undici|postman|insomnia|facebookexternalhit|"
-    r"whatsapp|preview|monitor|pingdom|uptime|datadog|newrelic", re.IGNORECASE)
+    r"whatsapp|preview|monitor|pingdom|uptime|datadog|newrelic|"
+    # HTTP clients' defaults: Node's fetch ("node"), Deno, Bun, Java's, PHP's, Ruby's, Dart's, ...
+    r"^node$|^deno/|^bun/|java-http-client|guzzlehttp|^ruby$|dart:io|faraday|^got\b|restsharp|reactornetty|"
+    r"mechanize|httpie|powershell|libcurl", re.IGNORECASE)
 
 
 def is_automated(user_agent: str | None) -> bool:
@@ -64,9 +67,15 @@ def is_automated(user_agent: str | None) -> bool:
     return _AUTOMATED.search(user_agent[:512]) is not None
 
 
+# What one IPv6 subscriber is given: a /64 at the least, a /56 commonly (RIPE-690), a /48 at
+# most. Keying by the /56 keeps a home's rotating /64s one identity; a /48 holder is up to 256.
+IPV6_PREFIX = 56
+
+
 def network_address(viewer_address: str | None) -> str | None:
-    """The viewer's address as one identity: an IPv4 address, or an IPv6 address's /64
-    (``CloudFront-Viewer-Address`` is ``<ip>:<port>``; None when absent or malformed)."""
+    """The viewer's address as one identity: an IPv4 address (also as embedded in an IPv6
+    one: mapped, or 6to4), or an IPv6 address's /56 (``CloudFront-Viewer-Address`` is
+    ``<ip>:<port>``; None when absent or malformed)."""
     if not viewer_address or not isinstance(viewer_address, str) or len(viewer_address) > 64:
         return None
     text = viewer_address.strip()
@@ -79,9 +88,10 @@ def network_address(viewer_address: str | None) -> str | None:
     except ValueError:
         return None
     if address.version == 6:
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is not None:
+            return str(embedded)
+        return str(ipaddress.ip_network(f"{address}/{IPV6_PREFIX}", strict=False))
     return str(address)
 
 
@@ -105,6 +115,45 @@ def anonymous_actor(viewer_address: str | None, key: str | None, now_ms: int, co
         return _actor("aid~", consented_id, key, now_ms)
     address = network_address(viewer_address)
     return _actor("ip~", address, key, now_ms) if address else None
+
+
+# A household's browsers behind one address in a day: how many consented first-party ids
+# (``rt_aid``, or a shop's ``anon-`` ``rt_uid``) one address may present as identities of their
+# own. Consent is one click on the shop's page, so without a bound one client could mint a
+# shopper per click.
+CONSENTED_PER_ADDRESS = 4
+CONSENTED_ADDRESSES = 50_000  # addresses kept per container (least recently seen dropped first)
+
+
+class ConsentedIds:
+    """Which consented first-party ids count as identities of their own: the first
+    ``per_address`` distinct ids seen from one address (an IPv6 address by its prefix) in an
+    actor window, per container, as the rate limiter's buckets are. Past them the address is
+    the identity (``rt_aid``), or the events count for nothing shared (an ``anon-`` ``rt_uid``:
+    its own row still learns). Without an address, all such ids share one bound."""
+
+    def __init__(self, per_address: int = CONSENTED_PER_ADDRESS, max_addresses: int = CONSENTED_ADDRESSES):
+        self.per_address, self.max_addresses = per_address, max_addresses
+        self._seen: OrderedDict[tuple[str, int], set[str]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.refused = 0
+
+    def admit(self, viewer_address: str | None, consented_id: str, now_ms: int) -> bool:
+        key = (network_address(viewer_address) or "unknown", now_ms // ACTOR_WINDOW_MS)
+        with self._lock:
+            ids = self._seen.pop(key, None)
+            if ids is None:
+                ids = set()
+            self._seen[key] = ids
+            while len(self._seen) > self.max_addresses:
+                self._seen.popitem(last=False)
+            if consented_id in ids:
+                return True
+            if len(ids) >= self.per_address:
+                self.refused += 1
+                return False
+            ids.add(consented_id)
+            return True
 
 
 class RateLimiter:

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from personalize.adapters.stream import EventStream
-from personalize.identity import KeyRing, verify_rec_id
+from personalize.identity import KeyRing, is_consented_anonymous, verify_rec_id
 from personalize.ingest import actors
 from personalize.ingest.catalogue import MembershipCache, artifacts_loader
 from personalize.ingest.catalogue import refresh_s as catalogue_refresh_s
@@ -149,7 +149,7 @@ def _attributable(event, public: bool) -> bool:
     """Which events may move the experiment counters the guardrail reads: a signed-in
     shopper's (anonymous shoppers are outside every experiment), and purchases only from the
     shop's backend (a browser's purchase is a claim, replayable with any price)."""
-    if not event.rec_id or event.user_id is None:
+    if not event.rec_id or event.user_id is None or is_consented_anonymous(event.user_id):
         return False
     return not (public and event.type == "purchase")
 
@@ -292,7 +292,7 @@ class Collector:
     def __init__(self, stream: EventStream, signing: KeyRing, origin: KeyRing | None,
                  clock: Callable[[], float] = time.time, origins: OriginPolicy | None = None,
                  limiter: actors.RateLimiter | None = None, catalogue: MembershipCache | None = None,
-                 gate: StockGate | None = None):
+                 gate: StockGate | None = None, consented: actors.ConsentedIds | None = None):
         self.stream = stream
         self.signing = signing
         self.origin = origin  # None: no CDN in front (never in a deployed stack)
@@ -302,6 +302,7 @@ class Collector:
         # The published items (None: not checked here; aggregate checks whatever it can).
         self.catalogue = catalogue
         self.gate = gate if gate is not None else StockGate()
+        self.consented = consented if consented is not None else actors.ConsentedIds()
 
     def handle(self, request: Request, now_ms: int | None = None) -> tuple[int, dict, CollectResult | Refused]:
         """(status, body, what was collected, or why the request was refused as a whole)."""
@@ -331,10 +332,15 @@ class Collector:
         automated = False
         if public:
             shopper = self.signing.verified_user(request.cookie)
+            automated = actors.is_automated(request.user_agent)
             if shopper is None:
                 consented = self.signing.verified_anonymous(request.anonymous_cookie)
+                if consented and not self.consented.admit(request.viewer_address, consented, now_ms):
+                    consented = None  # one address's consented ids past its bound: the address
                 actor = actors.anonymous_actor(request.viewer_address, keys[0], now_ms, consented)
-            automated = actors.is_automated(request.user_agent)
+            elif is_consented_anonymous(shopper) and not self.consented.admit(request.viewer_address, shopper,
+                                                                              now_ms):
+                automated = True  # its own row learns; nothing shared moves
             wait = self.limiter.take(shopper or actor or "unknown", len(events), now_ms / 1000)
             if wait:
                 return 429, {"message": "more events than one shopper (or one address) sends; "

@@ -42,6 +42,7 @@ from aws_lambda_powertools.utilities.feature_flags.exceptions import Configurati
 from aws_lambda_powertools.utilities.feature_flags.schema import SchemaValidator
 
 from personalize.adapters.appconfig import PollTooEarly
+from personalize.identity import is_consented_anonymous
 
 log = logging.getLogger(__name__)
 
@@ -338,7 +339,7 @@ class Rollout:
             # An instance that cannot reach AppConfig must not keep a challenger live: the
             # guardrail's kill would never reach it. Champion only, outside the experiment.
             return Assignment(OUTSIDE, champion, self.default_experiment, True)
-        if user_id is None:  # anonymous: no sticky bucket, not part of the experiment
+        if user_id is None or is_consented_anonymous(user_id):  # anonymous: not part of the experiment
             return Assignment(OUTSIDE, champion, self.default_experiment, True)
         step = self._step()
         analysed = analysis_id(experiment, step) if step else experiment

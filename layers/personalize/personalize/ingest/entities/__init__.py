@@ -40,6 +40,7 @@ from .bookkeeping import (  # noqa: F401 - the package's interface
 from .credits import (  # noqa: F401 - the package's interface
     COUNTER,
     CREDIT_WINDOW_MS,
+    EXPERIMENT_CREDIT_TTL_MS,
     EXPOSED,
     ITEM,
     MAX_ITEM_CREDITS,

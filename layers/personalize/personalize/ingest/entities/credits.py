@@ -26,7 +26,8 @@ record the deciding row already applied is never granted a credit it was not gra
 Bounded: at most ``MAX_ITEM_CREDITS`` item credits per identity in a window and
 ``MAX_EXPERIMENT_CREDITS`` experiment credits; past them nothing more is granted (a person
 does not touch thousands of items a day: a bot does). Item credits of windows before the
-previous one, and experiment credits untouched for ``EXPERIMENT_CREDIT_TTL_MS``, are dropped.
+previous one, and experiment credits the identity has not touched (by any event) for
+``EXPERIMENT_CREDIT_TTL_MS``, are dropped.
 """
 
 from __future__ import annotations
@@ -95,15 +96,19 @@ class Credits:
         return bool(self.items or self.experiments)
 
     @staticmethod
-    def _grant(given: dict[int, list[int]], key: int, event_key: int, stamp: int, new: bool, cap: int) -> bool:
+    def _grant(given: dict[int, list[int]], key: int, event_key: int, stamp: int, new: bool, cap: int,
+               expired_before: int = 0) -> bool:
         owner = event_key & EVENT_KEY_MASK
         current = given.get(key)
+        if current is not None and new and current[1] < expired_before:
+            del given[key]  # past its lifetime: as if pruned before this event
+            current = None
         if current is not None:
-            if current[0] != owner:
-                return False
+            # Any event the deciding row applies keeps the credit alive (its owner unchanged):
+            # a shopper seen every day of a long ramp step is never forgotten and counted again.
             if new and current[1] < stamp:
                 current[1] = stamp
-            return True
+            return current[0] == owner
         if not new or len(given) >= cap:
             return False
         given[key] = [owner, stamp]
@@ -120,7 +125,8 @@ class Credits:
     def grant_variant(self, experiment: str, variant: str, counter: int, event_key: int, arrival_ms: int,
                       new: bool) -> bool:
         return self._grant(self.experiments, variant_credit_key(experiment, variant, counter), event_key,
-                           arrival_ms // DAY_MS, new, MAX_EXPERIMENT_CREDITS)
+                           arrival_ms // DAY_MS, new, MAX_EXPERIMENT_CREDITS,
+                           (arrival_ms - EXPERIMENT_CREDIT_TTL_MS) // DAY_MS)
 
     def prune(self, newest_arrival_ms: int) -> None:
         oldest_window = window_of(newest_arrival_ms) - 1
