@@ -289,7 +289,7 @@ class Demo:
         near_before, near_after = len(set(ids(before)) & neighbours), len(set(ids(after)) & neighbours)
         s.figures["co_bought_in_top10_before"], s.figures["co_bought_in_top10_after"] = near_before, near_after
         # Not a claim: beyond the cart, the evaluation measures no gain from the session's
-        # events on this data (README, Models); here the count is only reported.
+        # events on this data (docs/models.md); here the count is only reported.
         s.say(f"items co-bought with the clicked ones in the top 10: {near_before} before, {near_after} after")
 
     # 3 ---------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ def edge_config(env: str) -> dict:
 def fallback_items(n: int = 100) -> dict:
     """The popular items a cold edge serves while AWS is unreachable: from the snapshot file
     named by ``FALLBACK_SNAPSHOT`` (e.g. one downloaded from the stack's bucket,
-    ``snapshots/<version>.msgpack``), available items with stock not low, best first.
+    ``snapshots/current/v2.msgpack``), available items with stock not low, best first.
     Without one the bundle carries an empty list (a cold outage then answers no items)."""
     import time
 

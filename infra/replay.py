@@ -6,7 +6,7 @@ per-record isolation), Lambda's event source mapping gives up on it after
 to the on-failure queue and moves on. The stream keeps the records for 7 days. This reads
 each recorded range back from the stream, invokes ``aggregate`` on it as a *replay* (the
 records keep their sequence numbers; the rows that moved past the range remember which
-part of it they never applied, see ``state.Progress``), retries what fails, and deletes
+part of it they never applied, see ``entities.Progress``), retries what fails, and deletes
 the queue message only when the whole range is applied. Running it twice changes nothing.
 
 ``--env local`` acts on the running ``make serve`` (the handler runs in this process

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from moto import mock_aws
 
-from infra.local import aws_limits, handlers, iam, resources, template
+from infra.local import aws_limits, handlers, iam, moto_speed, resources, template
 from infra.local.lambda_events import http_api_event, response_json
 from infra.local.poller import KinesisPoller
 from personalize import identity, settings
@@ -47,6 +47,7 @@ def moto_stack(monkeypatch, template_path=template.TEMPLATE):
     """Moto started first, then the template's resources and roles, then the functions'
     env; IAM enforced from then on: each function runs as its own role (handlers.load),
     the test itself as the administrator; AWS's throughput limits in front of moto."""
+    moto_speed.install()
     with mock_aws():
         aws.reset()
         created = resources.create_with_roles(template_path=template_path)

@@ -22,6 +22,8 @@ object in the artifacts bucket. A role that may read the deployed configuration
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -145,11 +147,17 @@ def local_statements(statements: list[dict], bucket_arn: str) -> list[dict]:
     return out
 
 
-def managed_policy(arn: str) -> dict:
+@functools.lru_cache(maxsize=1)
+def _managed_policies() -> dict:
+    """moto's copy of AWS's managed policies, parsed once per process (a 1 MB document)."""
     from moto.iam.aws_managed_policies import aws_managed_policies_data
 
+    return json.loads(aws_managed_policies_data)
+
+
+def managed_policy(arn: str) -> dict:
     name = arn.rsplit("/", 1)[-1]
-    return json.loads(aws_managed_policies_data)[name]["Document"]
+    return copy.deepcopy(_managed_policies()[name]["Document"])
 
 
 def role_statements(doc: dict, role_id: str, resolve: Resolver) -> list[dict]:

@@ -32,7 +32,7 @@ from .worker import read_message, write_message
 log = logging.getLogger(__name__)
 # POSIX: freezing needs SIGSTOP/SIGCONT (not on Windows, where containers stay thawed).
 CAN_FREEZE = hasattr(signal, "SIGSTOP")
-INVOCATION_TIMEOUT_S = 30.0  # the template's longest function timeout
+INVOCATION_TIMEOUT_S = 30.0  # one limit for every local invocation (the template's range from 5 to 120 s)
 INIT_TIMEOUT_S = 120.0  # Lambda allows 10 s; a busy 2-core machine importing onnxruntime needs more
 
 

@@ -50,9 +50,9 @@ def main(argv=None) -> None:
     mode = "in-process" if args.in_process else f"up to {args.workers} worker processes per function"
     print(f"local stack up: {stack.endpoint} (AWS at {stack.aws_endpoint}; {mode}); state in {args.state_file}",
           flush=True)
-    print(f"  curl -X POST {stack.endpoint}/events -d '{{\"event_id\":\"e1\",\"type\":\"click\","
-          f"\"user_id\":\"u1\",\"item_id\":\"sku-1\",\"ts\":'$(date +%s000)'}}'")
-    print(f"  curl {stack.endpoint}/features/users/u1")
+    print(f"  curl '{stack.endpoint}/recommendations?k=5'   # an anonymous shopper's list")
+    print("  events: click around the demo storefront (a browser posts them with its cookie), or "
+          "make smoke (the backend's route, SigV4)")
     print(f"  curl {stack.endpoint}/local/stats   # the emulator's own overhead, per function")
     print(f"  demo storefront: {stack.shop_url}   live console: {stack.console_url} "
           "(admin token: console_admin_token in the state file)", flush=True)

@@ -8,7 +8,7 @@ regions in milliseconds (public inter-region measurements, rounded); the table p
 execution region, the replica with the smallest round trip and a read timeout of 1.5 x that
 round trip + 20 ms, at least 50 ms (one GetItem's own work) and at most 250 ms. A read that
 would need more than the budget should get a replica instead: that is what choosing the
-replica set is about (README, "Regions").
+replica set is about (docs/deploy.md, "Regions").
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ sorted by when they were written (``<write ms>#<writer>``), so a reader asks eac
 only for what was written since it last looked (a Query on the sort key): serving reads
 what changed, never the whole set. The snapshot (every minute) carries every item's
 availability as of its build; serving applies the log written since on top of it
-(``serving.recommendations.Availability``).
+(``serving.availability.Availability``).
 
 Why not one set: a set under one partition key is rewritten on every stock event and each
 UpdateItem is billed at the whole item (a 400 KB part: 400 write units), and every serving

@@ -116,6 +116,13 @@ class Deadline:
                                 f"function's time; the last good snapshot stays published")
 
 
+def new_stack_state(created_ms: int) -> bytes:
+    """The state of a stack created at ``created_ms``: its journal starts then. Without it (a
+    lost state object) a first run reads ``FIRST_RUN_LOOKBACK_MS`` of journal, partition by
+    partition (the local stack writes it when it creates the bucket)."""
+    return JobState(journal_ms=created_ms + JOURNAL_OVERLAP_MS).to_bytes()
+
+
 def _load_state(artifacts: Artifacts) -> JobState | None:
     try:
         return JobState.from_bytes(artifacts.get(STATE_KEY))

@@ -42,7 +42,7 @@ ITEM_COLUMNS = (
     "item_popularity_log",  # log1p(interaction weight decayed with a 7-day half-life)
     "item_trending_log",    # log1p(trending velocity: weighted events/min above the hour's mean)
     "item_weighted_1h_log", # log1p(weighted interactions in the last hour)
-    "item_reorder_ratio",   # share of all-time purchases that were reorders (state.is_reorder)
+    "item_reorder_ratio",   # share of all-time purchases that were reorders (entities.is_reorder)
 )
 POPULAR_POOL = 400
 TRENDING_POOL = 100
