@@ -47,7 +47,7 @@ venv: $(STAMP) $(CHECKOV_STAMP) $(CHROMIUM) ## Create .venv with every pinned de
 
 test: $(STAMP) $(CHECKOV_STAMP) $(CHROMIUM) ## Run the whole test suite (ruff, then unit, functional under moto, browser tests in chromium, layering, template checks)
 	$(BIN)/ruff check .
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(or $(WORKERS),auto) --dist loadfile
 
 lint: $(STAMP) $(CHECKOV_STAMP) ## cfn-lint, sam validate --lint and checkov on the template, ruff, the layering, the workflows
 	$(BIN)/lint-imports --config .importlinter
