@@ -213,3 +213,15 @@ def test_a_shopper_gone_for_longer_than_the_credit_ttl_is_forgotten(store, inges
     later = NOW + entities.EXPERIMENT_CREDIT_TTL_MS + 2 * entities.DAY_MS
     ingest([attributed(2, "impression", rec="exp@200~2", ts=later)], arrival_ms=later)
     assert variant_counts(store)[0] == [2, 0, 0, 0]
+
+
+def test_exposure_and_conversion_of_a_long_step_expire_together(store, ingest, clock):
+    """The on-call review of 2026-12-05: with each counter kept alive only by its own events, a
+    shopper seen daily who bought on day 1 and day 40 counted exposed 1, bought 2."""
+    for day in range(0, 42):
+        at = NOW + day * entities.DAY_MS
+        events = [attributed(3 * day, "impression", rec=f"exp@200~{day}", ts=at)]
+        if day in (1, 40):
+            events.append(attributed(3 * day + 1, "purchase", rec=f"exp@200~{day}", ts=at, price=1.0))
+        ingest(events, arrival_ms=at)
+    assert variant_counts(store)[0] == [1, 0, 0, 1]

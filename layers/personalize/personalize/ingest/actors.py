@@ -7,7 +7,8 @@ names the identity of a public request, and refuses one that sends more than a s
 
 * signed in: the account (the verified ``rt_uid`` cookie), nothing to add here;
 * anonymous: ``ip~<hash>``, a keyed hash of the viewer's network address (CloudFront's
-  ``CloudFront-Viewer-Address``; an IPv6 address by its /64, what one subscriber is given),
+  ``CloudFront-Viewer-Address``; an IPv6 address by its /64, what one subscriber is given at
+  the least),
   under a key derived from the signing key and the current window (``ACTOR_WINDOW_MS``, the
   credit window): the same address is one identity within a window and an unrelated one in
   the next, and the address itself is never written anywhere;
@@ -56,7 +57,8 @@ _AUTOMATED = re.compile(
     r"okhttp|java/|apache-httpclient|node-fetch|axios|undici|postman|insomnia|facebookexternalhit|"
     r"whatsapp|preview|monitor|pingdom|uptime|datadog|newrelic|"
     # HTTP clients' defaults: Node's fetch ("node"), Deno, Bun, Java's, PHP's, Ruby's, Dart's, ...
-    r"^node$|^deno/|^bun/|java-http-client|guzzlehttp|^ruby$|dart:io|faraday|^got\b|restsharp|reactornetty|"
+    # (not Dart's "dart:io": Flutter apps send it, and a shop's own app counts as a browser does)
+    r"^node$|^deno/|^bun/|java-http-client|guzzlehttp|^ruby$|faraday|^got\b|restsharp|reactornetty|"
     r"mechanize|httpie|powershell|libcurl", re.IGNORECASE)
 
 
@@ -67,14 +69,15 @@ def is_automated(user_agent: str | None) -> bool:
     return _AUTOMATED.search(user_agent[:512]) is not None
 
 
-# What one IPv6 subscriber is given: a /64 at the least, a /56 commonly (RIPE-690), a /48 at
-# most. Keying by the /56 keeps a home's rotating /64s one identity; a /48 holder is up to 256.
-IPV6_PREFIX = 56
+# What one IPv6 subscriber is given at the least: a /64 (a mobile carrier gives each handset its
+# own /64, neighbouring /64s are other subscribers: a wider key would merge real shoppers). A
+# holder of a /56 or /48 is up to 256 or 65,536 identities, as a botnet is many.
+IPV6_PREFIX = 64
 
 
 def network_address(viewer_address: str | None) -> str | None:
     """The viewer's address as one identity: an IPv4 address (also as embedded in an IPv6
-    one: mapped, or 6to4), or an IPv6 address's /56 (``CloudFront-Viewer-Address`` is
+    one: mapped, or 6to4), or an IPv6 address's /64 (``CloudFront-Viewer-Address`` is
     ``<ip>:<port>``; None when absent or malformed)."""
     if not viewer_address or not isinstance(viewer_address, str) or len(viewer_address) > 64:
         return None
@@ -117,42 +120,53 @@ def anonymous_actor(viewer_address: str | None, key: str | None, now_ms: int, co
     return _actor("ip~", address, key, now_ms) if address else None
 
 
-# A household's browsers behind one address in a day: how many consented first-party ids
-# (``rt_aid``, or a shop's ``anon-`` ``rt_uid``) one address may present as identities of their
-# own. Consent is one click on the shop's page, so without a bound one client could mint a
-# shopper per click.
-CONSENTED_PER_ADDRESS = 4
-CONSENTED_ADDRESSES = 50_000  # addresses kept per container (least recently seen dropped first)
+# Consent is one click on the shop's page: without a bound one client could mint a shopper
+# per click. A carrier's NAT puts hundreds of real shoppers behind one address, so the bound is
+# on how fast an address presents consented first-party ids it has not presented before
+# (``rt_aid``, or a shop's ``anon-`` ``rt_uid``), not on how many it has: a token bucket of new
+# ids per address, refilled at ``CONSENTED_NEW_PER_MIN`` (a NAT's shoppers arrive over the
+# day; a script's ids arrive at once).
+CONSENTED_NEW_PER_MIN = 6.0
+CONSENTED_BURST = 12
+CONSENTED_IDS_PER_ADDRESS = 2_000  # ids remembered per address (oldest forgotten: re-admitted as new)
+CONSENTED_ADDRESSES = 20_000  # addresses kept per container (least recently seen dropped first)
 
 
 class ConsentedIds:
-    """Which consented first-party ids count as identities of their own: the first
-    ``per_address`` distinct ids seen from one address (an IPv6 address by its prefix) in an
-    actor window, per container, as the rate limiter's buckets are. Past them the address is
-    the identity (``rt_aid``), or the events count for nothing shared (an ``anon-`` ``rt_uid``:
-    its own row still learns). Without an address, all such ids share one bound."""
+    """Which consented first-party ids count as identities of their own, per container as the
+    rate limiter's buckets are: an id this address presented before (in the actor window), or
+    a new one while the address's bucket of new ids has a token. Past it the address is the
+    identity (``rt_aid``), or the events count for nothing shared (an ``anon-`` ``rt_uid``: its
+    own row still learns). Without an address, all such ids share one bucket."""
 
-    def __init__(self, per_address: int = CONSENTED_PER_ADDRESS, max_addresses: int = CONSENTED_ADDRESSES):
-        self.per_address, self.max_addresses = per_address, max_addresses
-        self._seen: OrderedDict[tuple[str, int], set[str]] = OrderedDict()
+    def __init__(self, new_per_min: float = CONSENTED_NEW_PER_MIN, burst: int = CONSENTED_BURST,
+                 max_addresses: int = CONSENTED_ADDRESSES, ids_per_address: int = CONSENTED_IDS_PER_ADDRESS):
+        self.rate_per_ms, self.burst = new_per_min / 60_000, float(burst)
+        self.max_addresses, self.ids_per_address = max_addresses, ids_per_address
+        # (address, window) -> [tokens, at_ms, ids seen (insertion-ordered)]
+        self._seen: OrderedDict[tuple[str, int], list] = OrderedDict()
         self._lock = threading.Lock()
         self.refused = 0
 
     def admit(self, viewer_address: str | None, consented_id: str, now_ms: int) -> bool:
         key = (network_address(viewer_address) or "unknown", now_ms // ACTOR_WINDOW_MS)
         with self._lock:
-            ids = self._seen.pop(key, None)
-            if ids is None:
-                ids = set()
-            self._seen[key] = ids
+            entry = self._seen.pop(key, None) or [self.burst, now_ms, {}]
+            self._seen[key] = entry
             while len(self._seen) > self.max_addresses:
                 self._seen.popitem(last=False)
+            ids = entry[2]
             if consented_id in ids:
                 return True
-            if len(ids) >= self.per_address:
+            entry[0] = min(self.burst, entry[0] + max(0, now_ms - entry[1]) * self.rate_per_ms)
+            entry[1] = now_ms
+            if entry[0] < 1.0:
                 self.refused += 1
                 return False
-            ids.add(consented_id)
+            entry[0] -= 1.0
+            ids[consented_id] = None
+            if len(ids) > self.ids_per_address:
+                del ids[next(iter(ids))]
             return True
 
 

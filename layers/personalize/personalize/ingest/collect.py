@@ -335,11 +335,12 @@ class Collector:
             automated = actors.is_automated(request.user_agent)
             if shopper is None:
                 consented = self.signing.verified_anonymous(request.anonymous_cookie)
-                if consented and not self.consented.admit(request.viewer_address, consented, now_ms):
+                if consented and (automated or not self.consented.admit(request.viewer_address, consented,
+                                                                         now_ms)):
                     consented = None  # one address's consented ids past its bound: the address
                 actor = actors.anonymous_actor(request.viewer_address, keys[0], now_ms, consented)
-            elif is_consented_anonymous(shopper) and not self.consented.admit(request.viewer_address, shopper,
-                                                                              now_ms):
+            elif is_consented_anonymous(shopper) and not automated and not self.consented.admit(
+                    request.viewer_address, shopper, now_ms):
                 automated = True  # its own row learns; nothing shared moves
             wait = self.limiter.take(shopper or actor or "unknown", len(events), now_ms / 1000)
             if wait:

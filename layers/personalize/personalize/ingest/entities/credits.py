@@ -26,8 +26,9 @@ record the deciding row already applied is never granted a credit it was not gra
 Bounded: at most ``MAX_ITEM_CREDITS`` item credits per identity in a window and
 ``MAX_EXPERIMENT_CREDITS`` experiment credits; past them nothing more is granted (a person
 does not touch thousands of items a day: a bot does). Item credits of windows before the
-previous one, and experiment credits the identity has not touched (by any event) for
-``EXPERIMENT_CREDIT_TTL_MS``, are dropped.
+previous one, and an analysis's experiment credits when the shopper has sent no attributed
+event of that variant for ``EXPERIMENT_CREDIT_TTL_MS``, are dropped (all its counters together,
+so exposure and conversion expire alike).
 """
 
 from __future__ import annotations
@@ -104,8 +105,9 @@ class Credits:
             del given[key]  # past its lifetime: as if pruned before this event
             current = None
         if current is not None:
-            # Any event the deciding row applies keeps the credit alive (its owner unchanged):
-            # a shopper seen every day of a long ramp step is never forgotten and counted again.
+            # Any event the deciding row applies keeps the credit alive (its owner unchanged; for
+            # experiments, ``grant_variant`` also keeps the analysis's other counters alive): a
+            # shopper seen every day of a long ramp step is never forgotten and counted again.
             if new and current[1] < stamp:
                 current[1] = stamp
             return current[0] == owner
@@ -124,6 +126,12 @@ class Credits:
 
     def grant_variant(self, experiment: str, variant: str, counter: int, event_key: int, arrival_ms: int,
                       new: bool) -> bool:
+        if new:  # the shopper is active in this analysis: every counter's credit stays alive together
+            day, expired = arrival_ms // DAY_MS, (arrival_ms - EXPERIMENT_CREDIT_TTL_MS) // DAY_MS
+            for other in range(len(VARIANT_COUNTER) + 1):
+                held = self.experiments.get(variant_credit_key(experiment, variant, other))
+                if held is not None and expired <= held[1] < day:
+                    held[1] = day
         return self._grant(self.experiments, variant_credit_key(experiment, variant, counter), event_key,
                            arrival_ms // DAY_MS, new, MAX_EXPERIMENT_CREDITS,
                            (arrival_ms - EXPERIMENT_CREDIT_TTL_MS) // DAY_MS)
