@@ -168,6 +168,10 @@ def role_statements(doc: dict, role_id: str, resolve: Resolver) -> list[dict]:
         statements += body if isinstance(body, list) else [body]
     for arn in props.get("ManagedPolicyArns", []):
         statements += managed_policy(resolve(arn))["Statement"]
+    for resource in doc["Resources"].values():  # policies of their own attached to the role
+        if resource["Type"] == "AWS::IAM::Policy" and {"Ref": role_id} in resource["Properties"].get("Roles", []):
+            body = resolve(resource["Properties"]["PolicyDocument"])["Statement"]
+            statements += body if isinstance(body, list) else [body]
     return statements
 
 

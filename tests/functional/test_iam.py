@@ -102,3 +102,20 @@ def test_the_edge_may_send_its_counts_to_the_home_region(stack):
         other = aws.client("cloudwatch")
     with pytest.raises(ClientError, match="not authorized"):
         other.put_metric_data(Namespace="RealtimePersonalization", MetricData=[{"MetricName": "x", "Value": 1}])
+
+
+def test_the_edge_may_read_its_flags_from_a_policy_attached_to_its_role(stack):
+    """The flags permission lives in EdgeFlagsPolicy (an AWS::IAM::Policy on EdgeRole; in the
+    role it closed a dependency cycle): the local IAM attaches it as AWS does."""
+    from infra.local.iam import POINTER_KEY
+
+    edge = {a for s in stack.identities.policies["edge"]
+            for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+    assert {"appconfig:StartConfigurationSession", "appconfig:GetLatestConfiguration"} <= edge
+    with aws.as_identity(stack.identities.functions["edge"]):
+        s3 = aws.client("s3")
+    s3.get_object(Bucket=stack.names["ArtifactsBucket"], Key=POINTER_KEY)  # the local flags' pointer
+    with aws.as_identity(stack.identities.functions["features"]):
+        other = aws.client("s3")
+    with pytest.raises(ClientError):
+        other.get_object(Bucket=stack.names["ArtifactsBucket"], Key=POINTER_KEY)
