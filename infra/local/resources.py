@@ -147,8 +147,6 @@ def create_all(prefix: str = "local") -> LocalResources:
         step()
     # A new stack's journal starts now: the snapshot job's first run need not read an hour of
     # empty journal partitions (about a thousand Queries under moto: seconds per test).
-    import time
-
     from personalize.serving import snapshot_job
 
     aws.client("s3").put_object(Bucket=created.names["ArtifactsBucket"], Key=snapshot_job.STATE_KEY,

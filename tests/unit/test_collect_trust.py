@@ -299,3 +299,10 @@ def test_an_account_is_not_bounded_by_its_address():
     for n in range(20):
         col.handle(request(view(n), cookie=identity.cookie_value(f"account-{n}", KEY)), NOW)
     assert not any(e.get("bot") for e in written(stream))
+
+
+def test_what_collect_remembers_of_consented_ids_is_bounded():
+    consented = actors.ConsentedIds(kept=1_000)
+    for n in range(5_000):  # a botnet: 5,000 addresses, an id each
+        assert consented.admit(f"203.0.{n // 256}.{n % 256}:443", f"v-{n}", NOW)
+    assert consented._size <= 1_000 and sum(len(ids) for ids in consented._seen.values()) == consented._size

@@ -128,45 +128,49 @@ def anonymous_actor(viewer_address: str | None, key: str | None, now_ms: int, co
 # day; a script's ids arrive at once).
 CONSENTED_NEW_PER_MIN = 6.0
 CONSENTED_BURST = 12
-CONSENTED_IDS_PER_ADDRESS = 2_000  # ids remembered per address (oldest forgotten: re-admitted as new)
-CONSENTED_ADDRESSES = 20_000  # addresses kept per container (least recently seen dropped first)
+# What a container remembers of the ids it admitted, all addresses together (about 150 bytes
+# each: ~30 MB); the least recently seen address's ids go first, and an id forgotten is new again.
+CONSENTED_IDS_KEPT = 200_000
 
 
 class ConsentedIds:
     """Which consented first-party ids count as identities of their own, per container as the
     rate limiter's buckets are: an id this address presented before (in the actor window), or
-    a new one while the address's bucket of new ids has a token. Past it the address is the
-    identity (``rt_aid``), or the events count for nothing shared (an ``anon-`` ``rt_uid``: its
-    own row still learns). Without an address, all such ids share one bucket."""
+    a new one while the address's bucket of new ids (a ``RateLimiter`` keyed by address) has a
+    token. Past it the address is the identity (``rt_aid``), or the events count for nothing
+    shared (an ``anon-`` ``rt_uid``: its own row still learns). Without an address, all such ids
+    share one bucket."""
 
     def __init__(self, new_per_min: float = CONSENTED_NEW_PER_MIN, burst: int = CONSENTED_BURST,
-                 max_addresses: int = CONSENTED_ADDRESSES, ids_per_address: int = CONSENTED_IDS_PER_ADDRESS):
-        self.rate_per_ms, self.burst = new_per_min / 60_000, float(burst)
-        self.max_addresses, self.ids_per_address = max_addresses, ids_per_address
-        # (address, window) -> [tokens, at_ms, ids seen (insertion-ordered)]
-        self._seen: OrderedDict[tuple[str, int], list] = OrderedDict()
+                 kept: int = CONSENTED_IDS_KEPT):
+        self.new_ids = RateLimiter(new_per_min / 60, burst, max_identities=LIMITER_IDENTITIES)
+        self.kept = kept
+        self._seen: OrderedDict[tuple[str, int], set[str]] = OrderedDict()  # (address, window) -> ids
+        self._size = 0
         self._lock = threading.Lock()
-        self.refused = 0
+
+    @property
+    def refused(self) -> int:
+        return self.new_ids.refused
 
     def admit(self, viewer_address: str | None, consented_id: str, now_ms: int) -> bool:
-        key = (network_address(viewer_address) or "unknown", now_ms // ACTOR_WINDOW_MS)
+        address = network_address(viewer_address) or "unknown"
+        key = (address, now_ms // ACTOR_WINDOW_MS)
         with self._lock:
-            entry = self._seen.pop(key, None) or [self.burst, now_ms, {}]
-            self._seen[key] = entry
-            while len(self._seen) > self.max_addresses:
-                self._seen.popitem(last=False)
-            ids = entry[2]
+            ids = self._seen.pop(key, None) or set()
+            self._seen[key] = ids
             if consented_id in ids:
                 return True
-            entry[0] = min(self.burst, entry[0] + max(0, now_ms - entry[1]) * self.rate_per_ms)
-            entry[1] = now_ms
-            if entry[0] < 1.0:
-                self.refused += 1
-                return False
-            entry[0] -= 1.0
-            ids[consented_id] = None
-            if len(ids) > self.ids_per_address:
-                del ids[next(iter(ids))]
+            while len(self._seen) > LIMITER_IDENTITIES:  # addresses, as many as the buckets
+                self._size -= len(self._seen.popitem(last=False)[1])
+        if self.new_ids.take(f"consent~{address}", 1, now_ms / 1000):
+            return False
+        with self._lock:
+            if consented_id not in ids:
+                ids.add(consented_id)
+                self._size += 1
+            while self._size > self.kept and self._seen:
+                self._size -= len(self._seen.popitem(last=False)[1])
             return True
 
 
