@@ -187,6 +187,28 @@ def test_impressions_only_for_items_scrolled_into_view(stack, page):
                                                   for e in b["events"]))[1], 30, 0.1)
     later = [e for b in sent for e in b["events"] if e["type"] == "impression" and e["rec_id"] == trending[0][1]]
     assert later and all(e["positions"] for e in later)
+    # What the archive and the learning loop read: collect keeps each item's place on the stream.
+    shown = {(i, p) for e in later for i, p in zip(e["items"], e["positions"])}
+    stored = _wait(lambda: [e for e in _stream(stack) if e["type"] == "impression"
+                            and e.get("rec_id") == trending[0][1]], 20, 0.5)
+    assert stored and {(i, p) for e in stored for i, p in zip(e["items"], e["positions"])} == shown
+
+
+def _stream(stack) -> list[dict]:
+    """Every event on the local stack's Kinesis stream, as collect wrote it."""
+    from personalize import settings
+    from personalize.adapters import aws
+
+    client, name = aws.client("kinesis"), stack.resources.names[settings.EVENTS_STREAM.logical_id]
+    out = []
+    for shard in client.list_shards(StreamName=name)["Shards"]:
+        iterator = client.get_shard_iterator(StreamName=name, ShardId=shard["ShardId"],
+                                             ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        while iterator:
+            page = client.get_records(ShardIterator=iterator, Limit=10_000)
+            out += [json.loads(r["Data"]) for r in page["Records"]]
+            iterator = page.get("NextShardIterator") if page["Records"] else None
+    return out
 
 
 def _experiment(stack, share):

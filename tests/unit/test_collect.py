@@ -88,6 +88,22 @@ def test_a_served_list_is_one_impression_however_often_it_is_sent():
     assert len(set(ids[:3])) == 1 and ids[3] != ids[0]   # aggregate's event-id dedupe keeps one
 
 
+def test_an_impression_reaches_the_stream_with_the_place_of_each_item():
+    from personalize.identity import issue_rec_id
+    from personalize.ingest import collect as c
+
+    rec = issue_rec_id("k", "exp", "challenger", "alice", NOW / 1000)
+    stream = MemoryEventStream()
+    result = collect([{"event_id": "i", "type": "impression", "items": ["a", "b"], "positions": [1, 4], "ts": NOW,
+                       "rec_id": rec, "decision": "not yet in the contract"},
+                      {"event_id": "j", "type": "impression", "items": ["a", "b"], "positions": [1], "ts": NOW}],
+                     stream, NOW, route=c.PUBLIC, shopper="alice", keys=["k"])
+    [written] = _written(stream)
+    assert written["items"] == ["a", "b"] and written["positions"] == [1, 4] and written["variant"] == "challenger"
+    assert result.rejected == [{"index": 1, "error": "positions must be a list of integers from 1 to 1000, "
+                                                     "one for each of items"}]
+
+
 def test_the_public_route_takes_the_country_from_cloudfront_never_the_body():
     from personalize.ingest import collect as c
 

@@ -16,6 +16,8 @@ def base(**overrides):
     pytest.param(base(type="stock", user_id=None, stock=0), id="stock-without-user"),
     pytest.param(base(type="impression", item_id=None, items=["a", "b"], rec_id="x~1", variant="challenger"),
                  id="impression-without-item"),
+    pytest.param(base(type="impression", item_id=None, items=["a", "b"], positions=[1, 1000]),
+                 id="impression-with-positions"),
     pytest.param(base(type="purchase", price=12.5, quantity=2, country="de", category="shoes"), id="purchase-full"),
     pytest.param(base(unknown_field={"nested": True}), id="unknown-fields-ignored"),
     pytest.param(base(ts=float(NOW)), id="integral-float-ts"),
@@ -70,10 +72,22 @@ def test_valid_events_are_accepted(obj):
     pytest.param(base(type="impression", items=[""]), "items must be 1-128", id="impression-empty-id"),
     pytest.param(base(type="impression", items=[7]), "items must be a string", id="impression-numeric-id"),
     pytest.param(base(user_id=42), "user_id must be a string", id="numeric-user"),
+    *[pytest.param(base(type="impression", items=["a", "b"], positions=positions), "positions must be a list of "
+                   "integers from 1 to 1000, one for each of items", id=f"impression-positions-{name}")
+      for name, positions in [("too-few", [1]), ("too-many", [1, 2, 3]), ("zero", [0, 1]), ("over", [1, 1001]),
+                              ("boolean", [True, 2]), ("float", [1.0, 2]), ("string", ["1", "2"]),
+                              ("null", [None, 1]), ("not-a-list", {"0": 1})]],
 ])
 def test_invalid_events_say_which_rule(obj, message):
     with pytest.raises(EventError, match=message):
         parse_event(obj, NOW)
+
+
+def test_an_impression_keeps_the_place_of_each_item_it_showed():
+    event = parse_event(base(type="impression", item_id=None, items=["a", "b"], positions=[3, 7]), NOW)
+    assert event.to_dict()["items"] == ["a", "b"] and event.to_dict()["positions"] == [3, 7]
+    assert parse_event(event.to_dict(), NOW).positions == (3, 7)  # as aggregate reads it off the stream
+    assert "positions" not in parse_event(base(type="impression", items=["a"]), NOW).to_dict()
 
 
 def test_country_is_normalised_to_upper_case():

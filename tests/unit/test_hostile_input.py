@@ -77,6 +77,9 @@ def valid_event(draw, route: str, shopper: str | None = None) -> dict:
         event["item_id"] = draw(clean_text)
     if kind == "impression":
         event["items"] = draw(st.lists(clean_text, min_size=1, max_size=5))
+        if draw(st.booleans()):
+            event["positions"] = draw(st.lists(st.integers(1, events.MAX_POSITION), min_size=len(event["items"]),
+                                               max_size=len(event["items"])))
     if kind == "stock":
         event["stock"] = draw(st.integers(0, events.MAX_STOCK))
     if kind == "catalogue":

@@ -28,6 +28,7 @@ MAX_EVENT_ID_CHARS = 64
 MAX_TAG_CHARS = 128
 MAX_NAME_CHARS = 256
 MAX_IMPRESSION_ITEMS = 100
+MAX_POSITION = 1_000  # an impression's positions: 1-based places in the list the page showed
 MAX_ACTOR_CHARS = 64
 # Bounds of DESIGN 3.1, in one place: both HTTP routes and aggregate's record decoder use them.
 MAX_QUANTITY = 1_000
@@ -75,6 +76,7 @@ class Event:
     rec_id: str | None = None
     variant: str | None = None
     items: tuple[str, ...] = ()
+    positions: tuple[int, ...] = ()  # impression: each shown item's 1-based place, aligned with items
     # Set by collect on the public route (a browser's are dropped): the anonymous identity
     # shared scores count (``ingest.actors``), and an automated client's mark.
     actor: str | None = None
@@ -101,6 +103,8 @@ class Event:
             out["quantity"] = self.quantity
         if self.items:
             out["items"] = list(self.items)
+        if self.positions:
+            out["positions"] = list(self.positions)
         if self.actor is not None:
             out["actor"] = self.actor
         if self.bot:
@@ -282,6 +286,13 @@ def parse_event(obj: object, now_ms: int | None = None, anonymous_ok: bool = Fal
             if not _plain_text(item, MAX_ID_CHARS):
                 clean_text(item, "items", MAX_ID_CHARS)
         event.items = tuple(items)
+        positions = get("positions")
+        if positions is not None:
+            if type(positions) is not list or len(positions) != len(items) or not all(
+                    type(p) is int and 1 <= p <= MAX_POSITION for p in positions):
+                raise EventError(f"positions must be a list of integers from 1 to {MAX_POSITION}, "
+                                 "one for each of items")
+            event.positions = tuple(positions)
     actor = get("actor")
     if actor is not None:
         event.actor = actor if _plain_text(actor, MAX_ACTOR_CHARS) else clean_text(actor, "actor", MAX_ACTOR_CHARS)
