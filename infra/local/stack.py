@@ -31,7 +31,7 @@ from personalize import settings
 from personalize.adapters import aws
 from personalize.ingest.origins import ENV as ORIGINS_ENV
 
-from . import handlers, iam, pool, resources, sigv4, web
+from . import cors, handlers, iam, pool, resources, sigv4, web
 from .lambda_events import context, http_api_event
 from .poller import KinesisPoller
 from .template import ROOT
@@ -220,8 +220,12 @@ class LocalStack:
     def __init__(self, port: int = 0, aws_port: int = 0, poll_interval_s: float = 0.2,
                  snapshot_interval_s: float = 5.0, guardrail_interval_s: float = 5.0, workers: int = 0,
                  freeze: bool = True, fault_every: int = 0, state_file: Path = STATE_FILE,
-                 shop_seed_orders: int = 0):
+                 shop_seed_orders: int = 0, extra_origins: tuple[str, ...] = ()):
         self.state_file = state_file
+        # AllowedOrigins beyond the front's own (a cross-origin shop page, as a test serves one):
+        # collect's Origin check and the CORS answers (infra.local.cors) follow the one list.
+        self.extra_origins = tuple(extra_origins)
+        self._cors_api = self._cors_cdn = None
         # The demo storefront (/shop/) and the live console (/console/): built on first use;
         # with shop_seed_orders > 0 at start, the shop publishes its catalogue and that many
         # real orders of history through the backend kit (make serve).
@@ -284,6 +288,8 @@ class LocalStack:
         os.environ.update({**self.resources.env(), **self.resources.admin_env()})
         # The template's AllowedOrigins: the pages the front itself serves (the demo shop).
         os.environ[ORIGINS_ENV] = ",".join(self.allowed_origins)
+        self._cors_api = cors.http_api(self.allowed_origins)
+        self._cors_cdn = cors.cloudfront_recommendations(self.allowed_origins)
         os.environ.pop("AWS_SESSION_TOKEN", None)
         aws.reset()
         handlers.use_identities(self.resources.identities.functions)
@@ -351,7 +357,7 @@ class LocalStack:
 
     @property
     def allowed_origins(self) -> list[str]:
-        return [f"http://127.0.0.1:{self.port}", f"http://localhost:{self.port}"]
+        return [f"http://127.0.0.1:{self.port}", f"http://localhost:{self.port}", *self.extra_origins]
 
     @property
     def shop_url(self) -> str:
@@ -515,6 +521,15 @@ class LocalStack:
         if path.startswith("/local/"):
             return self._local_route(method, path, body)
         viewer = headers.pop(LOCAL_VIEWER_HEADER, None) or client
+        # CORS as deployed (infra.local.cors): API Gateway answers preflights on its routes and
+        # decorates an allowed origin's answers; CloudFront's policy decorates /recommendations.
+        origin = headers.get("origin")
+        api = path in ("/events", "/server/events") or path.startswith("/features/")
+        if method == "OPTIONS":
+            if api and self._cors_api is not None:
+                return self._cors_api.preflight(origin, headers.get("access-control-request-method"))
+            return {"statusCode": 403 if path.startswith("/recommendations") else 404,
+                    "headers": {"content-type": "application/json"}, "body": '{"message": "no preflight here"}'}
         # The browsers' routes come through CloudFront, which answers the viewer with its request
         # id (X-Amz-Cf-Id) and tells the origin; the backend's and operators' call API Gateway.
         through_cdn = path == "/events" or path == "/recommendations" or path.startswith("/recommendations/")
@@ -522,7 +537,8 @@ class LocalStack:
         answer = self._route(method, path, query, headers, body, raw_path, raw_query, cf_id, viewer)
         if cf_id:
             answer["headers"] = {**(answer.get("headers") or {}), "x-amz-cf-id": cf_id}
-        return answer
+        rule = self._cors_api if api else self._cors_cdn if path.startswith("/recommendations") else None
+        return rule.decorate(origin, answer) if rule is not None else answer
 
     def _route(self, method, path, query, headers, body, raw_path, raw_query, cf_id, viewer) -> dict:
         via_cdn = {**headers, settings.ORIGIN_VERIFY_HEADER: self.resources.origin_token, "x-amz-cf-id": cf_id,
@@ -653,6 +669,9 @@ def _front(stack: LocalStack):
 
         def do_POST(self):  # noqa: N802
             self._handle("POST")
+
+        def do_OPTIONS(self):  # noqa: N802 - a browser's CORS preflight
+            self._handle("OPTIONS")
 
         def log_message(self, fmt, *args):  # quiet: the functions log structured lines
             pass

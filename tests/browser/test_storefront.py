@@ -20,10 +20,46 @@ from personalize import identity
 FIGURES = Path(__file__).resolve().parents[2] / "build" / "browser-figures.json"
 
 
+class _OtherShop(BaseHTTPRequestHandler):
+    """A shop page on another origin than the API, using the kit as a shop would (served from
+    its own origin), with the API at ``target``: an allowed origin (AllowedOrigins) on
+    127.0.0.1, a foreign one on evil.test."""
+
+    target = ""
+
+    def do_GET(self):  # noqa: N802
+        if self.path == "/recs.js":
+            data, kind = (Path(__file__).resolve().parents[2] / "kit" / "recs.js").read_bytes(), "text/javascript"
+        else:
+            data, kind = f"""<!doctype html><div id="recs"></div><script type="module">
+            import {{ createRecs }} from "/recs.js";
+            window.recs = createRecs({{ base: "{self.target}", consent: true, timeoutMs: 5000 }});
+            window.answer = window.recs.slot(document.getElementById("recs"), {{ k: 5, fallback: ["f1", "f2"] }});
+            </script>""".encode(), "text/html"
+        self.send_response(200)
+        self.send_header("content-type", kind)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def other_shop():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _OtherShop)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, other_shop):
     stack = LocalStack(snapshot_interval_s=1.0, guardrail_interval_s=1.0, shop_seed_orders=120,
-                       state_file=tmp_path_factory.mktemp("stack") / "local-stack.json").start()
+                       state_file=tmp_path_factory.mktemp("stack") / "local-stack.json",
+                       extra_origins=(f"http://127.0.0.1:{other_shop}",)).start()
+    _OtherShop.target = stack.endpoint
     stack.poller.drain(120)
     stack.functions["snapshot"]({})
     stack.edge_recommender().snapshot.refresh_now()
@@ -311,6 +347,41 @@ def test_a_page_of_another_origin_cannot_post_events_as_the_shopper(stack, page,
     assert all(origin == f"http://{host}:{server.server_address[1]}" for origin, _ in forged)
     assert "forged-item" not in _features(stack, user).get("items", {})
     assert _features(stack, user).get("clicks_total", 0) == before.get("clicks_total", 0)
+
+
+def test_a_shop_page_on_an_allowed_origin_reads_its_shoppers_recommendations_and_sends_events(
+        stack, page, other_shop):
+    """AllowedOrigins drives both CORS answers: the edge's GET /recommendations (CloudFront's
+    RecommendationsCorsPolicy) and the HTTP API's events (its preflight), with the cookie."""
+    user = "ic13"
+    _sign_in(page, stack, user)
+    before = _features(stack, user).get("clicks_total", 0)
+    posts_before = len(stack.posts)
+    page.goto(f"http://127.0.0.1:{other_shop}/")
+    answer = page.evaluate("window.answer")
+    assert not answer["fallback"] and answer["items"]
+    # Served to the signed-in shopper: the cookie went with the cross-origin GET.
+    assert identity.verify_rec_id(answer["rec_id"], user, [stack.signing_key], time.time()) is not None
+    page.click("[data-item-id]")
+    page.evaluate("window.recs.flush()")
+    _wait(lambda: page.evaluate("window.recs.queued") == 0, 15)
+    origin = f"http://127.0.0.1:{other_shop}"
+    assert [status for o, status, _ in stack.posts[posts_before:] if o == origin] == [202]
+    stack.poller.drain(30)
+    assert _wait(lambda: _features(stack, user).get("clicks_total", 0) > before, 20)
+
+
+def test_a_shop_page_on_another_origin_gets_the_shops_own_list_and_sends_nothing(stack, page, other_shop):
+    user = "ic2"
+    _sign_in(page, stack, user)
+    posts_before = len(stack.posts)
+    page.goto(f"http://evil.test:{other_shop}/")
+    answer = page.evaluate("window.answer")  # the browser refused to hand the answer to this page
+    assert answer["fallback"] and [i["item_id"] for i in answer["items"]] == ["f1", "f2"]
+    page.evaluate("window.recs.view('f1')")
+    page.evaluate("window.recs.flush()")
+    assert page.evaluate("window.recs.queued") == 1  # its preflight was refused: the view never left
+    assert not [o for o, _, _ in stack.posts[posts_before:] if o and "evil.test" in o]
 
 
 def test_the_console_shows_a_kill_reaching_zero_share(stack, page):

@@ -263,10 +263,34 @@ DISTRIBUTION = template.resources()["Distribution"]["Properties"]["DistributionC
 def test_viewers_speak_https_only_and_get_hsts():
     behaviors = [DISTRIBUTION["DefaultCacheBehavior"], *DISTRIBUTION["CacheBehaviors"]]
     assert {b["ViewerProtocolPolicy"] for b in behaviors} == {"https-only"}
-    assert {b["ResponseHeadersPolicyId"]["Ref"] for b in behaviors} == {"SecurityHeadersPolicy"}
-    hsts = template.resources()["SecurityHeadersPolicy"]["Properties"]["ResponseHeadersPolicyConfig"][
-        "SecurityHeadersConfig"]["StrictTransportSecurity"]
+    patterns = [b.get("PathPattern", "") for b in behaviors]  # "/x" or {"Fn::Sub": "${Prefix}/x"}
+    recommendations = [b for b, p in zip(behaviors, patterns)
+                       if (p["Fn::Sub"] if isinstance(p, dict) else p).endswith("/recommendations*")]
+    assert len(recommendations) == 2
+    assert all(b["ResponseHeadersPolicyId"] == {"Fn::If": ["HasAllowedOrigins", {"Ref": "RecommendationsCorsPolicy"},
+                                                           {"Ref": "SecurityHeadersPolicy"}]} for b in recommendations)
+    assert {b["ResponseHeadersPolicyId"]["Ref"] for b in behaviors if b not in recommendations} == {
+        "SecurityHeadersPolicy"}
+    policies = template.resources()
+    security = policies["SecurityHeadersPolicy"]["Properties"]["ResponseHeadersPolicyConfig"]["SecurityHeadersConfig"]
+    hsts = security["StrictTransportSecurity"]
     assert hsts["AccessControlMaxAgeSec"] >= 31536000 and hsts["Override"] is True
+    # The cross-origin policy is the same security headers plus CORS.
+    assert policies["RecommendationsCorsPolicy"]["Properties"]["ResponseHeadersPolicyConfig"][
+        "SecurityHeadersConfig"] == security
+
+
+def test_one_allowed_origins_list_drives_the_origin_check_and_both_cors_answers():
+    cors = template.resources()["RecommendationsCorsPolicy"]
+    assert cors["Condition"] == "HasAllowedOrigins"
+    config = cors["Properties"]["ResponseHeadersPolicyConfig"]["CorsConfig"]
+    assert config["AccessControlAllowOrigins"] == {"Items": {"Ref": "AllowedOrigins"}}
+    assert config["AccessControlAllowCredentials"] is True and config["OriginOverride"] is True
+    assert config["AccessControlAllowMethods"]["Items"] == ["GET", "HEAD"]  # the behaviour's methods
+    api = template.resources()["HttpApi"]["Properties"]["CorsConfiguration"]["Fn::If"]
+    assert api[0] == "HasAllowedOrigins" and api[1]["AllowOrigins"] == {"Ref": "AllowedOrigins"}
+    collect = FUNCTIONS["CollectFunction"]["Properties"]["Environment"]["Variables"]
+    assert collect["ALLOWED_ORIGINS"] == {"Fn::Join": [",", {"Ref": "AllowedOrigins"}]}
 
 
 def test_cloudfront_adds_the_origin_token_that_the_regional_functions_check():
