@@ -95,14 +95,16 @@ class Client:
     def __init__(self, endpoint: str, story: Story, credentials=None):
         self.endpoint = endpoint
         self.story = story
-        self.credentials = credentials  # the administrator's: signs the backend's route (SigV4)
+        self.credentials = credentials  # the administrator's: signs the IAM routes (SigV4)
         self.accepted = 0
         self.t0 = time.monotonic()
 
     def request(self, method: str, path: str, body=None, headers=None) -> tuple[int, dict]:
         data = None if body is None else json.dumps(body).encode()
         headers = dict(headers or {})
-        if path.startswith("/server/") and self.credentials is not None:
+        from infra.local import template
+
+        if template.is_iam_route(method, path.split("?")[0]) and self.credentials is not None:
             from infra.local import sigv4
 
             headers.update(sigv4.sign(method, self.endpoint + path, data or b"", self.credentials.access_key_id,

@@ -108,16 +108,9 @@ EXPERIMENT_ID = re.compile(r"[A-Za-z0-9._-]{1,48}")  # fits a signed rec_id (<= 
 def experiment_counters(store, doc: dict):
     """(per-variant counters over every ramp step, the guardrail's decision) of the flags
     document's experiment; (None, None) when none runs."""
-    from personalize.rollout import experiments, flags
+    from personalize.rollout import summary
 
-    experiment = doc["experiment_id"]["default"]
-    if experiment == "none":
-        return None, None
-    steps = [flags.analysis_id(experiment, s) for s in flags.ramp_steps(doc)] or [experiment]
-    per_step = [experiments.read_counters(store, analysed) for analysed in steps]
-    counters = {v: experiments.merge_counters([c[v] for c in per_step]) for v in (flags.CHAMPION, flags.CHALLENGER)}
-    decision = experiments.decide_steps([(c[flags.CHAMPION], c[flags.CHALLENGER]) for c in per_step])
-    return counters, decision
+    return summary.experiment_counters(store, doc)
 
 
 def main(argv: list[str] | None = None) -> int:

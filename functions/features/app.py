@@ -1,4 +1,5 @@
-"""HTTP API ``GET /features/users/{user_id}``: a shopper's online features, for operators."""
+"""The operators' read-only HTTP API routes (IAM-authorised): ``GET /features/users/{user_id}``,
+a shopper's online features, and ``GET /console/summary``, the live console's figures."""
 
 import json
 
@@ -8,6 +9,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from personalize import settings
+from personalize.rollout import summary
 from personalize.serving import features
 
 logger = Logger()
@@ -15,6 +17,13 @@ tracer = Tracer()
 metrics = Metrics(namespace=settings.NAMESPACE)
 app = APIGatewayHttpResolver()
 reader = features.build_reader()
+# CloudWatch's figures change once a minute; the rest is read at most every 10 s per instance.
+console = summary.Summary(summary.DeployedSources.from_env(), min_interval_s=10.0)
+
+
+def _json(body: dict, status: int = 200) -> Response:
+    return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=json.dumps(body),
+                    headers={"Cache-Control": "no-store"})
 
 
 @app.get("/features/users/<user_id>")
@@ -22,11 +31,14 @@ reader = features.build_reader()
 def get_user_features(user_id: str) -> Response:
     found = reader.read(user_id)
     if found is None:
-        body, status = {"message": f"no features for user {user_id!r}"}, 404
-    else:
-        body, status = {"user_id": user_id, **found}, 200
-    return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=json.dumps(body),
-                    headers={"Cache-Control": "no-store"})
+        return _json({"message": f"no features for user {user_id!r}"}, 404)
+    return _json({"user_id": user_id, **found})
+
+
+@app.get("/console/summary")
+@tracer.capture_method
+def get_console_summary() -> Response:
+    return _json(console.summary())
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)

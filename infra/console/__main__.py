@@ -1,20 +1,15 @@
 """``make console ENV=dev|prod [ADMIN=1]``: the live console of a deployed stack, served on
-127.0.0.1 and read with the operator's own credentials (nothing is exposed beyond loopback;
-every AWS call is signed on this machine)."""
+127.0.0.1: the page here, its figures from the stack's IAM-authorised ``GET /console/summary``
+signed with the operator's own credentials (nothing is exposed beyond loopback; every AWS call
+is signed on this machine)."""
 
 from __future__ import annotations
 
 import argparse
 import secrets
-from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from infra.console import Console, wsgi
-from infra.console.aws import PERIOD_S, AwsSources
-
-
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, *args):
-        pass
+from infra.console import local_server
+from infra.console.aws import PERIOD_S, remote_console
 
 
 def main(argv=None) -> int:
@@ -24,11 +19,10 @@ def main(argv=None) -> int:
     parser.add_argument("--admin", action="store_true", help="offer start/ramp/kill (token printed here)")
     args = parser.parse_args(argv)
     token = secrets.token_urlsafe(24) if args.admin else None
-    console = Console(AwsSources(args.env, admin=args.admin), admin_token=token, min_interval_s=10.0)
-    app = wsgi(console, read_only=not args.admin)
-    server = make_server("127.0.0.1", args.port, lambda e, s: app({**e, "PATH_INFO": e["PATH_INFO"][8:]}, s)
-                         if e["PATH_INFO"].startswith("/console") else app(e, s), handler_class=_Quiet)
-    print(f"console of {args.env}: http://127.0.0.1:{args.port}/console/ (CloudWatch figures every {PERIOD_S} s)")
+    console = remote_console(args.env, admin=args.admin, admin_token=token)
+    server = local_server(console, args.port, read_only=not args.admin)
+    print(f"console of {args.env}: http://127.0.0.1:{args.port}/console/ (from {console.url}; "
+          f"CloudWatch figures every {PERIOD_S} s)")
     if token:
         print(f"admin token: {token}")
     try:

@@ -1,101 +1,101 @@
-"""The console's figures from a deployed stack, read with an operator's credentials (the
-default chain: AWS_PROFILE, SSO, environment). Read-only unless ``admin``: CloudWatch
-(``GetMetricData``: events per second, the aggregate's iterator age, recommendations per
-variant, at its one-minute resolution), SQS (the quarantine's depth), S3 (the snapshot
-pointer), DynamoDB (the sold-out set, the experiment counters and state) and AppConfig (the
-flags document). The policy it needs is in docs/console.md."""
+"""``make console ENV=...``: the console of a deployed stack through its IAM-authorised
+``GET /console/summary`` (the operators' function, read-only), signed on this machine with
+the operator's own credentials (SigV4 for ``execute-api``; the default chain: AWS_PROFILE,
+SSO, environment). The page and its history are served locally; the summary is fetched at
+most every ``min_interval_s`` (CloudWatch's figures change once a minute anyway). The admin
+controls (``--admin``) change the flags with the operator's credentials (``infra.ops``): the
+deployed route never writes."""
 
 from __future__ import annotations
 
-import datetime as dt
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 
-from infra.console import Sources
+from infra.console import Controls
 
 PERIOD_S = 60  # CloudWatch's standard resolution: the console cannot be fresher than this
 
 
-class AwsSources(Sources):
-    def __init__(self, env: str, admin: bool = False):
-        import boto3
+class SummaryRouteError(RuntimeError):
+    """The deployed route did not answer a summary (the message says what it answered)."""
 
-        from infra import ops
-        from personalize.adapters.artifacts import S3Artifacts
-        from personalize.adapters.soldout import DynamoSoldOut
 
-        self.outputs = ops.stack_outputs(env)
-        self.admin, self.states, self.store = ops.connect(env)
-        self.allow_changes = admin
-        region = self.outputs["_region"]
-        self.cloudwatch = boto3.client("cloudwatch", region_name=region)
-        self.sqs = boto3.client("sqs", region_name=region)
-        self.artifacts = S3Artifacts(self.outputs["ArtifactsBucketName"], region)
-        self.soldout = DynamoSoldOut(self.outputs["FeaturesTableName"], region)
-        self._metrics: dict = {}
+def signed_get(url: str, region: str, credentials, timeout_s: float = 15.0) -> dict:
+    """GET ``url`` signed with ``credentials`` (botocore's) for API Gateway's IAM authorizer."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
 
-    def _latest(self) -> dict:
-        end = dt.datetime.now(dt.UTC)
-        queries = [
-            ("events", "RealtimePersonalization", "EventsIn", [("service", "aggregate")], "Sum"),
-            ("lag", "AWS/Lambda", "IteratorAge", [("FunctionName", self.outputs["AggregateFunctionName"])],
-             "Maximum"),
-            # By dimension (telemetry.record_answer); the edge's, all regions, as sent to the home region.
-            ("champion_edge", "RealtimePersonalization", "Requests",
-             [("service", "edge"), ("scope", "global"), ("variant", "champion")], "Sum"),
-            ("challenger_edge", "RealtimePersonalization", "Requests",
-             [("service", "edge"), ("scope", "global"), ("variant", "challenger")], "Sum"),
-            ("champion_region", "RealtimePersonalization", "Requests",
-             [("service", "recommend"), ("variant", "champion")], "Sum"),
-            ("challenger_region", "RealtimePersonalization", "Requests",
-             [("service", "recommend"), ("variant", "challenger")], "Sum"),
-        ]
-        response = self.cloudwatch.get_metric_data(
-            StartTime=end - dt.timedelta(minutes=10), EndTime=end, ScanBy="TimestampDescending",
-            MetricDataQueries=[{"Id": key, "ReturnData": True, "MetricStat": {
-                "Metric": {"Namespace": namespace, "MetricName": name,
-                           "Dimensions": [{"Name": k, "Value": v} for k, v in dims]},
-                "Period": PERIOD_S, "Stat": stat}} for key, namespace, name, dims, stat in queries])
-        return {r["Id"]: (r["Values"][0] if r["Values"] else None) for r in response["MetricDataResults"]}
+    request = AWSRequest(method="GET", url=url)
+    SigV4Auth(credentials, "execute-api", region).add_auth(request)
+    try:
+        with urllib.request.urlopen(urllib.request.Request(  # noqa: S310 - the stack's own https URL
+                url, headers=dict(request.headers.items())), timeout=timeout_s) as answer:
+            return json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        detail = exc.read()[:300].decode("utf-8", "replace")
+        raise SummaryRouteError(f"GET {url} answered {exc.code}: {detail}") from exc
 
-    def _metric(self, key):
-        if key == "events":  # one read per sample: the first figure asked refreshes them all
-            self._metrics = self._latest()
-        return self._metrics.get(key)
 
-    def events_total(self):
-        return None  # deployed, a rate comes straight from CloudWatch (events_per_s)
+class RemoteConsole(Controls):
+    """The console page's source for a deployed stack: the route's summary, cached."""
 
-    def events_per_s(self):
-        value = self._metric("events")
-        return round(value / PERIOD_S, 1) if value is not None else None
+    def __init__(self, url: str, region: str, credentials: Callable[[], object], admin_token: str | None = None,
+                 change: Callable | None = None, min_interval_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic, get: Callable = signed_get):
+        self.url, self.region, self.credentials = url, region, credentials
+        self.admin_token = admin_token if change is not None else None
+        self._change = change
+        self.min_interval_s = min_interval_s
+        self.clock = clock
+        self.get = get
+        self._cached: dict | None = None
+        self._at = float("-inf")
+        self._lock = threading.Lock()
 
-    def ingest_lag_ms(self):
-        return self._metrics.get("lag")
+    def summary(self) -> dict:
+        with self._lock:
+            now = self.clock()
+            if self._cached is None or now - self._at >= self.min_interval_s:
+                self._cached = self.get(self.url, self.region, self.credentials())
+                self._at = now
+            return self._cached
 
-    def quarantined(self):
-        attributes = self.sqs.get_queue_attributes(
-            QueueUrl=self.outputs["QuarantineQueueUrl"],
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
-        return sum(int(v) for v in attributes.values())
+    def invalidate(self) -> None:
+        with self._lock:
+            self._cached = None
 
-    def snapshot_built_at_ms(self):
-        pointer = self.artifacts.pointer_if_changed(None)
-        return pointer.doc.get("built_at_ms") if pointer else None
+    def change(self, command: str, **kwargs):
+        if self._change is None:
+            from infra import ops
 
-    def stockouts(self):
-        return len(self.soldout.read())
-
-    def served_share(self):
-        m = self._metrics
-        champion = (m.get("champion_edge") or 0) + (m.get("champion_region") or 0)
-        challenger = (m.get("challenger_edge") or 0) + (m.get("challenger_region") or 0)
-        return round(challenger / (champion + challenger), 4) if champion + challenger else None
-
-    def served(self):
-        return None
-
-    def change(self, command, **kwargs):
-        from infra import ops
-
-        if not self.allow_changes:
             raise ops.ChangeRefused("this console is read-only (make console ENV=... ADMIN=1 for controls)")
-        return super().change(command, **kwargs)
+        return self._change(command, **kwargs)
+
+
+def remote_console(env: str, admin: bool = False, admin_token: str | None = None) -> RemoteConsole:
+    """The console of stack ``env`` (samconfig.toml), with the operator's credentials."""
+    import boto3
+
+    from infra import ops
+
+    outputs = ops.stack_outputs(env)
+    session = boto3.Session(region_name=outputs["_region"])
+    change = None
+    if admin:
+        flag_admin, states, _ = ops.connect(env)
+
+        def change(command, **kwargs):
+            return ops.change(flag_admin, states, command, **kwargs)
+
+    def credentials():
+        found = session.get_credentials()
+        if found is None:
+            raise SummaryRouteError("no AWS credentials (set AWS_PROFILE or sign in with SSO)")
+        return found.get_frozen_credentials()
+
+    return RemoteConsole(outputs["ApiUrl"].rstrip("/") + "/console/summary", outputs["_region"], credentials,
+                         admin_token, change)

@@ -38,7 +38,8 @@ class LocalResources:
         out["CATALOGUE_REFRESH_S"] = "1"  # the local snapshot runs every few seconds: membership follows
         if "RolloutApplication" in self.names:
             out.update(FLAGS_SOURCE="local", APPCONFIG_APPLICATION=self.names["RolloutApplication"],
-                       APPCONFIG_PROFILE=self.names["RolloutProfile"], MODELS_DIR=str(template.ROOT / "models"))
+                       APPCONFIG_PROFILE=self.names["RolloutProfile"], MODELS_DIR=str(template.ROOT / "models"),
+                       AGGREGATE_FUNCTION="aggregate")  # the console's CloudWatch queries name it
         return out
 
     def serving_config(self):

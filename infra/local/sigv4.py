@@ -154,7 +154,8 @@ def sign(method: str, url: str, body: bytes, access_key_id: str, secret_access_k
 def main(argv: list[str] | None = None) -> int:
     """``python -m infra.local.sigv4 '<json body>' [path]``: POST to the running local stack's
     IAM route as its administrator (the keys in build/local-stack.json), as the shop's backend
-    signs when deployed."""
+    signs when deployed; ``python -m infra.local.sigv4 GET <path>``: GET an operators' route
+    (``/features/users/u1``, ``/console/summary``) the same way."""
     import json
     import sys
     import urllib.error
@@ -162,15 +163,18 @@ def main(argv: list[str] | None = None) -> int:
     from pathlib import Path
 
     args = argv if argv is not None else sys.argv[1:]
-    if not args:
+    if not args or (args[0] == "GET" and len(args) < 2):
         print(main.__doc__, file=sys.stderr)
         return 2
     state = json.loads((Path(__file__).resolve().parents[2] / "build" / "local-stack.json").read_text())
-    body, path = args[0].encode(), (args[1] if len(args) > 1 else "/server/events")
+    if args[0] == "GET":
+        method, body, path = "GET", b"", args[1]
+    else:
+        method, body, path = "POST", args[0].encode(), (args[1] if len(args) > 1 else "/server/events")
     url = state["endpoint"] + path
     keys = state["aws_credentials"]
-    request = urllib.request.Request(url, data=body, method="POST", headers=sign(
-        "POST", url, body, keys["access_key_id"], keys["secret_access_key"], region=state["region"]))
+    request = urllib.request.Request(url, data=body if method == "POST" else None, method=method, headers=sign(
+        method, url, body, keys["access_key_id"], keys["secret_access_key"], region=state["region"]))
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             print(response.read().decode())

@@ -31,7 +31,7 @@ from personalize import settings
 from personalize.adapters import aws
 from personalize.ingest.origins import ENV as ORIGINS_ENV
 
-from . import cors, handlers, iam, pool, resources, sigv4, web
+from . import cors, handlers, iam, pool, resources, sigv4, template, web
 from .lambda_events import context, http_api_event
 from .poller import KinesisPoller
 from .template import ROOT
@@ -524,7 +524,7 @@ class LocalStack:
         # CORS as deployed (infra.local.cors): API Gateway answers preflights on its routes and
         # decorates an allowed origin's answers; CloudFront's policy decorates /recommendations.
         origin = headers.get("origin")
-        api = path in ("/events", "/server/events") or path.startswith("/features/")
+        api = path in ("/events", "/server/events", "/console/summary") or path.startswith("/features/")
         if method == "OPTIONS":
             if api and self._cors_api is not None:
                 return self._cors_api.preflight(origin, headers.get("access-control-request-method"))
@@ -543,7 +543,7 @@ class LocalStack:
     def _route(self, method, path, query, headers, body, raw_path, raw_query, cf_id, viewer) -> dict:
         via_cdn = {**headers, settings.ORIGIN_VERIFY_HEADER: self.resources.origin_token, "x-amz-cf-id": cf_id,
                    "cloudfront-viewer-address": viewer}
-        if method == "POST" and path == "/server/events":
+        if template.is_iam_route(method, path):  # the backend's and the operators' routes
             refused = self.authorize(method, raw_path or path, raw_query, headers, body)
             if refused is not None:
                 return refused
@@ -566,6 +566,8 @@ class LocalStack:
             return answer
         if path == "/shop" or path.startswith("/shop/"):
             return web.call(self.shop(), method, path[len("/shop"):], query, headers, body, self.endpoint)
+        if method == "GET" and path == "/console/summary":  # the deployed console's route (IAM)
+            return self.functions["features"](http_api_event("GET", path, None, headers, query))
         if path == "/console" or path.startswith("/console/"):
             return web.call(web.console_app(self.console()), method, path[len("/console"):], query, headers, body,
                             self.endpoint)

@@ -45,6 +45,25 @@ def of_type(kind: str, path: Path = TEMPLATE) -> dict[str, dict]:
     return {name: r for name, r in resources(path).items() if r["Type"] == kind}
 
 
+def iam_routes(path: Path = TEMPLATE) -> list[tuple[str, str]]:
+    """(METHOD, path template) of the HTTP API routes the IAM authorizer guards."""
+    return sorted((e["Properties"]["Method"].upper(), e["Properties"]["Path"])
+                  for f in of_type("AWS::Serverless::Function", path).values()
+                  for e in f["Properties"].get("Events", {}).values()
+                  if e["Type"] == "HttpApi" and (e["Properties"].get("Auth") or {}).get("Authorizer") == "AWS_IAM")
+
+
+def route_matches(template_path: str, path: str) -> bool:
+    """``/features/users/{user_id}`` matches ``/features/users/u1`` (one non-empty segment)."""
+    want, got = template_path.strip("/").split("/"), path.strip("/").split("/")
+    return len(want) == len(got) and all(
+        (w.startswith("{") and w.endswith("}") and g) or w == g for w, g in zip(want, got))
+
+
+def is_iam_route(method: str, path: str) -> bool:
+    return any(m == method.upper() and route_matches(p, path) for m, p in iam_routes())
+
+
 # AWS managed policies the SAM transform attaches (its policy loader needs their ARNs).
 SAM_MANAGED_POLICIES = ("AWSLambdaBasicExecutionRole", "AWSXrayWriteOnlyAccess", "AWSLambdaKinesisExecutionRole",
                         "AWSLambdaRole")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -81,7 +82,13 @@ def stack(tmp_path_factory, other_shop):
 
 
 def _get(stack, path, cookie=None):
-    request = urllib.request.Request(stack.endpoint + path, headers={"Cookie": cookie} if cookie else {})
+    headers = {"Cookie": cookie} if cookie else {}
+    if path.startswith("/features/"):  # an operators' route: signed as the administrator
+        from infra.local import sigv4
+
+        admin = stack.resources.identities.admin
+        headers.update(sigv4.sign("GET", stack.endpoint + path, b"", admin.access_key_id, admin.secret_access_key))
+    request = urllib.request.Request(stack.endpoint + path, headers=headers)
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
@@ -382,6 +389,54 @@ def test_a_shop_page_on_another_origin_gets_the_shops_own_list_and_sends_nothing
     page.evaluate("window.recs.flush()")
     assert page.evaluate("window.recs.queued") == 1  # its preflight was refused: the view never left
     assert not [o for o, _, _ in stack.posts[posts_before:] if o and "evil.test" in o]
+
+
+def test_a_deployed_stacks_console_reads_its_iam_route_through_the_signing_proxy(stack, page):
+    """``make console ENV=...`` as it runs against a deployed stack, here against the local
+    stack's copy of the route: GET /console/summary refuses unsigned and unauthorised
+    callers; the proxy signs with the operator's credentials and the page shows the figures
+    the operators' function read (its own role: the local IAM enforces the template's
+    policy), CloudWatch's included."""
+    import datetime as dt
+
+    from botocore.credentials import Credentials
+
+    from infra.console import local_server
+    from infra.console.aws import RemoteConsole, SummaryRouteError, signed_get
+    from personalize import settings
+    from personalize.adapters import aws
+
+    url = stack.endpoint + "/console/summary"
+    with pytest.raises(urllib.error.HTTPError) as unsigned:
+        urllib.request.urlopen(url, timeout=30)
+    assert unsigned.value.code == 403
+    collect = stack.resources.identities.functions["collect"]  # a principal that may not invoke it
+    with pytest.raises(SummaryRouteError, match="403"):
+        signed_get(url, "us-east-1", Credentials(collect.access_key_id, collect.secret_access_key))
+    # A minute of events as aggregate's EMF would have put them (600 = 10 a second).
+    minute = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0) - dt.timedelta(minutes=2)
+    aws.client("cloudwatch").put_metric_data(Namespace=settings.NAMESPACE, MetricData=[{
+        "MetricName": "EventsIn", "Dimensions": [{"Name": "service", "Value": "aggregate"}],
+        "Timestamp": minute, "Value": 600.0, "Unit": "Count"}])
+    admin = stack.resources.identities.admin
+    console = RemoteConsole(url, "us-east-1", lambda: Credentials(admin.access_key_id, admin.secret_access_key))
+    server = local_server(console)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        page.goto(f"http://127.0.0.1:{server.server_port}/console/")
+        page.wait_for_function("document.getElementById('champion').textContent !== '-'", timeout=30_000)
+        deployed = stack.console().sources.admin.current()  # the flags document the stack serves
+        assert page.text_content("#champion") == deployed["champion_model"]["default"]
+        assert page.text_content("#events_per_s") == "10.0"
+        for figure in ("#snapshot_age_s", "#quarantined", "#stockouts"):  # each read under the function's role
+            assert page.text_content(figure) != "-", figure
+        assert page.locator("#controls").is_hidden()  # read-only without --admin
+        summary = console.summary()
+        assert summary["history"] and any(m["events_per_s"] == 10.0 for m in summary["history"])
+        local = stack.console().summary()["now"]
+        assert set(summary["now"]) - {"events_per_s", "served_challenger_share"} <= set(local)  # one page, one shape
+    finally:
+        server.shutdown()
 
 
 def test_the_console_shows_a_kill_reaching_zero_share(stack, page):

@@ -298,8 +298,11 @@ def entry(n: int, raw: str = "e30=") -> dict:
 def test_quarantined_records_read_back_with_their_reasons_a_huge_one_cut_and_flagged(quarantine):
     queue, _ = quarantine
     huge = "A" * (1024 * 1024)  # a 1 MiB Kinesis record, base64: over SQS's 256 KiB message limit
+    assert queue.depth() == 0
     queue.send([entry(n) for n in range(12)] + [entry(99, huge)])
+    assert queue.depth() == 13  # what the console shows as quarantined
     got = {e["id"]: e for e in queue.receive_all()}
+    assert queue.depth() == 0
     assert sorted(got) == sorted([str(n) for n in range(12)] + ["99"])
     assert got["3"]["reason"] == "bad field 3" and got["3"]["raw"] == "e30="
     assert got["99"]["raw_truncated"] and got["99"]["raw_chars"] == len(huge)

@@ -40,10 +40,13 @@ NEAR_EDGE = (FEATURES_TABLE, SIGNING_KEY_SECRET)
 DEFAULT_CHAMPION = "ranker-mlp/v3"
 
 # Which variables each function receives (template Environment), by function logical id.
+# What the console's summary reads (personalize.rollout.summary.DeployedSources).
+CONSOLE_RESOURCES = (FEATURES_TABLE, ITEMS_TABLE, QUARANTINE_QUEUE, ARTIFACTS_BUCKET)
 FUNCTION_RESOURCES = {
     "CollectFunction": (EVENTS_STREAM, SIGNING_KEY_SECRET, ORIGIN_VERIFY_SECRET, ARTIFACTS_BUCKET),
     "AggregateFunction": (FEATURES_TABLE, ITEMS_TABLE, QUARANTINE_QUEUE, ARTIFACTS_BUCKET),
-    "FeaturesFunction": (FEATURES_TABLE,),
+    # A shopper's features, and the console's summary (CONSOLE_RESOURCES).
+    "FeaturesFunction": (FEATURES_TABLE, ITEMS_TABLE, QUARANTINE_QUEUE, ARTIFACTS_BUCKET),
     "SnapshotFunction": (ITEMS_TABLE, ARTIFACTS_BUCKET),
     "RecommendFunction": (FEATURES_TABLE, ARTIFACTS_BUCKET, SIGNING_KEY_SECRET, ORIGIN_VERIFY_SECRET),
     "GuardrailFunction": (ITEMS_TABLE,),

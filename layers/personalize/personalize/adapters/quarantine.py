@@ -55,6 +55,10 @@ class Quarantine(ABC):
     def send(self, entries: list[dict]) -> None:
         """Each entry: {id, reason, raw, source...}. Raises QuarantineError naming failures."""
 
+    @abstractmethod
+    def depth(self) -> int:
+        """How many quarantined records wait for an operator."""
+
 
 class SqsQuarantine(Quarantine):
     def __init__(self, queue_url: str, client=None):
@@ -81,6 +85,13 @@ class SqsQuarantine(Quarantine):
             failed.extend(chunk[int(f["Id"])][0]["id"] for f in response.get("Failed", []))
         if failed:
             raise QuarantineError(failed)
+
+    def depth(self) -> int:
+        """Records waiting in the queue, received or not (SQS's approximate counts)."""
+        attributes = self.client.get_queue_attributes(
+            QueueUrl=self.queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+        return sum(int(v) for v in attributes.values())
 
     def receive_all(self, max_messages: int = 10_000) -> list[dict]:
         """Drain the queue (operators and tests): the quarantined entries."""
@@ -122,6 +133,9 @@ class MemoryQuarantine(Quarantine):
             self.entries.extend(json.loads(body) for _, body in chunk)
         if failed:
             raise QuarantineError(failed)
+
+    def depth(self) -> int:
+        return len(self.entries)
 
     def receive_all(self, max_messages: int = 10_000) -> list[dict]:
         out, self.entries = self.entries[:max_messages], self.entries[max_messages:]
