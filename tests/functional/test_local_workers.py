@@ -22,7 +22,10 @@ def process_state(pid: int) -> str:
 @pytest.fixture
 def features(tmp_path):
     # The features function answers a path it has no route for without calling AWS.
-    env = {**os.environ, "FEATURES_TABLE": "local-features", "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+    env = {**os.environ, "FEATURES_TABLE": "local-features", "ITEMS_TABLE": "local-items",
+           "QUARANTINE_QUEUE_URL": "http://127.0.0.1:9/q", "ARTIFACTS_BUCKET": "local-artifacts",
+           "AGGREGATE_FUNCTION": "aggregate", "FLAGS_SOURCE": "local", "APPCONFIG_APPLICATION": "app",
+           "APPCONFIG_PROFILE": "profile", "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
            "AWS_ACCESS_KEY_ID": "role-key", "AWS_SECRET_ACCESS_KEY": "role-secret", "AWS_DEFAULT_REGION": "us-east-1",
            "POWERTOOLS_TRACE_DISABLED": "1", "PYTHONPATH": os.pathsep.join(p for p in __import__("sys").path if p)}
     functions = pool.FunctionPool("features", env, max_workers=2, log_path=tmp_path / "functions.log")
