@@ -48,6 +48,8 @@ def _answer(route: str) -> Response:
         figures.count("EventsAccepted", result.accepted, route=route)
         figures.count("EventsRejected", len(result.rejected), route=route)
         figures.count("EventsAttributed", result.attributed)
+        figures.count("DecisionsEchoed", result.decisions)  # the archive's served-and-seen lists
+        figures.count("DecisionsRefused", result.decisions_refused)
     headers = {"Cache-Control": "no-store", "x-request-id": logger.get_correlation_id() or ""}
     if "retry_after_s" in body:
         headers["Retry-After"] = str(body["retry_after_s"])

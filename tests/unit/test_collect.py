@@ -104,6 +104,38 @@ def test_an_impression_reaches_the_stream_with_the_place_of_each_item():
                                                      "one for each of items"}]
 
 
+def test_an_impressions_echoed_decision_goes_on_the_stream_only_when_serving_signed_it_for_that_list():
+    from personalize.identity import Decision, issue_decision, issue_rec_id
+    from personalize.ingest import collect as c
+
+    alice = issue_rec_id("k", "exp", "challenger", "alice", NOW / 1000)
+    anon = issue_rec_id("k", "exp", "champion", None, NOW / 1000)
+    served = Decision("ranker-mlp/v3", "s1", ("a", "b", "c"), (1.0, 1.0, 1.0), "ffff")
+    decision, anon_decision = issue_decision("k", alice, served), issue_decision("k", anon, served)
+    imp = {"type": "impression", "ts": NOW, "items": ["b", "c"], "positions": [2, 3]}
+    stream = MemoryEventStream()
+    result = collect([
+        {**imp, "event_id": "1", "rec_id": alice, "decision": decision},                  # kept
+        {**imp, "event_id": "2", "rec_id": alice, "decision": anon_decision},             # another list's
+        {**imp, "event_id": "3", "rec_id": alice, "decision": decision, "positions": [1, 3]},  # b was not 1st
+        {**imp, "event_id": "4", "rec_id": alice, "decision": {"model": "mine", "items": ["b", "c"]}},
+        {"event_id": "5", "type": "click", "ts": NOW, "item_id": "b", "rec_id": alice, "decision": decision},
+    ], stream, NOW, route=c.PUBLIC, shopper="alice", keys=["k"])
+    written = {e["event_id"].split("~")[0]: e for e in _written(stream)}
+    assert result.accepted == 5 and result.decisions == 1 and result.decisions_refused == 4  # the click's too
+    [kept] = [e for e in _written(stream) if "decision" in e]
+    assert kept["decision"] == {"model": "ranker-mlp/v3", "snapshot": "s1", "items": ["a", "b", "c"],
+                                "propensities": [1.0, 1.0, 1.0], "candidates": "ffff"}
+    assert "decision" not in written["5"]  # only an impression carries one
+    stream = MemoryEventStream()
+    result = collect([{**imp, "event_id": "6", "rec_id": anon, "decision": anon_decision}], stream, NOW,
+                     route=c.PUBLIC, shopper=None, actor="ip:203.0.113.0", keys=["k"])
+    assert result.decisions == 1 and _written(stream)[0]["decision"]["items"] == ["a", "b", "c"]  # anonymous too
+    result = collect([{**imp, "event_id": "7", "rec_id": alice, "decision": decision}], MemoryEventStream(), NOW,
+                     route=c.PUBLIC, shopper="bob", keys=["k"])
+    assert result.decisions == 0  # alice's list, posted by bob: not his to echo
+
+
 def test_the_public_route_takes_the_country_from_cloudfront_never_the_body():
     from personalize.ingest import collect as c
 

@@ -2,6 +2,8 @@
 out: a controllable clock stands in for time and a plain function for Secrets Manager."""
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from personalize import identity
 
@@ -116,13 +118,13 @@ def test_without_any_key_every_shopper_is_anonymous():
     assert identity.verify_rec_id(rec_id, "alice", "k", 0) is None  # unsigned: attributes to nothing
 
 
-@pytest.mark.parametrize("given", [
+@pytest.mark.parametrize("token", [
     pytest.param(None, id="missing"), pytest.param("", id="empty"), pytest.param("wrong", id="wrong"),
     pytest.param("tøken", id="non-ascii"), pytest.param("\udcff", id="surrogate"),
 ])
-def test_the_origin_token_matches_only_its_current_or_previous_value(given):
+def test_the_origin_token_matches_only_its_current_or_previous_value(token):
     keyring = identity.KeyRing.static("token-new", "token-old")
-    assert keyring.token_matches(given) is False
+    assert keyring.token_matches(token) is False
     assert keyring.token_matches("token-new") and keyring.token_matches("token-old")
 
 
@@ -146,3 +148,39 @@ def test_a_percent_encoded_cookie_names_the_decoded_shopper_only():
     encoded = "alice%40shop.com." + signed.rpartition(".")[2]
     assert identity.verified_user(encoded, "k") == "alice@shop.com"
     assert identity.verified_user("bob%40shop.com." + signed.rpartition(".")[2], "k") is None
+
+
+def _decision(**overrides):
+    values = {"model": "ranker-mlp/v3", "snapshot": "s42", "items": ("a", "b", "c"),
+              "propensities": (1.0, 1.0, 0.25), "candidates": "0123456789abcdef"}
+    return identity.Decision(**{**values, **overrides})
+
+
+def test_a_decision_verifies_only_with_its_rec_id_and_key_and_unaltered():
+    rec = identity.issue_rec_id("k", "exp", "champion", "alice", 1_790_000_000)
+    other = identity.issue_rec_id("k", "exp", "champion", "alice", 1_790_000_000)
+    token = identity.issue_decision("k", rec, _decision())
+    assert identity.verify_decision(token, rec, ["old", "k"]) == _decision()
+    assert identity.verify_decision(token, other, "k") is None  # replayed with another list
+    assert identity.verify_decision(token, rec, "other-key") is None
+    version, payload, mac = token.split(".")
+    forged = identity.issue_decision("attacker", rec, _decision(items=("x", "y", "z")))
+    assert identity.verify_decision(f"{version}.{forged.split('.')[1]}.{mac}", rec, "k") is None
+    assert identity.verify_decision(f"d2.{payload}.{mac}", rec, "k") is None
+    assert identity.verify_decision(token + "A" * identity.MAX_DECISION_CHARS, rec, "k") is None
+    assert identity.issue_decision(None, rec, _decision()) is None  # no key: nothing anyone would believe
+
+
+def test_a_signed_decision_outside_its_bounds_is_still_refused():
+    rec = identity.issue_rec_id("k", "exp", "champion", None, 1_790_000_000)
+    for bad in (_decision(propensities=(1.0, 0.0, 1.0)), _decision(propensities=(1.0,)),
+                _decision(items=tuple(str(n) for n in range(101)), propensities=(1.0,) * 101)):
+        assert identity.verify_decision(identity.issue_decision("k", rec, bad), rec, "k") is None
+
+
+@given(st.one_of(st.text(max_size=300), st.binary(max_size=50), st.integers(), st.none(),
+                 st.lists(st.text(max_size=5), max_size=3),
+                 st.builds(lambda p, m: f"d1.{p}.{m}", st.text(max_size=60), st.text(max_size=30))),
+       st.one_of(st.text(max_size=40), st.none()))
+def test_any_echoed_decision_is_a_decision_or_none_never_an_error(token, rec_id):
+    assert identity.verify_decision(token, rec_id, "k") is None

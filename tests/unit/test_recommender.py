@@ -66,6 +66,19 @@ def test_a_signed_in_shopper_gets_ranked_items_with_one_read(parts):
     assert users.reads == 1
 
 
+def test_every_answer_carries_its_signed_decision_for_the_kit_to_echo(parts):
+    recommender = parts[0]
+    for cookie_value, model in ((cookie("u1"), "ranker-mlp/v1"), (None, "trending")):  # ranked; anonymous
+        body = recommender.recommend({"k": "5"}, cookie_value, "FR", NOW).body
+        decision = identity.verify_decision(body["decision"], body["rec_id"], KEY)
+        assert decision.items == tuple(i["item_id"] for i in body["items"]) and decision.model == model
+        assert decision.propensities == (1.0,) * 5 and decision.snapshot == body["snapshot_version"]
+        assert identity.verify_decision(body["decision"], recommender.recommend(
+            {"k": "5"}, cookie_value, "FR", NOW).body["rec_id"], KEY) is None  # bound to its own list
+    ranked = [recommender.recommend({"k": "5"}, cookie("u1"), "FR", NOW).body for _ in range(2)]
+    assert len({identity.verify_decision(b["decision"], b["rec_id"], KEY).candidates for b in ranked}) == 1
+
+
 def test_the_snapshot_is_fetched_again_only_when_the_pointer_changed(parts):
     recommender, artifacts, _, _ = parts
     gets = artifacts.gets

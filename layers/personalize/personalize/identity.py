@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import logging
 import re
 import secrets
@@ -235,6 +236,75 @@ def verify_rec_id(rec_id: str | None, user_id: str | None, keys: str | Iterable[
         if _equal(_rec_mac(key, payload, user_id), mac):
             return Served(experiment, variant, expires)
     return None
+
+
+# ---------------------------------------------------------------- decisions
+
+# What serving decided for one answer, signed, returned with it: the kit echoes it in the
+# list's impression events and collect verifies it before it goes on the stream, so the
+# archive learns what a shopper saw without the edge writing anything across regions
+# (issue 22). Bound to its rec_id (which binds the shopper): replayed with another rec_id
+# or altered, it does not verify.
+DECISION_VERSION = "d1"
+MAX_DECISION_CHARS = 4096
+MAX_DECISION_ITEMS = 100
+_DECISION_DOMAIN = b"decision\x00"
+
+
+@dataclass(frozen=True)
+class Decision:
+    model: str                       # the ranker's key (name/version), or the fallback's name
+    snapshot: str | None             # the item snapshot's version the answer was cut from
+    items: tuple[str, ...]           # what was returned, in order: position n is items[n - 1]
+    propensities: tuple[float, ...]  # the probability the serving policy shows each at its place
+    candidates: str                  # content hash of the candidate set the ranker scored
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "snapshot": self.snapshot, "items": list(self.items),
+                "propensities": list(self.propensities), "candidates": self.candidates}
+
+
+def _decision_mac(key: str, rec_id: str, payload: str) -> str:
+    return _mac(key, _DECISION_DOMAIN + rec_id.encode() + b"\x00" + payload.encode())[:REC_MAC_CHARS]
+
+
+def issue_decision(key: str | None, rec_id: str, decision: Decision) -> str | None:
+    """``d1.<payload>.<mac>``: the decision as compact base64url JSON, signed with its rec_id.
+    None without a key (an unsigned decision would be believed by nobody)."""
+    if not key:
+        return None
+    raw = json.dumps([decision.model, decision.snapshot, list(decision.items), list(decision.propensities),
+                      decision.candidates], separators=(",", ":"), ensure_ascii=True).encode()
+    payload = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    return f"{DECISION_VERSION}.{payload}.{_decision_mac(key, rec_id, payload)}"
+
+
+def verify_decision(token: object, rec_id: str | None, keys: str | Iterable[str] | None) -> Decision | None:
+    """The decision serving signed with ``rec_id``, or None when the token is malformed,
+    altered, over its bounds, or signed with another rec_id or key."""
+    if type(token) is not str or not rec_id or type(rec_id) is not str or len(token) > MAX_DECISION_CHARS:
+        return None
+    parts = token.split(".")
+    if len(parts) != 3 or parts[0] != DECISION_VERSION:
+        return None
+    _, payload, mac = parts
+    if len(mac) != REC_MAC_CHARS or not _B64URL.fullmatch(mac) or not _B64URL.fullmatch(payload):
+        return None
+    if _FORBIDDEN.search(rec_id) or not rec_id.isascii():
+        return None
+    if not any(_equal(_decision_mac(key, rec_id, payload), mac) for key in _keys(keys)):
+        return None
+    try:  # signed by serving: well-formed, but checked all the same
+        model, snapshot, items, propensities, candidates = json.loads(
+            base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, TypeError):
+        return None
+    if not (type(model) is str and (snapshot is None or type(snapshot) is str) and type(candidates) is str
+            and type(items) is list and type(propensities) is list and len(items) == len(propensities)
+            and len(items) <= MAX_DECISION_ITEMS and all(type(i) is str for i in items)
+            and all(type(p) in (int, float) and 0 < p <= 1 for p in propensities)):
+        return None
+    return Decision(model, snapshot, tuple(items), tuple(float(p) for p in propensities), candidates)
 
 
 # ---------------------------------------------------------------- keys

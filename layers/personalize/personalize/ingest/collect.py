@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from personalize.adapters.stream import EventStream
-from personalize.identity import KeyRing, is_consented_anonymous, verify_rec_id
+from personalize.identity import KeyRing, is_consented_anonymous, verify_decision, verify_rec_id
 from personalize.ingest import actors
 from personalize.ingest.catalogue import MembershipCache, artifacts_loader
 from personalize.ingest.catalogue import refresh_s as catalogue_refresh_s
@@ -88,6 +88,8 @@ class CollectResult:
     rejected: list[dict]
     attributed: int = 0
     coalesced: int = 0  # stock updates superseded before the stream (``coalesce``): not to be retried
+    decisions: int = 0  # impressions whose echoed decision verified (on the stream with it)
+    decisions_refused: int = 0  # echoed decisions that did not (the impression kept, the decision dropped)
 
     def to_body(self) -> dict:
         body = {"accepted": self.accepted, "rejected": self.rejected}
@@ -181,10 +183,13 @@ def collect(events: list, stream: EventStream, now_ms: int, viewer_country: str 
     country = country_code(viewer_country)
     public = route == PUBLIC
     attributed = 0
+    decisions: dict[int, object] = {}  # index -> the decision string a client echoed
     for index, obj in enumerate(events):
         try:
             if public:
                 obj = _as_public(obj, shopper)
+            if type(obj) is dict and obj.get("decision") is not None:
+                decisions[index] = obj["decision"]
             if type(obj) is dict and public:
                 obj = {k: v for k, v in obj.items() if k not in SERVER_SET_FIELDS}  # ours, never the body's
                 if country:
@@ -207,7 +212,7 @@ def collect(events: list, stream: EventStream, now_ms: int, viewer_country: str 
         [{"type": e.type, "item_id": e.item_id, "ts": e.ts, "event_id": e.event_id} for _, e in valid])
     records: list[tuple[str, bytes]] = []
     indexes: list[int] = []
-    coalesced = 0
+    coalesced = verified = refused = 0
     for position, (index, event) in enumerate(valid):
         if event.type == "stock" and (position in superseded or (
                 gate is not None and not gate.admit(event.item_id, event.stock, now_ms))):
@@ -222,6 +227,13 @@ def collect(events: list, stream: EventStream, now_ms: int, viewer_country: str 
                 # One served list is one impression, however often it is sent: a replayed
                 # rec_id cannot pile impressions onto a variant (client dedupe, 24 h).
                 event.event_id = "imp~" + event.rec_id.rsplit("~", 2)[-2] + event.rec_id[-10:]
+        if index in decisions:
+            decision = _echoed_decision(event, decisions[index], served, keys, now_ms)
+            if decision is None:
+                refused += 1
+            else:
+                event.decision = decision.to_dict()
+                verified += 1
         records.append((partition_key(event), json.dumps(event.to_dict(), separators=(",", ":")).encode()))
         indexes.append(index)
     accepted = 0
@@ -238,7 +250,27 @@ def collect(events: list, stream: EventStream, now_ms: int, viewer_country: str 
             else:
                 rejected.append({"index": index, "error": f"not stored ({error}); retry later"})
         rejected.sort(key=lambda r: r["index"])
-    return CollectResult(accepted, rejected, attributed, coalesced)
+    return CollectResult(accepted, rejected, attributed, coalesced, verified, refused)
+
+
+def _echoed_decision(event, token: object, served, keys: tuple[str, ...], now_ms: int):
+    """The decision serving signed for this impression's list, or None: only an impression
+    carries one; its rec_id must verify for this shopper (anonymous: for nobody) and the
+    decision for its rec_id; every item shown must be the decision's item at that place."""
+    if event.type != "impression":
+        return None
+    if served is None and verify_rec_id(event.rec_id, event.user_id, keys, now_ms / 1000) is None:
+        return None
+    decision = verify_decision(token, event.rec_id, keys)
+    if decision is None:
+        return None
+    if event.positions:
+        if any(p > len(decision.items) or decision.items[p - 1] != item
+               for item, p in zip(event.items, event.positions)):
+            return None
+    elif not set(event.items) <= set(decision.items):
+        return None
+    return decision
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,9 @@ class Event:
     variant: str | None = None
     items: tuple[str, ...] = ()
     positions: tuple[int, ...] = ()  # impression: each shown item's 1-based place, aligned with items
+    # impression: what serving decided for the list (identity.Decision as a dict), set by collect
+    # once the kit's echo verified; never read from a body (parse_event ignores the field).
+    decision: dict | None = None
     # Set by collect on the public route (a browser's are dropped): the anonymous identity
     # shared scores count (``ingest.actors``), and an automated client's mark.
     actor: str | None = None
@@ -105,6 +108,8 @@ class Event:
             out["items"] = list(self.items)
         if self.positions:
             out["positions"] = list(self.positions)
+        if self.decision is not None:
+            out["decision"] = self.decision
         if self.actor is not None:
             out["actor"] = self.actor
         if self.bot:

@@ -19,6 +19,7 @@ account's ``no_user_row`` or an outage's ``user_read_failed`` is no challenger's
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import random
@@ -253,6 +254,12 @@ class Variant:
     fallback_reason: str | None = None  # e.g. the challenger's model is unavailable: served by the champion
 
 
+def candidates_hash(cands: np.ndarray) -> str:
+    """The candidate set's content hash: its item indexes in the snapshot (whose version the
+    decision names too), 64 bits of BLAKE2b."""
+    return hashlib.blake2b(np.ascontiguousarray(cands, dtype=np.int64).tobytes(), digest_size=8).hexdigest()
+
+
 class Recommender:
     def __init__(self, users: UserStore, artifacts: Artifacts, soldout: SoldOut,
                  signing_key: identity.KeyRing | str | None,
@@ -353,7 +360,7 @@ class Recommender:
                     reason = "no_user_row"
         if reason is not None and query.context_item is None:
             body.update(fallback=True, fallback_reason=reason, items=self._trending(snap, country, query.k))
-            return Answer(200, body)
+            return Answer(200, self._decided(body, "trending", snap.version, f"trending:{country or '-'}"))
         cands = ranking.candidates(snap, row, country, query.context_item, now_ms=now_ms)
         X = ranking.feature_matrix(snap, row, cands, now_ms, query.context_item)
         try:
@@ -362,7 +369,7 @@ class Recommender:
             log.exception("scoring with %s failed; serving trending", variant.ranker.key)
             body.update(fallback=True, fallback_reason=f"{variant.name}_failed",
                         items=self._trending(snap, country, query.k))
-            return Answer(200, body)
+            return Answer(200, self._decided(body, "trending", snap.version, f"trending:{country or '-'}"))
         best = ranking.top_k(scores, query.k)
         items = snap.items
         body["items"] = [{"item_id": items[c], "score": round(v, 6)}  # Python ints and floats: no numpy scalars
@@ -380,7 +387,18 @@ class Recommender:
                             **encode_vectors(X[:, variant.ranker.columns]),
                             "returned": [i["item_id"] for i in body["items"]]})
         body["candidates"] = len(cands)
-        return Answer(200, body)
+        return Answer(200, self._decided(body, variant.ranker.key, snap.version, candidates_hash(cands)))
+
+    def _decided(self, body: dict, model: str, snapshot: str | None, candidates: str) -> dict:
+        """``body`` with its signed decision (identity.Decision), for the kit to echo in the
+        list's impressions: the ranking is deterministic, so each item's propensity is 1."""
+        if body["items"]:
+            token = identity.issue_decision(self.keys.current, body["rec_id"], identity.Decision(
+                model, snapshot, tuple(i["item_id"] for i in body["items"]), (1.0,) * len(body["items"]),
+                candidates))
+            if token is not None:
+                body["decision"] = token
+        return body
 
     @staticmethod
     def _trending(snap: ItemSnapshot, country: str | None, k: int) -> list[dict]:
