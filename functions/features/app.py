@@ -17,8 +17,17 @@ tracer = Tracer()
 metrics = Metrics(namespace=settings.NAMESPACE)
 app = APIGatewayHttpResolver()
 reader = features.build_reader()
-# CloudWatch's figures change once a minute; the rest is read at most every 10 s per instance.
-console = summary.Summary(summary.DeployedSources.from_env(), min_interval_s=10.0)
+_console: dict = {}
+
+
+def console() -> summary.Summary:
+    """The console's summary, built on its route's first request (a console setting missing or
+    wrong fails that route alone, never a shopper's features). CloudWatch's figures change once
+    a minute; the rest is read at most every 10 s per instance, side by side, within 4 s."""
+    if "summary" not in _console:
+        _console["summary"] = summary.Summary(summary.DeployedSources.from_env(), min_interval_s=10.0,
+                                              deadline_s=4.0)
+    return _console["summary"]
 
 
 def _json(body: dict, status: int = 200) -> Response:
@@ -38,7 +47,12 @@ def get_user_features(user_id: str) -> Response:
 @app.get("/console/summary")
 @tracer.capture_method
 def get_console_summary() -> Response:
-    return _json(console.summary())
+    try:
+        current = console()
+    except (settings.ConfigError, KeyError) as exc:
+        logger.exception("the console's summary is not configured")
+        return _json({"message": f"console summary unavailable: {exc}"}, 503)
+    return _json(current.summary())
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)

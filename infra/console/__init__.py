@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from personalize.rollout import summary
 from personalize.rollout.summary import HISTORY, VARIANTS  # noqa: F401 - the console's constants
 
 STATIC = Path(__file__).resolve().parent / "static"
+log = logging.getLogger(__name__)
 
 
 class Sources(summary.Sources):
@@ -127,7 +129,12 @@ def wsgi(console, read_only: bool = False):
                 answer = {**console.summary(), "controls": not read_only and console.admin_token is not None}
                 status, body = "200 OK", json.dumps(answer).encode()
             except Exception as exc:  # noqa: BLE001 - a deployed route unreachable: the page says so
-                status, body = "502 Bad Gateway", json.dumps({"message": f"summary unavailable: {exc}"}).encode()
+                # The page gets the kind of failure; the terminal the whole answer (an AWS 403
+                # names the operator's role and account: not for a page).
+                log.warning("console summary unavailable: %s", exc)
+                status = "502 Bad Gateway"
+                body = json.dumps({"message": f"summary unavailable: {getattr(exc, 'brief', type(exc).__name__)}"}
+                                  ).encode()
         elif method == "POST" and path == "/api/experiment" and not read_only:
             origin = environ.get("HTTP_ORIGIN")
             if origin and origin != f"{environ.get('wsgi.url_scheme', 'http')}://{environ.get('HTTP_HOST', '')}":
@@ -163,12 +170,20 @@ def local_server(console, port: int = 0, read_only: bool = True):
             pass
 
     app = wsgi(console, read_only=read_only)
+    hosts: set[str] = set()
 
     def under_console(environ, start_response):
+        # Loopback names only: a page whose domain re-points to 127.0.0.1 (DNS rebinding)
+        # sends its own Host, and must not read what this proxy signs for the operator.
+        if environ.get("HTTP_HOST") not in hosts:
+            start_response("421 Misdirected Request", [("content-type", "application/json")])
+            return [b'{"message": "the console answers 127.0.0.1 and localhost only"}']
         path = environ.get("PATH_INFO") or "/"
         if path != "/console" and not path.startswith("/console/"):
             start_response("404 Not Found", [("content-type", "application/json")])
             return [b'{"message": "the console is at /console/"}']
         return app({**environ, "PATH_INFO": path[len("/console"):]}, start_response)
 
-    return make_server("127.0.0.1", port, under_console, handler_class=Quiet)
+    server = make_server("127.0.0.1", port, under_console, handler_class=Quiet)
+    hosts.update({f"127.0.0.1:{server.server_port}", f"localhost:{server.server_port}"})
+    return server

@@ -21,23 +21,44 @@ PERIOD_S = 60  # CloudWatch's standard resolution: the console cannot be fresher
 
 
 class SummaryRouteError(RuntimeError):
-    """The deployed route did not answer a summary (the message says what it answered)."""
+    """The deployed route did not answer a summary (the message says what it answered;
+    ``brief``, what a page may see: the status only)."""
+
+    def __init__(self, message: str, brief: str = "the route failed"):
+        super().__init__(message)
+        self.brief = brief
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A signed request is never sent on: urllib would carry Authorization and the session
+    token to whatever host a redirect names."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        raise urllib.error.HTTPError(req.full_url, code, f"redirect to {newurl} refused", headers, fp)
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 def signed_get(url: str, region: str, credentials, timeout_s: float = 15.0) -> dict:
     """GET ``url`` signed with ``credentials`` (botocore's) for API Gateway's IAM authorizer."""
+    from urllib.parse import urlsplit
+
     from botocore.auth import SigV4Auth
     from botocore.awsrequest import AWSRequest
 
+    parts = urlsplit(url)
+    if parts.scheme != "https" and parts.hostname not in ("127.0.0.1", "localhost"):
+        raise SummaryRouteError(f"refusing to sign for {url}: https only", "https only")
     request = AWSRequest(method="GET", url=url)
     SigV4Auth(credentials, "execute-api", region).add_auth(request)
     try:
-        with urllib.request.urlopen(urllib.request.Request(  # noqa: S310 - the stack's own https URL
-                url, headers=dict(request.headers.items())), timeout=timeout_s) as answer:
+        with _OPENER.open(urllib.request.Request(url, headers=dict(request.headers.items())),
+                          timeout=timeout_s) as answer:
             return json.loads(answer.read())
     except urllib.error.HTTPError as exc:
-        detail = exc.read()[:300].decode("utf-8", "replace")
-        raise SummaryRouteError(f"GET {url} answered {exc.code}: {detail}") from exc
+        detail = (exc.read() if exc.fp else b"")[:300].decode("utf-8", "replace")
+        raise SummaryRouteError(f"GET {url} answered {exc.code}: {detail}", f"the route answered {exc.code}") from exc
 
 
 class RemoteConsole(Controls):
@@ -53,20 +74,28 @@ class RemoteConsole(Controls):
         self.clock = clock
         self.get = get
         self._cached: dict | None = None
+        self._error: Exception | None = None
         self._at = float("-inf")
         self._lock = threading.Lock()
 
     def summary(self) -> dict:
+        """The route's summary, fetched at most every ``min_interval_s``; a failure is kept as
+        long (every open tab polling a failing route must not multiply its calls)."""
         with self._lock:
             now = self.clock()
-            if self._cached is None or now - self._at >= self.min_interval_s:
-                self._cached = self.get(self.url, self.region, self.credentials())
+            if self._at == float("-inf") or now - self._at >= self.min_interval_s:
                 self._at = now
+                try:
+                    self._cached, self._error = self.get(self.url, self.region, self.credentials()), None
+                except Exception as exc:  # noqa: BLE001 - shown on the page as it is
+                    self._error = exc
+            if self._error is not None:
+                raise self._error
             return self._cached
 
     def invalidate(self) -> None:
         with self._lock:
-            self._cached = None
+            self._at = float("-inf")
 
     def change(self, command: str, **kwargs):
         if self._change is None:

@@ -300,9 +300,11 @@ class LocalStack:
             self.functions[name] = self._function(name)
         self.functions["snapshot"]({})  # a first snapshot before serving starts
         self.functions["recommend"] = self._function("recommend")
-        config_path = ROOT / "build" / "edge_config.local.json"
+        # One file per stack (its port): two stacks at once (parallel test workers) must not
+        # read each other's resource names at their edge's cold start.
+        config_path = self.edge_config_path
         config_path.write_text(self.resources.serving_config().to_json())
-        fallback_path = ROOT / "build" / "fallback_items.local.json"
+        fallback_path = ROOT / "build" / f"fallback_items.local-{self.port}.json"
         fallback_path.write_text(json.dumps({"built_at": "local", "items": self.resources.fallback_items()}))
         # The local stack's functions share one process (and moto's GIL): a cold edge may
         # wait longer for its build here than deployed (degraded.COLD_START_WAIT_S).
@@ -354,6 +356,11 @@ class LocalStack:
             return _forbidden(f"User: {principal.arn} is not authorized to perform: execute-api:Invoke on "
                               f"resource: {resource}")
         return None
+
+    @property
+    def edge_config_path(self) -> Path:
+        """The edge's config as this stack bakes it (build/edge_config.local-<port>.json)."""
+        return ROOT / "build" / f"edge_config.local-{self.port}.json"
 
     @property
     def allowed_origins(self) -> list[str]:
@@ -490,6 +497,8 @@ class LocalStack:
             self._http.shutdown()
         for function in self.functions.values():
             function.stop()
+        for baked in (self.edge_config_path, ROOT / "build" / f"fallback_items.local-{self.port}.json"):
+            baked.unlink(missing_ok=True)
         if self._moto:
             self._moto.stdin.close()
             try:
@@ -573,7 +582,8 @@ class LocalStack:
                             self.endpoint)
         if method == "GET" and path == "/kit/recs.js":
             return web.static(ROOT / "kit" / "recs.js", "text/javascript")
-        if method == "GET" and path.startswith("/features/users/") and len(path) > len("/features/users/"):
+        if method == "GET" and template.route_matches("/features/users/{user_id}", path) and \
+                path.startswith("/features/users/"):
             user_id = path[len("/features/users/"):]
             return self.functions["features"](http_api_event("GET", path, None, headers, query,
                                                              {"user_id": user_id}))

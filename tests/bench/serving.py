@@ -102,7 +102,7 @@ t0 = time.perf_counter()
 sys.path[:0] = [{str(ROOT / 'functions' / 'edge')!r}, {str(ROOT / 'layers' / 'personalize')!r}]
 import app as edge
 from pathlib import Path
-edge.CONFIG_PATH = Path({str(ROOT / 'build' / 'edge_config.local.json')!r})
+edge.CONFIG_PATH = Path({str(stack.edge_config_path)!r})
 edge.MODELS_DIR = Path({str(ROOT / 'models')!r})
 edge.COLD_START_WAIT_S = 30.0  # measure the whole build, not the outage deadline
 class Context:

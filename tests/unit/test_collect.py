@@ -100,7 +100,7 @@ def test_an_impression_reaches_the_stream_with_the_place_of_each_item():
                      stream, NOW, route=c.PUBLIC, shopper="alice", keys=["k"])
     [written] = _written(stream)
     assert written["items"] == ["a", "b"] and written["positions"] == [1, 4] and written["variant"] == "challenger"
-    assert result.rejected == [{"index": 1, "error": "positions must be a list of integers from 1 to 1000, "
+    assert result.rejected == [{"index": 1, "error": "positions must be a list of distinct integers from 1 to 1000, "
                                                      "one for each of items"}]
 
 

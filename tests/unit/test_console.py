@@ -87,24 +87,57 @@ def test_a_deployed_stacks_figures_come_from_cloudwatchs_complete_minutes():
     from personalize.adapters.quarantine import MemoryQuarantine
     from personalize.rollout.summary import DeployedSources, Summary
 
-    now = [1_000_020.0]  # 20 s into the minute that starts at 1,000,000
+    now = [1_000_030.0]  # minutes start at 999,840, 999,900, 999,960 (EMF still arriving), 1,000,020 (filling)
     metrics = FakeMetrics({
-        "events": [(999_880.0, 1200.0), (999_940.0, 600.0), (1_000_000.0, 30.0)],  # the last minute is filling
-        "lag": [(999_940.0, 850.0)],
-        "champion_edge": [(999_940.0, 90.0)], "challenger_region": [(999_940.0, 10.0)],
+        "events": [(999_840.0, 1200.0), (999_900.0, 600.0), (999_960.0, 300.0), (1_000_020.0, 30.0)],
+        "lag": [(999_900.0, 850.0)],
+        "champion_edge": [(999_900.0, 90.0)], "challenger_region": [(999_900.0, 10.0)],
     })
     quarantine = MemoryQuarantine()
     quarantine.send([{"id": "1", "reason": "bad", "raw": "e30=", "source": "s"}])
     sources = DeployedSources(metrics, quarantine, None, None, None, None, None, "agg", clock=lambda: now[0])
-    summary = Summary(sources, min_interval_s=10.0, clock=lambda: now[0])
+    summary = Summary(sources, min_interval_s=10.0, clock=lambda: now[0], deadline_s=5.0)
     got = summary.summary()
-    assert got["now"]["events_per_s"] == 10.0  # 600 in the last complete minute, not the filling one
+    assert got["now"]["events_per_s"] == 10.0  # the newest complete minute, not one still filling
     assert got["now"]["ingest_lag_ms"] == 850.0 and got["now"]["served_challenger_share"] == 0.1
     assert got["now"]["quarantined"] == 1 and got["now"]["snapshot_age_s"] is None  # unknown, not an error
-    assert [m["events_per_s"] for m in got["history"]] == [20.0, 10.0, 0.5]  # a point a minute, the last hour
+    assert got["now"]["experiment"] is None and got["now"]["flags_error"]  # unreadable flags: not "none"
+    assert [m["events_per_s"] for m in got["history"]] == [20.0, 10.0]
     now[0] += 30
     summary.summary()
     assert metrics.reads == 1  # CloudWatch's resolution is a minute: read at most once a minute
+    # A stalled ingest: no EventsIn point in the newest complete minute reads as 0, never the last rate.
+    stalled = DeployedSources(FakeMetrics({"events": [(999_840.0, 1200.0)]}), quarantine, None, None, None, None,
+                              None, "agg", clock=lambda: 1_000_030.0)
+    assert stalled.events_per_s() == 0.0 and stalled.ingest_lag_ms() is None
+
+
+def test_a_failing_cloudwatch_is_read_once_a_minute_and_slow_figures_come_back_unknown():
+    import threading
+
+    from personalize.rollout.summary import DeployedSources, Sources, Summary
+
+    class Down:
+        reads = 0
+
+        def series(self, queries, minutes):
+            Down.reads += 1
+            raise ConnectionError("throttled")
+
+    sources = DeployedSources(Down(), None, None, None, None, None, None, "agg", clock=lambda: 1_000_030.0)
+    got = Summary(sources, deadline_s=5.0, clock=lambda: 1_000_030.0).summary()
+    assert Down.reads == 1 and got["now"].get("events_per_s") is None
+    assert all(m.get("events_per_s") is None for m in got["history"])  # its own samples: unknown rates
+
+    release = threading.Event()
+
+    class Slow(Sources):
+        def events_total(self): return 5  # noqa: E704
+        def stockouts(self): release.wait(10); return 3  # noqa: E702, E704 - a DynamoDB that hangs
+
+    got = Summary(Slow(), deadline_s=0.2).sample()
+    release.set()
+    assert got["events_total"] == 5 and got["stockouts"] is None
 
 
 def test_the_proxy_fetches_at_most_every_interval_and_offers_no_control_read_only():
@@ -140,15 +173,90 @@ def test_the_proxy_fetches_at_most_every_interval_and_offers_no_control_read_onl
 def test_an_unreachable_route_is_a_502_the_page_can_show():
     from infra.console.aws import RemoteConsole, SummaryRouteError
 
-    def down(url, region, credentials):
-        raise SummaryRouteError("GET https://api/console/summary answered 403: forbidden")
+    calls = []
 
-    status, body = _get(wsgi(RemoteConsole("https://api/console/summary", "r", lambda: None, get=down)),
-                        "/api/summary")
-    assert status == 502 and "403" in body["message"]
+    def down(url, region, credentials):
+        calls.append(url)
+        raise SummaryRouteError("GET https://api/console/summary answered 403: User: arn:aws:sts::1:x",
+                                "the route answered 403")
+
+    app = wsgi(RemoteConsole("https://api/console/summary", "r", lambda: None, get=down))
+    for _ in range(3):  # three tabs polling within the interval: the route is asked once
+        status, body = _get(app, "/api/summary")
+        assert status == 502 and "403" in body["message"] and "arn:" not in body["message"]
+    assert len(calls) == 1
 
 
 def _get(app, path):
     status = []
     body = b"".join(app({"REQUEST_METHOD": "GET", "PATH_INFO": path}, lambda s, h: status.append(int(s.split()[0]))))
     return status[0], json.loads(body)
+
+
+def test_the_proxy_answers_its_own_loopback_names_only():
+    """A page whose domain re-points to 127.0.0.1 (DNS rebinding) sends its own Host."""
+    from infra.console import local_server
+
+    server = local_server(Console(FakeSources()))
+    try:
+        app, port = server.get_app(), server.server_port
+        for host, expected in ((f"127.0.0.1:{port}", 200), (f"localhost:{port}", 200), (f"evil.test:{port}", 421),
+                               (None, 421)):
+            status = []
+            environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/console/api/summary"}
+            if host:
+                environ["HTTP_HOST"] = host
+            b"".join(app(environ, lambda s, h, seen=status: seen.append(int(s.split()[0]))))
+            assert status == [expected], host
+    finally:
+        server.server_close()
+
+
+def test_a_signed_request_is_never_sent_on_by_a_redirect_nor_in_the_clear():
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from botocore.credentials import Credentials
+
+    from infra.console.aws import SummaryRouteError, signed_get
+
+    received = []
+
+    class Target(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            received.append(dict(self.headers))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    target = ThreadingHTTPServer(("127.0.0.1", 0), Target)
+
+    class Redirect(Target):
+        def do_GET(self):  # noqa: N802
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{target.server_port}/steal")
+            self.end_headers()
+
+    redirect = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    for server in (target, redirect):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    credentials = Credentials("AKIDEXAMPLE", "secret", "SESSIONTOKEN")
+    try:
+        try:
+            signed_get(f"http://127.0.0.1:{redirect.server_port}/console/summary", "us-east-1", credentials)
+        except SummaryRouteError as refused:
+            assert "302" in str(refused)
+        else:
+            raise AssertionError("a redirect was followed")
+        assert received == []  # the signature and the session token never left for the other host
+        try:
+            signed_get("http://api.example/console/summary", "us-east-1", credentials)
+        except SummaryRouteError as refused:
+            assert "https only" in str(refused)
+        else:
+            raise AssertionError("signed for a plain-http host")
+    finally:
+        target.shutdown()
+        redirect.shutdown()

@@ -73,10 +73,10 @@ def test_valid_events_are_accepted(obj):
     pytest.param(base(type="impression", items=[7]), "items must be a string", id="impression-numeric-id"),
     pytest.param(base(user_id=42), "user_id must be a string", id="numeric-user"),
     *[pytest.param(base(type="impression", items=["a", "b"], positions=positions), "positions must be a list of "
-                   "integers from 1 to 1000, one for each of items", id=f"impression-positions-{name}")
+                   "distinct integers from 1 to 1000, one for each of items", id=f"impression-positions-{name}")
       for name, positions in [("too-few", [1]), ("too-many", [1, 2, 3]), ("zero", [0, 1]), ("over", [1, 1001]),
                               ("boolean", [True, 2]), ("float", [1.0, 2]), ("string", ["1", "2"]),
-                              ("null", [None, 1]), ("not-a-list", {"0": 1})]],
+                              ("null", [None, 1]), ("not-a-list", {"0": 1}), ("repeated", [7, 7])]],
 ])
 def test_invalid_events_say_which_rule(obj, message):
     with pytest.raises(EventError, match=message):

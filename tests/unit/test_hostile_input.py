@@ -79,7 +79,7 @@ def valid_event(draw, route: str, shopper: str | None = None) -> dict:
         event["items"] = draw(st.lists(clean_text, min_size=1, max_size=5))
         if draw(st.booleans()):
             event["positions"] = draw(st.lists(st.integers(1, events.MAX_POSITION), min_size=len(event["items"]),
-                                               max_size=len(event["items"])))
+                                               max_size=len(event["items"]), unique=True))
     if kind == "stock":
         event["stock"] = draw(st.integers(0, events.MAX_STOCK))
     if kind == "catalogue":

@@ -19,6 +19,7 @@ function show(summary) {
   $("ingest_lag_ms").textContent = fmt(now.ingest_lag_ms);
   for (const key of ["quarantined", "snapshot_age_s", "stockouts"]) $(key).textContent = fmt(now[key], key === "snapshot_age_s" ? 1 : 0);
   for (const key of ["experiment", "champion", "challenger", "state"]) $(key).textContent = now[key] || "-";
+  if (now.flags_error) $("state").textContent = "unknown (flags unreadable)";
   $("share").textContent = now.share === null ? "-" : `${(100 * now.share).toFixed(2)}%`;
   $("served_share").textContent = now.served_challenger_share == null ? "-" : `${(100 * now.served_challenger_share).toFixed(2)}%`;
   $("reason").textContent = now.reason || (now.decision ? now.decision.reason : "");
@@ -38,10 +39,15 @@ function show(summary) {
 }
 
 async function poll() {
+  // A failed read leaves the last figures up, marked stale, with what the route answered.
+  let problem = "";
   try {
     const r = await fetch("/console/api/summary", { cache: "no-store" });
     if (r.ok) show(await r.json());
-  } catch { /* the stack restarted: try again */ }
+    else problem = ((await r.json().catch(() => ({}))).message || `HTTP ${r.status}`);
+  } catch { problem = "the console's server is unreachable"; }
+  document.body.dataset.stale = problem ? "true" : "";
+  $("problem").textContent = problem;
   setTimeout(poll, 1500);
 }
 

@@ -294,8 +294,9 @@ def parse_event(obj: object, now_ms: int | None = None, anonymous_ok: bool = Fal
         positions = get("positions")
         if positions is not None:
             if type(positions) is not list or len(positions) != len(items) or not all(
-                    type(p) is int and 1 <= p <= MAX_POSITION for p in positions):
-                raise EventError(f"positions must be a list of integers from 1 to {MAX_POSITION}, "
+                    type(p) is int and 1 <= p <= MAX_POSITION for p in positions) or len(set(positions)) != len(
+                    positions):
+                raise EventError(f"positions must be a list of distinct integers from 1 to {MAX_POSITION}, "
                                  "one for each of items")
             event.positions = tuple(positions)
     actor = get("actor")

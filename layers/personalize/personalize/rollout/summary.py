@@ -18,6 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 
 from personalize import settings
 from personalize.rollout import experiments, flags
@@ -25,6 +26,7 @@ from personalize.rollout import experiments, flags
 HISTORY = 600
 VARIANTS = (flags.CHAMPION, flags.CHALLENGER)
 HISTORY_MINUTES = 60  # a deployed stack's charts: the last hour, a point a minute
+EMF_DELAY_S = 60.0  # how long after its minute an EMF metric is surely in CloudWatch
 
 
 def experiment_counters(store, doc: dict):
@@ -85,13 +87,28 @@ def _safe(read: Callable, default=None):
 
 
 class Summary:
-    def __init__(self, sources: Sources, min_interval_s: float = 1.0, clock: Callable[[], float] = time.time):
+    """``deadline_s``: the sources are read side by side and a figure not read by then shows
+    as unknown (a slow or throttled service never holds the whole summary: the deployed route
+    answers within its Lambda timeout whatever AWS does)."""
+
+    def __init__(self, sources: Sources, min_interval_s: float = 1.0, clock: Callable[[], float] = time.time,
+                 deadline_s: float | None = None):
         self.sources = sources
         self.min_interval_s = min_interval_s
         self.clock = clock
+        self.deadline_s = deadline_s
         self.history: deque[dict] = deque(maxlen=HISTORY)
         self._last: dict | None = None
         self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(6, thread_name_prefix="summary") if deadline_s is not None else None
+
+    def _read(self, reads: dict[str, Callable]) -> dict:
+        """Each read's value (None when it failed or was late: unknown, never zero)."""
+        if self._pool is None:
+            return {name: _safe(read) for name, read in reads.items()}
+        futures = {name: self._pool.submit(_safe, read) for name, read in reads.items()}
+        done, _ = wait(futures.values(), timeout=self.deadline_s)
+        return {name: f.result() if f in done else None for name, f in futures.items()}
 
     def sample(self) -> dict:
         """The figures now (at most one read of the sources per ``min_interval_s``)."""
@@ -100,32 +117,45 @@ class Summary:
             if self._last is not None and now - self._last["t"] < self.min_interval_s:
                 return self._last
             s = self.sources
-            doc = _safe(s.flags, {}) or {}
-            experiment = (doc.get("experiment_id") or {}).get("default", "none")
-            counters, decision, state = _safe(lambda: s.experiment(doc), (None, None, None)) if doc else (
-                None, None, None)
-            built = _safe(s.snapshot_built_at_ms)
+
+            def experiment():
+                doc = s.flags()  # raises when unreadable: unknown, never "no experiment"
+                counters, decision, state = s.experiment(doc)
+                return doc, counters, decision, state
+
+            got = self._read({"experiment": experiment, "events_total": s.events_total,
+                              "ingest_lag_ms": s.ingest_lag_ms, "quarantined": s.quarantined,
+                              "stockouts": s.stockouts, "built": s.snapshot_built_at_ms, "served": s.served,
+                              "rate": s.events_per_s, "share": s.served_share})
+            doc, counters, decision, state = got["experiment"] or (None, None, None, None)
+            built = got["built"]
             sample = {
-                "t": now, "events_total": _safe(s.events_total), "ingest_lag_ms": _safe(s.ingest_lag_ms),
-                "quarantined": _safe(s.quarantined), "stockouts": _safe(s.stockouts),
+                "t": now, "events_total": got["events_total"], "ingest_lag_ms": got["ingest_lag_ms"],
+                "quarantined": got["quarantined"], "stockouts": got["stockouts"],
                 "snapshot_age_s": round(now - built / 1000, 1) if built else None,
-                "served": _safe(s.served) or {},
-                "experiment": experiment,
-                "champion": (doc.get("champion_model") or {}).get("default"),
-                "challenger": (doc.get("challenger_model") or {}).get("default") if experiment != "none" else None,
-                "share": _share(doc), "kill_switch": bool((doc.get("kill_switch") or {}).get("default")),
-                "state": (state or {}).get("status") or ("running" if counters is not None else "none"),
-                "reason": (state or {}).get("reason"),
-                "variants": {v: _counters(counters[v]) for v in VARIANTS} if counters else {},
-                "decision": {"action": decision.action, "reason": decision.reason} if decision is not None else None,
+                "served": got["served"] or {},
             }
-            rate, share = _safe(s.events_per_s), _safe(s.served_share)
+            if doc is None:  # the flags could not be read in time: say so, claim nothing
+                sample.update(experiment=None, champion=None, challenger=None, share=None, kill_switch=None,
+                              state=None, reason="flags unreadable", variants={}, decision=None,
+                              flags_error=True)
+            else:
+                experiment_id = (doc.get("experiment_id") or {}).get("default", "none")
+                sample.update(
+                    experiment=experiment_id, champion=(doc.get("champion_model") or {}).get("default"),
+                    challenger=(doc.get("challenger_model") or {}).get("default") if experiment_id != "none" else None,
+                    share=_share(doc), kill_switch=bool((doc.get("kill_switch") or {}).get("default")),
+                    state=(state or {}).get("status") or ("running" if counters is not None else "none"),
+                    reason=(state or {}).get("reason"),
+                    variants={v: _counters(counters[v]) for v in VARIANTS} if counters else {},
+                    decision={"action": decision.action, "reason": decision.reason} if decision is not None else None)
+            rate, share = got["rate"], got["share"]
             if rate is not None or share is not None:  # a deployed stack: CloudWatch's own rates
                 sample["events_per_s"], sample["served_challenger_share"] = rate, share
             previous = self._last
-            if previous is not None and rate is None:
+            if previous is not None and rate is None and sample["events_total"] is not None:
                 dt = max(1e-6, now - previous["t"])
-                if sample["events_total"] is not None and previous["events_total"] is not None:
+                if previous["events_total"] is not None:
                     sample["events_per_s"] = round((sample["events_total"] - previous["events_total"]) / dt, 1)
                 served = {v: sample["served"].get(v, 0) - previous["served"].get(v, 0) for v in VARIANTS}
                 total = sum(served.values())
@@ -182,10 +212,12 @@ class DeployedSources(Sources):
         self.clock = clock
         self._series: dict | None = None
         self._series_at = float("-inf")
+        self._complete_before = float("-inf")
+        self._series_lock = threading.Lock()
 
     @classmethod
     def from_env(cls) -> DeployedSources:
-        from personalize.adapters import appconfig
+        from personalize.adapters import appconfig, aws
         from personalize.adapters.artifacts import S3Artifacts
         from personalize.adapters.experiment_states import ExperimentStates
         from personalize.adapters.metrics import CloudWatchReader
@@ -200,9 +232,15 @@ class DeployedSources(Sources):
             fetch = appconfig.local_fetcher(config[settings.ARTIFACTS_BUCKET], application, profile)
         else:
             fetch = appconfig.appconfig_fetcher(application, os.environ["APPCONFIG_ENVIRONMENT"], profile)
-        return cls(CloudWatchReader(), SqsQuarantine(config[settings.QUARANTINE_QUEUE]),
-                   S3Artifacts(config[settings.ARTIFACTS_BUCKET]), DynamoSoldOut(config[settings.FEATURES_TABLE]),
-                   _FlagsReader(fetch), ExperimentStates(items), DynamoRowStore({ITEMS: items}),
+        def quick(service):  # the console waits for nobody: one attempt, short timeouts
+            return aws.client(service, connect_timeout=1.0, read_timeout=2.0, attempts=1)
+
+        return cls(CloudWatchReader(client=quick("cloudwatch")),
+                   SqsQuarantine(config[settings.QUARANTINE_QUEUE], client=quick("sqs")),
+                   S3Artifacts(config[settings.ARTIFACTS_BUCKET], client=quick("s3")),
+                   DynamoSoldOut(config[settings.FEATURES_TABLE], client=quick("dynamodb")),
+                   _FlagsReader(fetch), ExperimentStates(items),
+                   DynamoRowStore({ITEMS: items}, client=quick("dynamodb"), max_attempts=1),
                    os.environ["AGGREGATE_FUNCTION"])
 
     def _queries(self):
@@ -221,34 +259,45 @@ class DeployedSources(Sources):
 
     def _minutes(self) -> list[dict]:
         """One point a minute over the last hour: (t, events_per_s, ingest_lag_ms,
-        served_challenger_share), read at most once a minute (CloudWatch's resolution)."""
+        served_challenger_share), read at most once a minute (CloudWatch's resolution; a
+        failed read is not tried again for a minute either: the figures show as unknown).
+        Only complete minutes: those that ended ``EMF_DELAY_S`` before the read (EMF lines
+        become metrics within about a minute), so a minute still filling never reads as a drop."""
         from personalize.adapters.metrics import PERIOD_S
 
-        now = self.clock()
-        if self._series is None or now - self._series_at >= PERIOD_S:
-            series = self.metrics.series(self._queries(), HISTORY_MINUTES)
-            self._series, self._series_at = series, now
+        with self._series_lock:  # the summary reads its figures side by side: one read for all
+            now = self.clock()
+            if now - self._series_at >= PERIOD_S:
+                self._series_at = now
+                try:
+                    self._series = self.metrics.series(self._queries(), HISTORY_MINUTES)
+                except Exception:
+                    self._series = None
+                    raise
+                self._complete_before = now - PERIOD_S - EMF_DELAY_S
+        if self._series is None:
+            raise RuntimeError("CloudWatch unreadable (tried less than a minute ago)")
         by_minute: dict[float, dict[str, float]] = {}
         for key, points in self._series.items():
             for t, value in points:
-                by_minute.setdefault(t, {})[key] = value
+                if t <= self._complete_before:
+                    by_minute.setdefault(t, {})[key] = value
+        newest = (self._complete_before // PERIOD_S) * PERIOD_S  # the newest complete minute
         out = []
-        for t in sorted(by_minute):
-            m = by_minute[t]
+        for t in sorted(set(by_minute) | {newest}):
+            m = by_minute.get(t, {})
             champion = m.get("champion_edge", 0.0) + m.get("champion_region", 0.0)
             challenger = m.get("challenger_edge", 0.0) + m.get("challenger_region", 0.0)
-            out.append({"t": t, "events_per_s": round(m["events"] / PERIOD_S, 1) if "events" in m else None,
+            # No EventsIn point in a complete minute: aggregate counted no event (EMF writes none).
+            out.append({"t": t, "events_per_s": round(m.get("events", 0.0) / PERIOD_S, 1),
                         "ingest_lag_ms": m.get("lag"),
                         "served_challenger_share": round(challenger / (champion + challenger), 4)
                         if champion + challenger else None})
         return out
 
     def _latest(self, key: str):
-        """The newest complete minute's figure (the current minute is still filling)."""
-        from personalize.adapters.metrics import PERIOD_S
-
-        done = self.clock() - PERIOD_S
-        return next((m[key] for m in reversed(self._minutes()) if m[key] is not None and m["t"] <= done), None)
+        """The newest complete minute's figure (None: unknown, e.g. no answer served)."""
+        return self._minutes()[-1][key]
 
     def history(self):
         return self._minutes()
