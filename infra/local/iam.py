@@ -48,6 +48,10 @@ class Identities:
     policies: dict[str, list[dict]] = field(default_factory=dict)  # "aggregate" -> what its role holds
 
 
+# A service the local stack emulates -> the template role it acts as (infra/local/firehose.py).
+SERVICE_ROLES = {"firehose-archive": "ArchiveDeliveryRole"}
+
+
 def function_roles(doc: dict) -> dict[str, str]:
     """Short function name ("aggregate") -> logical id of its role, from the transformed template."""
     out = {}
@@ -194,7 +198,8 @@ def setup(names: dict[str, str], arns: dict[str, str], template_path=template.TE
     doc = template.transformed(template_path)
     resolve = Resolver(doc, names, arns)
     bucket_arn = resolve.get_att("ArtifactsBucket", "Arn")
-    for function, role_id in function_roles(doc).items():
+    # The functions' roles, and the roles of services the local stack emulates (Firehose).
+    for function, role_id in {**function_roles(doc), **SERVICE_ROLES}.items():
         role_name = f"local-{role_id}"
         role_arn = iam.create_role(RoleName=role_name, AssumeRolePolicyDocument=_trust(admin_arn))["Role"]["Arn"]
         statements = local_statements(role_statements(doc, role_id, resolve), bucket_arn)

@@ -50,8 +50,13 @@ class PollerStats:
 class KinesisPoller:
     def __init__(self, stream_name: str, stream_arn: str, handler: Callable[[dict, object], dict],
                  failure_queue_url: str | None = None, batch_size: int = 1000, max_retries: int = 10,
-                 identity: aws.Credentials | None = None):
+                 identity: aws.Credentials | None = None, name: str = "aggregate",
+                 read_interval_s: float | None = None, on_give_up: Callable[[list[dict]], None] | None = None):
         self.stream_name = stream_name
+        self.name = name  # the consumer: its invocations' context, its log lines
+        if read_interval_s is not None:
+            self.READ_INTERVAL_S = read_interval_s
+        self.on_give_up = on_give_up  # instead of the on-failure queue (Firehose: its error prefix)
         # Lambda's event source mapping reads the stream and writes the on-failure queue
         # with the function's execution role: locally, the same credentials.
         self.identity = identity
@@ -103,7 +108,9 @@ class KinesisPoller:
         raise TimeoutError("stream not drained in time")
 
     _deferred = False
-    READ_INTERVAL_S = 0.2  # at most 5 GetRecords a second on a shard (AWS's limit)
+    # AWS allows 5 GetRecords a second per shard, shared by its consumers: aggregate's event
+    # source mapping takes 4 here, the archive's Firehose 1 (infra/local/firehose.py).
+    READ_INTERVAL_S = 0.25
 
     def _poll_shard(self, cursor: ShardCursor) -> int:
         if not cursor.pending and cursor.iterator:
@@ -131,11 +138,11 @@ class KinesisPoller:
         started = time.perf_counter()
         self.stats.invocations += 1
         try:
-            response = self.handler(event, lambda_events.context("aggregate")) or {}
+            response = self.handler(event, lambda_events.context(self.name)) or {}
             failures = [f["itemIdentifier"] for f in response.get("batchItemFailures", [])]
             raised = False
         except Exception:  # the function failed as a whole: Lambda bisects and retries
-            log.exception("aggregate raised on a batch of %d records", len(batch))
+            log.exception("%s raised on a batch of %d records", self.name, len(batch))
             failures, raised = [batch[0]["SequenceNumber"]], True
         self.stats.last_batch_s = time.perf_counter() - started
         arrived = batch[0].get("ApproximateArrivalTimestamp")
@@ -166,7 +173,9 @@ class KinesisPoller:
 
     def _give_up(self, cursor: ShardCursor, records: list[dict]) -> None:
         """Like the on-failure destination: metadata of the failed range, then move on."""
-        if self.failure_queue_url:
+        if self.on_give_up is not None:
+            self.on_give_up(records)
+        elif self.failure_queue_url:
             aws.client("sqs").send_message(QueueUrl=self.failure_queue_url, MessageBody=json.dumps({
                 "KinesisBatchInfo": {
                     "shardId": cursor.shard_id, "streamArn": self.stream_arn, "batchSize": len(records),
@@ -188,7 +197,7 @@ class KinesisPoller:
                     log.exception("poller round failed")
                     self._stop.wait(1.0)
 
-        self._thread = threading.Thread(target=loop, name="kinesis-poller", daemon=True)
+        self._thread = threading.Thread(target=loop, name=f"kinesis-poller-{self.name}", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

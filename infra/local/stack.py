@@ -32,6 +32,7 @@ from personalize.adapters import aws
 from personalize.ingest.origins import ENV as ORIGINS_ENV
 
 from . import cors, handlers, iam, pool, resources, sigv4, template, web
+from .firehose import FirehoseArchive
 from .lambda_events import context, http_api_event
 from .poller import KinesisPoller
 from .template import ROOT
@@ -249,6 +250,7 @@ class LocalStack:
         self._moto = None
         self._http: ThreadingHTTPServer | None = None
         self.poller: KinesisPoller | None = None
+        self.archive: FirehoseArchive | None = None
         self.resources: resources.LocalResources | None = None
 
     @property
@@ -296,7 +298,7 @@ class LocalStack:
         self._enforcement = iam.Enforcement(self.aws_endpoint).__enter__()
         self.principals = self._principals()
         self.signing_key = self.resources.signing_key
-        for name in ("collect", "aggregate", "features", "snapshot", "guardrail"):
+        for name in ("collect", "aggregate", "features", "snapshot", "guardrail", "archive"):
             self.functions[name] = self._function(name)
         self.functions["snapshot"]({})  # a first snapshot before serving starts
         self.functions["recommend"] = self._function("recommend")
@@ -316,6 +318,10 @@ class LocalStack:
             self.functions["aggregate"], self.resources.names[settings.STREAM_FAILURE_QUEUE.logical_id],
             identity=handlers.identity("aggregate"))
         self.poller.start(idle_sleep_s=self.poll_interval_s)
+        # The archive (issue 22): the template's Firehose delivery stream, emulated, acting as its role.
+        self.archive = FirehoseArchive(self.resources.names, self.resources.arns, self.functions["archive"],
+                                       identity=self.resources.identities.functions.get("firehose-archive"))
+        self.archive.start()
         self._schedules = [Schedule("snapshot", self.snapshot_interval_s, self.functions["snapshot"]),
                            Schedule("guardrail", self.guardrail_interval_s, self.functions["guardrail"])]
         for schedule in self._schedules:
@@ -493,6 +499,8 @@ class LocalStack:
             schedule.stop()
         if self.poller:
             self.poller.stop()
+        if self.archive:
+            self.archive.stop()
         if self._http:
             self._http.shutdown()
         for function in self.functions.values():

@@ -82,13 +82,22 @@ def test_a_function_may_do_only_what_its_role_allows(stack):
 def test_every_function_has_a_role_built_from_the_template(stack):
     roles = stack.identities.policies
     assert set(roles) == {"collect", "aggregate", "features", "snapshot", "recommend", "guardrail", "edge",
-                          "edgelogs"}
+                          "edgelogs", "archive", "firehose-archive"}  # the last: Firehose's role (emulated)
     aggregate = {a for s in roles["aggregate"] for a in
                  ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
     assert {"dynamodb:PutItem", "kinesis:GetRecords", "sqs:SendMessage*"} <= aggregate
     assert "dynamodb:UpdateItem" not in aggregate, "the sold-out log is written with conditional puts only"
     snapshot = {a for s in roles["snapshot"] for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
     assert "dynamodb:Scan" not in snapshot, "the snapshot job reads only what it publishes"
+
+
+def test_the_archive_reads_its_key_and_firehose_writes_the_archive_under_their_roles(stack):
+    # Who else may not is the template's (test_template: moto checks actions, not resources).
+    key, bucket = stack.names["ArchiveKeySecret"], stack.names["ArchiveBucket"]
+    with aws.as_identity(stack.identities.functions["archive"]):
+        aws.client("secretsmanager").get_secret_value(SecretId=key)
+    with aws.as_identity(stack.identities.functions["firehose-archive"]):
+        aws.client("s3").put_object(Bucket=bucket, Key="events/dt=2026-12-05/hour=08/x.gz", Body=b"")
 
 
 def test_the_edge_may_send_its_counts_to_the_home_region(stack):

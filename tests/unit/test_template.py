@@ -418,3 +418,34 @@ def test_the_snapshot_function_may_not_scan_and_its_timeout_holds_the_deadline()
     actions = {a for s in snapshot["Policies"][0]["Statement"] for a in s["Action"]}
     assert "dynamodb:Scan" not in actions
     assert snapshot["Timeout"] == snapshot_job.TIMEOUT_S > snapshot_job.DEADLINE_RESERVE_S
+
+
+def test_only_the_archive_function_reads_the_archive_key_and_only_firehose_writes_the_archive():
+    """Pseudonyms are only as private as their key: one reader. The archive: one writer."""
+    import json as _json
+
+    doc = template.transformed()
+    grants: dict[str, list[dict]] = {}
+    for logical_id, resource in doc["Resources"].items():
+        if resource["Type"] == "AWS::IAM::Role":
+            for policy in resource["Properties"].get("Policies", []):
+                body = policy["PolicyDocument"]["Statement"]
+                grants.setdefault(logical_id, []).extend(body if isinstance(body, list) else [body])
+        elif resource["Type"] == "AWS::IAM::Policy":
+            body = resource["Properties"]["PolicyDocument"]["Statement"]
+            for role in resource["Properties"].get("Roles", []):
+                grants.setdefault(role["Ref"], []).extend(body if isinstance(body, list) else [body])
+
+    def roles(action_prefix: str, resource: str) -> set[str]:
+        found = set()
+        for role, statements in grants.items():
+            for st in statements:
+                actions = [st["Action"]] if isinstance(st["Action"], str) else st["Action"]
+                text = _json.dumps(st.get("Resource"))
+                if any(a.startswith(action_prefix) or a == "*" for a in actions) and (
+                        f'"{resource}"' in text or text == '"*"'):
+                    found.add(role)
+        return found
+
+    assert roles("secretsmanager:GetSecretValue", "ArchiveKeySecret") == {"ArchiveFunctionRole"}
+    assert roles("s3:PutObject", "ArchiveBucket") == {"ArchiveDeliveryRole"}

@@ -30,6 +30,10 @@ SIGNING_KEY_SECRET = Resource("SigningKeySecret", "SIGNING_KEY_SECRET")
 # answers browsers' routes only when it matches, so the execute-api URL cannot bypass the CDN.
 ORIGIN_VERIFY_SECRET = Resource("OriginVerifySecret", "ORIGIN_VERIFY_SECRET")
 ORIGIN_VERIFY_HEADER = "x-origin-verify"
+# The archive (personalize/ingest/archive.py): Firehose writes the stream there, and the key
+# that pseudonymises shopper ids in it (never rotated: pseudonyms stay stable).
+ARCHIVE_BUCKET = Resource("ArchiveBucket", "ARCHIVE_BUCKET")
+ARCHIVE_KEY_SECRET = Resource("ArchiveKeySecret", "ARCHIVE_KEY_SECRET")
 
 # What an edge reads near itself: each has a copy in every replica region the operator
 # chose (samconfig.toml, ReplicaRegion1..4), and the edge reads the copy in the replica
@@ -50,6 +54,7 @@ FUNCTION_RESOURCES = {
     "SnapshotFunction": (ITEMS_TABLE, ARTIFACTS_BUCKET),
     "RecommendFunction": (FEATURES_TABLE, ARTIFACTS_BUCKET, SIGNING_KEY_SECRET, ORIGIN_VERIFY_SECRET),
     "GuardrailFunction": (ITEMS_TABLE,),
+    "ArchiveFunction": (ARCHIVE_KEY_SECRET,),
 }
 
 

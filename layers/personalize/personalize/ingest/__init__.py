@@ -15,4 +15,4 @@ updates collect lets through.
 # replays history through ``aggregation``). The rest is this stage's own.
 PUBLIC = ("events", "windows", "entities", "aggregation", "catalogue", "journal")
 # What a handler under functions/ may import.
-ENTRY_POINTS = ("collect", "processor")
+ENTRY_POINTS = ("collect", "processor", "archive")
