@@ -17,7 +17,7 @@ export SAM_CLI_TELEMETRY ?= 0
 .DEFAULT_GOAL := help
 .PHONY: help venv test lint build serve demo console bench profile-serving dataset retrain train evaluate publish-model loadtest lock \
 	lock-checkov clean \
-	rotate-signing-key rotate-origin-token replay-failures \
+	rotate-signing-key rotate-origin-token replay-failures forget \
 	observability deploy delete delete-edge-leftovers smoke
 
 help: ## List the targets
@@ -110,6 +110,10 @@ experiment-kill: $(STAMP) ## Kill the challenger now (all-at-once deployment) [E
 
 experiment-promote: $(STAMP) ## Make the challenger the champion [ENV=...]
 	$(BIN)/python -m infra.ops --env $(or $(ENV),local) promote
+
+forget: $(STAMP) ## Erase a shopper from the features and the archive: USER=<shopper id> [ENV=local|dev|prod]
+	$(if $(filter command line,$(origin USER)),,$(error give the shopper as USER=<id> on the command line))
+	$(BIN)/python -m infra.forget --env $(or $(ENV),local) --user '$(subst ','\'',$(USER))'
 
 replay-failures: $(STAMP) ## Re-drive the ranges the events trigger gave up on [ENV=local|dev|prod]
 	$(BIN)/python -m infra.replay --env $(or $(ENV),local)

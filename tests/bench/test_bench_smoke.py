@@ -67,8 +67,10 @@ def test_the_serving_floor_answers_the_same_request_as_the_edge_handler():
 def test_the_loop_bench_measures_its_contract_keys():
     from tests.bench import loop
 
-    figures = loop.run(ope_seeds=3, retrain_users=20)
-    assert {"ope_coverage", "obd_covers_on_policy", "obd_relative_width", "retrain_s"} <= set(figures)
+    figures = loop.run(ope_seeds=3, retrain_users=20, archive_shoppers=2)
+    assert {"ope_coverage", "obd_covers_on_policy", "obd_relative_width", "retrain_s",
+            "archive_loss_rate"} <= set(figures)
+    assert figures["archive"]["decisions_accepted"] == 6 and figures["archive_loss_rate"] == 0.0
     assert 0 <= figures["ope_coverage"] <= 1 and figures["ope"]["seeds"] == 3
     assert figures["obd_relative_width"] > 0 and figures["retrain_s"] > 0
     assert figures["retrain"]["registered"] == ["ranker-linear", "ranker-mlp"]

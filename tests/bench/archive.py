@@ -1,0 +1,132 @@
+"""The archive's loss under faults, for build/bench.json (``loop.archive_loss_rate``, budget
+<= 0.001) and, smaller, for ``tests/functional/test_archive.py``.
+
+On a local stack whose events routes fail every third post (alternately before collect runs
+and after it answered), signed-in shoppers ask for recommendations and post, as the kit does,
+an impression per list echoing its signed decision, retrying a failed post with the same
+event; the archive function fails every third batch (Firehose retries it). The reference is
+what collect acknowledged (202, the event not rejected); the measure, what the archive bucket
+holds once the stream is drained: ``lost`` counts accepted decisions missing from it.
+Beacons a browser never sent (a closed tab, a full queue) are not in the reference: they are
+the kit's to count (docs/storefront.md).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import urllib.error
+import urllib.request
+
+from infra.local import sigv4
+from infra.local.firehose import read_archive
+from personalize import identity
+
+ITEMS = [f"sku-{n}" for n in range(30)]
+BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
+
+
+def seed_catalogue(stack) -> None:
+    """Thirty published items with some views, in a snapshot the edge serves."""
+    now = int(time.time() * 1000)
+    catalogue = [{"event_id": f"cat-{i}", "type": "catalogue", "item_id": i, "listed": True, "ts": now} for i in ITEMS]
+    views = [{"event_id": f"v-{n}", "type": "view", "user_id": "seed", "item_id": ITEMS[n % 30], "ts": now}
+             for n in range(90)]
+    post(stack, "/server/events", catalogue + views, signed=True)
+    stack.poller.drain(60)
+    stack.publish_snapshot()
+    stack.edge_recommender().snapshot.refresh_now()
+
+
+def post(stack, path: str, events: list[dict], cookie: str | None = None, signed: bool = False) -> None:
+    """POST as a client that retries a failed post with the same events (their event_ids),
+    as the kit does; raises unless collect acknowledged every event."""
+    body = json.dumps({"events": events}).encode()
+    url = stack.endpoint + path
+    for _ in range(10):
+        headers = {"Content-Type": "application/json", "User-Agent": BROWSER}
+        if cookie:
+            headers.update(Cookie=cookie, Origin=stack.endpoint)
+        if signed:
+            admin = stack.resources.identities.admin
+            headers.update(sigv4.sign("POST", url, body, admin.access_key_id, admin.secret_access_key))
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, body, headers, method="POST"),
+                                        timeout=30) as answer:
+                result = json.loads(answer.read())
+        except urllib.error.HTTPError as failed:
+            if failed.code not in (429, 503):
+                raise AssertionError(f"{failed.code}: {failed.read()[:300]!r}") from None
+            continue
+        if result["rejected"]:
+            raise AssertionError(f"collect rejected {result['rejected']}")
+        return
+    raise AssertionError("a post failed ten times")
+
+
+class Flaky:
+    """The archive function, failing every third invocation: Firehose retries the batch."""
+
+    def __init__(self, function):
+        self.function, self.calls, self.failures = function, 0, 0
+
+    def __call__(self, event, context=None):
+        self.calls += 1
+        if self.calls % 3 == 0:
+            self.failures += 1
+            raise RuntimeError("injected: the archive function failed")
+        return self.function(event, context)
+
+
+def measure(stack, shoppers: int, lists: int = 3, seed: int = 7) -> dict:
+    """Run the scenario on ``stack`` (started with fault_every=3, catalogue seeded)."""
+    rng = random.Random(seed)
+    flaky = stack.archive.transform = Flaky(stack.archive.transform)
+    users = [f"shopper-{n}@mail.example" for n in range(shoppers)]
+    shown: dict[str, list[str]] = {}  # rec_id -> the items serving returned (the reference)
+    for user in users:
+        cookie = "rt_uid=" + identity.cookie_value(user, stack.signing_key)
+        for _ in range(lists):
+            request = urllib.request.Request(stack.endpoint + "/recommendations?k=6", headers={"Cookie": cookie})
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                served = json.loads(answer.read())
+            seen = rng.sample(range(len(served["items"])), min(3, len(served["items"])))
+            post(stack, "/events", [{
+                "event_id": f"imp-{served['rec_id'][-12:]}", "type": "impression", "ts": int(time.time() * 1000),
+                "rec_id": served["rec_id"], "decision": served["decision"],
+                "items": [served["items"][p]["item_id"] for p in seen], "positions": [p + 1 for p in seen]}],
+                cookie=cookie)
+            shown[served["rec_id"]] = [i["item_id"] for i in served["items"]]
+    stack.poller.drain(300)
+    stack.archive.drain(300)
+    everything = read_archive(stack.resources.names["ArchiveBucket"])
+    decided = {e["rec_id"]: e["decision"] for e in everything if e["type"] == "impression" and "decision" in e}
+    lost = set(shown) - set(decided)
+    raw = json.dumps(everything)
+    return {
+        "decisions_accepted": len(shown), "decisions_lost": len(lost),
+        "archive_loss_rate": round(len(lost) / len(shown), 6) if shown else None,
+        "decisions_altered": sum(1 for r in shown if r in decided and decided[r]["items"] != shown[r]),
+        "shopper_ids_in_clear": sum(1 for u in users if u in raw),
+        "pseudonyms": len({e["user_id"] for e in everything if e["type"] == "impression"}),
+        "posts_failed_before_collect": stack.faults.failed_before,
+        "posts_failed_after_collect": stack.faults.failed_after,
+        "transformations_failed": flaky.failures, "archive_objects": stack.archive.objects,
+    }
+
+
+def run(shoppers: int = 200) -> dict:
+    import tempfile
+    from pathlib import Path
+
+    from infra.local.stack import LocalStack
+
+    started = time.perf_counter()
+    stack = LocalStack(fault_every=3, state_file=Path(tempfile.mkdtemp()) / "local-stack.json").start()
+    try:
+        seed_catalogue(stack)
+        figures = measure(stack, shoppers)
+    finally:
+        stack.stop()
+    return {**figures, "seconds": round(time.perf_counter() - started, 1)}
