@@ -17,7 +17,7 @@ export SAM_CLI_TELEMETRY ?= 0
 .DEFAULT_GOAL := help
 .PHONY: help venv test lint build serve demo console bench profile-serving dataset retrain train evaluate publish-model loadtest lock \
 	lock-checkov clean \
-	rotate-signing-key rotate-origin-token replay-failures forget \
+	rotate-signing-key rotate-origin-token replay-failures forget experiment-explore \
 	observability deploy delete delete-edge-leftovers smoke
 
 help: ## List the targets
@@ -107,6 +107,9 @@ experiment-ramp: $(STAMP) ## Ramp the challenger: SHARE=0.25 [ENV=...]
 
 experiment-kill: $(STAMP) ## Kill the challenger now (all-at-once deployment) [ENV=...]
 	$(BIN)/python -m infra.ops --env $(or $(ENV),local) kill
+
+experiment-explore: $(STAMP) ## Randomise the last SLOTS=1 places of every ranked list from the next POOL=10, both arms (SLOTS=0: stop) [ENV=...]
+	$(BIN)/python -m infra.ops --env $(or $(ENV),local) explore --slots $(or $(SLOTS),1) --pool $(or $(POOL),10)
 
 experiment-promote: $(STAMP) ## Make the challenger the champion [ENV=...]
 	$(BIN)/python -m infra.ops --env $(or $(ENV),local) promote

@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     ramp.add_argument("--share", type=float, required=True)
     sub.add_parser("kill")
     sub.add_parser("promote")
+    explore = sub.add_parser("explore", help="randomise the last SLOTS places of each ranked list (0: stop)")
+    explore.add_argument("--slots", type=int, required=True)
+    explore.add_argument("--pool", type=int, default=10, help="drawn from the POOL candidates ranked next")
     args = parser.parse_args(argv)
     admin, states, store = connect(args.env)
     if args.command == "status":
@@ -146,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         note, version, new = change(admin, states, args.command, share=getattr(args, "share", None),
                                     challenger=getattr(args, "challenger", None),
-                                    experiment=getattr(args, "experiment", None))
+                                    experiment=getattr(args, "experiment", None),
+                                    explore=(args.slots, args.pool) if args.command == "explore" else None)
     except ChangeRefused as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -160,9 +164,10 @@ class ChangeRefused(RuntimeError):
 
 
 def change(admin, states, command: str, share: float | None = None, challenger: str | None = None,
-           experiment: str | None = None) -> tuple[str, int, dict]:
+           experiment: str | None = None, explore: tuple[int, int] | None = None) -> tuple[str, int, dict]:
     """Start, ramp, kill or promote: a new flags version and its deployment (gradual, or all at
-    once for a kill). The CLI and the console's admin controls both come here."""
+    once for a kill); or explore (``explore``: slots, pool; 0 slots: stop), in both arms alike.
+    The CLI and the console's admin controls both come here."""
     from personalize.adapters.appconfig import ALL_AT_ONCE, GRADUAL
     from personalize.rollout import flags
 
@@ -200,8 +205,17 @@ def change(admin, states, command: str, share: float | None = None, challenger: 
         new = flags.rollout_document(current_challenger, None, 0.0, "none", pins=registry_pins(current_challenger))
         strategy, note = GRADUAL, f"promote {current_challenger} (from {current})"
         states.put(current, {"status": "promoted", "at": time.time()})
+    elif command == "explore":
+        slots, pool = explore or (0, 0)
+        try:
+            new = flags.with_exploration(doc, slots, pool)
+        except flags.FlagsDocumentError as exc:
+            raise ChangeRefused(str(exc)) from None
+        strategy, note = GRADUAL, f"explore {slots} of {pool}" if slots else "stop exploring"
     else:
         raise ChangeRefused(f"unknown command {command!r}")
+    if command != "explore":
+        new = flags.keep_exploration(doc, new)
     try:
         version = admin.deploy(new, strategy, note)
     except Exception as exc:

@@ -160,3 +160,44 @@ def test_a_scheduled_kill_switch_takes_effect_when_its_window_opens(monkeypatch)
     assert rollout.assign("shopper-1").variant == flags.CHALLENGER
     clock["now"] = dt.datetime(2026, 11, 28, 10, 0, 1, tzinfo=dt.UTC)
     assert rollout.assign("shopper-1").variant == flags.CHAMPION, "the same warm instance obeys the window"
+
+
+EXPLORING = [({"slots": 1, "pool": 10}, True), ({"slots": 3, "pool": 3}, True), ({"slots": 0, "pool": 50}, True),
+             ({"slots": 4, "pool": 10}, False), ({"slots": 1, "pool": 2}, False), ({"slots": 1, "pool": 51}, False),
+             ({"slots": True, "pool": 10}, False), ({"slots": 1.0, "pool": 10}, True),
+             ({"slots": 1.5, "pool": 10}, False), ({"slots": 1}, False),
+             ({"slots": 1, "pool": 10, "epsilon": 0.5}, False), ([1, 10], False)]
+
+
+@pytest.mark.parametrize("value, valid", EXPLORING, ids=[str(v) for v, _ in EXPLORING])
+def test_exploration_is_bounded_and_the_profiles_validator_agrees(value, valid):
+    import json
+
+    import jsonschema
+
+    from infra.local.template import ROOT
+
+    doc = {**flags.rollout_document("ranker-mlp/v3", "ranker-linear/v3", 0.02, "exp-1"),
+           flags.EXPLORATION: {"default": value, "boolean_type": False}}
+    schema = json.loads((ROOT / "infra" / "flags" / "schema" / "rollout.schema.json").read_text())
+    schema_accepts = not list(jsonschema.Draft7Validator(schema).iter_errors(doc))
+    assert schema_accepts == valid
+    if valid:
+        flags.validate_document(doc)
+    else:
+        with pytest.raises(flags.FlagsDocumentError, match="exploration"):
+            flags.validate_document(doc)
+
+
+def test_exploration_survives_every_change_of_arms_and_reaches_the_rollout():
+    doc = flags.with_exploration(flags.rollout_document("ranker-mlp/v3", None, 0.0, "none"), 2, 10)
+    killed = flags.keep_exploration(doc, flags.rollout_document("ranker-mlp/v3", "ranker-linear/v3", 0.0, "exp-1",
+                                                                kill_switch=True))
+    assert killed[flags.EXPLORATION]["default"] == {"slots": 2, "pool": 10}
+    assert flags.EXPLORATION not in flags.with_exploration(doc, 0, 10)  # 0 slots: off
+    store = flags.CachedDocumentStore(lambda: killed)
+    store.refresh_now()
+    assert flags.Rollout(store, "ranker-mlp/v3").exploration() == (2, 10)
+    plain = flags.CachedDocumentStore(lambda: flags.rollout_document("ranker-mlp/v3", None, 0.0, "none"))
+    plain.refresh_now()
+    assert flags.Rollout(plain, "ranker-mlp/v3").exploration() == (0, 0)

@@ -301,3 +301,36 @@ def test_an_old_reader_keeps_reading_while_the_writer_moves_to_a_new_format():
                               lambda user_id: Variant("champion", RANKER, "exp"), log_sample_rate=0)
     recommender.snapshot.refresh_now()
     assert recommender.snapshot.value.version == str(NOW) and artifacts.gets >= 1
+
+
+def test_exploration_draws_the_last_places_from_the_next_ranked_with_known_propensities():
+    import random
+    from collections import Counter
+
+    import numpy as np
+
+    from personalize.serving import ranking
+    from personalize.serving.recommendations import explored
+
+    scores = np.random.default_rng(3).normal(size=400).astype(np.float32)
+    ranked = ranking.top_k(scores, 18).tolist()
+    rng, seen = random.Random(5), Counter()
+    for _ in range(5000):
+        best, propensities = explored(scores, 10, 2, 10, rng)
+        assert best[:8].tolist() == ranked[:8] and propensities == (1.0,) * 8 + (0.1, 0.1)
+        assert set(best[8:].tolist()) <= set(ranked[8:18]) and len(set(best.tolist())) == 10
+        seen.update((place, c) for place, c in enumerate(best[8:].tolist()))
+    for place in (0, 1):  # each pool item at each explored place: 1/pool of the time
+        assert all(abs(seen[(place, c)] / 5000 - 0.1) < 0.02 for c in ranked[8:18])
+    assert explored(scores, 10, 0, 10, rng)[0].tolist() == ranked[:10]  # none: the ranking as it is
+    few = explored(scores[:9], 10, 2, 10, rng)  # fewer candidates than the list: what there is
+    assert len(few[0]) == 9 and few[1] == (1.0,) * 8 + (1.0,)
+
+
+def test_an_exploring_answer_signs_its_propensities(parts):
+    recommender = parts[0]
+    recommender.choose_variant = lambda user_id: Variant("champion", RANKER, "exp", exploration=(2, 10))
+    body = recommender.recommend({"k": "10"}, cookie("u1"), "FR", NOW).body
+    decision = identity.verify_decision(body["decision"], body["rec_id"], KEY)
+    assert decision.propensities == (1.0,) * 8 + (0.1, 0.1)
+    assert decision.items == tuple(i["item_id"] for i in body["items"])

@@ -70,7 +70,14 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}/[A-Za-z0-9][A-Za-z0-9_-
 _EXPERIMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 REQUIRED_FLAGS = ("champion_model", "challenger_model", "experiment_id", "kill_switch", "challenger")
-OPTIONAL_FLAGS = ("ramp_steps", MODEL_PINS)
+# Exploration (issue 22): the last ``slots`` places of a ranked list are drawn at random from
+# the ``pool`` candidates ranked just below the fixed places, in both arms alike, so that each
+# shown item's propensity is known (1 for a fixed place, 1/pool for an explored one) and a new
+# model's effect can be estimated from the logs before it serves anyone.
+EXPLORATION = "exploration"
+MAX_EXPLORED_SLOTS = 3
+POOL_RANGE = (3, 50)  # at least MAX_EXPLORED_SLOTS: a pool always holds its slots
+OPTIONAL_FLAGS = ("ramp_steps", MODEL_PINS, EXPLORATION)
 
 
 class FlagsDocumentError(ValueError):
@@ -143,6 +150,17 @@ def validate_document(doc: object) -> None:
         if flag.get("boolean_type") is not False or not isinstance(pins, dict) or len(pins) > 16 or not all(
                 is_model_name(k) and isinstance(v, str) and _SHA256.fullmatch(v) for k, v in pins.items()):
             raise FlagsDocumentError("model_sha256: plain model names to 64 hex digits, boolean_type false")
+    if EXPLORATION in doc:
+        flag = _flag(doc, EXPLORATION)
+        _keys_within(flag, EXPLORATION, ("default", "boolean_type"))
+        value = flag["default"]
+        # JSON schema's integers include 1.0 (JSON has one number type): so do these.
+        if flag.get("boolean_type") is not False or not isinstance(value, dict) or set(value) != {"slots", "pool"} \
+                or not all(type(value[k]) in (int, float) and float(value[k]).is_integer() for k in value) \
+                or not 0 <= value["slots"] <= MAX_EXPLORED_SLOTS \
+                or not POOL_RANGE[0] <= value["pool"] <= POOL_RANGE[1]:
+            raise FlagsDocumentError(f"exploration: slots 0-{MAX_EXPLORED_SLOTS} drawn from a pool of "
+                                     f"{POOL_RANGE[0]}-{POOL_RANGE[1]}, boolean_type false")
     try:
         SchemaValidator(doc).validate()
     except Exception as exc:  # Powertools' SchemaValidationError, or whatever a bad rule makes it raise
@@ -193,6 +211,23 @@ def rollout_document(champion: str, challenger: str | None, share: float, experi
             }
         }
     return doc
+
+
+def with_exploration(doc: dict, slots: int, pool: int) -> dict:
+    """``doc`` exploring ``slots`` places from a ``pool`` (slots 0: none), validated."""
+    out = {k: v for k, v in doc.items() if k != EXPLORATION}
+    if slots:
+        out[EXPLORATION] = {"default": {"slots": slots, "pool": pool}, "boolean_type": False}
+    validate_document(out)
+    return out
+
+
+def keep_exploration(old: dict, new: dict) -> dict:
+    """``new`` (a start, ramp, kill or promotion composed from scratch) with ``old``'s
+    exploration: a change of arms never switches exploration on or off."""
+    if EXPLORATION in old:
+        new = {**new, EXPLORATION: old[EXPLORATION]}
+    return new
 
 
 def challenger_share(doc: dict) -> float:
@@ -327,6 +362,14 @@ class Rollout:
         """The deployer's sha256 per model key (empty when the document pins none)."""
         pinned = self.flags.evaluate(name=MODEL_PINS, default={})
         return pinned if isinstance(pinned, dict) else {}
+
+    def exploration(self) -> tuple[int, int]:
+        """(slots, pool) of the deployed document's exploration; (0, 0): none (no document yet,
+        none configured)."""
+        if self.store.document is None:
+            return 0, 0
+        value = self._flag(EXPLORATION, None)
+        return (int(value["slots"]), int(value["pool"])) if isinstance(value, dict) else (0, 0)
 
     def assign(self, user_id: str | None) -> Assignment:
         try:

@@ -57,10 +57,10 @@ def run(store, admin: FlagAdmin, states: ExperimentStates, alpha: float = experi
         if decision.action == "winning" and state.get("status") != "winning":
             states.put(experiment, {"status": "winning", "reason": decision.reason, "at": clock()})
         return GuardrailResult(experiment, decision.action, decision.reason, counters=summary)
-    killed = flags.rollout_document(
+    killed = flags.keep_exploration(document, flags.rollout_document(
         document["champion_model"]["default"], document["challenger_model"]["default"], 0.0, experiment,
         kill_switch=True, pins=(document.get(flags.MODEL_PINS) or {}).get("default"),
-        earlier_steps=flags.ramp_steps(document))
+        earlier_steps=flags.ramp_steps(document)))
     try:
         version = admin.kill(killed, f"guardrail kill of {experiment}: {decision.reason}")
     except Exception as exc:  # noqa: BLE001 - recorded, then raised by the handler: it pages

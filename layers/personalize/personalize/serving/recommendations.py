@@ -252,6 +252,27 @@ class Variant:
     ranker: Ranker
     experiment: str = keys.NO_EXPERIMENT
     fallback_reason: str | None = None  # e.g. the challenger's model is unavailable: served by the champion
+    exploration: tuple[int, int] = (0, 0)  # (slots, pool): rollout.flags.EXPLORATION
+
+
+_explorer = random.Random()  # exploration's draws (os.urandom-seeded per process)
+
+
+def explored(scores: np.ndarray, k: int, slots: int, pool: int, rng: random.Random = _explorer
+             ) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Positions of the list to show, best first, and each one's propensity: the top ``k -
+    slots`` as ranked (propensity 1), then ``slots`` places drawn uniformly without replacement
+    from the ``pool`` candidates ranked just below them (each at its place with propensity
+    1/pool, the pool cut short when fewer candidates remain). No exploration: the top ``k``."""
+    slots = min(slots, k - 1) if k > 1 else 0
+    if slots <= 0 or len(scores) <= k - slots:
+        best = ranking.top_k(scores, k)
+        return best, (1.0,) * len(best)
+    fixed = k - slots
+    ranked = ranking.top_k(scores, fixed + pool)
+    tail = ranked[fixed:]
+    picks = rng.sample(range(len(tail)), min(slots, len(tail)))
+    return np.concatenate([ranked[:fixed], tail[picks]]), (1.0,) * fixed + (1.0 / len(tail),) * len(picks)
 
 
 def candidates_hash(cands: np.ndarray) -> str:
@@ -370,7 +391,7 @@ class Recommender:
             body.update(fallback=True, fallback_reason=f"{variant.name}_failed",
                         items=self._trending(snap, country, query.k))
             return Answer(200, self._decided(body, "trending", snap.version, f"trending:{country or '-'}"))
-        best = ranking.top_k(scores, query.k)
+        best, propensities = explored(scores, query.k, *variant.exploration)
         items = snap.items
         body["items"] = [{"item_id": items[c], "score": round(v, 6)}  # Python ints and floats: no numpy scalars
                          for c, v in zip(cands[best].tolist(), scores[best].tolist())]
@@ -387,15 +408,17 @@ class Recommender:
                             **encode_vectors(X[:, variant.ranker.columns]),
                             "returned": [i["item_id"] for i in body["items"]]})
         body["candidates"] = len(cands)
-        return Answer(200, self._decided(body, variant.ranker.key, snap.version, candidates_hash(cands)))
+        return Answer(200, self._decided(body, variant.ranker.key, snap.version, candidates_hash(cands),
+                                         propensities))
 
-    def _decided(self, body: dict, model: str, snapshot: str | None, candidates: str) -> dict:
+    def _decided(self, body: dict, model: str, snapshot: str | None, candidates: str,
+                 propensities: tuple[float, ...] | None = None) -> dict:
         """``body`` with its signed decision (identity.Decision), for the kit to echo in the
-        list's impressions: the ranking is deterministic, so each item's propensity is 1."""
+        list's impressions: each item's propensity, 1 where the list is deterministic."""
         if body["items"]:
             token = identity.issue_decision(self.keys.current, body["rec_id"], identity.Decision(
-                model, snapshot, tuple(i["item_id"] for i in body["items"]), (1.0,) * len(body["items"]),
-                candidates))
+                model, snapshot, tuple(i["item_id"] for i in body["items"]),
+                propensities or (1.0,) * len(body["items"]), candidates))
             if token is not None:
                 body["decision"] = token
         return body

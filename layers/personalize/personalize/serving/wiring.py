@@ -191,14 +191,16 @@ def chooser(rollout: flags.Rollout, models: ModelCache, champion: Ranker) -> Cal
 
     def choose(user_id: str | None) -> Variant:
         assignment = rollout.assign(user_id)
+        explore = rollout.exploration()  # the same for every variant
         try:
             ranker = models.get(assignment.model)
         except ModelUnavailableError as exc:
             # Served by the bundled champion, still counted as this variant's (a fallback of
             # the challenger's, which the rollback alarm watches), never as the champion's.
             log.warning("%s; serving the default champion", exc)
-            return Variant(assignment.variant, champion, assignment.experiment, f"{assignment.variant}_unavailable")
-        return Variant(assignment.variant, ranker, assignment.experiment)
+            return Variant(assignment.variant, champion, assignment.experiment, f"{assignment.variant}_unavailable",
+                           explore)
+        return Variant(assignment.variant, ranker, assignment.experiment, exploration=explore)
 
     return choose
 
