@@ -114,9 +114,13 @@ experiment-explore: $(STAMP) ## Randomise the last SLOTS=1 places of every ranke
 experiment-promote: $(STAMP) ## Make the challenger the champion [ENV=...]
 	$(BIN)/python -m infra.ops --env $(or $(ENV),local) promote
 
+# USER is the shopper's id, taken literally: never expanded by make ($ in an address is an id's
+# own), never exported to the recipe, single-quoted for the shell.
+unexport USER
 forget: $(STAMP) ## Erase a shopper from the features and the archive: USER=<shopper id> [ENV=local|dev|prod]
 	$(if $(filter command line,$(origin USER)),,$(error give the shopper as USER=<id> on the command line))
-	$(BIN)/python -m infra.forget --env $(or $(ENV),local) --user '$(subst ','\'',$(USER))'
+	$(if $(filter local dev prod,$(or $(ENV),local)),,$(error ENV must be local, dev or prod))
+	$(BIN)/python -m infra.forget --env $(or $(ENV),local) --user '$(subst ','\'',$(value USER))'
 
 replay-failures: $(STAMP) ## Re-drive the ranges the events trigger gave up on [ENV=local|dev|prod]
 	$(BIN)/python -m infra.replay --env $(or $(ENV),local)

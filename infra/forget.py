@@ -23,6 +23,7 @@ import base64
 import gzip
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -63,13 +64,16 @@ def forget(user_id: str, where: Target, now: float | None = None) -> dict:
 
     key, _ = SecretVersions(where.archive_key_secret, where.region, timeout_s=5.0).load()
     pseudonym = archive.pseudonym(user_id, key)
+    s3 = aws.client("s3", where.region)
+    # The ledger first: a run that fails midway still has every later dataset skip the shopper
+    # (run it again to finish the erasure).
+    s3.put_object(Bucket=where.archive_bucket, Key=f"forgotten/{pseudonym}.json",
+                  Body=json.dumps({"pseudonym": pseudonym, "at": now or time.time()}).encode())
     pk, sk = keys.user_key(user_id)
     removed = aws.client("dynamodb", where.region).delete_item(
         TableName=where.features_table, Key={"pk": {"S": pk}, "sk": {"S": sk}}, ReturnValues="ALL_OLD")
-    s3 = aws.client("s3", where.region)
     counts = {"features_row_deleted": bool(removed.get("Attributes")), "objects_read": 0, "objects_rewritten": 0,
               "objects_deleted": 0, "events_removed": 0, "unreadable_removed": 0}
-    needle = user_id.encode()
 
     def archived_line(line: bytes) -> bool:  # one of the shopper's events (pseudonymised)
         if pseudonym.encode() not in line:
@@ -80,33 +84,59 @@ def forget(user_id: str, where: Target, now: float | None = None) -> dict:
             return False
         return isinstance(event, dict) and pseudonym in (event.get("user_id"), event.get("actor"))
 
+    # A raw record names the shopper only as its user_id (or actor), exactly: never by a
+    # substring (forgetting "bob" must not erase "bobby", nor "17" every timestamp).
+    named = [re.compile(rb'"(?:user_id|actor)"\s*:\s*' + re.escape(json.dumps(user_id, ensure_ascii=escaped).encode())
+                        + rb"\s*[,}]") for escaped in (True, False)]
+
     def unreadable_line(line: bytes) -> bool:  # a record Firehose could not transform, raw
         try:
             raw = base64.b64decode(json.loads(line).get("rawData") or "")
         except (ValueError, AttributeError):
             return False
-        return needle in raw or json.dumps(user_id)[1:-1].encode() in raw
+        try:
+            event = json.loads(raw)
+            if isinstance(event, dict):
+                return user_id in (event.get("user_id"), event.get("actor"))
+        except (ValueError, UnicodeDecodeError):
+            pass
+        return any(pattern.search(raw) for pattern in named)
 
     for prefix, names_shopper, count in (("events/", archived_line, "events_removed"),
                                          ("errors/", unreadable_line, "unreadable_removed")):
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=where.archive_bucket, Prefix=prefix):
             for item in page.get("Contents", []):
                 counts["objects_read"] += 1
-                lines = gzip.decompress(s3.get_object(Bucket=where.archive_bucket, Key=item["Key"])["Body"].read()
-                                        ).splitlines(keepends=True)
-                kept = [line for line in lines if not (line.strip() and names_shopper(line.strip()))]
-                if len(kept) == len(lines):
-                    continue
-                counts[count] += len(lines) - len(kept)
-                if any(line.strip() for line in kept):
-                    s3.put_object(Bucket=where.archive_bucket, Key=item["Key"], Body=gzip.compress(b"".join(kept)))
-                    counts["objects_rewritten"] += 1
-                else:
-                    s3.delete_object(Bucket=where.archive_bucket, Key=item["Key"])
-                    counts["objects_deleted"] += 1
-    s3.put_object(Bucket=where.archive_bucket, Key=f"forgotten/{pseudonym}.json",
-                  Body=json.dumps({"pseudonym": pseudonym, "at": now or time.time()}).encode())
+                removed, emptied = _rewrite(s3, where.archive_bucket, item["Key"], names_shopper)
+                if removed:
+                    counts[count] += removed
+                    counts["objects_deleted" if emptied else "objects_rewritten"] += 1
     return {"pseudonym": pseudonym, **counts}
+
+
+def _rewrite(s3, bucket: str, key: str, names_shopper, attempts: int = 5) -> tuple[int, bool]:
+    """The object without the shopper's lines: (lines removed, left empty and deleted). The
+    write is conditional on the object being the one read (ETag): two erasures at once never
+    write back what the other removed (the loser reads again)."""
+    from botocore.exceptions import ClientError
+
+    for _ in range(attempts):
+        got = s3.get_object(Bucket=bucket, Key=key)
+        lines = gzip.decompress(got["Body"].read()).splitlines(keepends=True)
+        kept = [line for line in lines if not (line.strip() and names_shopper(line.strip()))]
+        if len(kept) == len(lines):
+            return 0, False
+        emptied = not any(line.strip() for line in kept)
+        try:
+            s3.put_object(Bucket=bucket, Key=key, Body=gzip.compress(b"".join(kept)), IfMatch=got["ETag"])
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                continue  # another erasure rewrote it meanwhile: read it again
+            raise
+        if emptied:
+            s3.delete_object(Bucket=bucket, Key=key)  # emptied by this write: nothing to lose
+        return len(lines) - len(kept), emptied
+    raise RuntimeError(f"{key}: rewritten by others {attempts} times in a row; run make forget again")
 
 
 def forgotten(bucket: str, region: str | None = None) -> set[str]:

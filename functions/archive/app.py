@@ -22,7 +22,7 @@ keys = archive.key_from_env()
 
 
 @logger.inject_lambda_context
-@tracer.capture_lambda_handler
+@tracer.capture_lambda_handler(capture_response=False)  # never a refused record, raw, in a trace
 @event_source(data_class=KinesisFirehoseEvent)
 def lambda_handler(event: KinesisFirehoseEvent, context: LambdaContext) -> dict:
     key = keys.current

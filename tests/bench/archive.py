@@ -101,6 +101,8 @@ def measure(stack, shoppers: int, lists: int = 3, seed: int = 7) -> dict:
     stack.poller.drain(300)
     stack.archive.drain(300)
     everything = read_archive(stack.resources.names["ArchiveBucket"])
+    # The archive keeps a rec_id without its mac (experiment~variant~expiry~nonce).
+    shown = {"~".join(rec_id.split("~")[:4]): items for rec_id, items in shown.items()}
     decided = {e["rec_id"]: e["decision"] for e in everything if e["type"] == "impression" and "decision" in e}
     lost = set(shown) - set(decided)
     raw = json.dumps(everything)
@@ -109,6 +111,7 @@ def measure(stack, shoppers: int, lists: int = 3, seed: int = 7) -> dict:
         "archive_loss_rate": round(len(lost) / len(shown), 6) if shown else None,
         "decisions_altered": sum(1 for r in shown if r in decided and decided[r]["items"] != shown[r]),
         "shopper_ids_in_clear": sum(1 for u in users if u in raw),
+        "rec_id_macs_kept": sum(1 for e in everything if str(e.get("rec_id", "")).count("~") > 3),
         "pseudonyms": len({e["user_id"] for e in everything if e["type"] == "impression"}),
         "posts_failed_before_collect": stack.faults.failed_before,
         "posts_failed_after_collect": stack.faults.failed_after,

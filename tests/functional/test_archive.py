@@ -69,6 +69,24 @@ def test_a_pseudonym_is_keyed_stable_and_says_nothing_of_the_shopper():
     assert kept.partition == {"dt": "2026-09-21", "hour": "14"}
 
 
+def test_nothing_archived_names_a_shopper_to_whoever_holds_another_key():
+    """The rec_id's mac (over the shopper's id, with the signing key) is cut; a client's free
+    text (event_id, a browser's category) cannot carry an address into the archive."""
+    from personalize import identity
+
+    rec = identity.issue_rec_id("signing-key", "exp-1", "challenger", "victim@mail.example", 1_790_000_000)
+    event = {"ts": 1_790_000_000_000, "event_id": "victim@mail.example", "type": "click", "item_id": "sku-1",
+             "user_id": "alice", "category": "victim@mail.example", "rec_id": rec, "route": "public"}
+    line = json.loads(archive.transform("r", json.dumps(event).encode(), "k").data)
+    assert "victim" not in json.dumps(line)
+    assert line["rec_id"] == "~".join(rec.split("~")[:4]) and "category" not in line
+    assert line["event_id"] == json.loads(archive.transform("r", json.dumps(event).encode(), "k").data)["event_id"]
+    server = json.loads(archive.transform("r", json.dumps({**event, "route": "server"}).encode(), "k").data)
+    assert server["category"] == "victim@mail.example"  # the shop's own word about its item
+    forged = json.loads(archive.transform("r", json.dumps({**event, "rec_id": "x@y.z"}).encode(), "k").data)
+    assert "rec_id" not in forged
+
+
 def test_forget_erases_a_shopper_from_the_features_and_the_archive_and_ledgers_them(stack):
     import base64
     import gzip
@@ -83,9 +101,11 @@ def test_forget_erases_a_shopper_from_the_features_and_the_archive_and_ledgers_t
     scenario.post(stack, "/server/events", [
         {"event_id": f"f-{n}-{u}", "type": "view", "user_id": u, "item_id": scenario.ITEMS[n], "ts": now}
         for n in range(4) for u in (gone, kept)], signed=True)
-    # An unreadable record that names the shopper (raw, under errors/).
-    aws.client("kinesis").put_record(StreamName=names["EventsStream"], PartitionKey="x",
-                                     Data=b'{"user_id": "forget-me@mail.example", broken')
+    # Unreadable records (raw, under errors/): one names the shopper; the others name another
+    # shopper whose id contains theirs, or mention it elsewhere: those stay.
+    for data in (b'{"user_id": "forget-me@mail.example", broken', b'{"user_id": "xforget-me@mail.example", broken',
+                 b'{"item_id": "forget-me@mail.example", "user_id": "other", broken'):
+        aws.client("kinesis").put_record(StreamName=names["EventsStream"], PartitionKey="x", Data=data)
     stack.poller.drain(60)
     stack.archive.drain(60)
     key, _ = SecretVersions(names["ArchiveKeySecret"]).load()
@@ -103,11 +123,49 @@ def test_forget_erases_a_shopper_from_the_features_and_the_archive_and_ledgers_t
     raw = b"".join(gzip.decompress(s3.get_object(Bucket=names["ArchiveBucket"], Key=o["Key"])["Body"].read())
                    for o in s3.list_objects_v2(Bucket=names["ArchiveBucket"])["Contents"]
                    if o["Key"].endswith(".gz"))
-    unreadable = b"".join(base64.b64decode(e["rawData"]) for e in read_archive(names["ArchiveBucket"], "errors/"))
-    assert gone.encode() not in raw and gone.encode() not in unreadable  # neither in the clear nor in a raw record
+    unreadable = [base64.b64decode(e["rawData"]) for e in read_archive(names["ArchiveBucket"], "errors/")]
+    assert gone.encode() not in raw and b'"user_id": "forget-me@' not in b"".join(unreadable)
+    assert sum(b"forget-me@mail.example" in r for r in unreadable) == 2  # another's records stay
     pk, sk = keys.user_key(gone)
     rows = aws.client("dynamodb")
     assert "Item" not in rows.get_item(TableName=names["FeaturesTable"], Key={"pk": {"S": pk}, "sk": {"S": sk}})
     kept_pk, kept_sk = keys.user_key(kept)
     assert "Item" in rows.get_item(TableName=names["FeaturesTable"], Key={"pk": {"S": kept_pk}, "sk": {"S": kept_sk}})
     assert forget.forgotten(names["ArchiveBucket"]) == {gone_p}
+
+
+def test_two_erasures_at_once_never_write_back_what_the_other_removed(stack):
+    import gzip
+
+    from infra import forget
+
+    s3, bucket = aws.client("s3"), stack.resources.names["ArchiveBucket"]
+    key = "events/dt=2026-12-05/hour=09/race.gz"
+    s3.put_object(Bucket=bucket, Key=key, Body=gzip.compress(b'{"user_id":"alice"}\n{"user_id":"bob"}\n'
+                                                              b'{"user_id":"carol"}\n'))
+
+    class Racing:  # alice's erasure read the object; bob's rewrites it before alice's write lands
+        def __init__(self):
+            self.raced = False
+
+        def __getattr__(self, name):
+            return getattr(s3, name)
+
+        def put_object(self, **kwargs):
+            if not self.raced:
+                self.raced = True
+                forget._rewrite(s3, bucket, key, lambda line: b'"bob"' in line)
+            return s3.put_object(**kwargs)
+
+    assert forget._rewrite(Racing(), bucket, key, lambda line: b'"alice"' in line) == (1, False)
+    left = gzip.decompress(s3.get_object(Bucket=bucket, Key=key)["Body"].read()).splitlines()
+    assert left == [b'{"user_id":"carol"}']
+    s3.delete_object(Bucket=bucket, Key=key)
+
+
+def test_one_odd_record_is_refused_alone_never_the_batch():
+    deep = b'{"ts": 1790000000000, "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    surrogate = b'{"ts": 1790000000000, "user_id": "\\ud800"}'
+    for data in (deep, surrogate):
+        out = archive.transform("r", data, "k")
+        assert out.result in ("ProcessingFailed", "Ok") and (out.result == "Ok") == (data is surrogate)

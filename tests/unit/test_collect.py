@@ -128,9 +128,10 @@ def test_an_impressions_echoed_decision_goes_on_the_stream_only_when_serving_sig
                                 "propensities": [1.0, 1.0, 1.0], "candidates": "ffff"}
     assert "decision" not in written["5"]  # only an impression carries one
     stream = MemoryEventStream()
-    result = collect([{**imp, "event_id": "6", "rec_id": anon, "decision": anon_decision}], stream, NOW,
-                     route=c.PUBLIC, shopper=None, actor="ip:203.0.113.0", keys=["k"])
-    assert result.decisions == 1 and _written(stream)[0]["decision"]["items"] == ["a", "b", "c"]  # anonymous too
+    result = collect([{**imp, "event_id": f"6-{n}", "rec_id": anon, "decision": anon_decision} for n in range(3)],
+                     stream, NOW, route=c.PUBLIC, shopper=None, actor="ip:203.0.113.0", keys=["k"])
+    assert result.decisions == 3 and _written(stream)[0]["decision"]["items"] == ["a", "b", "c"]  # anonymous too
+    assert len({e["event_id"] for e in _written(stream)}) == 1  # replayed: one list, one event id
     result = collect([{**imp, "event_id": "7", "rec_id": alice, "decision": decision}], MemoryEventStream(), NOW,
                      route=c.PUBLIC, shopper="bob", keys=["k"])
     assert result.decisions == 0  # alice's list, posted by bob: not his to echo

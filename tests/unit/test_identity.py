@@ -184,3 +184,12 @@ def test_a_signed_decision_outside_its_bounds_is_still_refused():
        st.one_of(st.text(max_size=40), st.none()))
 def test_any_echoed_decision_is_a_decision_or_none_never_an_error(token, rec_id):
     assert identity.verify_decision(token, rec_id, "k") is None
+
+
+def test_serving_never_issues_a_decision_collect_would_refuse():
+    rec = identity.issue_rec_id("k", "exp", "champion", None, 1_790_000_000)
+    longest = _decision(items=tuple("x" * 128 for _ in range(50)), propensities=(1.0,) * 50)
+    token = identity.issue_decision("k", rec, longest)  # the longest answer: k 50, ids of 128 characters
+    assert token is not None and identity.verify_decision(token, rec, "k") == longest
+    too_long = _decision(items=tuple("x" * 128 for _ in range(100)), propensities=(1.0,) * 100)
+    assert identity.issue_decision("k", rec, too_long) is None

@@ -246,7 +246,7 @@ def verify_rec_id(rec_id: str | None, user_id: str | None, keys: str | Iterable[
 # (issue 22). Bound to its rec_id (which binds the shopper): replayed with another rec_id
 # or altered, it does not verify.
 DECISION_VERSION = "d1"
-MAX_DECISION_CHARS = 4096
+MAX_DECISION_CHARS = 12_288  # 50 items of 128 characters fit; serving issues nothing longer
 MAX_DECISION_ITEMS = 100
 _DECISION_DOMAIN = b"decision\x00"
 
@@ -276,7 +276,8 @@ def issue_decision(key: str | None, rec_id: str, decision: Decision) -> str | No
     raw = json.dumps([decision.model, decision.snapshot, list(decision.items), list(decision.propensities),
                       decision.candidates], separators=(",", ":"), ensure_ascii=True).encode()
     payload = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-    return f"{DECISION_VERSION}.{payload}.{_decision_mac(key, rec_id, payload)}"
+    token = f"{DECISION_VERSION}.{payload}.{_decision_mac(key, rec_id, payload)}"
+    return token if len(token) <= MAX_DECISION_CHARS else None  # never one collect would refuse
 
 
 def verify_decision(token: object, rec_id: str | None, keys: str | Iterable[str] | None) -> Decision | None:

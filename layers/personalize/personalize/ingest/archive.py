@@ -12,7 +12,13 @@ What the transformation does to each record:
 * shopper ids are pseudonymised: ``user_id`` and ``actor`` become a keyed hash under the
   archive key (its own secret, never rotated: a shopper's pseudonym is stable across the
   archive's life, so datasets can join a shopper's events; destroying the key unlinks them
-  all); nothing else names a shopper (a ``rec_id`` binds its user only through a mac);
+  all);
+* nothing else may name one: a ``rec_id`` loses its mac (computed over the shopper's id with
+  the signing key, it would let whoever holds that key test candidate ids), keeping
+  experiment, variant, expiry and nonce (joins of a list's events still work); one that is not
+  a rec_id is dropped; ``event_id`` becomes a keyed hash under the archive key (dedupe still
+  works; a client's free text does not survive); a browser's ``category`` is dropped (free
+  text; the catalogue says an item's category);
 * everything else collect wrote is kept as is, the verified ``decision`` of an impression
   included (what was shown, at which place, with which propensity);
 * a record that is not a JSON object with an integer ``ts`` is ``ProcessingFailed``:
@@ -39,8 +45,12 @@ PARTITION_KEYS = ("dt", "hour")
 
 
 def pseudonym(value: str, key: str) -> str:
-    digest = hmac.new(key.encode(), _DOMAIN + value.encode(), hashlib.sha256).digest()
-    return "p:" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()[:PSEUDONYM_CHARS]
+    return "p:" + _keyed(b"", value, key)
+
+
+def _keyed(domain: bytes, value: str, key: str) -> str:
+    digest = hmac.new(key.encode(), _DOMAIN + domain + value.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()[:PSEUDONYM_CHARS]
 
 
 @dataclass(frozen=True)
@@ -52,7 +62,15 @@ class Archived:
 
 
 def transform(record_id: str, data: bytes, key: str) -> Archived:
-    """One stream record as the archive keeps it (or refuses it, untouched)."""
+    """One stream record as the archive keeps it (or refuses it, untouched): one odd record
+    never fails the batch (Firehose would send the whole batch, raw, to errors/)."""
+    try:
+        return _transform(record_id, data, key)
+    except Exception:  # noqa: BLE001 - deep nesting (RecursionError), a lone surrogate...: this record only
+        return Archived(record_id, "ProcessingFailed", data, {})
+
+
+def _transform(record_id: str, data: bytes, key: str) -> Archived:
     try:
         event = json.loads(data)
     except (ValueError, UnicodeDecodeError):
@@ -66,6 +84,17 @@ def transform(record_id: str, data: bytes, key: str) -> Archived:
             event[field] = pseudonym(value, key)
         elif value is not None:
             del event[field]  # never written by collect: nothing that could name someone is kept
+    event_id = event.get("event_id")
+    if type(event_id) is str:
+        event["event_id"] = _keyed(b"event\x00", event_id, key)
+    else:
+        event.pop("event_id", None)
+    rec_id = event.pop("rec_id", None)
+    parts = rec_id.split("~") if type(rec_id) is str else []
+    if len(parts) == 5 and all(parts[:4]):
+        event["rec_id"] = "~".join(parts[:4])  # the mac names the shopper to the signing key's holder
+    if event.get("route") != "server":
+        event.pop("category", None)
     when = dt.datetime.fromtimestamp(ts / 1000, dt.UTC)
     line = json.dumps(event, separators=(",", ":")).encode() + b"\n"  # ASCII: any string encodes
     return Archived(record_id, "Ok", line, {"dt": when.strftime("%Y-%m-%d"), "hour": when.strftime("%H")})
@@ -78,7 +107,10 @@ def key_from_env():
     from personalize.adapters.secrets import SecretVersions
 
     secret = settings.load(settings.ARCHIVE_KEY_SECRET)[settings.ARCHIVE_KEY_SECRET]
-    return identity.KeyRing(SecretVersions(secret, timeout_s=2.0).load, refresh_s=3600.0, background=False)
+    # A failed read is tried again a second later (not the default ten): every batch that finds
+    # no key is retried by Firehose, then written raw under errors/.
+    return identity.KeyRing(SecretVersions(secret, timeout_s=2.0).load, refresh_s=3600.0, retry_s=1.0,
+                            background=False)
 
 
 def b64(data: bytes) -> str:

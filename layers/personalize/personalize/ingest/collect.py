@@ -226,13 +226,15 @@ def collect(events: list, stream: EventStream, now_ms: int, viewer_country: str 
             if event.type == "impression":
                 # One served list is one impression, however often it is sent: a replayed
                 # rec_id cannot pile impressions onto a variant (client dedupe, 24 h).
-                event.event_id = "imp~" + event.rec_id.rsplit("~", 2)[-2] + event.rec_id[-10:]
+                event.event_id = _list_event_id(event.rec_id)
         if index in decisions:
             decision = _echoed_decision(event, decisions[index], served, keys, now_ms)
             if decision is None:
                 refused += 1
             else:
                 event.decision = decision.to_dict()
+                # Anonymous lists too: a replayed decision is the same list, once.
+                event.event_id = _list_event_id(event.rec_id)
                 verified += 1
         records.append((partition_key(event), json.dumps(event.to_dict(), separators=(",", ":")).encode()))
         indexes.append(index)
@@ -251,6 +253,11 @@ def collect(events: list, stream: EventStream, now_ms: int, viewer_country: str 
                 rejected.append({"index": index, "error": f"not stored ({error}); retry later"})
         rejected.sort(key=lambda r: r["index"])
     return CollectResult(accepted, rejected, attributed, coalesced, verified, refused)
+
+
+def _list_event_id(rec_id: str) -> str:
+    """The event id of a served list's impression: its nonce and the end of its mac."""
+    return "imp~" + rec_id.rsplit("~", 2)[-2] + rec_id[-10:]
 
 
 def _echoed_decision(event, token: object, served, keys: tuple[str, ...], now_ms: int):
