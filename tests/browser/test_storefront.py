@@ -236,7 +236,8 @@ def test_impressions_only_for_items_scrolled_into_view(stack, page):
                             and e.get("rec_id") == trending[0][1]], 20, 0.5)
     assert stored and {(i, p) for e in stored for i, p in zip(e["items"], e["positions"])} == shown
     # ... and the decision serving signed for that list, echoed by the kit and verified by collect.
-    assert all(e["decision"]["items"][p - 1] == i for e in stored for i, p in zip(e["items"], e["positions"]))
+    assert all(identity.decision_of(e["decision"]).items[p - 1] == i
+               for e in stored for i, p in zip(e["items"], e["positions"]))
 
 
 def _stream(stack) -> list[dict]:

@@ -295,6 +295,21 @@ def verify_decision(token: object, rec_id: str | None, keys: str | Iterable[str]
         return None
     if not any(_equal(_decision_mac(key, rec_id, payload), mac) for key in _keys(keys)):
         return None
+    return _decision_payload(payload)
+
+
+def decision_of(token: object) -> Decision | None:
+    """What a token collect already verified says (the stream carries the verified token, a
+    flat string aggregate's fast decoder reads; the archive expands it): no mac checked here."""
+    if type(token) is not str or len(token) > MAX_DECISION_CHARS:
+        return None
+    parts = token.split(".")
+    if len(parts) != 3 or parts[0] != DECISION_VERSION or not _B64URL.fullmatch(parts[1]):
+        return None
+    return _decision_payload(parts[1])
+
+
+def _decision_payload(payload: str) -> Decision | None:
     try:  # signed by serving: well-formed, but checked all the same
         model, snapshot, items, propensities, candidates = json.loads(
             base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))

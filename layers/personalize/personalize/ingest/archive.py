@@ -38,6 +38,8 @@ import hmac
 import json
 from dataclasses import dataclass
 
+from personalize import identity
+
 PSEUDONYMISED = ("user_id", "actor")
 _DOMAIN = b"archive\x00"
 PSEUDONYM_CHARS = 24  # 144 bits of HMAC-SHA256: no collision among a shop's shoppers
@@ -95,6 +97,10 @@ def _transform(record_id: str, data: bytes, key: str) -> Archived:
         event["rec_id"] = "~".join(parts[:4])  # the mac names the shopper to the signing key's holder
     if event.get("route") != "server":
         event.pop("category", None)
+    token = event.pop("decision", None)
+    decided = identity.decision_of(token) if token is not None else None
+    if decided is not None:  # collect verified it: expanded for the datasets
+        event["decision"] = decided.to_dict()
     when = dt.datetime.fromtimestamp(ts / 1000, dt.UTC)
     line = json.dumps(event, separators=(",", ":")).encode() + b"\n"  # ASCII: any string encodes
     return Archived(record_id, "Ok", line, {"dt": when.strftime("%Y-%m-%d"), "hour": when.strftime("%H")})
@@ -103,7 +109,7 @@ def _transform(record_id: str, data: bytes, key: str) -> Archived:
 def key_from_env():
     """The archive key's reader for a function (``ARCHIVE_KEY_SECRET``, validated here): read
     on the first batch, re-read only if that failed (Firehose retries a failed batch)."""
-    from personalize import identity, settings
+    from personalize import settings
     from personalize.adapters.secrets import SecretVersions
 
     secret = settings.load(settings.ARCHIVE_KEY_SECRET)[settings.ARCHIVE_KEY_SECRET]

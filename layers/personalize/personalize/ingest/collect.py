@@ -232,7 +232,7 @@ def collect(events: list, stream: EventStream, now_ms: int, viewer_country: str 
             if decision is None:
                 refused += 1
             else:
-                event.decision = decision.to_dict()
+                event.decision = decisions[index]  # the verified token: a flat string on the stream
                 # Anonymous lists too: a replayed decision is the same list, once.
                 event.event_id = _list_event_id(event.rec_id)
                 verified += 1

@@ -77,9 +77,10 @@ class Event:
     variant: str | None = None
     items: tuple[str, ...] = ()
     positions: tuple[int, ...] = ()  # impression: each shown item's 1-based place, aligned with items
-    # impression: what serving decided for the list (identity.Decision as a dict), set by collect
-    # once the kit's echo verified; never read from a body (parse_event ignores the field).
-    decision: dict | None = None
+    # impression: what serving decided for the list (identity's signed decision token), set by
+    # collect once the kit's echo verified; never read from a body (parse_event ignores the
+    # field); a flat string, so aggregate's fast decoder reads the record (the archive expands it).
+    decision: str | None = None
     # Set by collect on the public route (a browser's are dropped): the anonymous identity
     # shared scores count (``ingest.actors``), and an automated client's mark.
     actor: str | None = None
