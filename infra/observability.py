@@ -239,7 +239,8 @@ ALARMS_ON_DASHBOARD = ("AvailabilityFastBurnAlarm", "LatencyFastBurnAlarm", "Ava
                        "LatencySlowBurnAlarm", "ServingHealthAlarm", "CdnBypassAlarm", "AggregateIteratorAgeAlarm",
                        "AggregateLateEventsAlarm", "AggregateRowWriteFailuresAlarm", "QuarantineDepthAlarm",
                        "StreamFailureDepthAlarm", "SnapshotStaleAlarm", "SnapshotAgeAlarm", "GuardrailErrorsAlarm",
-                       "GuardrailKillFailedAlarm", "EdgeLogRetentionAlarm")
+                       "GuardrailKillFailedAlarm", "EdgeLogRetentionAlarm", "ArchiveRecordsFailedAlarm",
+                       "ArchiveDeliveryStaleAlarm", "StreamReadThrottledAlarm")
 
 
 def experiment_dashboard() -> dict:
