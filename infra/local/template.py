@@ -45,12 +45,14 @@ def of_type(kind: str, path: Path = TEMPLATE) -> dict[str, dict]:
     return {name: r for name, r in resources(path).items() if r["Type"] == kind}
 
 
-def iam_routes(path: Path = TEMPLATE) -> list[tuple[str, str]]:
-    """(METHOD, path template) of the HTTP API routes the IAM authorizer guards."""
-    return sorted((e["Properties"]["Method"].upper(), e["Properties"]["Path"])
+@functools.cache
+def iam_routes(path: Path = TEMPLATE) -> tuple[tuple[str, str], ...]:
+    """(METHOD, path template) of the HTTP API routes the IAM authorizer guards (read once:
+    the local front asks on every request)."""
+    return tuple(sorted((e["Properties"]["Method"].upper(), e["Properties"]["Path"])
                   for f in of_type("AWS::Serverless::Function", path).values()
                   for e in f["Properties"].get("Events", {}).values()
-                  if e["Type"] == "HttpApi" and (e["Properties"].get("Auth") or {}).get("Authorizer") == "AWS_IAM")
+                  if e["Type"] == "HttpApi" and (e["Properties"].get("Auth") or {}).get("Authorizer") == "AWS_IAM"))
 
 
 def route_matches(template_path: str, path: str) -> bool:

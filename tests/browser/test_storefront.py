@@ -442,6 +442,34 @@ def test_a_deployed_stacks_console_reads_its_iam_route_through_the_signing_proxy
         server.shutdown()
 
 
+def test_a_console_whose_route_fails_marks_its_figures_stale_and_says_why(page):
+    """The deployed console's page when its route refuses (expired credentials, a throttle):
+    the last figures stay, marked stale, with the route's status; nothing of its answer."""
+    from infra.console import local_server
+    from infra.console.aws import RemoteConsole, SummaryRouteError
+
+    answers = [{"now": {"t": time.time(), "experiment": "exp-1", "champion": "ranker-mlp/v3", "state": "running",
+                        "share": 0.02, "variants": {}}, "history": []}]
+
+    def get(url, region, credentials):
+        if answers:
+            return answers.pop()
+        raise SummaryRouteError("GET .../console/summary answered 403: User: arn:aws:sts::1:assumed-role/x",
+                                "the route answered 403")
+
+    server = local_server(RemoteConsole("https://api.example/console/summary", "us-east-1", lambda: None,
+                                        min_interval_s=0.0, get=get))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        page.goto(f"http://127.0.0.1:{server.server_port}/console/")
+        page.wait_for_function("document.getElementById('problem').textContent.includes('403')", timeout=15_000)
+        assert page.text_content("#champion") == "ranker-mlp/v3"  # the last figures stay
+        assert page.evaluate("document.body.dataset.stale") == "true"
+        assert "arn:" not in page.text_content("#problem")
+    finally:
+        server.shutdown()
+
+
 def test_the_console_shows_a_kill_reaching_zero_share(stack, page):
     _experiment(stack, 0.5)
     shoppers = [f"console-{n}" for n in range(40)]

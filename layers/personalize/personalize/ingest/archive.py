@@ -43,7 +43,6 @@ from personalize import identity
 PSEUDONYMISED = ("user_id", "actor")
 _DOMAIN = b"archive\x00"
 PSEUDONYM_CHARS = 24  # 144 bits of HMAC-SHA256: no collision among a shop's shoppers
-PARTITION_KEYS = ("dt", "hour")
 
 
 def pseudonym(value: str, key: str) -> str:
