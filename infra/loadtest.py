@@ -433,8 +433,10 @@ class Load:
     def publish_catalogue(self, timeout_s: float = 240.0, orders: int | None = None) -> int:
         """The shop publishes its catalogue first (``catalogue`` events on the server route:
         public events about any other item are refused), then waits until the public route
-        accepts them: one snapshot interval, and collect's next look at the membership. The
-        probe is an anonymous impression: it counts toward nothing."""
+        accepts them all: one snapshot interval, and collect's next look at the membership. The
+        probes are anonymous impressions of every item: they count toward nothing."""
+        from personalize.ingest.events import MAX_IMPRESSION_ITEMS
+
         # ``orders``: only the products of the first orders the shoppers will take (a short run's:
         # the whole sample's 14,190 products take minutes to publish on a loaded machine).
         chosen = self.orders if orders is None else self.orders[:orders]
@@ -454,15 +456,23 @@ class Load:
                     time.sleep(1.0)
                 else:
                     raise RuntimeError(f"the catalogue was not accepted: {status} {raw[:200]!r}")
-            probe = json.dumps({"event_id": f"{self.run_id}-probe", "type": "impression",
-                                "items": [products[0], products[-1], str(self.hot_item)],
-                                "ts": int(time.time() * 1000)}).encode()
+            # Every item is probed, not a few: the snapshot that publishes the membership can be
+            # built while one shard's share of the catalogue is still on its way through aggregate.
+            waiting, rounds = list(products), 0
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
-                status, raw = http_.request("POST", f"{self.target.public_url}/events", probe,
+                rounds += 1
+                probes = [{"event_id": f"{self.run_id}-probe-{rounds}-{n}", "type": "impression",
+                           "items": waiting[start:start + MAX_IMPRESSION_ITEMS], "ts": int(time.time() * 1000)}
+                          for n, start in enumerate(range(0, len(waiting), MAX_IMPRESSION_ITEMS))]
+                status, raw = http_.request("POST", f"{self.target.public_url}/events",
+                                            json.dumps({"events": probes}).encode(),
                                             {"Content-Type": "application/json"})
-                if status == 202 and json.loads(raw)["accepted"] == 1:
-                    return len(products)
+                if status == 202:
+                    refused = {r["index"] for r in json.loads(raw)["rejected"]}
+                    waiting = [i for n, probe in enumerate(probes) if n in refused for i in probe["items"]]
+                    if not waiting:
+                        return len(products)
                 time.sleep(1.0)
             raise RuntimeError(f"the catalogue ({len(products)} items) was not published within {timeout_s:.0f} s")
         finally:

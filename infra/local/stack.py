@@ -13,6 +13,7 @@ Two ways to run the functions:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -195,21 +196,29 @@ SINGLE_CONCURRENCY = {"aggregate": 1, "snapshot": 1, "guardrail": 1}
 
 class Faults:
     """Injected failures of the events routes (``POST /events``, ``/server/events``), for load
-    tests of client retries: every ``every``-th post fails, alternately before ``collect``
+    tests of client retries: every ``every``-th new post fails, alternately before ``collect``
     runs (nothing lands) and after it answered (the events landed; the client sees a 503
-    all the same, as when a response is lost on the way)."""
+    all the same, as when a response is lost on the way). A post that failed is let through
+    when the client sends the same body again: with a global counter and concurrent clients,
+    one post's retries could each land on a multiple of ``every`` and exhaust the client's
+    attempts, a flaky test of the scheduler rather than of the retries."""
 
     def __init__(self, every: int = 0):
         self.every = every
         self.posts = self.failed_before = self.failed_after = 0
         self.lock = threading.Lock()
+        self._failed: set[bytes] = set()  # digests of the bodies made to fail (one entry per fault)
 
-    def next(self) -> str | None:
+    def next(self, body: bytes = b"") -> str | None:
         """None (let it through), "before" or "after"."""
+        digest = hashlib.blake2b(body, digest_size=16).digest()
         with self.lock:
-            self.posts += 1
-            if not self.every or self.posts % self.every:
+            if not self.every or digest in self._failed:
                 return None
+            self.posts += 1
+            if self.posts % self.every:
+                return None
+            self._failed.add(digest)
             if (self.posts // self.every) % 2:
                 self.failed_before += 1
                 return "before"
@@ -565,7 +574,7 @@ class LocalStack:
             if refused is not None:
                 return refused
         if method == "POST" and path in ("/events", "/server/events"):
-            fault = self.faults.next()
+            fault = self.faults.next(body or b"")
             if fault == "before":
                 return _injected_failure("before")
             answer = self.functions["collect"](http_api_event("POST", path, body,
