@@ -79,16 +79,16 @@ demo: $(STAMP) $(CHROMIUM) ## Set up, then run the scripted demo on the embedded
 serve: $(STAMP) ## Run the whole pipeline locally on 127.0.0.1, the demo shop at /shop/, the live console at /console/
 	$(BIN)/python -m infra.local.serve
 
-dataset: $(STAMP) ## Build the point-in-time Instacart dataset (build/datasets/instacart; reused while its id matches)
-	$(BIN)/python -m models.dataset
+dataset: $(STAMP) ## Build the point-in-time dataset: Instacart (build/datasets/instacart), or ARCHIVE=<folder|s3://bucket> (build/datasets/archive)
+	$(if $(ARCHIVE),$(BIN)/python -m models.archive_dataset --archive '$(ARCHIVE)',$(BIN)/python -m models.dataset)
 
-retrain: $(STAMP) ## Train candidates on the dataset and register each (validation figures only) [LEARNERS="ranker-mlp ..."]
-	$(BIN)/python -m models.train $(if $(LEARNERS),--learners $(LEARNERS))
+retrain: $(STAMP) ## Train candidates and register each (validation figures only) [LEARNERS="ranker-mlp ..."] [ARCHIVE=<folder|s3://bucket>]
+	$(BIN)/python -m models.train $(if $(LEARNERS),--learners $(LEARNERS)) $(if $(ARCHIVE),--archive '$(ARCHIVE)')
 
 train: retrain ## The same as make retrain
 
-evaluate: $(STAMP) ## Candidates, champion, tuned TIFU-KNN and LightGBM on the test window (read once each, ledgered)
-	$(BIN)/python -m models.evaluate $(if $(CANDIDATE),--candidate $(CANDIDATE))
+evaluate: $(STAMP) ## Candidates, champion, tuned TIFU-KNN and LightGBM on the test window (read once each, ledgered) [ARCHIVE=<folder|s3://bucket>]
+	$(BIN)/python -m models.evaluate $(if $(CANDIDATE),--candidate $(CANDIDATE)) $(if $(ARCHIVE),--archive '$(ARCHIVE)')
 
 publish-model: $(STAMP) ## Upload a model version: NAME=ranker-mlp VERSION=v3 [ENV=local|dev|prod]
 	$(BIN)/python -m models.publish --name $(NAME) --version $(VERSION) --env $(or $(ENV),local)

@@ -36,6 +36,8 @@ from personalize.serving import ranking
 from personalize.serving.models import load_folder
 
 from . import learners, metrics, ope_checks, tifu
+from .archive_dataset import DEFAULT_DIR as ARCHIVE_DIR
+from .archive_dataset import ArchiveBuilder
 from .dataset import DEFAULT_DIR, Dataset, Groups, InstacartBuilder
 from .learners import FEATURES, SEED
 from .ledger import AlreadyReadError, TestLedger
@@ -247,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--champion", help="NAME/VERSION (default: the flags document's champion)")
     parser.add_argument("--dataset", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--users", type=int, help="a dataset of the first N shoppers only (tests)")
+    parser.add_argument("--archive", help="evaluate on the shop's own traffic instead: the archive, a folder (a "
+                                          "copy of the bucket) or s3://bucket[/prefix]; its test window is its "
+                                          "newest time")
+    parser.add_argument("--archive-dataset", type=Path, default=ARCHIVE_DIR)
     parser.add_argument("--registry", type=Path, default=MODELS_DIR)
     parser.add_argument("--evaluations", type=Path, default=EVALUATIONS_DIR)
     parser.add_argument("--ledger", type=Path, default=None,
@@ -260,7 +266,10 @@ def main(argv: list[str] | None = None) -> int:
                                                   "estimate the candidate off-policy (not produced yet: online half)")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    dataset, _ = InstacartBuilder(users=args.users).load_or_build(args.dataset)
+    if args.archive:
+        dataset, _ = ArchiveBuilder(args.archive).load_or_build(args.archive_dataset)
+    else:
+        dataset, _ = InstacartBuilder(users=args.users).load_or_build(args.dataset)
     ledger = TestLedger(args.ledger) if args.ledger else TestLedger()
     store = Store(args.evaluations, dataset)
     champion_key = args.champion or json.loads(FLAGS_FILE.read_text())["champion_model"]["default"]

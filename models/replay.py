@@ -23,6 +23,7 @@ import copy
 import multiprocessing
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,7 +72,8 @@ class Replayer:
         records = []
         for event in events:
             self.seq += 1
-            records.append(StreamRecord.of(str(self.seq), parse_event(event)))
+            # anonymous_ok: the archive's anonymous shoppers (an ``actor``, no ``user_id``)
+            records.append(StreamRecord.of(str(self.seq), parse_event(event, anonymous_ok=True)))
         needed = rows_needed(records, SHARD)
         loaded = {}
         for table in (USERS, ITEMS) if items else (USERS,):
@@ -139,7 +141,9 @@ def session_cut(order: Order) -> int:
 def replay(orders: list[Order], negatives_kept: float | None, seed: int = 0, progress: bool = True,
            sessions: bool = True, replayer: Replayer | None = None, parallel: bool = False,
            splits: dict[str, str] | None = None, feeds_items: set[str] | None = None,
-           snapshot_every: int = SNAPSHOT_EVERY_ORDERS, preamble: list[dict] | None = None):
+           snapshot_every: int = SNAPSHOT_EVERY_ORDERS, preamble: list[dict] | None = None,
+           events_of: Callable[[Order], list[dict]] = order_events,
+           extra: list[tuple[dict, bool]] | None = None):
     """Yield the ``Example``s of every order that has history (a user's order 2 onwards).
 
     ``splits``: each order's split (default ``split_of``); a ``history`` order gives no
@@ -147,7 +151,12 @@ def replay(orders: list[Order], negatives_kept: float | None, seed: int = 0, pro
     snapshots: item features, co-visits, pools); the others update only their shopper's row
     (default: every order). ``snapshot_every``: the snapshot is rebuilt after this many
     orders of traffic. ``preamble``: events applied (to every row) before the first order,
-    e.g. the shop's catalogue as ``stock`` events.
+    e.g. the shop's catalogue as ``stock`` events. ``events_of``: an order's events, its
+    products' add-to-carts first, in ``products`` order, then its purchases (default:
+    Instacart's, ``instacart.order_events``; the archive's are the shopper's own).
+    ``extra``: events that belong to no order (views, clicks, impressions, abandoned carts,
+    anonymous shoppers', the shop's stock and catalogue), each with whether it may update
+    the item rows, applied at their time; they trigger no decision.
 
     For training orders keep only the positives and a ``negatives_kept`` share of the
     negatives (seeded), to keep training data in memory. ``parallel``: a second process
@@ -157,7 +166,7 @@ def replay(orders: list[Order], negatives_kept: float | None, seed: int = 0, pro
     """
     maker = _ExampleMaker(negatives_kept, seed)
     commands = _commands(orders, sessions, replayer if replayer is not None else Replayer(), progress,
-                         splits or split_of(orders), feeds_items, snapshot_every, preamble)
+                         splits or split_of(orders), feeds_items, snapshot_every, preamble, events_of, extra)
     if not parallel:
         for command in commands:
             yield from maker.run(command)
@@ -192,32 +201,37 @@ def _make_examples(conn, maker: _ExampleMaker) -> None:
 
 
 def _commands(orders: list[Order], sessions: bool, replayer: Replayer, progress: bool, splits: dict[str, str],
-              feeds_items: set[str] | None, snapshot_every: int, preamble: list[dict] | None = None):
+              feeds_items: set[str] | None, snapshot_every: int, preamble: list[dict] | None = None,
+              events_of: Callable[[Order], list[dict]] = order_events,
+              extra: list[tuple[dict, bool]] | None = None):
     """The aggregation half: apply the events in time order through ``replayer`` and yield,
     at each example's moment, ``("snapshot", now, item rows written since the last)`` when
     the snapshot is due, then ``(kind, order, now, split, the shopper's row object)``."""
     timeline = []
     triggers: dict[str, tuple[str, Order]] = {}
     for o in orders:
-        events = order_events(o)
+        events = events_of(o)
+        feeds = feeds_items is None or o.order_id in feeds_items
         for e in events:
-            timeline.append((e["ts"], e["event_id"], e, o))
+            timeline.append((e["ts"], e["event_id"], e, o, feeds))
         triggers[events[0]["event_id"]] = ("order", o)
         cut = session_cut(o)
         if sessions and cut and o.number >= 2:
             triggers[events[cut]["event_id"]] = ("session", o)
+    for e, feeds in extra or ():
+        timeline.append((e["ts"], e["event_id"], e, None, feeds))
     timeline.sort(key=lambda t: (t[0], t[1]))
-    pending: list[tuple[dict, str]] = []
+    pending: list[tuple[dict, bool]] = []
     started = time.monotonic()
 
-    def flush(events: list[tuple[dict, str]]) -> None:
-        # A shopper's events between two example moments come from one order, so the batch
-        # splits cleanly into the orders that feed the item rows and those that do not.
-        if feeds_items is None:
+    def flush(events: list[tuple[dict, bool]]) -> None:
+        # The events between two example moments split into those that feed the item rows and
+        # those that update only their shopper's row (a held-out order's).
+        if all(feeds for _, feeds in events):
             replayer.apply([e for e, _ in events], events[-1][0]["ts"])
             return
-        item_feeding = [e for e, order_id in events if order_id in feeds_items]
-        own_only = [e for e, order_id in events if order_id not in feeds_items]
+        item_feeding = [e for e, feeds in events if feeds]
+        own_only = [e for e, feeds in events if not feeds]
         if item_feeding:
             replayer.apply(item_feeding, item_feeding[-1]["ts"])
         if own_only:
@@ -226,8 +240,8 @@ def _commands(orders: list[Order], sessions: bool, replayer: Replayer, progress:
     if preamble:
         replayer.apply(preamble, preamble[-1]["ts"])
     seen_orders = since_build = builds = 0
-    for ts, event_id, event, order in timeline:
-        trigger = triggers.get(event_id)
+    for ts, event_id, event, order, feeds in timeline:
+        trigger = triggers.get(event_id) if order is not None else None
         if trigger is not None:
             if pending:
                 flush(pending)
@@ -248,7 +262,7 @@ def _commands(orders: list[Order], sessions: bool, replayer: Replayer, progress:
                     since_build = 0
                 stored = replayer.rows[USERS].get(keys.user_key(order.user_id))
                 yield (kind, order, now, split, None if stored is None else stored.row)
-        pending.append((event, order.order_id))
+        pending.append((event, feeds))
     if pending:
         flush(pending)
 

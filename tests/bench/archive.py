@@ -6,18 +6,22 @@ and after it answered), signed-in shoppers ask for recommendations and post, as 
 an impression per list echoing its signed decision, retrying a failed post with the same
 event; the archive function fails every third batch (Firehose retries it). The reference is
 what collect acknowledged (202, the event not rejected); the measure, what the archive bucket
-holds once the stream is drained: ``lost`` counts accepted decisions missing from it.
+holds once the stream is drained: ``lost`` counts accepted decisions missing from it. Half
+of the lists end in a click, a cart and the backend's purchase: the archive's orders, which
+``make bench`` retrains on (``loop.retrain_s``).
 Beacons a browser never sent (a closed tab, a full queue) are not in the reference: they are
 the kit's to count (docs/storefront.md).
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 from infra.local import sigv4
 from infra.local.firehose import read_archive
@@ -79,12 +83,17 @@ class Flaky:
         return self.function(event, context)
 
 
-def measure(stack, shoppers: int, lists: int = 3, seed: int = 7) -> dict:
-    """Run the scenario on ``stack`` (started with fault_every=3, catalogue seeded)."""
+def measure(stack, shoppers: int, lists: int = 3, seed: int = 7, archive_to: Path | None = None) -> dict:
+    """Run the scenario on ``stack`` (started with fault_every=3, catalogue seeded): each
+    shopper is served ``lists`` lists and sees three items of each; after half of the lists
+    they click the first item seen, put it in the cart, and the shop's backend reports its
+    purchase (the orders a dataset from the archive is made of). ``archive_to``: a folder
+    the archive's records are copied to, as ``aws s3 sync`` would (GZIP'd JSON lines)."""
     rng = random.Random(seed)
     flaky = stack.archive.transform = Flaky(stack.archive.transform)
     users = [f"shopper-{n}@mail.example" for n in range(shoppers)]
     shown: dict[str, list[str]] = {}  # rec_id -> the items serving returned (the reference)
+    purchases = 0
     for user in users:
         cookie = "rt_uid=" + identity.cookie_value(user, stack.signing_key)
         for _ in range(lists):
@@ -98,9 +107,25 @@ def measure(stack, shoppers: int, lists: int = 3, seed: int = 7) -> dict:
                 "items": [served["items"][p]["item_id"] for p in seen], "positions": [p + 1 for p in seen]}],
                 cookie=cookie)
             shown[served["rec_id"]] = [i["item_id"] for i in served["items"]]
+            if seen and rng.random() < 0.5:
+                bought, now = served["items"][seen[0]]["item_id"], int(time.time() * 1000)
+                tag = served["rec_id"][-12:]
+                post(stack, "/events", [
+                    {"event_id": f"clk-{tag}", "type": "click", "item_id": bought, "rec_id": served["rec_id"],
+                     "ts": now},
+                    {"event_id": f"add-{tag}", "type": "add_to_cart", "item_id": bought, "rec_id": served["rec_id"],
+                     "ts": now + 1}], cookie=cookie)
+                post(stack, "/server/events", [
+                    {"event_id": f"buy-{tag}", "type": "purchase", "user_id": user, "item_id": bought,
+                     "rec_id": served["rec_id"], "ts": now + 2}], signed=True)
+                purchases += 1
     stack.poller.drain(300)
     stack.archive.drain(300)
     everything = read_archive(stack.resources.names["ArchiveBucket"])
+    if archive_to is not None:
+        archive_to.mkdir(parents=True, exist_ok=True)
+        (archive_to / "events.gz").write_bytes(gzip.compress(b"".join(json.dumps(e).encode() + b"\n"
+                                                                      for e in everything)))
     # The archive keeps a rec_id without its mac (experiment~variant~expiry~nonce).
     shown = {"~".join(rec_id.split("~")[:4]): items for rec_id, items in shown.items()}
     decided = {e["rec_id"]: e["decision"] for e in everything if e["type"] == "impression" and "decision" in e}
@@ -116,12 +141,13 @@ def measure(stack, shoppers: int, lists: int = 3, seed: int = 7) -> dict:
         "posts_failed_before_collect": stack.faults.failed_before,
         "posts_failed_after_collect": stack.faults.failed_after,
         "transformations_failed": flaky.failures, "archive_objects": stack.archive.objects,
+        "purchases_sent": purchases,
+        "purchases_archived": sum(1 for e in everything if e["type"] == "purchase" and e.get("rec_id")),
     }
 
 
-def run(shoppers: int = 200) -> dict:
+def run(shoppers: int = 200, archive_to: Path | None = None) -> dict:
     import tempfile
-    from pathlib import Path
 
     from infra.local.stack import LocalStack
 
@@ -129,7 +155,7 @@ def run(shoppers: int = 200) -> dict:
     stack = LocalStack(fault_every=3, state_file=Path(tempfile.mkdtemp()) / "local-stack.json").start()
     try:
         seed_catalogue(stack)
-        figures = measure(stack, shoppers)
+        figures = measure(stack, shoppers, archive_to=archive_to)
     finally:
         stack.stop()
     return {**figures, "seconds": round(time.perf_counter() - started, 1)}

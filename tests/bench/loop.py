@@ -6,10 +6,11 @@
 * ``obd_covers_on_policy``: on the Open Bandit Dataset sample, the SNIPS and DR intervals for
   the Thompson policy's click rate, estimated from the uniform-random logs, both cover the
   click rate its own logs show; ``obd_relative_width``: the wider interval's width / estimate;
-* ``retrain_s``: ``make retrain`` from nothing (the dataset built from the Instacart sample,
-  then the default candidates trained and registered into a scratch registry), wall seconds
-  (budget <= 300 on this machine; ``retrain`` has its parts and CPU seconds); the archive's
-  part of the loop comes with datasets from the archive;
+* ``retrain_s``: ``make retrain ARCHIVE=...`` from nothing: the archive the scenario below
+  wrote (copied to a folder), its dataset and the Instacart sample's built (the young archive
+  is bootstrapped by the sample), the default candidates trained and registered into a
+  scratch registry, wall seconds (budget <= 300 on this machine; ``retrain`` has its parts
+  and CPU seconds);
 * ``archive_loss_rate``: accepted decisions missing from the archive under injected faults,
   200 shoppers x 3 lists on the local stack (budget <= 0.001; ``archive`` has the rest,
   ``tests/bench/archive.py``).
@@ -33,7 +34,7 @@ def _cpu_s() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def retrain(users: int | None = None) -> dict:
+def retrain(users: int | None = None, archive: Path | None = None) -> dict:
     from models import train
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -41,10 +42,13 @@ def retrain(users: int | None = None) -> dict:
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             train.main(["--dataset", str(Path(tmp) / "dataset"), "--out", str(Path(tmp) / "registry")]
-                       + (["--users", str(users)] if users else []))
+                       + (["--users", str(users)] if users else [])
+                       + (["--archive", str(archive), "--archive-dataset", str(Path(tmp) / "archive-dataset")]
+                          if archive else []))
         summary = json.loads(out.getvalue().strip().splitlines()[-1])
         return {"seconds": round(time.perf_counter() - started, 1), "cpu_seconds": round(_cpu_s() - cpu, 1),
                 "dataset_seconds": summary["dataset_seconds"], "users": users or "all",
+                "trained_on": summary["trained_on"], "bootstrap": summary["bootstrap"],
                 "registered": sorted(summary["registered"])}
 
 
@@ -53,10 +57,11 @@ def run(ope_seeds: int = 200, retrain_users: int | None = None, archive_shoppers
     sim = ope_checks.simulated_coverage(seeds=ope_seeds)
     obd = ope_checks.open_bandit_check()
     ope_s = time.perf_counter() - started
-    figures = retrain(retrain_users)
     from tests.bench import archive
 
-    archived = archive.run(archive_shoppers)
+    with tempfile.TemporaryDirectory() as folder:
+        archived = archive.run(archive_shoppers, archive_to=Path(folder))
+        figures = retrain(retrain_users, archive=Path(folder))
     return {
         "archive_loss_rate": archived["archive_loss_rate"], "archive": archived,
         "ope_coverage": sim["min_coverage"], "ope": sim, "ope_seconds": round(ope_s, 1),

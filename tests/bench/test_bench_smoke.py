@@ -74,6 +74,9 @@ def test_the_loop_bench_measures_its_contract_keys():
     assert 0 <= figures["ope_coverage"] <= 1 and figures["ope"]["seeds"] == 3
     assert figures["obd_relative_width"] > 0 and figures["retrain_s"] > 0
     assert figures["retrain"]["registered"] == ["ranker-linear", "ranker-mlp"]
+    # retrained on the scenario's archive, bootstrapped by the sample (a young archive)
+    assert figures["retrain"]["trained_on"][0].startswith("archive-") and figures["retrain"]["bootstrap"]["trains"]
+    assert figures["archive"]["purchases_archived"] == figures["archive"]["purchases_sent"]
 
 
 def test_the_ops_bench_counts_the_edges_log_bytes_by_kind_and_prices_a_million_requests():

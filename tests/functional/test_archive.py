@@ -12,6 +12,7 @@ import pytest
 
 from infra.local.firehose import read_archive
 from infra.local.stack import LocalStack
+from personalize import identity
 from personalize.adapters import aws
 from personalize.ingest import archive
 from tests.bench import archive as scenario
@@ -72,7 +73,6 @@ def test_a_pseudonym_is_keyed_stable_and_says_nothing_of_the_shopper():
 def test_nothing_archived_names_a_shopper_to_whoever_holds_another_key():
     """The rec_id's mac (over the shopper's id, with the signing key) is cut; a client's free
     text (event_id, a browser's category) cannot carry an address into the archive."""
-    from personalize import identity
 
     rec = identity.issue_rec_id("signing-key", "exp-1", "challenger", "victim@mail.example", 1_790_000_000)
     event = {"ts": 1_790_000_000_000, "event_id": "victim@mail.example", "type": "click", "item_id": "sku-1",
@@ -111,14 +111,18 @@ def test_forget_erases_a_shopper_from_the_features_and_the_archive_and_ledgers_t
     key, _ = SecretVersions(names["ArchiveKeySecret"]).load()
     gone_p, kept_p = archive.pseudonym(gone, key), archive.pseudonym(kept, key)
     before = read_archive(names["ArchiveBucket"])
-    assert sum(e.get("user_id") == gone_p for e in before) == 4
+    # At least once: a post that failed after collect answered was sent again (its lines twice).
+    lines_of_gone = sum(e.get("user_id") == gone_p for e in before)
+    assert len({e["event_id"] for e in before if e.get("user_id") == gone_p}) == 4 <= lines_of_gone
 
     where = forget.Target(names["FeaturesTable"], names["ArchiveBucket"], names["ArchiveKeySecret"])
     report = forget.forget(gone, where)
-    assert report["features_row_deleted"] and report["events_removed"] == 4 and report["unreadable_removed"] == 1
+    assert report["features_row_deleted"] and report["events_removed"] == lines_of_gone
+    assert report["unreadable_removed"] == 1
     after = read_archive(names["ArchiveBucket"])
     assert not [e for e in after if gone_p in (e.get("user_id"), e.get("actor"))]
-    assert sum(e.get("user_id") == kept_p for e in after) == 4 and len(after) == len(before) - 4
+    assert len({e["event_id"] for e in after if e.get("user_id") == kept_p}) == 4
+    assert len(after) == len(before) - lines_of_gone
     s3 = aws.client("s3")
     raw = b"".join(gzip.decompress(s3.get_object(Bucket=names["ArchiveBucket"], Key=o["Key"])["Body"].read())
                    for o in s3.list_objects_v2(Bucket=names["ArchiveBucket"])["Contents"]
@@ -169,3 +173,44 @@ def test_one_odd_record_is_refused_alone_never_the_batch():
     for data in (deep, surrogate):
         out = archive.transform("r", data, "k")
         assert out.result in ("ProcessingFailed", "Ok") and (out.result == "Ok") == (data is surrogate)
+
+
+def test_the_learning_loop_reads_orders_back_from_the_archive(stack):
+    """What the shop's traffic becomes in a dataset (models.archive_dataset): the real
+    archive's records all parse as contract events, and a shopper's carts and checkouts come
+    back as their orders, under their pseudonym."""
+    from models import archive_dataset
+    from personalize.adapters.secrets import SecretVersions
+
+    names = stack.resources.names
+    now = int(__import__("time").time() * 1000)
+    hour = 3_600_000
+    alice, bob = "orders-alice@mail.example", "orders-bob@mail.example"
+    cookie = "rt_uid=" + identity.cookie_value(alice, stack.signing_key)
+    items = scenario.ITEMS
+    scenario.post(stack, "/events", [
+        {"event_id": "o-a-add-1", "type": "add_to_cart", "item_id": items[1], "ts": now - 3 * hour},
+        {"event_id": "o-a-add-2", "type": "add_to_cart", "item_id": items[2], "ts": now - 3 * hour + 5_000},
+        {"event_id": "o-a-click", "type": "click", "item_id": items[5], "ts": now - 3 * hour + 6_000},
+        {"event_id": "o-a-add-3", "type": "add_to_cart", "item_id": items[3], "ts": now - hour}], cookie=cookie)
+    scenario.post(stack, "/server/events", [  # the shop's backend reports the orders
+        {"event_id": "o-a-buy-2", "type": "purchase", "user_id": alice, "item_id": items[2],
+         "ts": now - 3 * hour + 60_000},
+        {"event_id": "o-a-buy-1", "type": "purchase", "user_id": alice, "item_id": items[1],
+         "ts": now - 3 * hour + 60_001},
+        {"event_id": "o-a-buy-3", "type": "purchase", "user_id": alice, "item_id": items[3], "ts": now - hour + 60_000},
+        {"event_id": "o-b-buy-4", "type": "purchase", "user_id": bob, "item_id": items[4], "ts": now - 2 * hour}],
+        signed=True)
+    stack.poller.drain(60)
+    stack.archive.drain(60)
+    records = read_archive(names["ArchiveBucket"])
+    events, skipped = archive_dataset.clean(records)
+    assert set(skipped) <= {"duplicate event_id (delivered again)"}, skipped  # every record is a contract event
+    key, _ = SecretVersions(names["ArchiveKeySecret"]).load()
+    orders, _, others = archive_dataset.orders_of(events)
+    mine = {archive.pseudonym(alice, key): "alice", archive.pseudonym(bob, key): "bob"}
+    got = sorted((mine[o.user_id], o.number, o.products) for o in orders if o.user_id in mine)
+    assert got == [("alice", 1, [items[1], items[2]]), ("alice", 2, [items[3]]), ("bob", 1, [items[4]])]
+    assert any(e.get("user_id") in mine and e["type"] == "click" for e in others)  # replayed, not an order
+    dataset = archive_dataset.ArchiveBuilder("local", records=records, parallel=False, progress=False).build()
+    assert dataset.window["orders"] >= 3 and dataset.window["events"] == len(events)

@@ -80,3 +80,55 @@ def test_evaluate_reads_the_test_window_once_per_arm(workspace, monkeypatch):
         stored.unlink()  # the read's result is lost: reading again needs a stated reason
     with pytest.raises(SystemExit, match="re-read needs"):
         evaluate.main(common)
+
+
+@pytest.fixture(scope="module")
+def archive_folder(tmp_path_factory):
+    """An archive as Firehose writes it (GZIP'd JSON lines under events/), of shoppers the
+    Instacart sample's first 40 are not: the next 40, put through the archive function's
+    transformation (pseudonyms, hashed event ids)."""
+    import gzip
+
+    from models.dataset import InstacartBuilder
+    from models.instacart import order_events
+    from personalize.ingest import archive
+
+    root = tmp_path_factory.mktemp("archive")
+    ids = sorted({o.user_id for o in InstacartBuilder(users=80).orders()}, key=lambda u: int(u[2:]))[40:]
+    mine = set(ids)
+    lines = [archive.transform("r", json.dumps({**e, "route": "server"}).encode(), "k" * 32).data
+             for o in InstacartBuilder(users=80).orders() if o.user_id in mine for e in order_events(o)]
+    (root / "events" / "dt=2026-01-05").mkdir(parents=True)
+    (root / "events" / "dt=2026-01-05" / "part-1.gz").write_bytes(gzip.compress(b"".join(lines)))
+    return root
+
+
+def test_retrain_and_evaluate_from_the_archive_bootstrapped_by_the_sample(workspace, archive_folder):
+    root, _, first = workspace
+    args = ["--users", USERS, "--dataset", str(root / "dataset"), "--out", str(root / "registry-archive"),
+            "--learners", "ranker-linear", "--archive", str(archive_folder),
+            "--archive-dataset", str(root / "archive-dataset")]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert train.main(args) == 0
+    summary = json.loads(out.getvalue().strip().splitlines()[-1])
+    archive_id = next(d for d in summary["trained_on"] if d.startswith("archive-"))
+    # A young archive: the sample's training decisions join its own, the sample's validation chooses.
+    assert summary["trained_on"] == [archive_id, first["dataset"]]
+    assert summary["bootstrap"]["trains"] and summary["bootstrap"]["chooses"]
+    manifest = json.loads((root / "registry-archive" / "ranker-linear" / "v1" / "manifest.json").read_text())
+    assert set(manifest["data"]["training_windows"]) == {archive_id, first["dataset"]}
+    assert manifest["data"]["training_windows"][archive_id]["source"].startswith("archive")
+    assert manifest["training"]["datasets"] == summary["trained_on"]
+    assert archive_id in manifest["metrics"]["validation_other_datasets"]  # its validation reported too
+    assert not [p for p in walk(manifest["metrics"]) if "test" in p.lower()]
+
+    ledger = root / "archive-reads.jsonl"
+    common = ["--archive", str(archive_folder), "--archive-dataset", str(root / "archive-dataset"),
+              "--registry", str(root / "registry-archive"), "--evaluations", str(root / "evaluations"),
+              "--ledger", str(ledger), "--quick", "--no-ope", "--champion", "ranker-linear/v1"]
+    assert evaluate.main(common) == 0
+    report = json.loads((root / "evaluations" / archive_id / "report.json").read_text())
+    assert report["dataset"]["id"] == archive_id and report["dataset"]["test"].startswith("decisions from")
+    assert {json.loads(line)["dataset"] for line in ledger.read_text().splitlines()} == {archive_id}
+    assert report["test"]["ranker-linear/v1"]["all"]["ndcg_at_10"] > 0

@@ -1,0 +1,311 @@
+"""Point-in-time datasets from the archive (``make dataset ARCHIVE=...``): the shop's own
+traffic, as the archive function wrote it (``personalize.ingest.archive``: pseudonymous
+shoppers, one JSON object a line, GZIP'd, under ``events/dt=.../hour=.../``).
+
+The same ``Dataset`` as the Instacart bootstrap (``models.dataset``), built by the same
+replay (``models.replay``: the production aggregation, snapshot and ranking-feature code,
+in time order, each decision taken before the events after it are applied), with the
+archive's real times:
+
+* **orders**: the events carry no order id, so a shopper's purchases no more than
+  ``ORDER_GAP_MS`` apart are one checkout; its products are the items bought, in the order
+  the shopper put them in the cart (their first add-to-cart since the previous checkout);
+  a purchase with no add-to-cart before it (an order placed by the shop's backend) gets one
+  a millisecond before its checkout, so every order has the shape the replay's decisions are
+  defined on (``order``: before its first add-to-cart; ``session``: half-way through its cart);
+* **everything else** (views, clicks, impressions, carts never bought, anonymous shoppers'
+  events, the shop's stock and catalogue) is replayed at its own time and takes no decision;
+* **windows by time**, not per shopper: a decision whose moment falls in the last
+  ``test_share`` of the archive's span tests, the ``validation_share`` before it validates,
+  earlier ones train. Times are real here, so every event before a decision may shape its
+  features (other shoppers' earlier purchases included: serving saw them too) and none after;
+* **new shoppers**: ``NEW_SHOPPER_SHARE`` of the pseudonyms (keyed hash, as for Instacart)
+  are held out entirely: their events update only their own row, none of their decisions
+  trains, and their validation and test decisions are reported apart (cohort ``new``);
+* **duplicates**: Firehose delivers at least once; records are read once per ``event_id``
+  (an impression's flushes share their list's id and differ in items: only the first is
+  replayed, which moves nothing but the shown items' impression counts). A record that does
+  not parse as a contract event is skipped and counted, by reason, in the window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from personalize.ingest.events import EventError, parse_event
+
+from .dataset import (
+    CATALOGUE_STOCK,
+    COHORTS,
+    FORMAT,
+    NEGATIVES_KEPT,
+    NEW_SHOPPER_SHARE,
+    ROOT,
+    SEED,
+    SNAPSHOT_EVERY,
+    Basket,
+    Dataset,
+    DatasetBuilder,
+    _pack,
+    code_digest,
+    log,
+    new_shoppers,
+)
+from .instacart import Order
+from .replay import Example, replay
+
+DEFAULT_DIR = ROOT / "build" / "datasets" / "archive"
+ORDER_GAP_MS = 30 * 60_000   # a shopper's purchases this close together are one checkout
+TEST_SHARE = 0.2             # of the archive's span, the newest
+VALIDATION_SHARE = 0.2       # of the archive's span, just before the test window
+PREAMBLE_MS = 60_000         # the catalogue preamble's time before the first archived event
+
+
+def read_records(source: str) -> Iterator[dict]:
+    """Every record of an archive: a folder (a copy of the bucket, e.g. ``aws s3 sync``: every
+    ``*.gz`` under it, GZIP'd JSON lines; ``*.jsonl`` too) or ``s3://bucket[/prefix]`` (the
+    ``events/`` prefix by default). ``errors/`` holds what the archive could not read: it is
+    not read here."""
+    if source.startswith("s3://"):
+        yield from _s3_records(source)
+        return
+    folder = Path(source)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no archive at {source}: a folder or s3://bucket[/prefix]")
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or "errors" in path.relative_to(folder).parts:
+            continue
+        if path.suffix == ".gz":
+            yield from _lines(gzip.decompress(path.read_bytes()))
+        elif path.suffix == ".jsonl":
+            yield from _lines(path.read_bytes())
+
+
+def _s3_records(url: str) -> Iterator[dict]:
+    from personalize.adapters import aws
+
+    bucket, _, prefix = url[len("s3://"):].partition("/")
+    s3 = aws.client("s3")
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix or "events/"):
+        for item in page.get("Contents", []):
+            body = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+            yield from _lines(gzip.decompress(body) if item["Key"].endswith(".gz") or body[:2] == b"\x1f\x8b"
+                              else body)
+
+
+def _lines(data: bytes) -> Iterator[dict]:
+    for line in data.splitlines():
+        if line.strip():
+            try:
+                yield json.loads(line)
+            except ValueError:
+                yield {"__unreadable__": True}
+
+
+def clean(records: Iterable[dict]) -> tuple[list[dict], Counter]:
+    """The archive's events, once per ``event_id``, that parse as contract events, in time
+    order; and what was skipped, by reason."""
+    seen: set[str] = set()
+    kept, skipped = [], Counter()
+    for record in records:
+        if type(record) is not dict or record.get("__unreadable__"):
+            skipped["not a JSON object"] += 1
+            continue
+        try:
+            event = parse_event(record, anonymous_ok=True)
+        except EventError as e:
+            skipped[str(e)[:80]] += 1
+            continue
+        if event.event_id in seen:
+            skipped["duplicate event_id (delivered again)"] += 1
+            continue
+        seen.add(event.event_id)
+        kept.append(record)
+    kept.sort(key=lambda e: (e["ts"], e["event_id"]))
+    return kept, skipped
+
+
+def orders_of(events: list[dict]) -> tuple[list[Order], dict[str, list[dict]], list[dict]]:
+    """Orders (see the module), each order's events (its adds in ``products`` order, then its
+    purchases), and every other event."""
+    by_user: dict[str, list[dict]] = defaultdict(list)
+    for e in events:
+        if e.get("user_id") and e["type"] in ("add_to_cart", "purchase"):
+            by_user[e["user_id"]].append(e)
+    consumed: set[str] = set()
+    orders: list[Order] = []
+    order_events: dict[str, list[dict]] = {}
+    for user, own in by_user.items():
+        checkouts: list[list[dict]] = []
+        for e in (e for e in own if e["type"] == "purchase"):
+            if checkouts and e["ts"] - checkouts[-1][-1]["ts"] <= ORDER_GAP_MS:
+                checkouts[-1].append(e)
+            else:
+                checkouts.append([e])
+        since = None
+        for number, purchases in enumerate(checkouts, 1):
+            end = purchases[-1]["ts"]
+            bought = list(dict.fromkeys(p["item_id"] for p in purchases))
+            wanted = set(bought)
+            first_purchase = purchases[0]["ts"]
+            adds: dict[str, dict] = {}
+            for e in own:  # the cart as it was at checkout: adds after it began are replayed as they came
+                if (e["type"] == "add_to_cart" and e["item_id"] in wanted and e["item_id"] not in adds
+                        and (since is None or e["ts"] > since) and e["ts"] < first_purchase):
+                    adds[e["item_id"]] = e
+            order_id = f"{user}#{number}"
+            synthetic = [{"event_id": "cart-" + hashlib.sha256(f"{order_id}\0{item}".encode()).hexdigest()[:24],
+                          "type": "add_to_cart", "user_id": user, "item_id": item, "ts": first_purchase - 1,
+                          "route": "server"}
+                         for item in bought if item not in adds]
+            cart = sorted([*adds.values(), *synthetic], key=lambda e: (e["ts"], e["event_id"]))
+            consumed.update(e["event_id"] for e in cart)
+            consumed.update(p["event_id"] for p in purchases)
+            order_events[order_id] = cart + purchases
+            orders.append(Order(order_id, user, number, cart[0]["ts"], [e["item_id"] for e in cart]))
+            since = end
+    orders.sort(key=lambda o: (o.placed_ms, o.order_id))
+    others = [e for e in events if e["event_id"] not in consumed]
+    return orders, order_events, others
+
+
+class ArchiveBuilder(DatasetBuilder):
+    """A dataset of the archive's traffic (see the module)."""
+
+    def __init__(self, source: str, new_share: float = NEW_SHOPPER_SHARE, seed: int = SEED,
+                 negatives_kept: float = NEGATIVES_KEPT, snapshot_every: int = SNAPSHOT_EVERY,
+                 test_share: float = TEST_SHARE, validation_share: float = VALIDATION_SHARE,
+                 parallel: bool = True, progress: bool = True, records: list[dict] | None = None):
+        if not (0 < test_share < 1 and 0 < validation_share < 1 and test_share + validation_share < 1):
+            raise ValueError("test_share and validation_share: each in (0, 1), together under 1")
+        self.source, self.new_share, self.seed = source, new_share, seed
+        self.negatives_kept, self.snapshot_every = negatives_kept, snapshot_every
+        self.test_share, self.validation_share = test_share, validation_share
+        self.parallel, self.progress = parallel, progress
+        raw = records if records is not None else list(read_records(source))
+        self.events, self.skipped = clean(raw)
+        if not self.events:
+            raise ValueError(f"the archive at {source} holds no event that parses ({dict(self.skipped)})")
+        self._content_sha = hashlib.sha256(
+            "\n".join(f"{e['event_id']}:{e['ts']}" for e in self.events).encode()).hexdigest()
+
+    def params(self) -> dict:
+        return {"new_shopper_share": self.new_share, "seed": self.seed, "negatives_kept": self.negatives_kept,
+                "snapshot_every_orders": self.snapshot_every, "test_share": self.test_share,
+                "validation_share": self.validation_share, "order_gap_ms": ORDER_GAP_MS, "format": FORMAT}
+
+    def id(self) -> str:
+        doc = json.dumps({"content": self._content_sha, "params": self.params(), "code": code_digest()},
+                         sort_keys=True)
+        return "archive-" + hashlib.sha256(doc.encode()).hexdigest()[:16]
+
+    def cutoffs(self) -> tuple[int, int]:
+        """(validation_from, test_from), epoch ms."""
+        first, last = self.events[0]["ts"], self.events[-1]["ts"]
+        span = last - first
+        test_from = last - round(span * self.test_share)
+        return test_from - round(span * self.validation_share), test_from
+
+    def build(self) -> Dataset:
+        started = time.monotonic()
+        orders, events_of_order, others = orders_of(self.events)
+        users = sorted({o.user_id for o in orders} | {e["user_id"] for e in others if e.get("user_id")})
+        new = new_shoppers(users, self.new_share, self.seed)
+        validation_from, test_from = self.cutoffs()
+
+        def split_of(order: Order) -> str:
+            if order.placed_ms >= test_from:
+                return "test"
+            if order.placed_ms >= validation_from:
+                return "validation"
+            return "history" if order.user_id in new else "train"
+
+        splits = {o.order_id: split_of(o) for o in orders}
+        feeds = {o.order_id for o in orders if o.user_id not in new}
+        extra = [(e, e.get("user_id") not in new) for e in others]
+        item_ids = {o_item for o in orders for o_item in o.products}
+        for e in self.events:
+            if e.get("item_id"):
+                item_ids.add(e["item_id"])
+            item_ids.update(i for i in e.get("items") or () if type(i) is str)
+        items = sorted(item_ids, key=lambda p: (len(p), p))
+        vocab = {p: i for i, p in enumerate(items)}
+        first_ms = self.events[0]["ts"]
+        # Every item the archive names is listed before its first event (the shop published it
+        # to have it served or accepted); the archive's own catalogue and stock events follow.
+        preamble = [{"event_id": f"catalogue-{p}", "type": "stock", "item_id": p, "stock": CATALOGUE_STOCK,
+                     "route": "server", "ts": first_ms - PREAMBLE_MS} for p in items]
+        if self.progress:
+            log(f"archive: {len(self.events)} events, {len(orders)} orders of {len(users)} shoppers "
+                f"({len(new)} held out as new shoppers); replaying through the feature code ...")
+        examples = replay(orders, self.negatives_kept, seed=self.seed, progress=self.progress, parallel=self.parallel,
+                          splits=splits, feeds_items=feeds, snapshot_every=self.snapshot_every, preamble=preamble,
+                          events_of=lambda o: events_of_order[o.order_id], extra=extra)
+        collected: dict[tuple[str, str], list[Example]] = {}
+        for ex in examples:
+            collected.setdefault((ex.split, ex.kind), []).append(ex)
+        groups = {key: _pack(exs, vocab, new) for key, exs in sorted(collected.items())}
+        baskets = [Basket(o.user_id, o.order_id, o.number, o.placed_ms, splits[o.order_id],
+                          "new" if o.user_id in new else "returning",
+                          np.array([vocab[p] for p in o.products], dtype=np.int32))
+                   for o in sorted(orders, key=lambda o: (o.user_id, o.number))]
+        seconds = time.monotonic() - started
+        counts = {f"{split}_{kind}": {c: int((g.cohort == c).sum()) for c in COHORTS}
+                  for (split, kind), g in groups.items()}
+        window = {
+            "id": self.id(), "format": FORMAT, "source": f"archive ({self.source})",
+            "content_sha256": self._content_sha, "params": self.params(), "code_sha256": code_digest(),
+            "time": "real (the archive's event times, epoch ms); windows by time across every shopper",
+            "first_event_ms": first_ms, "last_event_ms": self.events[-1]["ts"],
+            "train": f"decisions before {validation_from} (returning shoppers' order 2 onwards in the archive)",
+            "validation": f"decisions from {validation_from} to before {test_from}",
+            "test": f"decisions from {test_from}; sealed: read only through the test ledger",
+            "validation_from_ms": validation_from, "test_from_ms": test_from,
+            "orders_from": f"a shopper's purchases no more than {ORDER_GAP_MS // 60_000} minutes apart, their items "
+                           "in cart order (a purchase with no add-to-cart gets one 1 ms before its checkout)",
+            "item_features": "every event before a decision except held-out new shoppers' (real times: serving saw "
+                             f"them too); snapshot rebuilt every {self.snapshot_every} orders of replayed traffic",
+            "new_shoppers": f"{len(new)} of {len(users)} shoppers ({self.new_share:.0%}, keyed hash of the pseudonym "
+                            f"with seed {self.seed}): their events update only their own row, none of their "
+                            "decisions trains",
+            "events": len(self.events), "skipped": dict(self.skipped), "orders": len(orders), "shoppers": len(users),
+            "new_shoppers_count": len(new), "items": len(items), "decisions": counts,
+            "build_seconds": round(seconds, 1),
+        }
+        if self.progress:
+            log(f"built {window['id']} in {seconds:.0f}s: " + ", ".join(
+                f"{k} {sum(v.values())}" for k, v in counts.items()))
+        return Dataset(window, items, groups, baskets)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build a point-in-time dataset from the archive "
+                                                 "(models/archive_dataset.py).")
+    parser.add_argument("--archive", required=True, help="a folder (a copy of the bucket) or s3://bucket[/prefix]")
+    parser.add_argument("--out", type=Path, default=DEFAULT_DIR)
+    parser.add_argument("--force", action="store_true", help="rebuild even when the saved dataset has this id")
+    args = parser.parse_args(argv)
+    builder = ArchiveBuilder(args.archive)
+    if args.force:
+        dataset, built = builder.build(), True
+        dataset.save(args.out)
+    else:
+        dataset, built = builder.load_or_build(args.out)
+    log(f"{'built' if built else 'up to date'}: {dataset.id} in {args.out}")
+    print(json.dumps({k: v for k, v in dataset.window.items()
+                      if k in ("id", "events", "skipped", "orders", "shoppers", "new_shoppers_count", "decisions")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
