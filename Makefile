@@ -90,6 +90,12 @@ train: retrain ## The same as make retrain
 evaluate: $(STAMP) ## Candidates, champion, tuned TIFU-KNN and LightGBM on the test window (read once each, ledgered) [ARCHIVE=<folder|s3://bucket>]
 	$(BIN)/python -m models.evaluate $(if $(CANDIDATE),--candidate $(CANDIDATE)) $(if $(ARCHIVE),--archive '$(ARCHIVE)')
 
+iterate: $(STAMP) ## One turn of the loop: retrain, evaluate, and start the candidate at 2% if it passes its gates [ENV=local|dev|prod] [ARCHIVE=...] [DRY_RUN=1]
+	$(BIN)/python -m models.iterate --env $(or $(ENV),local) $(if $(ARCHIVE),--archive '$(ARCHIVE)') $(if $(LEARNERS),--learners $(LEARNERS)) $(if $(DRY_RUN),--dry-run)
+
+iterate-approve: $(STAMP) ## Roll out a proposal make iterate left waiting in prod: PROPOSAL=build/iterate/<file> ENV=prod CONFIRM=<stack name>
+	$(BIN)/python -m models.iterate --env $(or $(ENV),prod) --approve '$(PROPOSAL)' $(if $(CONFIRM),--confirm '$(CONFIRM)')
+
 publish-model: $(STAMP) ## Upload a model version: NAME=ranker-mlp VERSION=v3 [ENV=local|dev|prod]
 	$(BIN)/python -m models.publish --name $(NAME) --version $(VERSION) --env $(or $(ENV),local)
 

@@ -1,0 +1,204 @@
+"""``make iterate``: one turn of the learning loop. Retrain, evaluate the best candidate
+against the champion and the baselines, and put it on 2% of live traffic as the challenger
+when it earns it; the guardrail then kills or promotes it on what shoppers do.
+
+1. ``make retrain`` (``models.train``; with ``ARCHIVE=`` the shop's own traffic, bootstrapped
+   by the Instacart sample while the archive is young): the best candidate on validation.
+2. ``make evaluate`` (``models.evaluate``) of that candidate on the dataset its choices were
+   made on (the archive's once it validates there): its test window read once.
+3. The gates, written down with their figures in a proposal (``build/iterate/``):
+   * **offline**: the paired 95% interval of NDCG@10 (candidate - champion, returning
+     shoppers) lies above zero;
+   * **off-policy**: the candidate's click and conversion estimated from the archive's logged
+     decisions are not worse than what the logging policy got. Not built yet (the target
+     policy's probabilities at each logged decision are not computed): the gate says
+     "not assessed", which passes only under ``--off-policy if-available`` (the default;
+     ``required`` refuses), and the proposal says so.
+4. The roll-out: the model is published to the stack's artifacts bucket and started as the
+   challenger at ``SHARE`` (2%). In ``prod`` nothing is published by ``make iterate``: the
+   proposal waits for an operator's approval, ``make iterate-approve PROPOSAL=... ENV=prod
+   CONFIRM=<stack name>``, which re-checks it and rolls it out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import re
+import sys
+import time
+import tomllib
+from datetime import UTC, datetime
+from pathlib import Path
+
+from . import evaluate, train
+from .evaluate import EVALUATIONS_DIR, HEADLINE
+
+ROOT = Path(__file__).resolve().parents[1]
+PROPOSALS_DIR = ROOT / "build" / "iterate"
+SHARE = 0.02
+OFF_POLICY_MODES = ("if-available", "required")
+
+
+def log(message: str) -> None:
+    print(f"iterate: {message}", file=sys.stderr, flush=True)
+
+
+def _last_json(run, argv: list[str]) -> dict | None:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = run(argv)
+    if code != 0:
+        raise SystemExit(f"iterate: {run.__module__} {' '.join(argv)} failed (exit {code})")
+    lines = out.getvalue().strip().splitlines()
+    return json.loads(lines[-1]) if lines else None
+
+
+def gates(report: dict, candidate: str, champion: str, off_policy: str = "if-available") -> dict:
+    """The offline and off-policy gates of ``candidate`` against ``champion`` from an
+    evaluation report, each with its figures and whether it passes."""
+    paired = report["paired"].get(f"{candidate} - {champion}", {}).get(HEADLINE)
+    if paired is None:
+        offline = {"passes": False, "why": f"the report pairs no {candidate} - {champion} on {HEADLINE} shoppers"}
+    else:
+        low, high = paired["ndcg_at_10_ci95"]
+        offline = {"passes": low > 0, "ndcg_at_10_difference": paired["ndcg_at_10"], "ci95": [low, high],
+                   "mde": paired["ndcg_at_10_mde"], "n": paired["n"], "cohort": HEADLINE,
+                   "why": (f"NDCG@10 {paired['ndcg_at_10']:+.4f}, 95% interval [{low:+.4f}, {high:+.4f}] on "
+                           f"{paired['n']} {HEADLINE} shoppers: " +
+                           ("above zero" if low > 0 else "not above zero (a difference this size is noise here; "
+                            f"the minimum detectable effect is {paired['ndcg_at_10_mde']:.4f})"))}
+    estimate = report.get("off_policy", {}).get("candidate")
+    if isinstance(estimate, dict) and "not_worse" in estimate:
+        off = {"assessed": True, "passes": bool(estimate["not_worse"]), "figures": estimate}
+    else:
+        why = ("not assessed: the candidate's off-policy estimate from the archive's logged decisions is not built "
+               "yet (models/iterate.py)")
+        off = {"assessed": False, "passes": off_policy == "if-available", "mode": off_policy,
+               "why": why + ("; passes under --off-policy if-available, the live 2% experiment and its guardrail "
+                             "judging alone" if off_policy == "if-available" else "; --off-policy required refuses")}
+    return {"offline": offline, "off_policy": off, "publish": offline["passes"] and off["passes"]}
+
+
+def turn(args) -> dict:
+    """Retrain, evaluate, gate: the proposal (also written to ``args.proposals``)."""
+    started = time.monotonic()
+    users = ["--users", str(args.users)] if args.users else []
+    archive = ["--archive", args.archive, "--archive-dataset", str(args.archive_dataset)] if args.archive else []
+    log("retrain ...")
+    retrained = _last_json(train.main, users + archive + ["--dataset", str(args.dataset), "--out", str(args.registry)]
+                           + (["--learners", *args.learners] if args.learners else []))
+    candidate = retrained["best_on_validation"]
+    champion = args.champion or json.loads(train.FLAGS_FILE.read_text())["champion_model"]["default"]
+    # Evaluated where its choices were made: the archive's test window once it validates there.
+    on_archive = retrained["dataset"].startswith("archive-")
+    log(f"evaluate {candidate} against {champion} on {retrained['dataset']} ...")
+    evaluate.main(users + (archive if on_archive else [])
+                  + ["--dataset", str(args.dataset), "--registry", str(args.registry),
+                     "--evaluations", str(args.evaluations), "--candidate", candidate, "--champion", champion]
+                  + (["--ledger", str(args.ledger)] if args.ledger else [])
+                  + (["--quick", "--no-ope"] if args.quick else []))
+    report_path = args.evaluations / retrained["dataset"] / "report.json"
+    report = json.loads(report_path.read_text())
+    verdict = gates(report, candidate, champion, args.off_policy)
+    proposal = {
+        "made_at": datetime.now(UTC).isoformat(timespec="seconds"), "env": args.env,
+        "candidate": candidate, "champion": champion, "share": args.share, "retrain": retrained,
+        "evaluation": {"dataset": retrained["dataset"], "report": str(report_path.relative_to(ROOT))
+                       if report_path.is_relative_to(ROOT) else str(report_path)},
+        "gates": verdict,
+        "next": (f"publish and start at {args.share:.0%}" if verdict["publish"] else "keep the champion"),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    args.proposals.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", f"{proposal['made_at']}-{candidate}")
+    path = args.proposals / f"{name}.json"
+    path.write_text(json.dumps(proposal, indent=1) + "\n")
+    proposal["path"] = str(path)
+    return proposal
+
+
+def roll_out(proposal: dict, registry: Path, bucket: str, s3, admin, states) -> dict:
+    """Publish the proposal's candidate and start it as the challenger at its share."""
+    from infra import ops
+
+    from .publish import publish
+
+    if not proposal["gates"]["publish"]:
+        raise ops.ChangeRefused(f"the proposal for {proposal['candidate']} did not pass its gates: "
+                                f"{proposal['gates']['offline'].get('why')}")
+    keys = publish(registry / proposal["candidate"], bucket, s3)
+    note, version, _ = ops.change(admin, states, "start", share=proposal["share"], challenger=proposal["candidate"])
+    return {"published": keys, "flags_version": version, "note": note}
+
+
+def _stack_name(env: str) -> str:
+    return tomllib.loads((ROOT / "samconfig.toml").read_text())[env]["global"]["parameters"]["stack_name"]
+
+
+def _roll_out_in(env: str, proposal: dict, registry: Path) -> dict:
+    import boto3
+
+    from infra import ops
+
+    from .publish import bucket_for
+
+    if env == "local" and not (ROOT / "build" / "local-stack.json").exists():
+        raise SystemExit("iterate: no local stack is running (make serve), or say DRY_RUN=1")
+    bucket, kwargs = bucket_for(env)
+    admin, states, _ = ops.connect(env)
+    return roll_out(proposal, registry, bucket, boto3.client("s3", **kwargs), admin, states)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="local", choices=["local", "dev", "prod"])
+    parser.add_argument("--archive", help="the archive (a folder or s3://bucket[/prefix]); default: Instacart only")
+    parser.add_argument("--archive-dataset", type=Path, default=train.ARCHIVE_DIR)
+    parser.add_argument("--dataset", type=Path, default=train.DEFAULT_DIR)
+    parser.add_argument("--users", type=int, help="the first N Instacart shoppers only (tests)")
+    parser.add_argument("--learners", nargs="+", choices=sorted(set(train.LEARNERS) - {"ranker-gbdt"}))
+    parser.add_argument("--champion", help="NAME/VERSION (default: the flags document's champion)")
+    parser.add_argument("--share", type=float, default=SHARE)
+    parser.add_argument("--off-policy", choices=OFF_POLICY_MODES, default="if-available")
+    parser.add_argument("--registry", type=Path, default=train.MODELS_DIR)
+    parser.add_argument("--evaluations", type=Path, default=EVALUATIONS_DIR)
+    parser.add_argument("--ledger", type=Path)
+    parser.add_argument("--proposals", type=Path, default=PROPOSALS_DIR)
+    parser.add_argument("--quick", action="store_true", help="small tuning grids, no off-policy checks (tests)")
+    parser.add_argument("--dry-run", action="store_true", help="retrain, evaluate and propose; roll nothing out")
+    parser.add_argument("--approve", type=Path, metavar="PROPOSAL", help="roll out this proposal (prod's approval)")
+    parser.add_argument("--confirm", help="the stack's name, to approve in prod")
+    args = parser.parse_args(argv)
+    if not 0 < args.share <= 0.5:
+        parser.error("--share: a challenger's slice, above 0 and at most 0.5 (0.02 is 2%)")
+    if args.approve:
+        proposal = json.loads(args.approve.read_text())
+        if proposal.get("env") != args.env:
+            parser.error(f"the proposal was made for {proposal.get('env')}, not {args.env}")
+        if args.env == "prod" and args.confirm != _stack_name("prod"):
+            parser.error("approving in prod needs --confirm <the prod stack's name> (CONFIRM=...)")
+        done = _roll_out_in(args.env, proposal, args.registry)
+        print(json.dumps({"approved": str(args.approve), **done}))
+        return 0
+    proposal = turn(args)
+    g = proposal["gates"]
+    log(f"offline: {g['offline']['why']}")
+    log(f"off-policy: {g['off_policy'].get('why') or g['off_policy']}")
+    if not g["publish"]:
+        log(f"keep the champion {proposal['champion']}: {proposal['candidate']} did not pass ({proposal['path']})")
+    elif args.dry_run:
+        log(f"dry run: {proposal['candidate']} would start at {args.share:.0%} ({proposal['path']})")
+    elif args.env == "prod":
+        log(f"waiting for approval: make iterate-approve PROPOSAL={proposal['path']} ENV=prod CONFIRM=<stack name>")
+    else:
+        proposal["rolled_out"] = _roll_out_in(args.env, proposal, args.registry)
+        log(f"{proposal['rolled_out']['note']}: the guardrail now judges it")
+    print(json.dumps({k: proposal[k] for k in ("candidate", "champion", "gates", "next", "path")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
