@@ -62,7 +62,7 @@ from .dataset import (
     new_shoppers,
 )
 from .instacart import Order
-from .replay import Example, replay
+from .replay import Example, Logged, replay
 
 DEFAULT_DIR = ROOT / "build" / "datasets" / "archive"
 ORDER_GAP_MS = 30 * 60_000   # a shopper's purchases this close together are one checkout
@@ -192,8 +192,8 @@ class ArchiveBuilder(DatasetBuilder):
         self.negatives_kept, self.snapshot_every = negatives_kept, snapshot_every
         self.test_share, self.validation_share = test_share, validation_share
         self.parallel, self.progress = parallel, progress
-        raw = records if records is not None else list(read_records(source))
-        self.events, self.skipped = clean(raw)
+        self.raw = records if records is not None else list(read_records(source))
+        self.events, self.skipped = clean(self.raw)
         if not self.events:
             raise ValueError(f"the archive at {source} holds no event that parses ({dict(self.skipped)})")
         self._content_sha = hashlib.sha256(
@@ -216,11 +216,43 @@ class ArchiveBuilder(DatasetBuilder):
         test_from = last - round(span * self.test_share)
         return test_from - round(span * self.validation_share), test_from
 
-    def build(self) -> Dataset:
-        started = time.monotonic()
+    def _prepared(self) -> dict:
+        """Orders, their events, the other events with whether each feeds the item rows, the
+        shoppers held out, the item vocabulary and the catalogue preamble."""
         orders, events_of_order, others = orders_of(self.events)
         users = sorted({o.user_id for o in orders} | {e["user_id"] for e in others if e.get("user_id")})
         new = new_shoppers(users, self.new_share, self.seed)
+        item_ids = {o_item for o in orders for o_item in o.products}
+        for e in self.events:
+            if e.get("item_id"):
+                item_ids.add(e["item_id"])
+            item_ids.update(i for i in e.get("items") or () if type(i) is str)
+        items = sorted(item_ids, key=lambda p: (len(p), p))
+        first_ms = self.events[0]["ts"]
+        # Every item the archive names is listed before its first event (the shop published it
+        # to have it served or accepted); the archive's own catalogue and stock events follow.
+        preamble = [{"event_id": f"catalogue-{p}", "type": "stock", "item_id": p, "stock": CATALOGUE_STOCK,
+                     "route": "server", "ts": first_ms - PREAMBLE_MS} for p in items]
+        return {"orders": orders, "events_of": lambda o: events_of_order[o.order_id], "users": users, "new": new,
+                "feeds": {o.order_id for o in orders if o.user_id not in new},
+                "extra": [(e, e.get("user_id") not in new) for e in others], "items": items, "preamble": preamble}
+
+    def logged(self, since_ms: int | None = None) -> list[Logged]:
+        """The decisions serving logged from ``since_ms`` (default: the test window's start),
+        each with the candidates and features the replay computes just before it
+        (``models.ope_archive`` scores a candidate on them)."""
+        since = self.cutoffs()[1] if since_ms is None else since_ms
+        prep = self._prepared()
+        out = replay(prep["orders"], None, seed=self.seed, progress=False, sessions=False, parallel=self.parallel,
+                     splits={o.order_id: "history" for o in prep["orders"]}, feeds_items=prep["feeds"],
+                     snapshot_every=self.snapshot_every, preamble=prep["preamble"], events_of=prep["events_of"],
+                     extra=prep["extra"], logged=lambda e: e["ts"] >= since)
+        return [x for x in out if isinstance(x, Logged)]
+
+    def build(self) -> Dataset:
+        started = time.monotonic()
+        prep = self._prepared()
+        orders, users, new, items = prep["orders"], prep["users"], prep["new"], prep["items"]
         validation_from, test_from = self.cutoffs()
 
         def split_of(order: Order) -> str:
@@ -231,26 +263,14 @@ class ArchiveBuilder(DatasetBuilder):
             return "history" if order.user_id in new else "train"
 
         splits = {o.order_id: split_of(o) for o in orders}
-        feeds = {o.order_id for o in orders if o.user_id not in new}
-        extra = [(e, e.get("user_id") not in new) for e in others]
-        item_ids = {o_item for o in orders for o_item in o.products}
-        for e in self.events:
-            if e.get("item_id"):
-                item_ids.add(e["item_id"])
-            item_ids.update(i for i in e.get("items") or () if type(i) is str)
-        items = sorted(item_ids, key=lambda p: (len(p), p))
         vocab = {p: i for i, p in enumerate(items)}
         first_ms = self.events[0]["ts"]
-        # Every item the archive names is listed before its first event (the shop published it
-        # to have it served or accepted); the archive's own catalogue and stock events follow.
-        preamble = [{"event_id": f"catalogue-{p}", "type": "stock", "item_id": p, "stock": CATALOGUE_STOCK,
-                     "route": "server", "ts": first_ms - PREAMBLE_MS} for p in items]
         if self.progress:
             log(f"archive: {len(self.events)} events, {len(orders)} orders of {len(users)} shoppers "
                 f"({len(new)} held out as new shoppers); replaying through the feature code ...")
         examples = replay(orders, self.negatives_kept, seed=self.seed, progress=self.progress, parallel=self.parallel,
-                          splits=splits, feeds_items=feeds, snapshot_every=self.snapshot_every, preamble=preamble,
-                          events_of=lambda o: events_of_order[o.order_id], extra=extra)
+                          splits=splits, feeds_items=prep["feeds"], snapshot_every=self.snapshot_every,
+                          preamble=prep["preamble"], events_of=prep["events_of"], extra=prep["extra"])
         collected: dict[tuple[str, str], list[Example]] = {}
         for ex in examples:
             collected.setdefault((ex.split, ex.kind), []).append(ex)

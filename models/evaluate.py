@@ -12,9 +12,9 @@ held-out window, honestly.
   the minimum detectable effect at this sample size (80% power, two-sided 5%); returning
   shoppers (the headline), new shoppers (never trained on, reported apart with their interval
   width) and both together.
-* Off-policy: the estimators' two checks (``models.ope_checks``), and the candidate's SNIPS
-  and DR estimates from logged decisions when ``--logs`` names a file of them (the archive
-  that produces them is the loop's online half).
+* Off-policy: the estimators' two checks (``models.ope_checks``), and with ``--archive`` each
+  candidate's (and the champion's) SNIPS and DR estimates of click and conversion from the
+  decisions serving logged in the archive's test window (``models.ope_archive``).
 
 Writes ``models/evaluations/<dataset id>/report.json`` and prints a summary.
 """
@@ -35,7 +35,7 @@ import numpy as np
 from personalize.serving import ranking
 from personalize.serving.models import load_folder
 
-from . import learners, metrics, ope_checks, tifu
+from . import learners, metrics, ope_archive, ope_checks, tifu
 from .archive_dataset import DEFAULT_DIR as ARCHIVE_DIR
 from .archive_dataset import ArchiveBuilder
 from .dataset import DEFAULT_DIR, Dataset, Groups, InstacartBuilder
@@ -262,12 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small tuning grids (tests)")
     parser.add_argument("--no-ope", action="store_true", help="skip the off-policy checks")
     parser.add_argument("--ope-seeds", type=int, default=200)
-    parser.add_argument("--logs", type=Path, help="logged decisions (JSON lines, models.ope.from_decisions) to "
-                                                  "estimate the candidate off-policy (not produced yet: online half)")
     args = parser.parse_args(argv)
     started = time.monotonic()
+    archive_builder = None
     if args.archive:
-        dataset, _ = ArchiveBuilder(args.archive).load_or_build(args.archive_dataset)
+        archive_builder = ArchiveBuilder(args.archive)
+        dataset, _ = archive_builder.load_or_build(args.archive_dataset)
     else:
         dataset, _ = InstacartBuilder(users=args.users).load_or_build(args.dataset)
     ledger = TestLedger(args.ledger) if args.ledger else TestLedger()
@@ -325,10 +325,18 @@ def main(argv: list[str] | None = None) -> int:
         ope["simulated_shop"] = ope_checks.simulated_coverage(seeds=args.ope_seeds)
         ope["open_bandit_dataset"] = ope_checks.open_bandit_check()
         ope["seconds"] = round(time.monotonic() - t, 1)
-    ope["candidate_from_logs"] = (
-        "no logged decisions with propensities exist yet: the archive and the exploration that produce them are "
-        "the loop's online half; models.ope.from_decisions reads them" if not args.logs else
-        f"--logs {args.logs}: not read (the target policy's probabilities need the archive's point-in-time features)")
+    if archive_builder is not None:
+        # Each candidate (and the champion) estimated from the decisions serving logged in the
+        # test window, scored on the replay's features as of each (models.ope_archive).
+        t = time.monotonic()
+        logged = archive_builder.logged()
+        shown, outcomes = ope_archive.shown_of(archive_builder.raw), ope_archive.outcomes_of(archive_builder.events)
+        ope["candidates"] = {key: ope_archive.estimate(arms[key].ranker, logged, shown, outcomes)
+                             for key in dict.fromkeys([*candidates, champion_key])}
+        ope["from_logs_seconds"] = round(time.monotonic() - t, 1)
+    else:
+        ope["candidates"] = {}
+        ope["candidate_from_logs"] = "the candidate's estimate from logged decisions needs the archive (ARCHIVE=...)"
     reads = ledger.entries()
     report = {
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -9,11 +9,14 @@ when it earns it; the guardrail then kills or promotes it on what shoppers do.
 3. The gates, written down with their figures in a proposal (``build/iterate/``):
    * **offline**: the paired 95% interval of NDCG@10 (candidate - champion, returning
      shoppers) lies above zero;
-   * **off-policy**: the candidate's click and conversion estimated from the archive's logged
-     decisions are not worse than what the logging policy got. Not built yet (the target
-     policy's probabilities at each logged decision are not computed): the gate says
-     "not assessed", which passes only under ``--off-policy if-available`` (the default;
-     ``required`` refuses), and the proposal says so.
+   * **off-policy**: the candidate's click and conversion estimated from the decisions serving
+     logged in the archive's test window (``models.ope_archive``: SNIPS and DR, 90% intervals)
+     are not worse than what the logging policy got (no interval's upper end below its mean).
+     Without an archive, with fewer than two logged decisions, or when the replay reproduces
+     serving too loosely (the champion re-scored on it ranks serving's item at fewer than
+     ``MIN_AGREEMENT`` of the places serving ranked), the gate says "not assessed", which
+     passes only under ``--off-policy if-available`` (the default; ``required`` refuses), and
+     the proposal says so.
 4. The roll-out: the model is published to the stack's artifacts bucket and started as the
    challenger at ``SHARE`` (2%). In ``prod`` nothing is published by ``make iterate``: the
    proposal waits for an operator's approval, ``make iterate-approve PROPOSAL=... ENV=prod
@@ -35,6 +38,7 @@ from pathlib import Path
 
 from . import evaluate, train
 from .evaluate import EVALUATIONS_DIR, HEADLINE
+from .ope_archive import MIN_AGREEMENT
 
 ROOT = Path(__file__).resolve().parents[1]
 PROPOSALS_DIR = ROOT / "build" / "iterate"
@@ -70,12 +74,21 @@ def gates(report: dict, candidate: str, champion: str, off_policy: str = "if-ava
                            f"{paired['n']} {HEADLINE} shoppers: " +
                            ("above zero" if low > 0 else "not above zero (a difference this size is noise here; "
                             f"the minimum detectable effect is {paired['ndcg_at_10_mde']:.4f})"))}
-    estimate = report.get("off_policy", {}).get("candidate")
-    if isinstance(estimate, dict) and "not_worse" in estimate:
-        off = {"assessed": True, "passes": bool(estimate["not_worse"]), "figures": estimate}
+    estimates = report.get("off_policy", {}).get("candidates", {})
+    estimate, fidelity = estimates.get(candidate), (estimates.get(champion) or {}).get("ranked_places_agreeing")
+    if isinstance(estimate, dict) and estimate.get("not_worse") is not None and (
+            fidelity is None or fidelity < MIN_AGREEMENT):
+        estimate = {**estimate, "not_worse": None,
+                    "why": (f"the replay reproduces serving too loosely to trust it: the champion re-scored on it "
+                            f"ranks serving's item at {fidelity if fidelity is not None else 'no'} of the places "
+                            f"serving ranked (needs {MIN_AGREEMENT})")}
+    if isinstance(estimate, dict) and estimate.get("not_worse") is not None:
+        off = {"assessed": True, "passes": bool(estimate["not_worse"]), "why": estimate["why"],
+               "figures": {r: estimate["report"][r] for r in ("click", "conversion")},
+               "weights": estimate["report"]["weights"], "limits": estimate["limits"]}
     else:
-        why = ("not assessed: the candidate's off-policy estimate from the archive's logged decisions is not built "
-               "yet (models/iterate.py)")
+        why = "not assessed: " + (estimate["why"] if isinstance(estimate, dict) else
+                                  "no logged decisions were read (evaluated without ARCHIVE=...)")
         off = {"assessed": False, "passes": off_policy == "if-available", "mode": off_policy,
                "why": why + ("; passes under --off-policy if-available, the live 2% experiment and its guardrail "
                              "judging alone" if off_policy == "if-available" else "; --off-policy required refuses")}

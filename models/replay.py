@@ -54,6 +54,27 @@ class Example:
     now_ms: int = 0             # the decision's moment (replay clock)
 
 
+@dataclass
+class Logged:
+    """A decision serving logged (a signed-in impression with its ``decision``), with what the
+    replay computes for that shopper just before it: the candidates (item ids) and their
+    features. Serving's own candidate set is named only by a hash of indexes into its
+    snapshot, which the replay's snapshot does not reproduce: these are the replay's."""
+
+    impression: dict
+    candidates: list[str]
+    X: np.ndarray               # float32 [candidates, len(ranking.FEATURES)]
+    now_ms: int
+
+
+def is_logged_decision(event: dict) -> bool:
+    """A signed-in shopper's impression carrying the decision serving signed (not a fallback's)."""
+    decision = event.get("decision")
+    return (event.get("type") == "impression" and bool(event.get("user_id")) and isinstance(decision, dict)
+            and isinstance(decision.get("items"), list) and isinstance(decision.get("propensities"), list)
+            and len(decision["items"]) == len(decision["propensities"]) and decision.get("model") != "trending")
+
+
 class Replayer:
     """An in-memory feature store fed through ``aggregation.aggregate_batch``."""
 
@@ -143,7 +164,8 @@ def replay(orders: list[Order], negatives_kept: float | None, seed: int = 0, pro
            splits: dict[str, str] | None = None, feeds_items: set[str] | None = None,
            snapshot_every: int = SNAPSHOT_EVERY_ORDERS, preamble: list[dict] | None = None,
            events_of: Callable[[Order], list[dict]] = order_events,
-           extra: list[tuple[dict, bool]] | None = None):
+           extra: list[tuple[dict, bool]] | None = None,
+           logged: Callable[[dict], bool] | None = None):
     """Yield the ``Example``s of every order that has history (a user's order 2 onwards).
 
     ``splits``: each order's split (default ``split_of``); a ``history`` order gives no
@@ -156,7 +178,11 @@ def replay(orders: list[Order], negatives_kept: float | None, seed: int = 0, pro
     Instacart's, ``instacart.order_events``; the archive's are the shopper's own).
     ``extra``: events that belong to no order (views, clicks, impressions, abandoned carts,
     anonymous shoppers', the shop's stock and catalogue), each with whether it may update
-    the item rows, applied at their time; they trigger no decision.
+    the item rows, applied at their time; they trigger no decision. ``logged``: an extra
+    signed-in impression that carries serving's ``decision`` (and that this predicate
+    accepts) also yields a ``Logged``: the
+    candidates and features the replay computes for that shopper just before it (what an
+    off-policy estimate scores a candidate model on).
 
     For training orders keep only the positives and a ``negatives_kept`` share of the
     negatives (seeded), to keep training data in memory. ``parallel``: a second process
@@ -166,7 +192,8 @@ def replay(orders: list[Order], negatives_kept: float | None, seed: int = 0, pro
     """
     maker = _ExampleMaker(negatives_kept, seed)
     commands = _commands(orders, sessions, replayer if replayer is not None else Replayer(), progress,
-                         splits or split_of(orders), feeds_items, snapshot_every, preamble, events_of, extra)
+                         splits or split_of(orders), feeds_items, snapshot_every, preamble, events_of, extra,
+                         logged)
     if not parallel:
         for command in commands:
             yield from maker.run(command)
@@ -203,10 +230,11 @@ def _make_examples(conn, maker: _ExampleMaker) -> None:
 def _commands(orders: list[Order], sessions: bool, replayer: Replayer, progress: bool, splits: dict[str, str],
               feeds_items: set[str] | None, snapshot_every: int, preamble: list[dict] | None = None,
               events_of: Callable[[Order], list[dict]] = order_events,
-              extra: list[tuple[dict, bool]] | None = None):
+              extra: list[tuple[dict, bool]] | None = None, logged: Callable[[dict], bool] | None = None):
     """The aggregation half: apply the events in time order through ``replayer`` and yield,
     at each example's moment, ``("snapshot", now, item rows written since the last)`` when
-    the snapshot is due, then ``(kind, order, now, split, the shopper's row object)``."""
+    the snapshot is due, then ``(kind, order, now, split, the shopper's row object)``; with
+    ``logged``, ``("logged", impression, now, the shopper's row object)`` too."""
     timeline = []
     triggers: dict[str, tuple[str, Order]] = {}
     for o in orders:
@@ -218,8 +246,11 @@ def _commands(orders: list[Order], sessions: bool, replayer: Replayer, progress:
         cut = session_cut(o)
         if sessions and cut and o.number >= 2:
             triggers[events[cut]["event_id"]] = ("session", o)
+    logged_at: set[int] = set()  # id() of the impressions that yield a Logged
     for e, feeds in extra or ():
         timeline.append((e["ts"], e["event_id"], e, None, feeds))
+        if logged is not None and is_logged_decision(e) and logged(e):
+            logged_at.add(id(e))
     timeline.sort(key=lambda t: (t[0], t[1]))
     pending: list[tuple[dict, bool]] = []
     started = time.monotonic()
@@ -241,6 +272,16 @@ def _commands(orders: list[Order], sessions: bool, replayer: Replayer, progress:
         replayer.apply(preamble, preamble[-1]["ts"])
     seen_orders = since_build = builds = 0
     for ts, event_id, event, order, feeds in timeline:
+        if order is None and id(event) in logged_at:
+            if pending:
+                flush(pending)
+                pending = []
+            if builds == 0 or since_build >= snapshot_every:
+                yield ("snapshot", ts - 1, replayer.take_changed_items())
+                builds += 1
+                since_build = 0
+            stored = replayer.rows[USERS].get(keys.user_key(event["user_id"]))
+            yield ("logged", event, ts - 1, None if stored is None else stored.row)
         trigger = triggers.get(event_id) if order is not None else None
         if trigger is not None:
             if pending:
@@ -284,6 +325,12 @@ class _ExampleMaker:
             self.item_rows.update(changed)
             self.snapshot = build_snapshot(self.item_rows, now)
             return []
+        if command[0] == "logged":
+            _, event, now, row_obj = command
+            row = None if row_obj is None else entities.UserRow.from_obj(row_obj)
+            cands = ranking.candidates(self.snapshot, row, event.get("country"), now_ms=now)
+            X = ranking.feature_matrix(self.snapshot, row, cands, now, None)
+            return [Logged(event, [self.snapshot.items[c] for c in cands.tolist()], X, now)]
         kind, order, now, split, row_obj = command
         row = None if row_obj is None else entities.UserRow.from_obj(row_obj)
         snap = self.snapshot

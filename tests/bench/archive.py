@@ -92,6 +92,14 @@ def measure(stack, shoppers: int, lists: int = 3, seed: int = 7, archive_to: Pat
     rng = random.Random(seed)
     flaky = stack.archive.transform = Flaky(stack.archive.transform)
     users = [f"shopper-{n}@mail.example" for n in range(shoppers)]
+    # Each shopper bought three items an hour ago: a row, so serving ranks with its model (a
+    # shopper without one gets the trending fallback, which logs no model decision).
+    earlier = int(time.time() * 1000) - 3_600_000
+    history = [{"event_id": f"hist-{n}-{k}", "type": "purchase", "user_id": u, "item_id": ITEMS[(n + 7 * k) % 30],
+                "ts": earlier + k} for n, u in enumerate(users) for k in range(3)]
+    for start in range(0, len(history), 500):
+        post(stack, "/server/events", history[start:start + 500], signed=True)
+    stack.poller.drain(300)
     shown: dict[str, list[str]] = {}  # rec_id -> the items serving returned (the reference)
     purchases = 0
     for user in users:
@@ -142,7 +150,10 @@ def measure(stack, shoppers: int, lists: int = 3, seed: int = 7, archive_to: Pat
         "posts_failed_after_collect": stack.faults.failed_after,
         "transformations_failed": flaky.failures, "archive_objects": stack.archive.objects,
         "purchases_sent": purchases,
-        "purchases_archived": sum(1 for e in everything if e["type"] == "purchase" and e.get("rec_id")),
+        # once each: a post that failed after collect answered was sent again (at least once)
+        "purchases_archived": len({e["event_id"] for e in everything if e["type"] == "purchase" and e.get("rec_id")}),
+        "model_decisions_archived": len({e["event_id"] for e in everything if e["type"] == "impression"
+                                         and e.get("decision", {}).get("model") not in (None, "trending")}),
     }
 
 

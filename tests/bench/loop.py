@@ -11,6 +11,10 @@
   is bootstrapped by the sample), the default candidates trained and registered into a
   scratch registry, wall seconds (budget <= 300 on this machine; ``retrain`` has its parts
   and CPU seconds);
+* ``replay_agreement``: the champion estimated from the decisions it logged in that archive
+  (``champion_from_logs``): the share of the places serving ranked where the champion,
+  re-scored on the replay's features, ranks the same item (how far the replay reproduces
+  serving; the iterate target trusts an off-policy estimate from 0.8);
 * ``archive_loss_rate``: accepted decisions missing from the archive under injected faults,
   200 shoppers x 3 lists on the local stack (budget <= 0.001; ``archive`` has the rest,
   ``tests/bench/archive.py``).
@@ -52,6 +56,23 @@ def retrain(users: int | None = None, archive: Path | None = None) -> dict:
                 "registered": sorted(summary["registered"])}
 
 
+def from_logs(folder: Path) -> dict:
+    """The champion estimated from the decisions it logged in the scenario's archive (all of
+    them): ``ranked_places_agreeing`` says how far the replay reproduces serving."""
+    from models import ope_archive
+    from models.archive_dataset import ArchiveBuilder
+    from models.train import FLAGS_FILE, MODELS_DIR
+    from personalize.serving.models import load_folder
+
+    champion = json.loads(FLAGS_FILE.read_text())["champion_model"]["default"]
+    builder = ArchiveBuilder(str(folder), parallel=False, progress=False)
+    logged = builder.logged(since_ms=0)
+    result = ope_archive.estimate(load_folder(MODELS_DIR / champion), logged,
+                                  ope_archive.shown_of(builder.raw), ope_archive.outcomes_of(builder.events))
+    return {k: v for k, v in result.items() if k != "report"} | (
+        {"click": result["report"]["click"], "weights": result["report"]["weights"]} if "report" in result else {})
+
+
 def run(ope_seeds: int = 200, retrain_users: int | None = None, archive_shoppers: int = 200) -> dict:
     started = time.perf_counter()
     sim = ope_checks.simulated_coverage(seeds=ope_seeds)
@@ -62,9 +83,11 @@ def run(ope_seeds: int = 200, retrain_users: int | None = None, archive_shoppers
     with tempfile.TemporaryDirectory() as folder:
         archived = archive.run(archive_shoppers, archive_to=Path(folder))
         figures = retrain(retrain_users, archive=Path(folder))
+        replayed = from_logs(Path(folder))
     return {
         "archive_loss_rate": archived["archive_loss_rate"], "archive": archived,
         "ope_coverage": sim["min_coverage"], "ope": sim, "ope_seconds": round(ope_s, 1),
         "obd_covers_on_policy": obd["covers_on_policy"], "obd_relative_width": obd["relative_width"], "obd": obd,
         "retrain_s": figures["seconds"], "retrain": figures,
+        "replay_agreement": replayed.get("ranked_places_agreeing"), "champion_from_logs": replayed,
     }

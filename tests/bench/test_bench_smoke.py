@@ -77,6 +77,8 @@ def test_the_loop_bench_measures_its_contract_keys():
     # retrained on the scenario's archive, bootstrapped by the sample (a young archive)
     assert figures["retrain"]["trained_on"][0].startswith("archive-") and figures["retrain"]["bootstrap"]["trains"]
     assert figures["archive"]["purchases_archived"] == figures["archive"]["purchases_sent"]
+    assert figures["archive"]["model_decisions_archived"] == 6  # every shopper had a row: the model decided
+    assert figures["champion_from_logs"]["logged_decisions"] == 6 and 0 <= figures["replay_agreement"] <= 1
 
 
 def test_the_ops_bench_counts_the_edges_log_bytes_by_kind_and_prices_a_million_requests():

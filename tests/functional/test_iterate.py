@@ -12,10 +12,17 @@ from personalize.adapters import aws
 from personalize.adapters.experiment_states import ExperimentStates
 
 
-def report(low: float, high: float, off_policy: dict | None = None) -> dict:
+def report(low: float, high: float, off_policy: dict | None = None, agreeing: float = 0.95) -> dict:
     paired = {"ndcg_at_10": (low + high) / 2, "ndcg_at_10_ci95": [low, high], "ndcg_at_10_mde": 0.012, "n": 474}
     return {"paired": {"cand/v9 - champ/v3": {"returning": paired}},
-            "off_policy": {"candidate": off_policy} if off_policy else {"candidate_from_logs": "none"}}
+            "off_policy": {"candidates": {"cand/v9": off_policy, "champ/v3": {"ranked_places_agreeing": agreeing}}
+                           if off_policy else {}}}
+
+
+def estimate(not_worse):
+    interval = {"estimate": 0.1, "low": 0.05, "high": 0.15}
+    return {"not_worse": not_worse, "why": "200 decisions", "limits": "the replay's candidates",
+            "report": {"click": {"snips": interval}, "conversion": {"snips": interval}, "weights": {"mean": 1.0}}}
 
 
 def test_the_offline_gate_needs_the_paired_interval_above_zero():
@@ -33,8 +40,16 @@ def test_the_off_policy_gate_says_when_it_was_not_assessed():
     assert "not assessed" in lenient["off_policy"]["why"]
     strict = iterate.gates(report(0.001, 0.02), "cand/v9", "champ/v3", "required")
     assert not strict["publish"]
-    worse = iterate.gates(report(0.001, 0.02, {"not_worse": False}), "cand/v9", "champ/v3")
+    worse = iterate.gates(report(0.001, 0.02, estimate(False)), "cand/v9", "champ/v3")
     assert worse["off_policy"]["assessed"] and not worse["publish"]
+    fine = iterate.gates(report(0.001, 0.02, estimate(True)), "cand/v9", "champ/v3", "required")
+    assert fine["off_policy"]["assessed"] and fine["publish"] and fine["off_policy"]["figures"]["click"]
+    too_few = iterate.gates(report(0.001, 0.02, {"not_worse": None, "why": "fewer than two logged decisions"}),
+                            "cand/v9", "champ/v3", "required")
+    assert not too_few["off_policy"]["assessed"] and "fewer than two" in too_few["off_policy"]["why"]
+    # The champion re-scored on the replay disagrees with what serving showed: no verdict from it.
+    loose = iterate.gates(report(0.001, 0.02, estimate(False), agreeing=0.21), "cand/v9", "champ/v3", "required")
+    assert not loose["off_policy"]["assessed"] and "0.21" in loose["off_policy"]["why"] and not loose["publish"]
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +74,8 @@ def test_a_turn_writes_its_proposal_with_the_figures_that_decide_it(turned):
     assert offline["n"] > 0 and len(offline["ci95"]) == 2 and offline["passes"] == (offline["ci95"][0] > 0)
     assert proposal["next"] == ("publish and start at 2%" if proposal["gates"]["publish"] else "keep the champion")
     assert proposal["retrain"]["registered"]["ranker-mlp"] == "ranker-mlp/v1"
+    assert not proposal["gates"]["off_policy"]["assessed"]  # no archive: said, not hidden
+    assert "without ARCHIVE" in proposal["gates"]["off_policy"]["why"]
     reads = [json.loads(line) for line in (turned / "reads.jsonl").read_text().splitlines()]
     assert {r["candidate"] for r in reads} >= {"ranker-mlp/v1", "ranker-linear/v1"}  # the test window, once each
     assert len(reads) == len({r["candidate"] for r in reads})

@@ -132,3 +132,7 @@ def test_retrain_and_evaluate_from_the_archive_bootstrapped_by_the_sample(worksp
     assert report["dataset"]["id"] == archive_id and report["dataset"]["test"].startswith("decisions from")
     assert {json.loads(line)["dataset"] for line in ledger.read_text().splitlines()} == {archive_id}
     assert report["test"]["ranker-linear/v1"]["all"]["ndcg_at_10"] > 0
+    # This archive logged no decision (Instacart has no impressions): the estimate says so.
+    from_logs = report["off_policy"]["candidates"]["ranker-linear/v1"]
+    assert from_logs["not_worse"] is None and from_logs["logged_decisions"] == 0
+    assert "fewer than two" in from_logs["why"]
