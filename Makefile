@@ -20,6 +20,9 @@ export SAM_CLI_TELEMETRY ?= 0
 	rotate-signing-key rotate-origin-token replay-failures forget experiment-explore \
 	observability deploy delete delete-edge-leftovers smoke
 
+# A make variable as one shell word, single-quoted (a quote inside it is escaped).
+shq = '$(subst ','\'',$(1))'
+
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
@@ -80,21 +83,22 @@ serve: $(STAMP) ## Run the whole pipeline locally on 127.0.0.1, the demo shop at
 	$(BIN)/python -m infra.local.serve
 
 dataset: $(STAMP) ## Build the point-in-time dataset: Instacart (build/datasets/instacart), or ARCHIVE=<folder|s3://bucket> (build/datasets/archive)
-	$(if $(ARCHIVE),$(BIN)/python -m models.archive_dataset --archive '$(ARCHIVE)',$(BIN)/python -m models.dataset)
+	$(if $(ARCHIVE),$(BIN)/python -m models.archive_dataset --archive $(call shq,$(ARCHIVE)),$(BIN)/python -m models.dataset)
 
 retrain: $(STAMP) ## Train candidates and register each (validation figures only) [LEARNERS="ranker-mlp ..."] [ARCHIVE=<folder|s3://bucket>]
-	$(BIN)/python -m models.train $(if $(LEARNERS),--learners $(LEARNERS)) $(if $(ARCHIVE),--archive '$(ARCHIVE)')
+	$(BIN)/python -m models.train $(if $(LEARNERS),--learners $(LEARNERS)) $(if $(ARCHIVE),--archive $(call shq,$(ARCHIVE)))
 
 train: retrain ## The same as make retrain
 
 evaluate: $(STAMP) ## Candidates, champion, tuned TIFU-KNN and LightGBM on the test window (read once each, ledgered) [ARCHIVE=<folder|s3://bucket>]
-	$(BIN)/python -m models.evaluate $(if $(CANDIDATE),--candidate $(CANDIDATE)) $(if $(ARCHIVE),--archive '$(ARCHIVE)')
+	$(BIN)/python -m models.evaluate $(if $(CANDIDATE),--candidate $(CANDIDATE)) $(if $(ARCHIVE),--archive $(call shq,$(ARCHIVE)))
 
-iterate: $(STAMP) ## One turn of the loop: retrain, evaluate, and start the candidate at 2% if it passes its gates [ENV=local|dev|prod] [ARCHIVE=...] [DRY_RUN=1]
-	$(BIN)/python -m models.iterate --env $(or $(ENV),local) $(if $(ARCHIVE),--archive '$(ARCHIVE)') $(if $(LEARNERS),--learners $(LEARNERS)) $(if $(DRY_RUN),--dry-run)
+iterate: $(STAMP) ## One turn of the loop: retrain, evaluate, gate; local/dev start the candidate at 2% if it passes, prod waits for iterate-approve [ENV=...] [ARCHIVE=...] [DRY_RUN=1]
+	$(BIN)/python -m models.iterate --env $(or $(ENV),local) $(if $(ARCHIVE),--archive $(call shq,$(ARCHIVE))) $(if $(LEARNERS),--learners $(LEARNERS)) $(if $(DRY_RUN),--dry-run)
 
-iterate-approve: $(STAMP) ## Roll out a proposal make iterate left waiting in prod: PROPOSAL=build/iterate/<file> ENV=prod CONFIRM=<stack name>
-	$(BIN)/python -m models.iterate --env $(or $(ENV),prod) --approve '$(PROPOSAL)' $(if $(CONFIRM),--confirm '$(CONFIRM)')
+iterate-approve: $(STAMP) ## Roll out a proposal make iterate left waiting in prod: PROPOSAL=build/iterate/<file> ENV=prod CONFIRM=<stack name> [REPLACE=1]
+	$(if $(PROPOSAL),,$(error PROPOSAL=build/iterate/<file>.json is required))
+	$(BIN)/python -m models.iterate --env $(or $(ENV),prod) --approve $(call shq,$(PROPOSAL)) $(if $(CONFIRM),--confirm $(call shq,$(CONFIRM))) $(if $(REPLACE),--replace)
 
 publish-model: $(STAMP) ## Upload a model version: NAME=ranker-mlp VERSION=v3 [ENV=local|dev|prod]
 	$(BIN)/python -m models.publish --name $(NAME) --version $(VERSION) --env $(or $(ENV),local)

@@ -172,6 +172,7 @@ def change(admin, states, command: str, share: float | None = None, challenger: 
     from personalize.rollout import flags
 
     doc = admin.current()
+    state = None  # a start's or promotion's new state: written once its deployment was accepted
     champion, current_challenger = doc["champion_model"]["default"], doc["challenger_model"]["default"]
     current = doc["experiment_id"]["default"]
     if command in ("start", "ramp") and (share is None or not 0 <= share <= 1):
@@ -186,11 +187,11 @@ def change(admin, states, command: str, share: float | None = None, challenger: 
         new = flags.rollout_document(champion, challenger, share, experiment,
                                      pins=registry_pins(champion, challenger))
         strategy, note = GRADUAL, f"start {experiment}: {challenger} at {share:.2%}"
-        states.put(experiment, {"status": "running", "at": time.time(), "challenger": challenger})
+        state = (experiment, {"status": "running", "at": time.time(), "challenger": challenger})
     elif command == "ramp":
-        state = states.get(current) or {}
-        if current == "none" or state.get("status") in ("killed", "promoted"):
-            raise ChangeRefused(f"experiment {current} is {state.get('status', 'not running')}: start a new one")
+        known = states.get(current) or {}
+        if current == "none" or known.get("status") in ("killed", "promoted"):
+            raise ChangeRefused(f"experiment {current} is {known.get('status', 'not running')}: start a new one")
         new = flags.rollout_document(champion, current_challenger, share, current,
                                      pins=registry_pins(champion, current_challenger),
                                      earlier_steps=flags.ramp_steps(doc))
@@ -200,11 +201,12 @@ def change(admin, states, command: str, share: float | None = None, challenger: 
                                      pins=registry_pins(champion, current_challenger),
                                      earlier_steps=flags.ramp_steps(doc))
         strategy, note = ALL_AT_ONCE, f"kill {current} (operator)"
+        # A kill's intent is written first: whatever happens to its deployment, it stays killed.
         states.put(current, {"status": "killed", "by": "operator", "at": time.time()})
     elif command == "promote":
         new = flags.rollout_document(current_challenger, None, 0.0, "none", pins=registry_pins(current_challenger))
         strategy, note = GRADUAL, f"promote {current_challenger} (from {current})"
-        states.put(current, {"status": "promoted", "at": time.time()})
+        state = (current, {"status": "promoted", "at": time.time()})
     elif command == "explore":
         slots, pool = explore or (0, 0)
         try:
@@ -224,6 +226,8 @@ def change(admin, states, command: str, share: float | None = None, challenger: 
             raise ChangeRefused(f"a flags deployment is still in progress ({exc}); wait for it to complete "
                                 "(a ramp takes up to 15 minutes), or kill, which stops it") from exc
         raise
+    if state is not None:
+        states.put(*state)
     return note, version, new
 
 

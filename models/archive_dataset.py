@@ -36,6 +36,7 @@ import hashlib
 import json
 import sys
 import time
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -62,13 +63,15 @@ from .dataset import (
     new_shoppers,
 )
 from .instacart import Order
-from .replay import Example, Logged, replay
+from .replay import Example, Logged, at, replay
 
 DEFAULT_DIR = ROOT / "build" / "datasets" / "archive"
 ORDER_GAP_MS = 30 * 60_000   # a shopper's purchases this close together are one checkout
+MAX_TRAIN_ORDERS = 20        # a shopper's newest training orders that make decisions
 TEST_SHARE = 0.2             # of the archive's span, the newest
 VALIDATION_SHARE = 0.2       # of the archive's span, just before the test window
 PREAMBLE_MS = 60_000         # the catalogue preamble's time before the first archived event
+S3_ATTEMPTS = 3
 
 
 def read_records(source: str) -> Iterator[dict]:
@@ -85,10 +88,12 @@ def read_records(source: str) -> Iterator[dict]:
     for path in sorted(folder.rglob("*")):
         if not path.is_file() or "errors" in path.relative_to(folder).parts:
             continue
-        if path.suffix == ".gz":
-            yield from _lines(gzip.decompress(path.read_bytes()))
-        elif path.suffix == ".jsonl":
-            yield from _lines(path.read_bytes())
+        if path.suffix in (".gz", ".jsonl"):
+            try:
+                data = path.read_bytes()
+                yield from _lines(gzip.decompress(data) if path.suffix == ".gz" else data)
+            except (OSError, EOFError, zlib.error) as e:  # a truncated copy: say which
+                raise ArchiveReadError(f"{path}: {e}") from e
 
 
 def _s3_records(url: str) -> Iterator[dict]:
@@ -98,9 +103,20 @@ def _s3_records(url: str) -> Iterator[dict]:
     s3 = aws.client("s3")
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix or "events/"):
         for item in page.get("Contents", []):
-            body = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
-            yield from _lines(gzip.decompress(body) if item["Key"].endswith(".gz") or body[:2] == b"\x1f\x8b"
-                              else body)
+            for attempt in range(S3_ATTEMPTS):  # a stream cut mid-object is read again, then named
+                try:
+                    body = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+                    data = gzip.decompress(body) if item["Key"].endswith(".gz") or body[:2] == b"\x1f\x8b" else body
+                    break
+                except Exception as e:  # noqa: BLE001 - botocore's streaming errors, a truncated object
+                    if attempt == S3_ATTEMPTS - 1:
+                        raise ArchiveReadError(f"s3://{bucket}/{item['Key']}: {e}") from e
+                    time.sleep(1.0 * (attempt + 1))
+            yield from _lines(data)
+
+
+class ArchiveReadError(RuntimeError):
+    """An archive object that could not be read, named."""
 
 
 def _lines(data: bytes) -> Iterator[dict]:
@@ -112,10 +128,13 @@ def _lines(data: bytes) -> Iterator[dict]:
                 yield {"__unreadable__": True}
 
 
-def clean(records: Iterable[dict]) -> tuple[list[dict], Counter]:
-    """The archive's events, once per ``event_id``, that parse as contract events, in time
-    order; and what was skipped, by reason."""
-    seen: set[str] = set()
+def clean(records: Iterable[dict], forgotten: frozenset[str] | set[str] = frozenset()) -> tuple[list[dict], Counter]:
+    """The archive's events that parse as contract events, in time order, once each: a
+    shopper's (``user_id`` or ``actor``) once per their ``event_id``, as aggregate dedupes
+    them (an id one shopper sends never hides another's), the shop's item events (stock,
+    catalogue: no shopper) once per identical record (a delivery repeated); none of a shopper
+    the forget ledger names (``forgotten``: pseudonyms). And what was skipped, by reason."""
+    seen: set = set()
     kept, skipped = [], Counter()
     for record in records:
         if type(record) is not dict or record.get("__unreadable__"):
@@ -126,13 +145,31 @@ def clean(records: Iterable[dict]) -> tuple[list[dict], Counter]:
         except EventError as e:
             skipped[str(e)[:80]] += 1
             continue
-        if event.event_id in seen:
+        who = event.user_id or event.actor
+        if who is not None and who in forgotten:
+            skipped["an erased shopper's (the forget ledger)"] += 1
+            continue
+        key = (who, event.event_id) if who is not None else json.dumps(record, sort_keys=True)
+        if key in seen:
             skipped["duplicate event_id (delivered again)"] += 1
             continue
-        seen.add(event.event_id)
+        seen.add(key)
         kept.append(record)
-    kept.sort(key=lambda e: (e["ts"], e["event_id"]))
+    kept.sort(key=lambda e: (at(e), e["event_id"]))
     return kept, skipped
+
+
+def forget_ledger(source: str) -> set[str]:
+    """The pseudonyms ``make forget`` ledgered (``forgotten/<pseudonym>.json`` in the archive
+    bucket; in a folder copy, any ``forgotten/`` under it: copy it with ``events/``)."""
+    if source.startswith("s3://"):
+        from infra.forget import forgotten
+
+        return forgotten(source[len("s3://"):].partition("/")[0])
+    folder = Path(source)
+    if not folder.is_dir():
+        return set()
+    return {f.name[:-len(".json")] for d in folder.rglob("forgotten") if d.is_dir() for f in d.glob("*.json")}
 
 
 def orders_of(events: list[dict]) -> tuple[list[Order], dict[str, list[dict]], list[dict]]:
@@ -140,7 +177,11 @@ def orders_of(events: list[dict]) -> tuple[list[Order], dict[str, list[dict]], l
     purchases), and every other event."""
     by_user: dict[str, list[dict]] = defaultdict(list)
     for e in events:
-        if e.get("user_id") and e["type"] in ("add_to_cart", "purchase"):
+        # A purchase makes an order only when the shop's backend reported it: a browser's is a
+        # claim (collect), anyone's to send with any time; it is replayed as it came, no label.
+        if e.get("user_id") and (e["type"] == "add_to_cart" or (e["type"] == "purchase"
+                                                               and e.get("route") == "server"
+                                                               and not e.get("bot"))):
             by_user[e["user_id"]].append(e)
     consumed: set[str] = set()
     orders: list[Order] = []
@@ -148,31 +189,35 @@ def orders_of(events: list[dict]) -> tuple[list[Order], dict[str, list[dict]], l
     for user, own in by_user.items():
         checkouts: list[list[dict]] = []
         for e in (e for e in own if e["type"] == "purchase"):
-            if checkouts and e["ts"] - checkouts[-1][-1]["ts"] <= ORDER_GAP_MS:
+            if checkouts and at(e) - at(checkouts[-1][-1]) <= ORDER_GAP_MS:
                 checkouts[-1].append(e)
             else:
                 checkouts.append([e])
-        since = None
+        adds_seen = [e for e in own if e["type"] == "add_to_cart"]  # in time order, as ``own``
+        j, since = 0, None
         for number, purchases in enumerate(checkouts, 1):
-            end = purchases[-1]["ts"]
+            end = at(purchases[-1])
             bought = list(dict.fromkeys(p["item_id"] for p in purchases))
-            wanted = set(bought)
-            first_purchase = purchases[0]["ts"]
-            adds: dict[str, dict] = {}
-            for e in own:  # the cart as it was at checkout: adds after it began are replayed as they came
-                if (e["type"] == "add_to_cart" and e["item_id"] in wanted and e["item_id"] not in adds
-                        and (since is None or e["ts"] > since) and e["ts"] < first_purchase):
-                    adds[e["item_id"]] = e
+            first_purchase = at(purchases[0])
+            # The cart as it was at checkout: its adds since the previous checkout, before this
+            # one began (adds after it began are replayed as they came). One pass per shopper.
+            window: dict[str, dict] = {}
+            while j < len(adds_seen) and at(adds_seen[j]) < first_purchase:
+                e = adds_seen[j]
+                if since is None or at(e) > since:
+                    window.setdefault(e["item_id"], e)
+                j += 1
+            adds = {item: window[item] for item in bought if item in window}
             order_id = f"{user}#{number}"
             synthetic = [{"event_id": "cart-" + hashlib.sha256(f"{order_id}\0{item}".encode()).hexdigest()[:24],
                           "type": "add_to_cart", "user_id": user, "item_id": item, "ts": first_purchase - 1,
                           "route": "server"}
                          for item in bought if item not in adds]
-            cart = sorted([*adds.values(), *synthetic], key=lambda e: (e["ts"], e["event_id"]))
+            cart = sorted([*adds.values(), *synthetic], key=lambda e: (at(e), e["event_id"]))
             consumed.update(e["event_id"] for e in cart)
             consumed.update(p["event_id"] for p in purchases)
             order_events[order_id] = cart + purchases
-            orders.append(Order(order_id, user, number, cart[0]["ts"], [e["item_id"] for e in cart]))
+            orders.append(Order(order_id, user, number, at(cart[0]), [e["item_id"] for e in cart]))
             since = end
     orders.sort(key=lambda o: (o.placed_ms, o.order_id))
     others = [e for e in events if e["event_id"] not in consumed]
@@ -185,24 +230,29 @@ class ArchiveBuilder(DatasetBuilder):
     def __init__(self, source: str, new_share: float = NEW_SHOPPER_SHARE, seed: int = SEED,
                  negatives_kept: float = NEGATIVES_KEPT, snapshot_every: int = SNAPSHOT_EVERY,
                  test_share: float = TEST_SHARE, validation_share: float = VALIDATION_SHARE,
-                 parallel: bool = True, progress: bool = True, records: list[dict] | None = None):
+                 parallel: bool = True, progress: bool = True, records: list[dict] | None = None,
+                 forgotten: set[str] | None = None, max_train_orders: int = MAX_TRAIN_ORDERS):
         if not (0 < test_share < 1 and 0 < validation_share < 1 and test_share + validation_share < 1):
             raise ValueError("test_share and validation_share: each in (0, 1), together under 1")
         self.source, self.new_share, self.seed = source, new_share, seed
         self.negatives_kept, self.snapshot_every = negatives_kept, snapshot_every
         self.test_share, self.validation_share = test_share, validation_share
         self.parallel, self.progress = parallel, progress
+        self.max_train_orders = max_train_orders
         self.raw = records if records is not None else list(read_records(source))
-        self.events, self.skipped = clean(self.raw)
+        self.forgotten = forgotten if forgotten is not None else forget_ledger(source)
+        self.events, self.skipped = clean(self.raw, self.forgotten)
         if not self.events:
             raise ValueError(f"the archive at {source} holds no event that parses ({dict(self.skipped)})")
         self._content_sha = hashlib.sha256(
-            "\n".join(f"{e['event_id']}:{e['ts']}" for e in self.events).encode()).hexdigest()
+            "\n".join(f"{e.get('user_id') or e.get('actor') or ''}:{e['event_id']}:{e['ts']}"
+                      for e in self.events).encode()).hexdigest()
 
     def params(self) -> dict:
         return {"new_shopper_share": self.new_share, "seed": self.seed, "negatives_kept": self.negatives_kept,
                 "snapshot_every_orders": self.snapshot_every, "test_share": self.test_share,
-                "validation_share": self.validation_share, "order_gap_ms": ORDER_GAP_MS, "format": FORMAT}
+                "validation_share": self.validation_share, "order_gap_ms": ORDER_GAP_MS,
+                "max_train_orders": self.max_train_orders, "format": FORMAT, "forgotten": len(self.forgotten)}
 
     def id(self) -> str:
         doc = json.dumps({"content": self._content_sha, "params": self.params(), "code": code_digest()},
@@ -211,7 +261,7 @@ class ArchiveBuilder(DatasetBuilder):
 
     def cutoffs(self) -> tuple[int, int]:
         """(validation_from, test_from), epoch ms."""
-        first, last = self.events[0]["ts"], self.events[-1]["ts"]
+        first, last = at(self.events[0]), at(self.events[-1])
         span = last - first
         test_from = last - round(span * self.test_share)
         return test_from - round(span * self.validation_share), test_from
@@ -228,11 +278,12 @@ class ArchiveBuilder(DatasetBuilder):
                 item_ids.add(e["item_id"])
             item_ids.update(i for i in e.get("items") or () if type(i) is str)
         items = sorted(item_ids, key=lambda p: (len(p), p))
-        first_ms = self.events[0]["ts"]
+        first_ms = at(self.events[0])
         # Every item the archive names is listed before its first event (the shop published it
         # to have it served or accepted); the archive's own catalogue and stock events follow.
-        preamble = [{"event_id": f"catalogue-{p}", "type": "stock", "item_id": p, "stock": CATALOGUE_STOCK,
-                     "route": "server", "ts": first_ms - PREAMBLE_MS} for p in items]
+        preamble = [{"event_id": "catalogue-" + hashlib.sha256(p.encode()).hexdigest()[:32], "type": "stock",
+                     "item_id": p, "stock": CATALOGUE_STOCK, "route": "server", "ts": first_ms - PREAMBLE_MS}
+                    for p in items]
         return {"orders": orders, "events_of": lambda o: events_of_order[o.order_id], "users": users, "new": new,
                 "feeds": {o.order_id for o in orders if o.user_id not in new},
                 "extra": [(e, e.get("user_id") not in new) for e in others], "items": items, "preamble": preamble}
@@ -246,7 +297,7 @@ class ArchiveBuilder(DatasetBuilder):
         out = replay(prep["orders"], None, seed=self.seed, progress=False, sessions=False, parallel=self.parallel,
                      splits={o.order_id: "history" for o in prep["orders"]}, feeds_items=prep["feeds"],
                      snapshot_every=self.snapshot_every, preamble=prep["preamble"], events_of=prep["events_of"],
-                     extra=prep["extra"], logged=lambda e: e["ts"] >= since)
+                     extra=prep["extra"], logged=lambda e: at(e) >= since)
         return [x for x in out if isinstance(x, Logged)]
 
     def build(self) -> Dataset:
@@ -255,16 +306,31 @@ class ArchiveBuilder(DatasetBuilder):
         orders, users, new, items = prep["orders"], prep["users"], prep["new"], prep["items"]
         validation_from, test_from = self.cutoffs()
 
-        def split_of(order: Order) -> str:
-            if order.placed_ms >= test_from:
-                return "test"
-            if order.placed_ms >= validation_from:
-                return "validation"
-            return "history" if order.user_id in new else "train"
+        checkout = {o.order_id: at(prep["events_of"](o)[-1]) for o in orders}
 
-        splits = {o.order_id: split_of(o) for o in orders}
+        def window(ms: int) -> str:
+            return "test" if ms >= test_from else "validation" if ms >= validation_from else "train"
+
+        # An order's window is its checkout's; one whose cart began in an earlier window makes
+        # no decision (its label lies past a cutoff its moment precedes).
+        splits = {}
+        for o in orders:
+            w = window(checkout[o.order_id])
+            splits[o.order_id] = w if w == window(o.placed_ms) else "history"
+        # Per shopper, one decision per held-out window (their last order there: the paired
+        # intervals are over shoppers, not over whoever orders most) and at most
+        # ``max_train_orders`` training orders (their newest): no shopper outweighs many.
+        by_user: dict[tuple[str, str], list[Order]] = defaultdict(list)
+        for o in orders:
+            if o.user_id in new and splits[o.order_id] == "train":
+                splits[o.order_id] = "history"
+            by_user[(o.user_id, splits[o.order_id])].append(o)
+        for (_, split), own in by_user.items():
+            keep = 1 if split in ("validation", "test") else self.max_train_orders if split == "train" else 0
+            for o in sorted(own, key=lambda o: o.number)[:max(0, len(own) - keep)]:
+                splits[o.order_id] = "history"
         vocab = {p: i for i, p in enumerate(items)}
-        first_ms = self.events[0]["ts"]
+        first_ms = at(self.events[0])
         if self.progress:
             log(f"archive: {len(self.events)} events, {len(orders)} orders of {len(users)} shoppers "
                 f"({len(new)} held out as new shoppers); replaying through the feature code ...")
@@ -286,7 +352,7 @@ class ArchiveBuilder(DatasetBuilder):
             "id": self.id(), "format": FORMAT, "source": f"archive ({self.source})",
             "content_sha256": self._content_sha, "params": self.params(), "code_sha256": code_digest(),
             "time": "real (the archive's event times, epoch ms); windows by time across every shopper",
-            "first_event_ms": first_ms, "last_event_ms": self.events[-1]["ts"],
+            "first_event_ms": first_ms, "last_event_ms": at(self.events[-1]),
             "train": f"decisions before {validation_from} (returning shoppers' order 2 onwards in the archive)",
             "validation": f"decisions from {validation_from} to before {test_from}",
             "test": f"decisions from {test_from}; sealed: read only through the test ledger",

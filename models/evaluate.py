@@ -270,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
         dataset, _ = archive_builder.load_or_build(args.archive_dataset)
     else:
         dataset, _ = InstacartBuilder(users=args.users).load_or_build(args.dataset)
+    if not len(dataset.split("validation")) or not len(dataset._unsealed("test")):
+        raise SystemExit(f"evaluate: {dataset.id} has no validation or no test decisions "
+                         f"({dataset.window.get('orders')} orders, {dataset.window.get('decisions')}): too young to "
+                         "evaluate on (a shopper's second order in a window makes one)")
     ledger = TestLedger(args.ledger) if args.ledger else TestLedger()
     store = Store(args.evaluations, dataset)
     champion_key = args.champion or json.loads(FLAGS_FILE.read_text())["champion_model"]["default"]

@@ -29,7 +29,10 @@ estimate only when the champion's agreement reaches ``MIN_AGREEMENT``.
 Limits, said in every report: serving's candidate set is named only by a hash of indexes into
 its own snapshot, which the replay's snapshots (rebuilt by order count) do not reproduce, so
 the target ranks the replay's candidate set, not serving's, and an item serving showed that
-the replay's set lacks has target probability 0; the country and the context item of the
+the replay's set lacks has target probability 0 (the replay does rebuild each snapshot
+serving named, at the time its version gives, ``same_snapshot_share``; but the shopper's row
+is the replay's, fresher than serving's by ingest's lag, and the int8 champion's tied scores
+are broken by candidate order); the country and the context item of the
 request are not logged (the replay's candidates use the impression's country when present
 and no context item). Without exploration (every propensity 1) the target's weights are 0 or
 1: the estimate rests on the decisions where the candidate would have shown the same item in
@@ -171,6 +174,7 @@ def estimate(ranker, logged: list[Logged], shown: dict[str, dict[str, int]],
     policy's own; ``not_worse`` when no interval's upper end falls below the logged mean."""
     logs, left_out = slots(ranker, logged, shown, outcomes)
     base = {"candidate": ranker.key, "logged_decisions": len(logged), "left_out": left_out, "level": level,
+            "same_snapshot_share": round(sum(x.same_snapshot for x in logged) / len(logged), 4) if logged else None,
             "limits": "the target ranks the replay's candidate set, not serving's (models/ope_archive.py)"}
     if logs is None or len(np.unique(logs.decision)) < 2:
         return {**base, "not_worse": None, "why": "fewer than two logged decisions with positions: nothing to say"}

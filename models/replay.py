@@ -38,6 +38,8 @@ from .instacart import Order, order_events
 
 SHARD = "replay"
 SNAPSHOT_EVERY_ORDERS = 100  # the item snapshot is rebuilt after this many orders of traffic
+SNAPSHOT_AT = "__snapshot_at__"  # a timeline marker: build the snapshot serving built then
+KEEP_VERSIONS = 8  # serving's snapshots kept for the decisions that name them
 
 
 @dataclass
@@ -65,6 +67,7 @@ class Logged:
     candidates: list[str]
     X: np.ndarray               # float32 [candidates, len(ranking.FEATURES)]
     now_ms: int
+    same_snapshot: bool = False  # the features come from the snapshot serving named, rebuilt at its time
 
 
 def is_logged_decision(event: dict) -> bool:
@@ -94,7 +97,11 @@ class Replayer:
         for event in events:
             self.seq += 1
             # anonymous_ok: the archive's anonymous shoppers (an ``actor``, no ``user_id``)
-            records.append(StreamRecord.of(str(self.seq), parse_event(event, anonymous_ok=True)))
+            # arrival_ms: when the stream received it (the archive keeps it): aggregate's windows and
+            # credits count by it, never by the client's ts
+            arrival = event.get("arrival_ms")
+            records.append(StreamRecord.of(str(self.seq), parse_event(event, anonymous_ok=True),
+                                           arrival_ms=arrival if type(arrival) is int else None))
         needed = rows_needed(records, SHARD)
         loaded = {}
         for table in (USERS, ITEMS) if items else (USERS,):
@@ -135,6 +142,16 @@ def build_snapshot(item_rows: dict[tuple[str, str], object], now_ms: int) -> sna
         if pk.startswith("i#"):
             views[keys.item_id_of(pk)] = entities.merge_item_rows([entities.ItemRow.from_obj(row)], now_ms)
     return snapshots.build(views, now_ms, f"replay-{now_ms}")
+
+
+def at(event: dict) -> int:
+    """When the replay applies an event. A browser's ``ts`` is its word (up to 7 days old):
+    its events are applied when the stream received them, where the archive kept that
+    (``arrival_ms``), so a backdated event reaches no decision taken before it arrived. The
+    shop's backend's (``route: server``: signed, e.g. a backfill of past orders) are applied
+    at their ``ts``, as are events without an arrival time (Instacart's)."""
+    arrival = event.get("arrival_ms")
+    return arrival if type(arrival) is int and event.get("route") != "server" else event["ts"]
 
 
 def split_of(orders: list[Order]) -> dict[str, str]:
@@ -241,16 +258,22 @@ def _commands(orders: list[Order], sessions: bool, replayer: Replayer, progress:
         events = events_of(o)
         feeds = feeds_items is None or o.order_id in feeds_items
         for e in events:
-            timeline.append((e["ts"], e["event_id"], e, o, feeds))
+            timeline.append((at(e), e["event_id"], e, o, feeds))
         triggers[events[0]["event_id"]] = ("order", o)
         cut = session_cut(o)
         if sessions and cut and o.number >= 2:
             triggers[events[cut]["event_id"]] = ("session", o)
     logged_at: set[int] = set()  # id() of the impressions that yield a Logged
+    versions: set[int] = set()  # the snapshots serving named (a version is its build time, ms)
     for e, feeds in extra or ():
-        timeline.append((e["ts"], e["event_id"], e, None, feeds))
+        timeline.append((at(e), e["event_id"], e, None, feeds))
         if logged is not None and is_logged_decision(e) and logged(e):
             logged_at.add(id(e))
+            version = str(e["decision"].get("snapshot") or "")
+            if version.isdigit() and len(version) <= 15:
+                versions.add(int(version))
+    for v in versions:  # the replay builds each of them at its time, as serving's job did
+        timeline.append((v, "", {SNAPSHOT_AT: v}, None, True))
     timeline.sort(key=lambda t: (t[0], t[1]))
     pending: list[tuple[dict, bool]] = []
     started = time.monotonic()
@@ -259,19 +282,27 @@ def _commands(orders: list[Order], sessions: bool, replayer: Replayer, progress:
         # The events between two example moments split into those that feed the item rows and
         # those that update only their shopper's row (a held-out order's).
         if all(feeds for _, feeds in events):
-            replayer.apply([e for e, _ in events], events[-1][0]["ts"])
+            replayer.apply([e for e, _ in events], at(events[-1][0]))
             return
         item_feeding = [e for e, feeds in events if feeds]
         own_only = [e for e, feeds in events if not feeds]
         if item_feeding:
-            replayer.apply(item_feeding, item_feeding[-1]["ts"])
+            replayer.apply(item_feeding, at(item_feeding[-1]))
         if own_only:
-            replayer.apply(own_only, own_only[-1]["ts"], items=False)
+            replayer.apply(own_only, at(own_only[-1]), items=False)
 
     if preamble:
         replayer.apply(preamble, preamble[-1]["ts"])
     seen_orders = since_build = builds = 0
     for ts, event_id, event, order, feeds in timeline:
+        if order is None and SNAPSHOT_AT in event:
+            if pending:
+                flush(pending)
+                pending = []
+            yield ("snapshot", ts, replayer.take_changed_items(), str(ts))
+            builds += 1
+            since_build = 0
+            continue
         if order is None and id(event) in logged_at:
             if pending:
                 flush(pending)
@@ -281,7 +312,8 @@ def _commands(orders: list[Order], sessions: bool, replayer: Replayer, progress:
                 builds += 1
                 since_build = 0
             stored = replayer.rows[USERS].get(keys.user_key(event["user_id"]))
-            yield ("logged", event, ts - 1, None if stored is None else stored.row)
+            yield ("logged", event, ts - 1, None if stored is None else stored.row,
+                   str(event["decision"].get("snapshot") or ""))
         trigger = triggers.get(event_id) if order is not None else None
         if trigger is not None:
             if pending:
@@ -318,19 +350,25 @@ class _ExampleMaker:
         self.item_rows: dict[tuple[str, str], object] = {}
         self.snapshot: snapshots.ItemSnapshot | None = None
         self.before: dict[str, entities.UserRow | None] = {}
+        self.versions: dict[str, snapshots.ItemSnapshot] = {}  # serving's snapshots, rebuilt (newest last)
 
     def run(self, command: tuple) -> list[Example]:
         if command[0] == "snapshot":
-            _, now, changed = command
+            _, now, changed, *version = command
             self.item_rows.update(changed)
             self.snapshot = build_snapshot(self.item_rows, now)
+            if version:  # one serving named: kept for the decisions that name it
+                self.versions[version[0]] = self.snapshot
+                while len(self.versions) > KEEP_VERSIONS:
+                    self.versions.pop(next(iter(self.versions)))
             return []
         if command[0] == "logged":
-            _, event, now, row_obj = command
+            _, event, now, row_obj, version = command
             row = None if row_obj is None else entities.UserRow.from_obj(row_obj)
-            cands = ranking.candidates(self.snapshot, row, event.get("country"), now_ms=now)
-            X = ranking.feature_matrix(self.snapshot, row, cands, now, None)
-            return [Logged(event, [self.snapshot.items[c] for c in cands.tolist()], X, now)]
+            snap = self.versions.get(version, self.snapshot)  # the one serving named, when rebuilt
+            cands = ranking.candidates(snap, row, event.get("country"), now_ms=now)
+            X = ranking.feature_matrix(snap, row, cands, now, None)
+            return [Logged(event, [snap.items[c] for c in cands.tolist()], X, now, version in self.versions)]
         kind, order, now, split, row_obj = command
         row = None if row_obj is None else entities.UserRow.from_obj(row_obj)
         snap = self.snapshot

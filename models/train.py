@@ -191,18 +191,20 @@ def datasets_for(args) -> dict:
     decisions = sum(len(archived.split("train", kind)) for kind in ("order", "session"))
     validating = len(archived.split("validation", cohort="returning"))
     train, choose, sample = [archived], archived, None
-    if decisions < BOOTSTRAP_BELOW or validating < MIN_VALIDATION:
+    bootstrap_below, min_validation = args.bootstrap_below, args.min_validation
+    if decisions < bootstrap_below or validating < min_validation:
         sample = instacart()
-        if decisions < BOOTSTRAP_BELOW:
+        if decisions < bootstrap_below:
             train.append(sample)
-        if validating < MIN_VALIDATION:
+        if validating < min_validation:
             choose = sample
     bootstrap = None if sample is None else {
         "dataset": sample.id, "trains": sample in train, "chooses": choose is sample,
-        "why": f"the archive holds {decisions} training decisions (bootstrap below {BOOTSTRAP_BELOW}) and "
-               f"{validating} returning shoppers' validation decisions (choices on it from {MIN_VALIDATION})"}
+        "why": f"the archive holds {decisions} training decisions (bootstrap below {bootstrap_below}) and "
+               f"{validating} returning shoppers' validation decisions (choices on it from {min_validation})"}
     everything = [archived] + ([sample] if sample is not None else [])
-    return {"train": train, "choose": choose, "all": everything, "bootstrap": bootstrap, "built": built}
+    return {"train": train, "choose": choose, "all": everything, "bootstrap": bootstrap, "built": built,
+            "archive_training_decisions": decisions}
 
 
 def registered_versions(out: Path, name: str) -> dict[str, str]:
@@ -232,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--archive", help="also train on the shop's own traffic: the archive, a folder (a copy of "
                                           "the bucket) or s3://bucket[/prefix] (models.archive_dataset)")
     parser.add_argument("--archive-dataset", type=Path, default=ARCHIVE_DIR)
+    parser.add_argument("--bootstrap-below", type=int, default=BOOTSTRAP_BELOW,
+                        help="add the sample's training decisions while the archive has fewer")
+    parser.add_argument("--min-validation", type=int, default=MIN_VALIDATION,
+                        help="choose on the archive's validation from this many returning shoppers' decisions")
     args = parser.parse_args(argv)
     started = time.monotonic()
     sources = datasets_for(args)
@@ -299,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.monotonic() - started
     summary = {"registered": registered, "best_on_validation": registered[best], "dataset": chooser.id,
                "trained_on": [d.id for d in trained_on], "bootstrap": sources["bootstrap"],
+               "archive_training_decisions": sources.get("archive_training_decisions"),
                "dataset_built": bool(sources["built"]), "datasets_built": sources["built"],
                "dataset_seconds": round(dataset_s, 1), "seconds": round(seconds, 1)}
     print(json.dumps(summary))

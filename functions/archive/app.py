@@ -32,7 +32,11 @@ def lambda_handler(event: KinesisFirehoseEvent, context: LambdaContext) -> dict:
     failed = total = 0
     for record in event.records:
         total += 1
-        out = archive.transform(record.record_id, record.data_as_bytes, key)
+        # The events stream's arrival time (the Kinesis source's), else Firehose's own.
+        arrival = record.metadata.approximate_arrival_timestamp if record.metadata else \
+            record.approximate_arrival_timestamp
+        out = archive.transform(record.record_id, record.data_as_bytes, key,
+                                int(arrival) if isinstance(arrival, (int, float)) else None)
         if out.result != "Ok":
             failed += 1
             response.add_record(KinesisFirehoseDataTransformationRecord(

@@ -201,7 +201,8 @@ class Faults:
     all the same, as when a response is lost on the way). A post that failed is let through
     when the client sends the same body again: with a global counter and concurrent clients,
     one post's retries could each land on a multiple of ``every`` and exhaust the client's
-    attempts, a flaky test of the scheduler rather than of the retries."""
+    attempts, a flaky test of the scheduler rather than of the retries. So ``every=1`` fails
+    each body once, never always: a test of giving up needs another fault."""
 
     def __init__(self, every: int = 0):
         self.every = every

@@ -92,11 +92,13 @@ def measure(stack, shoppers: int, lists: int = 3, seed: int = 7, archive_to: Pat
     rng = random.Random(seed)
     flaky = stack.archive.transform = Flaky(stack.archive.transform)
     users = [f"shopper-{n}@mail.example" for n in range(shoppers)]
-    # Each shopper bought three items an hour ago: a row, so serving ranks with its model (a
-    # shopper without one gets the trending fallback, which logs no model decision).
-    earlier = int(time.time() * 1000) - 3_600_000
+    # Each shopper bought twice before, three and two hours ago: a row, so serving ranks with
+    # its model (a shopper without one gets the trending fallback, which logs no model
+    # decision), and a second order that is a training decision in a dataset of the archive.
+    hour = 3_600_000
+    earlier = int(time.time() * 1000) - 3 * hour
     history = [{"event_id": f"hist-{n}-{k}", "type": "purchase", "user_id": u, "item_id": ITEMS[(n + 7 * k) % 30],
-                "ts": earlier + k} for n, u in enumerate(users) for k in range(3)]
+                "ts": earlier + k + (hour if k == 2 else 0)} for n, u in enumerate(users) for k in range(3)]
     for start in range(0, len(history), 500):
         post(stack, "/server/events", history[start:start + 500], signed=True)
     stack.poller.drain(300)

@@ -53,6 +53,7 @@ def retrain(users: int | None = None, archive: Path | None = None) -> dict:
         return {"seconds": round(time.perf_counter() - started, 1), "cpu_seconds": round(_cpu_s() - cpu, 1),
                 "dataset_seconds": summary["dataset_seconds"], "users": users or "all",
                 "trained_on": summary["trained_on"], "bootstrap": summary["bootstrap"],
+                "archive_training_decisions": summary["archive_training_decisions"],
                 "registered": sorted(summary["registered"])}
 
 

@@ -76,6 +76,7 @@ def test_the_loop_bench_measures_its_contract_keys():
     assert figures["retrain"]["registered"] == ["ranker-linear", "ranker-mlp"]
     # retrained on the scenario's archive, bootstrapped by the sample (a young archive)
     assert figures["retrain"]["trained_on"][0].startswith("archive-") and figures["retrain"]["bootstrap"]["trains"]
+    assert figures["retrain"]["archive_training_decisions"] >= 1  # a returning shopper's second order
     assert figures["archive"]["purchases_archived"] == figures["archive"]["purchases_sent"]
     assert figures["archive"]["model_decisions_archived"] == 6  # every shopper had a row: the model decided
     assert figures["champion_from_logs"]["logged_decisions"] == 6 and 0 <= figures["replay_agreement"] <= 1

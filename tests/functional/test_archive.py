@@ -188,18 +188,23 @@ def test_the_learning_loop_reads_orders_back_from_the_archive(stack):
     alice, bob = "orders-alice@mail.example", "orders-bob@mail.example"
     cookie = "rt_uid=" + identity.cookie_value(alice, stack.signing_key)
     items = scenario.ITEMS
-    scenario.post(stack, "/events", [
-        {"event_id": "o-a-add-1", "type": "add_to_cart", "item_id": items[1], "ts": now - 3 * hour},
-        {"event_id": "o-a-add-2", "type": "add_to_cart", "item_id": items[2], "ts": now - 3 * hour + 5_000},
-        {"event_id": "o-a-click", "type": "click", "item_id": items[5], "ts": now - 3 * hour + 6_000},
-        {"event_id": "o-a-add-3", "type": "add_to_cart", "item_id": items[3], "ts": now - hour}], cookie=cookie)
-    scenario.post(stack, "/server/events", [  # the shop's backend reports the orders
+    scenario.post(stack, "/server/events", [  # the shop's backend: an order three hours ago, and bob's
+        {"event_id": "o-a-add-1", "type": "add_to_cart", "user_id": alice, "item_id": items[1], "ts": now - 3 * hour},
+        {"event_id": "o-a-add-2", "type": "add_to_cart", "user_id": alice, "item_id": items[2],
+         "ts": now - 3 * hour + 5_000},
         {"event_id": "o-a-buy-2", "type": "purchase", "user_id": alice, "item_id": items[2],
          "ts": now - 3 * hour + 60_000},
         {"event_id": "o-a-buy-1", "type": "purchase", "user_id": alice, "item_id": items[1],
          "ts": now - 3 * hour + 60_001},
-        {"event_id": "o-a-buy-3", "type": "purchase", "user_id": alice, "item_id": items[3], "ts": now - hour + 60_000},
         {"event_id": "o-b-buy-4", "type": "purchase", "user_id": bob, "item_id": items[4], "ts": now - 2 * hour}],
+        signed=True)
+    # Alice in the browser now (a backdated ts is the browser's word: the archive keeps when
+    # it arrived, which the dataset goes by), then the backend reports her checkout.
+    scenario.post(stack, "/events", [
+        {"event_id": "o-a-click", "type": "click", "item_id": items[5], "ts": now - 3 * hour},
+        {"event_id": "o-a-add-3", "type": "add_to_cart", "item_id": items[3], "ts": now}], cookie=cookie)
+    scenario.post(stack, "/server/events", [
+        {"event_id": "o-a-buy-3", "type": "purchase", "user_id": alice, "item_id": items[3], "ts": now + 60_000}],
         signed=True)
     stack.poller.drain(60)
     stack.archive.drain(60)
@@ -211,6 +216,7 @@ def test_the_learning_loop_reads_orders_back_from_the_archive(stack):
     mine = {archive.pseudonym(alice, key): "alice", archive.pseudonym(bob, key): "bob"}
     got = sorted((mine[o.user_id], o.number, o.products) for o in orders if o.user_id in mine)
     assert got == [("alice", 1, [items[1], items[2]]), ("alice", 2, [items[3]]), ("bob", 1, [items[4]])]
-    assert any(e.get("user_id") in mine and e["type"] == "click" for e in others)  # replayed, not an order
+    click = next(e for e in others if e.get("user_id") in mine and e["type"] == "click")  # replayed, not an order
+    assert click["arrival_ms"] >= now > click["ts"]  # placed by its arrival, not the browser's word
     dataset = archive_dataset.ArchiveBuilder("local", records=records, parallel=False, progress=False).build()
     assert dataset.window["orders"] >= 3 and dataset.window["events"] == len(events)

@@ -8,8 +8,9 @@ import pytest
 
 from infra import ops
 from models import iterate, train
-from personalize.adapters import aws
+from personalize.adapters import appconfig_fake, aws
 from personalize.adapters.experiment_states import ExperimentStates
+from tests.functional.test_retrain_evaluate import archive_folder  # noqa: F401 - a fixture
 
 
 def report(low: float, high: float, off_policy: dict | None = None, agreeing: float = 0.95) -> dict:
@@ -81,24 +82,54 @@ def test_a_turn_writes_its_proposal_with_the_figures_that_decide_it(turned):
     assert len(reads) == len({r["candidate"] for r in reads})
 
 
+def passing(made_at: str = "2026-12-05T14:00:00+00:00", champion: str = "ranker-mlp/v3") -> dict:
+    return {"candidate": "ranker-linear/v3", "champion": champion, "share": 0.02, "env": "local",
+            "made_at": made_at, "gates": {"publish": True, "offline": {"why": "above zero"}},
+            "candidate_digest": iterate.model_digest(iterate.ROOT / "models" / "ranker-linear" / "v3")}
+
+
+def controls(stack):
+    return aws.client("s3"), stack.names["ArtifactsBucket"], stack.flag_admin(), ExperimentStates(
+        stack.names["ItemsTable"])
+
+
 def test_a_passing_proposal_is_published_and_started_at_two_percent(stack):
-    s3, bucket = aws.client("s3"), stack.names["ArtifactsBucket"]
-    admin, states = stack.flag_admin(), ExperimentStates(stack.names["ItemsTable"])
-    proposal = {"candidate": "ranker-linear/v3", "champion": "ranker-mlp/v3", "share": 0.02, "env": "local",
-                "gates": {"publish": True, "offline": {"why": "above zero"}}}
-    done = iterate.roll_out(proposal, iterate.ROOT / "models", bucket, s3, admin, states)
+    s3, bucket, admin, states = controls(stack)
+    assert admin.current()["champion_model"]["default"] == "ranker-mlp/v3"
+    done = iterate.roll_out(passing(), iterate.ROOT / "models", bucket, s3, admin, states)
     assert done["published"] == ["models/ranker-linear/v3/model.onnx", "models/ranker-linear/v3/manifest.json"]
     doc = admin.current()
     assert doc["challenger_model"]["default"] == "ranker-linear/v3"
-    assert doc["champion_model"]["default"] == "ranker-mlp/v3"
-    assert "2.00%" in done["note"] and states.get(doc["experiment_id"]["default"])["status"] == "running"
+    assert doc["experiment_id"]["default"] == done["experiment"] == "it-20261205140000"
+    assert "2.00%" in done["note"] and states.get(done["experiment"])["status"] == "running"
+
+
+def test_a_roll_out_is_checked_against_the_live_flags(stack):
+    s3, bucket, admin, states = controls(stack)
+    models = iterate.ROOT / "models"
+    iterate.roll_out(passing(), models, bucket, s3, admin, states)
+    started = admin.current()
+    with pytest.raises(ops.ChangeRefused, match="rolled out already"):  # approved twice
+        iterate.roll_out(passing(), models, bucket, s3, admin, states)
+    with pytest.raises(ops.ChangeRefused, match="is running"):  # another turn's, while this one runs
+        iterate.roll_out(passing("2026-12-06T09:00:00+00:00"), models, bucket, s3, admin, states)
+    with pytest.raises(ops.ChangeRefused, match="champion serving now is ranker-mlp/v3"):  # measured against another
+        iterate.roll_out(passing("2026-12-06T09:00:00+00:00", champion="ranker-mlp/v4"), models, bucket, s3, admin,
+                         states)
+    with pytest.raises(ops.ChangeRefused, match="not the model the proposal evaluated"):  # the registry changed
+        iterate.roll_out({**passing("2026-12-06T09:00:00+00:00"), "candidate_digest": "0" * 64}, models, bucket,
+                         s3, admin, states, replace=True)
+    assert admin.current() == started
+    appconfig_fake.LOCAL_CLOCK.advance(3600)  # the first start's gradual deployment completes
+    replaced = iterate.roll_out(passing("2026-12-06T09:00:00+00:00"), models, bucket, s3, admin, states,
+                                replace=True)
+    assert admin.current()["experiment_id"]["default"] == replaced["experiment"] == "it-20261206090000"
 
 
 def test_a_proposal_that_failed_its_gates_is_never_rolled_out(stack):
     admin = stack.flag_admin()
     before = admin.current()
-    proposal = {"candidate": "ranker-linear/v3", "share": 0.02, "gates": {"publish": False,
-                                                                         "offline": {"why": "not above zero"}}}
+    proposal = {**passing(), "gates": {"publish": False, "offline": {"why": "not above zero"}}}
     with pytest.raises(ops.ChangeRefused, match="did not pass"):
         iterate.roll_out(proposal, iterate.ROOT / "models", stack.names["ArtifactsBucket"], aws.client("s3"), admin,
                          ExperimentStates(stack.names["ItemsTable"]))
@@ -115,3 +146,22 @@ def test_prod_rolls_out_only_an_approval_that_names_its_stack(tmp_path, capsys):
     with pytest.raises(SystemExit):
         iterate.main(["--env", "dev", "--approve", str(proposal)])  # made for prod
     assert "made for prod" in capsys.readouterr().err
+
+
+def test_a_turn_on_the_archive_reads_it_once_and_evaluates_where_it_chose(archive_folder, tmp_path):  # noqa: F811
+    """The archive chooses (a low bar for a small test): retrain and evaluate read one copy of
+    it, so the evaluation's dataset is the one the choices were made on."""
+    common = ["--users", "40", "--dataset", str(tmp_path / "dataset")]
+    assert train.main(common + ["--out", str(tmp_path / "registry"), "--learners", "ranker-linear"]) == 0
+    assert iterate.main(common + ["--archive", str(archive_folder), "--archive-dataset", str(tmp_path / "ads"),
+                                  "--min-validation", "1", "--registry", str(tmp_path / "registry"),
+                                  "--learners", "ranker-mlp", "--champion", "ranker-linear/v1",
+                                  "--evaluations", str(tmp_path / "evaluations"), "--ledger", str(tmp_path / "r.jsonl"),
+                                  "--proposals", str(tmp_path / "proposals"), "--quick", "--dry-run"]) == 0
+    (path,) = (tmp_path / "proposals").glob("*.json")
+    proposal = json.loads(path.read_text())
+    dataset = proposal["evaluation"]["dataset"]
+    assert dataset.startswith("archive-") and proposal["retrain"]["dataset"] == dataset
+    assert (tmp_path / "evaluations" / dataset / "report.json").exists()
+    assert not [p for p in (tmp_path / "proposals").iterdir() if p.is_dir()]  # the copy is gone
+    assert "fewer than two" in proposal["gates"]["off_policy"]["why"]  # this archive logged no decision

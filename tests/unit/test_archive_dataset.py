@@ -150,3 +150,108 @@ def test_a_dataset_from_the_archive_survives_its_files(built, tmp_path):
     loaded = Dataset.load(tmp_path)
     assert loaded.id == built.id and loaded.window["source"] == "archive (test)"
     assert np.array_equal(loaded.split("train").X, built.split("train").X)
+
+
+def test_purchases_within_the_gap_are_one_checkout_and_a_late_add_is_replayed_not_ordered():
+    ts = 1_790_000_000_000
+    events = [
+        {"event_id": "a1", "type": "add_to_cart", "user_id": "p:u", "item_id": "x", "ts": ts},
+        {"event_id": "b1", "type": "purchase", "user_id": "p:u", "item_id": "x", "ts": ts + 60_000, "route": "server"},
+        {"event_id": "a2", "type": "add_to_cart", "user_id": "p:u", "item_id": "y", "ts": ts + 120_000},
+        {"event_id": "b2", "type": "purchase", "user_id": "p:u", "item_id": "y", "ts": ts + 29 * 60_000,
+         "route": "server"},
+        {"event_id": "b3", "type": "purchase", "user_id": "p:u", "item_id": "z", "ts": ts + 90 * 60_000,
+         "route": "server"},
+    ]
+    orders, order_events, others = ad.orders_of(events)
+    assert [(o.number, o.products) for o in orders] == [(1, ["x", "y"]), (2, ["z"])]
+    # y was added after the first checkout began: a synthetic add stands for it in the order,
+    # the real one is replayed at its time
+    assert [e["event_id"] for e in others] == ["a2"]
+    assert order_events[orders[1].order_id][0]["event_id"].startswith("cart-")  # z had no add: one is made
+
+
+def test_a_truncated_archive_object_is_named(tmp_path):
+    (tmp_path / "events").mkdir()
+    (tmp_path / "events" / "part-7.gz").write_bytes(gzip.compress(b"".join(b"%d\n" % n for n in range(5000)))[:200])
+    with pytest.raises(ad.ArchiveReadError, match="part-7.gz"):
+        list(ad.read_records(str(tmp_path)))
+
+
+def test_a_browsers_purchase_is_a_claim_it_makes_no_order_and_no_label():
+    ts = 1_790_000_000_000
+    claims = [{"event_id": f"c{n}", "type": "purchase", "user_id": "p:attacker", "item_id": "x",
+               "ts": ts + n * 31 * 60_000, "route": "public"} for n in range(325)]
+    orders, _, others = ad.orders_of(claims)
+    assert orders == [] and len(others) == 325  # replayed as they came (aggregate weighs them), never an order
+
+
+def test_one_shoppers_event_id_never_hides_anothers_nor_a_relisting():
+    ts = 1_790_000_000_000
+    records = [
+        {"event_id": "ord-1", "type": "view", "user_id": "p:attacker", "item_id": "x", "ts": ts, "route": "public"},
+        {"event_id": "ord-1", "type": "purchase", "user_id": "p:victim", "item_id": "x", "ts": ts + 1,
+         "route": "server"},
+        {"event_id": "cat-x", "type": "catalogue", "item_id": "x", "listed": False, "ts": ts + 2, "route": "server"},
+        {"event_id": "cat-x", "type": "catalogue", "item_id": "x", "listed": True, "ts": ts + 3, "route": "server"},
+        {"event_id": "cat-x", "type": "catalogue", "item_id": "x", "listed": True, "ts": ts + 3, "route": "server"},
+    ]
+    events, skipped = ad.clean(records)
+    assert [(e["type"], e.get("user_id"), e.get("listed")) for e in events] == [
+        ("view", "p:attacker", None), ("purchase", "p:victim", None), ("catalogue", None, False),
+        ("catalogue", None, True)]
+    assert skipped == {"duplicate event_id (delivered again)": 1}  # the identical redelivery only
+
+
+def test_a_shopper_the_forget_ledger_names_is_in_no_dataset(records, tmp_path):
+    gone = records[0]["user_id"]
+    events, skipped = ad.clean(records, forgotten={gone})
+    assert not [e for e in events if e.get("user_id") == gone] and skipped["an erased shopper's (the forget ledger)"]
+    (tmp_path / "events").mkdir()
+    (tmp_path / "events" / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "forgotten").mkdir()
+    (tmp_path / "forgotten" / f"{gone}.json").write_text("{}")
+    built = ad.ArchiveBuilder(str(tmp_path), parallel=False, progress=False)
+    assert built.forgotten == {gone} and not [e for e in built.events if e.get("user_id") == gone]
+
+
+def test_a_long_item_id_is_listed_without_breaking_the_build(records):
+    long_item = "x" * 128  # the contract's longest
+    extra = [archived({"event_id": "long-1", "type": "view", "user_id": "someone", "item_id": long_item,
+                       "ts": records[10]["ts"], "route": "server"})]
+    assert build(records + extra).build().window["items"] > 0
+
+
+def test_each_shopper_is_one_held_out_decision_a_window_and_no_cart_straddles_a_cutoff(builder, built):
+    validation_from, test_from = builder.cutoffs()
+    for split in ("validation", "test"):
+        groups = built._unsealed(split, "order")
+        assert len(set(groups.user)) == len(groups.user)  # one each: intervals over shoppers
+    train = built.split("train", "order")
+    per_shopper = {u: int((train.user == u).sum()) for u in set(train.user)}
+    assert max(per_shopper.values()) <= ad.MAX_TRAIN_ORDERS
+    baskets = {b.order_id: b for b in built.baskets}
+    for order_id in train.order_id:
+        assert baskets[order_id].placed_ms < validation_from  # its cart and checkout in the training window
+
+
+def test_a_browsers_backdated_event_reaches_no_decision_taken_before_it_arrived(records, built):
+    """Public views that say they happened early but reached the stream later (the archive
+    keeps their arrival): decisions between the two are as they were without them."""
+    items = sorted({r["item_id"] for r in records if r["type"] == "purchase"})
+    stamps = sorted(r["ts"] for r in records)
+    claimed, arrived = stamps[len(stamps) // 4], stamps[len(stamps) // 2]
+    views = []
+    for n, item in enumerate(items):
+        answer = archive.transform("r", json.dumps({"event_id": f"late-{n}", "type": "view", "actor": "visitor-1",
+                                                    "item_id": item, "ts": claimed, "route": "public"}).encode(),
+                                   KEY, arrival_ms=arrived)
+        views.append(json.loads(answer.data))
+    assert views[0]["arrival_ms"] == arrived
+    again = build(records + views).build()
+    before, after = built.split("train"), again.split("train")
+    for g in range(len(before)):
+        if before.decision_ms[g] < arrived:
+            assert np.array_equal(before.X[before.rows(g)], after.X[after.rows(g)])
+    assert any(not np.array_equal(before.X[before.rows(g)], after.X[after.rows(g)])
+               for g in range(len(before)) if before.decision_ms[g] >= arrived)

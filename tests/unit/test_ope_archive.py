@@ -110,7 +110,7 @@ def test_the_archives_own_records_give_logged_decisions_scored_on_the_replays_fe
         rec_id = f"exp-1~champion~ffffffff~{n:012x}~{'A' * 22}"  # the archive cuts the mac off
         # collect writes the verified token on the stream; the archive expands it
         decision = identity.issue_decision("signing-key", rec_id, identity.Decision(
-            "ranker-mlp/v3", "s", tuple(pool[n:n + 3]), (1.0, 1.0, 0.25), "0123456789abcdef"))
+            "ranker-mlp/v3", str(last - 60_000), tuple(pool[n:n + 3]), (1.0, 1.0, 0.25), "0123456789abcdef"))
         for flush, positions in enumerate(([1, 2], [3])):  # the kit flushes one list twice
             records.append(archived({"event_id": f"list-{n}", "type": "impression", "user_id": user,
                                      "rec_id": rec_id, "items": [pool[n + p - 1] for p in positions],
@@ -122,6 +122,7 @@ def test_the_archives_own_records_give_logged_decisions_scored_on_the_replays_fe
     logged = builder.logged(since_ms=last)
     assert len(logged) == len(users)  # one per list: the second flush is the same list
     assert all(len(x.candidates) == len(x.X) > 0 for x in logged)
+    assert all(x.same_snapshot for x in logged)  # the snapshot serving named, rebuilt at its time
     shown = ope_archive.shown_of(builder.raw)
     assert all(len(shown[x.impression["event_id"]]) == 3 for x in logged)  # both flushes, united
     outcomes = ope_archive.outcomes_of(builder.events)
@@ -129,3 +130,4 @@ def test_the_archives_own_records_give_logged_decisions_scored_on_the_replays_fe
     result = ope_archive.estimate(ColumnRanker(), logged, shown, outcomes)
     assert result["report"]["decisions"] == len(users) and result["report"]["rows"] == 3 * len(users)
     assert result["report"]["click"]["logged_mean"] == pytest.approx(1 / 3)
+    assert result["same_snapshot_share"] == 1.0

@@ -19,6 +19,8 @@ What the transformation does to each record:
   a rec_id is dropped; ``event_id`` becomes a keyed hash under the archive key (dedupe still
   works; a client's free text does not survive); a browser's ``category`` is dropped (free
   text; the catalogue says an item's category);
+* ``arrival_ms``: when the events stream received the record (Kinesis's approximate arrival
+  time, from Firehose's record metadata), what aggregate counts windows and credits by;
 * everything else collect wrote is kept as is, the verified ``decision`` of an impression
   included (what was shown, at which place, with which propensity);
 * a record that is not a JSON object with an integer ``ts`` is ``ProcessingFailed``:
@@ -62,16 +64,19 @@ class Archived:
     partition: dict[str, str]  # dt, hour (Ok only)
 
 
-def transform(record_id: str, data: bytes, key: str) -> Archived:
+def transform(record_id: str, data: bytes, key: str, arrival_ms: int | None = None) -> Archived:
     """One stream record as the archive keeps it (or refuses it, untouched): one odd record
-    never fails the batch (Firehose would send the whole batch, raw, to errors/)."""
+    never fails the batch (Firehose would send the whole batch, raw, to errors/).
+    ``arrival_ms``: when the events stream received it (Kinesis's approximate arrival time),
+    kept as ``arrival_ms``: what aggregate's windows and credits count by, which a replay
+    needs (an event's own ``ts`` is the client's word, up to 7 days old)."""
     try:
-        return _transform(record_id, data, key)
+        return _transform(record_id, data, key, arrival_ms)
     except Exception:  # noqa: BLE001 - deep nesting (RecursionError), a lone surrogate...: this record only
         return Archived(record_id, "ProcessingFailed", data, {})
 
 
-def _transform(record_id: str, data: bytes, key: str) -> Archived:
+def _transform(record_id: str, data: bytes, key: str, arrival_ms: int | None = None) -> Archived:
     try:
         event = json.loads(data)
     except (ValueError, UnicodeDecodeError):
@@ -100,6 +105,10 @@ def _transform(record_id: str, data: bytes, key: str) -> Archived:
     decided = identity.decision_of(token) if token is not None else None
     if decided is not None:  # collect verified it: expanded for the datasets
         event["decision"] = decided.to_dict()
+    if type(arrival_ms) is int and arrival_ms > 0:
+        event["arrival_ms"] = arrival_ms
+    else:
+        event.pop("arrival_ms", None)
     when = dt.datetime.fromtimestamp(ts / 1000, dt.UTC)
     line = json.dumps(event, separators=(",", ":")).encode() + b"\n"  # ASCII: any string encodes
     return Archived(record_id, "Ok", line, {"dt": when.strftime("%Y-%m-%d"), "hour": when.strftime("%H")})
