@@ -41,29 +41,25 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import numpy as np
-
 from personalize.ingest.events import EventError, parse_event
 
 from .dataset import (
     CATALOGUE_STOCK,
-    COHORTS,
     FORMAT,
     NEGATIVES_KEPT,
     NEW_SHOPPER_SHARE,
     ROOT,
     SEED,
     SNAPSHOT_EVERY,
-    Basket,
     Dataset,
     DatasetBuilder,
-    _pack,
+    assemble,
     code_digest,
     log,
     new_shoppers,
 )
 from .instacart import Order
-from .replay import Example, Logged, at, replay
+from .replay import Logged, at, replay
 
 DEFAULT_DIR = ROOT / "build" / "datasets" / "archive"
 ORDER_GAP_MS = 30 * 60_000   # a shopper's purchases this close together are one checkout
@@ -337,17 +333,8 @@ class ArchiveBuilder(DatasetBuilder):
         examples = replay(orders, self.negatives_kept, seed=self.seed, progress=self.progress, parallel=self.parallel,
                           splits=splits, feeds_items=prep["feeds"], snapshot_every=self.snapshot_every,
                           preamble=prep["preamble"], events_of=prep["events_of"], extra=prep["extra"])
-        collected: dict[tuple[str, str], list[Example]] = {}
-        for ex in examples:
-            collected.setdefault((ex.split, ex.kind), []).append(ex)
-        groups = {key: _pack(exs, vocab, new) for key, exs in sorted(collected.items())}
-        baskets = [Basket(o.user_id, o.order_id, o.number, o.placed_ms, splits[o.order_id],
-                          "new" if o.user_id in new else "returning",
-                          np.array([vocab[p] for p in o.products], dtype=np.int32))
-                   for o in sorted(orders, key=lambda o: (o.user_id, o.number))]
+        groups, baskets, counts = assemble(examples, orders, splits, new, vocab)
         seconds = time.monotonic() - started
-        counts = {f"{split}_{kind}": {c: int((g.cohort == c).sum()) for c in COHORTS}
-                  for (split, kind), g in groups.items()}
         window = {
             "id": self.id(), "format": FORMAT, "source": f"archive ({self.source})",
             "content_sha256": self._content_sha, "params": self.params(), "code_sha256": code_digest(),

