@@ -17,7 +17,12 @@
   serving; the iterate target trusts an off-policy estimate from 0.8);
 * ``archive_loss_rate``: accepted decisions missing from the archive under injected faults,
   200 shoppers x 3 lists on the local stack (budget <= 0.001; ``archive`` has the rest,
-  ``tests/bench/archive.py``).
+  ``tests/bench/archive.py``);
+* ``live_lift_ci_low``: in a simulated shop whose shoppers' preferences are known and drift
+  (28,000 shoppers), the model retrained from the shop's own traffic against the shipped
+  champion in a 2% experiment: the low end of the 95% interval of the challenger's relative
+  conversion lift (budget > 0); ``live_lift`` has the estimate, the truth it estimates, the
+  guardrail's decision and the shop's parameters (``tests/bench/live_lift.py``).
 """
 
 from __future__ import annotations
@@ -74,7 +79,11 @@ def from_logs(folder: Path) -> dict:
         {"click": result["report"]["click"], "weights": result["report"]["weights"]} if "report" in result else {})
 
 
-def run(ope_seeds: int = 200, retrain_users: int | None = None, archive_shoppers: int = 200) -> dict:
+def run(ope_seeds: int = 200, retrain_users: int | None = None, archive_shoppers: int = 200,
+        live_shoppers: int | None = None) -> dict:
+    from tests.bench import live_lift
+
+    live = live_lift.run(live_lift.Shop(shoppers=live_shoppers) if live_shoppers else None)
     started = time.perf_counter()
     sim = ope_checks.simulated_coverage(seeds=ope_seeds)
     obd = ope_checks.open_bandit_check()
@@ -91,4 +100,5 @@ def run(ope_seeds: int = 200, retrain_users: int | None = None, archive_shoppers
         "obd_covers_on_policy": obd["covers_on_policy"], "obd_relative_width": obd["relative_width"], "obd": obd,
         "retrain_s": figures["seconds"], "retrain": figures,
         "replay_agreement": replayed.get("ranked_places_agreeing"), "champion_from_logs": replayed,
+        "live_lift_ci_low": live["live_lift_ci_low"], "live_lift": live,
     }
