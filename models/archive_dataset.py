@@ -43,6 +43,7 @@ from pathlib import Path
 
 from personalize.ingest.events import EventError, parse_event
 
+from . import serving_view
 from .dataset import (
     CATALOGUE_STOCK,
     FORMAT,
@@ -59,7 +60,7 @@ from .dataset import (
     new_shoppers,
 )
 from .instacart import Order
-from .replay import Logged, at, replay
+from .replay import Logged, at, is_logged_decision, replay
 
 DEFAULT_DIR = ROOT / "build" / "datasets" / "archive"
 ORDER_GAP_MS = 30 * 60_000   # a shopper's purchases this close together are one checkout
@@ -286,15 +287,12 @@ class ArchiveBuilder(DatasetBuilder):
 
     def logged(self, since_ms: int | None = None) -> list[Logged]:
         """The decisions serving logged from ``since_ms`` (default: the test window's start),
-        each with the candidates and features the replay computes just before it
-        (``models.ope_archive`` scores a candidate on them)."""
+        each with the candidates and features serving ranked them on, as the archive lets a
+        replay reproduce them (``models.serving_view``; ``models.ope_archive`` scores a
+        candidate on them)."""
         since = self.cutoffs()[1] if since_ms is None else since_ms
-        prep = self._prepared()
-        out = replay(prep["orders"], None, seed=self.seed, progress=False, sessions=False, parallel=self.parallel,
-                     splits={o.order_id: "history" for o in prep["orders"]}, feeds_items=prep["feeds"],
-                     snapshot_every=self.snapshot_every, preamble=prep["preamble"], events_of=prep["events_of"],
-                     extra=prep["extra"], logged=lambda e: at(e) >= since)
-        return [x for x in out if isinstance(x, Logged)]
+        return serving_view.logged_decisions(
+            self.events, lambda e: is_logged_decision(e) and at(e) >= since, self._prepared()["preamble"])
 
     def build(self) -> Dataset:
         started = time.monotonic()

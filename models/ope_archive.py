@@ -26,17 +26,17 @@ serving ranked (propensity 1) where the target ranks the same item; for the mode
 (the champion) it says how far the replay reproduces serving. The iterate target trusts an
 estimate only when the champion's agreement reaches ``MIN_AGREEMENT``.
 
-Limits, said in every report: serving's candidate set is named only by a hash of indexes into
-its own snapshot, which the replay's snapshots (rebuilt by order count) do not reproduce, so
-the target ranks the replay's candidate set, not serving's, and an item serving showed that
-the replay's set lacks has target probability 0 (the replay does rebuild each snapshot
-serving named, at the time its version gives, ``same_snapshot_share``; but the shopper's row
-is the replay's, fresher than serving's by ingest's lag, and the int8 champion's tied scores
-are broken by candidate order); the country and the context item of the
-request are not logged (the replay's candidates use the impression's country when present
-and no context item). Without exploration (every propensity 1) the target's weights are 0 or
-1: the estimate rests on the decisions where the candidate would have shown the same item in
-the same place (``effective_rows``).
+Limits, said in every report: the candidates and features are serving's view of the archive
+(``models.serving_view``: events at their arrival, the shopper's row as of the second the
+decision's rec_id was issued, the snapshot serving named rebuilt at its time), which still
+differs from serving's where the snapshot's co-visit graph is not rebuilt exactly (aggregate's
+batches per shard), where the int8 champion's tied scores are broken by a candidate order that
+differs with it, and in the request's country and context item, which are not logged (the
+impression's country is used, no context item). Serving's candidate set is named only by a
+hash of indexes into its own snapshot, so the target ranks the replay's set: an item serving
+showed that the replay's set lacks has target probability 0. Without exploration (every
+propensity 1) the target's weights are 0 or 1: the estimate rests on the decisions where the
+candidate would have shown the same item in the same place (``effective_rows``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,132 @@
+"""Serving's view of the archive: the candidates and features each logged decision was
+ranked on, as near as the archive lets a replay reproduce them (``ArchiveBuilder.logged``,
+which ``models.ope_archive`` scores a candidate on).
+
+A dataset's replay (``models.replay``) is built for training: it turns purchases into orders
+(with the add-to-carts an order needs), applies the shop's backend's events at their ``ts``
+(a backfilled order happened then) and keeps held-out shoppers out of the item rows. Serving
+saw none of that. Here:
+
+* every archived event is applied when the stream received it (``arrival_ms``), the shop's
+  backend's included, each with its own ``ts`` (features read it), and every shopper's
+  events feed the item rows, as aggregate's did;
+* a decision's shopper row is theirs as of the start of the second its ``rec_id`` was issued
+  (the rec_id carries its expiry, issue + ``identity.REC_ID_TTL_S``, in seconds), minus
+  ``INGEST_LAG_MS``: it holds only what arrived before (a click posted 50 ms before the next
+  request had not reached the feature store when serving read the row), never the
+  impression's own list's clicks and carts, which come before the impression when the kit
+  batches it; its features are computed at the end of that second;
+* the snapshot is the one the decision names (its version is its build time, at most the
+  request's), rebuilt from the item rows as they were then; one it cannot rebuild is the
+  newest the replay has, and ``same_snapshot`` says so.
+
+What stays apart from serving: ingest's real lag varies (a constant stands for it), the
+snapshot job read DynamoDB, which lagged ingest too, and the request's country and context
+item are not logged (the impression's country is used, no context item).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+from personalize import identity, keys
+from personalize.ingest import entities
+from personalize.ingest.aggregation import USERS
+from personalize.serving import ranking, snapshots
+
+from .replay import KEEP_VERSIONS, Logged, Replayer, build_snapshot
+
+# Beyond the rec_id's second (the row is read as of the start of the second the request came
+# in, so 0-1 s of ingest lag): the local stack's ingest keeps up within it; set it to what
+# the deployment's IngestLag metric says.
+INGEST_LAG_MS = 0
+BATCH = 100  # aggregate's batch size (the template's BatchSize)
+
+
+def arrival(event: dict) -> int:
+    """When the stream received the event (the archive keeps it), else its ``ts``."""
+    value = event.get("arrival_ms")
+    return value if type(value) is int else event["ts"]
+
+
+def decided_at(impression: dict) -> int:
+    """The decision's moment: the second its rec_id was issued, or its impression's arrival
+    when the rec_id does not say."""
+    parts = str(impression.get("rec_id") or "").split(identity.REC_SEPARATOR)
+    try:
+        issued_ms = (int(parts[2], 16) - identity.REC_ID_TTL_S) * 1000
+    except (IndexError, ValueError):
+        return arrival(impression)
+    return issued_ms if 0 < issued_ms <= arrival(impression) else arrival(impression)
+
+
+def _batches(events: list[dict]) -> list[list[dict]]:
+    """``events`` (in arrival order) as aggregate's batches: those the stream received at
+    the same moment together (one post), at most ``BATCH`` each."""
+    out: list[list[dict]] = []
+    for e in events:
+        if out and arrival(out[-1][-1]) == arrival(e) and len(out[-1]) < BATCH:
+            out[-1].append(e)
+        else:
+            out.append([e])
+    return out
+
+
+def logged_decisions(events: list[dict], accept: Callable[[dict], bool], preamble: list[dict] | None = None,
+                     lag_ms: int = INGEST_LAG_MS) -> list[Logged]:
+    """Each event that ``accept``s (a logged decision) with serving's view of it (above).
+    ``events``: the archive's, cleaned (deduplicated, erased shoppers out); ``preamble``: the
+    catalogue, applied first."""
+    # At one moment: snapshots first, then rows taken, then features computed, then events.
+    _SNAPSHOT, _ROW, _FEATURES, _EVENT = range(4)
+    timeline: list[tuple[int, int, int, dict | int]] = []
+    versions: set[int] = set()
+    for n, e in enumerate(events):
+        timeline.append((arrival(e), _EVENT, n, e))
+        if accept(e):
+            second = decided_at(e)
+            timeline.append((second - lag_ms, _ROW, n, e))
+            timeline.append((max(second + 999, arrival(e) - 1) if second != arrival(e) else second, _FEATURES, n, e))
+            version = str(e["decision"].get("snapshot") or "")
+            if version.isdigit() and len(version) <= 15:
+                versions.add(int(version))
+    timeline.extend((v, _SNAPSHOT, 0, v) for v in versions)
+    timeline.sort(key=lambda t: t[:3])
+    replayer = Replayer()
+    if preamble:
+        replayer.apply(preamble, preamble[-1]["ts"])
+    item_rows: dict[tuple[str, str], object] = {}
+    built: dict[str, snapshots.ItemSnapshot] = {}
+    newest: snapshots.ItemSnapshot | None = None
+    rows: dict[int, object] = {}  # a decision's row object, taken at its moment
+    pending: list[dict] = []
+    out: list[Logged] = []
+    for moment, kind, n, payload in timeline:
+        if kind == _EVENT:
+            pending.append(payload)
+            continue
+        for batch in _batches(pending):
+            replayer.apply(batch, arrival(batch[-1]))
+        pending = []
+        if kind == _ROW:
+            stored = replayer.rows[USERS].get(keys.user_key(payload["user_id"]))
+            rows[n] = None if stored is None else copy.deepcopy(stored.row)
+            continue
+        if kind == _SNAPSHOT or newest is None:
+            item_rows.update(replayer.take_changed_items())
+            newest = build_snapshot(item_rows, moment)
+            if kind == _SNAPSHOT:
+                built[str(moment)] = newest
+                while len(built) > KEEP_VERSIONS:
+                    built.pop(next(iter(built)))
+                continue
+        version = str(payload["decision"].get("snapshot") or "")
+        snap = built.get(version, newest)
+        row_obj = rows.pop(n)
+        row = None if row_obj is None else entities.UserRow.from_obj(row_obj)
+        now = decided_at(payload)
+        cands = ranking.candidates(snap, row, payload.get("country"), now_ms=now)
+        X = ranking.feature_matrix(snap, row, cands, now, None)
+        out.append(Logged(payload, [snap.items[c] for c in cands.tolist()], X, now, version in built))
+    return out
