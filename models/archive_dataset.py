@@ -269,21 +269,26 @@ class ArchiveBuilder(DatasetBuilder):
         orders, events_of_order, others = orders_of(self.events)
         users = sorted({o.user_id for o in orders} | {e["user_id"] for e in others if e.get("user_id")})
         new = new_shoppers(users, self.new_share, self.seed)
-        item_ids = {o_item for o in orders for o_item in o.products}
+        items, preamble = self._catalogue()
+        return {"orders": orders, "events_of": lambda o: events_of_order[o.order_id], "users": users, "new": new,
+                "feeds": {o.order_id for o in orders if o.user_id not in new},
+                "extra": [(e, e.get("user_id") not in new) for e in others], "items": items, "preamble": preamble}
+
+    def _catalogue(self) -> tuple[list[str], list[dict]]:
+        """Every item the archive names (an order's products are its purchases' items), and
+        the preamble that lists each before the archive's first event (the shop published it
+        to have it served or accepted); the archive's own catalogue and stock events follow."""
+        item_ids: set[str] = set()
         for e in self.events:
             if e.get("item_id"):
                 item_ids.add(e["item_id"])
             item_ids.update(i for i in e.get("items") or () if type(i) is str)
         items = sorted(item_ids, key=lambda p: (len(p), p))
         first_ms = at(self.events[0])
-        # Every item the archive names is listed before its first event (the shop published it
-        # to have it served or accepted); the archive's own catalogue and stock events follow.
         preamble = [{"event_id": "catalogue-" + hashlib.sha256(p.encode()).hexdigest()[:32], "type": "stock",
                      "item_id": p, "stock": CATALOGUE_STOCK, "route": "server", "ts": first_ms - PREAMBLE_MS}
                     for p in items]
-        return {"orders": orders, "events_of": lambda o: events_of_order[o.order_id], "users": users, "new": new,
-                "feeds": {o.order_id for o in orders if o.user_id not in new},
-                "extra": [(e, e.get("user_id") not in new) for e in others], "items": items, "preamble": preamble}
+        return items, preamble
 
     def logged(self, since_ms: int | None = None) -> list[Logged]:
         """The decisions serving logged from ``since_ms`` (default: the test window's start),
@@ -292,7 +297,7 @@ class ArchiveBuilder(DatasetBuilder):
         candidate on them)."""
         since = self.cutoffs()[1] if since_ms is None else since_ms
         return serving_view.logged_decisions(
-            self.events, lambda e: is_logged_decision(e) and at(e) >= since, self._prepared()["preamble"])
+            self.events, lambda e: is_logged_decision(e) and at(e) >= since, self._catalogue()[1])
 
     def build(self) -> Dataset:
         started = time.monotonic()

@@ -71,11 +71,15 @@ def shown_of(records) -> dict[str, dict[str, int]]:
 
 
 def outcomes_of(events: list[dict]) -> dict[str, dict[str, set[str]]]:
-    """rec_id -> {"click": items, "conversion": items}: what followed each list."""
+    """rec_id -> {"click": items, "conversion": items}: what followed each list. A conversion
+    is the shop's backend's purchase (a browser's is a claim: the guardrail and the archive's
+    orders ignore it too); nothing a client marked as automated counts."""
     out: dict[str, dict[str, set[str]]] = {}
     for e in events:
         rec_id, item = e.get("rec_id"), e.get("item_id")
-        if not rec_id or not item:
+        if not rec_id or not item or e.get("bot"):
+            continue
+        if e["type"] == "purchase" and e.get("route") != "server":
             continue
         reward = {"click": "click", "purchase": "conversion"}.get(e["type"])
         if reward is not None:

@@ -17,12 +17,18 @@ saw none of that. Here:
   impression's own list's clicks and carts, which come before the impression when the kit
   batches it; its features are computed at the end of that second;
 * the snapshot is the one the decision names (its version is its build time, at most the
-  request's), rebuilt from the item rows as they were then; one it cannot rebuild is the
-  newest the replay has, and ``same_snapshot`` says so.
+  request's), rebuilt from the item rows as they were then and bounded as serving's
+  (``snapshots.MAX_ITEMS_SERVED``), the features computed at the end
+  of that second whenever the impression arrived; one it cannot rebuild is the newest the
+  replay has at that moment, and ``same_snapshot`` says so (as it does for a version built
+  before the archive's first event: the replay did not see the traffic it was built on).
 
-What stays apart from serving: ingest's real lag varies (a constant stands for it), the
-snapshot job read DynamoDB, which lagged ingest too, and the request's country and context
-item are not logged (the impression's country is used, no context item).
+What stays apart from serving: ingest's real lag varies (a constant stands for it); the
+snapshot job read DynamoDB, which lagged ingest too; aggregate orders one shopper's events of
+the same ``ts`` by their event id, which the archive hashes, so such ties are applied in
+another order here (co-visits follow that order: 90 views stamped with one millisecond left
+the replay at 0.74 agreement, the same views a millisecond apart at 0.94); and the request's
+country and context item are not logged (the impression's country is used, no context item).
 """
 
 from __future__ import annotations
@@ -35,13 +41,14 @@ from personalize.ingest import entities
 from personalize.ingest.aggregation import USERS
 from personalize.serving import ranking, snapshots
 
-from .replay import KEEP_VERSIONS, Logged, Replayer, build_snapshot
+from .replay import KEEP_VERSIONS, Logged, Replayer
 
 # Beyond the rec_id's second (the row is read as of the start of the second the request came
 # in, so 0-1 s of ingest lag): the local stack's ingest keeps up within it; set it to what
 # the deployment's IngestLag metric says.
 INGEST_LAG_MS = 0
-BATCH = 100  # aggregate's batch size (the template's BatchSize)
+BATCH = 1000  # aggregate's batch size and batching window (the template's BatchSize, MaximumBatchingWindowInSeconds)
+BATCH_WINDOW_MS = 1000
 
 
 def arrival(event: dict) -> int:
@@ -55,22 +62,33 @@ def decided_at(impression: dict) -> int:
     when the rec_id does not say."""
     parts = str(impression.get("rec_id") or "").split(identity.REC_SEPARATOR)
     try:
-        issued_ms = (int(parts[2], 16) - identity.REC_ID_TTL_S) * 1000
+        expires_ms = int(parts[2], 16) * 1000
     except (IndexError, ValueError):
         return arrival(impression)
-    return issued_ms if 0 < issued_ms <= arrival(impression) else arrival(impression)
+    issued_ms = expires_ms - identity.REC_ID_TTL_S * 1000
+    # an impression arrives after its list was served and before its rec_id expired (collect
+    # refuses it after): a time outside that is not this rec_id's issue time
+    return issued_ms if 0 < issued_ms <= arrival(impression) <= expires_ms else arrival(impression)
 
 
 def _batches(events: list[dict]) -> list[list[dict]]:
-    """``events`` (in arrival order) as aggregate's batches: those the stream received at
-    the same moment together (one post), at most ``BATCH`` each."""
+    """``events`` (in arrival order) as aggregate's batches: what the stream received within
+    its batching window, at most ``BATCH`` each (a batch orders each shopper's events by
+    ``ts``, batches follow each other by arrival)."""
     out: list[list[dict]] = []
     for e in events:
-        if out and arrival(out[-1][-1]) == arrival(e) and len(out[-1]) < BATCH:
+        if out and arrival(e) - arrival(out[-1][0]) < BATCH_WINDOW_MS and len(out[-1]) < BATCH:
             out[-1].append(e)
         else:
             out.append([e])
     return out
+
+
+def _snapshot(item_rows: dict[tuple[str, str], object], now_ms: int) -> snapshots.ItemSnapshot:
+    """The snapshot job's, bounded as serving's is (``snapshots.MAX_ITEMS_SERVED``)."""
+    views = {keys.item_id_of(pk): entities.merge_item_rows([entities.ItemRow.from_obj(row)], now_ms)
+             for (pk, _), row in item_rows.items() if pk.startswith("i#")}
+    return snapshots.build(views, now_ms, f"replay-{now_ms}", max_items=snapshots.MAX_ITEMS_SERVED)
 
 
 def logged_decisions(events: list[dict], accept: Callable[[dict], bool], preamble: list[dict] | None = None,
@@ -87,12 +105,15 @@ def logged_decisions(events: list[dict], accept: Callable[[dict], bool], preambl
         if accept(e):
             second = decided_at(e)
             timeline.append((second - lag_ms, _ROW, n, e))
-            timeline.append((max(second + 999, arrival(e) - 1) if second != arrival(e) else second, _FEATURES, n, e))
+            # features at the end of the decision's second, on the snapshot it names (built by
+            # then): never later, whenever the impression came (the kit may hold it for days)
+            timeline.append((second + 999 if second != arrival(e) else second, _FEATURES, n, e))
             version = str(e["decision"].get("snapshot") or "")
             if version.isdigit() and len(version) <= 15:
                 versions.add(int(version))
     timeline.extend((v, _SNAPSHOT, 0, v) for v in versions)
     timeline.sort(key=lambda t: t[:3])
+    first = min((arrival(e) for e in events), default=0)
     replayer = Replayer()
     if preamble:
         replayer.apply(preamble, preamble[-1]["ts"])
@@ -115,7 +136,7 @@ def logged_decisions(events: list[dict], accept: Callable[[dict], bool], preambl
             continue
         if kind == _SNAPSHOT or newest is None:
             item_rows.update(replayer.take_changed_items())
-            newest = build_snapshot(item_rows, moment)
+            newest = _snapshot(item_rows, moment)
             if kind == _SNAPSHOT:
                 built[str(moment)] = newest
                 while len(built) > KEEP_VERSIONS:
@@ -128,5 +149,7 @@ def logged_decisions(events: list[dict], accept: Callable[[dict], bool], preambl
         now = decided_at(payload)
         cands = ranking.candidates(snap, row, payload.get("country"), now_ms=now)
         X = ranking.feature_matrix(snap, row, cands, now, None)
-        out.append(Logged(payload, [snap.items[c] for c in cands.tolist()], X, now, version in built))
+        # a version built before the archive began was rebuilt without the traffic it was built on
+        same = version in built and int(version) >= first
+        out.append(Logged(payload, [snap.items[c] for c in cands.tolist()], X, now, same))
     return out

@@ -35,7 +35,9 @@ def seed_catalogue(stack) -> None:
     """Thirty published items with some views, in a snapshot the edge serves."""
     now = int(time.time() * 1000)
     catalogue = [{"event_id": f"cat-{i}", "type": "catalogue", "item_id": i, "listed": True, "ts": now} for i in ITEMS]
-    views = [{"event_id": f"v-{n}", "type": "view", "user_id": "seed", "item_id": ITEMS[n % 30], "ts": now}
+    # A browser's views come milliseconds apart: one shopper's events with the same ts are
+    # ordered by aggregate by their event id, which the archive hashes (models/serving_view.py).
+    views = [{"event_id": f"v-{n}", "type": "view", "user_id": "seed", "item_id": ITEMS[n % 30], "ts": now - 90 + n}
              for n in range(90)]
     post(stack, "/server/events", catalogue + views, signed=True)
     stack.poller.drain(60)

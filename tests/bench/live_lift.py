@@ -198,7 +198,8 @@ def run(shop: Shop | None = None) -> dict:
     rollout = flags.Rollout(store, champion_key)
     rng = np.random.default_rng(shop.seed + 1)
     explorer = random.Random(shop.seed + 2)
-    arms: dict = {}
+    served: dict = {}
+    exploration = EXPLORATION
     counters = {v: experiments.Counters() for v in (experiments.CHAMPION, experiments.CHALLENGER)}
     expected = dict.fromkeys(counters, 0.0)
     models_seen, trained, candidate = set(), [], None
@@ -218,20 +219,22 @@ def run(shop: Shop | None = None) -> dict:
             candidate = retrain(dataset_of(shop, trained, history, splits))
             trained = []
             retrain_s = time.perf_counter() - r
-            arms = {experiments.CHAMPION: load_folder(train.MODELS_DIR / champion_key),
-                    experiments.CHALLENGER: candidate["ranker"]}
-            offline = validation_gate(arms, candidate.pop("dataset"))
+            served = {champion_key: load_folder(train.MODELS_DIR / champion_key), challenger_key: candidate["ranker"]}
+            offline = validation_gate({experiments.CHAMPION: served[champion_key],
+                                       experiments.CHALLENGER: served[challenger_key]}, candidate.pop("dataset"))
         assignment = rollout.assign(ex.order.user_id)
         assert assignment.flags_loaded, "the experiment's flags document was not loaded"
+        exploration = rollout.exploration()  # serving's (slots, pool), as the document says
         models_seen.add((assignment.variant, assignment.model))
         chance = {}
-        for variant, ranker in arms.items():  # both arms for every shopper: the truth beside the estimate
-            shown, _ = recommendations.explored(ranker.score(ex.X), K, *EXPLORATION, rng=explorer)
-            chance[variant] = 1.0 - float(np.prod(1.0 - np.asarray(BUY_AT[:len(shown)]) * ex.y[shown]))
-            expected[variant] += chance[variant]
-        c = counters[assignment.variant]
+        for key, ranker in served.items():  # both models for every shopper: the truth beside the estimate
+            shown, _ = recommendations.explored(ranker.score(ex.X), K, *exploration, rng=explorer)
+            chance[key] = 1.0 - float(np.prod(1.0 - np.asarray(BUY_AT[:len(shown)]) * ex.y[shown]))
+        expected[experiments.CHAMPION] += chance[champion_key]
+        expected[experiments.CHALLENGER] += chance[challenger_key]
+        c = counters[assignment.variant]  # the shopper sees the model the flags assigned
         c.impressions += 1
-        c.purchases += int(rng.random() < chance[assignment.variant])
+        c.purchases += int(rng.random() < chance[assignment.model])
     replay_s = time.perf_counter() - t - retrain_s
     if candidate is None:
         raise RuntimeError("the simulated shop made no decision in the experiment")
@@ -251,7 +254,7 @@ def run(shop: Shop | None = None) -> dict:
                  for v, c in counters.items()},
         "models": sorted(f"{v}: {m}" for v, m in models_seen),
         "guardrail": {"action": decision.action, "reason": decision.reason},
-        "flags_loads": store.loads,
+        "flags_loads": store.loads, "exploration_served": list(exploration),
         "shop": {"shoppers": shop.shoppers, "items": shop.items, "new_items": shop.new_items,
                  "history_orders": len(history), "training_shoppers": len(trainers),
                  "drift_days": [DRIFT_START, DRIFT_FULL], "habit": [HABIT_BEFORE, HABIT_AFTER],

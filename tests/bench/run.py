@@ -23,6 +23,9 @@ def main() -> None:
     parser.add_argument("--fault-schedules", type=int, metavar="N",
                         help="ingest: run N fault-injection schedules instead of 10,000 (~5 min), while "
                              "iterating; `make bench` runs them all")
+    parser.add_argument("--live-shoppers", type=int, metavar="N",
+                        help="loop: simulate N shoppers in the live-lift experiment instead of 28,000 (~200 s, "
+                             "~3 GB), while iterating; `make bench` runs them all")
     args = parser.parse_args()
     results = json.loads(OUT.read_text()) if OUT.exists() else {}
     for section in args.only or SECTIONS:
@@ -32,6 +35,8 @@ def main() -> None:
         options = {}
         if section == "ingest" and args.fault_schedules is not None:
             options["n_fault_schedules"] = args.fault_schedules
+        if section == "loop" and args.live_shoppers is not None:
+            options["live_shoppers"] = args.live_shoppers
         results[section] = module.run(**options)
         print(f"bench: {section} done in {time.perf_counter() - started:.1f}s: "
               f"{json.dumps(results[section])}", flush=True)

@@ -65,7 +65,7 @@ def test_the_serving_floor_answers_the_same_request_as_the_edge_handler():
 
 
 def test_the_loop_bench_measures_its_contract_keys():
-    from tests.bench import loop
+    from tests.bench import live_lift, loop
 
     figures = loop.run(ope_seeds=3, retrain_users=20, archive_shoppers=2, live_shoppers=1500)
     assert {"ope_coverage", "obd_covers_on_policy", "obd_relative_width", "retrain_s",
@@ -90,6 +90,8 @@ def test_the_loop_bench_measures_its_contract_keys():
     # reported, not asserted; make bench runs 28,000): the truth over every shopper, both arms
     # on the same baskets, and the offline comparison on the shop's validation window.
     assert live["truth_lift"] > 0.2
+    assert live["exploration_served"] == list(live_lift.EXPLORATION)  # read back from the document
+    assert live["covers_truth"]  # seeded: the interval of this run covers the truth
     assert live["validation"]["challenger_minus_champion_ndcg_at_10_ci95"][0] > 0
 
 

@@ -131,3 +131,14 @@ def test_the_archives_own_records_give_logged_decisions_scored_on_the_replays_fe
     assert result["report"]["decisions"] == len(users) and result["report"]["rows"] == 3 * len(users)
     assert result["report"]["click"]["logged_mean"] == pytest.approx(1 / 3)
     assert result["same_snapshot_share"] == 1.0
+
+
+def test_a_browsers_purchase_claim_is_no_conversion():
+    """Only the shop's backend's purchase converts (a browser's is a claim, as for the
+    guardrail and the archive's orders); nothing marked automated counts."""
+    rec = "exp~champion~ffffffff~000000000001"
+    events = [{"type": "purchase", "item_id": "a", "rec_id": rec, "route": "public"},
+              {"type": "purchase", "item_id": "b", "rec_id": rec, "route": "server"},
+              {"type": "click", "item_id": "c", "rec_id": rec, "route": "public", "bot": True},
+              {"type": "click", "item_id": "d", "rec_id": rec, "route": "public"}]
+    assert ope_archive.outcomes_of(events) == {rec: {"click": {"d"}, "conversion": {"b"}}}

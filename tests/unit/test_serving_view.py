@@ -34,7 +34,11 @@ def impression(user: str, rec_id: str, items, snapshot: int, arrival_ms: int) ->
                      "route": "public"}, arrival_ms)
 
 
-def view(records):
+def view(records, archive_began: int | None = T0 - 60_000):
+    """serving_view over ``records``, the archive beginning with a view at ``archive_began``."""
+    if archive_began is not None:
+        records = [archived({"event_id": "first", "type": "view", "user_id": "early", "item_id": ITEMS[0],
+                             "ts": archive_began, "route": "public"}, archive_began), *records]
     preamble = [{"event_id": f"cat-{i}", "type": "stock", "item_id": i, "stock": 100, "route": "server",
                  "ts": T0 - 3_600_000} for i in ITEMS]
     return serving_view.logged_decisions(sorted(records, key=serving_view.arrival), is_logged_decision, preamble)
@@ -84,3 +88,33 @@ def test_a_backdated_order_that_arrived_after_the_snapshot_is_not_in_it():
     purchases = ranking.INDEX["item_purchases_log"]
     bought = entry.X[entry.candidates.index(ITEMS[7]), purchases] if ITEMS[7] in entry.candidates else 0.0
     assert bought == 0.0 and entry.same_snapshot
+
+
+def test_an_impression_sent_days_later_is_replayed_on_the_snapshot_its_decision_named():
+    """The kit may hold an impression (a tab left open): the decision is still replayed at
+    its own second, before the purchases and the snapshots that came after it."""
+    late = rec_id_at(T0 + 1_000, 1)
+    records = [archived({"event_id": f"p-{n}", "type": "purchase", "user_id": f"buyer-{n}", "item_id": ITEMS[7],
+                         "ts": T0 + 3_600_000, "route": "server"}, T0 + 3_600_000) for n in range(20)]
+    for n in range(10):  # other shoppers' lists on ten newer snapshots, after those purchases
+        at = T0 + 7_200_000 + n * 60_000
+        records.append(impression(f"other-{n}", rec_id_at(at + 500, 10 + n), ITEMS[:4], at, at + 600))
+    records.append(impression("shopper-3", late, ITEMS[:4], T0, T0 + 3 * 86_400_000))
+    logged = {x.impression["rec_id"]: x for x in view(records)}  # the archive pseudonymises user ids
+    entry = logged[late.rsplit("~", 1)[0]]
+    purchases = ranking.INDEX["item_purchases_log"]
+    assert entry.same_snapshot and entry.now_ms == T0 + 1_000
+    assert entry.X[entry.candidates.index(ITEMS[7]), purchases] == 0.0
+    # the newer lists do see them
+    other = logged[rec_id_at(T0 + 7_200_000 + 9 * 60_000 + 500, 19).rsplit("~", 1)[0]]
+    assert other.X[other.candidates.index(ITEMS[7]), purchases] > 0
+
+
+def test_a_snapshot_built_before_the_archive_began_is_not_called_the_same():
+    """Rebuilt without the traffic it was built on: its features would be the catalogue's."""
+    rec_id = rec_id_at(T0 + 5_000, 1)
+    records = [archived({"event_id": "v1", "type": "view", "user_id": "shopper-4", "item_id": ITEMS[1],
+                         "ts": T0 + 4_000, "route": "public"}, T0 + 4_000),
+               impression("shopper-4", rec_id, ITEMS[:4], T0 - 86_400_000, T0 + 5_100)]
+    (entry,) = view(records, archive_began=None)
+    assert not entry.same_snapshot
