@@ -161,9 +161,22 @@ def has_matmul(model_bytes: bytes) -> bool:
     return any(n.op_type in ("MatMul", "Gemm") for n in onnx.load_from_string(model_bytes).graph.node)
 
 
+def float_head(model_bytes: bytes) -> list[str]:
+    """The graph's nodes from its last MatMul (or Gemm) on: the output layer and what follows."""
+    import onnx
+
+    nodes = onnx.load_from_string(model_bytes).graph.node
+    names, kinds = [n.name for n in nodes], [n.op_type for n in nodes]
+    last = max(i for i, k in enumerate(kinds) if k in ("MatMul", "Gemm"))
+    return names[last:]
+
+
 def quantize_static(model_bytes: bytes, calibration: np.ndarray) -> bytes:
     """Static int8 (QDQ): activation scales fixed from ``calibration`` rows, so a row's
-    score does not depend on the rows beside it."""
+    score does not depend on the rows beside it. The output layer stays float
+    (``float_head``): quantized, its 256 levels tie the 10th place in about a quarter of
+    decisions; kept float, the hidden layers' int8 kernels still make the model faster than
+    its float twin (tests/bench/quantization.py: 0.60x at p50 and p99 for 300 rows)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as quantize
 
@@ -178,7 +191,7 @@ def quantize_static(model_bytes: bytes, calibration: np.ndarray) -> bytes:
         src, dst = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(model_bytes)
         quantize(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                 weight_type=QuantType.QInt8, per_channel=False)
+                 weight_type=QuantType.QInt8, per_channel=False, nodes_to_exclude=float_head(model_bytes))
         return dst.read_bytes()
 
 

@@ -1,7 +1,8 @@
 """Model figures for build/bench.json (``model``).
 
 * Each shipped model (the flags' champion and the registry's default challenger): its size,
-  int8 or float, and onnxruntime latency for 300 candidates, measured here.
+  int8 or float, and onnxruntime latency for 300 candidates, measured here; ``quantization``:
+  the newest float MLP against its int8 twins (``tests/bench/quantization.py``).
 * Quality comes from ``make evaluate``'s report for the current dataset
   (``models/evaluations/<dataset id>/report.json``): the test window is read once per
   candidate there, never by the bench. ``champion_ndcg_at_10`` is the leave-last-order-out
@@ -90,6 +91,9 @@ def run() -> dict:
             "int8_bytes": q.get("int8_bytes"), "int8_ndcg_delta": q.get("int8_validation_ndcg_delta"),
             "ships": q["ships"], "batch_max_diff": q["batch_max_diff"], "p50_us": round(p50, 1),
             "p99_us": round(p99, 1)}
+    from tests.bench import quantization
+
+    out["quantization"] = quantization.run()  # does int8 pay for itself (issue 23)
     dataset_id = InstacartBuilder().id()
     folder = DEFAULT_DIR
     if (folder / "window.json").exists() and json.loads((folder / "window.json").read_text())["id"] == dataset_id:

@@ -89,3 +89,29 @@ def test_serving_defaults_to_the_flags_champion_before_any_flags_load():
     from personalize.settings import DEFAULT_CHAMPION
 
     assert DEFAULT_CHAMPION == champion()
+
+
+def test_static_int8_keeps_the_output_layer_float_so_scores_keep_their_resolution():
+    """make train's int8 (learners.quantize_static): the hidden layers int8, the output layer
+    float. Quantized too, the output has at most 256 levels and ties the top 10 (v3's 24%)."""
+    import onnx
+
+    from models import learners
+
+    float_bytes = (MODELS / "ranker-mlp" / "v4" / "model.onnx").read_bytes()
+    features = json.loads((MODELS / "ranker-mlp" / "v4" / "manifest.json").read_text())["features"]
+    rng = np.random.default_rng(3)
+    X = np.abs(rng.normal(1.0, 1.0, (3000, len(features)))).astype(np.float32)
+    int8 = learners.quantize_static(float_bytes, X[:2000])
+    ops = [n.op_type for n in onnx.load_from_string(int8).graph.node]
+    head = learners.float_head(float_bytes)
+    assert ops.count("QuantizeLinear") > 0  # the hidden layers are quantized
+    produced = {o: n for n in onnx.load_from_string(int8).graph.node for o in n.output}
+    last_matmul = next(n for n in onnx.load_from_string(int8).graph.node if n.name == head[0])
+    # the output layer's input comes from a dequantized activation, and its weights stay float
+    assert last_matmul.op_type == "MatMul" and produced[last_matmul.input[0]].op_type == "DequantizeLinear"
+    assert last_matmul.input[1] not in produced  # a float initializer, not a DequantizeLinear's output
+    wide = np.zeros((3000, len(ranking.FEATURES)), dtype=np.float32)
+    wide[:, [ranking.INDEX[f] for f in features]] = X
+    scores = learners.ranker_for("ranker-mlp", int8, features).score(wide)
+    assert len(np.unique(scores)) > 1000  # float resolution: a per-tensor int8 output has <= 256 levels

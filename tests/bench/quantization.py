@@ -1,0 +1,125 @@
+"""Does int8 pay for itself? (``model.quantization`` in build/bench.json, issue 23 item 2)
+
+The newest registered MLP's float graph (``models/ranker-mlp/<newest>/model.onnx`` is float
+when its manifest says so) against its int8 twins made by onnxruntime's quantizer, each
+calibrated on the same 5,000 training rows of the Instacart dataset, measured in one run,
+interleaved, on the same 300 validation rows:
+
+* ``qdq``: static QDQ, per-tensor, every layer (what ``make train`` tried until 2026-12-06:
+  the ``v3`` champion);
+* ``qdq_per_channel``: static QDQ, per-channel weights;
+* ``qoperator``: static, operator format (QLinearMatMul: fused integer kernels);
+* ``qdq_float_head``: static QDQ with the last layer (MatMul, Add, Sigmoid) left in float,
+  so that the score keeps float resolution (the per-tensor twin's 256 output levels tie the
+  10th place in about a quarter of decisions): what ``make train`` tries since 2026-12-06
+  (``learners.quantize_static``);
+* ``dynamic``: dynamic (MatMulInteger): activations scaled per call, so a row's score moves
+  with the rows beside it (``batch_max_diff``), which serving cannot accept.
+
+For each: p50/p99 microseconds for 300 rows (``learners.latency_us``, rounds alternating
+between variants), bytes, the validation NDCG@10 difference with float (returning and new
+shoppers together), the share of validation decisions whose 10th place is a tie, and the
+largest score difference between a row alone and in a batch. ``pays`` names the variants
+that are faster than float at p50 and p99 with no NDCG loss beyond ``train.INT8_MAX_NDCG_LOSS``,
+no more ties than ``train.INT8_MAX_EXTRA_TIES`` above float and batch-independent.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from models import learners, metrics, train
+from models.dataset import DEFAULT_DIR, Dataset
+from personalize.serving import ranking
+
+ROUNDS = 7
+RUNS = 400
+
+
+def _variants(float_bytes: bytes, calibration: np.ndarray) -> dict[str, bytes]:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"features": calibration[i:i + 1000]} for i in range(0, len(calibration), 1000)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    head = learners.float_head(float_bytes)
+    out = {"float": float_bytes}
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "float.onnx"
+        src.write_bytes(float_bytes)
+        for name, fmt, per_channel, exclude in (("qdq", QuantFormat.QDQ, False, []),
+                                                 ("qdq_per_channel", QuantFormat.QDQ, True, []),
+                                                 ("qoperator", QuantFormat.QOperator, False, []),
+                                                 ("qdq_float_head", QuantFormat.QDQ, False, head)):
+            dst = Path(tmp) / f"{name}.onnx"
+            quantize_static(str(src), str(dst), Reader(), quant_format=fmt, activation_type=QuantType.QInt8,
+                            weight_type=QuantType.QInt8, per_channel=per_channel, nodes_to_exclude=exclude)
+            out[name] = dst.read_bytes()
+        dst = Path(tmp) / "dynamic.onnx"
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        out["dynamic"] = dst.read_bytes()
+    return out
+
+
+def run(folder: Path | None = None, dataset_dir: Path = DEFAULT_DIR) -> dict:
+    if folder is None:
+        versions = sorted((p for p in (train.MODELS_DIR / "ranker-mlp").iterdir() if (p / "manifest.json").exists()),
+                          key=lambda p: int(p.name.lstrip("v")))
+        folder = next(p for p in reversed(versions)
+                      if json.loads((p / "manifest.json").read_text())["quantization"]["ships"] == "float")
+    if not (dataset_dir / "window.json").exists():
+        return {"skipped": f"no dataset in {dataset_dir}: make dataset"}
+    dataset = Dataset.load(dataset_dir)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    features = manifest["features"]
+    cols = [ranking.INDEX[f] for f in features]
+    train_rows = dataset.split("train").X
+    calibration = train_rows[np.random.default_rng(train.SEED).choice(len(train_rows), 5000, replace=False)]
+    variants = _variants((folder / "model.onnx").read_bytes(), calibration[:, cols].astype(np.float32))
+    rankers = {name: learners.ranker_for("ranker-mlp", data, features) for name, data in variants.items()}
+    val = dataset.split("validation")
+    sample = val.X[:500]
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in rankers}
+    for _ in range(ROUNDS):  # interleaved: the machine's moods fall on every variant alike
+        for name, ranker in rankers.items():
+            times[name].append(learners.latency_us(ranker, sample, runs=RUNS))
+    out: dict = {"model": f"ranker-mlp/{folder.name}", "rows": 300, "rounds": ROUNDS, "runs_per_round": RUNS}
+    base = None
+    for name, ranker in rankers.items():
+        scores = train.scores_of(ranker, val)
+        rows = train.evaluate_groups(scores, val)
+        ndcg = float(rows[:, 0].mean())
+        ties = metrics.tie_share(scores)["boundary"]
+        p50 = float(np.median([t[0] for t in times[name]]))
+        p99 = float(np.median([t[1] for t in times[name]]))
+        if base is None:
+            base = {"ndcg": ndcg, "ties": ties, "p50": p50, "p99": p99}
+        out[name] = {"bytes": len(variants[name]), "p50_us": round(p50, 1), "p99_us": round(p99, 1),
+                     "p50_ratio_to_float": round(p50 / base["p50"], 3),
+                     "p99_ratio_to_float": round(p99 / base["p99"], 3),
+                     "validation_ndcg_delta": round(ndcg - base["ndcg"], 6), "top10_boundary_ties": round(ties, 4),
+                     "batch_max_diff": learners.batch_difference(ranker, sample)}
+    out["pays"] = [name for name in rankers if name != "float"
+                   and out[name]["p50_ratio_to_float"] < 1 and out[name]["p99_ratio_to_float"] < 1
+                   and out[name]["validation_ndcg_delta"] >= -train.INT8_MAX_NDCG_LOSS
+                   and out[name]["top10_boundary_ties"] <= base["ties"] + train.INT8_MAX_EXTRA_TIES
+                   and out[name]["batch_max_diff"] <= train.BATCH_TOLERANCE]
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=1))
