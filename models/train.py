@@ -146,25 +146,25 @@ def train_candidate(name: str, X: np.ndarray, y: np.ndarray, sizes: np.ndarray, 
             why = f"static int8 loses {-delta:.4f} NDCG@10 on validation (> {INT8_MAX_NDCG_LOSS})"
         elif batch > BATCH_TOLERANCE:
             why = f"static int8 scores move {batch:.2e} with the batch"
-        elif q["int8_p50_us"] >= q["float_p50_us"]:
-            why = (f"static int8 is no faster than float on this CPU (p50 {q['int8_p50_us']} us against "
-                   f"{q['float_p50_us']} us for 300 rows): it does not pay for itself")
         elif ties_int8["boundary"] > ties_float["boundary"] + INT8_MAX_EXTRA_TIES:
             why = (f"static int8 leaves the 10th place to a tie in {ties_int8['boundary']:.0%} of validation "
                    f"decisions (float: {ties_float['boundary']:.0%}): its 256 output levels would hand the order "
                    "to the candidate generator's heuristic")
         else:
-            ships, why = "int8", (f"static int8 is faster than float (p50 {q['int8_p50_us']} us against "
-                                  f"{q['float_p50_us']} us for 300 rows), within {INT8_MAX_NDCG_LOSS} NDCG@10 of "
-                                  f"float on validation ({delta:+.4f}), batch-independent and no more tied")
+            # Latency is recorded, never decided on: one timing each, one after the other, moves
+            # with the machine's load (training stays reproducible). Whether the recipe is faster
+            # is make bench's model.quantization, measured interleaved.
+            ships, why = "int8", (f"static int8 is within {INT8_MAX_NDCG_LOSS} NDCG@10 of float on validation "
+                                  f"({delta:+.4f}), batch-independent and no more tied (int8 p50 "
+                                  f"{q['int8_p50_us']} us against float {q['float_p50_us']} us here, one timing each; "
+                                  "make bench's model.quantization compares them interleaved)")
     else:
         why = "no MatMul in this graph (tree ensemble or LinearClassifier op): int8 has nothing to act on"
     shipped = int8_bytes if ships == "int8" else float_bytes
     ranker = ranker_for(name, shipped)
     q.update(ships=ships, why=why, batch_max_diff=batch_difference(ranker, sample),
-             method="onnxruntime.quantization.quantize_static, QDQ, QInt8 activations and weights, the output layer "
-                    "float, calibrated on "
-                    "5,000 training rows")
+             method=("onnxruntime.quantization.quantize_static, QDQ, QInt8 activations and weights, the output "
+                     "layer float, calibrated on 5,000 training rows") if int8_bytes is not None else "none")
     p50, p99 = latency_us(ranker, sample)
     return {"bytes": shipped, "ranker": ranker, "quantization": q, "training": how,
             "serving": {"p50_us_300_rows": p50, "p99_us_300_rows": p99},

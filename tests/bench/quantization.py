@@ -2,7 +2,8 @@
 
 The newest registered MLP's float graph (``models/ranker-mlp/<newest>/model.onnx`` is float
 when its manifest says so) against its int8 twins made by onnxruntime's quantizer, each
-calibrated on the same 5,000 training rows of the Instacart dataset, measured in one run,
+calibrated on the same 5,000 training rows of the Instacart dataset (``make train``'s:
+its order and session decisions), measured in one run,
 interleaved, on the same 300 validation rows:
 
 * ``qdq``: static QDQ, per-tensor, every layer (what ``make train`` tried until 2026-12-06:
@@ -17,11 +18,12 @@ interleaved, on the same 300 validation rows:
   with the rows beside it (``batch_max_diff``), which serving cannot accept.
 
 For each: p50/p99 microseconds for 300 rows (``learners.latency_us``, rounds alternating
-between variants), bytes, the validation NDCG@10 difference with float (returning and new
-shoppers together), the share of validation decisions whose 10th place is a tie, and the
-largest score difference between a row alone and in a batch. ``pays`` names the variants
-that are faster than float at p50 and p99 with no NDCG loss beyond ``train.INT8_MAX_NDCG_LOSS``,
-no more ties than ``train.INT8_MAX_EXTRA_TIES`` above float and batch-independent.
+between variants, each round starting with the next one), bytes, the validation NDCG@10
+difference with float (returning and new shoppers together), the share of validation
+decisions whose 10th place is a tie, and the largest score difference between a row
+alone and in a batch. ``pays`` names the variants that are faster than float at p50 and
+p99 with no NDCG loss beyond ``train.INT8_MAX_NDCG_LOSS``, no more ties than
+``train.INT8_MAX_EXTRA_TIES`` above float and batch-independent.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ import numpy as np
 
 from models import learners, metrics, train
 from models.dataset import DEFAULT_DIR, Dataset
-from personalize.serving import ranking
 
 ROUNDS = 7
 RUNS = 400
@@ -56,19 +57,17 @@ def _variants(float_bytes: bytes, calibration: np.ndarray) -> dict[str, bytes]:
         def get_next(self):
             return next(self.batches, None)
 
-    head = learners.float_head(float_bytes)
     out = {"float": float_bytes}
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "float.onnx"
         src.write_bytes(float_bytes)
-        for name, fmt, per_channel, exclude in (("qdq", QuantFormat.QDQ, False, []),
-                                                 ("qdq_per_channel", QuantFormat.QDQ, True, []),
-                                                 ("qoperator", QuantFormat.QOperator, False, []),
-                                                 ("qdq_float_head", QuantFormat.QDQ, False, head)):
+        for name, fmt, per_channel in (("qdq", QuantFormat.QDQ, False), ("qdq_per_channel", QuantFormat.QDQ, True),
+                                       ("qoperator", QuantFormat.QOperator, False)):
             dst = Path(tmp) / f"{name}.onnx"
             quantize_static(str(src), str(dst), Reader(), quant_format=fmt, activation_type=QuantType.QInt8,
-                            weight_type=QuantType.QInt8, per_channel=per_channel, nodes_to_exclude=exclude)
+                            weight_type=QuantType.QInt8, per_channel=per_channel)
             out[name] = dst.read_bytes()
+        out["qdq_float_head"] = learners.quantize_static(float_bytes, calibration)  # make train's own
         dst = Path(tmp) / "dynamic.onnx"
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
         out["dynamic"] = dst.read_bytes()
@@ -86,17 +85,17 @@ def run(folder: Path | None = None, dataset_dir: Path = DEFAULT_DIR) -> dict:
     dataset = Dataset.load(dataset_dir)
     manifest = json.loads((folder / "manifest.json").read_text())
     features = manifest["features"]
-    cols = [ranking.INDEX[f] for f in features]
-    train_rows = dataset.split("train").X
-    calibration = train_rows[np.random.default_rng(train.SEED).choice(len(train_rows), 5000, replace=False)]
-    variants = _variants((folder / "model.onnx").read_bytes(), calibration[:, cols].astype(np.float32))
+    X, *_ = train.training_data(dataset, features=features)  # as make train calibrates
+    calibration = X[np.random.default_rng(train.SEED).choice(len(X), min(5000, len(X)), replace=False)]
+    variants = _variants((folder / "model.onnx").read_bytes(), calibration.astype(np.float32))
     rankers = {name: learners.ranker_for("ranker-mlp", data, features) for name, data in variants.items()}
     val = dataset.split("validation")
     sample = val.X[:500]
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in rankers}
-    for _ in range(ROUNDS):  # interleaved: the machine's moods fall on every variant alike
-        for name, ranker in rankers.items():
-            times[name].append(learners.latency_us(ranker, sample, runs=RUNS))
+    names = list(rankers)
+    for r in range(ROUNDS):  # interleaved, the order rotated: the machine's moods fall on every variant alike
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            times[name].append(learners.latency_us(rankers[name], sample, runs=RUNS))
     out: dict = {"model": f"ranker-mlp/{folder.name}", "rows": 300, "rounds": ROUNDS, "runs_per_round": RUNS}
     base = None
     for name, ranker in rankers.items():
