@@ -115,3 +115,34 @@ def test_static_int8_keeps_the_output_layer_float_so_scores_keep_their_resolutio
     wide[:, [ranking.INDEX[f] for f in features]] = X
     scores = learners.ranker_for("ranker-mlp", int8, features).score(wide)
     assert len(np.unique(scores)) > 1000  # float resolution: a per-tensor int8 output has <= 256 levels
+
+
+def _graph(names: list[str], extra_output_last: bool = True) -> bytes:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = {k: numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), k)
+         for k, shape in (("W1", (4, 8)), ("W2", (8, 1)), ("W3", (8, 2)))}
+    a, b, c, d, e = names
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name=a), helper.make_node("Relu", ["h"], ["r"], name=b),
+             helper.make_node("MatMul", ["r", "W2"], ["logit"], name=c),
+             helper.make_node("Sigmoid", ["logit"], ["probabilities"], name=d),
+             helper.make_node("MatMul", ["r", "W3"], ["extra"], name=e)]
+    outs = [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("extra", TensorProto.FLOAT, None)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+                              outs if extra_output_last else outs[::-1], list(w.values()))
+    return onnx.helper.make_model(graph).SerializeToString()
+
+
+def test_the_float_head_is_the_layer_that_makes_the_score_whatever_else_the_graph_outputs():
+    from models import learners
+
+    # the score's MatMul and what follows it, not a second head's (listed last, or first)
+    for last in (True, False):
+        assert learners.float_head(_graph(["m1", "relu", "m2", "sig", "m3"], last)) == ["m2", "sig"]
+    with pytest.raises(ValueError, match="names"):  # nodes_to_exclude goes by name
+        learners.float_head(_graph(["m1", "", "m2", "", "m3"]))
+    with pytest.raises(ValueError, match="names"):
+        learners.float_head(_graph(["m1", "x", "m2", "x", "m3"]))
