@@ -290,14 +290,15 @@ class ArchiveBuilder(DatasetBuilder):
                     for p in items]
         return items, preamble
 
-    def logged(self, since_ms: int | None = None) -> list[Logged]:
+    def logged(self, since_ms: int | None = None, rankers: list | None = None) -> list[Logged]:
         """The decisions serving logged from ``since_ms`` (default: the test window's start),
         each with the candidates and features serving ranked them on, as the archive lets a
         replay reproduce them (``models.serving_view``; ``models.ope_archive`` scores a
-        candidate on them)."""
+        candidate on them). ``rankers``: scored as replayed, their scores kept instead of the
+        features (``serving_view.Scored``: what bounds memory on a long window)."""
         since = self.cutoffs()[1] if since_ms is None else since_ms
         return serving_view.logged_decisions(
-            self.events, lambda e: is_logged_decision(e) and at(e) >= since, self._catalogue()[1])
+            self.events, lambda e: is_logged_decision(e) and at(e) >= since, self._catalogue()[1], rankers=rankers)
 
     def build(self) -> Dataset:
         started = time.monotonic()

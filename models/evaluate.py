@@ -333,10 +333,10 @@ def main(argv: list[str] | None = None) -> int:
         # Each candidate (and the champion) estimated from the decisions serving logged in the
         # test window, scored on the replay's features as of each (models.ope_archive).
         t = time.monotonic()
-        logged = archive_builder.logged()
+        keys = list(dict.fromkeys([*candidates, champion_key]))
+        logged = archive_builder.logged(rankers=[arms[key].ranker for key in keys])  # scores, not features
         shown, outcomes = ope_archive.shown_of(archive_builder.raw), ope_archive.outcomes_of(archive_builder.events)
-        ope["candidates"] = {key: ope_archive.estimate(arms[key].ranker, logged, shown, outcomes)
-                             for key in dict.fromkeys([*candidates, champion_key])}
+        ope["candidates"] = {key: ope_archive.estimate(arms[key].ranker, logged, shown, outcomes) for key in keys}
         ope["from_logs_seconds"] = round(time.monotonic() - t, 1)
     else:
         ope["candidates"] = {}

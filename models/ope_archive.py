@@ -133,7 +133,8 @@ def slots(ranker, logged: list[Logged], shown: dict[str, dict[str, int]],
             left_out[reason] = left_out.get(reason, 0) + 1
             continue
         fixed, pool = explored
-        scores = ranker.score(entry.X)
+        scored = getattr(entry, "scores", None)  # serving_view.Scored: scored as it was replayed
+        scores = scored[ranker.key] if scored is not None else ranker.score(entry.X)
         ranked, tail = target_places(scores, entry.candidates, len(decision["items"]), fixed, pool)
         followed = outcomes.get(imp.get("rec_id", ""), {r: set() for r in REWARDS})
         for item, position in sorted(places.items(), key=lambda p: p[1]):

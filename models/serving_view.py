@@ -35,6 +35,9 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from personalize import identity, keys
 from personalize.ingest import entities
@@ -71,6 +74,16 @@ def decided_at(impression: dict) -> int:
     return issued_ms if 0 < issued_ms <= arrival(impression) <= expires_ms else arrival(impression)
 
 
+@dataclass
+class Scored(Logged):
+    """A ``Logged`` whose features were scored by the rankers asked for as it was replayed
+    (``scores``: ranker key -> one score per candidate) and then dropped (``X`` has no
+    columns): a test window of a million decisions holds a few floats per candidate and
+    ranker instead of every feature."""
+
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+
+
 def _batches(events: list[dict]) -> list[list[dict]]:
     """``events`` (in arrival order) as aggregate's batches: what the stream received within
     its batching window, at most ``BATCH`` each (a batch orders each shopper's events by
@@ -92,10 +105,11 @@ def _snapshot(item_rows: dict[tuple[str, str], object], now_ms: int) -> snapshot
 
 
 def logged_decisions(events: list[dict], accept: Callable[[dict], bool], preamble: list[dict] | None = None,
-                     lag_ms: int = INGEST_LAG_MS) -> list[Logged]:
+                     lag_ms: int = INGEST_LAG_MS, rankers: list | None = None) -> list[Logged]:
     """Each event that ``accept``s (a logged decision) with serving's view of it (above).
     ``events``: the archive's, cleaned (deduplicated, erased shoppers out); ``preamble``: the
-    catalogue, applied first."""
+    catalogue, applied first. ``rankers``: score each decision with these as it is replayed
+    and keep only their scores (``Scored``), not its features."""
     # At one moment: snapshots first, then rows taken, then features computed, then events.
     _SNAPSHOT, _ROW, _FEATURES, _EVENT = range(4)
     timeline: list[tuple[int, int, int, dict | int]] = []
@@ -151,5 +165,9 @@ def logged_decisions(events: list[dict], accept: Callable[[dict], bool], preambl
         X = ranking.feature_matrix(snap, row, cands, now, None)
         # a version built before the archive began was rebuilt without the traffic it was built on
         same = version in built and int(version) >= first
-        out.append(Logged(payload, [snap.items[c] for c in cands.tolist()], X, now, same))
+        items = [snap.items[c] for c in cands.tolist()]
+        if rankers is None:
+            out.append(Logged(payload, items, X, now, same))
+        else:
+            out.append(Scored(payload, items, X[:, :0], now, same, {r.key: r.score(X) for r in rankers}))
     return out

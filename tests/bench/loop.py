@@ -72,8 +72,9 @@ def from_logs(folder: Path) -> dict:
 
     champion = json.loads(FLAGS_FILE.read_text())["champion_model"]["default"]
     builder = ArchiveBuilder(str(folder), parallel=False, progress=False)
-    logged = builder.logged(since_ms=0)
-    result = ope_archive.estimate(load_folder(MODELS_DIR / champion), logged,
+    ranker = load_folder(MODELS_DIR / champion)
+    logged = builder.logged(since_ms=0, rankers=[ranker])
+    result = ope_archive.estimate(ranker, logged,
                                   ope_archive.shown_of(builder.raw), ope_archive.outcomes_of(builder.events))
     return {k: v for k, v in result.items() if k != "report"} | (
         {"click": result["report"]["click"], "weights": result["report"]["weights"]} if "report" in result else {})
