@@ -190,7 +190,8 @@ def float_head(model_bytes: bytes) -> list[str]:
     head = next((n for n in order if n.op_type in ("MatMul", "Gemm")), None)
     if head is None:
         raise ValueError(f"no MatMul or Gemm leads to {scored}: nothing to keep float")
-    # the nodes between: ancestors of the score that descend from the head
+    # every node downstream of the head, not only those on the score's path: a quantizable
+    # consumer of the score (skl2onnx's ArgMax for the label) would put a QuantizeLinear on it
     descendants, frontier = {head.name}, set(head.output)
     while frontier:
         nxt = set()
@@ -199,18 +200,19 @@ def float_head(model_bytes: bytes) -> list[str]:
                 descendants.add(n.name)
                 nxt.update(n.output)
         frontier = nxt
-    # every node downstream of the head, not only those on the score's path: a quantizable
-    # consumer of the score (skl2onnx's ArgMax for the label) would put a QuantizeLinear on it
     return [n for n in names if n in descendants]
 
 
-def quantize_static(model_bytes: bytes, calibration: np.ndarray) -> bytes:
-    """Static int8 (QDQ): activation scales fixed from ``calibration`` rows, so a row's
-    score does not depend on the rows beside it. The output layer stays float
-    (``float_head``): quantized, its 256 levels tie the 10th place in about a quarter of
-    decisions; kept float, the hidden layers' int8 kernels still make the model faster than
-    its float twin (tests/bench/quantization.py: 0.60x at p50, 0.64x at p99 for 300 rows on this
-    CPU). A result with no int8 layer is refused."""
+def quantize_static(model_bytes: bytes, calibration: np.ndarray, float_output_layer: bool = True,
+                    operator_format: bool = False, per_channel: bool = False) -> bytes:
+    """Static int8: activation scales fixed from ``calibration`` rows, so a row's score does
+    not depend on the rows beside it. ``make train``'s recipe (the defaults): QDQ, per-tensor,
+    the output layer float (``float_head``): quantized, its 256 levels tie the 10th place in
+    about a quarter of decisions; kept float, the hidden layers' int8 kernels still make the
+    model faster than its float twin (tests/bench/quantization.py, which measures the other
+    options too: 0.60x at p50, 0.64x at p99 for 300 rows on this CPU). A result with no int8
+    layer is refused."""
+    import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as quantize
 
@@ -221,17 +223,15 @@ def quantize_static(model_bytes: bytes, calibration: np.ndarray) -> bytes:
         def get_next(self):
             return next(self.batches, None)
 
-    import onnx
-
-    head = float_head(model_bytes)
+    exclude = float_head(model_bytes) if float_output_layer else []
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(model_bytes)
-        quantize(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                 weight_type=QuantType.QInt8, per_channel=False, nodes_to_exclude=head)
+        fmt = QuantFormat.QOperator if operator_format else QuantFormat.QDQ
+        quantize(str(src), str(dst), Reader(), quant_format=fmt, activation_type=QuantType.QInt8,
+                 weight_type=QuantType.QInt8, per_channel=per_channel, nodes_to_exclude=exclude)
         out = dst.read_bytes()
-    nodes = onnx.load_from_string(out).graph.node
-    if not any(n.op_type == "QuantizeLinear" for n in nodes):
+    if not any(n.op_type in ("QuantizeLinear", "QLinearMatMul") for n in onnx.load_from_string(out).graph.node):
         raise ValueError("quantize_static quantized nothing: no int8 layer in the result")
     return out
 

@@ -83,6 +83,7 @@ class Shop:
     items: int = 240
     new_items: int = 60
     seed: int = SEED
+    drift: bool = True          # False: the control, preferences as they were before day DRIFT_START throughout
 
 
 def _ids(shop: Shop) -> list[str]:
@@ -110,7 +111,7 @@ def population(shop: Shop) -> tuple[list[Order], list[Order]]:
             final = day >= HISTORY_END
             if final:  # the experiment's visit: one per shopper, within its days
                 day = HISTORY_END + float(rng.uniform(0, EXPERIMENT_DAYS))
-            drift = min(max((day - DRIFT_START) / (DRIFT_FULL - DRIFT_START), 0.0), 1.0)
+            drift = min(max((day - DRIFT_START) / (DRIFT_FULL - DRIFT_START), 0.0), 1.0) if shop.drift else 0.0
             habit = HABIT_BEFORE + (HABIT_AFTER - HABIT_BEFORE) * drift
             season = np.where(is_new, NEW_SEASON_APPEAL * drift, 1.0 - DECLINE * drift)
             explore = taste * appeal * season
@@ -198,8 +199,6 @@ def run(shop: Shop | None = None) -> dict:
     rollout = flags.Rollout(store, champion_key)
     rng = np.random.default_rng(shop.seed + 1)
     explorer = random.Random(shop.seed + 2)
-    served: dict = {}
-    exploration = EXPLORATION
     counters = {v: experiments.Counters() for v in (experiments.CHAMPION, experiments.CHALLENGER)}
     expected = dict.fromkeys(counters, 0.0)
     models_seen, trained, candidate = set(), [], None
@@ -255,7 +254,7 @@ def run(shop: Shop | None = None) -> dict:
         "models": sorted(f"{v}: {m}" for v, m in models_seen),
         "guardrail": {"action": decision.action, "reason": decision.reason},
         "flags_loads": store.loads, "exploration_served": list(exploration),
-        "shop": {"shoppers": shop.shoppers, "items": shop.items, "new_items": shop.new_items,
+        "shop": {"shoppers": shop.shoppers, "items": shop.items, "new_items": shop.new_items, "drift": shop.drift,
                  "history_orders": len(history), "training_shoppers": len(trainers),
                  "drift_days": [DRIFT_START, DRIFT_FULL], "habit": [HABIT_BEFORE, HABIT_AFTER],
                  "share": SHARE, "k": K, "exploration": list(EXPLORATION), "new_season_appeal": NEW_SEASON_APPEAL,

@@ -22,7 +22,9 @@
   (28,000 shoppers), the model retrained from the shop's own traffic against the shipped
   champion in a 2% experiment: the low end of the 95% interval of the challenger's relative
   conversion lift (budget > 0); ``live_lift`` has the estimate, the truth it estimates, the
-  guardrail's decision and the shop's parameters (``tests/bench/live_lift.py``).
+  guardrail's decision and the shop's parameters (``tests/bench/live_lift.py``);
+  ``live_lift_control``: the same shop without the drift, 3,000 shoppers (its ``truth_lift``
+  says how much of the lift is the drift's).
 """
 
 from __future__ import annotations
@@ -81,10 +83,12 @@ def from_logs(folder: Path) -> dict:
 
 
 def run(ope_seeds: int = 200, retrain_users: int | None = None, archive_shoppers: int = 200,
-        live_shoppers: int | None = None) -> dict:
+        live_shoppers: int | None = None, control_shoppers: int = 3000) -> dict:
     from tests.bench import live_lift
 
     live = live_lift.run(live_lift.Shop(shoppers=live_shoppers) if live_shoppers else None)
+    # the control: the same shop without the drift (its truth should be about no lift)
+    control = live_lift.run(live_lift.Shop(shoppers=control_shoppers, drift=False))
     started = time.perf_counter()
     sim = ope_checks.simulated_coverage(seeds=ope_seeds)
     obd = ope_checks.open_bandit_check()
@@ -102,4 +106,6 @@ def run(ope_seeds: int = 200, retrain_users: int | None = None, archive_shoppers
         "retrain_s": figures["seconds"], "retrain": figures,
         "replay_agreement": replayed.get("ranked_places_agreeing"), "champion_from_logs": replayed,
         "live_lift_ci_low": live["live_lift_ci_low"], "live_lift": live,
+        "live_lift_control": {k: control[k] for k in ("truth_lift", "lift", "lift_ci95", "arms", "validation",
+                                                        "seconds", "shop")},
     }

@@ -42,33 +42,17 @@ RUNS = 400
 
 
 def _variants(float_bytes: bytes, calibration: np.ndarray) -> dict[str, bytes]:
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{"features": calibration[i:i + 1000]} for i in range(0, len(calibration), 1000)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    out = {"float": float_bytes}
+    quantize = learners.quantize_static
+    out = {"float": float_bytes,
+           "qdq": quantize(float_bytes, calibration, float_output_layer=False),
+           "qdq_per_channel": quantize(float_bytes, calibration, float_output_layer=False, per_channel=True),
+           "qoperator": quantize(float_bytes, calibration, float_output_layer=False, operator_format=True),
+           "qdq_float_head": quantize(float_bytes, calibration)}  # make train's own
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "float.onnx"
+        src, dst = Path(tmp) / "float.onnx", Path(tmp) / "dynamic.onnx"
         src.write_bytes(float_bytes)
-        for name, fmt, per_channel in (("qdq", QuantFormat.QDQ, False), ("qdq_per_channel", QuantFormat.QDQ, True),
-                                       ("qoperator", QuantFormat.QOperator, False)):
-            dst = Path(tmp) / f"{name}.onnx"
-            quantize_static(str(src), str(dst), Reader(), quant_format=fmt, activation_type=QuantType.QInt8,
-                            weight_type=QuantType.QInt8, per_channel=per_channel)
-            out[name] = dst.read_bytes()
-        out["qdq_float_head"] = learners.quantize_static(float_bytes, calibration)  # make train's own
-        dst = Path(tmp) / "dynamic.onnx"
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
         out["dynamic"] = dst.read_bytes()
     return out

@@ -25,7 +25,7 @@ def main() -> None:
                              "iterating; `make bench` runs them all")
     parser.add_argument("--live-shoppers", type=int, metavar="N",
                         help="loop: simulate N shoppers in the live-lift experiment instead of 28,000 (~200 s, "
-                             "~3 GB), while iterating; `make bench` runs them all")
+                             "~5 GB), while iterating; `make bench` runs them all")
     args = parser.parse_args()
     results = json.loads(OUT.read_text()) if OUT.exists() else {}
     for section in args.only or SECTIONS:
