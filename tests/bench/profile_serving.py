@@ -24,7 +24,7 @@ from collections import defaultdict
 from infra.local.lambda_events import context
 from infra.local.stack import cloudfront_event
 from personalize import identity, telemetry
-from personalize.serving import cloudfront, ranking, recommendations
+from personalize.serving import cloudfront, prepared, ranking, recommendations
 
 from .serving_floor import Floor, PackedUserStore, in_memory_edge, interleaved, summary
 
@@ -88,7 +88,8 @@ def instrument(module, recommender) -> Stages:
     w(recommender.keys, "verified_user", "cookie verify (HMAC)")
     w(recommender, "choose_variant", "variant (flags)")
     w(identity, "issue_rec_id", "rec_id (nonce, HMAC)")
-    w(recommender, "current_snapshot", "snapshot as served (refresh checks)")
+    w(recommender, "current_served", "snapshot as served (refresh checks)")
+    w(prepared.Served, "inputs", "candidates and features")
     w(recommender.users, "get", "row read + msgpack unpack")
     w(ranking, "candidates", "candidates")
     w(ranking, "feature_matrix", "features")

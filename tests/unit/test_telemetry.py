@@ -8,6 +8,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from personalize import telemetry
 from personalize.telemetry import Figures, Histogram, HomeMetrics, emf_documents
 
 
@@ -100,3 +101,27 @@ def test_more_than_100_buckets_are_coarsened_for_emf_never_dropped():
     aggregate.histograms[("LatencyMs", ())] = ("Milliseconds", histogram)
     [doc] = emf_documents(aggregate, "NS", "edge", 0)
     assert len(doc["LatencyMs"]["Values"]) <= 100 and sum(doc["LatencyMs"]["Counts"]) == 2999
+
+
+@given(st.lists(st.tuples(st.sampled_from(["champion", "challenger", "none"]),
+                          st.sampled_from([None, "anonymous", "no_user_row", "user_read_failed", "challenger_failed"]),
+                          st.floats(0, 500, allow_nan=False), st.one_of(st.none(), st.floats(0, 900, allow_nan=False)),
+                          st.booleans()), max_size=30))
+def test_an_answer_in_one_lock_records_what_the_generic_path_records(answers):
+    """``Figures``/``HomeMetrics`` take an answer's figures in one lock (``Aggregate.answer``):
+    the same keys, units and values as the count/observe/maximum calls of any other sink."""
+    generic = telemetry.Aggregate()
+
+    class Sink:
+        add = count = generic.count
+        observe = generic.observe
+        maximum = generic.maximum
+
+    figures = telemetry.Figures("ns", "edge", out=lambda line: None)
+    home = telemetry.HomeMetrics("ns", "edge", lambda: None, submit=lambda fn: None, flush_every_s=float("inf"))
+    for variant, reason, latency, age, fault in answers:
+        telemetry.record_answer((Sink(), figures, home), variant, reason, latency, age, fault)
+    for fast in (figures.pending, home.pending):
+        assert fast.counts == generic.counts and fast.maxima == generic.maxima
+        assert {k: (u, h.values_counts(), h.count) for k, (u, h) in fast.histograms.items()} == \
+               {k: (u, h.values_counts(), h.count) for k, (u, h) in generic.histograms.items()}

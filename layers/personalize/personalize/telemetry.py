@@ -127,6 +127,41 @@ class Aggregate:
             old = self.maxima.get(key)
             self.maxima[key] = (unit, value if old is None else max(old[1], value))
 
+    def answer(self, variant: str, fallback_reason: str | None, latency_ms: float, snapshot_age_s: float | None,
+               model_fault: bool) -> None:
+        """``record_answer``'s figures for one answer, in one lock, from keys made once."""
+        keys = _ANSWER_KEYS.get(variant)
+        if keys is None:
+            if len(_ANSWER_KEYS) >= 1024:  # variants are few; never grow without bound
+                _ANSWER_KEYS.clear()
+            keys = _ANSWER_KEYS[variant] = (("Requests", _dims({"variant": variant})),
+                                            ("LatencyMs", _dims({"variant": variant})),
+                                            ("Fallbacks", _dims({"variant": variant})),
+                                            ("ModelFallbacks", _dims({"variant": variant})))
+        requests, latency, fallbacks, model_fallbacks = keys
+        counts = self.counts
+        with self._lock:
+            counts[_ANSWERS] = counts.get(_ANSWERS, 0) + 1
+            counts[requests] = counts.get(requests, 0) + 1
+            entry = self.histograms.get(latency)
+            if entry is None:
+                entry = self.histograms[latency] = ("Milliseconds", Histogram())
+            entry[1].add(latency_ms)
+            if latency_ms > LATENCY_OBJECTIVE_MS:
+                counts[_SLOW] = counts.get(_SLOW, 0) + 1
+            if fallback_reason is not None:
+                counts[fallbacks] = counts.get(fallbacks, 0) + 1
+                reason = ("FallbackReasons", _dims({"reason": fallback_reason}))
+                counts[reason] = counts.get(reason, 0) + 1
+                if fallback_reason not in PLANNED_FALLBACKS:
+                    counts[_DEGRADED] = counts.get(_DEGRADED, 0) + 1
+                if model_fault:
+                    counts[model_fallbacks] = counts.get(model_fallbacks, 0) + 1
+            if snapshot_age_s is not None:
+                age = round(snapshot_age_s, 1)
+                old = self.maxima.get(_SNAPSHOT_AGE)
+                self.maxima[_SNAPSHOT_AGE] = ("Seconds", age if old is None else max(old[1], age))
+
     def empty(self) -> bool:
         return not (self.counts or self.histograms or self.maxima)
 
@@ -319,6 +354,9 @@ def home_metrics(namespace: str, service: str, submit: Callable) -> HomeMetrics:
 # Fallbacks that are part of the design (a shopper without history gets trending items);
 # every other reason is a degraded answer and counts against the availability SLO.
 PLANNED_FALLBACKS = frozenset({"anonymous", "no_user_row"})
+_ANSWERS, _SLOW, _DEGRADED = ("Answers", ()), ("SlowAnswers", ()), ("DegradedAnswers", ())
+_SNAPSHOT_AGE = ("SnapshotAgeSeconds", ())
+_ANSWER_KEYS: dict[str, tuple] = {}
 LATENCY_OBJECTIVE_MS = 100.0  # the latency SLO: 99% of answers computed within this (docs/operations.md)
 
 
@@ -326,8 +364,14 @@ def record_answer(sinks, variant: str, fallback_reason: str | None, latency_ms: 
                   snapshot_age_s: float | None = None, model_fault: bool = False) -> None:
     """One answer's figures into each sink (``Figures`` and/or ``HomeMetrics``).
     ``model_fault``: the variant's model caused the fallback (``ModelFallbacks``, what the
-    rollback alarm counts against the challenger)."""
+    rollback alarm counts against the challenger). A ``Figures``/``HomeMetrics`` takes them
+    in one lock (``Aggregate.answer``: the same keys and values, a test holds it to this)."""
     for sink in sinks:
+        if isinstance(sink, (Figures, HomeMetrics)):
+            sink.pending.answer(variant, fallback_reason, latency_ms, snapshot_age_s, model_fault)
+            if isinstance(sink, HomeMetrics):
+                sink._maybe_flush()
+            continue
         count = sink.add if isinstance(sink, HomeMetrics) else sink.count
         count("Answers")
         count("Requests", variant=variant)

@@ -86,9 +86,13 @@ class Ranker:
 
     def score(self, X: np.ndarray) -> np.ndarray:
         """Scores for a catalogue feature matrix (``ranking.FEATURES`` columns)."""
-        if len(X) == 0:
+        return self.run(np.ascontiguousarray(X[:, self.columns]) if len(X) else X)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Scores for a matrix of this model's features (``manifest.features`` columns, in
+        order; float32, C-ordered), as ``prepared.Served.inputs`` builds it."""
+        if len(x) == 0:
             return np.zeros(0, dtype=np.float32)
-        x = np.ascontiguousarray(X[:, self.columns])
         out = self.session.run([self.output_name], {self.input_name: x})[0]
         return out[:, -1] if out.ndim == 2 else out.ravel()
 

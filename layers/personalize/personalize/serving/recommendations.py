@@ -39,6 +39,7 @@ from personalize.adapters.userstore import UserReadError, UserStore
 from personalize.serving import ranking
 from personalize.serving.availability import Availability
 from personalize.serving.models import Ranker
+from personalize.serving.prepared import Prepared, Served
 from personalize.serving.snapshots import FORMAT, ItemSnapshot
 
 log = logging.getLogger(__name__)
@@ -295,13 +296,24 @@ class Recommender:
         self.log_sample_rate = log_sample_rate
         self.on_scored = on_scored or print_scored
         self.pool = pool or ThreadPoolExecutor(3, thread_name_prefix="refresh")
-        self.snapshot = Refreshing("snapshot", SnapshotSource(artifacts), snapshot_refresh_s, self.pool, clock)
+        source = SnapshotSource(artifacts)
+        self._prepared: Prepared | None = None
+        self.snapshot = Refreshing("snapshot", lambda current: self._prepare(source(current)), snapshot_refresh_s,
+                                   self.pool, clock)
         # What changed since the served snapshot (the availability log): read only what is new.
         self.availability = Availability(soldout, lambda: int(wall_clock() * 1000))
         self.soldout = Refreshing("soldout", lambda _: self.availability.load(self._snapshot_built_ms()),
                                   soldout_refresh_s, self.pool, clock)
-        self._served: tuple[tuple, ItemSnapshot] | None = None
+        self._served: tuple[tuple, Served] | None = None
         self.stale_soldout_answers = 0  # answers that dropped low-stock items instead (counted, logged)
+
+    def _prepare(self, snap: ItemSnapshot | None) -> ItemSnapshot | None:
+        """A newly loaded snapshot, prepared for requests (``Prepared``) on the refreshing
+        thread, before any request can see it."""
+        previous = self._prepared
+        if snap is not None and (previous is None or previous.snapshot is not snap):
+            self._prepared = Prepared(snap, previous.layouts() if previous is not None else ())
+        return snap
 
     def _snapshot_built_ms(self) -> int | None:
         snap = self.snapshot.value
@@ -324,7 +336,12 @@ class Recommender:
                 log.warning("cold-start load failed; serving without it until a refresh succeeds", exc_info=True)
 
     def current_snapshot(self) -> ItemSnapshot | None:
-        """The snapshot as served now: without the sold-out items. The sold-out list is never
+        """The snapshot as served now: without the sold-out items (``current_served``)."""
+        served = self.current_served()
+        return None if served is None else served.snapshot
+
+    def current_served(self) -> Served | None:
+        """The snapshot as served now, prepared: without the sold-out items. The sold-out list is never
         older than SOLDOUT_BUDGET_S: past SOLDOUT_REFRESH_ON_REQUEST_S (after an idle gap,
         when no background refresh could run) this request re-reads it; if that fails and
         the list is older than the budget, the items whose stock was low are dropped too."""
@@ -344,11 +361,15 @@ class Recommender:
         cached = self._served
         if cached is not None and cached[0] == key:
             return cached[1]
+        prepared = self._prepared
+        if prepared is None or prepared.snapshot is not snap:  # a value set without a refresh (tests)
+            prepared = self._prepared = Prepared(snap, prepared.layouts() if prepared is not None else ())
         served = snap.without(sold)
         if not fresh:
             served = served.without_low_stock()
-        self._served = (key, served)
-        return served
+        out = Served(served, prepared)
+        self._served = (key, out)
+        return out
 
     def recommend(self, params: dict, cookie: str | None, country: str | None, now_ms: int | None = None) -> Answer:
         try:
@@ -362,10 +383,11 @@ class Recommender:
         rec_id = identity.issue_rec_id(self.keys.current, variant.experiment, variant.name, user_id, now_ms / 1000)
         body = {"rec_id": rec_id, "user_id": user_id, "variant": variant.name, "model": variant.ranker.key,
                 "items": [], "fallback": False, "snapshot_version": None}
-        snap = self.current_snapshot()
-        if snap is None:
+        served = self.current_served()
+        if served is None:
             body.update(fallback=True, fallback_reason="no_snapshot")
             return Answer(200, body)
+        snap = served.snapshot
         body["snapshot_version"] = snap.version
         row = None
         reason = None
@@ -382,10 +404,9 @@ class Recommender:
         if reason is not None and query.context_item is None:
             body.update(fallback=True, fallback_reason=reason, items=self._trending(snap, country, query.k))
             return Answer(200, self._decided(body, "trending", snap.version, f"trending:{country or '-'}"))
-        cands = ranking.candidates(snap, row, country, query.context_item, now_ms=now_ms)
-        X = ranking.feature_matrix(snap, row, cands, now_ms, query.context_item)
+        cands, X = served.inputs(variant.ranker.columns, row, country, query.context_item, now_ms=now_ms)
         try:
-            scores = variant.ranker.score(X)
+            scores = variant.ranker.run(X)
         except Exception:  # the variant's model failed on this input: its fault, counted, never a 5xx
             log.exception("scoring with %s failed; serving trending", variant.ranker.key)
             body.update(fallback=True, fallback_reason=f"{variant.name}_failed",
@@ -405,7 +426,7 @@ class Recommender:
                             "user": identity.pseudonym(user_id, self.keys.current), "snapshot_version": snap.version,
                             "features": variant.ranker.manifest.features,
                             "candidates_z": encode_ids([snap.items[c] for c in cands]),
-                            **encode_vectors(X[:, variant.ranker.columns]),
+                            **encode_vectors(X),
                             "returned": [i["item_id"] for i in body["items"]]})
         body["candidates"] = len(cands)
         return Answer(200, self._decided(body, variant.ranker.key, snap.version, candidates_hash(cands),

@@ -1,0 +1,353 @@
+"""Serving's per-request path: a shopper's candidates and their features over a snapshot
+prepared once, off the request path.
+
+``ranking.candidates`` and ``ranking.feature_matrix`` define the candidates and the features
+(training's replay calls them). This module computes the same arrays, bit for bit (a property
+test holds it to them), with the work that depends only on items done once per loaded snapshot
+and the work that depends only on the country done once per served snapshot:
+
+- ``Prepared`` (a loaded snapshot): every item's feature row with the item columns and the
+  defaults of the others filled in (``block``, float32 [items, len(FEATURES)]), so a request's
+  feature matrix starts as one row gather; and a per-thread scratch array that maps an item
+  index to its candidate position (-1: not a candidate), which replaces sorting the
+  candidates to find the shopper's items and the co-visited neighbours among them.
+- ``Served`` (that snapshot with the sold-out items taken out): each country's pool (country
+  trending, country popular, trending, popular: available, de-duplicated), computed on the
+  first request for that country.
+
+Per request: the shopper's own sources (context item, own items, neighbours of recent items),
+de-duplicated, then the country's pool without them and without the cart; one gather; the
+shopper's constants in one broadcast; the four co-visit columns in one sparse add; the shopper's
+own items in one scatter.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from itertools import chain, repeat
+
+import numpy as np
+
+from personalize.ingest import entities
+from personalize.ingest.entities import DAY_MS, UserRow
+from personalize.serving import ranking
+from personalize.serving.ranking import FEATURES, INDEX, MIN_CANDIDATES
+from personalize.serving.snapshots import ITEM_COLUMNS, ItemSnapshot
+
+_NOT = -1    # the scratch map's "not a candidate"
+_CART = -2   # ... and "in the shopper's cart" (never a candidate)
+_ITEM = np.array([INDEX[name] for name in ITEM_COLUMNS])
+_USER = np.array([INDEX[name] for name in FEATURES if name.startswith("user_")])
+_IN_RECENT = INDEX["ui_in_recent"]
+_SESSION_ITEMS = INDEX["session_items_log"]
+_CONTEXT, _RECENT, _SESSION, _COPURCHASE = range(4)
+MAX_PADDED_NEIGHBOURS = 64  # wider (a snapshot built otherwise): the compressed-sparse walk instead
+
+
+class Layout:
+    """One model's columns (``Ranker.columns``: catalogue indexes, in the model's order) over a
+    prepared snapshot: every item's row of them with the item columns and the defaults of the
+    others filled in (``block``, C-ordered, ready for onnxruntime), and where each group of
+    per-request columns lands (``*_src``: positions in the group; ``*_dst``: model columns);
+    a column the model does not read is not written."""
+
+    def __init__(self, snap: ItemSnapshot, columns: np.ndarray):
+        columns = np.asarray(columns, dtype=np.intp)
+        self.columns = columns
+        where = {int(c): i for i, c in enumerate(columns)}
+
+        def pick(group) -> tuple[np.ndarray, np.ndarray]:
+            src = [i for i, c in enumerate(group) if int(c) in where]
+            return np.array(src, dtype=np.intp), np.array([where[int(group[i])] for i in src], dtype=np.intp)
+
+        block = np.empty((len(snap.items), len(columns)), dtype=np.float32)
+        block[:] = ranking._DEFAULTS[columns]
+        item_src, item_dst = pick(_ITEM)
+        block[:, item_dst] = snap.matrix[:, item_src]
+        if ranking._POPULAR_RANK in where:
+            block[:, where[ranking._POPULAR_RANK]] = snap.popular_rank
+        self.block = block
+        src, self.user_dst = pick(_USER)
+        self.user_src = _USER[src]  # catalogue indexes of the shopper's constants
+        covisit_src, covisit_dst = pick(ranking._COVISIT_COLUMNS)
+        self.covisit_dst = np.full(len(ranking._COVISIT_COLUMNS), -1, dtype=np.intp)  # group row -> model column
+        self.covisit_dst[covisit_src] = covisit_dst
+        self.covisit_src = covisit_src
+        self.covisits = bool(len(covisit_dst))
+        # The 10-minute window sums (a loop over the shopper's minute tiles) only for a model that reads them.
+        self.windows = bool({INDEX["user_click_rate_10m"], INDEX["user_views_10m_log"]} & set(where))
+        self.ui_src, self.ui_dst = pick(ranking._UI_BLOCK)
+        keep = self.ui_src < 9  # without orders, ui_basket_rate (the last) keeps its default
+        self.ui_src_no_orders, self.ui_dst_no_orders = self.ui_src[keep], self.ui_dst[keep]
+        self.bought_src, self.bought_dst = pick(ranking._BOUGHT_BLOCK)
+        self.in_recent = where.get(_IN_RECENT)
+        self.session_items = where.get(_SESSION_ITEMS)
+
+
+class Prepared:
+    """What depends only on a loaded snapshot's items (see the module's docstring): each
+    model's ``Layout``, and the per-thread candidate-position map."""
+
+    def __init__(self, snap: ItemSnapshot, layouts: tuple[tuple[int, ...], ...] = ()):
+        self.snapshot = snap
+        degree = np.diff(snap.nb_offsets)
+        width = int(degree.max()) if len(degree) else 0
+        self.nb_pad = self.nb_wpad = None
+        if 0 < width <= MAX_PADDED_NEIGHBOURS:  # each item's neighbours in one row (-1 after the last)
+            owner = np.repeat(np.arange(len(degree)), degree)
+            slot = np.arange(len(owner)) - np.repeat(snap.nb_offsets[:-1].astype(np.int64), degree)
+            self.nb_pad = np.full((len(degree), width), -1, dtype=np.int32)
+            self.nb_pad[owner, slot] = snap.nb_items
+            self.nb_wpad = np.zeros((len(degree), width), dtype=np.float32)
+            self.nb_wpad[owner, slot] = snap.nb_weights
+        self._layouts: dict[tuple[int, ...], Layout] = {}
+        self._local = threading.local()
+        for columns in layouts:
+            self.layout(np.array(columns, dtype=np.intp))
+
+    def layout(self, columns: np.ndarray) -> Layout:
+        """The layout for a model's columns: built on first use, then kept (``layouts`` of the
+        previous snapshot are built as a new one is prepared, off the request path)."""
+        key = tuple(columns.tolist())
+        found = self._layouts.get(key)
+        if found is None:
+            found = self._layouts[key] = Layout(self.snapshot, columns)
+        return found
+
+    def neighbours(self, js: np.ndarray, scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``ranking._neighbour_pairs(snap, js, scale)`` (scale None: 1), from the padded rows."""
+        if self.nb_pad is None:
+            return ranking._neighbour_pairs(self.snapshot, js, np.ones(len(js)) if scale is None else scale)
+        rows = self.nb_pad[js]
+        valid = rows >= 0
+        weights = self.nb_wpad[js]
+        if scale is not None:
+            return rows[valid], (weights * scale[:, None])[valid].astype(np.float32)
+        return rows[valid], weights[valid]
+
+    def layouts(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(self._layouts)
+
+    def scratch(self) -> np.ndarray:
+        """This thread's item -> candidate position map, all -1 between requests."""
+        positions = getattr(self._local, "positions", None)
+        if positions is None:
+            positions = self._local.positions = np.full(len(self.snapshot.items), _NOT, dtype=np.int32)
+        return positions
+
+
+class Served:
+    """A prepared snapshot as served now (``snap``: the prepared one with sold-out items
+    taken out, the same items in the same order), with each country's pool."""
+
+    def __init__(self, snap: ItemSnapshot, prepared: Prepared):
+        if snap.items is not prepared.snapshot.items:
+            raise ValueError("a served snapshot is the prepared one with fewer items available")
+        self.snapshot = snap
+        self.prepared = prepared
+        self._pools: dict[str | None, np.ndarray] = {}
+        self._pool_rows: dict[tuple[str | None, int], np.ndarray] = {}
+
+    def _country(self, country: str | None) -> str | None:
+        snap = self.snapshot
+        if country and country not in snap.country_trending and country not in snap.country_popular:
+            return None
+        return country
+
+    def pool_rows(self, country: str | None, layout: Layout) -> np.ndarray:
+        """``layout.block`` rows of ``pool(country)``, contiguous: most of a request's
+        feature matrix, copied in one run instead of gathered item by item."""
+        key = (self._country(country), id(layout))  # the layout lives as long as the prepared snapshot
+        rows = self._pool_rows.get(key)
+        if rows is None:
+            rows = self._pool_rows[key] = layout.block[self.pool(country)]
+        return rows
+
+    def pool(self, country: str | None) -> np.ndarray:
+        """The request-independent candidates for ``country``, best sources first: as
+        ``ranking.candidates`` takes them after the shopper's own. Cached per country the
+        snapshot has pools for (a client-sent country it does not know shares the global one)."""
+        snap = self.snapshot
+        country = self._country(country)
+        pool = self._pools.get(country)
+        if pool is None:
+            parts = [p for p in (snap.country_trending.get(country), snap.country_popular.get(country),
+                                 snap.trending, snap.popular) if p is not None]
+            joined = np.concatenate(parts).astype(np.int32, copy=False)
+            pool = self._pools[country] = ranking._first_occurrences(joined[snap.available[joined]])
+        return pool
+
+    def inputs(self, columns: np.ndarray, row: UserRow | None, country: str | None = None,
+               context_item: str | None = None, *, now_ms: int, min_count: int = MIN_CANDIDATES
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """``(cands, X)``: ``ranking.candidates(...)`` and ``ranking.feature_matrix(...)[:, columns]``
+        for this request (``columns``: a model's, ``Ranker.columns``; X C-ordered, float32)."""
+        snap = self.snapshot
+        layout = self.prepared.layout(columns)
+        positions = self.prepared.scratch()
+        index = snap.index
+        cart = ranking.cart_indexes(snap, row, now_ms)
+        context = index.get(context_item) if context_item is not None else None
+        recent = _recent_indexes(index, row) if row is not None else None
+        recent_nb = self.prepared.neighbours(recent) if recent is not None and len(recent) else None
+        cands = np.zeros(0, dtype=np.int32)
+        try:
+            positions[cart] = _CART
+            parts = []
+            if context is not None:
+                parts.append(snap.neighbours(context)[0])
+            if row is not None:
+                own = [index[i] for i in ranking.user_item_order(row) if i in index]
+                if own:
+                    parts.append(np.array(own, dtype=np.int32))
+                if recent_nb is not None:
+                    parts.append(recent_nb[0])
+            if parts:
+                head = np.concatenate(parts)
+                head = ranking._first_occurrences(head[snap.available[head] & (positions[head] != _CART)])
+                positions[head] = np.arange(len(head), dtype=np.int32)
+            else:
+                head = cands
+            pool = self.pool(country)
+            rest = positions[pool] == _NOT
+            cands = pool[rest]
+            positions[cands] = np.arange(len(head), len(head) + len(cands), dtype=np.int32)
+            cands = np.concatenate([head, cands]).astype(np.int32, copy=False)
+            if len(cands) < min_count and len(snap.items) > len(cands):  # a thin catalogue: as ranking tops up
+                positions[cands] = _NOT
+                cands = ranking.candidates(snap, row, country, context_item, now_ms=now_ms, min_count=min_count)
+                positions[cands] = np.arange(len(cands), dtype=np.int32)
+                X = layout.block[cands]
+            else:
+                X = np.empty((len(cands), len(layout.columns)), dtype=np.float32)
+                X[:len(head)] = layout.block[head]
+                X[len(head):] = self.pool_rows(country, layout)[rest]
+            return cands, self._features(X, layout, positions, row, cands, now_ms, context, recent, recent_nb)
+        finally:
+            positions[cands] = _NOT
+            positions[cart] = _NOT
+
+    def _features(self, X: np.ndarray, layout: Layout, positions: np.ndarray, row: UserRow | None,
+                  cands: np.ndarray, now_ms: int, context: int | None, recent: np.ndarray | None, recent_nb
+                  ) -> np.ndarray:
+        """The request's columns into ``X`` (``layout.block`` rows of ``cands``)."""
+        snap = self.snapshot
+        k = len(cands)
+        if k == 0:
+            return X
+        covisits = _Covisits()
+        if context is not None:
+            covisits.add(_CONTEXT, *snap.neighbours(context))
+        if row is None:
+            covisits.into(X, layout, positions, k)
+            return X
+        constants = ranking._DEFAULTS.copy()
+        user_interval = ranking._user_columns(constants, row if layout.windows else _WithoutTiles(row), now_ms)
+        X[:, layout.user_dst] = constants[layout.user_src]
+        if recent_nb is not None:
+            covisits.add(_RECENT, *recent_nb)
+        if recent is not None and len(recent) and layout.in_recent is not None:
+            at = positions[recent]
+            X[at[at >= 0], layout.in_recent] = 1.0
+        if not row.items:
+            covisits.into(X, layout, positions, k)
+            return X
+
+        # The shopper's own items, as arrays: one row of stats per item (as ranking.feature_matrix).
+        index = snap.index
+        n_orders = row.orders[0]
+        purchases = row.totals[3]
+        n_items = len(row.items)
+        js = np.fromiter(map(index.get, row.items, repeat(-1, n_items)), dtype=np.int64, count=n_items)
+        widths = set(map(len, row.items.values()))
+        if len(widths) == 1:
+            width = widths.pop()
+            stats = np.fromiter(chain.from_iterable(row.items.values()), dtype=np.float64,
+                                count=n_items * width).reshape(n_items, width)
+        else:
+            stats = np.array(list(row.items.values()), dtype=np.float64)
+        known = js >= 0
+        js, stats = js[known], stats[known]
+        orders_ago = n_orders - stats[:, entities.I_LAST_ORDER]
+        decayed = stats[:, entities.I_DECAYED] * (entities.PURCHASE_DECAY ** orders_ago / entities.DECAYED_SCALE)
+        in_session = stats[:, entities.I_LAST_TS] >= now_ms - entities.SESSION_MS
+        session_items = int(in_session.sum())
+        if layout.session_items is not None:
+            X[:, layout.session_items] = math.log1p(session_items)
+        if session_items:
+            covisits.add(_SESSION, *self.prepared.neighbours(js[in_session]))
+        bought = decayed > 0
+        if bought.any():
+            covisits.add(_COPURCHASE, *self.prepared.neighbours(js[bought], decayed[bought]))
+        covisits.into(X, layout, positions, k)
+
+        at = positions[js]
+        hit = at >= 0
+        p = at[hit]
+        s = stats[hit]
+        ui = np.empty((len(p), len(ranking._UI_BLOCK)))
+        ui[:, 0] = np.log1p(s[:, 3])
+        ui[:, 1] = np.log1p(s[:, 2])
+        ui[:, 2] = np.log1p(s[:, 1])
+        ui[:, 3] = np.log1p(s[:, 0])
+        ui[:, 4] = np.log1p(np.maximum(0.0, (now_ms - s[:, entities.I_LAST_TS]) / DAY_MS))
+        ui[:, 5] = 1.0
+        ui[:, 6] = s[:, 3] / purchases if purchases else 0.0
+        ui[:, 7] = in_session[hit]
+        ui[:, 8] = decayed[hit]
+        if n_orders:
+            ui[:, 9] = s[:, entities.I_ORDERS] / n_orders
+            X[p[:, None], layout.ui_dst] = ui[:, layout.ui_src]
+        else:
+            X[p[:, None], layout.ui_dst_no_orders] = ui[:, layout.ui_src_no_orders]
+        has = s[:, entities.I_ORDERS] > 0
+        pb, sb = p[has], s[has]
+        if len(pb):
+            first = np.where(sb[:, entities.I_FIRST_ORDER] > 0, sb[:, entities.I_FIRST_ORDER], 1)
+            block = np.empty((len(pb), len(ranking._BOUGHT_BLOCK)))
+            block[:, 0] = sb[:, entities.I_ORDERS] / np.maximum(n_orders - first + 1, 1)
+            block[:, 1] = np.log1p(n_orders - sb[:, entities.I_LAST_ORDER])
+            days = np.maximum(0.0, (now_ms / 1000 - sb[:, entities.I_LAST_BUY_S]) / 86_400)
+            block[:, 2] = np.log1p(days)
+            own = sb[:, entities.I_BUY_SPAN_H] / 24 / np.maximum(sb[:, entities.I_ORDERS] - 1, 1)
+            interval = np.where(sb[:, entities.I_ORDERS] >= 2, own,
+                                user_interval if user_interval is not None else np.nan)
+            ratio = days / np.maximum(interval, ranking.MIN_INTERVAL_DAYS)
+            block[:, 3] = np.where(np.isnan(ratio), -1.0, np.log1p(np.minimum(ratio, ranking.MAX_CYCLE_RATIO)))
+            X[pb[:, None], layout.bought_dst] = block[:, layout.bought_src]
+        return X
+
+
+def _recent_indexes(index: dict[str, int], row: UserRow) -> np.ndarray:
+    """Snapshot indexes of the shopper's recent items, newest first, once each."""
+    found = [j for j in map(index.get, dict.fromkeys(i for i, _, _ in reversed(row.recent))) if j is not None]
+    return np.array(found, dtype=np.int64)
+
+
+class _Covisits(ranking._Covisits):
+    """``ranking``'s co-visit sums (float32, in the order given), found through the
+    candidate-position map instead of a sorted search."""
+
+    def into(self, X: np.ndarray, layout: Layout, positions: np.ndarray, k: int) -> None:  # type: ignore[override]
+        if not self.items or not layout.covisits:
+            return
+        at = positions[np.concatenate(self.items)]
+        w = np.concatenate(self.weights).astype(np.float32, copy=False)
+        column = np.repeat(np.array(self.columns), [len(i) for i in self.items])
+        hit = at >= 0
+        sums = np.zeros(len(ranking._COVISIT_COLUMNS) * k, dtype=np.float32)
+        np.add.at(sums, column[hit] * k + at[hit], w[hit])
+        X[:, layout.covisit_dst[layout.covisit_src]] = np.log1p(
+            sums.reshape(len(ranking._COVISIT_COLUMNS), k)[layout.covisit_src]).T
+
+
+class _WithoutTiles:
+    """A shopper's row as ``ranking._user_columns`` reads it, without the minute tiles: for a
+    model that reads no window column (their values would be computed, then not read)."""
+
+    __slots__ = ("totals", "last_ts", "orders")
+    tiles: dict = {}
+
+    def __init__(self, row: UserRow):
+        self.totals, self.last_ts, self.orders = row.totals, row.last_ts, row.orders

@@ -1,0 +1,109 @@
+"""Serving's prepared path (``prepared.Served.inputs``) against the definition training
+replays (``ranking.candidates`` + ``ranking.feature_matrix``): the same candidates in the same
+order and the same feature values, bit for bit, for any snapshot, shopper and request."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from personalize.ingest import entities
+from personalize.ingest.events import parse_event
+from personalize.serving import ranking, snapshots
+from personalize.serving.prepared import MAX_PADDED_NEIGHBOURS, Prepared, Served
+
+T0 = 1_790_000_000_000
+MINUTE = 60_000
+ALL = np.arange(len(ranking.FEATURES))
+KINDS = ("view", "click", "add_to_cart", "purchase")
+
+
+@st.composite
+def snapshots_(draw):
+    n = draw(st.integers(1, 40))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    items = [f"sku-{i}" for i in range(n)]
+    available = rng.random(n) < draw(st.sampled_from([0.6, 0.95, 1.0]))
+    wide = draw(st.booleans()) and n > 1  # a neighbour list too wide to pad: the compressed walk
+
+    def pool(size):
+        return rng.permutation(n)[:size].astype(np.int32)
+
+    degree = rng.integers(0, 4, n)
+    if wide:
+        degree[0] = MAX_PADDED_NEIGHBOURS + 1
+    offsets = np.concatenate([[0], np.cumsum(degree)]).astype(np.int32)
+    nb_items = rng.integers(0, n, int(offsets[-1])).astype(np.int32)
+    nb_weights = rng.choice([0.5, 1.0, 2.5, 7.0], int(offsets[-1])).astype(np.float32)
+    snap = snapshots.ItemSnapshot(
+        "p", T0, items, rng.random((n, len(snapshots.ITEM_COLUMNS))).astype(np.float32), available,
+        pool(rng.integers(0, n + 1)), pool(rng.integers(0, n + 1)),
+        {"US": pool(rng.integers(0, n + 1))}, {"US": pool(3), "FR": pool(2)},
+        offsets, nb_items, nb_weights)
+    return snap
+
+
+@st.composite
+def rows(draw, n_items):
+    if draw(st.booleans()) and draw(st.booleans()):
+        return None
+    row = entities.UserRow()
+    events = draw(st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, n_items + 2),
+                                     st.integers(0, 30 * 24 * 60)), max_size=30))
+    for n, (kind, item, minutes_ago) in enumerate(sorted(events, key=lambda e: -e[2])):
+        event = parse_event({"event_id": f"e{n}", "type": kind, "user_id": "u", "item_id": f"sku-{item}",
+                             "ts": T0 - minutes_ago * MINUTE})  # sku-n and above: not in the snapshot
+        entities.apply_user_event(row, event, entities.id_hash(event.event_id))
+    return row
+
+
+@st.composite
+def requests(draw):
+    snap = draw(snapshots_())
+    n = len(snap.items)
+    row = draw(rows(n))
+    context = draw(st.one_of(st.none(), st.integers(0, n + 1).map(lambda i: f"sku-{i}")))
+    country = draw(st.sampled_from([None, "US", "FR", "ZZ", ""]))
+    now = T0 + draw(st.sampled_from([0, 1000, 20 * MINUTE, 3 * 24 * 60 * MINUTE]))
+    min_count = draw(st.sampled_from([0, 3, ranking.MIN_CANDIDATES]))
+    sold = draw(st.sets(st.integers(0, n - 1).map(lambda i: f"sku-{i}"), max_size=3))
+    columns = np.array(draw(st.permutations(range(len(ranking.FEATURES))))[:draw(st.integers(1, 30))])
+    return snap, sold, row, context, country, now, min_count, columns
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests())
+def test_the_prepared_path_computes_what_training_replays(request):
+    snap, sold, row, context, country, now, min_count, columns = request
+    prepared = Prepared(snap)
+    served = Served(snap.without(sold), prepared)
+    expected_cands = ranking.candidates(served.snapshot, row, country, context, now_ms=now, min_count=min_count)
+    expected = ranking.feature_matrix(served.snapshot, row, expected_cands, now, context)
+    for cols in (ALL, columns):  # the whole catalogue, and a model's own columns in its order
+        cands, X = served.inputs(cols, row, country, context, now_ms=now, min_count=min_count)
+        np.testing.assert_array_equal(cands, expected_cands)
+        assert X.dtype == np.float32 and X.flags.c_contiguous and X.shape == (len(cands), len(cols))
+        np.testing.assert_array_equal(X, expected[:, cols])
+        assert (prepared.scratch() == -1).all()  # nothing of this request is left for the next
+
+
+def test_a_failed_request_leaves_the_position_map_clean(monkeypatch):
+    snap = snapshots.ItemSnapshot("p", T0, ["a", "b", "c"], np.zeros((3, len(snapshots.ITEM_COLUMNS)), np.float32),
+                                  np.ones(3, bool), np.array([0, 1, 2], np.int32), np.zeros(0, np.int32), {}, {},
+                                  np.zeros(4, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32))
+    served = Served(snap, Prepared(snap))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("scoring input failed")
+
+    monkeypatch.setattr(Served, "_features", broken)
+    with pytest.raises(RuntimeError):
+        served.inputs(ALL, None, now_ms=T0, min_count=0)
+    assert (served.prepared.scratch() == -1).all()
+
+
+def test_a_served_snapshot_must_be_the_prepared_one():
+    snap = snapshots.build({}, T0, "a")
+    other = snapshots.build({}, T0, "b")
+    with pytest.raises(ValueError):
+        Served(other, Prepared(snap))
