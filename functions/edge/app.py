@@ -48,7 +48,7 @@ def _build():
         wiring.stack_of_function(_state.get("function_name")))  # a bundle built for another stack
     config.artifacts_bucket = config.artifacts_bucket.replace("{account}", _state.get("account", ""))
     built, _state["rollout"], _state["models"] = wiring.build(config, MODELS_DIR, os.environ.get("AWS_REGION"))
-    built.warm(_state["rollout"].store.refresh_now)
+    wiring.warm_up(built, _state["rollout"], _state["models"], config.default_champion)
     if built.keys.current is None or built.snapshot.value is None:  # not worth serving: try again later
         raise RuntimeError("cold start incomplete: signing key or item snapshot unavailable")
     gc.freeze()  # what cold start built lives as long as the instance: keep it out of GC scans

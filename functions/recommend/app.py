@@ -23,7 +23,7 @@ MODELS_DIR = Path(os.environ.get("MODELS_DIR", "/opt/python/shipped_models"))
 config = wiring.ServingConfig.from_env()
 recommender, rollout, models = wiring.build(config, MODELS_DIR, os.environ.get("AWS_REGION"))
 origin = wiring.origin_keys(config)
-recommender.warm(rollout.store.refresh_now, origin.refresh_now)
+wiring.warm_up(recommender, rollout, models, config.default_champion, origin.refresh_now)
 _seen = {"refused": 0}
 
 

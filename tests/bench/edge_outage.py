@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -56,23 +55,7 @@ def site_packages() -> Path:
 
 
 def lambda_python() -> str | None:
-    """A python3.12 interpreter (the Lambda runtime's version), if this machine has one: on
-    PATH, or one of pyenv's installed versions (its shim refuses an inactive version)."""
-    candidates = [shutil.which("python3.12")]
-    try:
-        root = subprocess.run(["pyenv", "root"], capture_output=True, text=True, timeout=30).stdout.strip()
-        candidates += sorted(str(p) for p in Path(root).glob("versions/3.12*/bin/python3.12")) if root else []
-    except (OSError, subprocess.SubprocessError):
-        pass
-    for path in filter(None, candidates):
-        try:
-            version = subprocess.run([path, "-c", "import sys; print(sys.version_info[:2] == (3, 12))"],
-                                     capture_output=True, text=True, timeout=60).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            continue
-        if version == "True":
-            return path
-    return None
+    return edge_build.lambda_python()
 
 
 def build_bundle(target: Path, fallback_snapshot: Path | None = None, as_deployed: bool = False) -> Path:

@@ -319,21 +319,31 @@ class Recommender:
         snap = self.snapshot.value
         return None if snap is None else snap.built_at_ms
 
-    def warm(self, *more: Callable[[], object]) -> None:
+    def warm(self, *more: Callable[[], object], meanwhile: Callable[[], object] | None = None) -> None:
         """Load the snapshot, the sold-out list (and ``more``, e.g. the flags) now, side by
         side (cold start), so the first request waits for none of them (the sold-out log is
-        read from the snapshot's build: after it)."""
+        read from the snapshot's build: after it). ``meanwhile`` runs on this thread while
+        the loads wait on the network (cold start's CPU work: the champion's model); its
+        exception is raised once the loads are done."""
 
         def snapshot_then_soldout():
             self.snapshot.refresh_now()
             self.soldout.refresh_now()
 
         futures = [self.pool.submit(f) for f in (snapshot_then_soldout, self.keys.refresh_now, *more)]
+        failed: Exception | None = None
+        if meanwhile is not None:
+            try:
+                meanwhile()
+            except Exception as exc:  # raised after the loads: no thread is left working on them
+                failed = exc
         for future in futures:
             try:
                 future.result()
             except Exception:  # an outage at cold start: serve degraded, retry in the background
                 log.warning("cold-start load failed; serving without it until a refresh succeeds", exc_info=True)
+        if failed is not None:
+            raise failed
 
     def current_snapshot(self) -> ItemSnapshot | None:
         """The snapshot as served now: without the sold-out items (``current_served``)."""

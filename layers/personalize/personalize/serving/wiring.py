@@ -186,8 +186,10 @@ def origin_keys(config: ServingConfig) -> identity.KeyRing:
     return identity.KeyRing(SecretVersions(config.origin_secret, config.home_region).load)
 
 
-def chooser(rollout: flags.Rollout, models: ModelCache, champion: Ranker) -> Callable[[str | None], Variant]:
-    """What serves a shopper: their variant from the flags, and that variant's model."""
+def chooser(rollout: flags.Rollout, models: ModelCache, champion: Ranker | str) -> Callable[[str | None], Variant]:
+    """What serves a shopper: their variant from the flags, and that variant's model.
+    ``champion``: the model served when a variant's is unavailable (or its name in
+    ``models``, loaded by ``warm_up`` at cold start)."""
 
     def choose(user_id: str | None) -> Variant:
         assignment = rollout.assign(user_id)
@@ -198,11 +200,21 @@ def chooser(rollout: flags.Rollout, models: ModelCache, champion: Ranker) -> Cal
             # Served by the bundled champion, still counted as this variant's (a fallback of
             # the challenger's, which the rollback alarm watches), never as the champion's.
             log.warning("%s; serving the default champion", exc)
-            return Variant(assignment.variant, champion, assignment.experiment, f"{assignment.variant}_unavailable",
+            default = models.get(champion) if isinstance(champion, str) else champion
+            return Variant(assignment.variant, default, assignment.experiment, f"{assignment.variant}_unavailable",
                            explore)
         return Variant(assignment.variant, ranker, assignment.experiment, exploration=explore)
 
     return choose
+
+
+def warm_up(recommender: Recommender, rollout: flags.Rollout, models: ModelCache, champion: str,
+            *more: Callable[[], object]) -> None:
+    """Cold start's loads (``Recommender.warm``: snapshot, sold-out list, keys, the flags and
+    ``more``) on the pool while this thread loads the champion's model (onnxruntime's import
+    and session) meanwhile. Raises when the champion cannot be loaded: an instance that cannot
+    serve its default model is not built (it fails at cold start, not on a request)."""
+    recommender.warm(rollout.store.refresh_now, *more, meanwhile=lambda: models.get(champion))
 
 
 def build(config: ServingConfig, models_dir: Path, running_region: str | None, on_scored=None):
@@ -221,8 +233,7 @@ def build(config: ServingConfig, models_dir: Path, running_region: str | None, o
     rollout = flags.Rollout(flags.CachedDocumentStore(fetch, config.flags_max_age_s, executor=pool, bundled=bundled),
                             config.default_champion)
     models = ModelCache(models_dir, artifacts, rollout.pins)
-    champion = models.get(config.default_champion)  # fail at cold start, not on a request
-    choose = chooser(rollout, models, champion)
+    choose = chooser(rollout, models, config.default_champion)  # loaded by warm_up: it fails at cold start
     table = config.replica_table or regions.replica_table(config.home_region, config.replica_regions)
     replica, timeout_s = regions.choose(table, running_region, config.home_region, config.user_read_timeout_s)
     users = DynamoUserStore(config.features_table, entities.UserRow.from_obj, region=replica, timeout_s=timeout_s)
