@@ -94,40 +94,6 @@ def trim(target: Path) -> None:
             path.unlink()  # the Python API links onnxruntime_pybind11_state, not the C API library
 
 
-def lambda_python() -> str | None:
-    """A python3.12 interpreter (the Lambda runtime's version), if this machine has one: this
-    one, on PATH, or one of pyenv's installed versions (its shim refuses an inactive version)."""
-    if sys.version_info[:2] == (3, 12):
-        return sys.executable
-    candidates = [shutil.which("python3.12")]
-    try:
-        root = subprocess.run(["pyenv", "root"], capture_output=True, text=True, timeout=30).stdout.strip()
-        candidates += sorted(str(p) for p in Path(root).glob("versions/3.12*/bin/python3.12")) if root else []
-    except (OSError, subprocess.SubprocessError):
-        pass
-    for path in filter(None, candidates):
-        try:
-            version = subprocess.run([path, "-c", "import sys; print(sys.version_info[:2] == (3, 12))"],
-                                     capture_output=True, text=True, timeout=60).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            continue
-        if version == "True":
-            return path
-    return None
-
-
-def precompile(target: Path, python: str, runs_at: str | None = "/var/task") -> None:
-    """Every module of the bundle compiled once, here, by the interpreter that will run it.
-    Lambda's ``/var/task`` is read-only: a bundle without bytecode compiles each module it
-    imports at every cold start (about 50 ms for ``personalize`` alone on a 2-core machine,
-    2026-12-06). Unchecked-hash pycs, because a zip keeps file times to 2 s, which would
-    invalidate timestamp pycs (the bundle never changes once built); file names as the
-    function sees them (``runs_at``) in tracebacks."""
-    where = ["-s", str(target), "-p", runs_at] if runs_at else []
-    subprocess.run([python, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash", *where,
-                    str(target)], check=True, stdout=subprocess.DEVNULL)
-
-
 def zipped_mb(folder: Path) -> float:
     out = folder.parent / f"{folder.name}.zip"
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
@@ -141,6 +107,8 @@ def zipped_mb(folder: Path) -> float:
 
 def build(target: Path, env: str = "dev", install: bool = True) -> float:
     import json
+
+    from infra import bytecode
 
     target.mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "functions" / "edge" / "app.py", target / "app.py")
@@ -156,14 +124,14 @@ def build(target: Path, env: str = "dev", install: bool = True) -> float:
                         "--platform", "manylinux_2_28_x86_64", "--python-version", "3.12", "--implementation",
                         "cp", "--target", str(target), *pinned(PACKAGES)], check=True)
         trim(target)
-        python = lambda_python()
+        python = bytecode.lambda_python()
         if python is None:
             print("no python3.12 on this machine: the edge bundle ships without bytecode, so every cold start "
                   "compiles what it imports", file=sys.stderr)
         else:
-            precompile(target, python)
+            bytecode.precompile(target, python)
     else:  # the packages are this interpreter's, and so is the bundle (tests, the bench)
-        precompile(target, sys.executable, runs_at=None)
+        bytecode.precompile(target, sys.executable)
     return zipped_mb(target)
 
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from infra import edge_build
+from infra import bytecode, edge_build
 
 # What the python3.12 Lambda runtime puts beside a function: boto3 and its dependencies.
 RUNTIME = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "six.py", "urllib3")
@@ -55,7 +55,7 @@ def site_packages() -> Path:
 
 
 def lambda_python() -> str | None:
-    return edge_build.lambda_python()
+    return bytecode.lambda_python()
 
 
 def build_bundle(target: Path, fallback_snapshot: Path | None = None, as_deployed: bool = False) -> Path:

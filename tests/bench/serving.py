@@ -147,15 +147,15 @@ def cold_starts(stack: LocalStack, runs: int = 5) -> dict:
     import shutil
     import tempfile
 
-    from infra import edge_build
+    from infra import bytecode
 
     env = {**os.environ, "AWS_ENDPOINT_URL": stack.aws_endpoint}
     # The handler and the domain package as the bundle ships them: compiled at build time
-    # (edge_build.precompile), not on every cold start. The floor's packages have their pycs too.
+    # (bytecode.precompile), not on every cold start. The floor's packages have their pycs too.
     compiled = Path(tempfile.mkdtemp(prefix="cold-edge-"))
     shutil.copytree(ROOT / "functions" / "edge", compiled / "edge", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "layers" / "personalize", compiled / "layer", ignore=shutil.ignore_patterns("__pycache__"))
-    edge_build.precompile(compiled, sys.executable, runs_at=None)
+    bytecode.precompile(compiled, sys.executable)
     edge = _COLD_EDGE.format(edge=str(compiled / "edge"), layer=str(compiled / "layer"),
                              config=str(stack.edge_config_path), models=str(ROOT / "models"))
     cold, imports, floor, busy, threads = [], [], [], [], []

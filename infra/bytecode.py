@@ -1,0 +1,61 @@
+"""Bytecode for what ``sam build`` ships: Lambda's code and layers are read-only (``/var/task``,
+``/opt``), so a module without a pyc is compiled at every cold start. Precompiled here by the
+runtime's interpreter (python3.12), when this machine has one.
+
+``python infra/bytecode.py DIR``: compile DIR (a layer's build folder); without a python3.12
+it says so and ships none.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+
+def lambda_python() -> str | None:
+    """A python3.12 interpreter (the Lambda runtime's version), if this machine has one: this
+    one, on PATH, or one of pyenv's installed versions (its shim refuses an inactive version)."""
+    if sys.version_info[:2] == (3, 12):
+        return sys.executable
+    candidates = [shutil.which("python3.12")]
+    try:
+        root = subprocess.run(["pyenv", "root"], capture_output=True, text=True, timeout=30).stdout.strip()
+        candidates += sorted(str(p) for p in Path(root).glob("versions/3.12*/bin/python3.12")) if root else []
+    except (OSError, subprocess.SubprocessError):
+        pass
+    for path in filter(None, candidates):
+        try:
+            version = subprocess.run([path, "-c", "import sys; print(sys.version_info[:2] == (3, 12))"],
+                                     capture_output=True, text=True, timeout=60).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if version == "True":
+            return path
+    return None
+
+
+def precompile(target: Path, python: str) -> None:
+    """Every module of the bundle compiled once, here, by the interpreter that will run it.
+    Lambda's ``/var/task`` is read-only: a bundle without bytecode compiles each module it
+    imports at every cold start (about 50 ms for ``personalize`` alone on a 2-core machine,
+    2026-12-06). Unchecked-hash pycs, because a zip keeps file times to 2 s, which would
+    invalidate timestamp pycs (the bundle never changes once built)."""
+    subprocess.run([python, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash", str(target)],
+                   check=True, stdout=subprocess.DEVNULL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    folder = (argv if argv is not None else sys.argv[1:])[0]
+    python = lambda_python()
+    if python is None:
+        print(f"no python3.12 on this machine: {folder} ships without bytecode, so every cold start compiles "
+              "what it imports", file=sys.stderr)
+        return 0
+    precompile(Path(folder), python)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
