@@ -3,11 +3,12 @@
 runtime's interpreter (python3.12), when this machine has one.
 
 ``python infra/bytecode.py DIR``: compile DIR (a layer's build folder); without a python3.12
-it says so and ships none.
+it says so and ships none, or fails when ``REQUIRE_BYTECODE=1`` (the pipeline's builds).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 def lambda_python() -> str | None:
     """A python3.12 interpreter (the Lambda runtime's version), if this machine has one: this
     one, on PATH, or one of pyenv's installed versions (its shim refuses an inactive version)."""
-    if sys.version_info[:2] == (3, 12):
+    if sys.version_info[:2] == (3, 12) and sys.version_info.releaselevel == "final":
         return sys.executable
     candidates = [shutil.which("python3.12")]
     try:
@@ -27,7 +28,8 @@ def lambda_python() -> str | None:
         pass
     for path in filter(None, candidates):
         try:
-            version = subprocess.run([path, "-c", "import sys; print(sys.version_info[:2] == (3, 12))"],
+            version = subprocess.run([path, "-c", "import sys; v = sys.version_info; "
+                                      "print(v[:2] == (3, 12) and v.releaselevel == 'final')"],
                                      capture_output=True, text=True, timeout=60).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             continue
@@ -49,13 +51,20 @@ def precompile(target: Path, python: str) -> None:
               file=sys.stderr)
 
 
+def missing(folder: Path | str) -> int:
+    """Without a python3.12: 0 and a warning, or 1 when the build requires bytecode."""
+    required = os.environ.get("REQUIRE_BYTECODE") == "1"
+    print(f"{'error' if required else 'warning'}: no python3.12 on this machine: {folder} "
+          f"{'cannot ship' if required else 'ships'} without bytecode (every cold start would compile what it "
+          "imports)", file=sys.stderr)
+    return 1 if required else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     folder = (argv if argv is not None else sys.argv[1:])[0]
     python = lambda_python()
     if python is None:
-        print(f"no python3.12 on this machine: {folder} ships without bytecode, so every cold start compiles "
-              "what it imports", file=sys.stderr)
-        return 0
+        return missing(folder)
     precompile(Path(folder), python)
     return 0
 

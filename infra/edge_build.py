@@ -105,19 +105,37 @@ def zipped_mb(folder: Path) -> float:
     return size
 
 
+def _check_champion(folder: Path) -> None:
+    """The default champion is in the bundle, its file the one its manifest names, its features
+    ones serving computes (``models.verify``): an instance that cannot load it would retry its
+    whole cold start forever, so such a bundle is never built."""
+    import json
+
+    from personalize.serving.models import MANIFEST_FILE, MODEL_FILE, Manifest, ModelError, verify
+
+    if not (folder / MODEL_FILE).exists() or not (folder / MANIFEST_FILE).exists():
+        raise ModelError(f"the default champion is not in the bundle: {folder} lacks {MODEL_FILE} or {MANIFEST_FILE}")
+    verify(Manifest.from_dict(json.loads((folder / MANIFEST_FILE).read_text())), (folder / MODEL_FILE).read_bytes())
+
+
 def build(target: Path, env: str = "dev", install: bool = True) -> float:
     import json
 
     from infra import bytecode
 
     target.mkdir(parents=True, exist_ok=True)
+    # A reused target: nothing compiled from an earlier build's sources may ship (unchecked-hash pycs).
+    shutil.rmtree(target / "personalize", ignore_errors=True)
+    shutil.rmtree(target / "__pycache__", ignore_errors=True)
     shutil.copy(ROOT / "functions" / "edge" / "app.py", target / "app.py")
     shutil.copytree(ROOT / "layers" / "personalize" / "personalize", target / "personalize", dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("__pycache__"))
     for manifest in (ROOT / "models").glob("*/*/manifest.json"):
         folder = manifest.parent
         shutil.copytree(folder, target / "shipped_models" / folder.parent.name / folder.name, dirs_exist_ok=True)
-    (target / "edge_config.json").write_text(json.dumps(edge_config(env), indent=2, sort_keys=True))
+    config = edge_config(env)
+    (target / "edge_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    _check_champion(target / "shipped_models" / config["default_champion"])
     (target / "fallback_items.json").write_text(json.dumps(fallback_items(), indent=2))
     if install:
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--only-binary=:all:",
@@ -126,8 +144,8 @@ def build(target: Path, env: str = "dev", install: bool = True) -> float:
         trim(target)
         python = bytecode.lambda_python()
         if python is None:
-            print("no python3.12 on this machine: the edge bundle ships without bytecode, so every cold start "
-                  "compiles what it imports", file=sys.stderr)
+            if bytecode.missing("the edge bundle"):
+                raise SystemExit(1)
         else:
             bytecode.precompile(target, python)
     else:  # the packages are this interpreter's, and so is the bundle (tests, the bench)

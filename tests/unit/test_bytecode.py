@@ -32,8 +32,44 @@ def test_a_precompiled_folder_is_imported_from_its_bytecode_whatever_the_file_ti
 
 
 def test_the_domain_layer_build_compiles_it_when_the_runtimes_python_is_here(tmp_path):
-    subprocess.run(["make", "-s", "-C", "layers/personalize", "build-DomainLayer", f"ARTIFACTS_DIR={tmp_path}",
-                    f"PYTHON={sys.executable}"], check=True, capture_output=True)
+    done = subprocess.run(["make", "-s", "-C", "layers/personalize", "build-DomainLayer", f"ARTIFACTS_DIR={tmp_path}",
+                           f"PYTHON={sys.executable}"], check=True, capture_output=True, text=True)
     pycs = list((tmp_path / "python" / "personalize").rglob("*.cpython-312.pyc"))
     assert (tmp_path / "python" / "shipped_models").is_dir()
-    assert bool(pycs) == (bytecode.lambda_python() is not None)
+    if bytecode.lambda_python() is not None:
+        assert len(pycs) == len(list((tmp_path / "python" / "personalize").rglob("*.py")))
+    else:  # said, not silent
+        assert not pycs and "without bytecode" in done.stderr
+
+
+def test_a_build_that_requires_bytecode_fails_without_the_runtimes_python(monkeypatch, capsys):
+    monkeypatch.setenv("REQUIRE_BYTECODE", "1")
+    assert bytecode.missing("the edge bundle") == 1 and "error" in capsys.readouterr().err
+    monkeypatch.delenv("REQUIRE_BYTECODE")
+    assert bytecode.missing("the edge bundle") == 0 and "warning" in capsys.readouterr().err
+
+
+def test_a_bundle_whose_champion_cannot_load_is_never_built(tmp_path, monkeypatch):
+    import json
+
+    import pytest
+
+    from infra import edge_build
+    from personalize.serving.models import ModelError
+
+    real = edge_build.edge_config("dev")
+    monkeypatch.setattr(edge_build, "edge_config", lambda env: {**real, "default_champion": "ranker-mlp/v404"})
+    with pytest.raises(ModelError, match="not in the bundle"):
+        edge_build.build(tmp_path / "missing", install=False)
+    folder = tmp_path / "altered"
+    monkeypatch.setattr(edge_build, "edge_config", lambda env: real)
+    original = edge_build._check_champion
+
+    def altered(champion):  # the shipped file differs from the one its manifest names
+        (champion / "model.onnx").write_bytes((champion / "model.onnx").read_bytes() + b"\0")
+        original(champion)
+
+    monkeypatch.setattr(edge_build, "_check_champion", altered)
+    with pytest.raises(ModelError, match="sha256"):
+        edge_build.build(folder, install=False)
+    assert json.loads((folder / "edge_config.json").read_text())["default_champion"] == real["default_champion"]

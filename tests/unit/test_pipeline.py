@@ -53,6 +53,16 @@ def test_each_environment_is_built_once_from_the_tested_commit_and_its_build_che
         assert "--template-file packaged-" in runs(job)
 
 
+def test_the_builds_compile_what_lambda_runs_with_its_python():
+    """infra/bytecode.py needs a python3.12; the pipeline's builds have one and refuse to ship
+    without bytecode (every cold start would compile the bundle)."""
+    build = JOBS["build"]
+    setup = next(s for s in build["steps"] if str(s.get("uses", "")).startswith("actions/setup-python"))
+    assert "3.12" in str(setup["with"]["python-version"]).split()
+    step = next(s for s in build["steps"] if "make build" in str(s.get("run", "")))
+    assert step["env"]["REQUIRE_BYTECODE"] == "1"
+
+
 def test_dev_deploys_automatically_and_prod_only_after_approval_and_dev():
     assert JOBS["deploy-dev"]["needs"] == "build" and JOBS["deploy-dev"]["environment"] == "dev"
     assert JOBS["deploy-prod"]["needs"] == "deploy-dev"

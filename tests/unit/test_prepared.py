@@ -38,7 +38,8 @@ def snapshots_(draw):
     snap = snapshots.ItemSnapshot(
         "p", T0, items, rng.random((n, len(snapshots.ITEM_COLUMNS))).astype(np.float32), available,
         pool(rng.integers(0, n + 1)), pool(rng.integers(0, n + 1)),
-        {"US": pool(rng.integers(0, n + 1))}, {"US": pool(3), "FR": pool(2)},
+        {"US": pool(rng.integers(0, n + 1))},
+        {"US": pool(3), "FR": pool(2), **({"": pool(2)} if draw(st.booleans()) else {})},
         offsets, nb_items, nb_weights)
     return snap
 
@@ -87,19 +88,45 @@ def test_the_prepared_path_computes_what_training_replays(request):
         assert (prepared.scratch() == -1).all()  # nothing of this request is left for the next
 
 
-def test_a_failed_request_leaves_the_position_map_clean(monkeypatch):
-    snap = snapshots.ItemSnapshot("p", T0, ["a", "b", "c"], np.zeros((3, len(snapshots.ITEM_COLUMNS)), np.float32),
-                                  np.ones(3, bool), np.array([0, 1, 2], np.int32), np.zeros(0, np.int32), {}, {},
-                                  np.zeros(4, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32))
+@pytest.mark.parametrize("fails", ["pool", "_features"])
+def test_a_failed_request_leaves_the_position_map_clean(monkeypatch, fails):
+    """Wherever a request fails (before or after its own items are marked), the next one on
+    the thread computes what the reference does."""
+    n = 12
+    snap = snapshots.ItemSnapshot("p", T0, [f"sku-{i}" for i in range(n)],
+                                  np.random.default_rng(3).random((n, len(snapshots.ITEM_COLUMNS))).astype(np.float32),
+                                  np.ones(n, bool), np.arange(n, dtype=np.int32), np.zeros(0, np.int32), {}, {},
+                                  np.zeros(n + 1, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32))
     served = Served(snap, Prepared(snap))
+    row = entities.UserRow()
+    for k, item in enumerate(["sku-7", "sku-9"]):
+        event = parse_event({"event_id": f"v{k}", "type": "view", "user_id": "u", "item_id": item, "ts": T0 - k})
+        entities.apply_user_event(row, event, entities.id_hash(event.event_id))
+    original = getattr(Served, fails)
 
     def broken(*args, **kwargs):
-        raise RuntimeError("scoring input failed")
+        raise RuntimeError("failed mid-request")
 
-    monkeypatch.setattr(Served, "_features", broken)
+    monkeypatch.setattr(Served, fails, broken)
     with pytest.raises(RuntimeError):
-        served.inputs(ALL, None, now_ms=T0, min_count=0)
+        served.inputs(ALL, row, now_ms=T0, min_count=0)
+    monkeypatch.setattr(Served, fails, original)
     assert (served.prepared.scratch() == -1).all()
+    cands, X = served.inputs(ALL, None, now_ms=T0, min_count=0)  # the next shopper, anonymous
+    expected = ranking.candidates(snap, None, now_ms=T0, min_count=0)
+    np.testing.assert_array_equal(cands, expected)
+    np.testing.assert_array_equal(X, ranking.feature_matrix(snap, None, expected, T0))
+
+
+def test_only_the_layouts_requests_used_are_carried_to_the_next_snapshot():
+    snap = snapshots.build({}, T0, "a")
+    champion, retired = np.array([1, 2, 3]), np.array([3, 2])
+    first = Prepared(snap)
+    first.layout(champion)
+    first.layout(retired)
+    second = Prepared(snap, first.layouts())  # the challenger is killed: only the champion serves
+    second.layout(champion)
+    assert Prepared(snap, second.layouts()).layouts() == () and second.layouts() == ((1, 2, 3),)
 
 
 def test_a_served_snapshot_must_be_the_prepared_one():

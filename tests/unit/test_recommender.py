@@ -334,3 +334,15 @@ def test_an_exploring_answer_signs_its_propensities(parts):
     decision = identity.verify_decision(body["decision"], body["rec_id"], KEY)
     assert decision.propensities == (1.0,) * 8 + (0.1, 0.1)
     assert decision.items == tuple(i["item_id"] for i in body["items"])
+
+
+def test_a_request_racing_a_refresh_never_replaces_the_snapshot_the_refresh_prepared(parts):
+    """A refresh prepares the new snapshot, then publishes it; a request in between is served
+    from the old one (prepared for itself) and leaves the refresh's preparation in place."""
+    recommender, _, _, _ = parts
+    new = snapshots.ItemSnapshot.decode(snapshot("v2"))
+    recommender._prepare(new)  # prepared on the refresh thread, not yet the served value
+    recommender._served = None  # e.g. the sold-out list changed: this request builds what it serves
+    answer = recommender.recommend({"k": "5"}, cookie("u1"), "US", now_ms=NOW)
+    assert answer.status == 200 and answer.body["snapshot_version"] == "v1" and answer.body["items"]
+    assert recommender._prepared.snapshot is new

@@ -125,3 +125,30 @@ def test_an_answer_in_one_lock_records_what_the_generic_path_records(answers):
         assert fast.counts == generic.counts and fast.maxima == generic.maxima
         assert {k: (u, h.values_counts(), h.count) for k, (u, h) in fast.histograms.items()} == \
                {k: (u, h.values_counts(), h.count) for k, (u, h) in generic.histograms.items()}
+
+
+def test_no_answer_is_lost_to_a_flush_that_takes_the_figures_meanwhile():
+    """``HomeMetrics.flush`` takes the pending figures on another thread while requests record
+    answers: a flush that wins the lock just before an answer leaves that answer in the next
+    batch, never in the one already sent."""
+    aggregate = telemetry.Aggregate()
+    sent = []
+    lock = aggregate._lock
+
+    class FlushFirst:  # the flush thread takes the lock first, every time an answer wants it
+        def __enter__(self):
+            aggregate._lock = lock
+            sent.append(dict(aggregate.take().counts))  # as sent: made into PutMetricData at once
+            aggregate._lock = self
+            return lock.__enter__()
+
+        def __exit__(self, *exc):
+            return lock.__exit__(*exc)
+
+    aggregate._lock = FlushFirst()
+    for _ in range(3):
+        aggregate.answer("champion", "user_read_failed", 5.0, 1.0, False)
+    aggregate._lock = lock
+    sent.append(dict(aggregate.take().counts))
+    for name, dims in (("Answers", ()), ("Requests", (("variant", "champion"),)), ("DegradedAnswers", ())):
+        assert sum(batch.get((name, dims), 0) for batch in sent) == 3

@@ -139,8 +139,8 @@ class Aggregate:
                                             ("Fallbacks", _dims({"variant": variant})),
                                             ("ModelFallbacks", _dims({"variant": variant})))
         requests, latency, fallbacks, model_fallbacks = keys
-        counts = self.counts
         with self._lock:
+            counts = self.counts  # under the lock: take() swaps it
             counts[_ANSWERS] = counts.get(_ANSWERS, 0) + 1
             counts[requests] = counts.get(requests, 0) + 1
             entry = self.histograms.get(latency)
@@ -331,8 +331,8 @@ class HomeMetrics:
         taken = self.pending.take()
         if taken.empty():
             return
-        data = metric_data(taken, self.service, self.extra_dims)
         try:
+            data = metric_data(taken, self.service, self.extra_dims)
             client = self.client_factory()
             for start in range(0, len(data), 1000):
                 client.put_metric_data(Namespace=self.namespace, MetricData=data[start:start + 1000])

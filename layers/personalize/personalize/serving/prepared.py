@@ -55,6 +55,7 @@ class Layout:
     def __init__(self, snap: ItemSnapshot, columns: np.ndarray):
         columns = np.asarray(columns, dtype=np.intp)
         self.columns = columns
+        self.key = tuple(columns.tolist())
         where = {int(c): i for i, c in enumerate(columns)}
 
         def pick(group) -> tuple[np.ndarray, np.ndarray]:
@@ -95,24 +96,26 @@ class Prepared:
         width = int(degree.max()) if len(degree) else 0
         self.nb_pad = self.nb_wpad = None
         if 0 < width <= MAX_PADDED_NEIGHBOURS:  # each item's neighbours in one row (-1 after the last)
-            owner = np.repeat(np.arange(len(degree)), degree)
-            slot = np.arange(len(owner)) - np.repeat(snap.nb_offsets[:-1].astype(np.int64), degree)
+            filled = np.arange(width) < degree[:, None]  # row-major: the compressed order
             self.nb_pad = np.full((len(degree), width), -1, dtype=np.int32)
-            self.nb_pad[owner, slot] = snap.nb_items
+            self.nb_pad[filled] = snap.nb_items[snap.nb_offsets[0]:snap.nb_offsets[-1]]
             self.nb_wpad = np.zeros((len(degree), width), dtype=np.float32)
-            self.nb_wpad[owner, slot] = snap.nb_weights
+            self.nb_wpad[filled] = snap.nb_weights[snap.nb_offsets[0]:snap.nb_offsets[-1]]
         self._layouts: dict[tuple[int, ...], Layout] = {}
+        self._used: set[tuple[int, ...]] = set()
         self._local = threading.local()
         for columns in layouts:
-            self.layout(np.array(columns, dtype=np.intp))
+            self._layouts[tuple(columns)] = Layout(snap, np.array(columns, dtype=np.intp))
 
     def layout(self, columns: np.ndarray) -> Layout:
         """The layout for a model's columns: built on first use, then kept (``layouts`` of the
         previous snapshot are built as a new one is prepared, off the request path)."""
         key = tuple(columns.tolist())
         found = self._layouts.get(key)
-        if found is None:
-            found = self._layouts[key] = Layout(self.snapshot, columns)
+        if found is None:  # two threads at once: both build, one is kept and both use it
+            found = self._layouts.setdefault(key, Layout(self.snapshot, columns))
+        if key not in self._used:
+            self._used.add(key)
         return found
 
     def neighbours(self, js: np.ndarray, scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -127,7 +130,9 @@ class Prepared:
         return rows[valid], weights[valid]
 
     def layouts(self) -> tuple[tuple[int, ...], ...]:
-        return tuple(self._layouts)
+        """The layouts requests used on this snapshot: the next one prepares them (a model no
+        longer served, a killed challenger's, is not carried on)."""
+        return tuple(self._used)
 
     def scratch(self) -> np.ndarray:
         """This thread's item -> candidate position map, all -1 between requests."""
@@ -147,18 +152,18 @@ class Served:
         self.snapshot = snap
         self.prepared = prepared
         self._pools: dict[str | None, np.ndarray] = {}
-        self._pool_rows: dict[tuple[str | None, int], np.ndarray] = {}
+        self._pool_rows: dict[tuple[str | None, tuple[int, ...]], np.ndarray] = {}
 
     def _country(self, country: str | None) -> str | None:
         snap = self.snapshot
-        if country and country not in snap.country_trending and country not in snap.country_popular:
-            return None
+        if not country or (country not in snap.country_trending and country not in snap.country_popular):
+            return None  # as ranking.candidates: no country, or one the snapshot has no pools for
         return country
 
     def pool_rows(self, country: str | None, layout: Layout) -> np.ndarray:
         """``layout.block`` rows of ``pool(country)``, contiguous: most of a request's
         feature matrix, copied in one run instead of gathered item by item."""
-        key = (self._country(country), id(layout))  # the layout lives as long as the prepared snapshot
+        key = (self._country(country), layout.key)
         rows = self._pool_rows.get(key)
         if rows is None:
             rows = self._pool_rows[key] = layout.block[self.pool(country)]
@@ -191,7 +196,7 @@ class Served:
         context = index.get(context_item) if context_item is not None else None
         recent = _recent_indexes(index, row) if row is not None else None
         recent_nb = self.prepared.neighbours(recent) if recent is not None and len(recent) else None
-        cands = np.zeros(0, dtype=np.int32)
+        cands = head = np.zeros(0, dtype=np.int32)
         try:
             positions[cart] = _CART
             parts = []
@@ -207,8 +212,6 @@ class Served:
                 head = np.concatenate(parts)
                 head = ranking._first_occurrences(head[snap.available[head] & (positions[head] != _CART)])
                 positions[head] = np.arange(len(head), dtype=np.int32)
-            else:
-                head = cands
             pool = self.pool(country)
             rest = positions[pool] == _NOT
             cands = pool[rest]
@@ -224,7 +227,8 @@ class Served:
                 X[:len(head)] = layout.block[head]
                 X[len(head):] = self.pool_rows(country, layout)[rest]
             return cands, self._features(X, layout, positions, row, cands, now_ms, context, recent, recent_nb)
-        finally:
+        finally:  # whatever failed where: the next request finds the map clean
+            positions[head] = _NOT
             positions[cands] = _NOT
             positions[cart] = _NOT
 

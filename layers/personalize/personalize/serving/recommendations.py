@@ -372,8 +372,14 @@ class Recommender:
         if cached is not None and cached[0] == key:
             return cached[1]
         prepared = self._prepared
-        if prepared is None or prepared.snapshot is not snap:  # a value set without a refresh (tests)
-            prepared = self._prepared = Prepared(snap, prepared.layouts() if prepared is not None else ())
+        if prepared is None or prepared.snapshot is not snap:
+            # A refresh racing this request (it prepares the new snapshot before publishing it)
+            # or a value set without a refresh (tests): prepared here, for this snapshot, and
+            # never kept in place of the refresh's.
+            fresh = Prepared(snap, prepared.layouts() if prepared is not None else ())
+            if prepared is None:
+                self._prepared = fresh
+            prepared = fresh
         served = snap.without(sold)
         if not fresh:
             served = served.without_low_stock()
