@@ -15,6 +15,7 @@ again (harmless: a journal lists facts, not increments).
 from __future__ import annotations
 
 import hashlib
+import json
 
 from personalize import keys
 from personalize.adapters import soldout as availability
@@ -52,6 +53,17 @@ def journal_row(shard: str, changes, stats, membership) -> dict | None:
     if not touched and not listings:
         return None
     return {"shard": shard, "t": touched, "c": listings}
+
+
+def availability_writer(source: str, first: int, last: int, entries: list[list]) -> str:
+    """The writer an availability item is written as: the batch's range and a digest of
+    what it says. An attempt's retry at the same clock millisecond (a simulated clock, a
+    clock that stood still) lands on the very item again only if it says the same: the log
+    keeps the first item written under a key, so a retry that says something else (it
+    applied records the first attempt had cut, its rows' "before" differs) must not share
+    it, or its transitions are dropped."""
+    digest = hashlib.blake2b(json.dumps(entries).encode(), digest_size=8).hexdigest()
+    return f"{source}#{first}-{last}#{digest}"
 
 
 def availability_entries(stats, restate: bool = False) -> list[list]:
