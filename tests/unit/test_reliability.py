@@ -350,6 +350,17 @@ def test_a_retry_at_the_same_millisecond_that_restocks_is_not_dropped_from_the_s
     assert soldout.items == set(), "the restock reached the row, so it must reach the log"
 
 
+def test_a_retry_at_the_same_millisecond_that_touches_more_items_is_not_dropped_from_the_journal(quarantine):
+    """Attempt 1's journal listed i1 and hot; the retry's (i2 as well, whose row it wrote)
+    had the same key: dropped, and the snapshot job never re-read i2's row."""
+    from personalize.ingest import journal
+
+    store, _ = retried_at_the_same_millisecond(quarantine)
+    touched = {item for key in store.tables[ITEMS] if key[0].startswith(journal.PK_PREFIX)
+               for item in store.get(ITEMS, key).row["t"]}
+    assert touched == {"hot", "i1", "i2"}
+
+
 def test_quarantine_batches_are_cut_by_bytes_and_huge_records_still_fit():
     sent = []
 

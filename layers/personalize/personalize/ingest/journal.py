@@ -32,8 +32,13 @@ def bucket_of(source: str) -> int:
     return hashlib.blake2b(source.encode("utf-8", "surrogatepass"), digest_size=2).digest()[0] % BUCKETS
 
 
-def journal_key(source: str, first: int, last: int, now_ms: int) -> tuple[str, str]:
-    return f"{PK_PREFIX}{now_ms // MINUTE_MS}#{bucket_of(source)}", f"{now_ms:013d}#{source}#{first}-{last}"
+def journal_key(source: str, first: int, last: int, now_ms: int, row: dict) -> tuple[str, str]:
+    """The row is written once (``put_once``): its key carries a digest of what it lists, so
+    a retry at the same millisecond that lists something else is a row of its own, not a
+    write that finds the key taken (see ``availability_writer``)."""
+    digest = hashlib.blake2b(json.dumps(row, sort_keys=True).encode(), digest_size=8).hexdigest()
+    return (f"{PK_PREFIX}{now_ms // MINUTE_MS}#{bucket_of(source)}",
+            f"{now_ms:013d}#{source}#{first}-{last}#{digest}")
 
 
 def journal_partitions(minute: int) -> list[str]:

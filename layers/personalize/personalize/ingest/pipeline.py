@@ -236,7 +236,7 @@ class Ingestor:
         try:
             row = journal.journal_row(shard, rest, stats, self._membership)
             if row is not None:
-                self.store.put_once(ITEMS, journal.journal_key(source, min(seqs), max(seqs), now_ms), "journal",
+                self.store.put_once(ITEMS, journal.journal_key(source, min(seqs), max(seqs), now_ms, row), "journal",
                                     row, (now_ms + journal.TTL_MS) // 1000)
             entries = journal.availability_entries(stats, restate=self._restate)
             if entries and self.soldout is not None:
