@@ -15,7 +15,7 @@ import pytest
 
 from personalize import keys
 from personalize.adapters.quarantine import MemoryQuarantine, SqsQuarantine
-from personalize.adapters.rowstore import MemoryRowStore, pack
+from personalize.adapters.rowstore import MemoryRowStore, ThrottledError, pack
 from personalize.adapters.soldout import MemorySoldOut
 from personalize.ingest import aggregation, entities, events
 from personalize.ingest.aggregation import ITEMS, USERS, Change, StreamRecord
@@ -309,6 +309,56 @@ def test_a_sold_out_log_that_cannot_be_written_holds_back_the_item_rows(store, q
     soldout.fail = False
     result = run(ingestor, Stream().records(stock, ev(2)))
     assert result.failed_seqs == set() and soldout.items == {"i1"} and item_view(store).stock == 0
+
+
+class FailOnce(MemoryRowStore):
+    """Each of ``fail``'s row keys is refused (throttled) once."""
+
+    def __init__(self, *args, fail=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fail = set(fail)
+
+    def put(self, table, change, expires_at):
+        if change.key in self.fail:
+            self.fail.discard(change.key)
+            raise ThrottledError(f"injected: {change.key} throttled")
+        super().put(table, change, expires_at)
+
+
+def retried_at_the_same_millisecond(quarantine):
+    """Fault schedule 1000033 (tests.faults), reduced: attempt 1 of a batch is cut short (u2's
+    row fails: items are aggregated from the records before it, so "hot" has only its
+    stock-out) and retried whole (i1's row, of the first record, fails too); attempt 2, at
+    the same clock millisecond, applies the rest (the restock, u2's view of i2)."""
+    store = FailOnce(clock=lambda: NOW / 1000, fail={keys.user_key("u2"), keys.item_key("i1", SHARD)})
+    soldout = MemorySoldOut(limits_model=None)
+    ingestor = Ingestor(store, quarantine, clock=lambda: NOW / 1000, soldout=soldout)
+    records = Stream().records(ev(1), {"event_id": "s1", "type": "stock", "item_id": "hot", "ts": T0, "stock": 0},
+                               ev(2, user="u2", item="i2"),
+                               {"event_id": "s2", "type": "stock", "item_id": "hot", "ts": T0 + 1_000, "stock": 2})
+    first = run(ingestor, records)
+    assert min(first.failed_seqs) == records[0].seq and soldout.items == {"hot"}
+    second = run(ingestor, records)  # Lambda retries from the first record, at the same NOW
+    assert second.failed_seqs == set() and item_view(store, "hot").stock == 2
+    return store, soldout
+
+
+def test_a_retry_at_the_same_millisecond_that_restocks_is_not_dropped_from_the_sold_out_log(quarantine):
+    """The retry logged the restock under the same key as attempt 1's stock-out, which the
+    log already held: dropped. The row said 2, the log "sold out" for good."""
+    _, soldout = retried_at_the_same_millisecond(quarantine)
+    assert soldout.items == set(), "the restock reached the row, so it must reach the log"
+
+
+def test_a_retry_at_the_same_millisecond_that_touches_more_items_is_not_dropped_from_the_journal(quarantine):
+    """Attempt 1's journal listed i1 and hot; the retry's (i2 as well, whose row it wrote)
+    had the same key: dropped, and the snapshot job never re-read i2's row."""
+    from personalize.ingest import journal
+
+    store, _ = retried_at_the_same_millisecond(quarantine)
+    touched = {item for key in store.tables[ITEMS] if key[0].startswith(journal.PK_PREFIX)
+               for item in store.get(ITEMS, key).row["t"]}
+    assert touched == {"hot", "i1", "i2"}
 
 
 def test_quarantine_batches_are_cut_by_bytes_and_huge_records_still_fit():

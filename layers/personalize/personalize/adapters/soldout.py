@@ -18,6 +18,9 @@ instance reading all its parts each second makes the same partition hot for read
 An entry is ``[item_id, kind, event ts]``; the newest by event time wins per item and kind
 (stock or listing). A writer's retry of the same batch writes the same item again
 (idempotent: it exists already); a later attempt writes a new one, which changes nothing.
+The first item written under a key stays: a writer names what it says (``aggregate``'s
+names carry a digest of the entries, ``journal.availability_writer``), so an attempt that
+says something else on the same millisecond is a new item, not a dropped one.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ again (harmless: a journal lists facts, not increments).
 from __future__ import annotations
 
 import hashlib
+import json
 
 from personalize import keys
 from personalize.adapters import soldout as availability
@@ -31,8 +32,13 @@ def bucket_of(source: str) -> int:
     return hashlib.blake2b(source.encode("utf-8", "surrogatepass"), digest_size=2).digest()[0] % BUCKETS
 
 
-def journal_key(source: str, first: int, last: int, now_ms: int) -> tuple[str, str]:
-    return f"{PK_PREFIX}{now_ms // MINUTE_MS}#{bucket_of(source)}", f"{now_ms:013d}#{source}#{first}-{last}"
+def journal_key(source: str, first: int, last: int, now_ms: int, row: dict) -> tuple[str, str]:
+    """The row is written once (``put_once``): its key carries a digest of what it lists, so
+    a retry at the same millisecond that lists something else is a row of its own, not a
+    write that finds the key taken (see ``availability_writer``)."""
+    digest = hashlib.blake2b(json.dumps(row, sort_keys=True).encode(), digest_size=8).hexdigest()
+    return (f"{PK_PREFIX}{now_ms // MINUTE_MS}#{bucket_of(source)}",
+            f"{now_ms:013d}#{source}#{first}-{last}#{digest}")
 
 
 def journal_partitions(minute: int) -> list[str]:
@@ -52,6 +58,17 @@ def journal_row(shard: str, changes, stats, membership) -> dict | None:
     if not touched and not listings:
         return None
     return {"shard": shard, "t": touched, "c": listings}
+
+
+def availability_writer(source: str, first: int, last: int, entries: list[list]) -> str:
+    """The writer an availability item is written as: the batch's range and a digest of
+    what it says. An attempt's retry at the same clock millisecond (a simulated clock, a
+    clock that stood still) lands on the very item again only if it says the same: the log
+    keeps the first item written under a key, so a retry that says something else (it
+    applied records the first attempt had cut, its rows' "before" differs) must not share
+    it, or its transitions are dropped."""
+    digest = hashlib.blake2b(json.dumps(entries).encode(), digest_size=8).hexdigest()
+    return f"{source}#{first}-{last}#{digest}"
 
 
 def availability_entries(stats, restate: bool = False) -> list[list]:

@@ -236,11 +236,12 @@ class Ingestor:
         try:
             row = journal.journal_row(shard, rest, stats, self._membership)
             if row is not None:
-                self.store.put_once(ITEMS, journal.journal_key(source, min(seqs), max(seqs), now_ms), "journal",
+                self.store.put_once(ITEMS, journal.journal_key(source, min(seqs), max(seqs), now_ms, row), "journal",
                                     row, (now_ms + journal.TTL_MS) // 1000)
             entries = journal.availability_entries(stats, restate=self._restate)
             if entries and self.soldout is not None:
-                self.soldout.append(entries, f"{source}#{min(seqs)}-{max(seqs)}", now_ms)
+                self.soldout.append(entries, journal.availability_writer(source, min(seqs), max(seqs), entries),
+                                    now_ms)
             result.unavailable_entries += len(entries)
             result.sold_out = sum(1 for e in entries if e[1] == "s")
         except Exception:  # noqa: BLE001 - throttled, unreachable, a bug: retried, never half-told
