@@ -72,14 +72,27 @@ def attribute(lab, variant, impressions, purchases, sign=True):
     lab.drain()
 
 
+# The evidence a decision is made on: past the guardrail's 500 exposed shoppers per variant
+# and past its mSPRT threshold of 20 (alpha 0.05) with room to spare, at half the shoppers the
+# tests once sent (3,000 and 1,500: a ratio of 1,442). WORSE: 10% against 0.67% (ratio 232);
+# BETTER: 2% against 8% (ratio 275). Every count is exact (no sampling): the decision is
+# deterministic, and a third of WORSE's challenger shoppers lost would already make it none.
+WORSE = {"champion": (1500, 150), "challenger": (750, 5)}
+BETTER = {"champion": (1500, 30), "challenger": (750, 60)}
+
+
+def attribute_evidence(lab, evidence):
+    for variant, (impressions, purchases) in evidence.items():
+        attribute(lab, variant, impressions, purchases)
+
+
 def run_guardrail(lab):
     return lab.guardrail.lambda_handler({}, context("guardrail"))
 
 
 def test_the_guardrail_kills_a_worse_challenger_and_its_share_falls_to_zero(lab):
     deploy(lab, START)
-    attribute(lab, "champion", 3000, 150)
-    attribute(lab, "challenger", 1500, 20)
+    attribute_evidence(lab, WORSE)
     result = run_guardrail(lab)
     assert result["action"] == "killed"
     assert "worse" in result["reason"]
@@ -93,8 +106,7 @@ def test_the_guardrail_kills_a_worse_challenger_and_its_share_falls_to_zero(lab)
 
 def test_a_winning_challenger_is_reported_never_promoted(lab):
     deploy(lab, START)
-    attribute(lab, "champion", 3000, 60)
-    attribute(lab, "challenger", 1500, 120)
+    attribute_evidence(lab, BETTER)
     result = run_guardrail(lab)
     assert result["action"] == "winning"
     assert refresh(lab) == START
@@ -117,8 +129,7 @@ def test_a_kill_during_a_gradual_ramp_lands_whatever_the_ramp_is_doing(lab, minu
 
     admin = lab.stack.flag_admin()
     deploy(lab, START)
-    attribute(lab, "champion", 3000, 150)
-    attribute(lab, "challenger", 1500, 20)
+    attribute_evidence(lab, WORSE)
     ramp = flags.rollout_document("ranker-mlp/v1", "ranker-linear/v1", 0.02, "exp-test", earlier_steps=[200])
     admin.deploy(ramp, appconfig.GRADUAL, "ramp (10 minutes, then a 5-minute bake)")
     with pytest.raises(ClientError, match="ConflictException"):
@@ -136,8 +147,7 @@ def test_a_kill_that_cannot_land_pages_and_is_tried_again(lab, monkeypatch):
     from personalize.adapters.appconfig import AppConfigAdmin, KillFailedError
 
     deploy(lab, START)
-    attribute(lab, "champion", 3000, 150)
-    attribute(lab, "challenger", 1500, 20)
+    attribute_evidence(lab, WORSE)
 
     def refused(self, document, description):
         raise KillFailedError("the kill did not land in 40 s (20 attempts): ConflictException")
@@ -154,8 +164,9 @@ def test_invented_variants_move_no_counter_the_guardrail_reads(lab):
     """An attacker who read the experiment id from a rec_id and sends purchases and
     impressions claiming a variant (forged macs, or none) cannot make the guardrail kill."""
     deploy(lab, START)
-    attribute(lab, "challenger", 1500, 0, sign=False)
-    attribute(lab, "champion", 1500, 0, sign=False)
+    # 600 each: were they counted, both variants would be past the 500 a decision needs.
+    attribute(lab, "challenger", 600, 0, sign=False)
+    attribute(lab, "champion", 600, 0, sign=False)
     counters = experiments.read_counters(_items_store(lab), "exp-test")
     assert counters["challenger"].impressions == 0 and counters["champion"].impressions == 0
     assert run_guardrail(lab)["action"] == "insufficient_data"
