@@ -117,20 +117,6 @@ def test_anonymous_shopper_gets_country_trending_without_caching(serving):
     assert body["rec_id"].startswith("none~")
 
 
-@pytest.mark.parametrize("cookie", [
-    pytest.param(None, id="no-cookie"),
-    pytest.param("rt_uid=shopper-1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", id="forged-signature"),
-    pytest.param("rt_uid=shopper-1", id="unsigned"),
-    pytest.param("rt_uid=", id="empty"),
-    pytest.param("other=1; rt_uid=%%%", id="garbage"),
-])
-def test_a_bad_cookie_is_an_anonymous_shopper(serving, cookie):
-    load_shop(serving, now_ms())
-    _, body, _ = serving.get(cookie=cookie)
-    assert body["user_id"] is None
-    assert body["fallback_reason"] == "anonymous"
-
-
 def test_clicks_shape_the_shoppers_recommendations(serving):
     ts = now_ms()
     load_shop(serving, ts)
