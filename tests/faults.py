@@ -471,12 +471,25 @@ _HANDLER = None
 def handler():
     global _HANDLER
     if _HANDLER is None:
-        for name, value in {"POWERTOOLS_TRACE_DISABLED": "1", "POWERTOOLS_LOG_LEVEL": "CRITICAL",
-                            "POWERTOOLS_METRICS_NAMESPACE": "faults", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+        # Quiet Powertools for the handler loaded here only: the environment is put back, or every
+        # Powertools logger made later in this process (a test worker's next files) would be
+        # CRITICAL too, and the edge's error lines silent (the ops bench counts them).
+        quiet = {"POWERTOOLS_TRACE_DISABLED": "1", "POWERTOOLS_LOG_LEVEL": "CRITICAL",
+                 "POWERTOOLS_METRICS_NAMESPACE": "faults"}
+        saved = {name: os.environ.get(name) for name in quiet}
+        for name, value in quiet.items():
             os.environ.setdefault(name, value)
-        from infra.local import handlers
+        try:
+            from infra.local import handlers
 
-        _HANDLER = handlers.load("aggregate", fresh=False)
+            _HANDLER = handlers.load("aggregate", fresh=False)
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
     return _HANDLER
 
 

@@ -65,8 +65,13 @@ def edge_log_bytes(requests: int = 20_000, rps: float = PER_CONTAINER_RPS, error
     module, recommender, _, _, events = profile_serving.setup(500)
     recommender.log_sample_rate = edge_build.edge_config("prod")["log_sample_rate"]  # as a deployed edge has it
     counter = Counter()
-    streams = [h for h in module.logger._logger.handlers + logging.getLogger("personalize").handlers
-               if isinstance(h, logging.StreamHandler)]
+    # Powertools copies the edge logger's handler to every "personalize" logger registered when
+    # the handler module was imported (copy_config_to_registered_loggers): which ones depends on
+    # what this process imported before, so every one of them is counted.
+    loggers = [module.logger._logger, logging.getLogger("personalize")] + [
+        logger for name, logger in list(logging.root.manager.loggerDict.items())
+        if name.startswith("personalize.") and isinstance(logger, logging.Logger)]
+    streams = list({id(h): h for lg in loggers for h in lg.handlers if isinstance(h, logging.StreamHandler)}.values())
     saved = [(h, h.stream) for h in streams]
     now = [0.0]
     module.figures.clock = lambda: now[0]

@@ -105,9 +105,14 @@ def kinesis_batches(events: list[dict], shards: int = 4, batch_size: int = 1000,
     return batches
 
 
-def post_events(stack, events: list[dict], chunk: int = 500) -> None:
+def post_events(stack, events: list[dict], chunk: int = 500, attempts: int = 8) -> None:
     """POST events to a running local stack's front as the shop's backend (SigV4-signed with
-    the stack's administrator keys, as the IAM route requires), at most ``chunk`` per request."""
+    the stack's administrator keys, as the IAM route requires), at most ``chunk`` per request.
+    A 429 or 503 (the stream throttled: the local Kinesis enforces a shard's 1,000 records/s)
+    is retried as a backend would, after its ``Retry-After`` or a backoff (events are
+    deduplicated by event_id, so a resend never counts twice)."""
+    import time
+    import urllib.error
     import urllib.request
 
     from infra.local import sigv4
@@ -116,6 +121,13 @@ def post_events(stack, events: list[dict], chunk: int = 500) -> None:
     url = stack.endpoint + "/server/events"
     for start in range(0, len(events), chunk):
         body = json.dumps({"events": events[start:start + chunk]}).encode()
-        headers = sigv4.sign("POST", url, body, admin.access_key_id, admin.secret_access_key)
-        request = urllib.request.Request(url, method="POST", data=body, headers=headers)
-        urllib.request.urlopen(request, timeout=30).read()
+        for attempt in range(attempts):
+            headers = sigv4.sign("POST", url, body, admin.access_key_id, admin.secret_access_key)
+            request = urllib.request.Request(url, method="POST", data=body, headers=headers)
+            try:
+                urllib.request.urlopen(request, timeout=30).read()
+                break
+            except urllib.error.HTTPError as exc:
+                if exc.code not in (429, 503) or attempt == attempts - 1:
+                    raise
+                time.sleep(float(exc.headers.get("Retry-After") or 0.2 * 2 ** attempt))
