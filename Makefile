@@ -50,7 +50,7 @@ venv: $(STAMP) $(CHECKOV_STAMP) $(CHROMIUM) ## Create .venv with every pinned de
 
 test: $(STAMP) $(CHECKOV_STAMP) $(CHROMIUM) ## Run the whole test suite (ruff, then unit, functional under moto, browser tests in chromium, layering, template checks)
 	$(BIN)/ruff check .
-	$(BIN)/pytest -n $(or $(WORKERS),auto) --dist loadfile
+	$(BIN)/pytest -n $(or $(WORKERS),auto) --dist loadfile --no-loadscope-reorder  # longest files first: tests/conftest.py
 
 lint: $(STAMP) $(CHECKOV_STAMP) ## cfn-lint, sam validate --lint and checkov on the template, ruff, the layering, the workflows
 	$(BIN)/lint-imports --config .importlinter
