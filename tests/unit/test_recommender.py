@@ -178,9 +178,15 @@ def test_a_new_sold_out_list_is_always_applied_even_at_a_reused_address():
     artifacts.put_snapshot("v1", snapshot("v1"), {})
     recommender = frozen_recommender(artifacts, soldout, clock)
     top = served(recommender, "2")
+    stamp = 0
     for n in range(200):
         gone, back = top[n % 2], top[(n + 1) % 2]
-        soldout.update({gone}, {back}, now_ms=NOW_WALL() + n)
+        # Each update a millisecond of its own, never ahead of the wall clock serving reads the
+        # log with (a stamp in the future may sit in a minute's partition not read yet).
+        stamp = max(NOW_WALL(), stamp + 1)
+        while NOW_WALL() < stamp:
+            time.sleep(0.0002)
+        soldout.update({gone}, {back}, now_ms=stamp)
         recommender.soldout.refresh_now()
         assert gone not in served(recommender, "2"), n
 
