@@ -6,19 +6,21 @@ prepared once, off the request path.
 test holds it to them), with the work that depends only on items done once per loaded snapshot
 and the work that depends only on the country done once per served snapshot:
 
-- ``Prepared`` (a loaded snapshot): every item's feature row with the item columns and the
-  defaults of the others filled in (``block``, float32 [items, len(FEATURES)]), so a request's
-  feature matrix starts as one row gather; and a per-thread scratch array that maps an item
-  index to its candidate position (-1: not a candidate), which replaces sorting the
-  candidates to find the shopper's items and the co-visited neighbours among them.
+- ``Prepared`` (a loaded snapshot, built on the refresh thread before any request sees it):
+  for each model's columns a ``Layout`` (every item's row of the model's features with the item
+  columns and the defaults of the others filled in, C-ordered for onnxruntime, so a request's
+  matrix starts as a copy of rows); each item's co-visited neighbours in one padded row (a
+  request's neighbours are one gather); and a per-thread scratch array that maps an item index
+  to its candidate position (-1: not a candidate), which replaces sorting the candidates to
+  find the shopper's items and the co-visited neighbours among them.
 - ``Served`` (that snapshot with the sold-out items taken out): each country's pool (country
-  trending, country popular, trending, popular: available, de-duplicated), computed on the
-  first request for that country.
+  trending, country popular, trending, popular: available, de-duplicated) and its layout rows,
+  contiguous, computed on the first request for that country.
 
 Per request: the shopper's own sources (context item, own items, neighbours of recent items),
-de-duplicated, then the country's pool without them and without the cart; one gather; the
-shopper's constants in one broadcast; the four co-visit columns in one sparse add; the shopper's
-own items in one scatter.
+de-duplicated, then the country's pool without them and without the cart; their rows copied;
+the shopper's constants in one broadcast; the four co-visit columns in one sparse add; the
+shopper's own items in one scatter. Columns the model does not read are not written.
 """
 
 from __future__ import annotations
