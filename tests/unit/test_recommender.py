@@ -352,3 +352,22 @@ def test_a_request_racing_a_refresh_never_replaces_the_snapshot_the_refresh_prep
     answer = recommender.recommend({"k": "5"}, cookie("u1"), "US", now_ms=NOW)
     assert answer.status == 200 and answer.body["snapshot_version"] == "v1" and answer.body["items"]
     assert recommender._prepared.snapshot is new
+
+
+def test_a_snapshot_that_could_not_be_prepared_is_fetched_again_at_the_next_refresh(parts, monkeypatch):
+    """The pointer's ETag is taken before a snapshot is decoded (a bad one is refused once);
+    a good one whose preparation failed (memory) must not wait for the next publication."""
+    from personalize.serving import recommendations
+
+    recommender, artifacts, _, _ = parts
+    artifacts.put_snapshot("v2", snapshot("v2"), {})
+    real = recommendations.Prepared
+
+    def short_of_memory(*args, **kwargs):
+        raise MemoryError("preparing the snapshot")
+
+    monkeypatch.setattr(recommendations, "Prepared", short_of_memory)
+    assert recommender.snapshot.refresh_now() is False and recommender.snapshot.value.version == "v1"
+    monkeypatch.setattr(recommendations, "Prepared", real)
+    assert recommender.snapshot.refresh_now() is True and recommender.snapshot.value.version == "v2"
+    assert recommender.recommend({"k": "5"}, cookie("u1"), "US", now_ms=NOW).body["snapshot_version"] == "v2"

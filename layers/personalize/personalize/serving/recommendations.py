@@ -298,8 +298,16 @@ class Recommender:
         self.pool = pool or ThreadPoolExecutor(3, thread_name_prefix="refresh")
         source = SnapshotSource(artifacts)
         self._prepared: Prepared | None = None
-        self.snapshot = Refreshing("snapshot", lambda current: self._prepare(source(current)), snapshot_refresh_s,
-                                   self.pool, clock)
+
+        def load(current: ItemSnapshot | None) -> ItemSnapshot | None:
+            snap = source(current)
+            try:
+                return self._prepare(snap)
+            except Exception:
+                source.etag = None  # a good snapshot that could not be prepared is fetched again next time
+                raise
+
+        self.snapshot = Refreshing("snapshot", load, snapshot_refresh_s, self.pool, clock)
         # What changed since the served snapshot (the availability log): read only what is new.
         self.availability = Availability(soldout, lambda: int(wall_clock() * 1000))
         self.soldout = Refreshing("soldout", lambda _: self.availability.load(self._snapshot_built_ms()),
