@@ -107,24 +107,34 @@ def test_more_than_100_buckets_are_coarsened_for_emf_never_dropped():
                           st.sampled_from([None, "anonymous", "no_user_row", "user_read_failed", "challenger_failed"]),
                           st.floats(0, 500, allow_nan=False), st.one_of(st.none(), st.floats(0, 900, allow_nan=False)),
                           st.booleans()), max_size=30))
-def test_an_answer_in_one_lock_records_what_the_generic_path_records(answers):
-    """``Figures``/``HomeMetrics`` take an answer's figures in one lock (``Aggregate.answer``):
-    the same keys, units and values as the count/observe/maximum calls of any other sink."""
-    generic = telemetry.Aggregate()
-
-    class Sink:
-        add = count = generic.count
-        observe = generic.observe
-        maximum = generic.maximum
+def test_an_answer_records_each_figure_the_alarms_read_once(answers):
+    """``record_answer`` (one lock, keys made once: ``Aggregate.answer``) writes what these
+    count/observe/maximum calls, spelled out, write: names, dimensions, units and values."""
+    expected = telemetry.Aggregate()
+    for variant, reason, latency, age, fault in answers:
+        expected.count("Answers")
+        expected.count("Requests", variant=variant)
+        expected.observe("LatencyMs", latency, "Milliseconds", variant=variant)
+        if latency > telemetry.LATENCY_OBJECTIVE_MS:
+            expected.count("SlowAnswers")
+        if reason is not None:
+            expected.count("Fallbacks", variant=variant)
+            expected.count("FallbackReasons", reason=reason)
+            if reason not in telemetry.PLANNED_FALLBACKS:
+                expected.count("DegradedAnswers")
+            if fault:
+                expected.count("ModelFallbacks", variant=variant)
+        if age is not None:
+            expected.maximum("SnapshotAgeSeconds", round(age, 1), "Seconds")
 
     figures = telemetry.Figures("ns", "edge", out=lambda line: None)
     home = telemetry.HomeMetrics("ns", "edge", lambda: None, submit=lambda fn: None, flush_every_s=float("inf"))
     for variant, reason, latency, age, fault in answers:
-        telemetry.record_answer((Sink(), figures, home), variant, reason, latency, age, fault)
-    for fast in (figures.pending, home.pending):
-        assert fast.counts == generic.counts and fast.maxima == generic.maxima
-        assert {k: (u, h.values_counts(), h.count) for k, (u, h) in fast.histograms.items()} == \
-               {k: (u, h.values_counts(), h.count) for k, (u, h) in generic.histograms.items()}
+        telemetry.record_answer((figures, home), variant, reason, latency, age, fault)
+    for recorded in (figures.pending, home.pending):
+        assert recorded.counts == expected.counts and recorded.maxima == expected.maxima
+        assert {k: (u, h.values_counts(), h.count) for k, (u, h) in recorded.histograms.items()} == \
+               {k: (u, h.values_counts(), h.count) for k, (u, h) in expected.histograms.items()}
 
 
 def test_no_answer_is_lost_to_a_flush_that_takes_the_figures_meanwhile():

@@ -272,6 +272,10 @@ class Figures:
     def maximum(self, name: str, value: float, unit: str = "None", **dims: str) -> None:
         self.pending.maximum(name, value, unit, **dims)
 
+    def answer(self, *figures) -> None:
+        """One answer's figures (``record_answer``)."""
+        self.pending.answer(*figures)
+
     def flush_if_due(self) -> bool:
         if self.clock() - self.flushed_at < self.flush_every_s:
             return False
@@ -322,6 +326,11 @@ class HomeMetrics:
         self.pending.maximum(name, value, unit, **dims)
         self._maybe_flush()
 
+    def answer(self, *figures) -> None:
+        """One answer's figures (``record_answer``)."""
+        self.pending.answer(*figures)
+        self._maybe_flush()
+
     def _maybe_flush(self) -> None:
         if self.clock() - self.flushed_at >= self.flush_every_s:
             self.flushed_at = self.clock()
@@ -364,29 +373,10 @@ def record_answer(sinks, variant: str, fallback_reason: str | None, latency_ms: 
                   snapshot_age_s: float | None = None, model_fault: bool = False) -> None:
     """One answer's figures into each sink (``Figures`` and/or ``HomeMetrics``).
     ``model_fault``: the variant's model caused the fallback (``ModelFallbacks``, what the
-    rollback alarm counts against the challenger). A ``Figures``/``HomeMetrics`` takes them
-    in one lock (``Aggregate.answer``: the same keys and values, a test holds it to this)."""
+    rollback alarm counts against the challenger). Each sink takes them in one lock
+    (``Aggregate.answer``)."""
     for sink in sinks:
-        if isinstance(sink, (Figures, HomeMetrics)):
-            sink.pending.answer(variant, fallback_reason, latency_ms, snapshot_age_s, model_fault)
-            if isinstance(sink, HomeMetrics):
-                sink._maybe_flush()
-            continue
-        count = sink.add if isinstance(sink, HomeMetrics) else sink.count
-        count("Answers")
-        count("Requests", variant=variant)
-        sink.observe("LatencyMs", latency_ms, "Milliseconds", variant=variant)
-        if latency_ms > LATENCY_OBJECTIVE_MS:
-            count("SlowAnswers")
-        if fallback_reason is not None:
-            count("Fallbacks", variant=variant)
-            count("FallbackReasons", reason=fallback_reason)
-            if fallback_reason not in PLANNED_FALLBACKS:
-                count("DegradedAnswers")
-            if model_fault:
-                count("ModelFallbacks", variant=variant)
-        if snapshot_age_s is not None:
-            sink.maximum("SnapshotAgeSeconds", round(snapshot_age_s, 1), "Seconds")
+        sink.answer(variant, fallback_reason, latency_ms, snapshot_age_s, model_fault)
 
 
 def correlation_id(event: object) -> str | None:

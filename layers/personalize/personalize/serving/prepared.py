@@ -73,15 +73,11 @@ class Layout:
         self.block = block
         src, self.user_dst = pick(_USER)
         self.user_src = _USER[src]  # catalogue indexes of the shopper's constants
-        covisit_src, covisit_dst = pick(ranking._COVISIT_COLUMNS)
-        self.covisit_dst = np.full(len(ranking._COVISIT_COLUMNS), -1, dtype=np.intp)  # group row -> model column
-        self.covisit_dst[covisit_src] = covisit_dst
-        self.covisit_src = covisit_src
-        self.covisits = bool(len(covisit_dst))
+        self.covisit_src, self.covisit_dst = pick(ranking._COVISIT_COLUMNS)
         # The 10-minute window sums (a loop over the shopper's minute tiles) only for a model that reads them.
         self.windows = bool({INDEX["user_click_rate_10m"], INDEX["user_views_10m_log"]} & set(where))
         self.ui_src, self.ui_dst = pick(ranking._UI_BLOCK)
-        keep = self.ui_src < 9  # without orders, ui_basket_rate (the last) keeps its default
+        keep = self.ui_src < len(ranking._UI_BLOCK) - 1  # without orders, ui_basket_rate (the last) keeps its default
         self.ui_src_no_orders, self.ui_dst_no_orders = self.ui_src[keep], self.ui_dst[keep]
         self.bought_src, self.bought_dst = pick(ranking._BOUGHT_BLOCK)
         self.in_recent = where.get(_IN_RECENT)
@@ -336,7 +332,7 @@ class _Covisits(ranking._Covisits):
     candidate-position map instead of a sorted search."""
 
     def into(self, X: np.ndarray, layout: Layout, positions: np.ndarray, k: int) -> None:  # type: ignore[override]
-        if not self.items or not layout.covisits:
+        if not self.items or not len(layout.covisit_dst):
             return
         at = positions[np.concatenate(self.items)]
         w = np.concatenate(self.weights).astype(np.float32, copy=False)
@@ -344,7 +340,7 @@ class _Covisits(ranking._Covisits):
         hit = at >= 0
         sums = np.zeros(len(ranking._COVISIT_COLUMNS) * k, dtype=np.float32)
         np.add.at(sums, column[hit] * k + at[hit], w[hit])
-        X[:, layout.covisit_dst[layout.covisit_src]] = np.log1p(
+        X[:, layout.covisit_dst] = np.log1p(
             sums.reshape(len(ranking._COVISIT_COLUMNS), k)[layout.covisit_src]).T
 
 
