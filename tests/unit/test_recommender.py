@@ -2,6 +2,7 @@
 refresh by ETag, the sold-out list, and the variant each answer names."""
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -10,10 +11,11 @@ import pytest
 
 from personalize import identity
 from personalize.adapters.artifacts import MemoryArtifacts
-from personalize.adapters.soldout import MemorySoldOut
+from personalize.adapters.soldout import MemorySoldOut, SoldOutError
 from personalize.adapters.userstore import MemoryUserStore
 from personalize.ingest import entities
 from personalize.serving import snapshots
+from personalize.serving.availability import SNAPSHOT_MARGIN_MS, Availability
 from personalize.serving.models import load_folder
 from personalize.serving.recommendations import Recommender, Variant, decode_vectors, print_scored
 
@@ -22,7 +24,7 @@ KEY = "test-signing-key"
 RANKER = load_folder(Path(__file__).resolve().parents[2] / "models" / "ranker-mlp" / "v1")
 
 
-def snapshot(version: str, n_items: int = 500, low_stock: set[str] = frozenset()) -> bytes:
+def snapshot(version: str, n_items: int = 500, low_stock: set[str] = frozenset(), built_ms: int = NOW) -> bytes:
     views = {}
     for i in range(n_items):
         row = entities.ItemRow()
@@ -31,7 +33,7 @@ def snapshot(version: str, n_items: int = 500, low_stock: set[str] = frozenset()
         if f"sku-{i}" in low_stock:
             row.stock = [2, NOW, 0]
         views[f"sku-{i}"] = entities.merge_item_rows([row], NOW)
-    return snapshots.build(views, NOW, version).encode()
+    return snapshots.build(views, built_ms, version).encode()
 
 
 @pytest.fixture
@@ -214,6 +216,93 @@ def test_serving_reads_only_what_the_log_wrote_since_its_last_look():
     soldout.update({top}, set())
     recommender.soldout.refresh_now()
     assert recommender.availability.rows_read == 1 and top not in served(recommender, "2")
+
+
+class SlowSnapshot(MemoryArtifacts):
+    """The snapshot's body arrives only once the sold-out log has been read (or after 2 s)."""
+
+    def __init__(self, log_read: threading.Event, order: list):
+        super().__init__()
+        self.log_read, self.order = log_read, order
+
+    def get(self, key, version_id=None):
+        self.log_read.wait(2.0)
+        self.order.append("snapshot")
+        return super().get(key, version_id)
+
+
+class WatchedLog(MemorySoldOut):
+    def __init__(self, log_read: threading.Event, order: list):
+        super().__init__()
+        self.log_read, self.order = log_read, order
+
+    def read_since(self, since_ms, now_ms):
+        self.order.append(("log from", since_ms))
+        self.log_read.set()
+        try:
+            return super().read_since(since_ms, now_ms)
+        finally:
+            self.fail = self.fail_after_first  # every read after the first fails
+
+
+def cold(built_ms: int, announced_ms: int, sold_at_ms: int, fail_after_first: bool = False
+         ) -> tuple[Recommender, list]:
+    log_read, order = threading.Event(), []
+    artifacts, soldout = SlowSnapshot(log_read, order), WatchedLog(log_read, order)
+    soldout.fail_after_first = fail_after_first
+    artifacts.put_snapshot("v1", snapshot("v1", built_ms=built_ms), {"built_at_ms": announced_ms})
+    soldout.update({"sku-499"}, set(), now_ms=sold_at_ms)  # the best seller, sold out
+    recommender = Recommender(MemoryUserStore(), artifacts, soldout, KEY,
+                              lambda user_id: Variant("champion", RANKER, "exp"), log_sample_rate=0)
+    recommender.warm()
+    soldout.fail = False
+    return recommender, order
+
+
+def test_cold_start_reads_the_sold_out_log_while_the_snapshot_downloads():
+    """The pointer says when the snapshot was built: the log is read from there at once, not
+    after the snapshot's download (AWS's round trips one after the other at cold start)."""
+    built = NOW_WALL() - 120_000
+    recommender, order = cold(built, announced_ms=built, sold_at_ms=built + 1_000)
+    assert order == [("log from", built - SNAPSHOT_MARGIN_MS), "snapshot"], "one read, begun before the body came"
+    assert recommender.availability.base_ms == built and "sku-499" not in served(recommender)
+
+
+def test_a_pointer_that_announced_another_build_time_is_read_again_before_the_first_answer():
+    built = NOW_WALL() - 120_000
+    recommender, order = cold(built, announced_ms=built + 600_000, sold_at_ms=built - 30_000)
+    assert order[0] == ("log from", built + 600_000 - SNAPSHOT_MARGIN_MS)  # misses the stock-out
+    assert order[-1] == ("log from", built - SNAPSHOT_MARGIN_MS), "read again for the snapshot served"
+    assert recommender.availability.base_ms == built and "sku-499" not in served(recommender)
+
+
+def test_when_that_read_again_fails_the_list_read_for_another_build_is_not_called_fresh():
+    built = NOW_WALL() - 120_000
+    recommender, order = cold(built, announced_ms=built + 600_000, sold_at_ms=built - 30_000, fail_after_first=True)
+    assert len(order) == 3 and recommender.soldout.age() == float("inf")  # the next request reads it again
+    assert "sku-499" not in served(recommender)
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["read", "read-failed"])
+def test_a_snapshot_rolled_back_has_the_log_read_again_from_its_own_start(fails):
+    """Forward to a newer snapshot (its read failed or not: what came before its start is
+    dropped either way), then back to the older one: the transitions between the two starts
+    are read again, not taken as already held (attacker review, 2026-12-06)."""
+    now = [NOW]
+    log = MemorySoldOut(limits_model=None)
+    availability = Availability(log, lambda: now[0])
+    older, newer = NOW - 120_000, NOW
+    log.update({"x"}, set(), now_ms=NOW - 100_000)  # after older's margin: only the log says so
+    assert availability.load(older) == {"x"}
+    now[0] += 1_000
+    log.fail = fails
+    try:
+        availability.load(newer)  # the newer snapshot has x as sold out: the log row is dropped
+    except SoldOutError:
+        assert fails
+    log.fail = False
+    now[0] += 1_000
+    assert availability.load(older) == {"x"}, "the rollback served x as in stock"
 
 
 @pytest.mark.parametrize("corrupt", [

@@ -26,9 +26,11 @@ says something else on the same millisecond is a new item, not a dropped one.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor, wait
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -43,6 +45,10 @@ BUCKETS = 4
 OVERLAP_MS = 5_000
 TTL_S = 86_400
 MINUTE_MS = 60_000
+# A read asks this many partitions at once: a cold start reads every minute since a minute
+# before the snapshot's build (2 to 16 minutes x BUCKETS partitions), and one Query after the
+# other is that many round trips to the replica on the first answer's path.
+PARALLEL_QUERIES = 8
 PK_PREFIX = "av#"
 
 
@@ -143,22 +149,50 @@ class DynamoSoldOut(SoldOut):
             raise SoldOutError(f"availability log: {exc}") from exc
 
     def read_since(self, since_ms, now_ms):
-        out = []
-        try:
-            for minute in _minutes(since_ms, now_ms):
-                for bucket in range(BUCKETS):
-                    kwargs = {"TableName": self.table_name, "KeyConditionExpression": "pk = :p AND sk > :s",
-                              "ExpressionAttributeValues": {":p": {"S": partition(minute, bucket)},
-                                                            ":s": {"S": f"{since_ms:013d}"}}}
-                    while True:
-                        page = self.client.query(**kwargs)
-                        out.extend((item["sk"]["S"], unpack(item["e"]["B"])) for item in page.get("Items", []))
-                        if not page.get("LastEvaluatedKey"):
-                            break
-                        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-        except (ClientError, BotoCoreError) as exc:
-            raise SoldOutError(f"availability log unreadable: {exc}") from exc
+        """Every partition of the range at once (``PARALLEL_QUERIES``), in the order one
+        reader asking each in turn would get them; returns once every Query has ended (no
+        thread is left reading when Lambda freezes the instance). Never called from the
+        readers' own threads (it would wait on itself)."""
+        client = self.client  # made once, on this thread
+        partitions = [partition(minute, bucket) for minute in _minutes(since_ms, now_ms) for bucket in range(BUCKETS)]
+        futures = [_queries().submit(self._read_partition, client, pk, since_ms) for pk in partitions]
+        wait(futures)  # all of them, even when one failed
+        out, failed = [], []
+        for pk, future in zip(partitions, futures):
+            try:
+                out.extend(future.result())
+            except (ClientError, BotoCoreError) as exc:
+                failed.append((pk, exc))
+        if failed:
+            named = ", ".join(f"{pk} ({aws.error_code(exc) or type(exc).__name__})" for pk, exc in failed[:4])
+            raise SoldOutError(f"availability log unreadable: {len(failed)} of {len(futures)} partitions "
+                               f"failed: {named}{', ...' if len(failed) > 4 else ''}; first: {failed[0][1]}"
+                               ) from failed[0][1]
         return out
+
+    def _read_partition(self, client, pk: str, since_ms: int) -> list[tuple[str, list]]:
+        out = []
+        kwargs = {"TableName": self.table_name, "KeyConditionExpression": "pk = :p AND sk > :s",
+                  "ExpressionAttributeValues": {":p": {"S": pk}, ":s": {"S": f"{since_ms:013d}"}}}
+        while True:
+            page = client.query(**kwargs)
+            out.extend((item["sk"]["S"], unpack(item["e"]["B"])) for item in page.get("Items", []))
+            if not page.get("LastEvaluatedKey"):
+                return out
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _queries() -> ThreadPoolExecutor:
+    """The readers' threads, made on first use and shared by the process (idle between reads)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(PARALLEL_QUERIES, thread_name_prefix="availability-log")
+        return _pool
 
 
 _REAL_TIME = object()

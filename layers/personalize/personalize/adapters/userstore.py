@@ -18,6 +18,9 @@ from botocore.config import Config
 
 from personalize import keys
 from personalize.adapters import aws
+from personalize.adapters.soldout import PARALLEL_QUERIES
+
+CONNECTIONS = PARALLEL_QUERIES + 2  # the sold-out log's readers, the request's GetItem, one spare
 
 
 class UserReadError(Exception):
@@ -53,10 +56,13 @@ class DynamoUserStore(UserStore):
     @property
     def client(self):
         if self._client is None:
-            # One quick attempt: a retry would blow the serving budget.
+            # One quick attempt: a retry would blow the serving budget. The sold-out log reads
+            # through this client too (wiring.build), up to PARALLEL_QUERIES at once: a
+            # connection each, and room beside them for the request's own GetItem.
             self._client = aws.boto3_client("dynamodb", self.region, Config(
                 connect_timeout=self.timeout_s, read_timeout=self.timeout_s,
-                retries={"mode": "standard", "total_max_attempts": 1}))
+                retries={"mode": "standard", "total_max_attempts": 1},
+                max_pool_connections=CONNECTIONS))
         return self._client
 
     def get(self, user_id: str) -> Any | None:

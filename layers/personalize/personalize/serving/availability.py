@@ -6,8 +6,10 @@ Each refresh asks the log only for what was written since the last one (less
 ``soldout.OVERLAP_MS``, for writes that landed or replicated late; rows already seen are
 skipped), and folds it into the state: the newest entry per item and topic wins (sold out /
 in stock; delisted / listed). When the served snapshot changes, what was written more than
-``SNAPSHOT_MARGIN_MS`` before it was built is forgotten: the snapshot has it. A refresh that
-changes nothing returns the very same set (callers key what they derive on that).
+``SNAPSHOT_MARGIN_MS`` before it was built is forgotten: the snapshot has it; a snapshot
+built earlier than the one before (a rollback, or a cold start's read made for the build time
+the pointer announced) has the log read again from its own start. A refresh that changes
+nothing returns the very same set (callers key what they derive on that).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Availability:
         self.now_ms = now_ms
         self.base_ms: int | None = None  # the served snapshot's build time
         self.read_to_ms: int | None = None
+        self.read_from_ms: int | None = None  # the rows held cover [read_from_ms, read_to_ms]
         self.rows: dict[str, list[list]] = {}  # sort key (write ms first) -> entries
         self.state: dict[tuple[str, str], tuple[int, str]] = {}
         self.value: frozenset[str] = frozenset()
@@ -43,12 +46,17 @@ class Availability:
         now = self.now_ms()
         start = max(snapshot_built_ms - SNAPSHOT_MARGIN_MS, now - MAX_LOOKBACK_MS)
         rebased = snapshot_built_ms != self.base_ms or (self.rows and int(min(self.rows)[:13]) < start)
+        if self.read_to_ms is None or self.read_from_ms is None or start < self.read_from_ms:
+            since = start  # nothing read yet, or not from this far back
+        else:
+            since = max(start, self.read_to_ms - log_mod.OVERLAP_MS)
+        read = self.log.read_since(since, now)  # a failed read changes nothing: the next one redoes all this
         if rebased:
             self.base_ms = snapshot_built_ms
             self.rows = {sk: e for sk, e in self.rows.items() if int(sk[:13]) >= start}
-        since = start if self.read_to_ms is None else max(start, self.read_to_ms - log_mod.OVERLAP_MS)
-        fresh = [(sk, entries) for sk, entries in self.log.read_since(since, now) if sk not in self.rows]
+        fresh = [(sk, entries) for sk, entries in read if sk not in self.rows]
         self.read_to_ms = now
+        self.read_from_ms = start if since == start else max(self.read_from_ms, start)  # rows before start: dropped
         self.rows_read += len(fresh)
         if rebased:
             self.state = {}

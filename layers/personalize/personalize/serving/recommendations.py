@@ -50,6 +50,7 @@ MAX_K = 50
 DEFAULT_K = 10
 SNAPSHOT_REFRESH_S = 10.0   # pointer checks; a new snapshot is served <= 10 s after it is published
 SOLDOUT_REFRESH_S = 1.0     # a stock-out reaches serving <= ~1 s after aggregate writes it
+WARM_LOADS = 4  # threads for cold start's loads at once: snapshot, sold-out log, signing keys, flags
 CACHE_CONTROL = "private, no-store"
 
 
@@ -225,16 +226,20 @@ def _unchanged(value, current) -> bool:
 
 
 class SnapshotSource:
-    """Loads the snapshot when the pointer's ETag changed (conditional GET)."""
+    """Loads the snapshot when the pointer's ETag changed (conditional GET). ``on_pointer``
+    hears the pointer's document before the snapshot it names is downloaded."""
 
-    def __init__(self, artifacts: Artifacts):
+    def __init__(self, artifacts: Artifacts, on_pointer: Callable[[dict], None] | None = None):
         self.artifacts = artifacts
         self.etag: str | None = None
+        self.on_pointer = on_pointer
 
     def __call__(self, current: ItemSnapshot | None) -> ItemSnapshot | None:
         pointer = self.artifacts.pointer_if_changed(self.etag)
         if pointer is None:
             return current
+        if self.on_pointer is not None:
+            self.on_pointer(pointer.doc)
         key, version_id = pointer.key, None
         readable = [int(f) for f in (pointer.doc.get("formats") or {}) if str(f).isdigit() and int(f) <= FORMAT]
         if readable:  # the newest format this code reads, at the exact version the pointer names
@@ -295,8 +300,12 @@ class Recommender:
         self.choose_variant = choose_variant
         self.log_sample_rate = log_sample_rate
         self.on_scored = on_scored or print_scored
-        self.pool = pool or ThreadPoolExecutor(3, thread_name_prefix="refresh")
-        source = SnapshotSource(artifacts)
+        self.pool = pool or ThreadPoolExecutor(WARM_LOADS, thread_name_prefix="refresh")
+        # The first snapshot's build time as its pointer announces it: the sold-out log is read
+        # from there while the snapshot itself downloads (cold start), not after it.
+        self._announced_ms: int | None = None
+        self._pointer_read = threading.Event()
+        source = SnapshotSource(artifacts, on_pointer=self._announce)
         self._prepared: Prepared | None = None
 
         def load(current: ItemSnapshot | None) -> ItemSnapshot | None:
@@ -323,22 +332,38 @@ class Recommender:
             self._prepared = Prepared(snap, previous.layouts() if previous is not None else ())
         return snap
 
+    def _announce(self, pointer: dict) -> None:
+        built = pointer.get("built_at_ms")
+        if self.snapshot.value is None and type(built) is int and built > 0:
+            self._announced_ms = built
+        self._pointer_read.set()
+
     def _snapshot_built_ms(self) -> int | None:
+        """The served snapshot's build time; before the first is served, the one its pointer
+        announced (the snapshot on its way: a wrong announcement is corrected by ``warm``)."""
         snap = self.snapshot.value
-        return None if snap is None else snap.built_at_ms
+        return self._announced_ms if snap is None else snap.built_at_ms
 
     def warm(self, *more: Callable[[], object], meanwhile: Callable[[], object] | None = None) -> None:
         """Load the snapshot, the sold-out list (and ``more``, e.g. the flags) now, side by
-        side (cold start), so the first request waits for none of them (the sold-out log is
-        read from the snapshot's build: after it). ``meanwhile`` runs on this thread while
-        the loads wait on the network (cold start's CPU work: the champion's model); its
-        exception is raised once the loads are done."""
+        side (cold start), so the first request waits for none of them. The sold-out log is
+        read from the snapshot's build time, which the pointer announces: that read runs while
+        the snapshot downloads, and is done again here if the snapshot that arrived is not the
+        one announced. ``meanwhile`` runs on this thread while the loads wait on the network
+        (cold start's CPU work: the champion's model); its exception is raised once the loads
+        are done. Returns with no load still running (Lambda freezes the instance)."""
 
-        def snapshot_then_soldout():
-            self.snapshot.refresh_now()
+        def snapshot():
+            try:
+                self.snapshot.refresh_now()
+            finally:
+                self._pointer_read.set()  # read, unreadable or unchanged: the sold-out read goes on
+
+        def soldout_once_announced():
+            self._pointer_read.wait()  # submitted after snapshot(): never waits on a queued task
             self.soldout.refresh_now()
 
-        futures = [self.pool.submit(f) for f in (snapshot_then_soldout, self.keys.refresh_now, *more)]
+        futures = [self.pool.submit(f) for f in (snapshot, soldout_once_announced, self.keys.refresh_now, *more)]
         failed: Exception | None = None
         if meanwhile is not None:
             try:
@@ -350,6 +375,12 @@ class Recommender:
                 future.result()
             except Exception:  # an outage at cold start: serve degraded, retry in the background
                 log.warning("cold-start load failed; serving without it until a refresh succeeds", exc_info=True)
+        served = self.snapshot.value
+        if served is not None and self.availability.base_ms != served.built_at_ms:
+            # Read for another build time than the one served: read again; failing that, the
+            # list read is not this snapshot's, and its age must not say it is fresh.
+            if not self.soldout.refresh_now():
+                self.soldout.succeeded_at = float("-inf")
         if failed is not None:
             raise failed
 

@@ -22,7 +22,7 @@ from personalize.adapters.userstore import DynamoUserStore
 from personalize.ingest import entities
 from personalize.rollout import flags
 from personalize.serving.models import MANIFEST_FILE, MODEL_FILE, Manifest, ModelError, Ranker, artifact_digest
-from personalize.serving.recommendations import Recommender, Variant
+from personalize.serving.recommendations import WARM_LOADS, Recommender, Variant
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def build(config: ServingConfig, models_dir: Path, running_region: str | None, o
     else:
         fetch = appconfig.appconfig_fetcher(source["application"], source["environment"], source["profile"],
                                         config.home_region)
-    pool = ThreadPoolExecutor(3, thread_name_prefix="refresh")  # off-request refreshes
+    pool = ThreadPoolExecutor(WARM_LOADS, thread_name_prefix="refresh")  # cold start's loads, then refreshes
     # A refused document (it breaks the schema) keeps the last good one; when there is none yet,
     # this one: the bundled champion alone.
     bundled = flags.rollout_document(config.default_champion, None, 0.0, keys.NO_EXPERIMENT)

@@ -1,0 +1,92 @@
+"""Cold starts of two or more trees of this repository, in one run against one local stack.
+
+    .venv/bin/python -m tests.bench.cold_ab OLD_TREE NEW_TREE [--runs 7] [--rtt-ms 10]
+
+(``git worktree add ../old <commit>`` makes a tree; the Makefile's ``PYTHONPATH`` is needed.)
+Each tree's edge handler and domain package are copied and compiled as its bundle ships them,
+then the cold-edge child of ``tests/bench/serving.py`` runs on each in turn, alternated with
+the bare-imports floor (the order reversed every other round, so a busy neighbour slows all
+alike). Prints per tree the median cold start, its ratio to the floor, and the median of what
+follows the imports (the imports move by 100 ms and more between processes: compare that).
+``--rtt-ms``: sleep this long before each AWS request leaves (loopback has no round trip)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from infra import bytecode
+from infra.local.stack import LocalStack
+from infra.local.template import ROOT
+
+from . import serving
+from .streams import FlashSale, post_events
+
+
+def compiled_edge(tree: Path, stack: LocalStack, rtt_ms: float, into: Path) -> str:
+    shutil.copytree(tree / "functions" / "edge", into / "edge", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(tree / "layers" / "personalize", into / "layer", ignore=shutil.ignore_patterns("__pycache__"))
+    bytecode.precompile(into, sys.executable)
+    return serving._COLD_EDGE.format(edge=str(into / "edge"), layer=str(into / "layer"), rtt_ms=rtt_ms,
+                                     config=str(stack.edge_config_path), models=str(ROOT / "models"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("trees", nargs="+", type=Path)
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--rtt-ms", type=float, default=0.0)
+    args = parser.parse_args()
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    stack = LocalStack(snapshot_interval_s=1.0).start()
+    work = Path(tempfile.mkdtemp(prefix="cold-ab-"))
+    try:
+        events = FlashSale(seed=11).events(3000)
+        now, base = int(time.time() * 1000), events[0]["ts"]
+        for event in events:  # the stream's last minute, ending now
+            event["ts"] = now - 60_000 + (event["ts"] - base) // 100
+        post_events(stack, events)
+        stack.poller.drain(300)
+        stack.functions["snapshot"]({})
+        stack.poller.stop()  # the cold edges' reads wait on the moto server, not on its neighbours
+        for schedule in stack._schedules:
+            schedule.stop()
+        env = {**os.environ, "AWS_ENDPOINT_URL": stack.aws_endpoint}
+        programs = [compiled_edge(tree, stack, args.rtt_ms, work / str(n)) for n, tree in enumerate(args.trees)]
+        results: list[list[dict]] = [[] for _ in programs]
+        floor: list[float] = []
+        for round_ in range(args.runs):
+            order = [*range(len(programs)), None]
+            for n in order if round_ % 2 == 0 else reversed(order):
+                if n is None:
+                    out = subprocess.run([sys.executable, "-c", serving._BARE_IMPORTS], capture_output=True,
+                                         text=True, check=True)
+                    floor.append(float(out.stdout.strip().splitlines()[-1]))
+                    continue
+                out = subprocess.run([sys.executable, "-c", programs[n]], capture_output=True, text=True, env=env)
+                if out.returncode != 0:
+                    raise SystemExit(f"{args.trees[n]}: the cold edge failed: {out.stderr[-3000:]}")
+                results[n].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        floor_ms = statistics.median(floor)
+        print(f"bare imports: {floor_ms:.1f} ms (median of {len(floor)}); {args.rtt_ms:g} ms per AWS request")
+        for tree, runs in zip(args.trees, results):
+            cold = statistics.median(r["ms"] for r in runs)
+            after = statistics.median(r["ms"] - r["import_ms"] for r in runs)
+            busy = sorted({b for r in runs for b in r["busy"]})
+            print(f"{tree}: {cold:.1f} ms ({cold / floor_ms:.2f}x), after the imports {after:.1f} ms"
+                  f"{', busy at the answer: ' + ', '.join(busy) if busy else ''}")
+    finally:
+        stack.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
