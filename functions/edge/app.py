@@ -4,35 +4,35 @@ into the bundle by ``infra/edge_build.py``) names the us-east-1 resources, and
 ``fallback_items.json`` is what a cold instance answers while AWS is unreachable."""
 
 import gc
+import os
 
 # Cold start: the imports below (and the build, _build) allocate hundreds of thousands of
-# objects that live as long as the instance. The cyclic collector scanned them over and over
-# meanwhile (about 200 collections, 35-50 ms); it is paused, and what they made is frozen
-# out of its scans before it resumes (gc.freeze).
-_COLLECTING = gc.isenabled()
+# objects that live as long as the instance; the cyclic collector scanned them over and over
+# meanwhile (about 200 collections, 35-50 ms). It is paused while they run (a pause that finds
+# it already paused leaves resuming it to whoever paused it) and, in Lambda, what they made is
+# frozen out of its later scans (gc.freeze) before it resumes. The Lambda runtime sets
+# AWS_LAMBDA_FUNCTION_NAME (at the edge too); a local stack or a test that loads this module
+# again and again does not freeze: it would pin every copy's objects for the life of the process.
+IN_LAMBDA = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
+_collecting = gc.isenabled()
 gc.disable()
+try:
+    import contextvars
+    import json
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
 
-import contextvars
-import json
-import os
-import time
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+    from aws_lambda_powertools import Logger
+    from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 
-from aws_lambda_powertools import Logger
-from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
-
-from personalize import identity, settings, telemetry
-from personalize.serving import cloudfront, degraded, recommendations, wiring
-
-
-def _resume_collection() -> None:
-    gc.freeze()  # what was made so far lives as long as the instance: keep it out of GC scans
-    if _COLLECTING:
+    from personalize import identity, settings, telemetry
+    from personalize.serving import cloudfront, degraded, recommendations, wiring
+finally:
+    if IN_LAMBDA:
+        gc.freeze()
+    if _collecting:
         gc.enable()
-
-
-_resume_collection()
 
 HERE = Path(__file__).resolve().parent
 CONFIG_PATH = HERE / "edge_config.json"
@@ -64,14 +64,18 @@ def _build():
     config = wiring.ServingConfig.from_file(CONFIG_PATH).for_stack(
         wiring.stack_of_function(_state.get("function_name")))  # a bundle built for another stack
     config.artifacts_bucket = config.artifacts_bucket.replace("{account}", _state.get("account", ""))
+    collecting = gc.isenabled()
     gc.disable()  # as for the imports (above)
     try:
         built, _state["rollout"], _state["models"] = wiring.build(config, MODELS_DIR, os.environ.get("AWS_REGION"))
         wiring.warm_up(built, _state["rollout"], _state["models"], config.default_champion)
+        if built.keys.current is None or built.snapshot.value is None:  # not worth serving: try again later
+            raise RuntimeError("cold start incomplete: signing key or item snapshot unavailable")
+        if IN_LAMBDA:
+            gc.freeze()  # built: it lives as long as the instance (a failed attempt is garbage: not frozen)
     finally:
-        _resume_collection()
-    if built.keys.current is None or built.snapshot.value is None:  # not worth serving: try again later
-        raise RuntimeError("cold start incomplete: signing key or item snapshot unavailable")
+        if collecting:
+            gc.enable()
     return built
 
 

@@ -59,7 +59,7 @@ def main() -> None:
         stack.poller.stop()  # the cold edges' reads wait on the moto server, not on its neighbours
         for schedule in stack._schedules:
             schedule.stop()
-        env = {**os.environ, "AWS_ENDPOINT_URL": stack.aws_endpoint}
+        env = {**os.environ, "AWS_ENDPOINT_URL": stack.aws_endpoint, "AWS_LAMBDA_FUNCTION_NAME": "edge"}  # as Lambda
         programs = [compiled_edge(tree, stack, args.rtt_ms, work / str(n)) for n, tree in enumerate(args.trees)]
         results: list[list[dict]] = [[] for _ in programs]
         floor: list[float] = []

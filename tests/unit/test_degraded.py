@@ -94,9 +94,19 @@ def test_the_edge_pauses_the_collector_only_while_its_imports_and_build_run(monk
     monkeypatch.setattr(edge, "wiring", SimpleNamespace(
         ServingConfig=SimpleNamespace(from_file=lambda path: config), stack_of_function=lambda name: None,
         build=build))
+    monkeypatch.setattr(edge, "IN_LAMBDA", True)
+    frozen = gc.get_freeze_count()
     with pytest.raises(ConnectionError):
         edge._build()
     assert during == [False] and gc.isenabled()
+    assert gc.get_freeze_count() == frozen, "a failed attempt is garbage: frozen, it would never be freed"
+    gc.disable()  # someone else's pause (an ingest batch in the same process): theirs to end
+    try:
+        with pytest.raises(ConnectionError):
+            edge._build()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 class FailingArtifacts(MemoryArtifacts):
