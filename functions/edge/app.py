@@ -10,9 +10,11 @@ import os
 # objects that live as long as the instance; the cyclic collector scanned them over and over
 # meanwhile (about 200 collections, 35-50 ms). It is paused while they run (a pause that finds
 # it already paused leaves resuming it to whoever paused it) and, in Lambda, what they made is
-# frozen out of its later scans (gc.freeze) before it resumes. The Lambda runtime sets
-# AWS_LAMBDA_FUNCTION_NAME (at the edge too); a local stack or a test that loads this module
-# again and again does not freeze: it would pin every copy's objects for the life of the process.
+# frozen out of its later scans (gc.freeze) before it resumes. AWS_LAMBDA_FUNCTION_NAME is one
+# of the runtime's reserved variables (Lambda@Edge refuses only a function's own; not checked on
+# a deployed edge: without it the edge resumes without freezing, one longer collection after).
+# A local stack or a test that loads this module again and again does not freeze: it would pin
+# every copy's objects for the life of the process.
 IN_LAMBDA = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
 _collecting = gc.isenabled()
 gc.disable()

@@ -20,23 +20,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from infra import bytecode
 from infra.local.stack import LocalStack
-from infra.local.template import ROOT
 
 from . import serving
-from .streams import FlashSale, post_events
-
-
-def compiled_edge(tree: Path, stack: LocalStack, rtt_ms: float, into: Path) -> str:
-    shutil.copytree(tree / "functions" / "edge", into / "edge", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(tree / "layers" / "personalize", into / "layer", ignore=shutil.ignore_patterns("__pycache__"))
-    bytecode.precompile(into, sys.executable)
-    return serving._COLD_EDGE.format(edge=str(into / "edge"), layer=str(into / "layer"), rtt_ms=rtt_ms,
-                                     config=str(stack.edge_config_path), models=str(ROOT / "models"))
 
 
 def main() -> None:
@@ -49,18 +37,12 @@ def main() -> None:
     stack = LocalStack(snapshot_interval_s=1.0).start()
     work = Path(tempfile.mkdtemp(prefix="cold-ab-"))
     try:
-        events = FlashSale(seed=11).events(3000)
-        now, base = int(time.time() * 1000), events[0]["ts"]
-        for event in events:  # the stream's last minute, ending now
-            event["ts"] = now - 60_000 + (event["ts"] - base) // 100
-        post_events(stack, events)
-        stack.poller.drain(300)
-        stack.functions["snapshot"]({})
+        serving.load_flash_sale(stack, 3000)
         stack.poller.stop()  # the cold edges' reads wait on the moto server, not on its neighbours
         for schedule in stack._schedules:
             schedule.stop()
         env = {**os.environ, "AWS_ENDPOINT_URL": stack.aws_endpoint, "AWS_LAMBDA_FUNCTION_NAME": "edge"}  # as Lambda
-        programs = [compiled_edge(tree, stack, args.rtt_ms, work / str(n)) for n, tree in enumerate(args.trees)]
+        programs = [serving.compiled_edge(tree, stack, args.rtt_ms, work / str(n)) for n, tree in enumerate(args.trees)]
         results: list[list[dict]] = [[] for _ in programs]
         floor: list[float] = []
         for round_ in range(args.runs):

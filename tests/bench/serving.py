@@ -6,9 +6,11 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -144,6 +146,30 @@ print((time.perf_counter() - t0) * 1000)
 """
 
 
+def load_flash_sale(stack: LocalStack, events: int) -> None:
+    """The local stack loaded with the bench's flash sale, ending now (through the real front
+    and pipeline), and a snapshot published from it."""
+    sale = FlashSale(seed=11).events(events)
+    now, base = int(time.time() * 1000), sale[0]["ts"]
+    for e in sale:  # the stream's last minutes, ending now
+        e["ts"] = now - 60_000 + (e["ts"] - base) // 100
+    post_events(stack, sale)
+    stack.poller.drain(300)  # a shared, busy machine drains the local stream slowly
+    stack.functions["snapshot"]({})
+
+
+def compiled_edge(tree: Path, stack: LocalStack, rtt_ms: float, into: Path) -> str:
+    """The cold-edge child program for ``tree``'s edge handler and domain package, copied into
+    ``into`` and compiled as the bundle ships them (bytecode.precompile), not on every cold start."""
+    from infra import bytecode
+
+    shutil.copytree(tree / "functions" / "edge", into / "edge", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(tree / "layers" / "personalize", into / "layer", ignore=shutil.ignore_patterns("__pycache__"))
+    bytecode.precompile(into, sys.executable)
+    return _COLD_EDGE.format(edge=str(into / "edge"), layer=str(into / "layer"), rtt_ms=rtt_ms,
+                             config=str(stack.edge_config_path), models=str(ROOT / "models"))
+
+
 COLD_RTT_MS = 10.0  # a request's round trip to a same-region AWS endpoint, as moto on loopback has none
 
 
@@ -161,22 +187,11 @@ def cold_starts(stack: LocalStack, runs: int = 5) -> dict:
     (``cold_start_at_rtt_ms``): what loopback hides, requests made one after the other; compare
     the two on what follows the imports (``*_after_imports_ms``). Not modelled: connection
     set-up (moto is plain HTTP on loopback; AWS is a TLS handshake per new connection)."""
-    import shutil
-    import tempfile
-
-    from infra import bytecode
-
     # As Lambda runs it: the runtime names the function (the edge freezes its cold start's objects).
     env = {**os.environ, "AWS_ENDPOINT_URL": stack.aws_endpoint, "AWS_LAMBDA_FUNCTION_NAME": "edge"}
-    # The handler and the domain package as the bundle ships them: compiled at build time
-    # (bytecode.precompile), not on every cold start. The floor's packages have their pycs too.
+    # The handler and the domain package as the bundle ships them (the floor's packages have their pycs too).
     compiled = Path(tempfile.mkdtemp(prefix="cold-edge-"))
-    shutil.copytree(ROOT / "functions" / "edge", compiled / "edge", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "layers" / "personalize", compiled / "layer", ignore=shutil.ignore_patterns("__pycache__"))
-    bytecode.precompile(compiled, sys.executable)
-    edges = {rtt: _COLD_EDGE.format(edge=str(compiled / "edge"), layer=str(compiled / "layer"), rtt_ms=rtt,
-                                    config=str(stack.edge_config_path), models=str(ROOT / "models"))
-             for rtt in (0.0, COLD_RTT_MS)}
+    edges = {rtt: compiled_edge(ROOT, stack, rtt, compiled / str(rtt)) for rtt in (0.0, COLD_RTT_MS)}
     cold, at_rtt, imports, floor, busy, threads = [], [], [], [], [], []
     after, after_at_rtt = [], []  # what follows the imports: the part the round trips are in
 
@@ -265,14 +280,7 @@ def run(requests: int = 3000) -> dict:
     stack = LocalStack(snapshot_interval_s=1.0).start()
     try:
         edge = stack.functions["edge"]
-        # Load the local stack with the same flash sale (through the real front and pipeline).
-        events = FlashSale(seed=11).events(6000)
-        now, base = int(time.time() * 1000), events[0]["ts"]
-        for e in events:  # the stream's last minutes, ending now
-            e["ts"] = now - 60_000 + (e["ts"] - base) // 100
-        post_events(stack, events)
-        stack.poller.drain(300)  # a shared, busy machine drains the local stream slowly
-        stack.functions["snapshot"]({})
+        load_flash_sale(stack, 6000)
         out["stockout_to_gone_s"] = round(stockout_to_gone_s(stack), 3)
         recommender = edge.module.recommender()
         recommender.warm()

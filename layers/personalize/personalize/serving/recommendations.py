@@ -199,6 +199,10 @@ class Refreshing:
     def age(self) -> float:
         return self.clock() - self.succeeded_at
 
+    def mark_stale(self) -> None:
+        """The value held is not to be called fresh (the next ``fresh`` check reads again)."""
+        self.succeeded_at = float("-inf")
+
     def get(self):
         if self.clock() - self.attempted_at >= self.interval_s and self._busy.acquire(blocking=False):
             def run():
@@ -380,7 +384,7 @@ class Recommender:
             # Read for another build time than the one served: read again; failing that, the
             # list read is not this snapshot's, and its age must not say it is fresh.
             if not self.soldout.refresh_now():
-                self.soldout.succeeded_at = float("-inf")
+                self.soldout.mark_stale()
         if failed is not None:
             raise failed
 
