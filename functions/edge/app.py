@@ -117,6 +117,9 @@ def serve(request: dict, remaining_ms: int | None = None, request_id: str | None
         answer = built.recommend(params, cookie, country)
     headers = {**answer.headers, cloudfront.REQUEST_ID_HEADER: request_id} if request_id else answer.headers
     _count_refused_flags()
+    if built is not None:
+        recommendations.count_degraded(built.degraded(), _state.setdefault("degraded_seen", {}),
+                                       (figures.count, home_metrics().add))
     recommendations.record((figures, home_metrics()) if answer.status == 200 else (figures,), answer, started,
                            built.snapshot.value if built is not None else None)
     return answer.status, answer.body, headers

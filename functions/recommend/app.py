@@ -43,6 +43,7 @@ def get_recommendations() -> Response:
     if rollout.store.refused > _seen["refused"]:  # a flags document broke the schema: the last good one serves
         figures.count("FlagsDocumentRefused", rollout.store.refused - _seen["refused"])
         _seen["refused"] = rollout.store.refused
+    recommendations.count_degraded(recommender.degraded(), _seen, (figures.count,))
     recommendations.record((figures,), answer, started, recommender.snapshot.value)
     return Response(status_code=answer.status, body=json.dumps(answer.body),
                     headers={**answer.headers, "x-request-id": logger.get_correlation_id() or ""})

@@ -179,3 +179,42 @@ def test_a_handler_module_loads_with_figures_and_no_powertools_metrics_blob_per_
         module = handlers.load(name)
         assert not hasattr(module, "metrics"), name  # aggregated figures instead
         assert module.figures.flush_every_s <= 10
+
+
+def test_a_sold_out_list_that_cannot_be_read_is_counted_by_both_serving_functions(shop):
+    """Sale day, the availability log unreadable: each serving function keeps the last list
+    within its 5 s budget, then drops the low-stock items; the on-call engineer sees both as
+    counts (SoldOutReadFailures, StaleSoldOutAnswers), not only as warnings in the logs."""
+    serving, captured, _ = shop
+    regional_event = http_api_event("GET", "/recommendations", None,
+                                    {settings.ORIGIN_VERIFY_HEADER: serving.stack.origin_token}, {"k": "5"})
+
+    def regional_get():
+        return serving.recommend_app.lambda_handler(regional_event, context("recommend"))["statusCode"]
+
+    serving.recommend_app.recommender.warm()  # built at import, before the shop's snapshot was published
+    assert serving.get()[0] == 200 and regional_get() == 200  # built, the list read
+    for recommender in (serving.recommender(), serving.recommend_app.recommender):
+        def unreadable(_):
+            raise RuntimeError("availability log unreadable (injected)")
+
+        recommender.soldout.load = unreadable
+        recommender.soldout.mark_stale()  # older than the budget: the next request reads it, and fails
+    captured.stream.seek(0)
+    captured.stream.truncate()
+    assert serving.get()[0] == 200 and regional_get() == 200  # served, degraded
+    counts: dict[tuple[str, str], float] = {}
+    for doc in captured.json_lines():
+        if "_aws" in doc:
+            for name in ("SoldOutReadFailures", "StaleSoldOutAnswers"):
+                if name in doc:
+                    key = (doc["service"], name)
+                    counts[key] = counts.get(key, 0) + doc[name]
+    for service in ("edge", "recommend"):
+        assert counts.get((service, "StaleSoldOutAnswers")) == 1, counts
+        assert counts.get((service, "SoldOutReadFailures"), 0) >= 1, counts
+    captured.stream.seek(0)
+    captured.stream.truncate()
+    assert serving.get()[0] == 200 and regional_get() == 200
+    again = [d for d in captured.json_lines() if "_aws" in d and "StaleSoldOutAnswers" in d]
+    assert sum(d["StaleSoldOutAnswers"] for d in again) == 2  # one more answer each, not the total again

@@ -274,13 +274,13 @@ class Served:
         orders_ago = n_orders - stats[:, entities.I_LAST_ORDER]
         decayed = stats[:, entities.I_DECAYED] * (entities.PURCHASE_DECAY ** orders_ago / entities.DECAYED_SCALE)
         in_session = stats[:, entities.I_LAST_TS] >= now_ms - entities.SESSION_MS
-        session_items = int(in_session.sum())
+        session_items = int(np.count_nonzero(in_session))
         if layout.session_items is not None:
             X[:, layout.session_items] = math.log1p(session_items)
         if session_items:
             covisits.add(_SESSION, *self.prepared.neighbours(js[in_session]))
         bought = decayed > 0
-        if bought.any():
+        if np.count_nonzero(bought):
             covisits.add(_COPURCHASE, *self.prepared.neighbours(js[bought], decayed[bought]))
         covisits.into(X, layout, positions, k)
 
@@ -289,10 +289,7 @@ class Served:
         p = at[hit]
         s = stats[hit]
         ui = np.empty((len(p), len(ranking._UI_BLOCK)))
-        ui[:, 0] = np.log1p(s[:, 3])
-        ui[:, 1] = np.log1p(s[:, 2])
-        ui[:, 2] = np.log1p(s[:, 1])
-        ui[:, 3] = np.log1p(s[:, 0])
+        np.log1p(s[:, 3::-1], out=ui[:, :4])  # purchases, carts, clicks, views
         ui[:, 4] = np.log1p(np.maximum(0.0, (now_ms - s[:, entities.I_LAST_TS]) / DAY_MS))
         ui[:, 5] = 1.0
         ui[:, 6] = s[:, 3] / purchases if purchases else 0.0

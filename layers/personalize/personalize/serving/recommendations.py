@@ -124,6 +124,17 @@ def record(sinks, answer: Answer, started: float, snapshot) -> None:
         model_fault=model_fault(body))
 
 
+def count_degraded(totals: dict[str, int], seen: dict[str, int], counters) -> None:
+    """Each total's increase since ``seen`` (updated) into ``counters``: callables taking
+    (metric name, count), e.g. ``Figures.count`` and ``HomeMetrics.add``."""
+    for name, total in totals.items():
+        new = total - seen.get(name, 0)
+        if new > 0:
+            for count in counters:
+                count(name, new)
+            seen[name] = total
+
+
 @dataclass
 class Query:
     k: int
@@ -327,6 +338,14 @@ class Recommender:
                                   soldout_refresh_s, self.pool, clock)
         self._served: tuple[tuple, Served] | None = None
         self.stale_soldout_answers = 0  # answers that dropped low-stock items instead (counted, logged)
+
+    def degraded(self) -> dict[str, int]:
+        """Running totals of this instance's degraded sold-out filtering, as metric names:
+        ``SoldOutReadFailures`` (a read of the availability log failed: the last list is served
+        while it is within SOLDOUT_BUDGET_S) and ``StaleSoldOutAnswers`` (answers past that
+        budget, which dropped the low-stock items too). A handler counts their increase
+        (``count_degraded``)."""
+        return {"SoldOutReadFailures": self.soldout.failures, "StaleSoldOutAnswers": self.stale_soldout_answers}
 
     def _prepare(self, snap: ItemSnapshot | None) -> ItemSnapshot | None:
         """A newly loaded snapshot, prepared for requests (``Prepared``) on the refreshing
