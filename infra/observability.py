@@ -196,9 +196,15 @@ def operator_dashboard() -> dict:
                stat="Maximum", label="quarantine queue depth"),
             _m("AWS/SQS", "ApproximateNumberOfMessagesVisible", {"QueueName": "${StreamFailureQueue.QueueName}"},
                stat="Maximum", label="failed ranges (make replay-failures)")]),
-        _widget(0, 6, "Snapshot age as served (s, max)", [
+        _widget(0, 6, "Snapshot age as served (s, max); sold-out list unread (per min, right)", [
             _m(NS, "SnapshotAgeSeconds", EDGE_GLOBAL, label="edge (all regions)"),
-            _m(NS, "SnapshotAgeSeconds", REGIONAL, label="regional")], stat="Maximum"),
+            _m(NS, "SnapshotAgeSeconds", REGIONAL, label="regional"),
+            _m(NS, "SoldOutReadFailures", EDGE_GLOBAL, stat="Sum", yAxis="right", label="edge: sold-out reads failed"),
+            _m(NS, "StaleSoldOutAnswers", EDGE_GLOBAL, stat="Sum", yAxis="right",
+               label="edge: answers without low-stock items (list > 5 s old)"),
+            _m(NS, "SoldOutReadFailures", REGIONAL, stat="Sum", yAxis="right", label="regional: sold-out reads failed"),
+            _m(NS, "StaleSoldOutAnswers", REGIONAL, stat="Sum", yAxis="right",
+               label="regional: answers without low-stock items")], stat="Maximum"),
         _widget(8, 6, "Serving latency (ms): p50, p99", [
             _m(NS, "LatencyMs", {**EDGE_GLOBAL, "variant": "champion"}, stat="p50", label="edge champion p50"),
             _m(NS, "LatencyMs", {**EDGE_GLOBAL, "variant": "champion"}, stat="p99", label="edge champion p99"),

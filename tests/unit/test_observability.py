@@ -172,6 +172,12 @@ def test_the_operator_dashboard_shows_edge_errors_in_every_execution_region():
         assert needed in titles, needed
     listed = {a.strip("${}").removesuffix(".Arn") for a in body["widgets"][-1]["properties"]["alarms"]}
     assert listed == set(ALARMS) - {n for n in ALARMS if re.search(r"Burn(5m|1h)Alarm$", n)}
+    # What serving counts when its sold-out list cannot be read (tests/functional/test_operations_logs.py
+    # asserts both functions print them with these dimensions), on the dashboard for both.
+    shown = {(row[1], row[3]) for w in body["widgets"] for row in w["properties"].get("metrics", [])
+             if len(row) > 3 and all(isinstance(x, str) for x in row[:4])}
+    for name in ("SoldOutReadFailures", "StaleSoldOutAnswers"):
+        assert {(name, "edge"), (name, "recommend")} <= shown, name
 
 
 def test_the_cdn_bypass_alarm_reads_what_collect_prints():
