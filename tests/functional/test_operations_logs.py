@@ -11,7 +11,7 @@ import pytest
 
 from infra.local import handlers
 from infra.local.lambda_events import context, http_api_event
-from personalize import settings
+from personalize import settings, telemetry
 from tests.conftest import now_ms
 from tests.functional.test_serving import Serving, load_shop
 
@@ -156,7 +156,6 @@ def test_per_request_figures_leave_as_few_emf_documents_with_values_and_counts(s
 
 
 def test_the_home_region_copy_never_adds_to_the_us_east_1_edges_own_figures():
-    from personalize import telemetry
 
     sent = []
 
@@ -200,6 +199,14 @@ def test_a_sold_out_list_that_cannot_be_read_is_counted_by_both_serving_function
 
         recommender.soldout.load = unreadable
         recommender.soldout.mark_stale()  # older than the budget: the next request reads it, and fails
+    sent = []  # the edge's copy for us-east-1 (PutMetricData), where the dashboard reads it
+
+    class CloudWatch:
+        def put_metric_data(self, Namespace, MetricData):  # noqa: N803 - boto3's names
+            sent.extend(MetricData)
+
+    serving.edge._state["home_metrics"] = telemetry.HomeMetrics(settings.NAMESPACE, "edge", CloudWatch,
+                                                                submit=lambda fn: fn(), flush_every_s=0.0)
     captured.stream.seek(0)
     captured.stream.truncate()
     assert serving.get()[0] == 200 and regional_get() == 200  # served, degraded
@@ -212,7 +219,10 @@ def test_a_sold_out_list_that_cannot_be_read_is_counted_by_both_serving_function
                     counts[key] = counts.get(key, 0) + doc[name]
     for service in ("edge", "recommend"):
         assert counts.get((service, "StaleSoldOutAnswers")) == 1, counts
-        assert counts.get((service, "SoldOutReadFailures"), 0) >= 1, counts
+        assert 1 <= counts.get((service, "SoldOutReadFailures"), 0) <= 2, counts  # this request's, a refresh's
+    home = {d["MetricName"]: {x["Name"]: x["Value"] for x in d["Dimensions"]} for d in sent}
+    for name in ("SoldOutReadFailures", "StaleSoldOutAnswers"):
+        assert home[name] == {"service": "edge", "scope": "global"}, home
     captured.stream.seek(0)
     captured.stream.truncate()
     assert serving.get()[0] == 200 and regional_get() == 200

@@ -169,7 +169,16 @@ def test_when_the_sold_out_list_cannot_be_read_the_low_stock_items_are_dropped()
     answer = served(recommender)
     assert len(answer) == 50 and not {"sku-499", "sku-498"} & set(answer)
     assert recommender.stale_soldout_answers == 1
+    # Within a refresh interval of that failure, requests do not read again (an outage must
+    # not cost every request a failing read): at most one read per second, as the refresher.
+    reads = soldout.reads
+    for _ in range(20):
+        clock.now += 0.04
+        assert not {"sku-499", "sku-498"} & set(served(recommender))
+    assert soldout.reads == reads and recommender.stale_soldout_answers == 21
+    assert recommender.degraded() == {"SoldOutReadFailures": 2, "StaleSoldOutAnswers": 21}
     soldout.fail = False
+    clock.now += 0.25  # a refresh interval after the last failed read: this request reads again
     assert {"sku-499", "sku-498"} <= set(served(recommender))
 
 

@@ -289,7 +289,10 @@ class Served:
         p = at[hit]
         s = stats[hit]
         ui = np.empty((len(p), len(ranking._UI_BLOCK)))
-        np.log1p(s[:, 3::-1], out=ui[:, :4])  # purchases, carts, clicks, views
+        ui[:, 0] = np.log1p(s[:, 3])  # column by column, as ranking.feature_matrix: numpy's log1p takes
+        ui[:, 1] = np.log1p(s[:, 2])  # another loop (1 ulp apart) for a 2-D call over 1 or 2 rows
+        ui[:, 2] = np.log1p(s[:, 1])
+        ui[:, 3] = np.log1p(s[:, 0])
         ui[:, 4] = np.log1p(np.maximum(0.0, (now_ms - s[:, entities.I_LAST_TS]) / DAY_MS))
         ui[:, 5] = 1.0
         ui[:, 6] = s[:, 3] / purchases if purchases else 0.0

@@ -189,6 +189,7 @@ class Refreshing:
         self.generation = 0
         self.succeeded_at = float("-inf")
         self.attempted_at = float("-inf")
+        self.failed_at = float("-inf")
         self.failures = 0
         self._busy = threading.Lock()
 
@@ -199,6 +200,7 @@ class Refreshing:
             value = self.load(self.value)
         except Exception:
             self.failures += 1
+            self.failed_at = max(self.failed_at, started)
             log.warning("refresh of %s failed; keeping the last good value", self.name, exc_info=True)
             return False
         if value is not None and value is not self.value and not _unchanged(value, self.value):
@@ -211,8 +213,10 @@ class Refreshing:
         return self.clock() - self.succeeded_at
 
     def mark_stale(self) -> None:
-        """The value held is not to be called fresh (the next ``fresh`` check reads again)."""
+        """The value held is not to be called fresh: the next ``fresh`` check reads again,
+        even within ``interval_s`` of a failed read."""
         self.succeeded_at = float("-inf")
+        self.failed_at = float("-inf")
 
     def get(self):
         if self.clock() - self.attempted_at >= self.interval_s and self._busy.acquire(blocking=False):
@@ -226,10 +230,15 @@ class Refreshing:
 
     def fresh(self, max_age_s: float) -> bool:
         """True when the value is at most ``max_age_s`` old, refreshing it on this thread
-        first if needed (one read, within the adapter's own timeouts)."""
+        first if needed (one read, within the adapter's own timeouts). Not when a read failed
+        less than ``interval_s`` ago: an outage would otherwise cost every request a failing
+        read (and a replica already throttled, one more read per request); the background
+        refresh keeps trying every ``interval_s``, and this thread at most as often."""
         self.get()
         if self.age() <= max_age_s:
             return True
+        if self.clock() - self.failed_at < self.interval_s:
+            return False
         self.refresh_now()
         return self.age() <= max_age_s
 
