@@ -156,7 +156,6 @@ def test_per_request_figures_leave_as_few_emf_documents_with_values_and_counts(s
 
 
 def test_the_home_region_copy_never_adds_to_the_us_east_1_edges_own_figures():
-
     sent = []
 
     class CloudWatch:
