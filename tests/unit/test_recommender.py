@@ -182,6 +182,27 @@ def test_when_the_sold_out_list_cannot_be_read_the_low_stock_items_are_dropped()
     assert {"sku-499", "sku-498"} <= set(served(recommender))
 
 
+def test_a_background_read_that_failed_at_thaw_does_not_keep_the_request_from_reading():
+    """Lambda froze the instance with a refresh queued; it runs at thaw, ten minutes later, and
+    fails on a stale connection just before the request checks the list: the request still
+    reads it (only its own failed read holds back the next one; on-call review, 2026-12-06)."""
+    artifacts, soldout, clock = MemoryArtifacts(), FlakySoldOut(), Clock()
+    artifacts.put_snapshot("v1", snapshot("v1"), {})
+    recommender = frozen_recommender(artifacts, soldout, clock)
+    top = served(recommender)[0]
+    clock.now += 1.5
+    served(recommender)  # hands a refresh to the pool, which is frozen with the instance
+    queued = recommender.pool.pending.pop()
+    clock.now += 600
+    soldout.throttle(1)
+    queued()  # at thaw: fails
+    assert recommender.degraded()["SoldOutReadFailures"] == 1
+    soldout.update({top}, set())  # sold out while the instance was frozen
+    clock.now += 0.01
+    assert top not in served(recommender)
+    assert recommender.stale_soldout_answers == 0
+
+
 def test_a_new_sold_out_list_is_always_applied_even_at_a_reused_address():
     """Each refresh returns a new set; CPython often puts it where the last one was freed,
     which fooled an id()-keyed cache into serving the previous filtering."""

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 SOLDOUT_REFRESH_ON_REQUEST_S = 3.0  # older than this, a request re-reads the sold-out list itself
 SOLDOUT_BUDGET_S = 5.0              # never serve a sold-out list older than this (DESIGN 4)
+REQUEST_READ_EVERY_S = 1.0          # ... and re-read it on requests at most this often (Refreshing.fresh)
 MAX_K = 50
 DEFAULT_K = 10
 SNAPSHOT_REFRESH_S = 10.0   # pointer checks; a new snapshot is served <= 10 s after it is published
@@ -189,7 +190,7 @@ class Refreshing:
         self.generation = 0
         self.succeeded_at = float("-inf")
         self.attempted_at = float("-inf")
-        self.failed_at = float("-inf")
+        self.request_read_at = float("-inf")  # when ``fresh`` last read on a request's thread
         self.failures = 0
         self._busy = threading.Lock()
 
@@ -200,7 +201,6 @@ class Refreshing:
             value = self.load(self.value)
         except Exception:
             self.failures += 1
-            self.failed_at = max(self.failed_at, started)
             log.warning("refresh of %s failed; keeping the last good value", self.name, exc_info=True)
             return False
         if value is not None and value is not self.value and not _unchanged(value, self.value):
@@ -214,9 +214,9 @@ class Refreshing:
 
     def mark_stale(self) -> None:
         """The value held is not to be called fresh: the next ``fresh`` check reads again,
-        even within ``interval_s`` of a failed read."""
+        even within ``REQUEST_READ_EVERY_S`` of a failed one."""
         self.succeeded_at = float("-inf")
-        self.failed_at = float("-inf")
+        self.request_read_at = float("-inf")
 
     def get(self):
         if self.clock() - self.attempted_at >= self.interval_s and self._busy.acquire(blocking=False):
@@ -230,15 +230,18 @@ class Refreshing:
 
     def fresh(self, max_age_s: float) -> bool:
         """True when the value is at most ``max_age_s`` old, refreshing it on this thread
-        first if needed (one read, within the adapter's own timeouts). Not when a read failed
-        less than ``interval_s`` ago: an outage would otherwise cost every request a failing
-        read (and a replica already throttled, one more read per request); the background
-        refresh keeps trying every ``interval_s``, and this thread at most as often."""
+        first if needed (one read, within the adapter's own timeouts). At most one such read
+        every ``REQUEST_READ_EVERY_S``: when the last one failed, an outage would otherwise cost
+        every request a failing read (and a replica already throttled, one more read per
+        request). A background read's failure does not hold this one back: it may have been
+        queued before Lambda froze the instance and failed on a connection gone stale."""
         self.get()
         if self.age() <= max_age_s:
             return True
-        if self.clock() - self.failed_at < self.interval_s:
+        now = self.clock()
+        if now - self.request_read_at < REQUEST_READ_EVERY_S:
             return False
+        self.request_read_at = now
         self.refresh_now()
         return self.age() <= max_age_s
 
@@ -424,8 +427,9 @@ class Recommender:
     def current_served(self) -> Served | None:
         """The snapshot as served now, prepared: without the sold-out items. The sold-out list is never
         older than SOLDOUT_BUDGET_S: past SOLDOUT_REFRESH_ON_REQUEST_S (after an idle gap,
-        when no background refresh could run) this request re-reads it; if that fails and
-        the list is older than the budget, the items whose stock was low are dropped too."""
+        when no background refresh could run) this request re-reads it (unless a request read
+        it less than REQUEST_READ_EVERY_S ago); if that fails and the list is older than the
+        budget, the items whose stock was low are dropped too."""
         self.snapshot.get()
         snap_generation = self.snapshot.generation  # before the value: a refresh sets the value first
         snap = self.snapshot.value
