@@ -116,10 +116,7 @@ def serve(request: dict, remaining_ms: int | None = None, request_id: str | None
     else:
         answer = built.recommend(params, cookie, country)
     headers = {**answer.headers, cloudfront.REQUEST_ID_HEADER: request_id} if request_id else answer.headers
-    _count_refused_flags()
-    if built is not None:
-        recommendations.count_degraded(built.degraded(), _state.setdefault("degraded_seen", {}),
-                                       (figures.count, home_metrics().add))
+    _count_new_troubles(built)
     recommendations.record((figures, home_metrics()) if answer.status == 200 else (figures,), answer, started,
                            built.snapshot.value if built is not None else None)
     return answer.status, answer.body, headers
@@ -130,15 +127,16 @@ def _passed_to_origin() -> None:
     home_metrics().add("EdgeErrors")
 
 
-def _count_refused_flags() -> None:
-    """A flags document that broke the schema since the last request: the last good one
-    serves (the bundled one when cold), and this says so (FlagsDocumentRefused)."""
+def _count_new_troubles(built) -> None:
+    """What went wrong in this instance since the last request, as counts: a flags document
+    that broke the schema (the last good one serves, the bundled one when cold:
+    FlagsDocumentRefused) and the sold-out list's failed reads and stale answers
+    (``Recommender.degraded``)."""
+    totals = built.degraded() if built is not None else {}
     rollout = _state.get("rollout")
-    refused = rollout.store.refused if rollout is not None else 0
-    if refused > _state.get("refused_seen", 0):
-        figures.count("FlagsDocumentRefused", refused - _state.get("refused_seen", 0))
-        home_metrics().add("FlagsDocumentRefused", refused - _state.get("refused_seen", 0))
-        _state["refused_seen"] = refused
+    if rollout is not None:
+        totals["FlagsDocumentRefused"] = rollout.store.refused
+    recommendations.count_increases(totals, _state.setdefault("counted", {}), (figures.count, home_metrics().add))
 
 
 @logger.inject_lambda_context

@@ -24,7 +24,7 @@ config = wiring.ServingConfig.from_env()
 recommender, rollout, models = wiring.build(config, MODELS_DIR, os.environ.get("AWS_REGION"))
 origin = wiring.origin_keys(config)
 wiring.warm_up(recommender, rollout, models, config.default_champion, origin.refresh_now)
-_seen = {"refused": 0}
+_counted: dict[str, int] = {}  # running totals as last counted (recommendations.count_increases)
 
 
 @app.get("/recommendations")
@@ -40,10 +40,9 @@ def get_recommendations() -> Response:
                                           [event.headers.get("cookie", "")])
     answer = recommender.recommend(event.query_string_parameters or {}, cookie,
                                    event.headers.get("cloudfront-viewer-country"))
-    if rollout.store.refused > _seen["refused"]:  # a flags document broke the schema: the last good one serves
-        figures.count("FlagsDocumentRefused", rollout.store.refused - _seen["refused"])
-        _seen["refused"] = rollout.store.refused
-    recommendations.count_degraded(recommender.degraded(), _seen, (figures.count,))
+    # A flags document that broke the schema (the last good one serves); the sold-out list unread.
+    recommendations.count_increases({**recommender.degraded(), "FlagsDocumentRefused": rollout.store.refused},
+                                    _counted, (figures.count,))
     recommendations.record((figures,), answer, started, recommender.snapshot.value)
     return Response(status_code=answer.status, body=json.dumps(answer.body),
                     headers={**answer.headers, "x-request-id": logger.get_correlation_id() or ""})

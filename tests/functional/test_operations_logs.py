@@ -227,3 +227,20 @@ def test_a_sold_out_list_that_cannot_be_read_is_counted_by_both_serving_function
     assert serving.get()[0] == 200 and regional_get() == 200
     again = [d for d in captured.json_lines() if "_aws" in d and "StaleSoldOutAnswers" in d]
     assert sum(d["StaleSoldOutAnswers"] for d in again) == 2  # one more answer each, not the total again
+
+
+def test_a_refused_flags_document_is_counted_once_by_both_serving_functions(shop):
+    serving, captured, _ = shop
+    regional_event = http_api_event("GET", "/recommendations", None,
+                                    {settings.ORIGIN_VERIFY_HEADER: serving.stack.origin_token}, {"k": "5"})
+    assert serving.get()[0] == 200  # the edge built (its rollout made on the first request)
+    for rollout in (serving.edge._state["rollout"], serving.recommend_app.rollout):
+        rollout.store.fetch = lambda: {"not": "a rollout document"}  # deployed past the profile's validator
+        rollout.store.refresh_now()  # refused: the last good document kept
+        assert rollout.store.refused == 1
+    for _ in range(2):  # the second request adds nothing: the refusal is counted once
+        assert serving.get()[0] == 200
+        assert serving.recommend_app.lambda_handler(regional_event, context("recommend"))["statusCode"] == 200
+    refused = [(d["service"], d["FlagsDocumentRefused"]) for d in captured.json_lines()
+               if "_aws" in d and "FlagsDocumentRefused" in d]
+    assert sorted(refused) == [("edge", 1), ("recommend", 1)], refused

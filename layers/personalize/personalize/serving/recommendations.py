@@ -125,9 +125,11 @@ def record(sinks, answer: Answer, started: float, snapshot) -> None:
         model_fault=model_fault(body))
 
 
-def count_degraded(totals: dict[str, int], seen: dict[str, int], counters) -> None:
-    """Each total's increase since ``seen`` (updated) into ``counters``: callables taking
-    (metric name, count), e.g. ``Figures.count`` and ``HomeMetrics.add``."""
+def count_increases(totals: dict[str, int], seen: dict[str, int], counters) -> None:
+    """Each running total's increase since ``seen`` (updated) into ``counters``: callables
+    taking (metric name, count), e.g. ``Figures.count`` and ``HomeMetrics.add``. A handler's
+    way to report an instance's running totals (``Recommender.degraded``, a flags store's
+    refusals) once each."""
     for name, total in totals.items():
         new = total - seen.get(name, 0)
         if new > 0:
@@ -356,7 +358,7 @@ class Recommender:
         ``SoldOutReadFailures`` (a read of the availability log failed: the last list is served
         while it is within SOLDOUT_BUDGET_S) and ``StaleSoldOutAnswers`` (answers past that
         budget, which dropped the low-stock items too). A handler counts their increase
-        (``count_degraded``)."""
+        (``count_increases``)."""
         return {"SoldOutReadFailures": self.soldout.failures, "StaleSoldOutAnswers": self.stale_soldout_answers}
 
     def _prepare(self, snap: ItemSnapshot | None) -> ItemSnapshot | None:
