@@ -21,8 +21,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT_MB = 50.0
-# Runtime packages the edge needs; boto3/botocore come with the Lambda runtime.
+# Runtime packages the edge needs.
 PACKAGES = ["onnxruntime", "numpy", "msgpack", "aws-lambda-powertools", "jmespath", "typing-extensions"]
+# The AWS SDK ships in the bundle too, pinned like the rest: Lambda puts /var/task before its own
+# copy on sys.path, so the edge runs the SDK its tests ran, not whatever the runtime has that day
+# (the SDK's dependencies with it: a vendored SDK over the runtime's urllib3 can break on an
+# update). Its botocore data is trimmed to EDGE_SERVICES with their documentation stripped: at
+# cold start botocore lists every service folder it has (about 420) and parses each client's model
+# and the 1.25 MB endpoints file; the first client took about 70 ms of the edge's cold start
+# (2026-12-06), most of it that.
+SDK_PACKAGES = ["boto3", "botocore", "s3transfer", "urllib3", "python-dateutil", "six"]
+SDK_IMPORTS = ("boto3", "botocore", "s3transfer", "urllib3", "dateutil", "six.py")  # what they install
+# Every AWS service the edge's code makes a client for (tests/unit/test_edge_sdk.py checks the
+# edge's modules name no other): a client of any other service fails at its creation.
+EDGE_SERVICES = ("s3", "dynamodb", "secretsmanager", "appconfigdata", "cloudwatch")
+# The model's documentation texts (help, docstrings): emptied.
+_DOC_KEYS = frozenset({"documentation", "documentationUrl"})
 TRIM_DIRS = {"tests", "testing", "__pycache__", "include", "benchmarks", "docs"}
 TRIM_SUFFIXES = (".pyi", ".pyc", ".h", ".hpp", ".c", ".cpp", ".pxd", ".pyx")
 # Parts of packages that serving never imports (model tooling, build helpers).
@@ -88,10 +102,78 @@ def trim(target: Path) -> None:
     for relative in TRIM_PATHS:
         shutil.rmtree(target / relative, ignore_errors=True)
     for path in sorted(target.rglob("*"), reverse=True):
-        if path.is_dir() and path.name in TRIM_DIRS:
+        in_sdk = path.relative_to(target).parts[0] in SDK_IMPORTS  # botocore.docs: every client imports it
+        if path.is_dir() and path.name in TRIM_DIRS and not (in_sdk and path.name == "docs"):
             shutil.rmtree(path, ignore_errors=True)
         elif path.is_file() and (path.suffix in TRIM_SUFFIXES or path.name.startswith("libonnxruntime.so")):
             path.unlink()  # the Python API links onnxruntime_pybind11_state, not the C API library
+
+
+def _undocumented(node):
+    """The model with every documentation text emptied, its keys kept: botocore reads some of
+    them outside documentation (the endpoint parameters' ``documentation``)."""
+    if isinstance(node, dict):
+        return {k: "" if k in _DOC_KEYS and isinstance(v, str) else _undocumented(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_undocumented(v) for v in node]
+    return node
+
+
+def _read_model(path: Path):
+    import gzip
+    import json
+
+    raw = path.read_bytes()
+    return json.loads(gzip.decompress(raw) if path.suffix == ".gz" else raw)
+
+
+def trim_sdk(target: Path, services: tuple[str, ...] = EDGE_SERVICES) -> None:
+    """botocore's and boto3's data in ``target`` cut to ``services``: other services' folders
+    removed, each kept service's model without its documentation texts (and without the
+    examples, which only documentation reads), the endpoints file without other services' entries."""
+    import json
+
+    data = target / "botocore" / "data"
+    prefixes = set()
+    for folder in list(data.iterdir()):
+        if not folder.is_dir():
+            continue
+        if folder.name not in services:
+            shutil.rmtree(folder)
+            continue
+        for version in folder.iterdir():
+            (version / "examples-1.json").unlink(missing_ok=True)
+            for model in version.glob("service-2.json*"):
+                doc = _undocumented(_read_model(model))
+                prefixes.add(doc["metadata"].get("endpointPrefix", folder.name))
+                model.unlink()
+                (version / "service-2.json").write_text(json.dumps(doc, separators=(",", ":")))
+    missing = set(services) - {f.name for f in data.iterdir() if f.is_dir()}
+    if missing:
+        raise SystemExit(f"botocore in {target} has no model for {sorted(missing)}")
+    endpoints = _read_model(data / "endpoints.json")
+    for partition in endpoints["partitions"]:
+        partition["services"] = {k: v for k, v in partition["services"].items() if k in prefixes}
+    (data / "endpoints.json").write_text(json.dumps(endpoints, separators=(",", ":")))
+    resources = target / "boto3" / "data"
+    for folder in list(resources.iterdir()) if resources.is_dir() else ():
+        if folder.is_dir() and folder.name not in services:
+            shutil.rmtree(folder)
+
+
+def vendor_sdk(target: Path) -> None:
+    """This interpreter's SDK (the same pins ``build`` installs) copied into ``target`` and
+    trimmed as the bundle ships it: for the bench and tests, which run the bundle here."""
+    import botocore
+
+    source = Path(botocore.__file__).resolve().parents[1]
+    for name in SDK_IMPORTS:
+        if (source / name).is_dir():
+            shutil.copytree(source / name, target / name, ignore=shutil.ignore_patterns("__pycache__"),
+                            dirs_exist_ok=True)
+        else:
+            shutil.copy(source / name, target / name)
+    trim_sdk(target)
 
 
 def zipped_mb(folder: Path) -> float:
@@ -140,8 +222,9 @@ def build(target: Path, env: str = "dev", install: bool = True) -> float:
     if install:
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--only-binary=:all:",
                         "--platform", "manylinux_2_28_x86_64", "--python-version", "3.12", "--implementation",
-                        "cp", "--target", str(target), *pinned(PACKAGES)], check=True)
+                        "cp", "--target", str(target), *pinned(PACKAGES + SDK_PACKAGES)], check=True)
         trim(target)
+        trim_sdk(target)
         python = bytecode.lambda_python()
         if python is None:
             if bytecode.missing("the edge bundle"):

@@ -8,7 +8,9 @@ then the cold-edge child of ``tests/bench/serving.py`` runs on each in turn, alt
 the bare-imports floor (the order reversed every other round, so a busy neighbour slows all
 alike). Prints per tree the median cold start, its ratio to the floor, and the median of what
 follows the imports (the imports move by 100 ms and more between processes: compare that).
-``--rtt-ms``: sleep this long before each AWS request leaves (loopback has no round trip)."""
+``--rtt-ms``: sleep this long before each AWS request leaves (loopback has no round trip).
+``--runtime-sdk``: each tree twice, with the bundle's trimmed AWS SDK and with this
+interpreter's whole one (as the Lambda runtime's would be)."""
 
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ def main() -> None:
     parser.add_argument("trees", nargs="+", type=Path)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--rtt-ms", type=float, default=0.0)
+    parser.add_argument("--runtime-sdk", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     stack = LocalStack(snapshot_interval_s=1.0).start()
@@ -42,7 +45,10 @@ def main() -> None:
         for schedule in stack._schedules:
             schedule.stop()
         env = {**os.environ, "AWS_ENDPOINT_URL": stack.aws_endpoint, "AWS_LAMBDA_FUNCTION_NAME": "edge"}  # as Lambda
-        programs = [serving.compiled_edge(tree, stack, args.rtt_ms, work / str(n)) for n, tree in enumerate(args.trees)]
+        variants = [(tree, sdk) for tree in args.trees for sdk in ((True, False) if args.runtime_sdk else (True,))]
+        names = [f"{tree}{'' if sdk else ' (whole SDK)'}" for tree, sdk in variants]
+        programs = [serving.compiled_edge(tree, stack, args.rtt_ms, work / str(n), sdk=sdk)
+                    for n, (tree, sdk) in enumerate(variants)]
         results: list[list[dict]] = [[] for _ in programs]
         floor: list[float] = []
         for round_ in range(args.runs):
@@ -55,11 +61,11 @@ def main() -> None:
                     continue
                 out = subprocess.run([sys.executable, "-c", programs[n]], capture_output=True, text=True, env=env)
                 if out.returncode != 0:
-                    raise SystemExit(f"{args.trees[n]}: the cold edge failed: {out.stderr[-3000:]}")
+                    raise SystemExit(f"{names[n]}: the cold edge failed: {out.stderr[-3000:]}")
                 results[n].append(json.loads(out.stdout.strip().splitlines()[-1]))
         floor_ms = statistics.median(floor)
         print(f"bare imports: {floor_ms:.1f} ms (median of {len(floor)}); {args.rtt_ms:g} ms per AWS request")
-        for tree, runs in zip(args.trees, results):
+        for tree, runs in zip(names, results):
             cold = statistics.median(r["ms"] for r in runs)
             after = statistics.median(r["ms"] - r["import_ms"] for r in runs)
             busy = sorted({b for r in runs for b in r["busy"]})

@@ -1,6 +1,7 @@
 """The built edge bundle run the way Lambda runs it, with every AWS endpoint unreachable:
 a separate interpreter that sees only the bundle and what the Lambda Python runtime
-provides (boto3 and its dependencies), nothing from this project's virtualenv."""
+provides (boto3 and its dependencies, after the bundle on the path: the bundle's own trimmed
+SDK is the one imported), nothing from this project's virtualenv."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pathlib import Path
 
 from infra import bytecode, edge_build
 
-# What the python3.12 Lambda runtime puts beside a function: boto3 and its dependencies.
+# What the python3.12 Lambda runtime puts beside a function: boto3 and its dependencies (the
+# bundle carries its own, found first, as /var/task is in Lambda).
 RUNTIME = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "six.py", "urllib3")
 # What edge_build installs into the bundle (cross-installed for 3.12 when deployed; here the
 # same packages for this interpreter).
@@ -69,6 +71,8 @@ def build_bundle(target: Path, fallback_snapshot: Path | None = None, as_deploye
         edge_build.build(target / "bundle", "dev", install=as_deployed)
     finally:
         os.environ.pop("FALLBACK_SNAPSHOT", None)
+    if not as_deployed:
+        edge_build.vendor_sdk(target / "bundle")  # a copy, trimmed as the deployed bundle's
     source = site_packages()
     for name in () if as_deployed else BUNDLED:
         if (source / name).exists() and not (target / "bundle" / name).exists():

@@ -158,13 +158,17 @@ def load_flash_sale(stack: LocalStack, events: int) -> None:
     stack.functions["snapshot"]({})
 
 
-def compiled_edge(tree: Path, stack: LocalStack, rtt_ms: float, into: Path) -> str:
+def compiled_edge(tree: Path, stack: LocalStack, rtt_ms: float, into: Path, sdk: bool = True) -> str:
     """The cold-edge child program for ``tree``'s edge handler and domain package, copied into
-    ``into`` and compiled as the bundle ships them (bytecode.precompile), not on every cold start."""
-    from infra import bytecode
+    ``into`` and compiled as the bundle ships them (bytecode.precompile), not on every cold start;
+    with the bundle's trimmed AWS SDK (``edge_build.vendor_sdk``; ``sdk=False``: this
+    interpreter's, as the Lambda runtime's would be)."""
+    from infra import bytecode, edge_build
 
     shutil.copytree(tree / "functions" / "edge", into / "edge", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(tree / "layers" / "personalize", into / "layer", ignore=shutil.ignore_patterns("__pycache__"))
+    if sdk:
+        edge_build.vendor_sdk(into / "edge")
     bytecode.precompile(into, sys.executable)
     return _COLD_EDGE.format(edge=str(into / "edge"), layer=str(into / "layer"), rtt_ms=rtt_ms,
                              config=str(stack.edge_config_path), models=str(ROOT / "models"))

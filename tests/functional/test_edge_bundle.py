@@ -1,5 +1,5 @@
-"""The built edge bundle, run by a separate interpreter that sees only the bundle and boto3
-(as the Lambda runtime provides), with every AWS endpoint unreachable or silent: each
+"""The built edge bundle, run by a separate interpreter that sees only the bundle (with its own
+trimmed AWS SDK) and the Lambda runtime's boto3 after it, with every AWS endpoint unreachable or silent: each
 CloudFront origin-request for /recommendations gets a 200 named fallback from the bundle.
 (How fast is measured by `make bench`: serving.edge_outage_*.)"""
 

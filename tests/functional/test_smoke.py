@@ -1,14 +1,22 @@
 """``make smoke`` against the local stack, with the same code a deployed stack gets: every
 check passes, the backend's route refuses what API Gateway's IAM authorizer refuses, and the
-synthetic shopper and test item move no shared figure."""
+synthetic shopper and test item move no shared figure. A cold edge in a process of its own, on the
+AWS SDK its bundle ships (trimmed: ``infra/edge_build.py``), builds from the stack and answers."""
 
 import json
+import os
+import subprocess
+import sys
 import urllib.request
+from pathlib import Path
 
 from infra import loadtest, smoke
 from infra.local import sigv4
 from infra.local.stack import LocalStack
 from personalize import keys
+from tests.bench import serving
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_smoke_passes_against_the_local_stack_and_moves_no_shared_figure(tmp_path):
@@ -23,6 +31,16 @@ def test_smoke_passes_against_the_local_stack_and_moves_no_shared_figure(tmp_pat
         assert not any(keys.is_synthetic(i["item_id"]) for i in body["items"])
         snapshot = stack.edge_recommender().snapshot.value
         assert not any(keys.is_synthetic(i) for i in snapshot.items)
+
+        # the bench's cold edge (it asserts a built, not a fallback, answer): S3, DynamoDB, Secrets
+        # Manager and the flags' calls made through the bundle's trimmed SDK
+        program = serving.compiled_edge(ROOT, stack, 0.0, tmp_path / "cold")
+        env = {**os.environ, "AWS_ENDPOINT_URL": stack.aws_endpoint, "AWS_LAMBDA_FUNCTION_NAME": "edge"}
+        cold = subprocess.run([sys.executable, "-c", program.replace("import app as edge", (
+            "import app as edge, botocore; assert botocore.__file__.startswith({!r}), botocore.__file__"
+        ).format(str(tmp_path / "cold")))], capture_output=True, text=True, env=env, timeout=300)
+        assert cold.returncode == 0, (cold.stderr[-3000:], cold.stdout[-3000:])
+        assert json.loads(cold.stdout.strip().splitlines()[-1])["busy"] == []
 
         # what the IAM authorizer refuses: a function role's signature (no execute-api:Invoke)
         url, body = f"{stack.endpoint}/server/events", b'{"events": []}'

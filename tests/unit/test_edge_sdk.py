@@ -1,0 +1,129 @@
+"""The AWS SDK the edge bundle ships (``infra/edge_build.py``: pinned, its data trimmed to
+EDGE_SERVICES, documentation texts emptied) makes the same clients as the whole SDK: the same
+operations with the same shapes, the same endpoints and signing in every partition; every service
+the edge's code makes a client for is in it, and a service left out fails at once, by name.
+(That it answers real calls is checked by the cold edge in tests/functional/test_smoke.py and by
+``make bench``'s cold starts, which run on it.)"""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import botocore.session
+import pytest
+
+from infra import edge_build
+
+ROOT = Path(__file__).resolve().parents[2]
+REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-2", "cn-north-1", "us-gov-west-1")
+
+# Runs in a fresh interpreter on the trimmed SDK: every edge service's client in each region,
+# described as the test compares them; then a service the bundle leaves out.
+DESCRIBE = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import boto3, botocore, botocore.exceptions
+assert botocore.__file__.startswith(sys.argv[1]), botocore.__file__
+from tests.unit.test_edge_sdk import describe
+session = boto3.session.Session(aws_access_key_id="x", aws_secret_access_key="y")
+out = {"described": describe(session, json.loads(sys.argv[2]), json.loads(sys.argv[3]))}
+try:
+    session.client("kinesis", region_name="us-east-1")
+    out["left_out"] = "made"
+except botocore.exceptions.UnknownServiceError as exc:
+    out["left_out"] = str(exc)
+print(json.dumps(out))
+"""
+
+
+def describe(session, services, regions) -> dict:
+    """What a client is, minus documentation: each operation's input and output members, its
+    HTTP binding, and the endpoint and signing name per region."""
+    described = {}
+    for service in services:
+        for region in regions:
+            client = session.client(service, region_name=region)
+            model = client.meta.service_model
+            described[f"{service} {region}"] = {
+                "endpoint": client.meta.endpoint_url, "signing": model.signing_name,
+                "operations": {name: _operation(model.operation_model(name)) for name in model.operation_names}}
+    return described
+
+
+def _operation(operation) -> dict:
+    def members(shape):
+        return None if shape is None else sorted(shape.members) if hasattr(shape, "members") else shape.type_name
+
+    return {"http": operation.http, "input": members(operation.input_shape),
+            "output": members(operation.output_shape), "errors": sorted(e.name for e in operation.error_shapes)}
+
+
+@pytest.fixture(scope="module")
+def trimmed(tmp_path_factory):
+    target = tmp_path_factory.mktemp("sdk")
+    edge_build.vendor_sdk(target)
+    return target
+
+
+def test_the_trimmed_sdk_makes_the_same_clients_as_the_whole_one(trimmed, monkeypatch):
+    env_free = {k: v for k, v in __import__("os").environ.items() if not k.startswith("AWS_")}
+    services, regions = list(edge_build.EDGE_SERVICES), list(REGIONS)
+    out = subprocess.run([sys.executable, "-c", DESCRIBE, str(trimmed), json.dumps(services), json.dumps(regions)],
+                         capture_output=True, text=True, cwd=ROOT, env={**env_free, "PYTHONPATH": str(ROOT)},
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    whole = describe(__import__("boto3").session.Session(aws_access_key_id="x", aws_secret_access_key="y"),
+                     services, regions)
+    assert result["described"] == whole
+    assert all(d["operations"] for d in whole.values())
+    assert "kinesis" in result["left_out"]
+
+
+def test_the_trimmed_sdk_is_smaller_where_a_cold_start_reads_it(trimmed):
+    data = trimmed / "botocore" / "data"
+    assert sorted(p.name for p in data.iterdir() if p.is_dir()) == sorted(edge_build.EDGE_SERVICES)
+    whole = Path(botocore.__file__).parent / "data"
+    assert (data / "endpoints.json").stat().st_size < (whole / "endpoints.json").stat().st_size / 10
+    model = json.loads((data / "s3" / "2006-03-01" / "service-2.json").read_text())
+    assert model["operations"]["GetObject"]["documentation"] == ""  # emptied, the key kept
+    assert len(model["operations"]) == len(botocore.session.get_session().get_service_model("s3").operation_names)
+
+
+# Named in a module the edge loads, but made only by code the edge never runs.
+NOT_MADE_BY_THE_EDGE = {"appconfig": ("appconfig.py", "AppConfigAdmin")}  # the guardrail's control plane
+CLIENT_CALL = re.compile(r"""(?:aws\.client|boto3_client|\.client)\(\s*["']([a-z0-9-]+)["']""")
+DYNAMIC_CALL = re.compile(r"""(?:aws\.client|boto3_client)\(\s*[a-z_]""")
+
+LOADED = r"""
+import json, sys
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+import app
+print(json.dumps(sorted(m.__file__ for n, m in sys.modules.items()
+                        if n.split(".")[0] == "personalize" and getattr(m, "__file__", None))))
+"""
+
+
+def test_every_service_the_edges_code_makes_a_client_for_is_in_the_bundle():
+    """The modules the edge loads (its handler and the domain modules it imports), read for the
+    services they make clients of: all in EDGE_SERVICES, none named by a variable (which this
+    reading could not check)."""
+    out = subprocess.run([sys.executable, "-c", LOADED, str(ROOT / "functions" / "edge"),
+                          str(ROOT / "layers" / "personalize")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    files = [Path(f) for f in json.loads(out.stdout.strip().splitlines()[-1])] + [ROOT / "functions/edge/app.py"]
+    named, dynamic = set(), []
+    for path in files:
+        source = path.read_text()
+        named |= set(CLIENT_CALL.findall(source))
+        if path.name != "aws.py":  # the adapter that makes every client, from its callers' names
+            dynamic += [f"{path.name}: {m.group(0)}" for m in DYNAMIC_CALL.finditer(source)]
+    assert {"s3", "dynamodb", "secretsmanager", "appconfigdata", "cloudwatch"} <= named
+    assert named - set(NOT_MADE_BY_THE_EDGE) <= set(edge_build.EDGE_SERVICES), named - set(edge_build.EDGE_SERVICES)
+    assert not dynamic, dynamic
+    for module, maker in NOT_MADE_BY_THE_EDGE.values():  # nothing the edge loads uses the maker
+        assert not [p.name for p in files if p.name != module and maker in p.read_text()]
