@@ -127,3 +127,20 @@ def test_every_service_the_edges_code_makes_a_client_for_is_in_the_bundle():
     assert not dynamic, dynamic
     for module, maker in NOT_MADE_BY_THE_EDGE.values():  # nothing the edge loads uses the maker
         assert not [p.name for p in files if p.name != module and maker in p.read_text()]
+
+
+def test_the_sdk_the_edge_ships_is_the_one_the_tests_run():
+    """The edge build installs dev.lock's pins (``edge_build.pinned``); the layers and the
+    README's runtime list read runtime.txt: the two agree, and every SDK package is pinned."""
+    def pins(name: str) -> dict:
+        return {k.strip().lower().replace("_", "-"): v.strip() for k, v in (
+            line.split("==", 1) for line in (ROOT / "requirements" / name).read_text().splitlines()
+            if "==" in line and not line.startswith("#"))}
+
+    lock, runtime = pins("dev.lock"), pins("runtime.txt")
+    assert {name: lock.get(name) for name in runtime} == runtime
+    shipped = dict(p.split("==", 1) for p in edge_build.pinned(edge_build.SDK_PACKAGES))
+    assert set(shipped) == set(edge_build.SDK_PACKAGES)
+    import boto3
+
+    assert (shipped["boto3"], shipped["botocore"]) == (boto3.__version__, botocore.__version__)
