@@ -26,7 +26,7 @@ PACKAGES = ["onnxruntime", "numpy", "msgpack", "aws-lambda-powertools", "jmespat
 # The AWS SDK ships in the bundle too, pinned like the rest: Lambda puts /var/task before its own
 # copy on sys.path, so the edge runs the SDK its tests ran, not whatever the runtime has that day
 # (the SDK's dependencies with it: a vendored SDK over the runtime's urllib3 can break on an
-# update). Its botocore data is trimmed to EDGE_SERVICES with their documentation stripped: at
+# update). Its botocore data is trimmed to EDGE_SERVICES with their documentation texts cut: at
 # cold start botocore lists every service folder it has (about 420) and parses each client's model
 # and the 1.25 MB endpoints file; the first client took about 70 ms of the edge's cold start
 # (2026-12-06), most of it that.
@@ -35,7 +35,7 @@ SDK_IMPORTS = ("boto3", "botocore", "s3transfer", "urllib3", "dateutil", "six.py
 # Every AWS service the edge's code makes a client for (tests/unit/test_edge_sdk.py checks the
 # edge's modules name no other): a client of any other service fails at its creation.
 EDGE_SERVICES = ("s3", "dynamodb", "secretsmanager", "appconfigdata", "cloudwatch")
-# The model's documentation texts (help, docstrings): emptied.
+# The model's documentation texts (help, docstrings): cut to "-".
 _DOC_KEYS = frozenset({"documentation", "documentationUrl"})
 TRIM_DIRS = {"tests", "testing", "__pycache__", "include", "benchmarks", "docs"}
 TRIM_SUFFIXES = (".pyi", ".pyc", ".h", ".hpp", ".c", ".cpp", ".pxd", ".pyx")
@@ -110,10 +110,11 @@ def trim(target: Path) -> None:
 
 
 def _undocumented(node):
-    """The model with every documentation text emptied, its keys kept: botocore reads some of
-    them outside documentation (the endpoint parameters' ``documentation``)."""
+    """The model with every documentation text cut to "-", its keys kept: botocore reads some
+    of them outside documentation (the endpoint parameters' ``documentation``), and an empty
+    text drops a docstring section that botocore's S3 docstring handlers then look up."""
     if isinstance(node, dict):
-        return {k: "" if k in _DOC_KEYS and isinstance(v, str) else _undocumented(v) for k, v in node.items()}
+        return {k: "-" if k in _DOC_KEYS and isinstance(v, str) else _undocumented(v) for k, v in node.items()}
     if isinstance(node, list):
         return [_undocumented(v) for v in node]
     return node

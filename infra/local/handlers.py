@@ -20,6 +20,22 @@ def use_identities(identities: dict[str, aws.Credentials] | None) -> None:
     """Functions loaded from now on run with these credentials (None: the environment's)."""
     _identities.clear()
     _identities.update(identities or {})
+    if identities:
+        aws.on_new_client(_edge_sdk)
+
+
+def _edge_sdk(client) -> None:
+    """The edge's bundle carries an AWS SDK that knows only ``EDGE_SERVICES``
+    (``infra/edge_build.py``): a client the edge makes of any other service fails here as it
+    would there, whichever code path makes it (this process's SDK knows every service)."""
+    from botocore.exceptions import UnknownServiceError
+
+    from infra.edge_build import EDGE_SERVICES
+
+    edge = _identities.get("edge")
+    service = client.meta.service_model.service_name
+    if edge is not None and aws.current_identity() == edge and service not in EDGE_SERVICES:
+        raise UnknownServiceError(service_name=service, known_service_names=", ".join(sorted(EDGE_SERVICES)))
 
 
 def identity(name: str) -> aws.Credentials | None:

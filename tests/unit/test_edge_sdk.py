@@ -1,7 +1,9 @@
 """The AWS SDK the edge bundle ships (``infra/edge_build.py``: pinned, its data trimmed to
-EDGE_SERVICES, documentation texts emptied) makes the same clients as the whole SDK: the same
+EDGE_SERVICES, documentation texts cut) makes the same clients as the whole SDK: the same
 operations with the same shapes, the same endpoints and signing in every partition; every service
-the edge's code makes a client for is in it, and a service left out fails at once, by name.
+the edge's code makes a client for is in it, and a service left out fails at once, by name, here
+too: the local stack and the moto stack refuse the edge's role a client of any other service
+(``infra/local/handlers.py``), so every test that runs the edge runs it as its bundle would.
 (That it answers real calls is checked by the cold edge in tests/functional/test_smoke.py and by
 ``make bench``'s cold starts, which run on it.)"""
 
@@ -29,6 +31,8 @@ assert botocore.__file__.startswith(sys.argv[1]), botocore.__file__
 from tests.unit.test_edge_sdk import describe
 session = boto3.session.Session(aws_access_key_id="x", aws_secret_access_key="y")
 out = {"described": describe(session, json.loads(sys.argv[2]), json.loads(sys.argv[3]))}
+s3 = session.client("s3", region_name="us-east-1")
+out["docstrings"] = [len(str(getattr(s3, m).__doc__)) for m in ("get_object", "put_object", "head_object")]
 try:
     session.client("kinesis", region_name="us-east-1")
     out["left_out"] = "made"
@@ -75,13 +79,14 @@ def test_the_trimmed_sdk_makes_the_same_clients_as_the_whole_one(trimmed, monkey
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_CONFIG_FILE"):
-        monkeypatch.delenv(name, raising=False)
+    for name in [k for k in __import__("os").environ if k.startswith("AWS_")]:  # as the trimmed side's
+        monkeypatch.delenv(name)
     whole = describe(__import__("boto3").session.Session(aws_access_key_id="x", aws_secret_access_key="y"),
                      services, regions)
     assert result["described"] == whole
     assert all(d["operations"] for d in whole.values())
     assert "kinesis" in result["left_out"]
+    assert all(result["docstrings"])  # help() works on the bundle (S3's docstring handlers)
 
 
 def test_the_trimmed_sdk_is_smaller_where_a_cold_start_reads_it(trimmed):
@@ -90,7 +95,7 @@ def test_the_trimmed_sdk_is_smaller_where_a_cold_start_reads_it(trimmed):
     whole = Path(botocore.__file__).parent / "data"
     assert (data / "endpoints.json").stat().st_size < (whole / "endpoints.json").stat().st_size / 10
     model = json.loads((data / "s3" / "2006-03-01" / "service-2.json").read_text())
-    assert model["operations"]["GetObject"]["documentation"] == ""  # emptied, the key kept
+    assert model["operations"]["GetObject"]["documentation"] == "-"  # cut, the key kept
     assert len(model["operations"]) == len(botocore.session.get_session().get_service_model("s3").operation_names)
 
 
@@ -144,3 +149,19 @@ def test_the_sdk_the_edge_ships_is_the_one_the_tests_run():
     import boto3
 
     assert (shipped["boto3"], shipped["botocore"]) == (boto3.__version__, botocore.__version__)
+
+
+def test_the_edges_role_gets_no_client_of_a_service_its_bundle_lacks(stack):
+    from botocore.exceptions import UnknownServiceError
+
+    from infra.local import handlers
+    from personalize.adapters import aws
+
+    with aws.as_identity(handlers.identity("edge")):
+        for service in edge_build.EDGE_SERVICES:
+            aws.client(service, "us-east-1")
+        for service in ("sqs", "sts", "kinesis"):
+            with pytest.raises(UnknownServiceError, match=service):
+                aws.client(service, "us-east-1")
+    with aws.as_identity(handlers.identity("aggregate")):  # the other functions have the whole SDK
+        aws.client("sqs", "us-east-1")

@@ -86,7 +86,8 @@ _client_hooks: list = []
 
 
 def on_new_client(hook) -> None:
-    _client_hooks.append(hook)
+    if hook not in _client_hooks:  # once, however often it is asked
+        _client_hooks.append(hook)
 
 
 def remove_client_hook(hook) -> None:
