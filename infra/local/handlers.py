@@ -26,15 +26,27 @@ def use_identities(identities: dict[str, aws.Credentials] | None) -> None:
 
 def _edge_sdk(client) -> None:
     """The edge's bundle carries an AWS SDK that knows only ``EDGE_SERVICES``
-    (``infra/edge_build.py``): a client the edge makes of any other service fails here as it
-    would there, whichever code path makes it (this process's SDK knows every service)."""
+    (``infra/edge_build.py``): a client the edge's role makes of any other service through
+    ``aws`` fails here as it would there (this process's SDK knows every service). Its
+    serving pool carries the role to its threads (``wiring._ContextPool``)."""
+    edge, current = _identities.get("edge"), aws.current_identity()
+    if edge is not None and current is not None and current.access_key_id == edge.access_key_id:
+        _bundled_services_only(client)
+
+
+def edge_process() -> None:
+    """This process runs the edge alone (``worker.py``): every client it makes through ``aws``
+    is held to the edge bundle's SDK."""
+    aws.on_new_client(_bundled_services_only)
+
+
+def _bundled_services_only(client) -> None:
     from botocore.exceptions import UnknownServiceError
 
     from infra.edge_build import EDGE_SERVICES
 
-    edge = _identities.get("edge")
     service = client.meta.service_model.service_name
-    if edge is not None and aws.current_identity() == edge and service not in EDGE_SERVICES:
+    if service not in EDGE_SERVICES:
         raise UnknownServiceError(service_name=service, known_service_names=", ".join(sorted(EDGE_SERVICES)))
 
 

@@ -140,6 +140,8 @@ def main() -> None:
         aws_clock.install()
         from . import handlers
 
+        if name == "edge":
+            handlers.edge_process()  # the bundle's SDK knows only the edge's services
         module = handlers.load(name)  # credentials: the role's, from this process's environment
         _apply_overrides(module, json.loads(os.environ.get("LOCAL_FUNCTION_OVERRIDES") or "{}"))
     except Exception as exc:  # noqa: BLE001 - reported to the pool as Lambda reports an init error

@@ -251,3 +251,26 @@ def test_a_sample_of_scored_requests_is_logged_for_training(serving):
     assert vectors.shape == (len(decode_candidates(record)), len(record["features"])) == (body["candidates"],
                                                                                      len(record["features"]))
     assert record["returned"] == items(body)
+
+
+def test_every_client_the_edge_makes_signs_as_the_edge(serving, stack):
+    """Its cold start's loads run on a pool, where a lazily made client (the signing keys'
+    Secrets Manager) once signed as the administrator: IAM went untested for it, and the check
+    that the edge makes only clients its bundle's SDK knows (infra/local/handlers.py) missed it."""
+    from personalize.adapters import aws
+
+    made = []
+
+    def hook(client):
+        made.append((client.meta.service_model.service_name, aws.current_identity()))
+
+    load_shop(serving, now_ms())
+    aws.on_new_client(hook)
+    try:
+        status, _, _ = serving.get(cookie=serving.cookie("shopper-1"))
+    finally:
+        aws.remove_client_hook(hook)
+    assert status == 200
+    services = {service for service, _ in made}
+    assert {"s3", "dynamodb", "secretsmanager"} <= services, made
+    assert all(who == stack.identities.functions["edge"] for _, who in made), made

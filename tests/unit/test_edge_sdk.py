@@ -26,15 +26,16 @@ REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-2", "cn-north-1", "us-gov-wes
 DESCRIBE = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
-import boto3, botocore, botocore.exceptions
+import botocore, botocore.exceptions, botocore.session
 assert botocore.__file__.startswith(sys.argv[1]), botocore.__file__
 from tests.unit.test_edge_sdk import describe
-session = boto3.session.Session(aws_access_key_id="x", aws_secret_access_key="y")
+session = botocore.session.Session()  # as personalize.adapters.aws makes clients
+session.set_credentials("x", "y")
 out = {"described": describe(session, json.loads(sys.argv[2]), json.loads(sys.argv[3]))}
-s3 = session.client("s3", region_name="us-east-1")
+s3 = session.create_client("s3", region_name="us-east-1")
 out["docstrings"] = [len(str(getattr(s3, m).__doc__)) for m in ("get_object", "put_object", "head_object")]
 try:
-    session.client("kinesis", region_name="us-east-1")
+    session.create_client("kinesis", region_name="us-east-1")
     out["left_out"] = "made"
 except botocore.exceptions.UnknownServiceError as exc:
     out["left_out"] = str(exc)
@@ -48,7 +49,7 @@ def describe(session, services, regions) -> dict:
     described = {}
     for service in services:
         for region in regions:
-            client = session.client(service, region_name=region)
+            client = session.create_client(service, region_name=region)
             model = client.meta.service_model
             described[f"{service} {region}"] = {
                 "endpoint": client.meta.endpoint_url, "signing": model.signing_name,
@@ -81,8 +82,9 @@ def test_the_trimmed_sdk_makes_the_same_clients_as_the_whole_one(trimmed, monkey
     result = json.loads(out.stdout.strip().splitlines()[-1])
     for name in [k for k in __import__("os").environ if k.startswith("AWS_")]:  # as the trimmed side's
         monkeypatch.delenv(name)
-    whole = describe(__import__("boto3").session.Session(aws_access_key_id="x", aws_secret_access_key="y"),
-                     services, regions)
+    session = botocore.session.Session()
+    session.set_credentials("x", "y")
+    whole = describe(session, services, regions)
     assert result["described"] == whole
     assert all(d["operations"] for d in whole.values())
     assert "kinesis" in result["left_out"]
@@ -101,8 +103,8 @@ def test_the_trimmed_sdk_is_smaller_where_a_cold_start_reads_it(trimmed):
 
 # Named in a module the edge loads, but made only by code the edge never runs.
 NOT_MADE_BY_THE_EDGE = {"appconfig": ("appconfig.py", "AppConfigAdmin")}  # the guardrail's control plane
-CLIENT_CALL = re.compile(r"""(?:aws\.client|boto3_client|\.client)\(\s*["']([a-z0-9-]+)["']""")
-DYNAMIC_CALL = re.compile(r"""(?:aws\.client|boto3_client)\(\s*[a-z_]""")
+CLIENT_CALL = re.compile(r"""(?:aws\.client|uncached_client|\.client)\(\s*["']([a-z0-9-]+)["']""")
+DYNAMIC_CALL = re.compile(r"""(?:aws\.client|uncached_client)\(\s*[a-z_]""")
 
 LOADED = r"""
 import json, sys
@@ -165,3 +167,29 @@ def test_the_edges_role_gets_no_client_of_a_service_its_bundle_lacks(stack):
                 aws.client(service, "us-east-1")
     with aws.as_identity(handlers.identity("aggregate")):  # the other functions have the whole SDK
         aws.client("sqs", "us-east-1")
+
+
+EDGE_WORKER = r"""
+from botocore.exceptions import UnknownServiceError
+from infra.local import handlers
+from personalize.adapters import aws
+handlers.edge_process()  # what infra/local/worker.py does for the edge's own processes
+for service in ("s3", "dynamodb", "secretsmanager", "appconfigdata", "cloudwatch"):
+    aws.client(service, "us-east-1")
+try:
+    aws.client("sqs", "us-east-1")
+    print("made")
+except UnknownServiceError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_an_edge_worker_process_gets_no_client_of_a_service_its_bundle_lacks():
+    """The local stack's worker mode runs the edge in a process of its own, as its role from
+    the environment: the check holds there too (a process of its own: the hook is global)."""
+    assert 'if name == "edge":\n            handlers.edge_process()' in (ROOT / "infra/local/worker.py").read_text()
+    out = subprocess.run([sys.executable, "-c", EDGE_WORKER], capture_output=True, text=True, timeout=120,
+                         cwd=ROOT, env={**__import__("os").environ,
+                                        "PYTHONPATH": f"{ROOT}:{ROOT / 'layers' / 'personalize'}"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().startswith("refused: Unknown service: 'sqs'"), out.stdout

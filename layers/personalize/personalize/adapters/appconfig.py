@@ -284,7 +284,7 @@ def appconfig_fetcher(application: str, environment: str, profile: str, region: 
     from botocore.config import Config
 
     def client():
-        return aws.boto3_client("appconfigdata", region, Config(
+        return aws.uncached_client("appconfigdata", region, Config(
             connect_timeout=1, read_timeout=2, retries={"mode": "standard", "total_max_attempts": 2}))
 
     return FlagSession(client, application, environment, profile).fetch

@@ -76,7 +76,7 @@ def _client(service, region, connect_timeout, read_timeout, identity, attempts=4
         return _hooked(_session(identity).create_client(service, region_name=region, config=config))
 
 
-def boto3_client(service: str, region: str | None, config: Config):
+def uncached_client(service: str, region: str | None, config: Config):
     """An uncached client with its own config (serving's tight timeouts)."""
     with _lock:
         return _hooked(_session(_identity.get()).create_client(service, region_name=region, config=config))

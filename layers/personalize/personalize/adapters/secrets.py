@@ -28,7 +28,7 @@ class SecretVersions:
         # Tight: an instance without keys reads on the request path (a cold start), so a hung
         # Secrets Manager costs about a second, not the default minute of retries.
         if self._client is None:
-            self._client = aws.boto3_client("secretsmanager", self.region, Config(
+            self._client = aws.uncached_client("secretsmanager", self.region, Config(
                 connect_timeout=self.timeout_s, read_timeout=self.timeout_s,
                 retries={"mode": "standard", "total_max_attempts": self.attempts}))
         return self._client

@@ -59,7 +59,7 @@ class DynamoUserStore(UserStore):
             # One quick attempt: a retry would blow the serving budget. The sold-out log reads
             # through this client too (wiring.build), up to PARALLEL_QUERIES at once: a
             # connection each, and room beside them for the request's own GetItem.
-            self._client = aws.boto3_client("dynamodb", self.region, Config(
+            self._client = aws.uncached_client("dynamodb", self.region, Config(
                 connect_timeout=self.timeout_s, read_timeout=self.timeout_s,
                 retries={"mode": "standard", "total_max_attempts": 1},
                 max_pool_connections=CONNECTIONS))

@@ -3,6 +3,7 @@ from the config file baked into the edge bundle (no environment variables at the
 
 from __future__ import annotations
 
+import contextvars
 import hmac
 import json
 import logging
@@ -217,6 +218,15 @@ def warm_up(recommender: Recommender, rollout: flags.Rollout, models: ModelCache
     recommender.warm(rollout.store.refresh_now, *more, meanwhile=lambda: models.get(champion))
 
 
+class _ContextPool(ThreadPoolExecutor):
+    """Runs each task in a copy of its submitter's context: a client a load makes lazily on a
+    pool thread signs as the function that asked (the local stack runs every function in one
+    process, each as its own role: ``aws.as_identity``), not as whoever the process is."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        return super().submit(contextvars.copy_context().run, fn, *args, **kwargs)
+
+
 def build(config: ServingConfig, models_dir: Path, running_region: str | None, on_scored=None):
     """(recommender, rollout, models) for this function instance."""
     artifacts = S3Artifacts(config.artifacts_bucket, config.home_region)
@@ -226,7 +236,7 @@ def build(config: ServingConfig, models_dir: Path, running_region: str | None, o
     else:
         fetch = appconfig.appconfig_fetcher(source["application"], source["environment"], source["profile"],
                                         config.home_region)
-    pool = ThreadPoolExecutor(WARM_LOADS, thread_name_prefix="refresh")  # cold start's loads, then refreshes
+    pool = _ContextPool(WARM_LOADS, thread_name_prefix="refresh")  # cold start's loads, then refreshes
     # A refused document (it breaks the schema) keeps the last good one; when there is none yet,
     # this one: the bundled champion alone.
     bundled = flags.rollout_document(config.default_champion, None, 0.0, keys.NO_EXPERIMENT)
