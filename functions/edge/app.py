@@ -130,12 +130,15 @@ def _passed_to_origin() -> None:
 def _count_new_troubles(built) -> None:
     """What went wrong in this instance since the last request, as counts: a flags document
     that broke the schema (the last good one serves, the bundled one when cold:
-    FlagsDocumentRefused) and the sold-out list's failed reads and stale answers
-    (``Recommender.degraded``)."""
+    FlagsDocumentRefused), failed cold-start builds (ColdStartBuildFailures) and the sold-out
+    list's failed reads and stale answers (``Recommender.degraded``)."""
     totals = built.degraded() if built is not None else {}
     rollout = _state.get("rollout")
     if rollout is not None:
         totals["FlagsDocumentRefused"] = rollout.store.refused
+    build = _state.get("build")
+    if build is not None:  # every failed cold-start build (its answers: the bundled fallback)
+        totals["ColdStartBuildFailures"] = build.failures
     recommendations.count_increases(totals, _state.setdefault("counted", {}), (figures.count, home_metrics().add))
 
 

@@ -47,6 +47,23 @@ def test_a_failed_build_is_retried_with_backoff_not_on_every_request():
     assert cold.get(None) == "state" and len(calls) == 3
 
 
+def test_a_build_that_keeps_failing_is_an_error_with_its_traceback(caplog):
+    clock = Clock()
+
+    def build():
+        raise RuntimeError("Unknown service: 'sts'")
+
+    cold = degraded.BackgroundBuild(build, clock=clock, backoff_s=(1.0, 2.0, 4.0))
+    with caplog.at_level("WARNING", logger=degraded.__name__):
+        for _ in range(degraded.PERSISTENT_FAILURES + 1):
+            cold.get(None)
+            clock.now = cold.next_attempt_at
+    levels = [(r.levelname, bool(r.exc_info)) for r in caplog.records]
+    persistent = degraded.PERSISTENT_FAILURES
+    assert levels == [("WARNING", False)] * (persistent - 1) + [("ERROR", True)] * 2
+    assert cold.failures == persistent + 1 and "4 in a row" in caplog.records[-1].getMessage()
+
+
 @pytest.mark.parametrize("remaining_ms, wait", [
     pytest.param(30_000, degraded.COLD_START_WAIT_S, id="plenty-of-time"),
     pytest.param(700, 0.4, id="short-invocation"),
@@ -76,6 +93,24 @@ def test_a_cold_edge_with_aws_unreachable_answers_a_named_fallback_from_its_bund
         assert builds == [1]  # one attempt in flight, not one per request
     finally:
         never.set()
+
+
+def test_a_cold_edge_counts_its_failed_builds(tmp_path, monkeypatch):
+    edge = handlers.load("edge")
+    (tmp_path / "config.json").write_text(json.dumps({"default_champion": "ranker-mlp/v1"}))
+    monkeypatch.setattr(edge, "CONFIG_PATH", tmp_path / "config.json")
+    monkeypatch.setattr(edge, "FALLBACK_PATH", tmp_path / "fallback.json")
+
+    def unbuildable():
+        raise RuntimeError("Unknown service: 'sts'")
+
+    monkeypatch.setattr(edge, "_build", unbuildable)
+    for _ in range(2):  # the second request is within the backoff: no second attempt, no second count
+        answer = edge.lambda_handler(cloudfront_event("GET", "/recommendations", {"k": "2"}, {}), context("edge"))
+        assert json.loads(answer["body"])["fallback_reason"] == "cold_start_unavailable"
+    counted = {name: value for (name, _), value in edge.figures.pending.counts.items()
+               if name == "ColdStartBuildFailures"}
+    assert counted == {"ColdStartBuildFailures": 1}
 
 
 def test_the_edge_pauses_the_collector_only_while_its_imports_and_build_run(monkeypatch):

@@ -30,6 +30,10 @@ T = TypeVar("T")
 COLD_START_WAIT_S = 0.6   # a cold request waits this long for the build, at most
 SAFETY_MARGIN_S = 0.3     # and leaves this much of the invocation's time to answer
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+# From this many failures in a row (about 3 s of retrying), a failed build is logged at ERROR with
+# its traceback: an outage's first blips are warnings, a build that cannot succeed (a service the
+# bundle's SDK lacks, a model that does not load) is an error someone must fix.
+PERSISTENT_FAILURES = 3
 FALLBACK_REASON = "cold_start_unavailable"
 OUTSIDE = "outside"  # the variant of an answer that is not part of any experiment
 
@@ -67,7 +71,10 @@ class BackgroundBuild(Generic[T]):
             self.last_error = f"{type(exc).__name__}: {exc}"
             delay = self.backoff_s[min(self.failures, len(self.backoff_s)) - 1]
             self.next_attempt_at = self.clock() + delay
-            log.warning("cold-start build failed (%s); next attempt in %.0f s", self.last_error, delay)
+            persistent = self.failures >= PERSISTENT_FAILURES
+            log.log(logging.ERROR if persistent else logging.WARNING,
+                    "cold-start build failed (%s), %d in a row; next attempt in %.0f s", self.last_error,
+                    self.failures, delay, exc_info=persistent)
         else:
             self.value = value
         finally:
