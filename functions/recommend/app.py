@@ -1,29 +1,45 @@
 """HTTP API ``GET /recommendations``: the regional twin of the edge function (CloudFront's
 origin, and the API for server-side callers)."""
 
-import json
+import gc
 import os
-import time
-from pathlib import Path
 
-from aws_lambda_powertools import Logger, Tracer
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
-from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
-from aws_lambda_powertools.utilities.typing import LambdaContext
+# Cold start, as the edge's (functions/edge/app.py): the collector paused while the imports and
+# the build allocate what lives as long as the instance (its init 0.87x with it: 644 against
+# 736 ms, `python -m tests.bench.cold_recommend OLD NEW --runs 11`, 2026-12-06), those objects
+# frozen out of its later scans in Lambda only (AWS_LAMBDA_FUNCTION_NAME), and a pause found in
+# place left alone.
+_collecting = gc.isenabled()
+gc.disable()
+try:
+    import json
+    import time
+    from pathlib import Path
 
-from personalize import identity, settings, telemetry
-from personalize.serving import recommendations, wiring
+    from aws_lambda_powertools import Logger, Tracer
+    from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+    from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
-logger = Logger()
-copy_config_to_registered_loggers(source_logger=logger, include={"personalize"})
-tracer = Tracer()
-figures = telemetry.Figures(settings.NAMESPACE, "recommend", flush_every_s=5.0)  # EMF, aggregated per container
-app = APIGatewayHttpResolver()
-MODELS_DIR = Path(os.environ.get("MODELS_DIR", "/opt/python/shipped_models"))
-config = wiring.ServingConfig.from_env()
-recommender, rollout, models = wiring.build(config, MODELS_DIR, os.environ.get("AWS_REGION"))
-origin = wiring.origin_keys(config)
-wiring.warm_up(recommender, rollout, models, config.default_champion, origin.refresh_now)
+    from personalize import identity, settings, telemetry
+    from personalize.serving import recommendations, wiring
+
+    logger = Logger()
+    copy_config_to_registered_loggers(source_logger=logger, include={"personalize"})
+    tracer = Tracer()
+    figures = telemetry.Figures(settings.NAMESPACE, "recommend", flush_every_s=5.0)  # EMF, aggregated per container
+    app = APIGatewayHttpResolver()
+    MODELS_DIR = Path(os.environ.get("MODELS_DIR", "/opt/python/shipped_models"))
+    config = wiring.ServingConfig.from_env()
+    recommender, rollout, models = wiring.build(config, MODELS_DIR, os.environ.get("AWS_REGION"))
+    origin = wiring.origin_keys(config)
+    wiring.warm_up(recommender, rollout, models, config.default_champion, origin.refresh_now)
+finally:
+    if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+        gc.freeze()
+    if _collecting:
+        gc.enable()
+
 _counted: dict[str, int] = {}  # running totals as last counted (recommendations.count_increases)
 
 

@@ -144,6 +144,26 @@ def test_the_edge_pauses_the_collector_only_while_its_imports_and_build_run(monk
         gc.enable()
 
 
+def test_the_regional_function_pauses_the_collector_while_it_imports_and_builds(stack, monkeypatch):
+    """As the edge: the regional ``recommend`` builds at import; the collector is paused for the
+    imports and the build, runs again after, and what they made is frozen only in Lambda."""
+    from personalize.serving import wiring
+
+    during = []
+    warm_up = wiring.warm_up
+    monkeypatch.setattr(wiring, "warm_up", lambda *a: during.append(gc.isenabled()) or warm_up(*a))
+    frozen = gc.get_freeze_count()
+    handlers.load("recommend")
+    assert during == [False] and gc.isenabled()
+    assert gc.get_freeze_count() == frozen  # outside Lambda: a test loads it again and again
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "recommend")
+    try:
+        handlers.load("recommend")
+        assert gc.isenabled() and gc.get_freeze_count() > frozen
+    finally:
+        gc.unfreeze()
+
+
 class FailingArtifacts(MemoryArtifacts):
     def get(self, key):
         self.gets += 1
