@@ -5,10 +5,10 @@ import gc
 import os
 
 # Cold start, as the edge's (functions/edge/app.py): the collector paused while the imports and
-# the build allocate what lives as long as the instance (its init 0.87x with it: 644 against
-# 736 ms, `python -m tests.bench.cold_recommend OLD NEW --runs 11`, 2026-12-06), those objects
-# frozen out of its later scans in Lambda only (AWS_LAMBDA_FUNCTION_NAME), and a pause found in
-# place left alone.
+# the build allocate what lives as long as the instance (its init 0.84x with it: 561 against
+# 672 ms, `python -m tests.bench.cold_ab OLD NEW --function recommend --runs 11`, 2026-12-06),
+# those objects frozen out of its later scans in Lambda only (AWS_LAMBDA_FUNCTION_NAME), and a
+# pause found in place left alone.
 _collecting = gc.isenabled()
 gc.disable()
 try:

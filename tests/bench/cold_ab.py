@@ -10,7 +10,11 @@ alike). Prints per tree the median cold start, its ratio to the floor, and the m
 follows the imports (the imports move by 100 ms and more between processes: compare that).
 ``--rtt-ms``: sleep this long before each AWS request leaves (loopback has no round trip).
 ``--runtime-sdk``: each tree twice, with the bundle's trimmed AWS SDK and with this
-interpreter's whole one (as the Lambda runtime's would be)."""
+interpreter's whole one (as the Lambda runtime's would be).
+``--function recommend``: the regional function's init instead (it builds at import: imports,
+config, clients, flags, model, snapshot and sold-out list), in a new process as its role, as
+Lambda names it; its tree's handler and domain package compiled as its layer ships them.
+Prints each tree's median init (the floor is the edge's, printed for the day's speed)."""
 
 from __future__ import annotations
 
@@ -24,9 +28,27 @@ import sys
 import tempfile
 from pathlib import Path
 
+from infra import bytecode
 from infra.local.stack import LocalStack
 
 from . import serving
+
+_RECOMMEND_INIT = """
+import json, sys, time
+t0 = time.perf_counter()
+sys.path[:0] = [{handler!r}, {layer!r}]
+import app
+print(json.dumps({{"ms": (time.perf_counter() - t0) * 1000}}))
+"""
+
+
+def recommend_init(tree: Path, into: Path) -> str:
+    """The regional function's init program for ``tree``, its code copied into ``into``."""
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(tree / "functions" / "recommend", into / "handler", ignore=skip)
+    shutil.copytree(tree / "layers" / "personalize", into / "layer", ignore=skip)
+    bytecode.precompile(into, sys.executable)
+    return _RECOMMEND_INIT.format(handler=str(into / "handler"), layer=str(into / "layer"))
 
 
 def main() -> None:
@@ -35,6 +57,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--rtt-ms", type=float, default=0.0)
     parser.add_argument("--runtime-sdk", action="store_true")
+    parser.add_argument("--function", choices=("edge", "recommend"), default="edge")
     args = parser.parse_args()
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     stack = LocalStack(snapshot_interval_s=1.0).start()
@@ -44,11 +67,18 @@ def main() -> None:
         stack.poller.stop()  # the cold edges' reads wait on the moto server, not on its neighbours
         for schedule in stack._schedules:
             schedule.stop()
-        env = {**os.environ, "AWS_ENDPOINT_URL": stack.aws_endpoint, "AWS_LAMBDA_FUNCTION_NAME": "edge"}  # as Lambda
-        variants = [(tree, sdk) for tree in args.trees for sdk in ((True, False) if args.runtime_sdk else (True,))]
-        names = [f"{tree}{'' if sdk else ' (whole SDK)'}" for tree, sdk in variants]
-        programs = [serving.compiled_edge(tree, stack, args.rtt_ms, work / str(n), sdk=sdk)
-                    for n, (tree, sdk) in enumerate(variants)]
+        env = {**os.environ, "AWS_ENDPOINT_URL": stack.aws_endpoint, "AWS_LAMBDA_FUNCTION_NAME": args.function}
+        if args.function == "recommend":  # deployed, Lambda gives it its role's credentials
+            role = stack.resources.identities.functions["recommend"]
+            env.update(AWS_ACCESS_KEY_ID=role.access_key_id, AWS_SECRET_ACCESS_KEY=role.secret_access_key,
+                       AWS_SESSION_TOKEN=role.session_token or "", POWERTOOLS_TRACE_DISABLED="1")
+            names = [str(tree) for tree in args.trees]
+            programs = [recommend_init(tree, work / str(n)) for n, tree in enumerate(args.trees)]
+        else:
+            variants = [(tree, sdk) for tree in args.trees for sdk in ((True, False) if args.runtime_sdk else (True,))]
+            names = [f"{tree}{'' if sdk else ' (whole SDK)'}" for tree, sdk in variants]
+            programs = [serving.compiled_edge(tree, stack, args.rtt_ms, work / str(n), sdk=sdk)
+                        for n, (tree, sdk) in enumerate(variants)]
         results: list[list[dict]] = [[] for _ in programs]
         floor: list[float] = []
         for round_ in range(args.runs):
@@ -61,12 +91,15 @@ def main() -> None:
                     continue
                 out = subprocess.run([sys.executable, "-c", programs[n]], capture_output=True, text=True, env=env)
                 if out.returncode != 0:
-                    raise SystemExit(f"{names[n]}: the cold edge failed: {out.stderr[-3000:]}")
+                    raise SystemExit(f"{names[n]}: the cold {args.function} failed: {out.stderr[-3000:]}")
                 results[n].append(json.loads(out.stdout.strip().splitlines()[-1]))
         floor_ms = statistics.median(floor)
         print(f"bare imports: {floor_ms:.1f} ms (median of {len(floor)}); {args.rtt_ms:g} ms per AWS request")
         for tree, runs in zip(names, results):
             cold = statistics.median(r["ms"] for r in runs)
+            if args.function == "recommend":
+                print(f"{tree}: init {cold:.1f} ms ({min(r['ms'] for r in runs):.0f}-{max(r['ms'] for r in runs):.0f})")
+                continue
             after = statistics.median(r["ms"] - r["import_ms"] for r in runs)
             busy = sorted({b for r in runs for b in r["busy"]})
             print(f"{tree}: {cold:.1f} ms ({cold / floor_ms:.2f}x), after the imports {after:.1f} ms"
