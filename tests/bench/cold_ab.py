@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--runtime-sdk", action="store_true")
     parser.add_argument("--function", choices=("edge", "recommend"), default="edge")
     args = parser.parse_args()
+    if args.function == "recommend" and (args.runtime_sdk or args.rtt_ms):
+        parser.error("--runtime-sdk and --rtt-ms are the edge's")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     stack = LocalStack(snapshot_interval_s=1.0).start()
     work = Path(tempfile.mkdtemp(prefix="cold-ab-"))
