@@ -3,22 +3,15 @@ other request through. No environment variables and no layers: ``edge_config.jso
 into the bundle by ``infra/edge_build.py``) names the us-east-1 resources, and
 ``fallback_items.json`` is what a cold instance answers while AWS is unreachable."""
 
-import gc
 import os
 
-# Cold start: the imports below (and the build, _build) allocate hundreds of thousands of
-# objects that live as long as the instance; the cyclic collector scanned them over and over
-# meanwhile (about 200 collections, 35-50 ms). It is paused while they run (a pause that finds
-# it already paused leaves resuming it to whoever paused it) and, in Lambda, what they made is
-# frozen out of its later scans (gc.freeze) before it resumes. AWS_LAMBDA_FUNCTION_NAME is one
-# of the runtime's reserved variables (Lambda@Edge refuses only a function's own; not checked on
-# a deployed edge: without it the edge resumes without freezing, one longer collection after).
-# A local stack or a test that loads this module again and again does not freeze: it would pin
-# every copy's objects for the life of the process.
-IN_LAMBDA = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
-_collecting = gc.isenabled()
-gc.disable()
-try:
+from personalize import collector
+
+# Cold start: the imports below and the build (_build) allocate what lives as long as the
+# instance; the collector is paused while they run and, in Lambda, what they made is frozen out
+# of its later scans (personalize/collector.py).
+IN_LAMBDA = collector.in_lambda()
+with collector.paused(freeze=IN_LAMBDA):
     import contextvars
     import json
     import time
@@ -30,11 +23,6 @@ try:
 
     from personalize import identity, settings, telemetry
     from personalize.serving import cloudfront, degraded, recommendations, wiring
-finally:
-    if IN_LAMBDA:
-        gc.freeze()
-    if _collecting:
-        gc.enable()
 
 HERE = Path(__file__).resolve().parent
 CONFIG_PATH = HERE / "edge_config.json"
@@ -66,18 +54,11 @@ def _build():
     config = wiring.ServingConfig.from_file(CONFIG_PATH).for_stack(
         wiring.stack_of_function(_state.get("function_name")))  # a bundle built for another stack
     config.artifacts_bucket = config.artifacts_bucket.replace("{account}", _state.get("account", ""))
-    collecting = gc.isenabled()
-    gc.disable()  # as for the imports (above)
-    try:
+    with collector.paused(freeze=IN_LAMBDA):  # as for the imports (above); a failed attempt is not frozen
         built, _state["rollout"], _state["models"] = wiring.build(config, MODELS_DIR, os.environ.get("AWS_REGION"))
         wiring.warm_up(built, _state["rollout"], _state["models"], config.default_champion)
         if built.keys.current is None or built.snapshot.value is None:  # not worth serving: try again later
             raise RuntimeError("cold start incomplete: signing key or item snapshot unavailable")
-        if IN_LAMBDA:
-            gc.freeze()  # built: it lives as long as the instance (a failed attempt is garbage: not frozen)
-    finally:
-        if collecting:
-            gc.enable()
     return built
 
 

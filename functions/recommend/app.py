@@ -1,17 +1,15 @@
 """HTTP API ``GET /recommendations``: the regional twin of the edge function (CloudFront's
 origin, and the API for server-side callers)."""
 
-import gc
 import os
 
-# Cold start, as the edge's (functions/edge/app.py): the collector paused while the imports and
-# the build allocate what lives as long as the instance (its init 0.84x with it: 561 against
-# 672 ms, `python -m tests.bench.cold_ab OLD NEW --function recommend --runs 11`, 2026-12-06),
-# those objects frozen out of its later scans in Lambda only (AWS_LAMBDA_FUNCTION_NAME), and a
-# pause found in place left alone.
-_collecting = gc.isenabled()
-gc.disable()
-try:
+from personalize import collector
+
+# Cold start, as the edge's: the collector paused while the imports and the build allocate what
+# lives as long as the instance, and that frozen out of its later scans in Lambda
+# (personalize/collector.py). Its init 0.84x with it: 561 against 672 ms,
+# `python -m tests.bench.cold_ab OLD NEW --function recommend --runs 11`, 2026-12-06.
+with collector.paused(freeze=collector.in_lambda()):
     import json
     import time
     from pathlib import Path
@@ -34,11 +32,6 @@ try:
     recommender, rollout, models = wiring.build(config, MODELS_DIR, os.environ.get("AWS_REGION"))
     origin = wiring.origin_keys(config)
     wiring.warm_up(recommender, rollout, models, config.default_champion, origin.refresh_now)
-finally:
-    if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
-        gc.freeze()
-    if _collecting:
-        gc.enable()
 
 _counted: dict[str, int] = {}  # running totals as last counted (recommendations.count_increases)
 

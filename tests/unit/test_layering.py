@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "layers" / "personalize" / "personalize"
 STAGES = ("ingest", "serving", "rollout")
-SHARED_FOR_HANDLERS = {"settings", "identity", "telemetry"}
+SHARED_FOR_HANDLERS = {"settings", "identity", "telemetry", "collector"}
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 

@@ -3,6 +3,7 @@ log group (the edge's regional ones included) has a retention, CloudFront never 
 error of the API, and the dashboards and SLO alarms are the ones the code generates."""
 
 import re
+from types import SimpleNamespace
 
 import boto3
 import pytest
@@ -223,3 +224,28 @@ def test_the_cdn_bypass_alarm_reads_what_collect_prints():
     assert from_collect and any(w in emitted for w in from_collect if w[0] == "RequestsBypassingCdn"), \
         (sorted(emitted), sorted(from_collect))
     assert all(w[1] == next(iter(e[1] for e in emitted if e[0] == "RequestsBypassingCdn")) for w in from_collect)
+
+
+def test_the_edge_errors_alarm_reads_what_the_edge_counts_when_it_passes_a_request_on(monkeypatch):
+    """A request the edge fails on goes to the origin and is counted in the copy us-east-1 gets;
+    the alarm reads that count and the edge's answers, by the names and dimensions written."""
+    from infra.local import handlers
+    from infra.local.lambda_events import context
+    from infra.local.stack import cloudfront_event
+    from personalize.telemetry import Aggregate, metric_data
+
+    home = Aggregate()
+    edge = handlers.load("edge")
+    monkeypatch.setattr(edge, "home_metrics", lambda: SimpleNamespace(add=home.count))
+    monkeypatch.setattr(edge, "serve", lambda *a, **k: 1 / 0)
+    request = cloudfront_event("GET", "/recommendations", {"k": "2"}, {})
+    passed = edge.lambda_handler(request, context("edge"))
+    assert passed == request["Records"][0]["cf"]["request"]  # on to the origin
+    telemetry.record_answer((SimpleNamespace(answer=home.answer),), "champion", None, 200.0, 3.0)
+    written = {(d["MetricName"], frozenset((x["Name"], x["Value"]) for x in d["Dimensions"]))
+               for d in metric_data(home, "edge", telemetry.GLOBAL)}
+    read = {(q["MetricStat"]["Metric"]["MetricName"],
+             frozenset((d["Name"], d["Value"]) for d in q["MetricStat"]["Metric"]["Dimensions"]))
+            for q in ALARMS["EdgeErrorsAlarm"]["Properties"]["Metrics"] if "MetricStat" in q}
+    assert {name for name, _ in read} == {"EdgeErrors", "Answers"}
+    assert read <= written, read - written

@@ -3,7 +3,6 @@ trigger, aggregating per batch (``pipeline.Ingestor``), and its production wirin
 
 from __future__ import annotations
 
-import gc
 import sys
 import time
 from binascii import a2b_base64 as b64decode  # base64.b64decode without its wrapper
@@ -14,7 +13,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
 from aws_lambda_powertools.utilities.data_classes.kinesis_stream_event import KinesisStreamRecord
 
-from personalize import keys, settings
+from personalize import collector, keys, settings
 from personalize.adapters.artifacts import S3Artifacts
 from personalize.adapters.quarantine import SqsQuarantine
 from personalize.adapters.rowstore import ITEMS, USERS, DynamoRowStore, RowStoreError
@@ -67,9 +66,8 @@ class IngestProcessor(BatchProcessor):
         # them in reference cycles: refcounting frees them. The cyclic collector would scan
         # them (and everything older) again and again while they live, which measured at
         # about half of a batch's time. It pauses for the batch and resumes after (``_clean``,
-        # which runs whatever happens once this returns).
-        self._gc_was_enabled = gc.isenabled()
-        gc.disable()
+        # which runs whatever happens once this returns; ``personalize.collector``).
+        collector.pause()
 
     def process(self) -> list[tuple]:
         """Powertools wraps each record in a data class and calls the record handler through
@@ -118,8 +116,7 @@ class IngestProcessor(BatchProcessor):
         try:
             self._aggregate_batch()
         finally:
-            if self._gc_was_enabled:
-                gc.enable()
+            collector.resume()
         super()._clean()
 
     def _aggregate_batch(self) -> None:
