@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from personalize.ingest import entities
 from personalize.ingest.events import parse_event
 from personalize.serving import ranking, snapshots
-from personalize.serving.prepared import MAX_PADDED_NEIGHBOURS, Prepared, Served
+from personalize.serving.prepared import MAX_PADDED_NEIGHBOURS, Prepared, Served, _first_occurrences_placed
 
 T0 = 1_790_000_000_000
 MINUTE = 60_000
@@ -161,3 +161,37 @@ def test_the_per_item_logs_round_as_training_does_whatever_the_shoppers_item_cou
     cands, X = Served(snap, Prepared(snap)).inputs(ALL, row, now_ms=T0, min_count=0)
     np.testing.assert_array_equal(cands, expected_cands)
     assert X.tobytes() == expected.tobytes()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 30), max_size=80), st.sets(st.integers(0, 30), max_size=5))
+def test_the_first_occurrences_are_found_and_placed_as_the_sorted_reference_finds_them(values, marked):
+    """One reduction over the position map instead of two sorts: the same values in the same
+    order, each one's place written into the map, nothing else in it touched (the cart's
+    marks included)."""
+    head = np.array(values, dtype=np.int32)
+    positions = np.full(31, -1, dtype=np.int32)
+    others = sorted(marked - set(values))
+    positions[others] = -2
+    placed = _first_occurrences_placed(head, positions)
+    np.testing.assert_array_equal(placed, ranking._first_occurrences(head))
+    np.testing.assert_array_equal(positions[placed], np.arange(len(placed)))
+    assert (positions[others] == -2).all()
+    assert (positions[np.setdiff1d(np.arange(31), np.concatenate([placed, others]))] == -1).all()
+
+
+def test_a_models_columns_find_its_layout_by_identity_and_a_changed_array_never_does():
+    """Ranker.columns is read-only: its layout is found by the array itself. An array that
+    can change is looked up by its values every time, so an edit in place is never served
+    with the layout of what it held before."""
+    snap = snapshots.build({}, T0, "a")
+    prepared = Prepared(snap)
+    fixed = np.array([3, 1, 2])
+    fixed.flags.writeable = False
+    assert prepared.layout(fixed) is prepared.layout(fixed)
+    assert prepared.layout(fixed) is prepared.layout(np.array([3, 1, 2]))  # same values: same layout
+    changing = np.array([1, 2, 3])
+    first = prepared.layout(changing)
+    changing[0] = 4
+    second = prepared.layout(changing)
+    assert second is not first and second.key == (4, 2, 3)

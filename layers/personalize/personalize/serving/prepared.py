@@ -17,17 +17,18 @@ and the work that depends only on the country done once per served snapshot:
   trending, country popular, trending, popular: available, de-duplicated) and its layout rows,
   contiguous, computed on the first request for that country.
 
-Per request: the shopper's own sources (context item, own items, neighbours of recent items),
-de-duplicated, then the country's pool without them and without the cart; their rows copied;
-the shopper's constants in one broadcast; the four co-visit columns in one sparse add; the
-shopper's own items in one scatter. Columns the model does not read are not written.
+Per request: one pass over the shopper's items (their indexes, stats and cart); the shopper's
+own sources (context item, own items, neighbours of recent items), de-duplicated by one
+reduction over the position map, then the country's pool without them and without the cart;
+their rows copied straight into the matrix; the shopper's constants in one broadcast; the
+co-visit columns in one sparse add; the shopper's own items in one scatter. Columns the
+model does not read are not written (nor summed, for the co-visits).
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from itertools import chain, repeat
 
 import numpy as np
 
@@ -39,12 +40,15 @@ from personalize.serving.snapshots import ITEM_COLUMNS, ItemSnapshot
 
 _NOT = -1    # the scratch map's "not a candidate"
 _CART = -2   # ... and "in the shopper's cart" (never a candidate)
+_NONE = np.zeros(0, dtype=np.int32)
+_NONE.flags.writeable = False
 _ITEM = np.array([INDEX[name] for name in ITEM_COLUMNS])
 _USER = np.array([INDEX[name] for name in FEATURES if name.startswith("user_")])
 _IN_RECENT = INDEX["ui_in_recent"]
 _SESSION_ITEMS = INDEX["session_items_log"]
 _CONTEXT, _RECENT, _SESSION, _COPURCHASE = range(4)
 MAX_PADDED_NEIGHBOURS = 64  # wider (a snapshot built otherwise): the compressed-sparse walk instead
+_MAX_ARRAYS = 64  # column arrays remembered by identity per prepared snapshot (models served at once: 2)
 
 
 class Layout:
@@ -74,6 +78,8 @@ class Layout:
         src, self.user_dst = pick(_USER)
         self.user_src = _USER[src]  # catalogue indexes of the shopper's constants
         self.covisit_src, self.covisit_dst = pick(ranking._COVISIT_COLUMNS)
+        self.covisit_of = np.full(len(ranking._COVISIT_COLUMNS), -1, dtype=np.intp)  # co-visit row -> model column
+        self.covisit_of[self.covisit_src] = self.covisit_dst
         # The 10-minute window sums (a loop over the shopper's minute tiles) only for a model that reads them.
         self.windows = bool({INDEX["user_click_rate_10m"], INDEX["user_views_10m_log"]} & set(where))
         self.ui_src, self.ui_dst = pick(ranking._UI_BLOCK)
@@ -100,6 +106,7 @@ class Prepared:
             self.nb_wpad = np.zeros((len(degree), width), dtype=np.float32)
             self.nb_wpad[filled] = snap.nb_weights[snap.nb_offsets[0]:snap.nb_offsets[-1]]
         self._layouts: dict[tuple[int, ...], Layout] = {}
+        self._by_array: dict[int, tuple[np.ndarray, Layout]] = {}
         self._used: set[tuple[int, ...]] = set()
         self._local = threading.local()
         for columns in layouts:
@@ -107,13 +114,20 @@ class Prepared:
 
     def layout(self, columns: np.ndarray) -> Layout:
         """The layout for a model's columns: built on first use, then kept (``layouts`` of the
-        previous snapshot are built as a new one is prepared, off the request path)."""
+        previous snapshot are built as a new one is prepared, off the request path). Found by
+        the array itself first (a model's ``Ranker.columns`` is one array for its life; the
+        entry keeps it alive, so its id is not reused), then by its values."""
+        seen = self._by_array.get(id(columns))
+        if seen is not None and seen[0] is columns:
+            return seen[1]
         key = tuple(columns.tolist())
         found = self._layouts.get(key)
         if found is None:  # two threads at once: both build, one is kept and both use it
             found = self._layouts.setdefault(key, Layout(self.snapshot, columns))
         if key not in self._used:
             self._used.add(key)
+        if len(self._by_array) < _MAX_ARRAYS and not columns.flags.writeable:  # a read-only array's values stay
+            self._by_array[id(columns)] = (columns, found)
         return found
 
     def neighbours(self, js: np.ndarray, scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -190,26 +204,30 @@ class Served:
         layout = self.prepared.layout(columns)
         positions = self.prepared.scratch()
         index = snap.index
-        cart = ranking.cart_indexes(snap, row, now_ms)
+        own = _OwnItems(row, index, now_ms) if row is not None else None
+        cart = own.cart if own is not None else _NONE
         context = index.get(context_item) if context_item is not None else None
         recent = _recent_indexes(index, row) if row is not None else None
         recent_nb = self.prepared.neighbours(recent) if recent is not None and len(recent) else None
-        cands = head = np.zeros(0, dtype=np.int32)
+        cands = head = _NONE
         try:
-            positions[cart] = _CART
+            if len(cart):
+                positions[cart] = _CART
             parts = []
             if context is not None:
                 parts.append(snap.neighbours(context)[0])
             if row is not None:
-                own = [index[i] for i in ranking.user_item_order(row) if i in index]
-                if own:
-                    parts.append(np.array(own, dtype=np.int32))
+                ordered = [index[i] for i in ranking.user_item_order(row) if i in index]
+                if ordered:
+                    parts.append(np.array(ordered, dtype=np.int32))
                 if recent_nb is not None:
                     parts.append(recent_nb[0])
             if parts:
-                head = np.concatenate(parts)
-                head = ranking._first_occurrences(head[snap.available[head] & (positions[head] != _CART)])
-                positions[head] = np.arange(len(head), dtype=np.int32)
+                head = np.concatenate(parts) if len(parts) > 1 else parts[0]
+                keep = snap.available[head]
+                if len(cart):
+                    keep &= positions[head] != _CART
+                head = _first_occurrences_placed(head[keep], positions)
             pool = self.pool(country)
             rest = positions[pool] == _NOT
             cands = pool[rest]
@@ -222,17 +240,18 @@ class Served:
                 X = layout.block[cands]
             else:
                 X = np.empty((len(cands), len(layout.columns)), dtype=np.float32)
-                X[:len(head)] = layout.block[head]
-                X[len(head):] = self.pool_rows(country, layout)[rest]
-            return cands, self._features(X, layout, positions, row, cands, now_ms, context, recent, recent_nb)
+                # Straight into X, no temporary; head holds snapshot indexes, so "clip" never clips.
+                np.take(layout.block, head, axis=0, out=X[:len(head)], mode="clip")
+                np.compress(rest, self.pool_rows(country, layout), axis=0, out=X[len(head):])
+            return cands, self._features(X, layout, positions, row, own, cands, now_ms, context, recent, recent_nb)
         finally:  # whatever failed where: the next request finds the map clean
             positions[head] = _NOT
             positions[cands] = _NOT
             positions[cart] = _NOT
 
     def _features(self, X: np.ndarray, layout: Layout, positions: np.ndarray, row: UserRow | None,
-                  cands: np.ndarray, now_ms: int, context: int | None, recent: np.ndarray | None, recent_nb
-                  ) -> np.ndarray:
+                  own: _OwnItems | None, cands: np.ndarray, now_ms: int, context: int | None,
+                  recent: np.ndarray | None, recent_nb) -> np.ndarray:
         """The request's columns into ``X`` (``layout.block`` rows of ``cands``)."""
         snap = self.snapshot
         k = len(cands)
@@ -252,25 +271,14 @@ class Served:
         if recent is not None and len(recent) and layout.in_recent is not None:
             at = positions[recent]
             X[at[at >= 0], layout.in_recent] = 1.0
-        if not row.items:
+        if not len(own.js):  # no item of the shopper's in the snapshot: no column of theirs to write
             covisits.into(X, layout, positions, k)
             return X
 
         # The shopper's own items, as arrays: one row of stats per item (as ranking.feature_matrix).
-        index = snap.index
         n_orders = row.orders[0]
         purchases = row.totals[3]
-        n_items = len(row.items)
-        js = np.fromiter(map(index.get, row.items, repeat(-1, n_items)), dtype=np.int64, count=n_items)
-        widths = set(map(len, row.items.values()))
-        if len(widths) == 1:
-            width = widths.pop()
-            stats = np.fromiter(chain.from_iterable(row.items.values()), dtype=np.float64,
-                                count=n_items * width).reshape(n_items, width)
-        else:
-            stats = np.array(list(row.items.values()), dtype=np.float64)
-        known = js >= 0
-        js, stats = js[known], stats[known]
+        js, stats = own.js, own.stats
         orders_ago = n_orders - stats[:, entities.I_LAST_ORDER]
         decayed = stats[:, entities.I_DECAYED] * (entities.PURCHASE_DECAY ** orders_ago / entities.DECAYED_SCALE)
         in_session = stats[:, entities.I_LAST_TS] >= now_ms - entities.SESSION_MS
@@ -327,21 +335,79 @@ def _recent_indexes(index: dict[str, int], row: UserRow) -> np.ndarray:
     return np.array(found, dtype=np.int64)
 
 
+def _first_occurrences_placed(head: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """``ranking._first_occurrences(head)``, each value's position in it written into
+    ``positions`` (whose entries for ``head`` are all ``_NOT``): one reduction over the map
+    (the largest of ``n - i`` over a value's occurrences ``i`` is its first) instead of sorts."""
+    n = len(head)
+    if n == 0:
+        return head
+    first = np.arange(n, 0, -1, dtype=np.int32)
+    np.maximum.at(positions, head, first)  # a value's entry: n - (its first occurrence); _NOT is -1
+    head = head[positions[head] == first]
+    positions[head] = np.arange(len(head), dtype=np.int32)
+    return head
+
+
+class _OwnItems:
+    """The shopper's items that the snapshot has, in one pass over the row (as
+    ``ranking.cart_indexes`` and ``ranking.feature_matrix`` read them): their snapshot indexes
+    (``js``, int64, in the row's order), their stats (``stats``, float64, one row each) and
+    those in the cart at ``now_ms`` (``cart``, int32, in the row's order)."""
+
+    __slots__ = ("js", "stats", "cart")
+
+    def __init__(self, row: UserRow, index: dict[str, int], now_ms: int):
+        js: list[int] = []
+        flat: list = []
+        cart: list[int] = []
+        width = None
+        ragged = False
+        in_cart = entities.in_cart
+        for item, stats in row.items.items():
+            j = index.get(item)
+            if j is None:
+                continue
+            js.append(j)
+            flat += stats
+            if width is None:
+                width = len(stats)
+            elif len(stats) != width:
+                ragged = True
+            if in_cart(stats, now_ms):
+                cart.append(j)
+        self.js = np.array(js, dtype=np.int64)
+        self.cart = np.array(cart, dtype=np.int32)
+        if ragged:  # as training reads a row whose items' stats differ in length: it fails
+            self.stats = np.array([row.items[i] for i in row.items if i in index], dtype=np.float64)
+        else:
+            self.stats = np.array(flat, dtype=np.float64).reshape(len(js), width or 0)
+
+
 class _Covisits(ranking._Covisits):
     """``ranking``'s co-visit sums (float32, in the order given), found through the
-    candidate-position map instead of a sorted search."""
+    candidate-position map instead of a sorted search; the columns the model does not read
+    are neither summed nor written."""
 
     def into(self, X: np.ndarray, layout: Layout, positions: np.ndarray, k: int) -> None:  # type: ignore[override]
-        if not self.items or not len(layout.covisit_dst):
+        read = layout.covisit_of
+        parts = [n for n, column in enumerate(self.columns) if read[column] >= 0]
+        if not parts:
             return
-        at = positions[np.concatenate(self.items)]
-        w = np.concatenate(self.weights).astype(np.float32, copy=False)
-        column = np.repeat(np.array(self.columns), [len(i) for i in self.items])
-        hit = at >= 0
-        sums = np.zeros(len(ranking._COVISIT_COLUMNS) * k, dtype=np.float32)
-        np.add.at(sums, column[hit] * k + at[hit], w[hit])
-        X[:, layout.covisit_dst] = np.log1p(
-            sums.reshape(len(ranking._COVISIT_COLUMNS), k)[layout.covisit_src]).T
+        # Each column's sums in a row of k + 2: slots 0 and 1 take the non-candidates (positions
+        # _CART and _NOT), slot p + 2 the candidate at position p; one sparse add fills them all.
+        stride = k + 2
+        if len(parts) == 1:
+            items, w = self.items[parts[0]], self.weights[parts[0]]
+            at = positions[items] + (self.columns[parts[0]] * stride + 2)
+        else:
+            items = np.concatenate([self.items[n] for n in parts])
+            w = np.concatenate([self.weights[n] for n in parts])
+            at = positions[items] + np.repeat(np.array([self.columns[n] * stride + 2 for n in parts]),
+                                              [len(self.items[n]) for n in parts])
+        sums = np.zeros((len(ranking._COVISIT_COLUMNS), stride), dtype=np.float32)
+        np.add.at(sums.reshape(-1), at, w.astype(np.float32, copy=False))
+        X[:, layout.covisit_dst] = np.log1p(sums[layout.covisit_src, 2:]).T
 
 
 class _WithoutTiles:
