@@ -180,13 +180,16 @@ COLD_RTT_MS = 10.0  # a request's round trip to a same-region AWS endpoint, as m
 _BARE_IMPORTS_NO_GC = "import gc\ngc.disable()\n" + _BARE_IMPORTS
 
 
-def cold_starts(stack: LocalStack, runs: int = 5) -> dict:
+def cold_starts(stack: LocalStack, runs: int = 9) -> dict:
     """A new process, as Lambda starts one: import the handler, then the first request
     builds config, signing key, flags, model and snapshot, and answers (``cold_start_ms``);
     and a new process that only imports what the edge cannot do without (boto3, numpy,
     onnxruntime, msgpack, Powertools' logger and metrics: ``cold_start_imports_floor_ms``).
     Measured alternately, ``runs`` times each (which goes first alternates), so a busy
     neighbour slows both alike; medians, and what was still at work when the answer returned.
+    The floor's median moves by 50 ms and more from one run of the bench to the next: 9 rounds,
+    and beside the ratio of the medians the median of each round's own ratio
+    (``cold_start_ratio_paired``: a cold start against the floor measured next to it).
     The same cold start again with ``COLD_RTT_MS`` before each AWS request leaves
     (``cold_start_at_rtt_ms``): what loopback hides, requests made one after the other; compare
     the two on what follows the imports (``*_after_imports_ms``). Not modelled: connection
@@ -237,6 +240,7 @@ def cold_starts(stack: LocalStack, runs: int = 5) -> dict:
     cold_ms, floor_ms = statistics.median(cold), statistics.median(floor)
     return {"cold_start_ms": round(cold_ms, 1), "cold_start_imports_floor_ms": round(floor_ms, 1),
             "cold_start_ratio": round(cold_ms / floor_ms, 2), "cold_start_runs": runs,
+            "cold_start_ratio_paired": round(statistics.median(c / f for c, f in zip(cold, floor)), 2),
             # The edge pauses the cyclic collector during its imports and build (functions/edge/app.py);
             # the same imports so paused, and the ratio against them: the stricter floor.
             "cold_start_imports_floor_no_gc_ms": round(statistics.median(floor_no_gc), 1),
