@@ -8,7 +8,8 @@ with that tree's own code on the path: ``make profile-serving``'s setup (the war
 over in-memory adapters, 500 shoppers of a 10,000-item snapshot) and its unprofiled pass, the
 handler interleaved with the floor. Prints per tree the median over rounds of the handler's
 p50 and p99, the floor's, their ratios, and each tree's p50 against the first tree's, paired
-by round (the figure to quote for a change: both ran minutes apart on the same machine)."""
+by round (the figure to quote for a change: both ran minutes apart on the same machine), with
+each round's own, to show its spread."""
 
 from __future__ import annotations
 
@@ -61,8 +62,9 @@ def main() -> None:
     for tree in trees:
         rows = results[tree]
         figures = ", ".join(f"{k} {statistics.median(r[k] for r in rows):.3f}" for k in KEYS)
-        paired = statistics.median(r["p50_ms"] / f["p50_ms"] for r, f in zip(rows, first))
-        print(f"{tree}: {figures}; p50 / {trees[0].name}'s p50 {paired:.3f}x (median of {len(rows)} rounds)")
+        paired = [r["p50_ms"] / f["p50_ms"] for r, f in zip(rows, first)]
+        print(f"{tree}: {figures}; p50 / {trees[0].name}'s p50 {statistics.median(paired):.3f}x (median of "
+              f"{len(rows)} rounds; each round: {' '.join(f'{x:.3f}' for x in paired)})")
 
 
 if __name__ == "__main__":

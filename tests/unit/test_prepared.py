@@ -181,17 +181,43 @@ def test_the_first_occurrences_are_found_and_placed_as_the_sorted_reference_find
 
 
 def test_a_models_columns_find_its_layout_by_identity_and_a_changed_array_never_does():
-    """Ranker.columns is read-only: its layout is found by the array itself. An array that
-    can change is looked up by its values every time, so an edit in place is never served
-    with the layout of what it held before."""
+    """A model's columns find their layout by the array itself, as long as it holds the same
+    values: an edit in place (a writable array, one made writable again, or a view of one) is
+    never served with the layout of what the array held before (attacker review, 2026-12-07)."""
     snap = snapshots.build({}, T0, "a")
     prepared = Prepared(snap)
     fixed = np.array([3, 1, 2])
     fixed.flags.writeable = False
     assert prepared.layout(fixed) is prepared.layout(fixed)
     assert prepared.layout(fixed) is prepared.layout(np.array([3, 1, 2]))  # same values: same layout
-    changing = np.array([1, 2, 3])
-    first = prepared.layout(changing)
-    changing[0] = 4
-    second = prepared.layout(changing)
-    assert second is not first and second.key == (4, 2, 3)
+    for changing in (np.array([1, 2, 3]), np.array([1, 2, 3])[:]):
+        first = prepared.layout(changing)
+        changing[0] = 4
+        assert prepared.layout(changing).key == (4, 2, 3) and first.key == (1, 2, 3)
+    fixed.flags.writeable = True
+    fixed[0] = 5
+    fixed.flags.writeable = False
+    assert prepared.layout(fixed).key == (5, 1, 2)
+    base = np.array([7, 8, 9])
+    view = base[:]
+    view.flags.writeable = False
+    assert prepared.layout(view).key == (7, 8, 9)
+    base[0] = 6
+    assert prepared.layout(view).key == (6, 8, 9)
+
+
+def test_a_row_whose_items_stats_differ_in_length_fails_as_training_reads_it():
+    """Items' stats of different lengths (an item the snapshot does not have among them) are
+    refused as training's read of the row refuses them, not served from the other items."""
+    n = 4
+    snap = snapshots.ItemSnapshot(
+        "p", T0, [f"sku-{i}" for i in range(n)], np.zeros((n, len(snapshots.ITEM_COLUMNS)), np.float32),
+        np.ones(n, bool), np.arange(n, dtype=np.int32), np.zeros(0, np.int32), {}, {},
+        np.zeros(n + 1, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32))
+    row = entities.UserRow()
+    row.items = {"sku-1": _stats(1), "sku-unknown": [*_stats(2), 0]}
+    row.totals, row.last_ts = [1, 0, 0, 0], T0
+    with pytest.raises(ValueError):
+        ranking.feature_matrix(snap, row, ranking.candidates(snap, row, now_ms=T0, min_count=0), T0)
+    with pytest.raises(ValueError):
+        Served(snap, Prepared(snap)).inputs(ALL, row, now_ms=T0, min_count=0)

@@ -14,7 +14,7 @@ from personalize.adapters.artifacts import MemoryArtifacts
 from personalize.adapters.soldout import MemorySoldOut, SoldOutError
 from personalize.adapters.userstore import MemoryUserStore
 from personalize.ingest import entities
-from personalize.serving import snapshots
+from personalize.serving import recommendations, snapshots
 from personalize.serving.availability import SNAPSHOT_MARGIN_MS, Availability
 from personalize.serving.models import load_folder
 from personalize.serving.recommendations import (
@@ -186,6 +186,26 @@ def test_when_the_sold_out_list_cannot_be_read_the_low_stock_items_are_dropped()
     soldout.fail = False
     clock.now += 0.25 * REQUEST_READ_EVERY_S  # past it: this request reads again
     assert {"sku-499", "sku-498"} <= set(served(recommender))
+
+
+@pytest.mark.parametrize("prepared_by", ["refresh", "request"])
+def test_a_stale_list_drops_the_low_stock_items_whoever_prepared_the_snapshot(prepared_by):
+    """The snapshot a request serves was prepared by the refresh that loaded it, or by the
+    request itself (a refresh racing it, or the first answer from a value set without one).
+    Either way a sold-out list past its budget drops the low-stock items: the request that
+    prepared it once served them (the name of the list's freshness was reused for the new
+    preparation; on-call review, 2026-12-07)."""
+    artifacts, soldout, clock = MemoryArtifacts(), FlakySoldOut(), Clock()
+    artifacts.put_snapshot("v1", snapshot("v1", low_stock={"sku-499", "sku-498"}), {})
+    recommender = frozen_recommender(artifacts, soldout, clock)
+    if prepared_by == "request":  # the value replaced without a refresh preparing it
+        recommender.snapshot.value = snapshots.ItemSnapshot.decode(snapshot("v2", low_stock={"sku-499", "sku-498"}))
+        recommender.snapshot.generation += 1
+    soldout.fail = True
+    clock.now += 600
+    for _ in range(2):  # the answer, and the one cached for the next request
+        answer = served(recommender)
+        assert len(answer) == 50 and not {"sku-499", "sku-498"} & set(answer)
 
 
 def test_a_background_read_that_failed_at_thaw_does_not_keep_the_request_from_reading():
@@ -374,6 +394,25 @@ def test_sampled_scored_candidates_are_printed_whatever_the_log_level(parts, cap
     assert line["rec_id"] == answer.body["rec_id"]
     vectors = decode_vectors(line)
     assert vectors.shape == (answer.body["candidates"], len(line["features"])) and np.isfinite(vectors).all()
+
+
+def test_a_row_the_feature_code_cannot_read_gets_trending_never_a_5xx(parts, caplog):
+    """A shopper's row whose items' stats differ in length (a corrupt row, or one a newer
+    version wrote) fails training's read and serving's alike: the shopper gets the trending
+    list, named ``features_failed`` (a degraded answer, no model's fault), and the failure is
+    logged with its traceback; the next shopper is ranked (attacker review, 2026-12-07)."""
+    recommender, _, _, users = parts
+    row = users.get("u1")
+    row.items["sku-4"] = [*next(iter(row.items.values())), 0]
+    with caplog.at_level("ERROR"):
+        answer = recommender.recommend({"k": "10"}, cookie("u1"), "FR", NOW)
+    assert answer.status == 200 and answer.body["fallback"] is True
+    assert answer.body["fallback_reason"] == "features_failed" and len(answer.body["items"]) == 10
+    assert identity.verify_decision(answer.body["decision"], answer.body["rec_id"], KEY).model == "trending"
+    assert not recommendations.model_fault(answer.body)
+    assert any(r.exc_info and "features for this shopper failed" in r.getMessage() for r in caplog.records)
+    del row.items["sku-4"]
+    assert recommender.recommend({"k": "10"}, cookie("u1"), "FR", NOW).body["fallback"] is False
 
 
 def test_items_put_in_the_cart_leave_the_answer_until_the_session_ends(parts):

@@ -106,7 +106,7 @@ class Prepared:
             self.nb_wpad = np.zeros((len(degree), width), dtype=np.float32)
             self.nb_wpad[filled] = snap.nb_weights[snap.nb_offsets[0]:snap.nb_offsets[-1]]
         self._layouts: dict[tuple[int, ...], Layout] = {}
-        self._by_array: dict[int, tuple[np.ndarray, Layout]] = {}
+        self._by_array: dict[int, tuple[np.ndarray, bytes, Layout]] = {}
         self._used: set[tuple[int, ...]] = set()
         self._local = threading.local()
         for columns in layouts:
@@ -116,18 +116,19 @@ class Prepared:
         """The layout for a model's columns: built on first use, then kept (``layouts`` of the
         previous snapshot are built as a new one is prepared, off the request path). Found by
         the array itself first (a model's ``Ranker.columns`` is one array for its life; the
-        entry keeps it alive, so its id is not reused), then by its values."""
+        entry keeps it alive, so its id is not reused) holding the same values as then (an
+        array made writable again, or a view of one, may have changed), then by its values."""
         seen = self._by_array.get(id(columns))
-        if seen is not None and seen[0] is columns:
-            return seen[1]
+        if seen is not None and seen[0] is columns and seen[1] == columns.tobytes():
+            return seen[2]
         key = tuple(columns.tolist())
         found = self._layouts.get(key)
         if found is None:  # two threads at once: both build, one is kept and both use it
             found = self._layouts.setdefault(key, Layout(self.snapshot, columns))
         if key not in self._used:
             self._used.add(key)
-        if len(self._by_array) < _MAX_ARRAYS and not columns.flags.writeable:  # a read-only array's values stay
-            self._by_array[id(columns)] = (columns, found)
+        if len(self._by_array) < _MAX_ARRAYS:
+            self._by_array[id(columns)] = (columns, columns.tobytes(), found)
         return found
 
     def neighbours(self, js: np.ndarray, scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -240,9 +241,11 @@ class Served:
                 X = layout.block[cands]
             else:
                 X = np.empty((len(cands), len(layout.columns)), dtype=np.float32)
-                # Straight into X, no temporary; head holds snapshot indexes, so "clip" never clips.
+                # Straight into X, no temporary (np.take's default "raise" mode, and np.compress,
+                # which takes in that mode, copy the rows first); the positions are in range, so
+                # "clip" never clips.
                 np.take(layout.block, head, axis=0, out=X[:len(head)], mode="clip")
-                np.compress(rest, self.pool_rows(country, layout), axis=0, out=X[len(head):])
+                np.take(self.pool_rows(country, layout), np.flatnonzero(rest), axis=0, out=X[len(head):], mode="clip")
             return cands, self._features(X, layout, positions, row, own, cands, now_ms, context, recent, recent_nb)
         finally:  # whatever failed where: the next request finds the map clean
             positions[head] = _NOT
@@ -365,21 +368,21 @@ class _OwnItems:
         ragged = False
         in_cart = entities.in_cart
         for item, stats in row.items.items():
+            if width is None:
+                width = len(stats)
+            elif len(stats) != width:  # over every item, the snapshot's or not, as training checks
+                ragged = True
             j = index.get(item)
             if j is None:
                 continue
             js.append(j)
             flat += stats
-            if width is None:
-                width = len(stats)
-            elif len(stats) != width:
-                ragged = True
             if in_cart(stats, now_ms):
                 cart.append(j)
         self.js = np.array(js, dtype=np.int64)
         self.cart = np.array(cart, dtype=np.int32)
-        if ragged:  # as training reads a row whose items' stats differ in length: it fails
-            self.stats = np.array([row.items[i] for i in row.items if i in index], dtype=np.float64)
+        if ragged:  # items' stats of different lengths: fails as training's read of the row fails
+            self.stats = np.array(list(row.items.values()), dtype=np.float64)
         else:
             self.stats = np.array(flat, dtype=np.float64).reshape(len(js), width or 0)
 

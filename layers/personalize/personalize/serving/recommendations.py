@@ -453,10 +453,10 @@ class Recommender:
             # A refresh racing this request (it prepares the new snapshot before publishing it)
             # or a value set without a refresh (tests): prepared here, for this snapshot, and
             # never kept in place of the refresh's.
-            fresh = Prepared(snap, prepared.layouts() if prepared is not None else ())
+            made = Prepared(snap, prepared.layouts() if prepared is not None else ())
             if prepared is None:
-                self._prepared = fresh
-            prepared = fresh
+                self._prepared = made
+            prepared = made
         served = snap.without(sold)
         if not fresh:
             served = served.without_low_stock()
@@ -497,7 +497,12 @@ class Recommender:
         if reason is not None and query.context_item is None:
             body.update(fallback=True, fallback_reason=reason, items=self._trending(snap, country, query.k))
             return Answer(200, self._decided(body, "trending", snap.version, f"trending:{country or '-'}"))
-        cands, X = served.inputs(variant.ranker.columns, row, country, query.context_item, now_ms=now_ms)
+        try:
+            cands, X = served.inputs(variant.ranker.columns, row, country, query.context_item, now_ms=now_ms)
+        except Exception:  # a row the feature code cannot read (corrupt, or a newer format's): never a 5xx
+            log.exception("features for this shopper failed; serving trending")
+            body.update(fallback=True, fallback_reason="features_failed", items=self._trending(snap, country, query.k))
+            return Answer(200, self._decided(body, "trending", snap.version, f"trending:{country or '-'}"))
         try:
             scores = variant.ranker.run(X)
         except Exception:  # the variant's model failed on this input: its fault, counted, never a 5xx
