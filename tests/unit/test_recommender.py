@@ -415,6 +415,28 @@ def test_a_row_the_feature_code_cannot_read_gets_trending_never_a_5xx(parts, cap
     assert recommender.recommend({"k": "10"}, cookie("u1"), "FR", NOW).body["fallback"] is False
 
 
+@pytest.mark.parametrize("stored", [b"\xc1", b"\x93\x01\x02\x03"], ids=["not-msgpack", "not-a-row"])
+def test_a_row_that_cannot_be_decoded_gets_trending_never_a_5xx(parts, caplog, stored):
+    """The table answered, but with bytes that are not a row this code can decode: the
+    shopper gets what a shopper without a row gets, named ``features_failed``, and the
+    traceback is logged."""
+    from personalize.adapters.userstore import DynamoUserStore
+
+    class Table:
+        def get_item(self, **kwargs):
+            return {"Item": {"row": {"B": stored}}}
+
+    recommender = parts[0]
+    recommender.users = DynamoUserStore("features", entities.UserRow.from_obj, client=Table())
+    with caplog.at_level("ERROR"):
+        answer = recommender.recommend({"k": "10"}, cookie("u1"), "FR", NOW)
+    assert answer.status == 200 and answer.body["fallback_reason"] == "features_failed"
+    assert len(answer.body["items"]) == 10
+    assert any(r.exc_info and "cannot be decoded" in r.getMessage() for r in caplog.records)
+    with_context = recommender.recommend({"k": "10", "context_item": "sku-3"}, cookie("u1"), "FR", NOW)
+    assert with_context.body["fallback_reason"] == "features_failed" and with_context.body["model"] == RANKER.key
+
+
 def test_items_put_in_the_cart_leave_the_answer_until_the_session_ends(parts):
     from personalize.ingest.events import parse_event
 

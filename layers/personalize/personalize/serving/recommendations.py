@@ -491,6 +491,9 @@ class Recommender:
                 row = self.users.get(user_id)
             except UserReadError:
                 reason = "user_read_failed"
+            except Exception:  # read, but not a row this code can decode (corrupt, a newer format's)
+                log.exception("the shopper's row cannot be decoded; serving without it")
+                reason = "features_failed"
             else:
                 if row is None:
                     reason = "no_user_row"
