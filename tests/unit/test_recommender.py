@@ -431,10 +431,15 @@ def test_a_row_that_cannot_be_decoded_gets_trending_never_a_5xx(parts, caplog, s
     with caplog.at_level("ERROR"):
         answer = recommender.recommend({"k": "10"}, cookie("u1"), "FR", NOW)
     assert answer.status == 200 and answer.body["fallback_reason"] == "features_failed"
-    assert len(answer.body["items"]) == 10
+    assert len(answer.body["items"]) == 10 and "candidates" not in answer.body  # not ranked: trending
+    assert identity.verify_decision(answer.body["decision"], answer.body["rec_id"], KEY).model == "trending"
+    assert not recommendations.model_fault(answer.body)
     assert any(r.exc_info and "cannot be decoded" in r.getMessage() for r in caplog.records)
-    with_context = recommender.recommend({"k": "10", "context_item": "sku-3"}, cookie("u1"), "FR", NOW)
-    assert with_context.body["fallback_reason"] == "features_failed" and with_context.body["model"] == RANKER.key
+    # With a context item the model ranks the candidates anyway (without the row), as for a
+    # shopper without one, and the answer keeps the reason.
+    with_context = recommender.recommend({"k": "10", "context_item": "sku-3"}, cookie("u1"), "FR", NOW).body
+    assert with_context["fallback_reason"] == "features_failed" and with_context["candidates"] >= 10
+    assert identity.verify_decision(with_context["decision"], with_context["rec_id"], KEY).model == RANKER.key
 
 
 def test_items_put_in_the_cart_leave_the_answer_until_the_session_ends(parts):
