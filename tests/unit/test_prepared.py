@@ -180,16 +180,15 @@ def test_the_first_occurrences_are_found_and_placed_as_the_sorted_reference_find
     assert (positions[np.setdiff1d(np.arange(31), np.concatenate([placed, others]))] == -1).all()
 
 
-def test_a_models_columns_find_its_layout_by_identity_and_a_changed_array_never_does():
-    """A model's columns find their layout by the array itself, as long as it holds the same
-    values: an edit in place (a writable array, one made writable again, or a view of one) is
-    never served with the layout of what the array held before (attacker review, 2026-12-07)."""
+def test_a_columns_array_finds_the_layout_of_what_it_holds_now():
+    """Layouts are found by the columns' values, read on every call: the same values in another array
+    find the same layout, and an array edited in place (a writable one, one made writable
+    again, a read-only view of a writable one) is never served the layout of what it held."""
     snap = snapshots.build({}, T0, "a")
     prepared = Prepared(snap)
     fixed = np.array([3, 1, 2])
     fixed.flags.writeable = False
-    assert prepared.layout(fixed) is prepared.layout(fixed)
-    assert prepared.layout(fixed) is prepared.layout(np.array([3, 1, 2]))  # same values: same layout
+    assert prepared.layout(fixed) is prepared.layout(np.array([3, 1, 2])) is prepared.layout(np.array([3, 1, 2])[:])
     for changing in (np.array([1, 2, 3]), np.array([1, 2, 3])[:]):
         first = prepared.layout(changing)
         changing[0] = 4
@@ -204,6 +203,7 @@ def test_a_models_columns_find_its_layout_by_identity_and_a_changed_array_never_
     assert prepared.layout(view).key == (7, 8, 9)
     base[0] = 6
     assert prepared.layout(view).key == (6, 8, 9)
+    assert prepared.layout(np.array([0, 2, 4, 6])[::2]).key == (0, 4)  # a strided view: its own values
 
 
 def test_a_row_whose_items_stats_differ_in_length_fails_as_training_reads_it():

@@ -1,7 +1,8 @@
 """The serving read: one shopper's row by one GetItem, with a tight timeout.
 
 Serving never waits on DynamoDB for long: a slow or failing read answers ``None`` through
-``UserReadError`` and the caller serves without the row (a named fallback). The row's type is
+``UserReadError`` and the caller serves without the row (a named fallback), as it does when
+the item is not a row this code can decode (``UnreadableRow``, a ``UserReadError``). The row's type is
 the caller's (``from_obj``: the msgpack-decoded row to the row object, e.g.
 ``entities.UserRow.from_obj``): this adapter knows the storage, not the schema.
 """
@@ -27,6 +28,10 @@ class UserReadError(Exception):
     """The read failed or timed out."""
 
 
+class UnreadableRow(UserReadError):
+    """The table answered with an item this code cannot decode (corrupt, or a newer format's)."""
+
+
 class UserStore(ABC):
     @abstractmethod
     def get(self, user_id: str) -> Any | None:
@@ -34,13 +39,18 @@ class UserStore(ABC):
 
 
 def decode_user(item: dict, now_s: float, from_obj: Callable[[dict], Any]) -> Any | None:
-    expires = item.get("expires_at")
-    if expires is not None and int(expires["N"]) < now_s:
-        return None
-    row = item.get("row")
-    if row is None:
-        return None
-    return from_obj(msgpack.unpackb(row["B"], raw=False, strict_map_key=False))
+    """The row a GetItem answered (None: none, or expired); ``UnreadableRow`` when its bytes
+    are not one."""
+    try:
+        expires = item.get("expires_at")
+        if expires is not None and int(expires["N"]) < now_s:
+            return None
+        row = item.get("row")
+        if row is None:
+            return None
+        return from_obj(msgpack.unpackb(row["B"], raw=False, strict_map_key=False))
+    except Exception as exc:
+        raise UnreadableRow(f"{type(exc).__name__}: {exc}") from exc
 
 
 class DynamoUserStore(UserStore):

@@ -79,7 +79,6 @@ class Ranker:
         outputs = [o.name for o in self.session.get_outputs()]
         self.output_name = "probabilities" if "probabilities" in outputs else outputs[-1]
         self.columns = np.array([INDEX[f] for f in manifest.features], dtype=np.intp)
-        self.columns.flags.writeable = False  # fixed for the model's life: serving finds its layout by it
 
     @property
     def key(self) -> str:

@@ -48,7 +48,6 @@ _IN_RECENT = INDEX["ui_in_recent"]
 _SESSION_ITEMS = INDEX["session_items_log"]
 _CONTEXT, _RECENT, _SESSION, _COPURCHASE = range(4)
 MAX_PADDED_NEIGHBOURS = 64  # wider (a snapshot built otherwise): the compressed-sparse walk instead
-_MAX_ARRAYS = 64  # column arrays remembered by identity per prepared snapshot (models served at once: 2)
 
 
 class Layout:
@@ -106,7 +105,6 @@ class Prepared:
             self.nb_wpad = np.zeros((len(degree), width), dtype=np.float32)
             self.nb_wpad[filled] = snap.nb_weights[snap.nb_offsets[0]:snap.nb_offsets[-1]]
         self._layouts: dict[tuple[int, ...], Layout] = {}
-        self._by_array: dict[int, tuple[np.ndarray, bytes, Layout]] = {}
         self._used: set[tuple[int, ...]] = set()
         self._local = threading.local()
         for columns in layouts:
@@ -114,21 +112,13 @@ class Prepared:
 
     def layout(self, columns: np.ndarray) -> Layout:
         """The layout for a model's columns: built on first use, then kept (``layouts`` of the
-        previous snapshot are built as a new one is prepared, off the request path). Found by
-        the array itself first (a model's ``Ranker.columns`` is one array for its life; the
-        entry keeps it alive, so its id is not reused) holding the same values as then (an
-        array made writable again, or a view of one, may have changed), then by its values."""
-        seen = self._by_array.get(id(columns))
-        if seen is not None and seen[0] is columns and seen[1] == columns.tobytes():
-            return seen[2]
+        previous snapshot are built as a new one is prepared, off the request path)."""
         key = tuple(columns.tolist())
         found = self._layouts.get(key)
         if found is None:  # two threads at once: both build, one is kept and both use it
             found = self._layouts.setdefault(key, Layout(self.snapshot, columns))
         if key not in self._used:
             self._used.add(key)
-        if len(self._by_array) < _MAX_ARRAYS:
-            self._by_array[id(columns)] = (columns, columns.tobytes(), found)
         return found
 
     def neighbours(self, js: np.ndarray, scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

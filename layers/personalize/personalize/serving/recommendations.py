@@ -35,7 +35,7 @@ import numpy as np
 from personalize import identity, keys, telemetry
 from personalize.adapters.artifacts import Artifacts
 from personalize.adapters.soldout import SoldOut
-from personalize.adapters.userstore import UserReadError, UserStore
+from personalize.adapters.userstore import UnreadableRow, UserReadError, UserStore
 from personalize.serving import ranking
 from personalize.serving.availability import Availability
 from personalize.serving.models import Ranker
@@ -489,30 +489,26 @@ class Recommender:
         else:
             try:
                 row = self.users.get(user_id)
-            except UserReadError:
-                reason = "user_read_failed"
-            except Exception:  # read, but not a row this code can decode (corrupt, a newer format's)
+            except UnreadableRow:  # read, but not a row this code can decode (corrupt, a newer format's)
                 log.exception("the shopper's row cannot be decoded; serving without it")
                 reason = "features_failed"
+            except UserReadError:
+                reason = "user_read_failed"
             else:
                 if row is None:
                     reason = "no_user_row"
         if reason is not None and query.context_item is None:
-            body.update(fallback=True, fallback_reason=reason, items=self._trending(snap, country, query.k))
-            return Answer(200, self._decided(body, "trending", snap.version, f"trending:{country or '-'}"))
+            return self._trending_answer(body, reason, snap, country, query.k)
         try:
             cands, X = served.inputs(variant.ranker.columns, row, country, query.context_item, now_ms=now_ms)
         except Exception:  # a row the feature code cannot read (corrupt, or a newer format's): never a 5xx
             log.exception("features for this shopper failed; serving trending")
-            body.update(fallback=True, fallback_reason="features_failed", items=self._trending(snap, country, query.k))
-            return Answer(200, self._decided(body, "trending", snap.version, f"trending:{country or '-'}"))
+            return self._trending_answer(body, "features_failed", snap, country, query.k)
         try:
             scores = variant.ranker.run(X)
         except Exception:  # the variant's model failed on this input: its fault, counted, never a 5xx
             log.exception("scoring with %s failed; serving trending", variant.ranker.key)
-            body.update(fallback=True, fallback_reason=f"{variant.name}_failed",
-                        items=self._trending(snap, country, query.k))
-            return Answer(200, self._decided(body, "trending", snap.version, f"trending:{country or '-'}"))
+            return self._trending_answer(body, f"{variant.name}_failed", snap, country, query.k)
         best, propensities = explored(scores, query.k, *variant.exploration)
         items = snap.items
         body["items"] = [{"item_id": items[c], "score": round(v, 6)}  # Python ints and floats: no numpy scalars
@@ -544,6 +540,11 @@ class Recommender:
             if token is not None:
                 body["decision"] = token
         return body
+
+    def _trending_answer(self, body: dict, reason: str, snap: ItemSnapshot, country: str | None, k: int) -> Answer:
+        """``body`` as a fallback named ``reason``: the trending list, its decision signed."""
+        body.update(fallback=True, fallback_reason=reason, items=self._trending(snap, country, k))
+        return Answer(200, self._decided(body, "trending", snap.version, f"trending:{country or '-'}"))
 
     @staticmethod
     def _trending(snap: ItemSnapshot, country: str | None, k: int) -> list[dict]:
