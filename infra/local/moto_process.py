@@ -7,8 +7,10 @@ on the other core, not on the functions' GIL), with AWS's throughput limits in f
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import socket
 import sys
 import threading
 
@@ -31,11 +33,74 @@ def serialize_kinesis_shards() -> None:
         setattr(models.Shard, name, locked)
 
 
+def keep_alive_handler():
+    """werkzeug's development server closes every connection after one answer, so each call
+    from botocore paid a new TCP connection on both sides and a new server thread (about a
+    third of the demo's client-side time, profiled 2026-12-07). This handler keeps HTTP/1.1
+    connections open: it reads the whole request body before calling moto (nothing is left
+    on the socket to be taken for the next request line), and answers with the body's length
+    instead of werkzeug's ``Connection: close`` and its drain of the socket."""
+    from moto.moto_server.werkzeug_app import MotoRequestHandler
+
+    class KeepAlive(MotoRequestHandler):
+        protocol_version = "HTTP/1.1"
+        wbufsize = -1  # headers and body leave in one write at the end of the request...
+
+        def setup(self) -> None:
+            super().setup()
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # ...and at once
+
+        def run_wsgi(self) -> None:
+            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                self.close_connection = True  # werkzeug's own path: it reads chunks and closes
+                return super().run_wsgi()
+            if self.headers.get("Expect", "").lower().strip(" \t") == "100-continue":
+                self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self.wfile.flush()
+            environ = self.make_environ()
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            environ["wsgi.input"] = io.BytesIO(self.rfile.read(length) if length > 0 else b"")
+            answer: list = []
+
+            def start_response(status, headers, exc_info=None):
+                answer[:] = [status, headers]
+                return lambda data: chunks.append(data)
+
+            chunks: list[bytes] = []
+            try:
+                result = self.server.app(environ, start_response)
+                try:
+                    chunks.extend(result)
+                finally:
+                    if hasattr(result, "close"):
+                        result.close()
+                status, headers = answer
+            except Exception:  # moto's own bug: a 500, as werkzeug would answer, and the server lives
+                logging.getLogger(__name__).exception("moto failed on %s %s", self.command, self.path)
+                status, headers = "500 Internal Server Error", [("Content-Type", "text/plain")]
+                chunks = [b"moto failed"]
+            body = b"".join(chunks)
+            code, _, reason = status.partition(" ")
+            self.send_response(int(code), reason)
+            for name, value in headers:
+                if name.lower() not in ("content-length", "connection", "transfer-encoding", "keep-alive"):
+                    self.send_header(name, value)
+            if self.command != "HEAD" or not any(name.lower() == "content-length" for name, _ in headers):
+                self.send_header("Content-Length", str(len(body)))
+            else:  # HEAD: the length of what a GET would answer (S3's head_object)
+                self.send_header("Content-Length", next(v for n, v in headers if n.lower() == "content-length"))
+            self.end_headers()
+            if self.command != "HEAD" and body:
+                self.wfile.write(body)
+
+    return KeepAlive
+
+
 def limited_server(port: int):
     """moto's threaded server with AWS's limits in front of it (``aws_limits``), unless
     ``AWS_LIMITS=off``."""
     from moto.moto_server.threaded_moto_server import ThreadedMotoServer
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
     from werkzeug.serving import make_server
 
     from infra.local import aws_limits
@@ -45,7 +110,7 @@ def limited_server(port: int):
             app = DomainDispatcherApplication(create_backend_app)
             if os.environ.get("AWS_LIMITS", "on") != "off":
                 app = aws_limits.wsgi(app, aws_limits.AwsLimitsFront())
-            self._server = make_server(self._ip_address, self._port, app, True, request_handler=MotoRequestHandler)
+            self._server = make_server(self._ip_address, self._port, app, True, request_handler=keep_alive_handler())
             self._server_ready_event.set()
             self._server.serve_forever()
 

@@ -11,6 +11,11 @@ Query runs; moto's own code then sorts, pages, filters and projects them as befo
 answer is the same (``tests/unit/test_moto_speed.py`` compares both on random tables).
 Queries on an index, scans and everything else are untouched. Installed by the tests'
 ``moto_stack`` and by the local stack's moto server.
+
+The moto server also finds each request's backend from its host by listing moto's package
+directory, ``isdir`` on each entry, then up to a few hundred URL regexes, under one lock every
+request thread waits for: about 40% of the local stack's moto process in the demo (py-spy,
+2026-12-07). The answer depends on the host alone, so ``install()`` remembers it per host.
 """
 
 from __future__ import annotations
@@ -57,7 +62,25 @@ def install() -> None:
 
     query.__wrapped__ = original_query
     Table.query, Table.all_items = query, all_items
+    _remember_backends_by_host()
     _installed = True
+
+
+def _remember_backends_by_host() -> None:
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+    original = DomainDispatcherApplication.get_backend_for_host
+    known: dict = {}
+
+    def get_backend_for_host(self, host):
+        try:
+            return known[host]
+        except KeyError:
+            backend = known[host] = original(self, host)
+            return backend
+
+    get_backend_for_host.__wrapped__ = original
+    DomainDispatcherApplication.get_backend_for_host = get_backend_for_host
 
 
 @contextlib.contextmanager

@@ -67,3 +67,16 @@ def test_a_partitions_query_answers_as_moto_does(client, rows, queries):
                 assert _query(client, name, *query) == fast
     finally:
         client.delete_table(TableName=name)
+
+
+def test_the_server_finds_the_same_backend_for_every_host_twice():
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+    app = DomainDispatcherApplication(create_backend_app)
+    hosts = [None, "moto_api", "dynamodb", "dynamodb.us-east-1.amazonaws.com", "kinesis.eu-west-1.amazonaws.com",
+             "s3.amazonaws.com", "bucket.s3.us-east-1.amazonaws.com", "appconfigdata.us-east-1.amazonaws.com",
+             "sqs.us-east-1.amazonaws.com", "iam.amazonaws.com", "sts.amazonaws.com", "localhost:5000", "nothing"]
+    original = DomainDispatcherApplication.get_backend_for_host.__wrapped__
+    expected = [original(app, host) for host in hosts]
+    assert [app.get_backend_for_host(h) for h in hosts] == expected == [app.get_backend_for_host(h) for h in hosts]
+    assert expected[3] == "dynamodb" and expected[4] == "kinesis" and expected[5] == "s3"

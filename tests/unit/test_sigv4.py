@@ -86,3 +86,19 @@ def test_only_a_principal_allowed_to_invoke_the_route_may():
         {"Effect": "Deny", "Action": "execute-api:*", "Resource": "arn:aws:execute-api:*:*:*/*/GET/*"}))
     assert scoped.may_invoke(arn)
     assert not scoped.may_invoke(arn.replace("POST/server/events", "GET/features/users/x"))
+
+
+def test_every_session_shares_one_data_loader_across_resets():
+    """botocore's service models are parsed once per process, not once per identity and per
+    fresh moto (about 1 s of every functional test's setup before)."""
+    from personalize.adapters import aws
+
+    first = aws._session(None).get_component("data_loader")
+    role = aws.Credentials("AKIAEXAMPLE", "secret", name="a role")
+    assert aws._session(role).get_component("data_loader") is first
+    aws.reset()
+    try:
+        assert aws._session(role).get_component("data_loader") is first
+        assert aws._session(role) is not aws._session(None)  # still one session per identity
+    finally:
+        aws.reset()
