@@ -16,6 +16,14 @@ The moto server also finds each request's backend from its host by listing moto'
 directory, ``isdir`` on each entry, then up to a few hundred URL regexes, under one lock every
 request thread waits for: about 40% of the local stack's moto process in the demo (py-spy,
 2026-12-07). The answer depends on the host alone, so ``install()`` remembers it per host.
+
+And moto 5.2 serializes each answer by walking botocore's output shape, asking for every
+member a chain of alias providers made anew per value (the shape's name, its parent's prefix,
+the object's class...): a fifth of the moto process's time in the demo, mostly DynamoDB's
+attribute-value maps. For a plain ``dict`` the keys it tries depend only on the member's
+shape, its parent and its name, so ``install()`` remembers them per shape; other objects, or
+a picker or alias provider this module does not know, take moto's own path. The answer is
+the same byte for byte (``tests/unit/test_moto_speed.py``).
 """
 
 from __future__ import annotations
@@ -63,7 +71,41 @@ def install() -> None:
     query.__wrapped__ = original_query
     Table.query, Table.all_items = query, all_items
     _remember_backends_by_host()
+    _remember_member_keys()
     _installed = True
+
+
+def _remember_member_keys() -> None:
+    from moto.core import serialize
+    from moto.core.utils import get_value
+
+    known_providers = {serialize.ExplicitAlias, serialize.ShapeNameAlias, serialize.NoAlias,
+                       serialize.ShapePrefixAlias, serialize.ClassPrefixAlias, serialize.ModelAlias}
+    original = serialize.ResponseSerializer.get_value
+    missing = serialize.MISSING
+    remembered: dict = {}
+
+    def member_value(self, value, key, shape):
+        picker = self._value_picker
+        if (type(value) is not dict or type(picker) is not serialize.XFormedAttributePicker
+                or picker.response_transformers or getattr(_local, "off", False)):
+            return original(self, value, key, shape)
+        providers = tuple(picker.alias_providers)
+        memo = (key, shape, getattr(shape, "parent", None), providers)
+        keys = remembered.get(memo)
+        if keys is None:
+            if not known_providers.issuperset(providers):
+                return original(self, value, key, shape)
+            context = serialize.AttributePickerContext(obj={}, key=key, shape=shape)
+            keys = remembered[memo] = tuple(picker.get_possible_keys(context))
+        for possible in keys:
+            found = get_value(value, possible, missing)
+            if found is not missing:
+                return found
+        return None
+
+    member_value.__wrapped__ = original
+    serialize.ResponseSerializer.get_value = member_value
 
 
 def _remember_backends_by_host() -> None:
