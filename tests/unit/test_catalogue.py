@@ -65,7 +65,7 @@ class Shop:
                                                         viewer_address="198.51.100.7:443",
                                                         user_agent="Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0"))
         assert status == 202, body
-        self.flush()
+        self.last_result = self.flush()
         return body
 
     def server(self, events):
@@ -276,3 +276,37 @@ def test_aggregate_keeps_an_unpublished_items_events_out_of_the_shoppers_row_too
     shop.flush([json.dumps(forged).encode()])
     assert shop.store.tables.get("users", {}) == stored_before
     assert entities.UserRow is not None
+
+
+def test_an_event_collect_admitted_counts_though_aggregates_membership_was_older():
+    """collect's cache refreshed first and admitted a click on a just-published item;
+    aggregate's, refreshed every 10 s as deployed, did not have it yet: it asks again rather
+    than count an accepted event nowhere (the smoke test lost such a click, 2026-12-07)."""
+    shop = Shop()
+    loads = []
+    load = catalogue.artifacts_loader(shop.artifacts)
+    shop.ingestor.catalogue = MembershipCache(lambda etag: loads.append(etag) or load(etag), refresh_s=10.0,
+                                              clock=shop.clock)
+    shop.public([{"type": "view", "item_id": "milk"}], user="alice")  # aggregate's membership, read now
+    shop.server([{"type": "catalogue", "item_id": "new-jam", "listed": True}])
+    shop.snapshot()  # published; collect's cache (refreshed on every request here) sees it
+    before = len(loads)
+    assert shop.public([{"type": "click", "item_id": "new-jam"}], user="alice")["accepted"] == 1
+    assert shop.last_result.unlisted == 0
+    assert len(loads) == before + 1, "asked again once, before counting the click nowhere"
+    key = keys.item_key("new-jam", "shardId-000000000000")
+    assert entities.ItemRow.from_obj(shop.store.get_many("items", [key])[key].row).totals[1] == 1  # the click
+
+
+def test_events_about_unpublished_items_ask_for_the_membership_at_most_once_a_second():
+    shop = Shop()
+    loads = []
+    load = catalogue.artifacts_loader(shop.artifacts)
+    shop.ingestor.catalogue = MembershipCache(lambda etag: loads.append(etag) or load(etag), refresh_s=10.0,
+                                              clock=shop.clock)
+    for n in range(40):  # forged records straight onto the stream: collect would have refused them
+        shop.now += 0.1
+        forged = {"event_id": f"f{n}", "type": "click", "user_id": "mallory", "item_id": f"ghost-{n}",
+                  "ts": int(shop.now * 1000), "route": "public"}
+        assert shop.flush([json.dumps(forged).encode()]).unlisted == 1
+    assert 4 <= len(loads) <= 5  # 4 s of batches: the first read, then one a second

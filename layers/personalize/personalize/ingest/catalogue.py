@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"RTCATv1\n"
 REFRESH_S = 10.0  # how often a holder asks whether a newer membership was published
+# A public event about an item this holder's membership lacks was admitted by collect against its
+# own, maybe newer, one: the membership is asked again first, at most this often (see fresher()).
+MISS_REFRESH_S = 1.0
 REFRESH_SETTING = "CATALOGUE_REFRESH_S"  # the local stack's schedules run every few seconds: so does this
 
 
@@ -117,6 +120,15 @@ class MembershipCache:
 
     def get(self) -> Membership | None:
         if self.clock() - self.checked_at >= self.refresh_s:
+            self.refresh_now()
+        return self.value
+
+    def fresher(self, min_age_s: float = MISS_REFRESH_S) -> Membership | None:
+        """The membership, asked again first if the last check is at least ``min_age_s`` old:
+        for an item a collect container admitted against a newer membership than this one
+        (its cache refreshed first), before its events are counted nowhere. At most one
+        conditional GET a ``min_age_s`` whatever the traffic names."""
+        if self.clock() - self.checked_at >= min_age_s:
             self.refresh_now()
         return self.value
 
