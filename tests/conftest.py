@@ -20,21 +20,25 @@ EVENTS_DIR = Path(__file__).parent / "events"
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
 
 
-# The longest files first (seconds on 2 cores, 2026-12-06): `make test` hands files to its two
+# The longest files first (seconds on 2 cores): `make test` hands files to its two
 # workers in collection order (``--no-loadscope-reorder``), so these start at once and the many
 # short files even the workers out at the end; xdist's own order (most tests first) left the
 # long one-test files (the demo, training parity) to the tail of one worker while the other
 # sat idle. A file missing from the list runs after them, in collection order.
 LONGEST_FIRST = (
-    "tests/functional/test_demo.py",               # 56
-    "tests/functional/test_experiments.py",        # 56
-    "tests/browser/test_storefront.py",            # 47
-    "tests/functional/test_serving.py",            # 44
-    "tests/bench/test_bench_smoke.py",             # 40
-    "tests/functional/test_trust_boundary.py",     # 35
-    "tests/unit/test_hostile_input.py",            # 32
-    "tests/functional/test_loadtest.py",           # 27
+    "tests/functional/test_experiments.py",        # 91 (2026-12-07, junit times on 2 workers)
+    "tests/functional/test_demo.py",               # 76
+    "tests/bench/test_bench_smoke.py",             # 65
+    "tests/functional/test_serving.py",            # 47
+    "tests/unit/test_hostile_input.py",            # 46
+    "tests/browser/test_storefront.py",            # 45
+    "tests/functional/test_trust_boundary.py",     # 39
+    "tests/functional/test_loadtest.py",           # 30
     "tests/functional/test_training_parity.py",    # 26
+    "tests/functional/test_smoke.py",              # 20
+    "tests/functional/test_iterate.py",            # 18
+    "tests/functional/test_retrain_evaluate.py",   # 17
+    "tests/functional/test_operations_logs.py",    # 16
 )
 
 

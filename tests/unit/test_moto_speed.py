@@ -167,3 +167,13 @@ def test_other_services_answers_are_serialized_as_moto_does():
             assert [b for b in fast if b"NextShardIterator" not in b] == [b for b in slow
                                                                          if b"NextShardIterator" not in b]
             assert len(fast) == len(slow) >= len(calls)
+
+
+def test_a_response_class_lists_the_same_methods_each_time():
+    from moto.core import responses
+    from moto.dynamodb.responses import DynamoHandler
+
+    first = responses.method_names_from_class(DynamoHandler)
+    assert first == responses.method_names_from_class.__wrapped__(DynamoHandler)
+    first.append("mutated by a caller")
+    assert "mutated by a caller" not in responses.method_names_from_class(DynamoHandler)
