@@ -278,35 +278,74 @@ def test_aggregate_keeps_an_unpublished_items_events_out_of_the_shoppers_row_too
     assert entities.UserRow is not None
 
 
-def test_an_event_collect_admitted_counts_though_aggregates_membership_was_older():
-    """collect's cache refreshed first and admitted a click on a just-published item;
-    aggregate's, refreshed every 10 s as deployed, did not have it yet: it asks again rather
-    than count an accepted event nowhere (the smoke test lost such a click, 2026-12-07)."""
-    shop = Shop()
+def _counting_cache(shop, load=None, refresh_s=10.0):
     loads = []
-    load = catalogue.artifacts_loader(shop.artifacts)
-    shop.ingestor.catalogue = MembershipCache(lambda etag: loads.append(etag) or load(etag), refresh_s=10.0,
-                                              clock=shop.clock)
+    load = load or catalogue.artifacts_loader(shop.artifacts)
+    shop.ingestor.catalogue = MembershipCache(lambda etag: loads.append(etag) or load(etag), refresh_s=refresh_s,
+                                              clock=shop.clock, wall_clock=shop.clock)
+    return loads
+
+
+@pytest.mark.parametrize("after_s", [0.5, 1.0, 5.0])
+def test_an_event_collect_admitted_counts_though_aggregates_membership_was_older(after_s):
+    """collect's cache refreshed first and admitted a click on a just-published item;
+    aggregate's, refreshed every 10 s as deployed, did not have it yet: it reads again rather
+    than count an accepted event nowhere (the smoke test lost such a click, 2026-12-07),
+    however soon after its own last read the click comes."""
+    shop = Shop()
+    loads = _counting_cache(shop)
     shop.public([{"type": "view", "item_id": "milk"}], user="alice")  # aggregate's membership, read now
     shop.server([{"type": "catalogue", "item_id": "new-jam", "listed": True}])
-    shop.snapshot()  # published; collect's cache (refreshed on every request here) sees it
+    snapshot_job.publish(shop.store, shop.artifacts, shop.clock)  # published at once, no time passing
+    shop.now += after_s
     before = len(loads)
     assert shop.public([{"type": "click", "item_id": "new-jam"}], user="alice")["accepted"] == 1
     assert shop.last_result.unlisted == 0
-    assert len(loads) == before + 1, "asked again once, before counting the click nowhere"
+    assert len(loads) == before + 1, "read again once, before counting the click nowhere"
     key = keys.item_key("new-jam", "shardId-000000000000")
     assert entities.ItemRow.from_obj(shop.store.get_many("items", [key])[key].row).totals[1] == 1  # the click
 
 
-def test_events_about_unpublished_items_ask_for_the_membership_at_most_once_a_second():
+def _forged(shop, n, items, arrival_ms=None):
+    records = [StreamRecord.of(str(10**21 + n * 10 + k), parse_event(
+        {"event_id": f"f{n}-{k}", "type": "click", "user_id": "mallory", "item_id": item,
+         "ts": int(shop.now * 1000), "route": "public"}, anonymous_ok=True),
+        "src:shardId-000000000000", int(shop.now * 1000) if arrival_ms is None else arrival_ms, b"{}")
+        for k, item in enumerate(items)]
+    result = shop.ingestor.run("shardId-000000000000", records, [], int(shop.now * 1000),
+                               "arn:aws:kinesis:us-east-1:123456789012:stream/s")
+    assert not result.failed_seqs
+    return result
+
+
+def test_events_about_unpublished_items_read_the_membership_at_most_once_a_batch():
+    """Records collect would have refused (straight onto the stream, or admitted unverified
+    while S3 was unreadable): one conditional read a batch however many items it names; none
+    for events that reached the stream before the last read started; while reads fail, no
+    more often than the regular refresh."""
     shop = Shop()
-    loads = []
-    load = catalogue.artifacts_loader(shop.artifacts)
-    shop.ingestor.catalogue = MembershipCache(lambda etag: loads.append(etag) or load(etag), refresh_s=10.0,
-                                              clock=shop.clock)
-    for n in range(40):  # forged records straight onto the stream: collect would have refused them
+    loads = _counting_cache(shop)
+    assert _forged(shop, 0, ["ghost-0"]).unlisted == 1
+    first = len(loads)
+    for n in range(1, 11):
         shop.now += 0.1
-        forged = {"event_id": f"f{n}", "type": "click", "user_id": "mallory", "item_id": f"ghost-{n}",
-                  "ts": int(shop.now * 1000), "route": "public"}
-        assert shop.flush([json.dumps(forged).encode()]).unlisted == 1
-    assert 4 <= len(loads) <= 5  # 4 s of batches: the first read, then one a second
+        assert _forged(shop, n, [f"ghost-{n}-{k}" for k in range(5)]).unlisted == 5
+    assert len(loads) == first + 10  # one a batch, not one an event
+    late = _forged(shop, 11, ["ghost-late"], arrival_ms=int(shop.now * 1000) - 2000)  # a retried old batch
+    assert late.unlisted == 1 and len(loads) == first + 10  # the last read saw all collect could have
+
+    good = catalogue.artifacts_loader(shop.artifacts)
+
+    def then_down(etag):
+        if len(down) > 1:  # the first read worked; S3 is down from then on
+            raise ConnectionError("s3 down")
+        return good(etag)
+
+    down = _counting_cache(shop, load=then_down)
+    for n in range(30):  # 3 s of batches
+        shop.now += 0.1
+        assert _forged(shop, 100 + n, [f"ghost-down-{n}"]).unlisted == 1  # the last good membership decides
+    assert len(down) == 2  # the first read, one that failed; then no more often than get() (every 10 s)
+    shop.now += 10
+    _forged(shop, 200, ["ghost-later"])
+    assert len(down) == 3

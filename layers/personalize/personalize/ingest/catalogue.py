@@ -33,9 +33,11 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"RTCATv1\n"
 REFRESH_S = 10.0  # how often a holder asks whether a newer membership was published
-# A public event about an item this holder's membership lacks was admitted by collect against its
-# own, maybe newer, one: the membership is asked again first, at most this often (see fresher()).
-MISS_REFRESH_S = 1.0
+# A public event about an item this holder's membership lacks may have been admitted by collect
+# against its own, newer, one: read again unless the last read started this long after the
+# event reached the stream (see fresher(); Kinesis's arrival stamps and Lambda's clock differ
+# by milliseconds, this is the margin).
+ARRIVAL_SKEW_MS = 1000
 REFRESH_SETTING = "CATALOGUE_REFRESH_S"  # the local stack's schedules run every few seconds: so does this
 
 
@@ -109,10 +111,13 @@ class MembershipCache:
     published: ``EMPTY``. A failed read keeps the last good membership."""
 
     def __init__(self, load: Callable[[str | None], tuple[Membership, str] | None], refresh_s: float = REFRESH_S,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time):
         self.load = load  # (etag seen) -> (membership, its etag), or None when unchanged
         self.refresh_s = refresh_s
         self.clock = clock
+        self.wall_clock = wall_clock  # epoch s, to compare with the stream's arrival times
+        self.checked_wall_ms = 0
+        self.last_failed = False
         self.value: Membership | None = None
         self.etag: str | None = None
         self.checked_at = float("-inf")
@@ -123,23 +128,33 @@ class MembershipCache:
             self.refresh_now()
         return self.value
 
-    def fresher(self, min_age_s: float = MISS_REFRESH_S) -> Membership | None:
-        """The membership, asked again first if the last check is at least ``min_age_s`` old:
-        for an item a collect container admitted against a newer membership than this one
-        (its cache refreshed first), before its events are counted nowhere. At most one
-        conditional GET a ``min_age_s`` whatever the traffic names."""
-        if self.clock() - self.checked_at >= min_age_s:
-            self.refresh_now()
+    def fresher(self, arrived_ms: int) -> Membership | None:
+        """The membership, read again first unless that cannot find a newer one: for an item
+        an event names that this membership lacks, which a collect container may have
+        admitted against its own, newer, membership (its cache refreshed first). Read again
+        only if the last read started before the event reached the stream (``arrived_ms``,
+        less ``ARRIVAL_SKEW_MS`` for the clocks): a read after that saw every membership
+        collect could have used. Not while reads fail: then as often as ``get()`` asks."""
+        if self.checked_wall_ms >= arrived_ms + ARRIVAL_SKEW_MS:
+            return self.value
+        if self.last_failed and self.clock() - self.checked_at < self.refresh_s:
+            return self.value
+        self.refresh_now()
         return self.value
 
     def refresh_now(self) -> bool:
         self.checked_at = self.clock()
+        self.checked_wall_ms = int(self.wall_clock() * 1000)  # when the read started: it sees the pointer as of then
         try:
             loaded = self.load(self.etag)
         except Exception:  # noqa: BLE001 - our outage: keep the last good one
             self.failures += 1
+            self.last_failed = True
             log.warning("catalogue membership unreadable; keeping the last good one", exc_info=True)
             return False
+        finally:
+            self.checked_at = self.clock()  # a slow read counts from its end: never two back to back
+        self.last_failed = False
         if loaded is not None:
             self.value, self.etag = loaded
         return True

@@ -150,21 +150,30 @@ class Ingestor:
             progress.finish(claim, result.failed_seqs, now_ms)
         return result
 
-    def _listed(self, membership):
+    def _listed(self, membership, records):
         """Whether the shop published an item, for the batch's public events (None: unknown).
         collect admitted each one against its own cached membership, which may have refreshed
-        before this one: an item this one lacks makes it ask again (``MembershipCache.fresher``,
-        at most once a second) rather than count an accepted event nowhere (found by the smoke
-        test on a loaded machine, 2026-12-07: a shopper's first click on a just-published item)."""
+        before this one: the first item of the batch this one lacks makes it read again if
+        that can find a newer one (``MembershipCache.fresher``: at most one read a batch, none
+        if the last read started after the batch's events arrived, none while reads fail),
+        rather than count an accepted event nowhere (the smoke test lost a shopper's first
+        click on a just-published item that way on a loaded machine, 2026-12-07)."""
         if membership is None:
             return None
         catalogue = self.catalogue
+        current = [membership, False]  # the membership asked, whether this batch read again
 
         def listed(item_id) -> bool:
-            if item_id in membership:
+            if item_id in current[0]:
                 return True
-            newer = catalogue.fresher()
-            return newer is not None and newer is not membership and item_id in newer
+            if current[1]:
+                return False
+            current[1] = True
+            newer = catalogue.fresher(max(r.arrival_ms for r in records))
+            if newer is None or newer is current[0]:
+                return False
+            current[0] = self._membership = newer  # and for the batch's further passes
+            return item_id in newer
 
         return listed
 
@@ -185,7 +194,7 @@ class Ingestor:
                 replayed = (min(r.seq for r in live), max(r.seq for r in live))
             membership = self._membership
             changes, stats = aggregate_batch(live, shard, loaded, now_ms, source, holes, replayed,
-                                             listed=self._listed(membership))
+                                             listed=self._listed(membership, live))
             if not stats.poison:
                 return live, changes, stats
             excluded.update(stats.poison)
