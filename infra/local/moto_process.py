@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import socket
 import sys
 import threading
@@ -33,6 +34,9 @@ def serialize_kinesis_shards() -> None:
         setattr(models.Shard, name, locked)
 
 
+_DIGITS = re.compile(r"[0-9]+")
+
+
 def keep_alive_handler():
     """werkzeug's development server closes every connection after one answer, so each call
     from botocore paid a new TCP connection on both sides and a new server thread (about a
@@ -44,6 +48,7 @@ def keep_alive_handler():
 
     class KeepAlive(MotoRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = 300  # an idle kept-alive connection's thread ends (botocore opens another)
         wbufsize = -1  # headers and body leave in one write at the end of the request...
 
         def setup(self) -> None:
@@ -54,12 +59,16 @@ def keep_alive_handler():
             if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
                 self.close_connection = True  # werkzeug's own path: it reads chunks and closes
                 return super().run_wsgi()
-            if self.headers.get("Expect", "").lower().strip(" \t") == "100-continue":
-                self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                self.wfile.flush()
+            # (http.server's parse_request has answered an HTTP/1.1 "Expect: 100-continue")
+            lengths = {v.strip() for v in self.headers.get_all("Content-Length") or []}
+            if len(lengths) > 1 or any(not _DIGITS.fullmatch(v) for v in lengths):
+                # a length that lies would leave bytes to be read as the next request: refused
+                self.close_connection = True
+                self.send_error(400, "Bad Content-Length")
+                return
+            length = int(lengths.pop()) if lengths else 0
             environ = self.make_environ()
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-            environ["wsgi.input"] = io.BytesIO(self.rfile.read(length) if length > 0 else b"")
+            environ["wsgi.input"] = io.BytesIO(self.rfile.read(length) if length else b"")
             answer: list = []
 
             def start_response(status, headers, exc_info=None):

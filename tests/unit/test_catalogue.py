@@ -349,3 +349,45 @@ def test_events_about_unpublished_items_read_the_membership_at_most_once_a_batch
     shop.now += 10
     _forged(shop, 200, ["ghost-later"])
     assert len(down) == 3
+
+
+def test_every_pass_of_a_run_sees_the_same_listing_so_a_resent_click_counts_once():
+    """The attacker review's case: a deciding row fails, the snapshot job publishes the item
+    meanwhile, and the run aggregates the rest again. Had the second pass found the item
+    published where the first had not, the item would count a click no shopper row holds,
+    and the browser's resend of it (same event id) would count again."""
+    shop = Shop()
+    _counting_cache(shop)
+    shop.public([{"type": "view", "item_id": "milk"}], user="alice")  # aggregate's membership, read now
+    shop.server([{"type": "catalogue", "item_id": "new-jam", "listed": True}])  # journalled, not yet published
+
+    def record(event_id, kind, item, user):
+        shop.seq += 1
+        data = json.dumps({"event_id": event_id, "type": kind, "item_id": item, "user_id": user,
+                           "ts": int(shop.now * 1000), "route": "public"}).encode()
+        return StreamRecord.of(str(shop.seq), parse_event(json.loads(data), anonymous_ok=True),
+                               "src:shardId-000000000000", int(shop.now * 1000), data)
+
+    batch = [record("click-1", "click", "new-jam", "alice"), record("v-2", "view", "milk", "bob")]
+    real, first = shop.store.put_many, [True]
+
+    def put_many(pairs):  # bob's deciding row is throttled; meanwhile new-jam is published
+        if not first[0]:
+            return real(pairs)
+        first[0] = False
+        snapshot_job.publish(shop.store, shop.artifacts, shop.clock)
+        shop.now += 1.5
+        failing = [p for p in pairs if batch[1].seq in p[1].seqs]
+        return real([p for p in pairs if p not in failing]) + [(p[1], RuntimeError("throttled")) for p in failing]
+
+    shop.store.put_many = put_many
+    arn = "arn:aws:kinesis:us-east-1:123456789012:stream/s"
+    shop.ingestor.run("shardId-000000000000", batch, [], int(shop.now * 1000), arn)
+    shop.store.put_many = real
+    shop.now += 1
+    shop.ingestor.run("shardId-000000000000", [batch[1]], [], int(shop.now * 1000), arn)  # Lambda's retry
+    shop.ingestor.run("shardId-000000000000", [record("click-1", "click", "new-jam", "alice")], [],
+                      int(shop.now * 1000), arn)  # the browser resends it
+    key = keys.item_key("new-jam", "shardId-000000000000")
+    stored = shop.store.get_many("items", [key]).get(key)
+    assert (entities.ItemRow.from_obj(stored.row).totals[1] if stored else 0) <= 1

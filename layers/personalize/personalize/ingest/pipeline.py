@@ -97,6 +97,7 @@ class Ingestor:
         # about other items count for nothing shared (``aggregation``).
         self.catalogue = catalogue
         self._membership = None  # this batch's
+        self._listed_now = None  # and whether each item it names is published (Ingestor._listed)
         self._restate = False
 
     def now_ms(self) -> int:
@@ -145,35 +146,42 @@ class Ingestor:
         writer.send_to_quarantine(rejected, result)
         self._membership = self.catalogue.get() if self.catalogue is not None else None
         result.catalogue_unverified = self.catalogue is not None and self._membership is None
+        self._listed_now = self._listed(self._membership, records)
         self._write_in_two_phases(writer, shard, source, records, now_ms, stream_arn, holes, replayed, result)
         if claim is not None:
             progress.finish(claim, result.failed_seqs, now_ms)
         return result
 
     def _listed(self, membership, records):
-        """Whether the shop published an item, for the batch's public events (None: unknown).
-        collect admitted each one against its own cached membership, which may have refreshed
-        before this one: the first item of the batch this one lacks makes it read again if
-        that can find a newer one (``MembershipCache.fresher``: at most one read a batch, none
-        if the last read started after the batch's events arrived, none while reads fail),
-        rather than count an accepted event nowhere (the smoke test lost a shopper's first
-        click on a just-published item that way on a loaded machine, 2026-12-07)."""
+        """Whether the shop published an item, for the batch's public events (None: unknown),
+        decided once per item for the whole run: every pass and both phases see the same
+        answer (a shopper's row written from a pass that found an item unpublished and its
+        item row from a later pass that found it published would count a resent event twice:
+        the attacker review, 2026-12-07). collect admitted each event against its own cached
+        membership, which may have refreshed before this one: the first item this one lacks
+        makes it read again if that can find a newer one (``MembershipCache.fresher``: at
+        most once a run, none if the last read started after the batch's events arrived, none
+        while reads fail), rather than count an accepted event nowhere (the smoke test lost a
+        shopper's first click on a just-published item that way on a loaded machine)."""
         if membership is None:
             return None
         catalogue = self.catalogue
-        current = [membership, False]  # the membership asked, whether this batch read again
+        answers: dict[str, bool] = {}
+        current = [membership, False]  # the membership asked, whether this run read again
 
         def listed(item_id) -> bool:
-            if item_id in current[0]:
-                return True
-            if current[1]:
-                return False
-            current[1] = True
-            newer = catalogue.fresher(max(r.arrival_ms for r in records))
-            if newer is None or newer is current[0]:
-                return False
-            current[0] = self._membership = newer  # and for the batch's further passes
-            return item_id in newer
+            answer = answers.get(item_id)
+            if answer is not None:
+                return answer
+            answer = item_id in current[0]
+            if not answer and not current[1]:
+                current[1] = True
+                newer = catalogue.fresher(max(r.arrival_ms for r in records))
+                if newer is not None and newer is not current[0]:
+                    current[0] = self._membership = newer  # the journal's implicit listings too
+                    answer = item_id in newer
+            answers[item_id] = answer
+            return answer
 
         return listed
 
@@ -192,9 +200,8 @@ class Ingestor:
                 return None
             if replayed is not None and live:  # what this pass re-drives (a cut may leave the rest)
                 replayed = (min(r.seq for r in live), max(r.seq for r in live))
-            membership = self._membership
             changes, stats = aggregate_batch(live, shard, loaded, now_ms, source, holes, replayed,
-                                             listed=self._listed(membership, live))
+                                             listed=self._listed_now)
             if not stats.poison:
                 return live, changes, stats
             excluded.update(stats.poison)
