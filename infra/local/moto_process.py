@@ -55,6 +55,14 @@ def keep_alive_handler():
             super().setup()
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # ...and at once
 
+        def handle_expect_100(self) -> bool:
+            # sent now, not left in the write buffer: botocore waits a second for it before
+            # sending an S3 body (every PutObject took 1 s when it waited in the buffer)
+            self.send_response_only(100)
+            self.end_headers()
+            self.wfile.flush()
+            return True
+
         def run_wsgi(self) -> None:
             if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
                 self.close_connection = True  # werkzeug's own path: it reads chunks and closes

@@ -63,3 +63,15 @@ def test_a_length_that_could_smuggle_a_request_is_refused_and_the_connection_clo
 
 def test_expect_100_continue_is_answered_once(port):
     assert _statuses(port, "Expect: 100-continue\r\nContent-Length: 0\r\n", b"") == (["100", "200"], True)
+
+
+def test_the_100_continue_comes_before_the_body_is_sent(port):
+    """botocore sends an S3 body only after the 100 (or a second without it): a 100 left in
+    the write buffer until the answer made every PutObject a second long."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.settimeout(5.0)
+        s.sendall(f"PUT /?Action=ListQueues HTTP/1.1\r\nHost: x\r\n{AUTH}Expect: 100-continue\r\n"
+                  f"Content-Length: 5\r\n\r\n".encode())
+        assert s.recv(4096).startswith(b"HTTP/1.1 100"), "no 100 before the body"
+        s.sendall(b"hello")
+        assert re.search(rb"HTTP/1\.1 \d{3}", s.recv(65536))
