@@ -34,7 +34,7 @@ def serialize_kinesis_shards() -> None:
         setattr(models.Shard, name, locked)
 
 
-_DIGITS = re.compile(r"[0-9]+")
+_DIGITS = re.compile(r"[0-9]{1,18}")  # more than 18 digits: past int64, and int() refuses 4,300
 
 
 def keep_alive_handler():
@@ -58,9 +58,10 @@ def keep_alive_handler():
         def handle_expect_100(self) -> bool:
             # sent now, not left in the write buffer: botocore waits a second for it before
             # sending an S3 body (every PutObject took 1 s when it waited in the buffer)
-            self.send_response_only(100)
-            self.end_headers()
-            self.wfile.flush()
+            if "chunked" not in self.headers.get("Transfer-Encoding", "").lower():  # werkzeug's path sends its own
+                self.send_response_only(100)
+                self.end_headers()
+                self.wfile.flush()
             return True
 
         def run_wsgi(self) -> None:

@@ -56,7 +56,8 @@ def test_two_requests_on_one_connection_get_two_answers_and_it_stays_open(port):
     assert _statuses(port, "", NEXT, method="HEAD") == (["200", "200"], True)
 
 
-@pytest.mark.parametrize("lengths", [f"-{len(NEXT)}", f"+{len(NEXT)}", "0_0", "abc", "0\r\nContent-Length: 3"])
+@pytest.mark.parametrize("lengths", [f"-{len(NEXT)}", f"+{len(NEXT)}", "0_0", "abc", "0\r\nContent-Length: 3",
+                                     "9" * 5000])
 def test_a_length_that_could_smuggle_a_request_is_refused_and_the_connection_closed(port, lengths):
     assert _statuses(port, f"Content-Length: {lengths}\r\n", NEXT) == (["400"], False)
 
