@@ -37,6 +37,29 @@ def serialize_kinesis_shards() -> None:
 _DIGITS = re.compile(r"[0-9]{1,18}")  # more than 18 digits: past int64, and int() refuses 4,300
 
 
+def _call(app, environ, method: str, path: str) -> tuple[str, list, bytes]:
+    """A WSGI app's whole answer: status, headers, body (moto's own bug: a 500, as werkzeug
+    would answer, and the server lives)."""
+    answer: list = []
+    chunks: list[bytes] = []
+
+    def start_response(status, headers, exc_info=None):
+        answer[:] = [status, headers]
+        return chunks.append
+
+    try:
+        result = app(environ, start_response)
+        try:
+            chunks.extend(result)
+        finally:
+            if hasattr(result, "close"):
+                result.close()
+        return answer[0], answer[1], b"".join(chunks)
+    except Exception:  # noqa: BLE001
+        logging.getLogger(__name__).exception("moto failed on %s %s", method, path)
+        return "500 Internal Server Error", [("Content-Type", "text/plain")], b"moto failed"
+
+
 def keep_alive_handler():
     """werkzeug's development server closes every connection after one answer, so each call
     from botocore paid a new TCP connection on both sides and a new server thread (about a
@@ -55,17 +78,20 @@ def keep_alive_handler():
             super().setup()
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # ...and at once
 
+        def _chunked(self) -> bool:
+            return "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+
         def handle_expect_100(self) -> bool:
             # sent now, not left in the write buffer: botocore waits a second for it before
             # sending an S3 body (every PutObject took 1 s when it waited in the buffer)
-            if "chunked" not in self.headers.get("Transfer-Encoding", "").lower():  # werkzeug's path sends its own
+            if not self._chunked():  # werkzeug's own path (below) sends its own
                 self.send_response_only(100)
                 self.end_headers()
                 self.wfile.flush()
             return True
 
         def run_wsgi(self) -> None:
-            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            if self._chunked():
                 self.close_connection = True  # werkzeug's own path: it reads chunks and closes
                 return super().run_wsgi()
             # (http.server's parse_request has answered an HTTP/1.1 "Expect: 100-continue")
@@ -75,38 +101,20 @@ def keep_alive_handler():
                 self.close_connection = True
                 self.send_error(400, "Bad Content-Length")
                 return
-            length = int(lengths.pop()) if lengths else 0
             environ = self.make_environ()
-            environ["wsgi.input"] = io.BytesIO(self.rfile.read(length) if length else b"")
-            answer: list = []
-
-            def start_response(status, headers, exc_info=None):
-                answer[:] = [status, headers]
-                return lambda data: chunks.append(data)
-
-            chunks: list[bytes] = []
-            try:
-                result = self.server.app(environ, start_response)
-                try:
-                    chunks.extend(result)
-                finally:
-                    if hasattr(result, "close"):
-                        result.close()
-                status, headers = answer
-            except Exception:  # moto's own bug: a 500, as werkzeug would answer, and the server lives
-                logging.getLogger(__name__).exception("moto failed on %s %s", self.command, self.path)
-                status, headers = "500 Internal Server Error", [("Content-Type", "text/plain")]
-                chunks = [b"moto failed"]
-            body = b"".join(chunks)
+            environ["wsgi.input"] = io.BytesIO(self.rfile.read(int(lengths.pop())) if lengths else b"")
+            status, headers, body = _call(self.server.app, environ, self.command, self.path)
             code, _, reason = status.partition(" ")
             self.send_response(int(code), reason)
+            declared = None
             for name, value in headers:
-                if name.lower() not in ("content-length", "connection", "transfer-encoding", "keep-alive"):
+                lowered = name.lower()
+                if lowered == "content-length":
+                    declared = value
+                elif lowered not in ("connection", "transfer-encoding", "keep-alive"):
                     self.send_header(name, value)
-            if self.command != "HEAD" or not any(name.lower() == "content-length" for name, _ in headers):
-                self.send_header("Content-Length", str(len(body)))
-            else:  # HEAD: the length of what a GET would answer (S3's head_object)
-                self.send_header("Content-Length", next(v for n, v in headers if n.lower() == "content-length"))
+            # HEAD: the length a GET would answer (S3's head_object), and no body
+            self.send_header("Content-Length", declared if self.command == "HEAD" and declared else str(len(body)))
             self.end_headers()
             if self.command != "HEAD" and body:
                 self.wfile.write(body)

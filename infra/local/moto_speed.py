@@ -137,7 +137,9 @@ def _remember_backends_by_host() -> None:
         try:
             return known[host]
         except KeyError:
-            backend = known[host] = original(self, host)
+            backend = original(self, host)
+            if len(known) < 1024:  # a client's invented hosts (regions) cannot grow it without bound
+                known[host] = backend
             return backend
 
     get_backend_for_host.__wrapped__ = original

@@ -60,8 +60,7 @@ def current_identity() -> Credentials | None:
 
 @functools.cache
 def _session(identity: Credentials | None = None) -> botocore.session.Session:
-    # One session per identity: its loader parses each service model once, so the second
-    # client of a service costs a fraction of the first (cold start).
+    # One session per identity (its credentials), all with the one data loader (``_loader``).
     global _loader
     session = botocore.session.Session()
     if _loader is None:

@@ -143,7 +143,6 @@ class MembershipCache:
         return self.value
 
     def refresh_now(self) -> bool:
-        self.checked_at = self.clock()
         self.checked_wall_ms = int(self.wall_clock() * 1000)  # when the read started: it sees the pointer as of then
         try:
             loaded = self.load(self.etag)
@@ -153,7 +152,7 @@ class MembershipCache:
             log.warning("catalogue membership unreadable; keeping the last good one", exc_info=True)
             return False
         finally:
-            self.checked_at = self.clock()  # a slow read counts from its end: never two back to back
+            self.checked_at = self.clock()  # from the read's end: a slow read is never followed by another at once
         self.last_failed = False
         if loaded is not None:
             self.value, self.etag = loaded

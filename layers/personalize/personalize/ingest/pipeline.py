@@ -165,20 +165,20 @@ class Ingestor:
         shopper's first click on a just-published item that way on a loaded machine)."""
         if membership is None:
             return None
-        catalogue = self.catalogue
         answers: dict[str, bool] = {}
-        current = [membership, False]  # the membership asked, whether this run read again
+        read_again = False
 
         def listed(item_id) -> bool:
+            nonlocal membership, read_again
             answer = answers.get(item_id)
             if answer is not None:
                 return answer
-            answer = item_id in current[0]
-            if not answer and not current[1]:
-                current[1] = True
-                newer = catalogue.fresher(max(r.arrival_ms for r in records))
-                if newer is not None and newer is not current[0]:
-                    current[0] = self._membership = newer  # the journal's implicit listings too
+            answer = item_id in membership
+            if not answer and not read_again:
+                read_again = True
+                newer = self.catalogue.fresher(max(r.arrival_ms for r in records))
+                if newer is not None and newer is not membership:
+                    membership = self._membership = newer  # the journal's implicit listings too
                     answer = item_id in newer
             answers[item_id] = answer
             return answer
