@@ -174,9 +174,13 @@ def wait_for(predicate, timeout_s: float, interval_s: float = 0.05):
 
 
 class Demo:
-    def __init__(self, stack: LocalStack, scale: Scale, seed: int = 7):
+    def __init__(self, stack: LocalStack, scale: Scale, seed: int = 7, poll_flags_now: bool = False):
         self.stack = stack
         self.scale = scale
+        # After a flags change, serving sees it at its next AppConfig poll (every 15 s, as
+        # deployed): ``make demo`` waits for it; its test moves AppConfig's clock on instead
+        # (LocalStack.poll_flags_now), and the propagation figures mean nothing there.
+        self.poll_flags_now = poll_flags_now
         self.rng = random.Random(seed)
         self.story = Story()
         self.client = Client(stack.endpoint, self.story, stack.resources.identities.admin)
@@ -366,6 +370,7 @@ class Demo:
         s.experiment_started = deployed - self.t0
         self.stack.resources.deploy_flags(flags.rollout_document("ranker-mlp/v3", "ranker-linear/v3", 0.02,
                                                                  experiment))
+        self._flags_changed()
         shoppers = [f"shopper-{i}" for i in range(self.scale.experiment_shoppers)]
         cookies = {u: self.cookie(u) for u in shoppers}
         probe = shoppers[:200]
@@ -434,6 +439,7 @@ class Demo:
             record = states.get(experiment)
             killed_at = record["at"]  # when the guardrail deployed the kill
             s.say(f"why: {record['reason']}")
+            self._flags_changed()
         zero = wait_for(lambda: all(self.client.recommend(cookies[u], query="k=3")["variant"] == "champion"
                                     for u in challengers), 60, 0.2)
         to_zero = time.time() - killed_at
@@ -441,6 +447,10 @@ class Demo:
         s.figures["kill_to_zero_s"] = round(to_zero, 2)
         s.claim(bool(zero), "the challenger's share fell to 0, with no deploy")
         s.claim(to_zero <= 60, f"{to_zero:.1f}s after the kill (budget 60 s)", timed=True)
+
+    def _flags_changed(self) -> None:
+        if self.poll_flags_now:
+            self.stack.poll_flags_now()
 
     def _sample_share(self, shoppers, cookies) -> None:
         panel = self.rng.sample(shoppers, 100)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -59,15 +60,19 @@ def load_event(name: str):
     return json.loads((EVENTS_DIR / name).read_text())
 
 
+NO_REAL_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1", "POWERTOOLS_TRACE_DISABLED": "1"}
+
+
+def _no_real_aws_env(monkeypatch) -> None:
+    for name, value in NO_REAL_AWS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+
+
 @pytest.fixture(autouse=True)
 def _no_real_aws(monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "1")
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    _no_real_aws_env(monkeypatch)
 
 
 @contextlib.contextmanager
@@ -76,7 +81,12 @@ def moto_stack(monkeypatch, template_path=template.TEMPLATE):
     env; IAM enforced from then on: each function runs as its own role (handlers.load),
     the test itself as the administrator; AWS's throughput limits in front of moto."""
     moto_speed.install()
+    if _alive:
+        raise RuntimeError("a moto stack is already running in this process (a module's shared stack, "
+                           "see module_stack): a test that needs its own stack belongs before the module's "
+                           "first shared test, or in another file")
     with mock_aws():
+        _alive.append(True)
         aws.reset()
         created = resources.create_with_roles(template_path=template_path)
         for name, value in {**created.env(), **created.admin_env()}.items():
@@ -95,7 +105,35 @@ def moto_stack(monkeypatch, template_path=template.TEMPLATE):
         finally:
             handlers.use_identities(None)
             aws.remove_client_hook(hook)
+            _alive.clear()
     aws.reset()
+
+
+_alive: list = []  # moto_stack's own: two at once would share (and break) moto's one state
+
+
+@contextlib.contextmanager
+def module_stack():
+    """One moto stack for all the tests of a module (``scope="module"`` fixtures): most of a
+    functional test's time is loading a shop into a fresh stack (about 3 s). The module's tests
+    leave each other alone: each its own shoppers, items, addresses and experiments, every
+    change to a shared object made through the test's ``monkeypatch`` (undone after it). Each
+    test calls ``use_stack`` first: the autouse fixture above puts the dummy credentials back."""
+    with pytest.MonkeyPatch.context() as patch:
+        _no_real_aws_env(patch)
+        with moto_stack(patch) as created:
+            created.environ = dict(os.environ)
+            yield created
+
+
+def use_stack(created, monkeypatch) -> None:
+    """The environment ``module_stack`` left (its names, the administrator's credentials) for
+    one test."""
+    for name in set(os.environ) - set(created.environ):
+        monkeypatch.delenv(name)
+    for name, value in created.environ.items():
+        if os.environ.get(name) != value:
+            monkeypatch.setenv(name, value)
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ from infra.local.stack import LocalStack
 def test_the_flash_sale_story_holds(tmp_path):
     stack = LocalStack(snapshot_interval_s=1.0, guardrail_interval_s=2.0).start()
     try:
-        story = demo.Demo(stack, demo.SCALES["small"]).run()
+        # AppConfig's 15 s poll interval passes at once after each flags change (make demo waits).
+        story = demo.Demo(stack, demo.SCALES["small"], poll_flags_now=True).run()
     finally:
         stack.stop()
     # Latency budgets are measured by make demo and make bench, not asserted here.

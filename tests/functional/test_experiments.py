@@ -1,5 +1,7 @@
 """A 2% experiment on the edge, attribution through POST /events, and the guardrail."""
 
+import hashlib
+
 import pytest
 
 from infra.local.lambda_events import context
@@ -7,16 +9,34 @@ from personalize import identity
 from personalize.adapters import appconfig, appconfig_fake
 from personalize.adapters.experiment_states import ExperimentStates
 from personalize.rollout import experiments, flags
-from tests.conftest import now_ms
+from tests.conftest import module_stack, now_ms, use_stack
 from tests.functional.test_serving import Serving, load_shop
 
 
+@pytest.fixture(scope="module")
+def _shop(tmp_path_factory):
+    """One shop for the module: each test runs its own experiment (``experiment_id``), with
+    its own shoppers and event ids; the guardrail judges the experiment the flags name."""
+    with module_stack() as stack:
+        serving = Serving(stack, tmp_path_factory.mktemp("lab"))
+        load_shop(serving, now_ms())
+        serving.guardrail = serving._load("guardrail")
+        yield serving
+
+
 @pytest.fixture
-def lab(stack, tmp_path):
-    serving = Serving(stack, tmp_path)
-    load_shop(serving, now_ms())
-    serving.guardrail = serving._load("guardrail")
-    return serving
+def lab(_shop, monkeypatch, request):
+    use_stack(_shop.stack, monkeypatch)
+    _shop.experiment = experiment_id(request.node.name)
+    return _shop
+
+
+def experiment_id(test_name: str) -> str:
+    """The test's own experiment (the share test keeps ``exp-test``: its 2% is asserted on the
+    buckets that name gives)."""
+    if test_name.startswith("test_two_percent"):
+        return "exp-test"
+    return "exp-" + hashlib.sha256(test_name.encode()).hexdigest()[:10]
 
 
 def refresh(lab):
@@ -32,7 +52,9 @@ def deploy(lab, document):
     refresh(lab)
 
 
-START = flags.rollout_document("ranker-mlp/v1", "ranker-linear/v1", 0.02, "exp-test")
+def rollout(lab, **kwargs):
+    """The test's experiment: the linear challenger on 2% of shoppers."""
+    return flags.rollout_document("ranker-mlp/v1", "ranker-linear/v1", 0.02, lab.experiment, **kwargs)
 
 
 def served_variants(lab, users):
@@ -40,12 +62,12 @@ def served_variants(lab, users):
 
 
 def test_two_percent_of_shoppers_see_the_challenger_and_stay_there(lab):
-    deploy(lab, START)
+    deploy(lab, rollout(lab))
     users = [f"shopper-{i}" for i in range(1500)]
     variants = served_variants(lab, users)
     share = variants.count("challenger") / len(variants)
     assert 0.01 <= share <= 0.03
-    assert lab.edge._state["rollout"].store.document == START  # the real document was loaded
+    assert lab.edge._state["rollout"].store.document == rollout(lab)  # the real document was loaded
     assert served_variants(lab, users[:200]) == variants[:200]
     _, body, _ = lab.get(cookie=lab.cookie(users[variants.index("challenger")]))
     assert (body["variant"], body["model"]) == ("challenger", "ranker-linear/v1")
@@ -57,14 +79,15 @@ def attribute(lab, variant, impressions, purchases, sign=True):
     ``sign=False`` what a client inventing variants would send."""
     events = []
     for n in range(impressions):
-        user = f"{variant}-shopper-{n}"  # the guardrail counts shoppers (issue 19): one each
+        # The guardrail counts shoppers (issue 19): one each, the test's own.
+        user = f"{lab.experiment}-{variant}-shopper-{n}"
         # The experiment at its ramp step (2%): what serving names in the rec_ids it issues.
-        rec = (identity.issue_rec_id(lab.stack.signing_key, "exp-test@200", variant, user, now_ms() / 1000) if sign
-               else f"exp-test~{variant}~ffffffff~{n:012x}~{'A' * 22}")
-        events.append({"event_id": f"{variant}-i{n}", "type": "impression", "user_id": user, "items": ["sku-1"],
+        rec = (identity.issue_rec_id(lab.stack.signing_key, f"{lab.experiment}@200", variant, user, now_ms() / 1000)
+               if sign else f"{lab.experiment}~{variant}~ffffffff~{n:012x}~{'A' * 22}")
+        events.append({"event_id": f"{user}-i", "type": "impression", "user_id": user, "items": ["sku-1"],
                        "ts": now_ms(), "rec_id": rec, "variant": variant})
         if n < purchases:
-            events.append({"event_id": f"{variant}-p{n}", "type": "purchase", "user_id": user, "item_id": "sku-1",
+            events.append({"event_id": f"{user}-p", "type": "purchase", "user_id": user, "item_id": "sku-1",
                            "ts": now_ms(), "rec_id": rec, "variant": variant, "price": 10.0})
     for start in range(0, len(events), 500):
         status, answer = lab.post({"events": events[start:start + 500]})
@@ -91,12 +114,12 @@ def run_guardrail(lab):
 
 
 def test_the_guardrail_kills_a_worse_challenger_and_its_share_falls_to_zero(lab):
-    deploy(lab, START)
+    deploy(lab, rollout(lab))
     attribute_evidence(lab, WORSE)
     result = run_guardrail(lab)
     assert result["action"] == "killed"
     assert "worse" in result["reason"]
-    state = ExperimentStates(lab.stack.names["ItemsTable"]).get("exp-test")
+    state = ExperimentStates(lab.stack.names["ItemsTable"]).get(lab.experiment)
     assert state["status"] == "killed" and state["by"] == "guardrail"
     refresh(lab)
     assert set(served_variants(lab, [f"shopper-{i}" for i in range(600)])) == {"champion"}
@@ -105,15 +128,15 @@ def test_the_guardrail_kills_a_worse_challenger_and_its_share_falls_to_zero(lab)
 
 
 def test_a_winning_challenger_is_reported_never_promoted(lab):
-    deploy(lab, START)
+    deploy(lab, rollout(lab))
     attribute_evidence(lab, BETTER)
     result = run_guardrail(lab)
     assert result["action"] == "winning"
-    assert refresh(lab) == START
+    assert refresh(lab) == rollout(lab)
 
 
 def test_no_decision_without_enough_data(lab):
-    deploy(lab, START)
+    deploy(lab, rollout(lab))
     attribute(lab, "champion", 100, 5)
     attribute(lab, "challenger", 50, 0)
     assert run_guardrail(lab)["action"] == "insufficient_data"
@@ -128,9 +151,9 @@ def test_a_kill_during_a_gradual_ramp_lands_whatever_the_ramp_is_doing(lab, minu
     from botocore.exceptions import ClientError
 
     admin = lab.stack.flag_admin()
-    deploy(lab, START)
+    deploy(lab, rollout(lab))
     attribute_evidence(lab, WORSE)
-    ramp = flags.rollout_document("ranker-mlp/v1", "ranker-linear/v1", 0.02, "exp-test", earlier_steps=[200])
+    ramp = rollout(lab, earlier_steps=[200])
     admin.deploy(ramp, appconfig.GRADUAL, "ramp (10 minutes, then a 5-minute bake)")
     with pytest.raises(ClientError, match="ConflictException"):
         admin.deploy(ramp, appconfig.GRADUAL, "another ramp conflicts")
@@ -146,7 +169,7 @@ def test_a_kill_during_a_gradual_ramp_lands_whatever_the_ramp_is_doing(lab, minu
 def test_a_kill_that_cannot_land_pages_and_is_tried_again(lab, monkeypatch):
     from personalize.adapters.appconfig import AppConfigAdmin, KillFailedError
 
-    deploy(lab, START)
+    deploy(lab, rollout(lab))
     attribute_evidence(lab, WORSE)
 
     def refused(self, document, description):
@@ -155,7 +178,7 @@ def test_a_kill_that_cannot_land_pages_and_is_tried_again(lab, monkeypatch):
     monkeypatch.setattr(AppConfigAdmin, "kill", refused)
     with pytest.raises(RuntimeError, match="the kill failed"):
         run_guardrail(lab)
-    assert ExperimentStates(lab.stack.names["ItemsTable"]).get("exp-test")["status"] == "kill_failed"
+    assert ExperimentStates(lab.stack.names["ItemsTable"]).get(lab.experiment)["status"] == "kill_failed"
     monkeypatch.undo()
     assert run_guardrail(lab)["action"] == "killed"  # the next run tries again
 
@@ -163,26 +186,26 @@ def test_a_kill_that_cannot_land_pages_and_is_tried_again(lab, monkeypatch):
 def test_invented_variants_move_no_counter_the_guardrail_reads(lab):
     """An attacker who read the experiment id from a rec_id and sends purchases and
     impressions claiming a variant (forged macs, or none) cannot make the guardrail kill."""
-    deploy(lab, START)
+    deploy(lab, rollout(lab))
     # 600 each: were they counted, both variants would be past the 500 a decision needs.
     attribute(lab, "challenger", 600, 0, sign=False)
     attribute(lab, "champion", 600, 0, sign=False)
-    counters = experiments.read_counters(_items_store(lab), "exp-test")
+    counters = experiments.read_counters(_items_store(lab), lab.experiment)
     assert counters["challenger"].impressions == 0 and counters["champion"].impressions == 0
     assert run_guardrail(lab)["action"] == "insufficient_data"
 
 
 def test_a_rec_id_attributes_only_for_the_shopper_it_was_issued_to(lab):
-    deploy(lab, START)
+    deploy(lab, rollout(lab))
     now = now_ms()
-    for_alice = identity.issue_rec_id(lab.stack.signing_key, "exp-test", "challenger", "alice", now / 1000)
+    for_alice = identity.issue_rec_id(lab.stack.signing_key, lab.experiment, "challenger", "alice", now / 1000)
     events = [{"event_id": f"steal-{n}", "type": "impression", "user_id": "mallory", "items": ["sku-1"],
                "ts": now, "rec_id": for_alice, "variant": "challenger"} for n in range(5)]
     events.append({"event_id": "alice-1", "type": "impression", "user_id": "alice", "items": ["sku-1"],
                    "ts": now, "rec_id": for_alice})
     assert lab.post({"events": events})[1]["accepted"] == 6
     lab.drain()
-    counters = experiments.read_counters(_items_store(lab), "exp-test")
+    counters = experiments.read_counters(_items_store(lab), lab.experiment)
     assert counters["challenger"].impressions == 1
 
 

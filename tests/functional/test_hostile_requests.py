@@ -8,34 +8,22 @@ refused before any event is taken. A test that writes belongs with a fresh ``sta
 import pytest
 
 from infra.local.lambda_events import context, http_api_event, response_json
-from tests.conftest import moto_stack, now_ms
+from tests.conftest import module_stack, now_ms, use_stack
 from tests.functional.test_serving import Serving, load_shop
 
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        # What tests/conftest.py's _no_real_aws sets for each test, here for the module's stack.
-        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-            monkeypatch.setenv(name, "testing")
-        for name in ("AWS_DEFAULT_REGION", "AWS_REGION"):
-            monkeypatch.setenv(name, "us-east-1")
-        monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "1")
-        monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-        with moto_stack(monkeypatch) as stack:
-            serving = Serving(stack, tmp_path_factory.mktemp("shop"))
-            load_shop(serving, now_ms())
-            serving.refresh()
-            yield serving
+    with module_stack() as stack:
+        serving = Serving(stack, tmp_path_factory.mktemp("shop"))
+        load_shop(serving, now_ms())
+        serving.refresh()
+        yield serving
 
 
 @pytest.fixture(autouse=True)
 def _the_shops_environment(_no_real_aws, shop, monkeypatch):
-    """_no_real_aws sets dummy credentials for every test: the module's stack's own again
-    (functions' resources, the administrator), as the function-scoped ``stack`` leaves them."""
-    for name, value in {**shop.stack.env(), **shop.stack.admin_env()}.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    use_stack(shop.stack, monkeypatch)
 
 
 @pytest.mark.parametrize("cookie", [

@@ -12,7 +12,7 @@ import pytest
 from infra.local import handlers
 from infra.local.lambda_events import context, http_api_event
 from personalize import settings, telemetry
-from tests.conftest import now_ms
+from tests.conftest import module_stack, now_ms, use_stack
 from tests.functional.test_serving import Serving, load_shop
 
 EMAIL = "jane.doe+vip@example.com"
@@ -53,10 +53,20 @@ class Captured:
         return out
 
 
+@pytest.fixture(scope="module")
+def _shop(tmp_path_factory):
+    with module_stack() as stack:
+        serving = Serving(stack, tmp_path_factory.mktemp("shop"))
+        load_shop(serving, now_ms())
+        yield serving
+
+
 @pytest.fixture
-def shop(stack, tmp_path, capsys):
-    serving = Serving(stack, tmp_path)
-    load_shop(serving, now_ms())
+def shop(_shop, tmp_path, capsys, monkeypatch):
+    """One loaded shop for the module (``module_stack``), and for each test a new edge and
+    regional function: these tests break their state on purpose."""
+    use_stack(_shop.stack, monkeypatch)
+    serving = _shop.with_new_serving(tmp_path)
     captured = Captured()
     captured.attach(serving.edge, serving.recommend_app, serving.collect, serving.aggregate, serving.features)
     return serving, captured, capsys
@@ -172,7 +182,7 @@ def test_the_home_region_copy_never_adds_to_the_us_east_1_edges_own_figures():
     assert latency["Counts"] == [1.0] and abs(latency["Values"][0] - 150.0) < 15
 
 
-def test_a_handler_module_loads_with_figures_and_no_powertools_metrics_blob_per_request(stack):
+def test_a_handler_module_loads_with_figures_and_no_powertools_metrics_blob_per_request(shop):
     for name in ("edge", "recommend", "collect"):
         module = handlers.load(name)
         assert not hasattr(module, "metrics"), name  # aggregated figures instead
