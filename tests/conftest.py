@@ -27,19 +27,19 @@ BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko
 # long one-test files (the demo, training parity) to the tail of one worker while the other
 # sat idle. A file missing from the list runs after them, in collection order.
 LONGEST_FIRST = (
-    "tests/functional/test_experiments.py",        # 91 (2026-12-07, junit times on 2 workers)
-    "tests/functional/test_demo.py",               # 76
-    "tests/bench/test_bench_smoke.py",             # 65
-    "tests/functional/test_serving.py",            # 47
-    "tests/unit/test_hostile_input.py",            # 46
-    "tests/browser/test_storefront.py",            # 45
-    "tests/functional/test_trust_boundary.py",     # 39
-    "tests/functional/test_loadtest.py",           # 30
+    "tests/functional/test_experiments.py",        # 50 (2026-12-07, junit times on 2 workers)
+    "tests/bench/test_bench_smoke.py",             # 48
+    "tests/functional/test_demo.py",               # 45
+    "tests/unit/test_hostile_input.py",            # 43
+    "tests/browser/test_storefront.py",            # 43
+    "tests/functional/test_loadtest.py",           # 36
     "tests/functional/test_training_parity.py",    # 26
-    "tests/functional/test_smoke.py",              # 20
-    "tests/functional/test_iterate.py",            # 18
-    "tests/functional/test_retrain_evaluate.py",   # 17
-    "tests/functional/test_operations_logs.py",    # 16
+    "tests/functional/test_iterate.py",            # 17
+    "tests/functional/test_retrain_evaluate.py",   # 16
+    "tests/functional/test_archive.py",            # 13
+    "tests/unit/test_template.py",                 # 13
+    "tests/unit/test_fault_injection.py",          # 12
+    "tests/unit/test_archive_dataset.py",          # 11
 )
 
 
