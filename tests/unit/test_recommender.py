@@ -442,6 +442,55 @@ def test_a_row_that_cannot_be_decoded_gets_trending_never_a_5xx(parts, caplog, s
     assert identity.verify_decision(with_context["decision"], with_context["rec_id"], KEY).model == RANKER.key
 
 
+def test_a_failure_on_every_request_logs_one_traceback_a_minute_per_kind(parts, caplog):
+    """A corrupt row a shopper's every request reads, or a challenger failing on each of its
+    requests, at 1,000 requests a second: one traceback a minute per kind, each saying how
+    many were left out since (every such answer is counted by its fallback reason anyway)."""
+    recommender, _, _, users = parts
+    clock = Clock()
+    recommender.errors.clock = clock
+    row = users.get("u1")
+    row.items["sku-4"] = [*next(iter(row.items.values())), 0]  # features fail on it
+    with caplog.at_level("ERROR"):
+        for _ in range(500):
+            assert recommender.recommend({"k": "3"}, cookie("u1"), "FR", NOW).body["fallback_reason"] == \
+                "features_failed"
+            clock.now += 0.001
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert len(tracebacks) == 1 and "features for this shopper failed" in tracebacks[0].getMessage()
+    caplog.clear()
+    clock.now += 60
+    with caplog.at_level("ERROR"):
+        recommender.recommend({"k": "3"}, cookie("u1"), "FR", NOW)
+        recommender.recommend({"k": "3"}, cookie("u1"), "FR", NOW)
+    [again] = [r for r in caplog.records if r.exc_info]
+    assert "(499 more of these since the last traceback" in again.getMessage()
+
+
+def test_repeated_errors_keep_one_budget_per_kind_and_a_bounded_table():
+    from personalize import telemetry
+
+    logged = []
+
+    class Logger:
+        def exception(self, message, *args):
+            logged.append(message % args)
+
+    clock = Clock()
+    errors = telemetry.RepeatedErrors(Logger(), interval_s=60, clock=clock)
+    assert errors.exception("model:a", "scoring with %s failed", "a")
+    assert errors.exception("model:b", "scoring with %s failed", "b")  # another kind: its own budget
+    assert not errors.exception("model:a", "scoring with %s failed", "a")
+    for n in range(2 * telemetry.RepeatedErrors.MAX_KINDS):  # invented kinds share one budget past the cap
+        errors.exception(f"kind-{n}", "x")
+    assert len(errors._last) <= telemetry.RepeatedErrors.MAX_KINDS + 1
+    clock.now += 59.9
+    assert not errors.exception("model:a", "scoring with %s failed", "a")
+    clock.now += 0.1
+    assert errors.exception("model:a", "scoring with %s failed", "a")
+    assert logged[-1].startswith("scoring with a failed (2 more of these")
+
+
 def test_items_put_in_the_cart_leave_the_answer_until_the_session_ends(parts):
     from personalize.ingest.events import parse_event
 

@@ -352,6 +352,9 @@ class Recommender:
                                   soldout_refresh_s, self.pool, clock)
         self._served: tuple[tuple, Served] | None = None
         self.stale_soldout_answers = 0  # answers that dropped low-stock items instead (counted, logged)
+        # A failing row, feature computation or model: one traceback a minute per kind, not one
+        # per request (each such answer is counted by its fallback reason).
+        self.errors = telemetry.RepeatedErrors(log, clock=clock)
 
     def degraded(self) -> dict[str, int]:
         """Running totals of this instance's degraded sold-out filtering, as metric names:
@@ -490,7 +493,7 @@ class Recommender:
             try:
                 row = self.users.get(user_id)
             except UnreadableRow:  # read, but not a row this code can decode (corrupt, a newer format's)
-                log.exception("the shopper's row cannot be decoded; serving without it")
+                self.errors.exception("unreadable_row", "the shopper's row cannot be decoded; serving without it")
                 reason = "features_failed"
             except UserReadError:
                 reason = "user_read_failed"
@@ -502,12 +505,13 @@ class Recommender:
         try:
             cands, X = served.inputs(variant.ranker.columns, row, country, query.context_item, now_ms=now_ms)
         except Exception:  # a row the feature code cannot read (corrupt, or a newer format's): never a 5xx
-            log.exception("features for this shopper failed; serving trending")
+            self.errors.exception("features_failed", "features for this shopper failed; serving trending")
             return self._trending_answer(body, "features_failed", snap, country, query.k)
         try:
             scores = variant.ranker.run(X)
         except Exception:  # the variant's model failed on this input: its fault, counted, never a 5xx
-            log.exception("scoring with %s failed; serving trending", variant.ranker.key)
+            self.errors.exception(f"model:{variant.ranker.key}", "scoring with %s failed; serving trending",
+                                  variant.ranker.key)
             return self._trending_answer(body, f"{variant.name}_failed", snap, country, query.k)
         best, propensities = explored(scores, query.k, *variant.exploration)
         items = snap.items
