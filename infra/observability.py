@@ -246,7 +246,7 @@ ALARMS_ON_DASHBOARD = ("AvailabilityFastBurnAlarm", "LatencyFastBurnAlarm", "Ava
                        "AggregateLateEventsAlarm", "AggregateRowWriteFailuresAlarm", "QuarantineDepthAlarm",
                        "StreamFailureDepthAlarm", "SnapshotStaleAlarm", "SnapshotAgeAlarm", "GuardrailErrorsAlarm",
                        "GuardrailKillFailedAlarm", "EdgeLogRetentionAlarm", "ArchiveRecordsFailedAlarm",
-                       "ArchiveDeliveryStaleAlarm", "StreamReadThrottledAlarm", "EdgeErrorsAlarm")
+                       "ArchiveDeliveryStaleAlarm", "StreamReadThrottledAlarm", "EdgeErrorsAlarm", "SoldOutStaleAlarm")
 
 
 def experiment_dashboard() -> dict:

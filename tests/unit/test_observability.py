@@ -249,3 +249,20 @@ def test_the_edge_errors_alarm_reads_what_the_edge_counts_when_it_passes_a_reque
             for q in ALARMS["EdgeErrorsAlarm"]["Properties"]["Metrics"] if "MetricStat" in q}
     assert {name for name, _ in read} == {"EdgeErrors", "Answers"}
     assert read <= written, read - written
+
+
+def test_the_sold_out_alarm_reads_what_both_serving_functions_count():
+    """Five minutes of answers past the sold-out list's budget page, whichever function gave
+    them: the names and dimensions are the ones serving emits (the edge's us-east-1 copy, the
+    regional function's own)."""
+    from personalize.serving.recommendations import Recommender
+
+    props = ALARMS["SoldOutStaleAlarm"]["Properties"]
+    stats = {m["Id"]: m["MetricStat"]["Metric"] for m in props["Metrics"] if "MetricStat" in m}
+    emitted = set(Recommender.degraded(SimpleNamespace(soldout=SimpleNamespace(failures=0), stale_soldout_answers=0)))
+    for metric in stats.values():
+        assert metric["MetricName"] == "StaleSoldOutAnswers" and metric["MetricName"] in emitted
+    dims = {k: {d["Name"]: d["Value"] for d in m["Dimensions"]} for k, m in stats.items()}
+    assert dims == {"edge": observability.EDGE_GLOBAL, "regional": observability.REGIONAL}
+    assert (props["EvaluationPeriods"], props["DatapointsToAlarm"], props["Threshold"]) == (5, 5, 0)
+    assert "SoldOutStaleAlarm" in observability.ALARMS_ON_DASHBOARD
