@@ -82,34 +82,36 @@ def moto_stack(monkeypatch, template_path=template.TEMPLATE):
     the test itself as the administrator; AWS's throughput limits in front of moto."""
     moto_speed.install()
     if _alive:
-        raise RuntimeError("a moto stack is already running in this process (a module's shared stack, "
-                           "see module_stack): a test that needs its own stack belongs before the module's "
-                           "first shared test, or in another file")
-    with mock_aws():
-        _alive.append(True)
+        raise RuntimeError(f"a moto stack is already running in this process, started by {_alive[0]}: two at "
+                           "once would share (and break) moto's one state. A file whose tests share a "
+                           "module_stack holds no test that asks for its own stack")
+    _alive.append(os.environ.get("PYTEST_CURRENT_TEST", "this process").split(" (")[0])
+    try:
+        with mock_aws():
+            aws.reset()
+            created = resources.create_with_roles(template_path=template_path)
+            for name, value in {**created.env(), **created.admin_env()}.items():
+                monkeypatch.setenv(name, value)
+            monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+            aws.reset()
+            # AWS's throughput limits in front of moto, on every client made from here on
+            # (``created.limits``: its clock can be swapped for a manual one).
+            created.limits = aws_limits.AwsLimitsFront()
+            hook = lambda client: aws_limits.install(client, created.limits)  # noqa: E731
+            aws.on_new_client(hook)
+            handlers.use_identities(created.identities.functions)
+            try:
+                with iam.Enforcement():
+                    yield created
+            finally:
+                handlers.use_identities(None)
+                aws.remove_client_hook(hook)
         aws.reset()
-        created = resources.create_with_roles(template_path=template_path)
-        for name, value in {**created.env(), **created.admin_env()}.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-        aws.reset()
-        # AWS's throughput limits in front of moto, on every client made from here on
-        # (``created.limits``: its clock can be swapped for a manual one).
-        created.limits = aws_limits.AwsLimitsFront()
-        hook = lambda client: aws_limits.install(client, created.limits)  # noqa: E731
-        aws.on_new_client(hook)
-        handlers.use_identities(created.identities.functions)
-        try:
-            with iam.Enforcement():
-                yield created
-        finally:
-            handlers.use_identities(None)
-            aws.remove_client_hook(hook)
-            _alive.clear()
-    aws.reset()
+    finally:
+        _alive.clear()  # a stack that failed to start holds nothing either
 
 
-_alive: list = []  # moto_stack's own: two at once would share (and break) moto's one state
+_alive: list[str] = []  # moto_stack's own: the test that started the running stack
 
 
 @contextlib.contextmanager
@@ -117,8 +119,10 @@ def module_stack():
     """One moto stack for all the tests of a module (``scope="module"`` fixtures): most of a
     functional test's time is loading a shop into a fresh stack (about 3 s). The module's tests
     leave each other alone: each its own shoppers, items, addresses and experiments, every
-    change to a shared object made through the test's ``monkeypatch`` (undone after it). Each
-    test calls ``use_stack`` first: the autouse fixture above puts the dummy credentials back."""
+    change to a shared object made through the test's ``monkeypatch`` (undone after it) or
+    undone in a ``finally``. Each test calls ``use_stack`` first: the autouse fixture above puts
+    the dummy credentials back. Such a file holds no test with a stack of its own (one moto
+    state per process): those are in ``tests/functional/test_own_stack.py``."""
     with pytest.MonkeyPatch.context() as patch:
         _no_real_aws_env(patch)
         with moto_stack(patch) as created:
@@ -130,7 +134,8 @@ def use_stack(created, monkeypatch) -> None:
     """The environment ``module_stack`` left (its names, the administrator's credentials) for
     one test."""
     for name in set(os.environ) - set(created.environ):
-        monkeypatch.delenv(name)
+        if name.startswith("AWS_"):  # the dummy session token (pytest's own variables stay)
+            monkeypatch.delenv(name)
     for name, value in created.environ.items():
         if os.environ.get(name) != value:
             monkeypatch.setenv(name, value)

@@ -380,13 +380,13 @@ class LocalStack:
         it would have 15 s later."""
         from personalize.adapters import appconfig, appconfig_fake
 
-        if self.workers:
-            raise RuntimeError("poll_flags_now needs the functions in this process (workers=0)")
-        appconfig_fake.LOCAL_CLOCK.advance(appconfig.MIN_POLL_S)
+        if self.workers or "recommend" not in self.functions:
+            raise RuntimeError("poll_flags_now needs a started stack with its functions in this process (workers=0)")
         stores = [self.functions["recommend"].module.rollout.store]
         edge = self.functions["edge"].module._state.get("rollout")
         if edge is not None:  # not before the edge's cold start (which polls anyway)
             stores.append(edge.store)
+        appconfig_fake.LOCAL_CLOCK.advance(appconfig.MIN_POLL_S)
         for store in stores:
             store.refresh_now()
 

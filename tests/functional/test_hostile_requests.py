@@ -3,7 +3,7 @@ test_trust_boundary.py), each answered as an anonymous shopper or refused whole,
 shop built once for the module: the stack under moto and its catalogue through collect,
 Kinesis and aggregate (about 3 s each time) are shared by these ten tests because none of
 them changes what another reads: each only GETs recommendations or POSTs a body that is
-refused before any event is taken. A test that writes belongs with a fresh ``stack``."""
+refused before any event is taken (``tests/conftest.py`` ``module_stack``)."""
 
 import pytest
 

@@ -76,13 +76,6 @@ class Serving(Pipeline):
         r.soldout.refresh_now()
 
 
-@pytest.fixture
-def serving(stack, tmp_path):
-    """A fresh stack, no shop: this module's tests that need one come before its first
-    ``shop`` test (one moto state per process)."""
-    return Serving(stack, tmp_path)
-
-
 @pytest.fixture(scope="module")
 def _shop(tmp_path_factory):
     with module_stack() as stack:
@@ -130,21 +123,6 @@ def load_shop(serving, ts):
 
 def items(body):
     return [i["item_id"] for i in body["items"]]
-
-
-
-
-# ---------------------------------------------------------------- a fresh stack (first)
-
-
-def test_no_snapshot_yet_is_a_200_from_the_bundle(serving):
-    """Before the first snapshot the edge cannot build its state: it answers what its bundle
-    carries (here no baked list) and retries later; the regional function answers empty."""
-    status, body, _ = serving.get()
-    assert (status, body["items"], body["fallback_reason"]) == (200, [], "cold_start_unavailable")
-
-
-# ---------------------------------------------------------------- one loaded shop
 
 
 def test_anonymous_shopper_gets_country_trending_without_caching(shop):
