@@ -9,17 +9,15 @@ from personalize import identity
 from personalize.adapters import appconfig, appconfig_fake
 from personalize.adapters.experiment_states import ExperimentStates
 from personalize.rollout import experiments, flags
-from tests.conftest import module_stack, now_ms, use_stack
-from tests.functional.test_serving import Serving, load_shop
+from tests.conftest import now_ms, use_stack
+from tests.functional.test_serving import loaded_shop
 
 
 @pytest.fixture(scope="module")
 def _shop(tmp_path_factory):
     """One shop for the module: each test runs its own experiment (``experiment_id``), with
     its own shoppers and event ids; the guardrail judges the experiment the flags name."""
-    with module_stack() as stack:
-        serving = Serving(stack, tmp_path_factory.mktemp("lab"))
-        load_shop(serving, now_ms())
+    with loaded_shop(tmp_path_factory) as serving:
         serving.guardrail = serving._load("guardrail")
         yield serving
 

@@ -8,16 +8,13 @@ refused before any event is taken (``tests/conftest.py`` ``module_stack``)."""
 import pytest
 
 from infra.local.lambda_events import context, http_api_event, response_json
-from tests.conftest import module_stack, now_ms, use_stack
-from tests.functional.test_serving import Serving, load_shop
+from tests.conftest import use_stack
+from tests.functional.test_serving import loaded_shop
 
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory):
-    with module_stack() as stack:
-        serving = Serving(stack, tmp_path_factory.mktemp("shop"))
-        load_shop(serving, now_ms())
-        serving.refresh()
+    with loaded_shop(tmp_path_factory) as serving:
         yield serving
 
 

@@ -12,8 +12,8 @@ import pytest
 from infra.local import handlers
 from infra.local.lambda_events import context, http_api_event
 from personalize import settings, telemetry
-from tests.conftest import module_stack, now_ms, use_stack
-from tests.functional.test_serving import Serving, load_shop
+from tests.conftest import now_ms, use_stack
+from tests.functional.test_serving import loaded_shop
 
 EMAIL = "jane.doe+vip@example.com"
 
@@ -55,10 +55,8 @@ class Captured:
 
 @pytest.fixture(scope="module")
 def _shop(tmp_path_factory):
-    with module_stack() as stack:
-        serving = Serving(stack, tmp_path_factory.mktemp("shop"))
-        load_shop(serving, now_ms())
-        yield serving
+    with loaded_shop(tmp_path_factory) as shop:
+        yield shop
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """GET /recommendations through the real edge handler (CloudFront origin-request events)
 and the regional handler, under moto, after real events went through the pipeline."""
 
+import contextlib
 import copy
 import json
 
@@ -76,12 +77,21 @@ class Serving(Pipeline):
         r.soldout.refresh_now()
 
 
-@pytest.fixture(scope="module")
-def _shop(tmp_path_factory):
+@contextlib.contextmanager
+def loaded_shop(tmp_path_factory):
+    """A module's shop (``module_stack``): the stack, its functions, the shop loaded and its
+    snapshot served."""
     with module_stack() as stack:
         serving = Serving(stack, tmp_path_factory.mktemp("shop"))
         load_shop(serving, now_ms())
+        serving.refresh()
         yield serving
+
+
+@pytest.fixture(scope="module")
+def _shop(tmp_path_factory):
+    with loaded_shop(tmp_path_factory) as shop:
+        yield shop
 
 
 @pytest.fixture

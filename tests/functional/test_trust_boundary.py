@@ -8,17 +8,14 @@ import pytest
 from infra.local.lambda_events import context, http_api_event
 from personalize import identity
 from personalize.ingest import entities
-from tests.conftest import BROWSER, module_stack, now_ms, use_stack
-from tests.functional.test_serving import Serving, load_shop
+from tests.conftest import BROWSER, now_ms, use_stack
+from tests.functional.test_serving import loaded_shop
 
 
 @pytest.fixture(scope="module")
 def _shop(tmp_path_factory):
-    with module_stack() as stack:
-        serving = Serving(stack, tmp_path_factory.mktemp("shop"))
-        load_shop(serving, now_ms())
-        serving.refresh()
-        yield serving
+    with loaded_shop(tmp_path_factory) as shop:
+        yield shop
 
 
 @pytest.fixture
