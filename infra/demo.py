@@ -174,13 +174,13 @@ def wait_for(predicate, timeout_s: float, interval_s: float = 0.05):
 
 
 class Demo:
-    def __init__(self, stack: LocalStack, scale: Scale, seed: int = 7, poll_flags_now: bool = False):
+    def __init__(self, stack: LocalStack, scale: Scale, seed: int = 7, advance_flags_clock: bool = False):
         self.stack = stack
         self.scale = scale
         # After a flags change, serving sees it at its next AppConfig poll (every 15 s, as
-        # deployed): ``make demo`` waits for it; its test moves AppConfig's clock on instead
-        # (LocalStack.poll_flags_now), and the propagation figures mean nothing there.
-        self.poll_flags_now = poll_flags_now
+        # deployed): ``make demo`` waits for it; its test lets the 15 s pass at once for the
+        # flags (LocalStack.advance_flags_clock), and the propagation figures mean nothing there.
+        self.advance_flags_clock = advance_flags_clock
         self.rng = random.Random(seed)
         self.story = Story()
         self.client = Client(stack.endpoint, self.story, stack.resources.identities.admin)
@@ -449,8 +449,8 @@ class Demo:
         s.claim(to_zero <= 60, f"{to_zero:.1f}s after the kill (budget 60 s)", timed=True)
 
     def _flags_changed(self) -> None:
-        if self.poll_flags_now:
-            self.stack.poll_flags_now()
+        if self.advance_flags_clock:
+            self.stack.advance_flags_clock()
 
     def _sample_share(self, shoppers, cookies) -> None:
         panel = self.rng.sample(shoppers, 100)

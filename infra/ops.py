@@ -168,6 +168,7 @@ def change(admin, states, command: str, share: float | None = None, challenger: 
     """Start, ramp, kill or promote: a new flags version and its deployment (gradual, or all at
     once for a kill); or explore (``explore``: slots, pool; 0 slots: stop), in both arms alike.
     The CLI and the console's admin controls both come here."""
+    from personalize.adapters import aws
     from personalize.adapters.appconfig import ALL_AT_ONCE, GRADUAL
     from personalize.rollout import flags
 
@@ -221,8 +222,7 @@ def change(admin, states, command: str, share: float | None = None, challenger: 
     try:
         version = admin.deploy(new, strategy, note)
     except Exception as exc:
-        code = getattr(exc, "response", {}).get("Error", {}).get("Code")
-        if code == "ConflictException":  # AppConfig runs one deployment at a time per environment
+        if aws.error_code(exc) == "ConflictException":  # AppConfig runs one deployment at a time per environment
             raise ChangeRefused(f"a flags deployment is still in progress ({exc}); wait for it to complete "
                                 "(a ramp takes up to 15 minutes), or kill, which stops it") from exc
         raise

@@ -373,22 +373,25 @@ class LocalStack:
                               f"resource: {resource}")
         return None
 
-    def poll_flags_now(self) -> None:
-        """AppConfig's poll interval passes at once and the serving functions poll (tests that
-        move the local AppConfig's clock on rather than wait 15 s for a flags change to reach
-        serving; in-process functions only). Nothing else is hurried: each function polls as
-        it would have 15 s later."""
+    def advance_flags_clock(self) -> None:
+        """15 s pass for the flags, at once (tests that would otherwise wait for serving's next
+        AppConfig poll; in-process functions only): for the local AppConfig, whose clock is
+        the process's (sessions, deployments in progress and their bakes move on too), and for
+        the serving functions' flags stores, each on its own timer. Their next request finds
+        the document 15 s older and refreshes it through the store's own age check, as
+        deployed (the edge in the background): a store that polls less often is not rescued."""
         from personalize.adapters import appconfig, appconfig_fake
 
         if self.workers or "recommend" not in self.functions:
-            raise RuntimeError("poll_flags_now needs a started stack with its functions in this process (workers=0)")
+            raise RuntimeError("advance_flags_clock needs a started stack with its functions in this process "
+                               "(workers=0)")
         stores = [self.functions["recommend"].module.rollout.store]
         edge = self.functions["edge"].module._state.get("rollout")
-        if edge is not None:  # not before the edge's cold start (which polls anyway)
+        if edge is not None:  # not before the edge's cold start (which fetches anyway)
             stores.append(edge.store)
         appconfig_fake.LOCAL_CLOCK.advance(appconfig.MIN_POLL_S)
         for store in stores:
-            store.refresh_now()
+            store.age(appconfig.MIN_POLL_S)
 
     @property
     def edge_config_path(self) -> Path:

@@ -272,7 +272,7 @@ def _experiment(stack, share):
     sources.states.put(experiment, {"status": "running", "at": time.time(), "challenger": challenger})
     sources.admin.deploy(doc, ALL_AT_ONCE, f"start {experiment}: {challenger} at {share:.2%} (at once)")
     assert sources.admin.current()["experiment_id"]["default"] == experiment
-    stack.poll_flags_now()  # AppConfig's 15 s poll interval passes at once: serving polls now
+    stack.advance_flags_clock()  # AppConfig's 15 s poll interval passes at once: serving's next request polls
     return experiment
 
 
@@ -495,7 +495,7 @@ def test_the_console_shows_a_kill_reaching_zero_share(stack, page):
         page.fill("#token", stack.console_admin_token)
         page.click("[data-command=kill]")
         page.wait_for_selector("#control-result:has-text('flags version')")
-        stack.poll_flags_now()  # the kill deployed: serving's next poll now, not up to 15 s later
+        stack.advance_flags_clock()  # the kill deployed: serving's next request polls, not 15 s later
         page.wait_for_function("document.body.dataset.state === 'killed' && "
                                "document.getElementById('served_share').textContent === '0.00%'", timeout=60_000)
         assert page.inner_text("#share") == "0.00%"

@@ -7,8 +7,9 @@ from infra.local.stack import LocalStack
 def test_the_flash_sale_story_holds(tmp_path):
     stack = LocalStack(snapshot_interval_s=1.0, guardrail_interval_s=2.0).start()
     try:
-        # AppConfig's 15 s poll interval passes at once after each flags change (make demo waits).
-        story = demo.Demo(stack, demo.SCALES["small"], poll_flags_now=True).run()
+        # AppConfig's 15 s poll interval passes at once after each flags change, for AppConfig
+        # and serving's flags stores (make demo waits for it).
+        story = demo.Demo(stack, demo.SCALES["small"], advance_flags_clock=True).run()
     finally:
         stack.stop()
     # Latency budgets are measured by make demo and make bench, not asserted here.

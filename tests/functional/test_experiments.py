@@ -59,6 +59,19 @@ def served_variants(lab, users):
     return [lab.get("k=3", cookie=lab.cookie(u))[1]["variant"] for u in users]
 
 
+def challengers(lab, n=20):
+    """The first ``n`` shoppers the experiment's sticky bucket puts in the challenger arm at 2%
+    (flags.bucket, as serving assigns them): a kill must move every one of them (a probe of
+    shoppers drawn at random may hold none)."""
+    end, out = flags.share_step(0.02), []
+    for i in range(100_000):
+        if flags.bucket(f"shopper-{i}", lab.experiment) < end:
+            out.append(f"shopper-{i}")
+            if len(out) == n:
+                return out
+    raise AssertionError("no challengers")
+
+
 def test_two_percent_of_shoppers_see_the_challenger_and_stay_there(lab):
     deploy(lab, rollout(lab))
     users = [f"shopper-{i}" for i in range(1500)]
@@ -113,6 +126,7 @@ def run_guardrail(lab):
 
 def test_the_guardrail_kills_a_worse_challenger_and_its_share_falls_to_zero(lab):
     deploy(lab, rollout(lab))
+    assert set(served_variants(lab, challengers(lab))) == {"challenger"}  # before the kill
     attribute_evidence(lab, WORSE)
     result = run_guardrail(lab)
     assert result["action"] == "killed"
@@ -120,7 +134,7 @@ def test_the_guardrail_kills_a_worse_challenger_and_its_share_falls_to_zero(lab)
     state = ExperimentStates(lab.stack.names["ItemsTable"]).get(lab.experiment)
     assert state["status"] == "killed" and state["by"] == "guardrail"
     refresh(lab)
-    assert set(served_variants(lab, [f"shopper-{i}" for i in range(600)])) == {"champion"}
+    assert set(served_variants(lab, challengers(lab) + [f"shopper-{i}" for i in range(100)])) == {"champion"}
     again = run_guardrail(lab)
     assert again["action"] in ("idle", "skipped")  # a stopped experiment is never touched again
 
@@ -161,7 +175,7 @@ def test_a_kill_during_a_gradual_ramp_lands_whatever_the_ramp_is_doing(lab, minu
     result = run_guardrail(lab)
     assert result["action"] == "killed"
     refresh(lab)
-    assert set(served_variants(lab, [f"shopper-{i}" for i in range(300)])) == {"champion"}
+    assert set(served_variants(lab, challengers(lab))) == {"champion"}
 
 
 def test_a_kill_that_cannot_land_pages_and_is_tried_again(lab, monkeypatch):

@@ -142,6 +142,27 @@ def test_a_stale_document_is_refreshed_off_the_request_path():
     assert store.get_configuration() == new
 
 
+def test_aging_a_store_refreshes_it_only_past_its_own_interval():
+    """The local stack's tests let the poll interval pass at once (LocalStack.advance_flags_clock):
+    the store refreshes on the next request through its own age check, so a store that polls
+    less often than that is not refreshed by it."""
+    new = flags.rollout_document("ranker-mlp/v1", "ranker-linear/v1", 0.5, "exp-b")
+    documents = [TWO_PERCENT, new]
+    executor = DeferredExecutor()
+    store = flags.CachedDocumentStore(lambda: documents.pop(0) if len(documents) > 1 else documents[0],
+                                      max_age_s=15, clock=lambda: 100.0, executor=executor)
+    slow = flags.CachedDocumentStore(lambda: new, max_age_s=900, clock=lambda: 100.0, executor=executor)
+    assert store.refresh_now() == TWO_PERCENT and slow.refresh_now() == new
+    store.age(14.9)
+    assert store.get_configuration() == TWO_PERCENT and not executor.pending  # not yet due
+    store.age(0.1)
+    slow.age(15)
+    assert slow.get_configuration() == new and not executor.pending  # 15 s are not its 15 minutes
+    assert store.get_configuration() == TWO_PERCENT and len(executor.pending) == 1  # due: refreshed off the path
+    executor.run()
+    assert store.get_configuration() == new
+
+
 def test_a_scheduled_kill_switch_takes_effect_when_its_window_opens(monkeypatch):
     """Answers are remembered per document, except for a document with time-based rules:
     its answers change with the clock (Powertools' comparators read it; moved here)."""

@@ -102,3 +102,27 @@ def test_every_session_shares_one_data_loader_across_resets():
         assert aws._session(role) is not aws._session(None)  # still one session per identity
     finally:
         aws.reset()
+
+
+@pytest.mark.parametrize("response", [None, {}, {"Error": None}, {"Error": {"Code": 5}}, "text", {"Error": "x"}])
+def test_an_error_without_aws_shape_has_no_code_and_never_raises(response):
+    """Seen under a reviewer's run: an exception whose ``response`` was None made the sold-out
+    refresh's classification raise AttributeError."""
+    from personalize.adapters import appconfig, aws
+
+    class Odd(Exception):
+        pass
+
+    exc = Odd("no AWS shape")
+    exc.response = response
+    assert aws.error_code(exc) == "" and aws.error_code(ValueError("plain")) == ""
+    assert appconfig._problem(exc) == ""
+
+
+def test_a_client_error_gives_its_code():
+    from botocore.exceptions import ClientError
+
+    from personalize.adapters import aws
+
+    assert aws.error_code(ClientError({"Error": {"Code": "ConflictException", "Message": "m"}}, "Op")) == \
+        "ConflictException"

@@ -60,7 +60,11 @@ def _code(exc: Exception) -> str:
 
 
 def _problem(exc: Exception) -> str:
-    details = getattr(exc, "response", {}).get("Details", {}).get("InvalidParameters", {})
+    response = getattr(exc, "response", None)
+    details = response.get("Details") if isinstance(response, dict) else None
+    details = details.get("InvalidParameters") if isinstance(details, dict) else None
+    if not isinstance(details, dict):
+        return ""
     return " ".join(str(v.get("Problem", "")) for v in details.values() if isinstance(v, dict))
 
 

@@ -126,4 +126,10 @@ THROTTLE_CODES = frozenset({
 
 
 def error_code(exc: Exception) -> str:
-    return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+    """A botocore ClientError's error code; "" for anything else (an exception without a
+    ``response``, or whose ``response`` is None or not AWS's shape: it raised AttributeError
+    in the handler that was classifying it)."""
+    response = getattr(exc, "response", None)
+    error = response.get("Error") if isinstance(response, dict) else None
+    code = error.get("Code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else ""

@@ -297,6 +297,13 @@ class CachedDocumentStore(StoreProvider):
         """Fetch now, on this thread (cold start, tests)."""
         return self._fetch(self.clock())
 
+    def age(self, seconds: float) -> None:
+        """As if ``seconds`` more had passed since the last fetch: the next request refreshes
+        the document if it is then older than ``max_age_s``, the way it would (the local stack's
+        tests, instead of waiting for the poll interval)."""
+        with self._lock:
+            self.fetched_at -= seconds
+
     def _fetch(self, now: float) -> dict[str, Any]:
         with self._lock:
             try:
