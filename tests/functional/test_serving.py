@@ -176,8 +176,8 @@ def test_a_sold_out_item_vanishes_from_every_path_and_returns_when_restocked(sho
         shop.refresh()  # the sold-out list, without a new snapshot
         for cookie_, country in ((None, "FR"), (cookie, "FR"), (None, "US"), (cookie, "DE")):
             assert "sku-7" not in items(shop.get("k=50", cookie=cookie_, country=country)[1])
-    finally:  # restocked whatever happened: the module's other tests read this shop
-        shop.post({"event_id": "st2", "type": "stock", "item_id": "sku-7", "ts": ts + 2, "stock": 5})
+    finally:  # restocked (above LOW_STOCK) whatever happened: the module's other tests read this shop
+        shop.post({"event_id": "st2", "type": "stock", "item_id": "sku-7", "ts": ts + 2, "stock": 40})
         shop.drain()
         shop.refresh()
     assert "sku-7" in items(shop.get(country="FR")[1])

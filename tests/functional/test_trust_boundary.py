@@ -54,7 +54,7 @@ def test_a_browser_cannot_mark_an_item_sold_out(shop):
         assert victim in served_items(shop)
         assert not shop.recommender().soldout.value
     finally:  # were the attack to work, the module's other tests would not inherit it
-        shop.post({"event_id": "unhide", "type": "stock", "item_id": victim, "ts": now_ms() + 1, "stock": 5})
+        shop.post({"event_id": "unhide", "type": "stock", "item_id": victim, "ts": now_ms() + 1, "stock": 40})
         shop.drain()
         shop.refresh()
 
@@ -69,7 +69,7 @@ def test_the_shops_backend_can(shop):
         shop.refresh()
         assert victim not in served_items(shop)
     finally:  # restocked: the module's other attacks read this shop
-        shop.post({"event_id": "restocked", "type": "stock", "item_id": victim, "ts": now_ms() + 1, "stock": 5})
+        shop.post({"event_id": "restocked", "type": "stock", "item_id": victim, "ts": now_ms() + 1, "stock": 40})
         shop.drain()
         shop.refresh()
     assert victim in served_items(shop) and not shop.recommender().soldout.value

@@ -464,7 +464,7 @@ def test_a_failure_on_every_request_logs_one_traceback_a_minute_per_kind(parts, 
         recommender.recommend({"k": "3"}, cookie("u1"), "FR", NOW)
         recommender.recommend({"k": "3"}, cookie("u1"), "FR", NOW)
     [again] = [r for r in caplog.records if r.exc_info]
-    assert "(499 more of these since the last traceback" in again.getMessage()
+    assert "(499 more of these since the last one logged" in again.getMessage()
 
 
 def test_repeated_errors_keep_one_budget_per_kind_and_a_bounded_table():
@@ -475,6 +475,8 @@ def test_repeated_errors_keep_one_budget_per_kind_and_a_bounded_table():
     class Logger:
         def exception(self, message, *args):
             logged.append(message % args)
+
+        warning = exception
 
     clock = Clock()
     errors = telemetry.RepeatedErrors(Logger(), interval_s=60, clock=clock)
@@ -489,6 +491,7 @@ def test_repeated_errors_keep_one_budget_per_kind_and_a_bounded_table():
     clock.now += 0.1
     assert errors.exception("model:a", "scoring with %s failed", "a")
     assert logged[-1].startswith("scoring with a failed (2 more of these")
+    assert errors.warning("stale_soldout", "list %s s old", 6) and not errors.warning("stale_soldout", "list", 7)
 
 
 def test_items_put_in_the_cart_leave_the_answer_until_the_session_ends(parts):

@@ -241,11 +241,11 @@ def metric_data(aggregate: Aggregate, service: str, extra_dims: Dims = ()) -> li
 
 
 class RepeatedErrors:
-    """A traceback per kind of failure at most once every ``interval_s``: a corrupt row read
+    """A log line per kind of failure at most once every ``interval_s``: a corrupt row read
     on each of a shopper's requests, or a challenger that fails on its 2% of 1,000 requests a
     second, would otherwise log 20 tracebacks a second (the answers are counted anyway, by
-    fallback reason). The ones left out are counted, and the next traceback of that kind says
-    how many. Call ``exception`` inside the ``except`` block, as ``logging.exception``."""
+    fallback reason). The ones left out are counted, and the next line of that kind says how
+    many. Call ``exception`` inside the ``except`` block, as ``logging.exception``."""
 
     MAX_KINDS = 64  # kinds are few (a reason, a model key); past this, all share one budget
 
@@ -253,12 +253,11 @@ class RepeatedErrors:
         self.logger = logger
         self.interval_s = interval_s
         self.clock = clock
-        self._last: dict[str, tuple[float, int]] = {}  # kind -> (last traceback at, left out since)
+        self._last: dict[str, tuple[float, int]] = {}  # kind -> (last line at, left out since)
         self._lock = threading.Lock()
 
-    def exception(self, kind: str, message: str, *args) -> bool:
-        """Log ``message`` with the current traceback unless this kind had one within
-        ``interval_s``; True when it was logged."""
+    def _admit(self, kind: str) -> int | None:
+        """None: left out (counted); else how many were left out before this one."""
         now = self.clock()
         with self._lock:
             if kind not in self._last and len(self._last) >= self.MAX_KINDS:
@@ -266,11 +265,30 @@ class RepeatedErrors:
             last, left_out = self._last.get(kind, (float("-inf"), 0))
             if now - last < self.interval_s:
                 self._last[kind] = (last, left_out + 1)
-                return False
+                return None
             self._last[kind] = (now, 0)
+            return left_out
+
+    def _say(self, left_out: int, message: str) -> str:
         if left_out:
-            message += f" ({left_out} more of these since the last traceback, {self.interval_s:.0f} s apart at most)"
-        self.logger.exception(message, *args)
+            message += f" ({left_out} more of these since the last one logged, at least {self.interval_s:.0f} s apart)"
+        return message
+
+    def exception(self, kind: str, message: str, *args) -> bool:
+        """Log ``message`` with the current traceback unless this kind was logged within
+        ``interval_s``; True when it was logged."""
+        left_out = self._admit(kind)
+        if left_out is None:
+            return False
+        self.logger.exception(self._say(left_out, message), *args)
+        return True
+
+    def warning(self, kind: str, message: str, *args) -> bool:
+        """The same, at WARNING without a traceback."""
+        left_out = self._admit(kind)
+        if left_out is None:
+            return False
+        self.logger.warning(self._say(left_out, message), *args)
         return True
 
 

@@ -445,8 +445,8 @@ class Recommender:
         sold = self.soldout.value or set()
         if not fresh:
             self.stale_soldout_answers += 1
-            log.warning("sold-out list is %.1f s old and cannot be re-read: dropping low-stock items",
-                        self.soldout.age())
+            self.errors.warning("stale_soldout", "sold-out list is %.1f s old and cannot be re-read: dropping "
+                                "low-stock items", self.soldout.age())
         key = (snap_generation, sold_generation, fresh)
         cached = self._served
         if cached is not None and cached[0] == key:
