@@ -417,11 +417,13 @@ def test_a_deployed_stacks_console_reads_its_iam_route_through_the_signing_proxy
     collect = stack.resources.identities.functions["collect"]  # a principal that may not invoke it
     with pytest.raises(SummaryRouteError, match="403"):
         signed_get(url, "us-east-1", Credentials(collect.access_key_id, collect.secret_access_key))
-    # A minute of events as aggregate's EMF would have put them (600 = 10 a second).
+    # Minutes of events as aggregate's EMF would have put them (600 = 10 a second): the one the
+    # console calls the newest complete (two minutes back) and the two after it, so a read in
+    # a later minute than this put finds the same rate (it flaked at a minute's turn).
     minute = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0) - dt.timedelta(minutes=2)
     aws.client("cloudwatch").put_metric_data(Namespace=settings.NAMESPACE, MetricData=[{
         "MetricName": "EventsIn", "Dimensions": [{"Name": "service", "Value": "aggregate"}],
-        "Timestamp": minute, "Value": 600.0, "Unit": "Count"}])
+        "Timestamp": minute + dt.timedelta(minutes=k), "Value": 600.0, "Unit": "Count"} for k in range(3)])
     admin = stack.resources.identities.admin
     console = RemoteConsole(url, "us-east-1", lambda: Credentials(admin.access_key_id, admin.secret_access_key))
     server = local_server(console)
