@@ -442,7 +442,7 @@ def test_a_row_that_cannot_be_decoded_gets_trending_never_a_5xx(parts, caplog, s
     assert identity.verify_decision(with_context["decision"], with_context["rec_id"], KEY).model == RANKER.key
 
 
-def test_a_failure_on_every_request_logs_one_traceback_a_minute_per_kind(parts, caplog):
+def test_a_failure_on_every_request_logs_one_traceback_a_minute_per_kind(parts, caplog, monkeypatch):
     """A corrupt row a shopper's every request reads, or a challenger failing on each of its
     requests, at 1,000 requests a second: one traceback a minute per kind, each saying how
     many were left out since (every such answer is counted by its fallback reason anyway)."""
@@ -465,6 +465,18 @@ def test_a_failure_on_every_request_logs_one_traceback_a_minute_per_kind(parts, 
         recommender.recommend({"k": "3"}, cookie("u1"), "FR", NOW)
     [again] = [r for r in caplog.records if r.exc_info]
     assert "(499 more of these since the last one logged" in again.getMessage()
+    # Another cause within that minute (a bug: another exception type) has its own traceback.
+    from personalize.serving import prepared
+
+    def bug(*args, **kwargs):
+        raise KeyError("a bug in serving's code")
+
+    caplog.clear()
+    monkeypatch.setattr(prepared.Served, "inputs", bug)
+    with caplog.at_level("ERROR"):
+        recommender.recommend({"k": "3"}, cookie("u1"), "FR", NOW)
+    [new_cause] = [r for r in caplog.records if r.exc_info]
+    assert new_cause.exc_info[0] is KeyError
 
 
 def test_repeated_errors_keep_one_budget_per_kind_and_a_bounded_table():

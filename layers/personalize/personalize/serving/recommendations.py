@@ -504,13 +504,16 @@ class Recommender:
             return self._trending_answer(body, reason, snap, country, query.k)
         try:
             cands, X = served.inputs(variant.ranker.columns, row, country, query.context_item, now_ms=now_ms)
-        except Exception:  # a row the feature code cannot read (corrupt, or a newer format's): never a 5xx
-            self.errors.exception("features_failed", "features for this shopper failed; serving trending")
+        except Exception as exc:  # a row the feature code cannot read (corrupt, or a newer format's): never a 5xx
+            # Per exception type: a steady corrupt row's failures do not hide a new bug's.
+            self.errors.exception(f"features_failed:{type(exc).__name__}",
+                                  "features for this shopper failed; serving trending")
             return self._trending_answer(body, "features_failed", snap, country, query.k)
         try:
             scores = variant.ranker.run(X)
-        except Exception:  # the variant's model failed on this input: its fault, counted, never a 5xx
-            self.errors.exception(f"model:{variant.ranker.key}", "scoring with %s failed; serving trending",
+        except Exception as exc:  # the variant's model failed on this input: its fault, counted, never a 5xx
+            self.errors.exception(f"model:{variant.ranker.key}:{type(exc).__name__}",
+                                  "scoring with %s failed; serving trending",
                                   variant.ranker.key)
             return self._trending_answer(body, f"{variant.name}_failed", snap, country, query.k)
         best, propensities = explored(scores, query.k, *variant.exploration)
