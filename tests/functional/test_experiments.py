@@ -30,10 +30,7 @@ def lab(_shop, monkeypatch, request):
 
 
 def experiment_id(test_name: str) -> str:
-    """The test's own experiment (the share test keeps ``exp-test``: its 2% is asserted on the
-    buckets that name gives)."""
-    if test_name.startswith("test_two_percent"):
-        return "exp-test"
+    """The test's own experiment: its shoppers' buckets, counters and state are its own."""
     return "exp-" + hashlib.sha256(test_name.encode()).hexdigest()[:10]
 
 
@@ -82,7 +79,7 @@ def test_two_percent_of_shoppers_see_the_challenger_and_stay_there(lab):
     assert served_variants(lab, users[:200]) == variants[:200]
     _, body, _ = lab.get(cookie=lab.cookie(users[variants.index("challenger")]))
     assert (body["variant"], body["model"]) == ("challenger", "ranker-linear/v1")
-    assert body["rec_id"].startswith("exp-test@200~")  # the experiment at its ramp step (2%)
+    assert body["rec_id"].startswith(f"{lab.experiment}@200~")  # the experiment at its ramp step (2%)
 
 
 def attribute(lab, variant, impressions, purchases, sign=True):

@@ -11,7 +11,7 @@ from moto import mock_aws
 
 from infra import observability
 from infra.local import template
-from personalize import regions, telemetry
+from personalize import regions, settings, telemetry
 from personalize.adapters.logs import LogGroups, edge_log_group
 
 RESOURCES = template.resources()
@@ -253,23 +253,32 @@ def test_the_edge_errors_alarm_reads_what_the_edge_counts_when_it_passes_a_reque
 
 def test_the_sold_out_alarm_reads_what_both_serving_functions_count():
     """Over a quarter of the answers past the sold-out list's budget, two 5-minute periods in a
-    row, page, whichever function gave them: the names and dimensions are the ones serving
-    emits (the edge's us-east-1 copy, the regional function's own). A share over 5 minutes,
-    not a run of 1-minute counts: a quiet region's instance sends its copy once a minute at
-    most, only when a request comes (a re-review's simulation: pages 20-80 minutes late at one
-    request every 20 s)."""
-    from personalize.serving.recommendations import Recommender
+    row, page, whichever function gave them: the alarm reads the names and dimensions both
+    functions write, as their handlers count them (``count_increases`` of
+    ``Recommender.degraded``, then an answer): the edge's copy for us-east-1 (PutMetricData),
+    the regional function's EMF. A share over 5 minutes, not a run of 1-minute counts: a quiet
+    region's instance sends its copy once a minute at most, only when a request comes (a
+    re-review's simulation: pages 20-80 minutes late at one request every 20 s)."""
+    from personalize.serving.recommendations import Recommender, count_increases
+    from personalize.telemetry import Aggregate, emf_documents, metric_data
 
+    totals = Recommender.degraded(SimpleNamespace(soldout=SimpleNamespace(failures=1), stale_soldout_answers=3))
+    edge, regional = Aggregate(), Aggregate()
+    for aggregate in (edge, regional):
+        count_increases(totals, {}, (aggregate.count,))
+        telemetry.record_answer((SimpleNamespace(answer=aggregate.answer),), "champion", None, 20.0, 3.0)
+    written = {(d["MetricName"], frozenset((x["Name"], x["Value"]) for x in d["Dimensions"]))
+               for d in metric_data(edge, "edge", telemetry.GLOBAL)}
+    for doc in emf_documents(regional, settings.NAMESPACE, "recommend", 0):
+        for directive in doc["_aws"]["CloudWatchMetrics"]:
+            for dims in directive["Dimensions"]:
+                written |= {(m["Name"], frozenset((d, doc[d]) for d in dims)) for m in directive["Metrics"]}
     props = ALARMS["SoldOutStaleAlarm"]["Properties"]
     stats = {m["Id"]: m["MetricStat"] for m in props["Metrics"] if "MetricStat" in m}
-    emitted = set(Recommender.degraded(SimpleNamespace(soldout=SimpleNamespace(failures=0), stale_soldout_answers=0)))
-    assert "StaleSoldOutAnswers" in emitted
-    names = {k: (m["Metric"]["MetricName"], {d["Name"]: d["Value"] for d in m["Metric"]["Dimensions"]})
-             for k, m in stats.items()}
-    assert names == {"stale_edge": ("StaleSoldOutAnswers", observability.EDGE_GLOBAL),
-                     "stale_region": ("StaleSoldOutAnswers", observability.REGIONAL),
-                     "answers_edge": ("Answers", observability.EDGE_GLOBAL),
-                     "answers_region": ("Answers", observability.REGIONAL)}
+    read = {(m["Metric"]["MetricName"], frozenset((d["Name"], d["Value"]) for d in m["Metric"]["Dimensions"]))
+            for m in stats.values()}
+    assert {name for name, _ in read} == {"StaleSoldOutAnswers", "Answers"} and len(read) == 4
+    assert read <= written, read - written
     assert {m["Period"] for m in stats.values()} == {300}
     [share] = [m for m in props["Metrics"] if "Expression" in m]
     assert all(f"FILL({k}, 0)" in share["Expression"] for k in stats)
