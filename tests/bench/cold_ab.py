@@ -28,15 +28,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from infra import bytecode
+from infra import bytecode, edge_build
 from infra.local.stack import LocalStack
 
-from . import serving
+from . import lambda_site, serving
 
 _RECOMMEND_INIT = """
 import json, sys, time
 t0 = time.perf_counter()
-sys.path[:0] = [{handler!r}, {layer!r}]
+sys.path[:0] = [{handler!r}, {layer!r}, {site!r}]  # run with python -S: as in Lambda, no site-packages
 import app
 print(json.dumps({{"ms": (time.perf_counter() - t0) * 1000}}))
 """
@@ -48,7 +48,11 @@ def recommend_init(tree: Path, into: Path) -> str:
     shutil.copytree(tree / "functions" / "recommend", into / "handler", ignore=skip)
     shutil.copytree(tree / "layers" / "personalize", into / "layer", ignore=skip)
     bytecode.precompile(into, sys.executable)
-    return _RECOMMEND_INIT.format(handler=str(into / "handler"), layer=str(into / "layer"))
+    # The dependencies layer (requirements/runtime.txt with what they require) and the runtime's SDK.
+    runtime = [line.split("==")[0].strip() for line in (tree / "requirements" / "runtime.txt").read_text().splitlines()
+               if "==" in line and not line.lstrip().startswith("#")]
+    site = lambda_site.make(into / "site", lambda_site.closure(runtime))
+    return _RECOMMEND_INIT.format(handler=str(into / "handler"), layer=str(into / "layer"), site=str(site))
 
 
 def main() -> None:
@@ -83,15 +87,18 @@ def main() -> None:
                         for n, (tree, sdk) in enumerate(variants)]
         results: list[list[dict]] = [[] for _ in programs]
         floor: list[float] = []
+        floor_program = serving.bare_imports(work / "floor", serving.edge_site(work / "floor-site"))
+        (work / "floor").mkdir()
+        edge_build.vendor_sdk(work / "floor")  # the floor's SDK: the edge bundle's
+        bytecode.precompile(work / "floor", sys.executable)
         for round_ in range(args.runs):
             order = [*range(len(programs)), None]
             for n in order if round_ % 2 == 0 else reversed(order):
                 if n is None:
-                    out = subprocess.run([sys.executable, "-c", serving._BARE_IMPORTS], capture_output=True,
-                                         text=True, check=True)
+                    out = subprocess.run(serving.child(floor_program), capture_output=True, text=True, check=True)
                     floor.append(float(out.stdout.strip().splitlines()[-1]))
                     continue
-                out = subprocess.run([sys.executable, "-c", programs[n]], capture_output=True, text=True, env=env)
+                out = subprocess.run(serving.child(programs[n]), capture_output=True, text=True, env=env)
                 if out.returncode != 0:
                     raise SystemExit(f"{names[n]}: the cold {args.function} failed: {out.stderr[-3000:]}")
                 results[n].append(json.loads(out.stdout.strip().splitlines()[-1]))

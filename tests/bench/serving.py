@@ -29,6 +29,7 @@ from personalize.ingest.aggregation import ITEMS, USERS
 from personalize.ingest.pipeline import Ingestor
 from personalize.serving import snapshots
 
+from . import lambda_site
 from .serving_floor import Floor, PackedUserStore, interleaved, summary
 from .streams import FlashSale, kinesis_batches, post_events
 
@@ -99,7 +100,7 @@ def request_thread_calls(client_events, fn):
 _COLD_EDGE = """
 import time, sys, json
 t0 = time.perf_counter()
-sys.path[:0] = [{edge!r}, {layer!r}]
+sys.path[:0] = [{edge!r}, {layer!r}, {site!r}]  # run with python -S: as in Lambda, no site-packages
 import app as edge
 t1 = time.perf_counter()
 if {rtt_ms}:  # AWS is a network away: each request waits this long before it leaves
@@ -138,8 +139,9 @@ print(json.dumps({{"ms": (t2 - t0) * 1000, "import_ms": (t1 - t0) * 1000, "threa
 """
 
 _BARE_IMPORTS = """
-import time
+import time, sys
 t0 = time.perf_counter()
+sys.path[:0] = {paths!r}  # run with python -S: the packages the edge ships, nothing else
 import boto3, msgpack, numpy, onnxruntime  # noqa: F401
 from aws_lambda_powertools import Logger, Metrics  # noqa: F401
 print((time.perf_counter() - t0) * 1000)
@@ -170,14 +172,34 @@ def compiled_edge(tree: Path, stack: LocalStack, rtt_ms: float, into: Path, sdk:
     if sdk:
         edge_build.vendor_sdk(into / "edge")
     bytecode.precompile(into, sys.executable)
-    return _COLD_EDGE.format(edge=str(into / "edge"), layer=str(into / "layer"), rtt_ms=rtt_ms,
+    site = edge_site(into / "site", sdk)
+    return _COLD_EDGE.format(edge=str(into / "edge"), layer=str(into / "layer"), site=str(site), rtt_ms=rtt_ms,
                              config=str(stack.edge_config_path), models=str(ROOT / "models"))
 
 
+def edge_site(into: Path, sdk: bool = True) -> Path:
+    """What a deployed edge has on its path besides its own code (``lambda_site``): the
+    bundle's packages (``edge_build.PACKAGES``); with ``sdk=False`` also the SDK, as the Lambda
+    runtime's own would be (with ``sdk=True`` the SDK is vendored into the edge's folder)."""
+    from infra import edge_build
+
+    return lambda_site.make(into, edge_build.PACKAGES + ([] if sdk else edge_build.SDK_PACKAGES))
+
+
+def bare_imports(edge: Path, site: Path, collector: bool = True) -> str:
+    """The floor's program: the imports a cold edge cannot avoid, from the same packages as
+    the edge it is compared with (its folder first: the bundle's trimmed SDK), run with
+    ``python -S``; ``collector=False``: with the cyclic collector paused."""
+    program = _BARE_IMPORTS.format(paths=[str(edge), str(site)])
+    return program if collector else "import gc\ngc.disable()\n" + program
+
+
+def child(program: str) -> list[str]:
+    """The command that runs a cold-start child as Lambda would: no site-packages (``-S``)."""
+    return [sys.executable, "-S", "-c", program]
+
+
 COLD_RTT_MS = 10.0  # a request's round trip to a same-region AWS endpoint, as moto on loopback has none
-
-
-_BARE_IMPORTS_NO_GC = "import gc\ngc.disable()\n" + _BARE_IMPORTS
 
 
 def cold_starts(stack: LocalStack, runs: int = 9) -> dict:
@@ -185,6 +207,9 @@ def cold_starts(stack: LocalStack, runs: int = 9) -> dict:
     builds config, signing key, flags, model and snapshot, and answers (``cold_start_ms``);
     and a new process that only imports what the edge cannot do without (boto3, numpy,
     onnxruntime, msgpack, Powertools' logger and metrics: ``cold_start_imports_floor_ms``).
+    Both run as in Lambda, on the bundle's packages alone (``lambda_site``, ``python -S``):
+    before 2026-12-07 both also imported the dev venv's awscrt and pyOpenSSL (about 90 ms that
+    no deployed edge pays), which made the ratio look smaller than it is.
     Measured alternately, ``runs`` times each (which goes first alternates), so a busy
     neighbour slows both alike; medians, and what was still at work when the answer returned.
     The floor's median moves by 50 ms and more from one run of the bench to the next: 9 rounds,
@@ -199,11 +224,12 @@ def cold_starts(stack: LocalStack, runs: int = 9) -> dict:
     # The handler and the domain package as the bundle ships them (the floor's packages have their pycs too).
     compiled = Path(tempfile.mkdtemp(prefix="cold-edge-"))
     edges = {rtt: compiled_edge(ROOT, stack, rtt, compiled / str(rtt)) for rtt in (0.0, COLD_RTT_MS)}
+    bare = {gc: bare_imports(compiled / "0.0" / "edge", compiled / "0.0" / "site", gc) for gc in (True, False)}
     cold, at_rtt, imports, floor, busy, threads = [], [], [], [], [], []
     after, after_at_rtt = [], []  # what follows the imports: the part the round trips are in
 
     def run_cold(rtt_ms: float) -> dict:
-        out = subprocess.run([sys.executable, "-c", edges[rtt_ms]], capture_output=True, text=True, env=env)
+        out = subprocess.run(child(edges[rtt_ms]), capture_output=True, text=True, env=env)
         if out.returncode != 0:
             raise RuntimeError(f"the cold edge failed: {out.stderr[-3000:]}\nits logs: {out.stdout[-6000:]}")
         result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -225,9 +251,9 @@ def cold_starts(stack: LocalStack, runs: int = 9) -> dict:
     floor_no_gc: list[float] = []
 
     def one_floor():
-        floors = [(_BARE_IMPORTS, floor), (_BARE_IMPORTS_NO_GC, floor_no_gc)]
+        floors = [(bare[True], floor), (bare[False], floor_no_gc)]
         for program, into in floors if len(floor) % 2 == 0 else reversed(floors):  # which goes first alternates
-            out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
+            out = subprocess.run(child(program), capture_output=True, text=True, check=True)
             into.append(float(out.stdout.strip().splitlines()[-1]))
 
     try:

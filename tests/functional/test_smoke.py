@@ -6,7 +6,6 @@ AWS SDK its bundle ships (trimmed: ``infra/edge_build.py``), builds from the sta
 import json
 import os
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -36,9 +35,17 @@ def test_smoke_passes_against_the_local_stack_and_moves_no_shared_figure(tmp_pat
         # Manager and the flags' calls made through the bundle's trimmed SDK
         program = serving.compiled_edge(ROOT, stack, 0.0, tmp_path / "cold")
         env = {**os.environ, "AWS_ENDPOINT_URL": stack.aws_endpoint, "AWS_LAMBDA_FUNCTION_NAME": "edge"}
-        cold = subprocess.run([sys.executable, "-c", program.replace("import app as edge", (
+        # As in Lambda, only the bundle's packages are on its path (the bench's cold starts run so):
+        # nothing it loaded came from anywhere else but the standard library.
+        only_bundle = (
+            "\nimport sysconfig\nstdlib = (sysconfig.get_paths()['stdlib'], sysconfig.get_paths()['platstdlib'])\n"
+            "outside = sorted(n for n, m in list(sys.modules.items()) if (getattr(m, '__file__', None) or {0!r})"
+            ".startswith(stdlib) is False and not (getattr(m, '__file__', None) or {0!r}).startswith({0!r}))\n"
+            "assert not outside, outside\n"
+            "assert 'awscrt' not in sys.modules and 'OpenSSL' not in sys.modules\n").format(str(tmp_path / "cold"))
+        cold = subprocess.run(serving.child(program.replace("import app as edge", (
             "import app as edge, botocore; assert botocore.__file__.startswith({!r}), botocore.__file__"
-        ).format(str(tmp_path / "cold")))], capture_output=True, text=True, env=env, timeout=300)
+        ).format(str(tmp_path / "cold"))) + only_bundle), capture_output=True, text=True, env=env, timeout=300)
         assert cold.returncode == 0, (cold.stderr[-3000:], cold.stdout[-3000:])
         assert json.loads(cold.stdout.strip().splitlines()[-1])["busy"] == []
 
