@@ -35,6 +35,8 @@ SDK_IMPORTS = ("boto3", "botocore", "s3transfer", "urllib3", "dateutil", "six.py
 # Every AWS service the edge's code makes a client for (tests/unit/test_edge_sdk.py checks the
 # edge's modules name no other): a client of any other service fails at its creation.
 EDGE_SERVICES = ("s3", "dynamodb", "secretsmanager", "appconfigdata", "cloudwatch")
+# botocore's data pre-parsed, beside its JSON (personalize.adapters.aws.PickledFirst reads it).
+PICKLED = ".pickle"
 # The model's documentation texts (help, docstrings): cut to "-".
 _DOC_KEYS = frozenset({"documentation", "documentationUrl"})
 TRIM_DIRS = {"tests", "testing", "__pycache__", "include", "benchmarks", "docs"}
@@ -160,6 +162,27 @@ def trim_sdk(target: Path, services: tuple[str, ...] = EDGE_SERVICES) -> None:
     for folder in list(resources.iterdir()) if resources.is_dir() else ():
         if folder.is_dir() and folder.name not in services:
             shutil.rmtree(folder)
+    pickle_data(data)
+
+
+def pickle_data(data: Path) -> int:
+    """Beside each of botocore's data files in ``data``, what botocore's JSON loader returns for
+    it, pickled (``personalize.adapters.aws.PickledFirst`` reads these first). Returns how many."""
+    import gzip
+    import json
+    import pickle
+    from collections import OrderedDict
+
+    bases = {str(p)[: -len(".json.gz")] if p.name.endswith(".json.gz") else str(p)[: -len(".json")]
+             for p in data.rglob("*.json*") if p.name.endswith((".json", ".json.gz"))}
+    for base in sorted(bases):
+        # As botocore.loaders.JSONFileLoader reads it (tests/unit/test_edge_sdk.py compares the
+        # two): the plain file first, else the gzipped one; UTF-8; an OrderedDict per object.
+        plain = Path(base + ".json")
+        raw = plain.read_bytes() if plain.is_file() else gzip.decompress(Path(base + ".json.gz").read_bytes())
+        loaded = json.loads(raw.decode("utf-8"), object_pairs_hook=OrderedDict)
+        Path(base + PICKLED).write_bytes(pickle.dumps(loaded, protocol=5))
+    return len(bases)
 
 
 def vendor_sdk(target: Path) -> None:

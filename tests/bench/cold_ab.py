@@ -87,6 +87,7 @@ def main() -> None:
                         for n, (tree, sdk) in enumerate(variants)]
         results: list[list[dict]] = [[] for _ in programs]
         floor: list[float] = []
+        floor_cpu: list[float] = []
         floor_program = serving.bare_imports(work / "floor", serving.edge_site(work / "floor-site"))
         (work / "floor").mkdir()
         edge_build.vendor_sdk(work / "floor")  # the floor's SDK: the edge bundle's
@@ -96,14 +97,18 @@ def main() -> None:
             for n in order if round_ % 2 == 0 else reversed(order):
                 if n is None:
                     out = subprocess.run(serving.child(floor_program), capture_output=True, text=True, check=True)
-                    floor.append(float(out.stdout.strip().splitlines()[-1]))
+                    result = json.loads(out.stdout.strip().splitlines()[-1])
+                    floor.append(result["ms"])
+                    floor_cpu.append(result["cpu_ms"])
                     continue
                 out = subprocess.run(serving.child(programs[n]), capture_output=True, text=True, env=env)
                 if out.returncode != 0:
                     raise SystemExit(f"{names[n]}: the cold {args.function} failed: {out.stderr[-3000:]}")
                 results[n].append(json.loads(out.stdout.strip().splitlines()[-1]))
         floor_ms = statistics.median(floor)
-        print(f"bare imports: {floor_ms:.1f} ms (median of {len(floor)}); {args.rtt_ms:g} ms per AWS request")
+        floor_cpu_ms = statistics.median(floor_cpu)
+        print(f"bare imports: {floor_ms:.1f} ms (median of {len(floor)}), CPU {floor_cpu_ms:.1f} ms; "
+              f"{args.rtt_ms:g} ms per AWS request")
         for tree, runs in zip(names, results):
             cold = statistics.median(r["ms"] for r in runs)
             if args.function == "recommend":
@@ -111,8 +116,12 @@ def main() -> None:
                 continue
             after = statistics.median(r["ms"] - r["import_ms"] for r in runs)
             busy = sorted({b for r in runs for b in r["busy"]})
-            print(f"{tree}: {cold:.1f} ms ({cold / floor_ms:.2f}x), after the imports {after:.1f} ms"
-                  f"{', busy at the answer: ' + ', '.join(busy) if busy else ''}")
+            running = sorted({n for r in runs for n in r.get("native_running", ())})
+            cpu = statistics.median(r["cpu_ms"] for r in runs) if all("cpu_ms" in r for r in runs) else float("nan")
+            print(f"{tree}: {cold:.1f} ms ({cold / floor_ms:.2f}x), after the imports {after:.1f} ms, "
+                  f"CPU {cpu:.1f} ms ({cpu / floor_cpu_ms:.2f}x)"
+                  f"{', busy at the answer: ' + ', '.join(busy) if busy else ''}"
+                  f"{', threads using CPU after the answer: ' + ', '.join(running) if running else ''}")
     finally:
         stack.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -8,6 +8,7 @@ too: the local stack and the moto stack refuse the edge's role a client of any o
 ``make bench``'s cold starts, which run on it.)"""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -29,9 +30,17 @@ sys.path.insert(0, sys.argv[1])
 import botocore, botocore.exceptions, botocore.session
 assert botocore.__file__.startswith(sys.argv[1]), botocore.__file__
 from tests.unit.test_edge_sdk import describe
+from personalize.adapters.aws import PickledFirst
+class Counting(PickledFirst):  # the bundle's pickled data, read as personalize.adapters.aws reads it
+    pickled = 0
+    def load_file(self, file_path):
+        Counting.pickled += self._pickle(file_path) is not None
+        return super().load_file(file_path)
 session = botocore.session.Session()  # as personalize.adapters.aws makes clients
+session.get_component("data_loader").file_loader = Counting()
 session.set_credentials("x", "y")
 out = {"described": describe(session, json.loads(sys.argv[2]), json.loads(sys.argv[3]))}
+out["pickled"] = Counting.pickled
 s3 = session.create_client("s3", region_name="us-east-1")
 out["docstrings"] = [len(str(getattr(s3, m).__doc__)) for m in ("get_object", "put_object", "head_object")]
 try:
@@ -76,8 +85,8 @@ def test_the_trimmed_sdk_makes_the_same_clients_as_the_whole_one(trimmed, monkey
     env_free = {k: v for k, v in __import__("os").environ.items() if not k.startswith("AWS_")}
     services, regions = list(edge_build.EDGE_SERVICES), list(REGIONS)
     out = subprocess.run([sys.executable, "-c", DESCRIBE, str(trimmed), json.dumps(services), json.dumps(regions)],
-                         capture_output=True, text=True, cwd=ROOT, env={**env_free, "PYTHONPATH": str(ROOT)},
-                         timeout=300)
+                         capture_output=True, text=True, cwd=ROOT, timeout=300,
+                         env={**env_free, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'layers' / 'personalize'}"})
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     for name in [k for k in __import__("os").environ if k.startswith("AWS_")]:  # as the trimmed side's
@@ -86,6 +95,8 @@ def test_the_trimmed_sdk_makes_the_same_clients_as_the_whole_one(trimmed, monkey
     session.set_credentials("x", "y")
     whole = describe(session, services, regions)
     assert result["described"] == whole
+    # Each service's model and endpoint rules, the endpoints and partitions: from the pickles.
+    assert result["pickled"] >= 2 * len(services) + 2, result["pickled"]
     assert all(d["operations"] for d in whole.values())
     assert "kinesis" in result["left_out"]
     assert all(result["docstrings"])  # help() works on the bundle (S3's docstring handlers)
@@ -99,6 +110,46 @@ def test_the_trimmed_sdk_is_smaller_where_a_cold_start_reads_it(trimmed):
     model = json.loads((data / "s3" / "2006-03-01" / "service-2.json").read_text())
     assert model["operations"]["GetObject"]["documentation"] == "-"  # cut, the key kept
     assert len(model["operations"]) == len(botocore.session.get_session().get_service_model("s3").operation_names)
+
+
+def _typed(node):
+    """``node`` with each container's type beside it: equal only when the types are too."""
+    if isinstance(node, dict):
+        return (type(node).__name__, [(k, _typed(v)) for k, v in node.items()])
+    if isinstance(node, list):
+        return ("list", [_typed(v) for v in node])
+    return node
+
+
+def test_the_bundles_pickled_sdk_data_is_what_botocores_json_loader_reads(trimmed):
+    from botocore.loaders import JSONFileLoader
+
+    from personalize.adapters import aws
+
+    assert edge_build.PICKLED == aws.PICKLED
+    pickles = sorted((trimmed / "botocore" / "data").rglob(f"*{aws.PICKLED}"))
+    assert {p.parent.parent.name for p in pickles if p.name.startswith("service-2")} == set(edge_build.EDGE_SERVICES)
+    for path in pickles:
+        base = str(path)[: -len(aws.PICKLED)]
+        assert _typed(__import__("pickle").loads(path.read_bytes())) == _typed(JSONFileLoader().load_file(base)), path
+
+
+def test_a_pickle_outside_botocores_own_data_is_never_loaded(tmp_path, monkeypatch):
+    """AWS_DATA_PATH and ~/.aws/models are searched too: a pickle there would run code."""
+    import pickle
+
+    from personalize.adapters import aws
+
+    class Boom:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('unpickled')",))
+
+    (tmp_path / "thing.json").write_text('{"from": "json"}')
+    (tmp_path / f"thing{aws.PICKLED}").write_bytes(pickle.dumps(Boom()))
+    loader = aws.PickledFirst()
+    assert loader.load_file(str(tmp_path / "thing")) == {"from": "json"}
+    assert loader.exists(str(tmp_path / "thing"))
+    assert not loader.exists(str(tmp_path / "nothing"))
 
 
 # Named in a module the edge loads, but made only by code the edge never runs.
@@ -193,3 +244,9 @@ def test_an_edge_worker_process_gets_no_client_of_a_service_its_bundle_lacks():
                                         "PYTHONPATH": f"{ROOT}:{ROOT / 'layers' / 'personalize'}"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().startswith("refused: Unknown service: 'sqs'"), out.stdout
+
+
+def test_every_client_the_adapter_makes_reads_the_pickles_first():
+    from personalize.adapters import aws
+
+    assert isinstance(aws._session().get_component("data_loader").file_loader, aws.PickledFirst)

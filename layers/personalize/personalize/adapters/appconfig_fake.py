@@ -35,6 +35,7 @@ takes to reach the data plane (taken as immediate; unconfirmed).
 from __future__ import annotations
 
 import base64
+import contextvars
 import hashlib
 import json
 import secrets
@@ -411,10 +412,19 @@ class S3State:
     """The world's state in one S3 object (the local stack: every process reads it)."""
 
     def __init__(self, bucket: str, key: str):
-        from . import aws
-
         self.bucket, self.key = bucket, key
-        self.s3 = aws.client("s3")
+        # The client is made on first use, as the deployed flags' data client is (on the refresh
+        # thread, not in a cold start's build), signing as whoever made this state.
+        self._context = contextvars.copy_context()
+        self._s3 = None
+
+    @property
+    def s3(self):
+        if self._s3 is None:
+            from . import aws
+
+            self._s3 = self._context.run(aws.client, "s3")
+        return self._s3
 
     def load(self) -> dict:
         try:
