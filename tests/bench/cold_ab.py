@@ -38,7 +38,7 @@ import json, sys, time
 t0 = time.perf_counter()
 sys.path[:0] = [{handler!r}, {layer!r}, {site!r}]  # run with python -S: as in Lambda, no site-packages
 import app
-print(json.dumps({{"ms": (time.perf_counter() - t0) * 1000}}))
+print(json.dumps({{"ms": (time.perf_counter() - t0) * 1000, "cpu_ms": time.process_time() * 1000}}))
 """
 
 
@@ -112,7 +112,9 @@ def main() -> None:
         for tree, runs in zip(names, results):
             cold = statistics.median(r["ms"] for r in runs)
             if args.function == "recommend":
-                print(f"{tree}: init {cold:.1f} ms ({min(r['ms'] for r in runs):.0f}-{max(r['ms'] for r in runs):.0f})")
+                low, high = min(r["ms"] for r in runs), max(r["ms"] for r in runs)
+                print(f"{tree}: init {cold:.1f} ms ({low:.0f}-{high:.0f}), "
+                      f"CPU {statistics.median(r['cpu_ms'] for r in runs):.1f} ms")
                 continue
             after = statistics.median(r["ms"] - r["import_ms"] for r in runs)
             busy = sorted({b for r in runs for b in r["busy"]})
