@@ -173,6 +173,8 @@ def pickle_data(data: Path) -> int:
     import pickle
     from collections import OrderedDict
 
+    for stale in data.rglob(f"*{PICKLED}"):  # a reused target: none may outlive its JSON
+        stale.unlink()
     bases = {str(p)[: -len(".json.gz")] if p.name.endswith(".json.gz") else str(p)[: -len(".json")]
              for p in data.rglob("*.json*") if p.name.endswith((".json", ".json.gz"))}
     for base in sorted(bases):
@@ -182,6 +184,8 @@ def pickle_data(data: Path) -> int:
         raw = plain.read_bytes() if plain.is_file() else gzip.decompress(Path(base + ".json.gz").read_bytes())
         loaded = json.loads(raw.decode("utf-8"), object_pairs_hook=OrderedDict)
         Path(base + PICKLED).write_bytes(pickle.dumps(loaded, protocol=5))
+        if pickle.loads(Path(base + PICKLED).read_bytes()) != loaded:  # what ships reads back the same
+            raise SystemExit(f"{base + PICKLED} does not read back as its JSON")
     return len(bases)
 
 
@@ -240,11 +244,16 @@ def build(target: Path, env: str = "dev", install: bool = True) -> float:
         folder = manifest.parent
         shutil.copytree(folder, target / "shipped_models" / folder.parent.name / folder.name, dirs_exist_ok=True)
     config = edge_config(env)
-    (target / "edge_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    # Written last (below): a build that fails on the way leaves none, so `make deploy`'s check
+    # (infra/deploy.py) refuses the folder instead of finding an earlier build's.
+    (target / "edge_config.json").unlink(missing_ok=True)
     _check_champion(target / "shipped_models" / config["default_champion"])
     (target / "fallback_items.json").write_text(json.dumps(fallback_items(), indent=2))
     if install:
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--only-binary=:all:",
+        # --upgrade: into a reused target, pip otherwise keeps the packages already there and
+        # only warns (the pins' new versions would not ship).
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--upgrade", "--no-deps",
+                        "--only-binary=:all:",
                         "--platform", "manylinux_2_28_x86_64", "--python-version", "3.12", "--implementation",
                         "cp", "--target", str(target), *pinned(PACKAGES + SDK_PACKAGES)], check=True)
         trim(target)
@@ -257,6 +266,7 @@ def build(target: Path, env: str = "dev", install: bool = True) -> float:
             bytecode.precompile(target, python)
     else:  # the packages are this interpreter's, and so is the bundle (tests, the bench)
         bytecode.precompile(target, sys.executable)
+    (target / "edge_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     return zipped_mb(target)
 
 

@@ -35,10 +35,10 @@ from . import lambda_site, serving
 
 _RECOMMEND_INIT = """
 import json, sys, time
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 sys.path[:0] = [{handler!r}, {layer!r}, {site!r}]  # run with python -S: as in Lambda, no site-packages
 import app
-print(json.dumps({{"ms": (time.perf_counter() - t0) * 1000, "cpu_ms": time.process_time() * 1000}}))
+print(json.dumps({{"ms": (time.perf_counter() - t0) * 1000, "cpu_ms": (time.process_time() - c0) * 1000}}))
 """
 
 
@@ -73,7 +73,7 @@ def main() -> None:
         stack.poller.stop()  # the cold edges' reads wait on the moto server, not on its neighbours
         for schedule in stack._schedules:
             schedule.stop()
-        env = {**os.environ, "AWS_ENDPOINT_URL": stack.aws_endpoint, "AWS_LAMBDA_FUNCTION_NAME": args.function}
+        env = serving.child_env(AWS_ENDPOINT_URL=stack.aws_endpoint, AWS_LAMBDA_FUNCTION_NAME=args.function)
         if args.function == "recommend":  # deployed, Lambda gives it its role's credentials
             role = stack.resources.identities.functions["recommend"]
             env.update(AWS_ACCESS_KEY_ID=role.access_key_id, AWS_SECRET_ACCESS_KEY=role.secret_access_key,
@@ -96,7 +96,8 @@ def main() -> None:
             order = [*range(len(programs)), None]
             for n in order if round_ % 2 == 0 else reversed(order):
                 if n is None:
-                    out = subprocess.run(serving.child(floor_program), capture_output=True, text=True, check=True)
+                    out = subprocess.run(serving.child(floor_program), capture_output=True, text=True, check=True,
+                                         env=serving.child_env())
                     result = json.loads(out.stdout.strip().splitlines()[-1])
                     floor.append(result["ms"])
                     floor_cpu.append(result["cpu_ms"])

@@ -4,7 +4,6 @@ synthetic shopper and test item move no shared figure. A cold edge in a process 
 AWS SDK its bundle ships (trimmed: ``infra/edge_build.py``), builds from the stack and answers."""
 
 import json
-import os
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -34,14 +33,19 @@ def test_smoke_passes_against_the_local_stack_and_moves_no_shared_figure(tmp_pat
         # the bench's cold edge (it asserts a built, not a fallback, answer): S3, DynamoDB, Secrets
         # Manager and the flags' calls made through the bundle's trimmed SDK
         program = serving.compiled_edge(ROOT, stack, 0.0, tmp_path / "cold")
-        env = {**os.environ, "AWS_ENDPOINT_URL": stack.aws_endpoint, "AWS_LAMBDA_FUNCTION_NAME": "edge"}
+        env = serving.child_env(AWS_ENDPOINT_URL=stack.aws_endpoint, AWS_LAMBDA_FUNCTION_NAME="edge")
         # As in Lambda, only the bundle's packages are on its path (the bench's cold starts run so):
         # nothing it loaded came from anywhere else but the standard library.
         only_bundle = (
-            "\nimport sysconfig\nstdlib = (sysconfig.get_paths()['stdlib'], sysconfig.get_paths()['platstdlib'])\n"
-            "outside = sorted(n for n, m in list(sys.modules.items()) if (getattr(m, '__file__', None) or {0!r})"
-            ".startswith(stdlib) is False and not (getattr(m, '__file__', None) or {0!r}).startswith({0!r}))\n"
-            "assert not outside, outside\n"
+            "\nimport os, sysconfig\n"
+            "stdlib = tuple(os.path.join(sysconfig.get_paths()[k], '') for k in ('stdlib', 'platstdlib'))\n"
+            "bundle = os.path.join({!r}, '')\n"
+            "def outside(path):\n"
+            "    if path is None or path.startswith(bundle):\n"
+            "        return False\n"
+            "    return not path.startswith(stdlib) or 'site-packages' in path\n"
+            "loaded = sorted(n for n, m in list(sys.modules.items()) if outside(getattr(m, '__file__', None)))\n"
+            "assert not loaded, loaded\n"
             "assert 'awscrt' not in sys.modules and 'OpenSSL' not in sys.modules\n").format(str(tmp_path / "cold"))
         cold = subprocess.run(serving.child(program.replace("import app as edge", (
             "import app as edge, botocore; assert botocore.__file__.startswith({!r}), botocore.__file__"

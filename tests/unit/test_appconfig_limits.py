@@ -403,3 +403,36 @@ def test_serving_refuses_exactly_what_the_profiles_validator_refuses(document):
     if by_schema and not by_serving:
         assert any(c.get("action") != "BOGUS" for r in document["challenger"].get("rules", {}).values()
                    for c in r["conditions"])
+
+
+def test_the_local_states_client_is_made_once_on_first_use_and_signs_as_its_creator(monkeypatch):
+    """The local stack's AppConfig state (an S3 object): its client is made when first used (as
+    the deployed data client is, on the flags' refresh thread), whichever thread gets there first,
+    and it signs as the function that made the state."""
+    import threading
+
+    from personalize.adapters import aws
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    creator = aws.Credentials("AKIDCREATOR", "secret", name="creator")
+    with aws.as_identity(creator):
+        state = fake.S3State("bucket", "key")
+    assert state._s3 is None  # nothing made yet
+    start, made, errors = threading.Barrier(8), [], []
+
+    def first_use():
+        start.wait()
+        try:
+            made.append(state.s3)
+        except Exception as exc:  # noqa: BLE001 - what the test looks for
+            errors.append(exc)
+
+    with aws.as_identity(aws.Credentials("AKIDOTHER", "secret", name="other")):
+        threads = [threading.Thread(target=first_use) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+    assert len({id(client) for client in made}) == 1
+    assert made[0]._request_signer._credentials.access_key == "AKIDCREATOR"

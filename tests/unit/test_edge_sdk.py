@@ -41,6 +41,8 @@ session.get_component("data_loader").file_loader = Counting()
 session.set_credentials("x", "y")
 out = {"described": describe(session, json.loads(sys.argv[2]), json.loads(sys.argv[3]))}
 out["pickled"] = Counting.pickled
+from personalize.adapters import aws  # the sessions the edge's clients come from
+out["adapter_loader"] = type(aws._session().get_component("data_loader").file_loader).__name__
 s3 = session.create_client("s3", region_name="us-east-1")
 out["docstrings"] = [len(str(getattr(s3, m).__doc__)) for m in ("get_object", "put_object", "head_object")]
 try:
@@ -97,6 +99,7 @@ def test_the_trimmed_sdk_makes_the_same_clients_as_the_whole_one(trimmed, monkey
     assert result["described"] == whole
     # Each service's model and endpoint rules, the endpoints and partitions: from the pickles.
     assert result["pickled"] >= 2 * len(services) + 2, result["pickled"]
+    assert result["adapter_loader"] == "PickledFirst"
     assert all(d["operations"] for d in whole.values())
     assert "kinesis" in result["left_out"]
     assert all(result["docstrings"])  # help() works on the bundle (S3's docstring handlers)
@@ -246,7 +249,86 @@ def test_an_edge_worker_process_gets_no_client_of_a_service_its_bundle_lacks():
     assert out.stdout.strip().startswith("refused: Unknown service: 'sqs'"), out.stdout
 
 
-def test_every_client_the_adapter_makes_reads_the_pickles_first():
+def test_without_pickled_data_the_loader_stays_botocores_own():
+    """The layers and a dev venv (their botocore's data never pickled): no look for pickles."""
+    from botocore.loaders import JSONFileLoader
+
     from personalize.adapters import aws
 
-    assert isinstance(aws._session().get_component("data_loader").file_loader, aws.PickledFirst)
+    assert not aws._pickled_data()
+    assert type(aws._session().get_component("data_loader").file_loader) is JSONFileLoader
+
+
+def test_the_pickle_is_what_is_read_where_there_is_one(tmp_path, monkeypatch):
+    import pickle
+
+    from personalize.adapters import aws
+
+    monkeypatch.setattr(aws, "_BUILTIN_DATA", str(tmp_path.resolve()) + __import__("os").sep)
+    (tmp_path / "thing.json").write_text('{"from": "json"}')
+    (tmp_path / f"thing{aws.PICKLED}").write_bytes(pickle.dumps({"from": "pickle"}))
+    assert aws.PickledFirst().load_file(str(tmp_path / "thing")) == {"from": "pickle"}
+    (tmp_path / "only.json").write_text('{"from": "json"}')
+    assert aws.PickledFirst().load_file(str(tmp_path / "only")) == {"from": "json"}
+
+
+def test_a_path_that_climbs_out_of_botocores_data_reads_no_pickle(tmp_path):
+    """``AWS_DATA_PATH`` or ``HOME`` naming botocore's folder and ``..`` out of it."""
+    import os
+    import pickle
+
+    from personalize.adapters import aws
+
+    class Boom:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('unpickled')",))
+
+    (tmp_path / "thing.json").write_text('{"from": "json"}')
+    (tmp_path / f"thing{aws.PICKLED}").write_bytes(pickle.dumps(Boom()))
+    climbing = aws._BUILTIN_DATA + os.sep.join([".."] * (aws._BUILTIN_DATA.count(os.sep) + 1)) + str(tmp_path)
+    assert climbing.startswith(aws._BUILTIN_DATA)
+    assert aws.PickledFirst().load_file(os.path.join(climbing, "thing")) == {"from": "json"}
+
+
+def test_a_rebuild_leaves_no_pickle_without_its_json(tmp_path):
+    """A reused build folder: a pickle whose JSON is gone (a botocore update moved a file) would
+    still be read first; the build writes every pickle afresh and removes the rest."""
+    import pickle
+
+    version = tmp_path / "svc" / "2020-01-01"
+    version.mkdir(parents=True)
+    (version / "service-2.json").write_text('{"b": 1, "a": [2]}')
+    (version / f"paginators-1{edge_build.PICKLED}").write_bytes(pickle.dumps({"stale": True}))
+    (version / f"service-2{edge_build.PICKLED}").write_bytes(pickle.dumps({"stale": True}))
+    assert edge_build.pickle_data(tmp_path) == 1
+    assert sorted(p.name for p in version.iterdir()) == ["service-2.json", f"service-2{edge_build.PICKLED}"]
+    assert pickle.loads((version / f"service-2{edge_build.PICKLED}").read_bytes()) == {"b": 1, "a": [2]}
+
+
+def test_a_damaged_pickle_is_named_once_and_its_json_read_instead(tmp_path, monkeypatch, caplog):
+    import pickle
+
+    from personalize.adapters import aws
+
+    monkeypatch.setattr(aws, "_BUILTIN_DATA", str(tmp_path.resolve()) + __import__("os").sep)
+    monkeypatch.setattr(aws, "_unreadable", set())
+    (tmp_path / "endpoints.json").write_text('{"from": "json"}')
+    (tmp_path / f"endpoints{aws.PICKLED}").write_bytes(pickle.dumps({"from": "pickle"})[:-5])  # truncated
+    loader = aws.PickledFirst()
+    with caplog.at_level("WARNING", logger="personalize.adapters.aws"):
+        assert loader.load_file(str(tmp_path / "endpoints")) == {"from": "json"}
+        assert loader.load_file(str(tmp_path / "endpoints")) == {"from": "json"}
+    named = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(named) == 1 and f"endpoints{aws.PICKLED}" in named[0] and "UnpicklingError" in named[0]
+
+
+def test_a_pickle_without_its_json_is_not_seen(tmp_path, monkeypatch):
+    import pickle
+
+    from personalize.adapters import aws
+
+    monkeypatch.setattr(aws, "_BUILTIN_DATA", str(tmp_path.resolve()) + __import__("os").sep)
+    (tmp_path / f"service-2{aws.PICKLED}").write_bytes(pickle.dumps({"stale": True}))
+    loader = aws.PickledFirst()
+    assert not loader.exists(str(tmp_path / "service-2"))
+    assert loader.load_file(str(tmp_path / "service-2")) is None

@@ -131,3 +131,25 @@ def test_a_deploy_refuses_a_build_baked_for_another_environment(tmp_path, capsys
     stale["replica_regions"] = stale["replica_regions"][:2]  # built before a replica was added
     (edge / "edge_config.json").write_text(json.dumps(stale))
     assert "again" in deploy.check("prod", tmp_path)
+
+
+def test_a_build_that_fails_on_the_way_leaves_no_config_for_a_deploy_to_find(tmp_path, monkeypatch):
+    """``edge_config.json`` is the build's last file: an earlier build's is removed first, so a
+    failed rebuild (a full disk while compiling) is refused by `make deploy`'s check."""
+    from infra import bytecode, deploy
+
+    edge = tmp_path / "EdgeFunction"
+    edge.mkdir()
+    (edge / "edge_config.json").write_text(json.dumps(edge_build.edge_config("dev")))  # an earlier build's
+    assert deploy.check("dev", tmp_path) is None
+
+    def full_disk(*_, **__):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bytecode, "precompile", full_disk)
+    with pytest.raises(OSError):
+        edge_build.build(edge, "dev", install=False)
+    assert "make build ENV=dev" in deploy.check("dev", tmp_path)
+    monkeypatch.undo()
+    edge_build.build(edge, "dev", install=False)
+    assert deploy.check("dev", tmp_path) is None

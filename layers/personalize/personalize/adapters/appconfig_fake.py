@@ -35,7 +35,6 @@ takes to reach the data plane (taken as immediate; unconfirmed).
 from __future__ import annotations
 
 import base64
-import contextvars
 import hashlib
 import json
 import secrets
@@ -412,19 +411,24 @@ class S3State:
     """The world's state in one S3 object (the local stack: every process reads it)."""
 
     def __init__(self, bucket: str, key: str):
+        from . import aws
+
         self.bucket, self.key = bucket, key
         # The client is made on first use, as the deployed flags' data client is (on the refresh
         # thread, not in a cold start's build), signing as whoever made this state.
-        self._context = contextvars.copy_context()
+        self._identity = aws.current_identity()
         self._s3 = None
+        self._lock = threading.Lock()
 
     @property
     def s3(self):
-        if self._s3 is None:
-            from . import aws
+        with self._lock:
+            if self._s3 is None:
+                from . import aws
 
-            self._s3 = self._context.run(aws.client, "s3")
-        return self._s3
+                with aws.as_identity(self._identity):
+                    self._s3 = aws.client("s3")
+            return self._s3
 
     def load(self) -> dict:
         try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import logging
 import os
 import pickle
 import threading
@@ -69,26 +70,43 @@ class PickledFirst(botocore.loaders.JSONFileLoader):
     (``infra/edge_build.py``: exactly what botocore's JSON loader returns, its OrderedDicts
     included), and from the JSON where there is none (the layers, a dev venv). Unpickling takes
     about half the time of botocore's JSON parse (an OrderedDict per object) and needs no
-    gunzip of the 0.9 MB S3 endpoint rules: a cold start makes five clients. Only inside
-    botocore's own package (its ``data`` folder, as code is): a pickle found on ``AWS_DATA_PATH``
-    or in ``~/.aws/models`` is never loaded."""
+    gunzip of the 0.9 MB S3 endpoint rules: a cold start makes five clients.
+
+    - Only inside botocore's own package (its ``data`` folder, as code is; the path resolved): a
+      pickle found on ``AWS_DATA_PATH`` or in ``~/.aws/models`` is never loaded.
+    - Only beside its JSON: a pickle whose JSON is gone (a reused build folder) is ignored, and
+      botocore sees exactly the files it would without pickles.
+    - A pickle that cannot be read (truncated, corrupt) is logged with its path, once, and the
+      JSON beside it is read instead: never a client that fails where the JSON would not."""
 
     def _pickle(self, file_path: str) -> str | None:
         path = file_path + PICKLED
-        return path if path.startswith(_BUILTIN_DATA) and os.path.isfile(path) else None
-
-    def exists(self, file_path):
-        return self._pickle(file_path) is not None or super().exists(file_path)
+        # The resolved path: AWS_DATA_PATH or HOME may name botocore's folder and climb out of it.
+        if not os.path.realpath(path).startswith(_BUILTIN_DATA) or path in _unreadable:
+            return None
+        return path if os.path.isfile(path) and super().exists(file_path) else None
 
     def load_file(self, file_path):
         path = self._pickle(file_path)
-        if path is None:
-            return super().load_file(file_path)
-        with open(path, "rb") as f:
-            return pickle.load(f)  # noqa: S301 - botocore's own package data, written by our build
+        if path is not None:
+            try:
+                with open(path, "rb") as f:
+                    return pickle.load(f)  # noqa: S301 - botocore's own package data, written by our build
+            except Exception as exc:  # noqa: BLE001 - any damage: the JSON beside it is the truth
+                _unreadable.add(path)
+                logging.getLogger(__name__).warning("botocore data %s unreadable (%s: %s); reading its JSON",
+                                                    path, type(exc).__name__, exc)
+        return super().load_file(file_path)
 
 
-_BUILTIN_DATA = os.path.join(botocore.loaders.Loader.BUILTIN_DATA_PATH, "")
+_unreadable: set[str] = set()  # pickles that failed to load: not tried again in this process
+_BUILTIN_DATA = os.path.join(os.path.realpath(botocore.loaders.Loader.BUILTIN_DATA_PATH), "")
+
+
+def _pickled_data() -> bool:
+    """Whether this botocore's data was pickled by the edge bundle's build (the layers' and a
+    dev venv's never is: their loader stays botocore's own, without a look for pickles)."""
+    return os.path.isfile(os.path.join(_BUILTIN_DATA, "endpoints" + PICKLED))
 
 
 @functools.cache
@@ -98,7 +116,8 @@ def _session(identity: Credentials | None = None) -> botocore.session.Session:
     session = botocore.session.Session()
     if _loader is None:
         _loader = session.get_component("data_loader")
-        _loader.file_loader = PickledFirst()
+        if _pickled_data():
+            _loader.file_loader = PickledFirst()
     else:
         session.register_component("data_loader", _loader)
     if identity is not None:
