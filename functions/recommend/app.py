@@ -3,7 +3,13 @@ origin, and the API for server-side callers)."""
 
 import os
 
-from personalize import collector
+# numpy's OpenBLAS starts a spinning worker thread per core as it is imported: its init took 571
+# against 464 ms of CPU without it (0.81x; `python -m tests.bench.cold_ab OLD NEW --function
+# recommend --runs 9`, 2026-12-07). Serving does no BLAS work a second thread would speed up.
+# Before anything imports numpy; as the edge (functions/edge/app.py).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from personalize import collector  # noqa: E402 - after the variable above
 
 # Cold start, as the edge's: the collector paused while the imports and the build allocate what
 # lives as long as the instance, and that frozen out of its later scans in Lambda

@@ -8,6 +8,8 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from infra import loadtest, smoke
 from infra.local import sigv4
 from infra.local.stack import LocalStack
@@ -75,3 +77,30 @@ def test_a_failing_check_is_reported_with_its_reason_and_the_run_fails(capsys):
     assert not check.run()
     assert all(not c.ok and c.detail for c in check.checks)
     assert "0 passed, 6 failed" in capsys.readouterr().out
+
+
+class _Edge:
+    """An edge that answers its bundled fallback (cold_start_unavailable) ``cold`` times."""
+
+    def __init__(self, cold: int):
+        self.cold, self.last_headers = cold, {}
+
+    def request(self, method, url, body=None, headers=None):
+        reason, self.cold = ("cold_start_unavailable" if self.cold > 0 else None), self.cold - 1
+        self.last_headers = {"cache-control": "private, no-store", "x-request-id": "r" * 20}
+        return 200, json.dumps({"rec_id": "x", "user_id": None, "variant": "outside", "model": "m", "items": [],
+                                "fallback": reason is not None, "fallback_reason": reason,
+                                "snapshot_version": None}).encode()
+
+
+@pytest.mark.parametrize("cold, passes", [(3, True), (10_000, False)])
+def test_an_edge_still_on_its_bundled_list_after_its_build_time_fails_the_smoke(cold, passes):
+    class Target:
+        name, public_url, api_url = "edge", "https://shop.example", "https://api.example"
+
+    now = [0.0]
+    check = smoke.Smoke(Target(), http=_Edge(cold), clock=lambda: now[0],
+                        sleep=lambda s: now.__setitem__(0, now[0] + s))
+    assert check.check("anonymous recommendations", check.anonymous_recommendations) is passes
+    if not passes:
+        assert "cannot build" in check.checks[0].detail and now[0] >= smoke.COLD_BUILD_S
