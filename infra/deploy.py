@@ -29,6 +29,10 @@ def check(env: str, build_dir: Path = BUILD_DIR) -> str | None:
     config_path = build_dir / "EdgeFunction" / "edge_config.json"
     if not config_path.exists():
         return f"no edge bundle in {build_dir}: make build ENV={env} first"
+    # SAM writes the built template only once every resource has built: without it, `sam deploy`
+    # would deploy the source template (functions/edge unbuilt, no layers' packages).
+    if not (build_dir / "template.yaml").exists():
+        return f"the build in {build_dir} did not finish (no template.yaml): make build ENV={env} again"
     baked = json.loads(config_path.read_text())
     if baked.get("stack") != environment.stack:
         return (f"the build is for stack {baked.get('stack')!r}, not {environment.stack!r} ({env}): "

@@ -234,6 +234,9 @@ def build(target: Path, env: str = "dev", install: bool = True) -> float:
     from infra import bytecode
 
     target.mkdir(parents=True, exist_ok=True)
+    # Written last (below): a build that fails on the way leaves none, so `make deploy`'s check
+    # (infra/deploy.py) refuses the folder instead of finding an earlier build's.
+    (target / "edge_config.json").unlink(missing_ok=True)
     # A reused target: nothing compiled from an earlier build's sources may ship (unchecked-hash pycs).
     shutil.rmtree(target / "personalize", ignore_errors=True)
     shutil.rmtree(target / "__pycache__", ignore_errors=True)
@@ -244,9 +247,6 @@ def build(target: Path, env: str = "dev", install: bool = True) -> float:
         folder = manifest.parent
         shutil.copytree(folder, target / "shipped_models" / folder.parent.name / folder.name, dirs_exist_ok=True)
     config = edge_config(env)
-    # Written last (below): a build that fails on the way leaves none, so `make deploy`'s check
-    # (infra/deploy.py) refuses the folder instead of finding an earlier build's.
-    (target / "edge_config.json").unlink(missing_ok=True)
     _check_champion(target / "shipped_models" / config["default_champion"])
     (target / "fallback_items.json").write_text(json.dumps(fallback_items(), indent=2))
     if install:
@@ -292,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"edge bundle: {size:.1f} MB zipped (limit {LIMIT_MB:.0f} MB, goal 30 MB)")
     if size > LIMIT_MB:
         print("edge bundle is over the Lambda@Edge origin-request limit", file=sys.stderr)
+        (target / "edge_config.json").unlink(missing_ok=True)  # not a bundle `make deploy` may ship
         return 1
     return 0
 

@@ -104,3 +104,13 @@ def test_an_edge_still_on_its_bundled_list_after_its_build_time_fails_the_smoke(
     assert check.check("anonymous recommendations", check.anonymous_recommendations) is passes
     if not passes:
         assert "cannot build" in check.checks[0].detail and now[0] >= smoke.COLD_BUILD_S
+
+
+def test_the_cold_edge_wait_ends_even_on_a_clock_that_does_not_move():
+    class Target:
+        name, public_url, api_url = "edge", "https://shop.example", "https://api.example"
+
+    edge = _Edge(10_000)
+    check = smoke.Smoke(Target(), http=edge, clock=lambda: 0.0, sleep=lambda s: None)
+    assert check.check("anonymous recommendations", check.anonymous_recommendations) is False
+    assert 10_000 - edge.cold <= smoke.COLD_BUILD_S / 2 + 1  # requests made

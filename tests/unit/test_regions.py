@@ -123,6 +123,10 @@ def test_a_deploy_refuses_a_build_baked_for_another_environment(tmp_path, capsys
     edge.mkdir()
     assert "make build ENV=prod" in deploy.check("prod", tmp_path)  # nothing built yet
     (edge / "edge_config.json").write_text(json.dumps(edge_build.edge_config("dev")))
+    # The edge built, another resource failed: SAM wrote no template, and `sam deploy` would
+    # fall back to the source one.
+    assert "did not finish" in deploy.check("dev", tmp_path)
+    (tmp_path / "template.yaml").write_text("Resources: {}\n")
     assert deploy.check("dev", tmp_path) is None
     assert "rt-personalization-dev" in deploy.check("prod", tmp_path)
     assert deploy.main(["check", "--env", "prod", "--build-dir", str(tmp_path)]) == 2
@@ -141,6 +145,7 @@ def test_a_build_that_fails_on_the_way_leaves_no_config_for_a_deploy_to_find(tmp
     edge = tmp_path / "EdgeFunction"
     edge.mkdir()
     (edge / "edge_config.json").write_text(json.dumps(edge_build.edge_config("dev")))  # an earlier build's
+    (tmp_path / "template.yaml").write_text("Resources: {}\n")
     assert deploy.check("dev", tmp_path) is None
 
     def full_disk(*_, **__):
@@ -153,3 +158,20 @@ def test_a_build_that_fails_on_the_way_leaves_no_config_for_a_deploy_to_find(tmp
     monkeypatch.undo()
     edge_build.build(edge, "dev", install=False)
     assert deploy.check("dev", tmp_path) is None
+
+
+def test_a_bundle_over_the_size_limit_leaves_no_config_for_a_deploy_to_find(tmp_path, monkeypatch):
+    from infra import deploy
+
+    edge = tmp_path / "EdgeFunction"
+    (tmp_path / "template.yaml").write_text("Resources: {}\n")
+
+    def too_big(target, env):
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "edge_config.json").write_text(json.dumps(edge_build.edge_config(env)))
+        return edge_build.LIMIT_MB + 1
+
+    monkeypatch.setattr(edge_build, "build", too_big)
+    monkeypatch.setenv("SAM_CONFIG_ENV", "dev")
+    assert edge_build.main([str(edge)]) == 1
+    assert "make build ENV=dev" in deploy.check("dev", tmp_path)

@@ -68,7 +68,8 @@ PICKLED = ".pickle"  # beside botocore's JSON data in the edge bundle (infra/edg
 class PickledFirst(botocore.loaders.JSONFileLoader):
     """botocore's data files read from the pickles the edge bundle's build writes beside them
     (``infra/edge_build.py``: exactly what botocore's JSON loader returns, its OrderedDicts
-    included), and from the JSON where there is none (the layers, a dev venv). Unpickling takes
+    included), and from the JSON where there is none. Installed only where the build pickled
+    botocore's data (``_pickled_data``: not in the layers nor a dev venv). Unpickling takes
     about half the time of botocore's JSON parse (an OrderedDict per object) and needs no
     gunzip of the 0.9 MB S3 endpoint rules: a cold start makes five clients.
 
@@ -80,9 +81,11 @@ class PickledFirst(botocore.loaders.JSONFileLoader):
       JSON beside it is read instead: never a client that fails where the JSON would not."""
 
     def _pickle(self, file_path: str) -> str | None:
-        path = file_path + PICKLED
-        # The resolved path: AWS_DATA_PATH or HOME may name botocore's folder and climb out of it.
-        if not os.path.realpath(path).startswith(_BUILTIN_DATA) or path in _unreadable:
+        """The pickle's resolved path, used for every check and the read itself (AWS_DATA_PATH or
+        HOME may name botocore's folder and climb out of it, or a link may be swapped between a
+        check and the read); None when it is not to be read."""
+        path = os.path.realpath(file_path + PICKLED)
+        if not path.startswith(_BUILTIN_DATA) or path in _unreadable:
             return None
         return path if os.path.isfile(path) and super().exists(file_path) else None
 
