@@ -50,7 +50,6 @@ def test_a_build_that_requires_bytecode_fails_without_the_runtimes_python(monkey
 
 
 def test_a_bundle_whose_champion_cannot_load_is_never_built(tmp_path, monkeypatch):
-
     import pytest
 
     from infra import edge_build
