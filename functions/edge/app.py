@@ -5,11 +5,11 @@ into the bundle by ``infra/edge_build.py``) names the us-east-1 resources, and
 
 import os
 
-# numpy's OpenBLAS starts a worker thread per core as it is imported, and the thread spins:
-# about 60 ms of CPU in the import alone here (2026-12-07), taken from a cold start to which
-# Lambda gives a share of a core, and a native thread still running when the instance is frozen.
-# Serving does no BLAS work that a second thread would speed up. (No environment variables at
-# the edge: set here, before anything imports numpy.)
+# numpy's OpenBLAS starts a worker thread per core as it is imported, and the thread spins: the
+# cold start took 499 against 379 ms of CPU with it (0.76x without; `python -m tests.bench.cold_ab`,
+# 15 rounds, 2026-12-07), CPU a cold start on Lambda's share of a core cannot spare. Serving does
+# no BLAS work that a second thread would speed up. (No environment variables at the edge: set
+# here, before anything imports numpy.)
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from personalize import collector  # noqa: E402 - after the variable above
