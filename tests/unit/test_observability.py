@@ -284,3 +284,34 @@ def test_the_sold_out_alarm_reads_what_both_serving_functions_count():
     assert all(f"FILL({k}, 0)" in share["Expression"] for k in stats)
     assert (props["EvaluationPeriods"], props["DatapointsToAlarm"], props["Threshold"]) == (2, 2, 25)
     assert "SoldOutStaleAlarm" in observability.ALARMS_ON_DASHBOARD
+
+
+def test_an_edge_failing_on_every_request_logs_a_traceback_a_minute_per_cause_and_counts_each(
+        monkeypatch, caplog):
+    """1,000 failing requests a second would be 1,000 tracebacks a second of logs: one a minute
+    per exception type, the next saying how many were left out; every one still goes to the
+    origin and is counted (EdgeErrors)."""
+    from personalize.serving import cloudfront
+
+    now = [0.0]
+    monkeypatch.setattr(cloudfront, "errors", telemetry.RepeatedErrors(cloudfront.log, clock=lambda: now[0]))
+    event = {"Records": [{"cf": {"config": {"requestId": "r"}, "request": {"uri": "/recommendations",
+                                                                         "method": "GET", "headers": {}}}}]}
+    counted = []
+
+    def fail(exc):
+        def serve(request):
+            raise exc
+        return serve
+
+    with caplog.at_level("ERROR", logger=cloudfront.log.name):
+        for _ in range(100):
+            assert cloudfront.handle(event, fail(ZeroDivisionError()), on_error=lambda: counted.append(1)) \
+                == event["Records"][0]["cf"]["request"]
+        cloudfront.handle(event, fail(KeyError("x")), on_error=lambda: counted.append(1))  # another cause
+        now[0] = 61.0
+        cloudfront.handle(event, fail(ZeroDivisionError()), on_error=lambda: counted.append(1))
+    lines = [r for r in caplog.records if "passing the request to the origin" in r.getMessage()]
+    assert len(counted) == 102
+    assert [r.exc_info[0] for r in lines] == [ZeroDivisionError, KeyError, ZeroDivisionError]
+    assert "99 more of these" in lines[-1].getMessage()

@@ -13,7 +13,13 @@ import logging
 from collections.abc import Callable
 from urllib.parse import parse_qs
 
+from personalize import telemetry
+
 log = logging.getLogger(__name__)
+# A failure on every request (a bad deploy, an outage the handler does not expect) would log a
+# traceback per request, 1,000 a second on a sale: one a minute per exception type instead, the
+# next saying how many were left out (each is counted: EdgeErrors, EdgeErrorsAlarm).
+errors = telemetry.RepeatedErrors(log)
 PATH = "/recommendations"
 HSTS = "max-age=63072000; includeSubDomains"
 # CloudFront's id of the request (what it answers the viewer with as X-Amz-Cf-Id, a header a
@@ -99,8 +105,8 @@ def handle(event: object, serve: Callable[[dict], tuple[int, dict, dict]],
             return generated(405, {"message": "use GET /recommendations"}, {"allow": "GET, HEAD"})
         status, body, headers = serve(request)
         return generated(status, body, headers)
-    except Exception:  # the regional origin serves the same API: let it answer
-        log.exception("edge failed; passing the request to the origin")
+    except Exception as exc:  # the regional origin serves the same API: let it answer
+        errors.exception(f"edge:{type(exc).__name__}", "edge failed; passing the request to the origin")
         if on_error is not None:
             on_error()
         return request
