@@ -1,10 +1,17 @@
 """Serving's part of issue 19: what the flags rollback alarm counts against the challenger,
 a model that fails on a request, and a sold-out list that did not change."""
 
+import json
+import shutil
+from pathlib import Path
+
+from personalize import identity
 from personalize.adapters.artifacts import MemoryArtifacts
 from personalize.adapters.soldout import MemorySoldOut
 from personalize.adapters.userstore import MemoryUserStore
 from personalize.ingest import entities
+from personalize.rollout import flags
+from personalize.serving import wiring
 from personalize.serving.recommendations import Recommender, Variant, model_fault
 from tests.unit.test_recommender import KEY, NOW, RANKER, _click, cookie, snapshot
 
@@ -63,6 +70,51 @@ def test_a_model_that_fails_on_a_request_answers_trending_and_is_counted():
     answer = rec.recommend({"k": "5"}, cookie("u1"), "US", NOW)
     assert answer.status == 200 and len(answer.body["items"]) == 5
     assert answer.body["fallback_reason"] == "challenger_failed" and model_fault(answer.body)
+
+
+def test_a_challenger_whose_features_fail_where_the_champions_do_not_is_its_fault(tmp_path, caplog):
+    """Before: a challenger reading a column the champion does not (here the 10-minute window
+    sums, read from the shopper's minute tiles) failed on rows the champion serves, and each
+    answer was ``features_failed``, no model's fault: the rollback alarm never saw the
+    challenger fail, and its shoppers got trending. Now the champion ranks them and the
+    answer is ``challenger_failed``; a row no model can read stays ``features_failed``.
+    Through the real chooser, flags document and bundled models."""
+    models = Path(__file__).resolve().parents[2] / "models"
+    bundled = tmp_path / "shipped"
+    shutil.copytree(models / "ranker-mlp" / "v1", bundled / "ranker-mlp" / "v1")
+    windows = bundled / "ranker-windows" / "v1"
+    shutil.copytree(models / "ranker-mlp" / "v1", windows)
+    manifest = json.loads((windows / "manifest.json").read_text())
+    swap = {"user_purchases_log": "user_click_rate_10m", "user_days_since_log": "user_views_10m_log"}
+    manifest.update(name="ranker-windows", features=[swap.get(f, f) for f in manifest["features"]])
+    (windows / "manifest.json").write_text(json.dumps(manifest))
+    document = flags.rollout_document("ranker-mlp/v1", "ranker-windows/v1", 1.0, "exp-w")
+    rollout = flags.Rollout(flags.CachedDocumentStore(lambda: document), "ranker-mlp/v1")
+    assert rollout.assign("u1") == flags.Assignment(flags.CHALLENGER, "ranker-windows/v1", "exp-w@10000", True,
+                                                    "ranker-mlp/v1")  # the document above, loaded
+    user = entities.UserRow()
+    entities.apply_user_event(user, _click("sku-3"), 1)
+    rec = recommender(wiring.chooser(rollout, wiring.ModelCache(bundled, MemoryArtifacts()), "ranker-mlp/v1"),
+                      MemoryUserStore({"u1": user}))
+
+    healthy = rec.recommend({"k": "5"}, cookie("u1"), "US", NOW).body
+    assert (healthy["variant"], healthy["model"], healthy["fallback"]) == ("challenger", "ranker-windows/v1", False)
+
+    (minute, tile), = user.tiles.items()
+    user.tiles[minute] = tile[:1]  # a tile the window sums cannot read; the champion reads no window
+    with caplog.at_level("ERROR"):
+        answer = rec.recommend({"k": "5"}, cookie("u1"), "US", NOW)
+    body = answer.body
+    assert answer.status == 200 and (body["variant"], body["fallback"]) == ("challenger", True)
+    assert body["fallback_reason"] == "challenger_failed" and model_fault(body)
+    assert body["model"] == "ranker-mlp/v1" and len(body["items"]) == 5 and body["candidates"] >= 10  # ranked
+    assert identity.verify_decision(body["decision"], body["rec_id"], KEY).model == "ranker-mlp/v1"
+    assert any(r.exc_info and "ranker-windows/v1 failed where the champion's did not" in r.getMessage()
+               for r in caplog.records)
+
+    user.items["sku-4"] = [*next(iter(user.items.values())), 0]  # ragged stats: no model's features read it
+    body = rec.recommend({"k": "5"}, cookie("u1"), "US", NOW).body
+    assert body["fallback_reason"] == "features_failed" and not model_fault(body) and "candidates" not in body
 
 
 def test_the_sold_out_generation_moves_only_when_the_list_changes():

@@ -349,6 +349,9 @@ class Assignment:
     model: str
     experiment: str
     flags_loaded: bool
+    # The champion's model beside a challenger's (empty otherwise): what serving compares a
+    # challenger's failure with (recommendations.Variant.champion).
+    champion: str = ""
 
 
 class Rollout:
@@ -396,7 +399,7 @@ class Rollout:
         if self._flag("kill_switch", False):
             return Assignment(CHAMPION, champion, analysed, True)
         if self._flag(CHALLENGER, False, bucket(user_id, experiment)):
-            return Assignment(CHALLENGER, self._flag("challenger_model", champion), analysed, True)
+            return Assignment(CHALLENGER, self._flag("challenger_model", champion), analysed, True, champion)
         return Assignment(CHAMPION, champion, analysed, True)
 
     def _flag(self, name: str, default, shopper_bucket: int | None = None):

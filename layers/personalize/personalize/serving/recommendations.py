@@ -11,9 +11,11 @@ Fallbacks, each named in the answer (``fallback: true``, ``fallback_reason``):
 popular; ``user_read_failed`` -> the same, without waiting longer than the read timeout;
 ``no_snapshot`` -> an empty list with 200 (the last good snapshot is kept when a refresh fails).
 A fallback the variant's model caused (``<variant>_unavailable``: it did not load, served by
-the bundled champion; ``<variant>_failed``: scoring raised, served trending) is what the
+the bundled champion; ``<variant>_failed``: scoring raised, served trending, or a
+challenger's features failed where its champion's did not, ranked by the champion) is what the
 flags rollback alarm counts per variant (``model_fault``), against the champion's rate: a new
-account's ``no_user_row`` or an outage's ``user_read_failed`` is no challenger's failure.
+account's ``no_user_row``, an outage's ``user_read_failed`` or a row no model's features can
+read (``features_failed``) is no challenger's failure.
 """
 
 from __future__ import annotations
@@ -288,6 +290,10 @@ class Variant:
     experiment: str = keys.NO_EXPERIMENT
     fallback_reason: str | None = None  # e.g. the challenger's model is unavailable: served by the champion
     exploration: tuple[int, int] = (0, 0)  # (slots, pool): rollout.flags.EXPLORATION
+    # A challenger's champion (its model, loaded on demand; None for every other variant): when
+    # the challenger's features fail on a request where the champion's do not, the failure is
+    # the challenger's (``<variant>_failed``, which the rollback alarm counts) and the champion ranks.
+    champion: Callable[[], Ranker] | None = None
 
 
 _explorer = random.Random()  # exploration's draws (os.urandom-seeded per process)
@@ -505,10 +511,18 @@ class Recommender:
         try:
             cands, X = served.inputs(variant.ranker.columns, row, country, query.context_item, now_ms=now_ms)
         except Exception as exc:  # a row the feature code cannot read (corrupt, or a newer format's): never a 5xx
-            # Per exception type: a steady corrupt row's failures do not hide a new bug's.
-            self.errors.exception(f"features_failed:{type(exc).__name__}",
-                                  "features for this shopper failed; serving trending")
-            return self._trending_answer(body, "features_failed", snap, country, query.k)
+            instead = self._champion_instead(variant, served, row, country, query.context_item, now_ms)
+            if instead is None:
+                # Per exception type: a steady corrupt row's failures do not hide a new bug's.
+                self.errors.exception(f"features_failed:{type(exc).__name__}",
+                                      "features for this shopper failed; serving trending")
+                return self._trending_answer(body, "features_failed", snap, country, query.k)
+            self.errors.exception(f"features:{variant.ranker.key}:{type(exc).__name__}",
+                                  "features for %s failed where the champion's did not; ranked by %s",
+                                  variant.ranker.key, instead[0].ranker.key)
+            variant, (cands, X) = instead
+            reason = variant.fallback_reason  # the variant's fault comes first: model_fault counts it
+            body["model"] = variant.ranker.key
         try:
             scores = variant.ranker.run(X)
         except Exception as exc:  # the variant's model failed on this input: its fault, counted, never a 5xx
@@ -535,6 +549,27 @@ class Recommender:
         body["candidates"] = len(cands)
         return Answer(200, self._decided(body, variant.ranker.key, snap.version, candidates_hash(cands),
                                          propensities))
+
+    @staticmethod
+    def _champion_instead(variant: Variant, served: Served, row, country: str | None, context_item: str | None,
+                          now_ms: int) -> tuple[Variant, tuple[np.ndarray, np.ndarray]] | None:
+        """After ``variant``'s features failed: the same variant served by its champion, and the
+        champion's inputs, when the champion reads other columns and its features do not fail
+        on this request (the failure is then the variant's, e.g. a window column only it reads
+        over a row the champion serves); None when they fail too (the row's fault), or the
+        variant has no champion to compare with or it cannot be loaded. Only on this path: the
+        champion is not looked up, let alone loaded, on a request that did not fail."""
+        if variant.champion is None:
+            return None
+        try:
+            champion = variant.champion()
+            if champion is variant.ranker or np.array_equal(champion.columns, variant.ranker.columns):
+                return None  # the same features: the champion's would fail the same way
+            inputs = served.inputs(champion.columns, row, country, context_item, now_ms=now_ms)
+        except Exception:
+            return None
+        served_by = Variant(variant.name, champion, variant.experiment, f"{variant.name}_failed", variant.exploration)
+        return served_by, inputs
 
     def _decided(self, body: dict, model: str, snapshot: str | None, candidates: str,
                  propensities: tuple[float, ...] | None = None) -> dict:

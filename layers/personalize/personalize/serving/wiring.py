@@ -4,6 +4,7 @@ from the config file baked into the edge bundle (no environment variables at the
 from __future__ import annotations
 
 import contextvars
+import functools
 import hmac
 import json
 import logging
@@ -204,6 +205,9 @@ def chooser(rollout: flags.Rollout, models: ModelCache, champion: Ranker | str) 
             default = models.get(champion) if isinstance(champion, str) else champion
             return Variant(assignment.variant, default, assignment.experiment, f"{assignment.variant}_unavailable",
                            explore)
+        if assignment.champion and assignment.champion != assignment.model:  # a challenger: its champion, on demand
+            return Variant(assignment.variant, ranker, assignment.experiment, exploration=explore,
+                           champion=functools.partial(models.get, assignment.champion))
         return Variant(assignment.variant, ranker, assignment.experiment, exploration=explore)
 
     return choose
