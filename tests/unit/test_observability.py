@@ -309,9 +309,15 @@ def test_an_edge_failing_on_every_request_logs_a_traceback_a_minute_per_cause_an
             assert cloudfront.handle(event, fail(ZeroDivisionError()), on_error=lambda: counted.append(1)) \
                 == event["Records"][0]["cf"]["request"]
         cloudfront.handle(event, fail(KeyError("x")), on_error=lambda: counted.append(1))  # another cause
+
+        def elsewhere(request):  # the same type raised by another line: a cause of its own
+            return 1 / 0
+
+        cloudfront.handle(event, elsewhere, on_error=lambda: counted.append(1))
         now[0] = 61.0
         cloudfront.handle(event, fail(ZeroDivisionError()), on_error=lambda: counted.append(1))
     lines = [r for r in caplog.records if "passing the request to the origin" in r.getMessage()]
-    assert len(counted) == 102
-    assert [r.exc_info[0] for r in lines] == [ZeroDivisionError, KeyError, ZeroDivisionError]
-    assert "99 more of these" in lines[-1].getMessage()
+    assert len(counted) == 103
+    assert [r.exc_info[0] for r in lines] == [ZeroDivisionError, KeyError, ZeroDivisionError, ZeroDivisionError]
+    assert "99 more of these" in lines[-1].getMessage() and lines[-1].left_out == 99  # a field to sum on too
+    assert lines[0].left_out == 0

@@ -72,7 +72,7 @@ def test_a_model_that_fails_on_a_request_answers_trending_and_is_counted():
     assert answer.body["fallback_reason"] == "challenger_failed" and model_fault(answer.body)
 
 
-def test_a_challenger_whose_features_fail_where_the_champions_do_not_is_its_fault(tmp_path, caplog):
+def test_a_challenger_whose_features_fail_where_the_champions_do_not_is_its_fault(tmp_path, caplog, monkeypatch):
     """Before: a challenger reading a column the champion does not (here the 10-minute window
     sums, read from the shopper's minute tiles) failed on rows the champion serves, and each
     answer was ``features_failed``, no model's fault: the rollback alarm never saw the
@@ -94,14 +94,19 @@ def test_a_challenger_whose_features_fail_where_the_champions_do_not_is_its_faul
                                                     "ranker-mlp/v1")  # the document above, loaded
     user = entities.UserRow()
     entities.apply_user_event(user, _click("sku-3"), 1)
-    rec = recommender(wiring.chooser(rollout, wiring.ModelCache(bundled, MemoryArtifacts()), "ranker-mlp/v1"),
-                      MemoryUserStore({"u1": user}))
+    models = wiring.ModelCache(bundled, MemoryArtifacts())
+    rec = recommender(wiring.chooser(rollout, models, "ranker-mlp/v1"), MemoryUserStore({"u1": user}))
 
     healthy = rec.recommend({"k": "5"}, cookie("u1"), "US", NOW).body
     assert (healthy["variant"], healthy["model"], healthy["fallback"]) == ("challenger", "ranker-windows/v1", False)
 
     (minute, tile), = user.tiles.items()
     user.tiles[minute] = tile[:1]  # a tile the window sums cannot read; the champion reads no window
+    # An instance that has not loaded the champion does not load it on a failing request's path
+    # (a read from the bucket): it cannot tell, and says features_failed.
+    body = rec.recommend({"k": "5"}, cookie("u1"), "US", NOW).body
+    assert body["fallback_reason"] == "features_failed" and "ranker-mlp/v1" not in models.rankers
+    champion = models.get("ranker-mlp/v1")  # as warm_up loads it at cold start, or its first request
     with caplog.at_level("ERROR"):
         answer = rec.recommend({"k": "5"}, cookie("u1"), "US", NOW)
     body = answer.body
@@ -111,6 +116,16 @@ def test_a_challenger_whose_features_fail_where_the_champions_do_not_is_its_faul
     assert identity.verify_decision(body["decision"], body["rec_id"], KEY).model == "ranker-mlp/v1"
     assert any(r.exc_info and "ranker-windows/v1 failed where the champion's did not" in r.getMessage()
                for r in caplog.records)
+
+    # The champion ranking instead fails too: no model could rank, and the fault is not told
+    # apart from the champion's: trending, no model's fault.
+    def broken(X):
+        raise RuntimeError("input shape mismatch")
+
+    monkeypatch.setattr(champion, "run", broken)
+    body = rec.recommend({"k": "5"}, cookie("u1"), "US", NOW).body
+    assert body["fallback_reason"] == "features_failed" and not model_fault(body)
+    monkeypatch.undo()
 
     user.items["sku-4"] = [*next(iter(user.items.values())), 0]  # ragged stats: no model's features read it
     body = rec.recommend({"k": "5"}, cookie("u1"), "US", NOW).body

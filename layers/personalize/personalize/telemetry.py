@@ -245,7 +245,8 @@ class RepeatedErrors:
     on each of a shopper's requests, or a challenger that fails on its 2% of 1,000 requests a
     second, would otherwise log 20 tracebacks a second (the answers are counted anyway, by
     fallback reason). The ones left out are counted, and the next line of that kind says how
-    many. Call ``exception`` inside the ``except`` block, as ``logging.exception``."""
+    many (also as the line's ``left_out`` field, for a Logs Insights ``stats sum(left_out)``). Call
+    ``exception`` inside the ``except`` block, as ``logging.exception``."""
 
     MAX_KINDS = 64  # kinds are few (a reason, a model key); past this, all share one budget
 
@@ -280,7 +281,7 @@ class RepeatedErrors:
         left_out = self._admit(kind)
         if left_out is None:
             return False
-        self.logger.exception(self._say(left_out, message), *args)
+        self.logger.exception(self._say(left_out, message), *args, extra={"left_out": left_out})
         return True
 
     def warning(self, kind: str, message: str, *args) -> bool:
@@ -288,7 +289,7 @@ class RepeatedErrors:
         left_out = self._admit(kind)
         if left_out is None:
             return False
-        self.logger.warning(self._say(left_out, message), *args)
+        self.logger.warning(self._say(left_out, message), *args, extra={"left_out": left_out})
         return True
 
 

@@ -17,9 +17,20 @@ from personalize import telemetry
 
 log = logging.getLogger(__name__)
 # A failure on every request (a bad deploy, an outage the handler does not expect) would log a
-# traceback per request, 1,000 a second on a sale: one a minute per exception type instead, the
+# traceback per request, 1,000 a second on a sale: one a minute per exception type and the line
+# that raised it instead (a flood of one cause does not hide a rarer one of the same type), the
 # next saying how many were left out (each is counted: EdgeErrors, EdgeErrorsAlarm).
 errors = telemetry.RepeatedErrors(log)
+
+
+def _raised_at(exc: BaseException) -> str:
+    """``file:line`` of the frame that raised ``exc`` (its traceback's innermost)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return "?"
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}"
 PATH = "/recommendations"
 HSTS = "max-age=63072000; includeSubDomains"
 # CloudFront's id of the request (what it answers the viewer with as X-Amz-Cf-Id, a header a
@@ -106,7 +117,8 @@ def handle(event: object, serve: Callable[[dict], tuple[int, dict, dict]],
         status, body, headers = serve(request)
         return generated(status, body, headers)
     except Exception as exc:  # the regional origin serves the same API: let it answer
-        errors.exception(f"edge:{type(exc).__name__}", "edge failed; passing the request to the origin")
+        errors.exception(f"edge:{type(exc).__name__}:{_raised_at(exc)}",
+                         "edge failed; passing the request to the origin")
         if on_error is not None:
             on_error()
         return request

@@ -290,10 +290,11 @@ class Variant:
     experiment: str = keys.NO_EXPERIMENT
     fallback_reason: str | None = None  # e.g. the challenger's model is unavailable: served by the champion
     exploration: tuple[int, int] = (0, 0)  # (slots, pool): rollout.flags.EXPLORATION
-    # A challenger's champion (its model, loaded on demand; None for every other variant): when
-    # the challenger's features fail on a request where the champion's do not, the failure is
-    # the challenger's (``<variant>_failed``, which the rollback alarm counts) and the champion ranks.
-    champion: Callable[[], Ranker] | None = None
+    # A challenger's champion (its model if this instance has it loaded, else None; no champion
+    # for every other variant): when the challenger's features fail on a request where the
+    # champion's do not, the failure is the challenger's (``<variant>_failed``, which the
+    # rollback alarm counts) and the champion ranks.
+    champion: Callable[[], Ranker | None] | None = None
 
 
 _explorer = random.Random()  # exploration's draws (os.urandom-seeded per process)
@@ -508,6 +509,7 @@ class Recommender:
                     reason = "no_user_row"
         if reason is not None and query.context_item is None:
             return self._trending_answer(body, reason, snap, country, query.k)
+        champion_ranks = False  # a challenger's features failed: its champion ranks instead
         try:
             cands, X = served.inputs(variant.ranker.columns, row, country, query.context_item, now_ms=now_ms)
         except Exception as exc:  # a row the feature code cannot read (corrupt, or a newer format's): never a 5xx
@@ -523,13 +525,17 @@ class Recommender:
             variant, (cands, X) = instead
             reason = variant.fallback_reason  # the variant's fault comes first: model_fault counts it
             body["model"] = variant.ranker.key
+            champion_ranks = True
         try:
             scores = variant.ranker.run(X)
         except Exception as exc:  # the variant's model failed on this input: its fault, counted, never a 5xx
             self.errors.exception(f"model:{variant.ranker.key}:{type(exc).__name__}",
                                   "scoring with %s failed; serving trending",
                                   variant.ranker.key)
-            return self._trending_answer(body, f"{variant.name}_failed", snap, country, query.k)
+            # Ranking for a challenger whose features failed, the champion failed too: no
+            # model could rank, and the challenger's fault is not told apart from the champion's.
+            return self._trending_answer(body, "features_failed" if champion_ranks else f"{variant.name}_failed",
+                                         snap, country, query.k)
         best, propensities = explored(scores, query.k, *variant.exploration)
         items = snap.items
         body["items"] = [{"item_id": items[c], "score": round(v, 6)}  # Python ints and floats: no numpy scalars
@@ -557,13 +563,15 @@ class Recommender:
         champion's inputs, when the champion reads other columns and its features do not fail
         on this request (the failure is then the variant's, e.g. a window column only it reads
         over a row the champion serves); None when they fail too (the row's fault), or the
-        variant has no champion to compare with or it cannot be loaded. Only on this path: the
-        champion is not looked up, let alone loaded, on a request that did not fail."""
+        variant has no champion to compare with or this instance has not loaded it (it serves
+        most requests: loaded on the first of them; never loaded here, on a failing request's
+        path). The champion is not looked up on a request that did not fail."""
         if variant.champion is None:
             return None
         try:
             champion = variant.champion()
-            if champion is variant.ranker or np.array_equal(champion.columns, variant.ranker.columns):
+            if champion is None or champion is variant.ranker or np.array_equal(champion.columns,
+                                                                                 variant.ranker.columns):
                 return None  # the same features: the champion's would fail the same way
             inputs = served.inputs(champion.columns, row, country, context_item, now_ms=now_ms)
         except Exception:

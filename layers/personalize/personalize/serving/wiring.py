@@ -142,6 +142,11 @@ class ModelCache:
             self.failed.pop(key, None)
         return ranker
 
+    def loaded(self, key: str) -> Ranker | None:
+        """The model if this instance has loaded it, else None: never a read (a request's
+        fallback path compares with a champion only when it costs no network call)."""
+        return self.rankers.get(key)
+
     def _load(self, key: str) -> Ranker:
         ranker = self.rankers.get(key)
         if ranker is None:
@@ -207,7 +212,7 @@ def chooser(rollout: flags.Rollout, models: ModelCache, champion: Ranker | str) 
                            explore)
         if assignment.champion and assignment.champion != assignment.model:  # a challenger: its champion, on demand
             return Variant(assignment.variant, ranker, assignment.experiment, exploration=explore,
-                           champion=functools.partial(models.get, assignment.champion))
+                           champion=functools.partial(models.loaded, assignment.champion))
         return Variant(assignment.variant, ranker, assignment.experiment, exploration=explore)
 
     return choose
