@@ -483,10 +483,12 @@ def test_repeated_errors_keep_one_budget_per_kind_and_a_bounded_table():
     from personalize import telemetry
 
     logged = []
+    left_out = []
 
-    class Logger:
-        def exception(self, message, *args):
+    class Logger:  # logging.Logger's signature: extra= carries the left-out count as a field
+        def exception(self, message, *args, extra=None):
             logged.append(message % args)
+            left_out.append(extra["left_out"])
 
         warning = exception
 
@@ -502,7 +504,7 @@ def test_repeated_errors_keep_one_budget_per_kind_and_a_bounded_table():
     assert not errors.exception("model:a", "scoring with %s failed", "a")
     clock.now += 0.1
     assert errors.exception("model:a", "scoring with %s failed", "a")
-    assert logged[-1].startswith("scoring with a failed (2 more of these")
+    assert logged[-1].startswith("scoring with a failed (2 more of these") and left_out[-1] == 2
     assert errors.warning("stale_soldout", "list %s s old", 6) and not errors.warning("stale_soldout", "list", 7)
 
 
