@@ -16,6 +16,11 @@ from urllib.parse import parse_qs
 from personalize import telemetry
 
 log = logging.getLogger(__name__)
+PATH = "/recommendations"
+HSTS = "max-age=63072000; includeSubDomains"
+# CloudFront's id of the request (what it answers the viewer with as X-Amz-Cf-Id, a header a
+# function may not set): the edge returns it in this header and logs it on every line.
+REQUEST_ID_HEADER = "x-request-id"
 # A failure on every request (a bad deploy, an outage the handler does not expect) would log a
 # traceback per request, 1,000 a second on a sale: one a minute per exception type and the line
 # that raised it instead (a flood of one cause does not hide a rarer one of the same type), the
@@ -31,11 +36,6 @@ def _raised_at(exc: BaseException) -> str:
     while tb.tb_next is not None:
         tb = tb.tb_next
     return f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}"
-PATH = "/recommendations"
-HSTS = "max-age=63072000; includeSubDomains"
-# CloudFront's id of the request (what it answers the viewer with as X-Amz-Cf-Id, a header a
-# function may not set): the edge returns it in this header and logs it on every line.
-REQUEST_ID_HEADER = "x-request-id"
 
 
 def request_of(event: object) -> dict | None:

@@ -290,11 +290,10 @@ class Variant:
     experiment: str = keys.NO_EXPERIMENT
     fallback_reason: str | None = None  # e.g. the challenger's model is unavailable: served by the champion
     exploration: tuple[int, int] = (0, 0)  # (slots, pool): rollout.flags.EXPLORATION
-    # A challenger's champion (its model if this instance has it loaded, else None; no champion
-    # for every other variant): when the challenger's features fail on a request where the
-    # champion's do not, the failure is the challenger's (``<variant>_failed``, which the
-    # rollback alarm counts) and the champion ranks.
-    champion: Callable[[], Ranker | None] | None = None
+    # A challenger's champion, if this instance has loaded it (None for every other variant):
+    # when the challenger's features fail on a request where the champion's do not, the failure
+    # is the challenger's (``<variant>_failed``, which the rollback alarm counts) and the champion ranks.
+    champion: Ranker | None = None
 
 
 _explorer = random.Random()  # exploration's draws (os.urandom-seeded per process)
@@ -565,14 +564,11 @@ class Recommender:
         over a row the champion serves); None when they fail too (the row's fault), or the
         variant has no champion to compare with or this instance has not loaded it (it serves
         most requests: loaded on the first of them; never loaded here, on a failing request's
-        path). The champion is not looked up on a request that did not fail."""
-        if variant.champion is None:
-            return None
+        path)."""
+        champion = variant.champion
+        if champion is None or np.array_equal(champion.columns, variant.ranker.columns):
+            return None  # no champion here, or the same features: the champion's would fail the same way
         try:
-            champion = variant.champion()
-            if champion is None or champion is variant.ranker or np.array_equal(champion.columns,
-                                                                                 variant.ranker.columns):
-                return None  # the same features: the champion's would fail the same way
             inputs = served.inputs(champion.columns, row, country, context_item, now_ms=now_ms)
         except Exception:
             return None

@@ -4,7 +4,6 @@ from the config file baked into the edge bundle (no environment variables at the
 from __future__ import annotations
 
 import contextvars
-import functools
 import hmac
 import json
 import logging
@@ -210,9 +209,9 @@ def chooser(rollout: flags.Rollout, models: ModelCache, champion: Ranker | str) 
             default = models.get(champion) if isinstance(champion, str) else champion
             return Variant(assignment.variant, default, assignment.experiment, f"{assignment.variant}_unavailable",
                            explore)
-        if assignment.champion and assignment.champion != assignment.model:  # a challenger: its champion, on demand
+        if assignment.champion and assignment.champion != assignment.model:  # a challenger: its champion if loaded
             return Variant(assignment.variant, ranker, assignment.experiment, exploration=explore,
-                           champion=functools.partial(models.loaded, assignment.champion))
+                           champion=models.loaded(assignment.champion))
         return Variant(assignment.variant, ranker, assignment.experiment, exploration=explore)
 
     return choose
