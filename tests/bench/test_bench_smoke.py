@@ -12,8 +12,9 @@ from personalize import identity
 from personalize.ingest import entities
 from personalize.ingest.events import parse_event
 from personalize.serving import snapshots
+from personalize.serving.prepared import Served
 from tests.bench import ingest
-from tests.bench.serving_floor import Floor, PackedUserStore, in_memory_edge, interleaved, summary
+from tests.bench.serving_floor import Floor, PackedUserStore, in_memory_edge, interleaved, memoised_inputs, summary
 
 
 def test_ingest_bench_writes_at_most_one_per_entity_per_batch():
@@ -62,6 +63,22 @@ def test_the_serving_floor_answers_the_same_request_as_the_edge_handler():
     figures = summary(times)
     assert all(len(v) == 24 for v in times.values()) and users.reads >= 36
     assert figures["ratio_p50"] > 0 and figures["cpu_ratio_p50"] > 0
+
+    # The headroom pass: each shopper's candidates and features read from a dict after their
+    # first request, the same answers, and everything put back afterwards.
+    computed = Served.inputs
+    memo, undo = memoised_inputs(recommender)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            for e in events:
+                module.lambda_handler(e, context("edge"))
+            memo["hits"] = 0
+            again = [json.loads(module.lambda_handler(e, context("edge"))["body"]) for e in events]
+    finally:
+        undo()
+    assert memo.pop("hits") == len(events) and len(memo) == len(ids)
+    assert [[i["item_id"] for i in a["items"]] for a in again] == [[i["item_id"] for i in a["items"]] for a in answers]
+    assert Served.inputs is computed and "get" not in vars(users)
 
 
 def test_the_loop_bench_measures_its_contract_keys():
