@@ -100,6 +100,27 @@ def test_the_slo_alarms_read_the_metrics_serving_records():
                 assert key in written, key
 
 
+def test_the_rollback_alarm_reads_the_metrics_serving_records():
+    """ServingHealthAlarm's names and dimensions are the ones a signed-in shopper's answers
+    write (a challenger's fault and a champion's answer), at the edge's home copy and in the region."""
+    from personalize.telemetry import Aggregate, metric_data
+
+    recorded = Aggregate()
+    telemetry.record_answer((recorded,), "challenger", "challenger_failed", 5.0, None, True, "ann", 0.0)
+    telemetry.record_answer((recorded,), "champion", "challenger_failed", 5.0, None, True, "bob", 0.0)
+    written = set()
+    for service, extra in (("edge", telemetry.GLOBAL), ("recommend", ())):
+        written |= {(d["MetricName"], frozenset((x["Name"], x["Value"]) for x in d["Dimensions"]))
+                    for d in metric_data(recorded, service, extra)}
+    queries = [m for m in RESOURCES["ServingHealthAlarm"]["Properties"]["Metrics"] if "MetricStat" in m]
+    for query in queries:
+        metric = query["MetricStat"]["Metric"]
+        if metric["Namespace"] == "RealtimePersonalization":
+            key = (metric["MetricName"], frozenset((d["Name"], d["Value"]) for d in metric["Dimensions"]))
+            assert key in written, key
+    assert sum(q["MetricStat"]["Metric"]["Namespace"] == "RealtimePersonalization" for q in queries) == 8
+
+
 def test_every_log_group_has_a_retention_and_every_regional_function_its_group():
     groups = {k: v for k, v in RESOURCES.items() if v["Type"] == "AWS::Logs::LogGroup"}
     for name, group in groups.items():

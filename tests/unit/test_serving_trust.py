@@ -72,6 +72,27 @@ def test_a_model_that_fails_on_a_request_answers_trending_and_is_counted():
     assert answer.body["fallback_reason"] == "challenger_failed" and model_fault(answer.body)
 
 
+def test_the_rollback_figures_take_the_shopper_from_the_answer_once_however_often_they_ask():
+    """``recommendations.record`` passes the verified user id: 50 failing answers to one
+    shopper are 50 ModelFallbacks but one shopper the challenger failed; an anonymous answer is
+    no shopper of any variant's."""
+    import time
+
+    from personalize import telemetry
+    from personalize.serving import recommendations
+
+    rec = recommender(lambda user_id: Variant("challenger", Broken(), "exp@200"))
+    sink = telemetry.Aggregate()
+    for _ in range(50):
+        answer = rec.recommend({"k": "5"}, cookie("u1"), "US", NOW)
+        recommendations.record((sink,), answer, time.perf_counter(), None)
+    recommendations.record((sink,), rec.recommend({"k": "5"}, None, "US", NOW), time.perf_counter(), None)
+    counts = sink.take().counts
+    challenger = (("variant", "challenger"),)
+    assert counts[("ModelFallbacks", challenger)] == 50 and counts[("Requests", challenger)] == 51
+    assert counts[("ModelFallbackShoppers", challenger)] == 1 and counts[("Shoppers", challenger)] == 1
+
+
 def test_a_challenger_whose_features_fail_where_the_champions_do_not_is_its_fault(tmp_path, caplog, monkeypatch):
     """Before: a challenger reading a column the champion does not (here the 10-minute window
     sums, read from the shopper's minute tiles) failed on rows the champion serves, and each

@@ -106,12 +106,15 @@ def test_more_than_100_buckets_are_coarsened_for_emf_never_dropped():
 @given(st.lists(st.tuples(st.sampled_from(["champion", "challenger", "none"]),
                           st.sampled_from([None, "anonymous", "no_user_row", "user_read_failed", "challenger_failed"]),
                           st.floats(0, 500, allow_nan=False), st.one_of(st.none(), st.floats(0, 900, allow_nan=False)),
-                          st.booleans()), max_size=30))
+                          st.booleans(), st.sampled_from([None, "ann", "bob", "cy"]), st.sampled_from([0, 30, 61])),
+                max_size=30))
 def test_an_answer_records_each_figure_the_alarms_read_once(answers):
     """``record_answer`` (one lock, keys made once: ``Aggregate.answer``) writes what these
-    count/observe/maximum calls, spelled out, write: names, dimensions, units and values."""
+    count/observe/maximum calls, spelled out, write: names, dimensions, units and values; a
+    shopper once per variant and minute, and once more if any of their answers was a model fault."""
     expected = telemetry.Aggregate()
-    for variant, reason, latency, age, fault in answers:
+    answered, faulted = set(), set()
+    for variant, reason, latency, age, fault, shopper, now_s in sorted(answers, key=lambda a: a[-1]):
         expected.count("Answers")
         expected.count("Requests", variant=variant)
         expected.observe("LatencyMs", latency, "Milliseconds", variant=variant)
@@ -124,17 +127,71 @@ def test_an_answer_records_each_figure_the_alarms_read_once(answers):
                 expected.count("DegradedAnswers")
             if fault:
                 expected.count("ModelFallbacks", variant=variant)
+        if shopper is not None:
+            key = (variant, shopper, now_s // 60)
+            if key not in answered:
+                answered.add(key)
+                expected.count("Shoppers", variant=variant)
+            if reason is not None and fault and key not in faulted:
+                faulted.add(key)
+                expected.count("ModelFallbackShoppers", variant=variant)
         if age is not None:
             expected.maximum("SnapshotAgeSeconds", round(age, 1), "Seconds")
 
     figures = telemetry.Figures("ns", "edge", out=lambda line: None)
     home = telemetry.HomeMetrics("ns", "edge", lambda: None, submit=lambda fn: None, flush_every_s=float("inf"))
-    for variant, reason, latency, age, fault in answers:
-        telemetry.record_answer((figures, home), variant, reason, latency, age, fault)
+    for variant, reason, latency, age, fault, shopper, now_s in sorted(answers, key=lambda a: a[-1]):
+        telemetry.record_answer((figures, home), variant, reason, latency, age, fault, shopper, now_s)
     for recorded in (figures.pending, home.pending):
         assert recorded.counts == expected.counts and recorded.maxima == expected.maxima
         assert {k: (u, h.values_counts(), h.count) for k, (u, h) in recorded.histograms.items()} == \
                {k: (u, h.values_counts(), h.count) for k, (u, h) in expected.histograms.items()}
+
+
+def test_one_identitys_flood_weighs_one_shopper_in_the_rollback_figures():
+    """A signed-in identity sending 1,000 requests in a minute, each a challenger fault (or
+    none), beside 30 shoppers with one answer each: the challenger's faulted share is what
+    31 shoppers say (1 of 31, or 0 of 31), not 1,000 of 1,030 (or 0 of 1,030: a failing
+    challenger hidden). Before: Requests and ModelFallbacks only, counted per answer."""
+    for flooder_faults, others_fault, share in ((True, False, 1 / 31), (False, True, 30 / 31)):
+        sink = telemetry.Aggregate()
+        for i in range(1000):
+            telemetry.record_answer((sink,), "challenger", "challenger_failed" if flooder_faults else None,
+                                    5.0, None, flooder_faults, "bot", 120.0 + i * 0.05)
+        for n in range(30):
+            telemetry.record_answer((sink,), "challenger", "challenger_failed" if others_fault else None,
+                                    5.0, None, others_fault, f"shopper-{n}", 150.0)
+        counts = sink.take().counts
+        shoppers = counts[("Shoppers", (("variant", "challenger"),))]
+        faulted = counts.get(("ModelFallbackShoppers", (("variant", "challenger"),)), 0)
+        assert shoppers == 31 and faulted / shoppers == share
+        assert counts[("Requests", (("variant", "challenger"),))] == 1030  # the SLOs still count answers
+
+
+def test_the_rollback_figures_count_a_shopper_again_each_minute_and_per_variant_never_across_a_flush():
+    sink = telemetry.Aggregate()
+    for now_s, variant in ((0, "challenger"), (30, "challenger"), (59.9, "champion"), (60, "challenger")):
+        telemetry.record_answer((sink,), variant, None, 5.0, None, False, "ann", now_s)
+        if now_s == 30:
+            sink.take()  # a flush (every 5 s at most) is no new minute: ann stays counted
+    counts = sink.take().counts
+    assert counts[("Shoppers", (("variant", "challenger"),))] == 1  # at 60 s: the next minute (30 s was taken)
+    assert counts[("Shoppers", (("variant", "champion"),))] == 1
+    anonymous = telemetry.Aggregate()
+    telemetry.record_answer((anonymous,), "champion", "anonymous", 5.0, None, False, None, 0)
+    assert not any(name == "Shoppers" for name, _ in anonymous.take().counts)
+
+
+def test_past_the_shoppers_an_instance_remembers_each_answer_counts_and_memory_stays_bounded():
+    sink = telemetry.Aggregate(shoppers_remembered=3)
+    for shopper in ("a", "b", "c", "d", "d", "a"):
+        telemetry.record_answer((sink,), "challenger", "challenger_failed", 5.0, None, True, shopper, 10.0)
+    counts = sink.take().counts
+    # a's answer and fault and b's answer take the 3 places; from then on an answer or fault not
+    # remembered counts each time (b's fault, c, d, d); a again: remembered, not counted.
+    assert counts[("Shoppers", (("variant", "challenger"),))] == 5  # a b c d d: never fewer than there were
+    assert counts[("ModelFallbackShoppers", (("variant", "challenger"),))] == 5
+    assert len(sink._answered) + len(sink._faulted) == 3
 
 
 def test_no_answer_is_lost_to_a_flush_that_takes_the_figures_meanwhile():

@@ -36,6 +36,9 @@ from personalize.adapters import aws
 log = logging.getLogger(__name__)
 
 HOME_REGION = "us-east-1"
+# Shoppers (each a variant and an identity) an instance remembers per minute for the rollback
+# monitor's per-shopper counts (``Aggregate.answer``): an instance answers at most ~1,000 a second.
+SHOPPERS_REMEMBERED = 65_536
 MAX_BUCKETS = 100  # EMF drops a histogram with more (and PutMetricData takes at most 150 values)
 BUCKET_WIDTH = math.log(1.1)  # 10% relative error on any percentile
 GLOBAL = (("scope", "global"),)
@@ -102,11 +105,17 @@ class Histogram:
 class Aggregate:
     """Counts, histograms and maxima per (metric, dimensions), thread-safe."""
 
-    def __init__(self):
+    def __init__(self, shoppers_remembered: int = SHOPPERS_REMEMBERED):
         self.counts: dict[tuple[str, Dims], float] = {}
         self.histograms: dict[tuple[str, Dims], tuple[str, Histogram]] = {}
         self.maxima: dict[tuple[str, Dims], tuple[str, float]] = {}
         self._lock = threading.Lock()
+        # The shoppers answered in the current wall-clock minute (``answer``): (variant, shopper)
+        # hashes, kept across ``take`` (a flush is not a new minute), at most ``shoppers_remembered``.
+        self._minute: int | None = None
+        self._answered: set[int] = set()
+        self._faulted: set[int] = set()
+        self._remember = shoppers_remembered
 
     def count(self, name: str, value: float = 1, **dims: str) -> None:
         key = (name, _dims(dims))
@@ -128,8 +137,10 @@ class Aggregate:
             self.maxima[key] = (unit, value if old is None else max(old[1], value))
 
     def answer(self, variant: str, fallback_reason: str | None, latency_ms: float, snapshot_age_s: float | None,
-               model_fault: bool) -> None:
+               model_fault: bool, shopper: str | None = None, now_s: float | None = None) -> None:
         """``record_answer``'s figures for one answer, in one lock, from keys made once."""
+        if shopper is not None and now_s is None:
+            now_s = time.time()
         keys = _ANSWER_KEYS.get(variant)
         if keys is None:
             if len(_ANSWER_KEYS) >= 1024:  # variants are few; never grow without bound
@@ -137,8 +148,10 @@ class Aggregate:
             keys = _ANSWER_KEYS[variant] = (("Requests", _dims({"variant": variant})),
                                             ("LatencyMs", _dims({"variant": variant})),
                                             ("Fallbacks", _dims({"variant": variant})),
-                                            ("ModelFallbacks", _dims({"variant": variant})))
-        requests, latency, fallbacks, model_fallbacks = keys
+                                            ("ModelFallbacks", _dims({"variant": variant})),
+                                            ("Shoppers", _dims({"variant": variant})),
+                                            ("ModelFallbackShoppers", _dims({"variant": variant})))
+        requests, latency, fallbacks, model_fallbacks, shoppers, faulted_shoppers = keys
         with self._lock:
             counts = self.counts  # under the lock: take() swaps it
             counts[_ANSWERS] = counts.get(_ANSWERS, 0) + 1
@@ -157,10 +170,30 @@ class Aggregate:
                     counts[_DEGRADED] = counts.get(_DEGRADED, 0) + 1
                 if model_fault:
                     counts[model_fallbacks] = counts.get(model_fallbacks, 0) + 1
+            if shopper is not None:  # the rollback monitor's figures: each shopper once a minute
+                minute = int(now_s // 60)
+                if minute != self._minute:
+                    self._minute = minute
+                    self._answered, self._faulted = set(), set()
+                key = hash((variant, shopper))
+                if self._first(self._answered, key):
+                    counts[shoppers] = counts.get(shoppers, 0) + 1
+                if fallback_reason is not None and model_fault and self._first(self._faulted, key):
+                    counts[faulted_shoppers] = counts.get(faulted_shoppers, 0) + 1
             if snapshot_age_s is not None:
                 age = round(snapshot_age_s, 1)
                 old = self.maxima.get(_SNAPSHOT_AGE)
                 self.maxima[_SNAPSHOT_AGE] = ("Seconds", age if old is None else max(old[1], age))
+
+    def _first(self, seen: set[int], key: int) -> bool:
+        """Whether ``key`` is new to ``seen`` this minute (then remembered). Past
+        ``shoppers_remembered`` keys in the minute, one not remembered counts each time it comes:
+        never fewer shoppers than there were, and memory stays bounded."""
+        if key in seen:
+            return False
+        if len(self._answered) + len(self._faulted) < self._remember:
+            seen.add(key)
+        return True
 
     def empty(self) -> bool:
         return not (self.counts or self.histograms or self.maxima)
@@ -423,13 +456,17 @@ LATENCY_OBJECTIVE_MS = 100.0  # the latency SLO: 99% of answers computed within 
 
 
 def record_answer(sinks, variant: str, fallback_reason: str | None, latency_ms: float,
-                  snapshot_age_s: float | None = None, model_fault: bool = False) -> None:
+                  snapshot_age_s: float | None = None, model_fault: bool = False, shopper: str | None = None,
+                  now_s: float | None = None) -> None:
     """One answer's figures into each sink (``Figures`` and/or ``HomeMetrics``).
-    ``model_fault``: the variant's model caused the fallback (``ModelFallbacks``, what the
-    rollback alarm counts against the challenger). Each sink takes them in one lock
-    (``Aggregate.answer``)."""
+    ``model_fault``: the variant's model caused the fallback (``ModelFallbacks``). ``shopper``:
+    the verified identity answered (None: anonymous): ``Shoppers`` counts it once per variant and
+    wall-clock minute (``now_s``; None: now) in each sink, ``ModelFallbackShoppers`` once if
+    any of its answers in that minute was a model fault: what the rollback alarm compares, so
+    one identity's requests, however many, weigh one shopper in an instance's minute. Each sink
+    takes them in one lock (``Aggregate.answer``)."""
     for sink in sinks:
-        sink.answer(variant, fallback_reason, latency_ms, snapshot_age_s, model_fault)
+        sink.answer(variant, fallback_reason, latency_ms, snapshot_age_s, model_fault, shopper, now_s)
 
 
 def correlation_id(event: object) -> str | None:

@@ -124,7 +124,7 @@ def record(sinks, answer: Answer, started: float, snapshot) -> None:
         sinks, body.get("variant", "none"), body.get("fallback_reason") if body.get("fallback") else None,
         (time.perf_counter() - started) * 1000,
         snapshot_age_s=(time.time() * 1000 - snapshot.built_at_ms) / 1000 if snapshot is not None else None,
-        model_fault=model_fault(body))
+        model_fault=model_fault(body), shopper=body.get("user_id"))
 
 
 def count_increases(totals: dict[str, int], seen: dict[str, int], counters) -> None:
