@@ -249,6 +249,26 @@ ALARMS_ON_DASHBOARD = ("AvailabilityFastBurnAlarm", "LatencyFastBurnAlarm", "Ava
                        "ArchiveDeliveryStaleAlarm", "StreamReadThrottledAlarm", "EdgeErrorsAlarm", "SoldOutStaleAlarm")
 
 
+def rollback_monitor_rows() -> list:
+    """What ServingHealthAlarm compares (its metrics, edge home copy and regional, and its shares),
+    with the challenger's shopper count (the alarm's gate: more than 10 a minute) and its failed
+    answers beside them: many failed answers from few shoppers is a few shoppers failing again
+    and again."""
+    rows: list = []
+    for v, short in (("challenger", "b"), ("champion", "a")):
+        for where, dims in (("e", EDGE_GLOBAL), ("r", REGIONAL)):
+            rows.append(_m(NS, "Shoppers", {**dims, "variant": v}, id=f"{where}s{short}", visible=False))
+            rows.append(_m(NS, "ModelFallbackShoppers", {**dims, "variant": v}, id=f"{where}f{short}", visible=False))
+        share = f"(FILL(ef{short}, 0) + FILL(rf{short}, 0)) / (FILL(es{short}, 0) + FILL(rs{short}, 0))"
+        rows.append([{"expression": share, "label": f"{v}: share of shoppers failed", "id": f"share{short}"}])
+    rows.append([{"expression": "FILL(esb, 0) + FILL(rsb, 0)", "label": "challenger: shoppers", "id": "nb",
+                  "yAxis": "right"}])
+    for where, dims in (("edge", EDGE_GLOBAL), ("regional", REGIONAL)):
+        rows.append(_m(NS, "ModelFallbacks", {**dims, "variant": "challenger"},
+                       label=f"{where}: challenger answers its model failed", yAxis="right"))
+    return rows
+
+
 def experiment_dashboard() -> dict:
     by_variant = [(v, _m(NS, "Requests", {**EDGE_GLOBAL, "variant": v}, label=f"edge: {v}"))
                   for v in ("champion", "challenger", "outside")]
@@ -266,6 +286,9 @@ def experiment_dashboard() -> dict:
             _m(NS, "Impressions", {"service": "guardrail", "variant": "challenger"}, id="ib", visible=False),
             [{"expression": "pa / ia", "label": "champion", "id": "ca"}],
             [{"expression": "pb / ib", "label": "challenger", "id": "cb"}]], stat="Maximum", period=300, width=12),
+        _widget(12, 6, "Rollback monitor (ServingHealthAlarm): share of each variant's shoppers its model "
+                "failed, edge and regional; right: the challenger's shoppers and failed answers", [
+            *rollback_monitor_rows()], period=60, width=12),
         _widget(0, 6, "Guardrail kills and ingest", [
             _m(NS, "GuardrailKills", {"service": "guardrail"}),
             _m(NS, "EventsIn", {"service": "aggregate"}),

@@ -133,12 +133,14 @@ def main() -> None:
     # Headroom: the same, with candidates and features memoised per shopper (filled first, so
     # the timed requests each read them from a dict).
     memo, undo = memoised_inputs(recommender)
-    with contextlib.redirect_stdout(io.StringIO()):
-        for event in events:
-            module.lambda_handler(event, ctx)
-        memo["hits"] = 0
-        bare = summary(interleaved(lambda e: module.lambda_handler(e, ctx), events, floor, user_ids, n))
-    undo()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            for event in events:
+                module.lambda_handler(event, ctx)
+            memo["hits"] = 0
+            bare = summary(interleaved(lambda e: module.lambda_handler(e, ctx), events, floor, user_ids, n))
+    finally:
+        undo()
     hits = memo.pop("hits")
 
     stages = instrument(module, recommender)

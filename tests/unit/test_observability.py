@@ -121,6 +121,21 @@ def test_the_rollback_alarm_reads_the_metrics_serving_records():
     assert sum(q["MetricStat"]["Metric"]["Namespace"] == "RealtimePersonalization" for q in queries) == 8
 
 
+def test_the_experiments_dashboard_plots_what_the_rollback_alarm_compares():
+    """On-call review: neither dashboard showed Shoppers or ModelFallbackShoppers, so the page
+    could not be checked against what the alarm saw."""
+    plotted = set()
+    for widget in observability.experiment_dashboard()["widgets"]:
+        for row in widget["properties"]["metrics"]:
+            if isinstance(row[0], str):
+                names = [x for x in row[2:] if isinstance(x, str)]
+                plotted.add((row[1], frozenset(zip(names[::2], names[1::2]))))
+    for query in RESOURCES["ServingHealthAlarm"]["Properties"]["Metrics"]:
+        metric = query.get("MetricStat", {}).get("Metric")
+        if metric and metric["Namespace"] == "RealtimePersonalization":
+            assert (metric["MetricName"], frozenset((d["Name"], d["Value"]) for d in metric["Dimensions"])) in plotted
+
+
 def test_every_log_group_has_a_retention_and_every_regional_function_its_group():
     groups = {k: v for k, v in RESOURCES.items() if v["Type"] == "AWS::Logs::LogGroup"}
     for name, group in groups.items():

@@ -91,6 +91,11 @@ def test_the_rollback_figures_take_the_shopper_from_the_answer_once_however_ofte
     challenger = (("variant", "challenger"),)
     assert counts[("ModelFallbacks", challenger)] == 50 and counts[("Requests", challenger)] == 51
     assert counts[("ModelFallbackShoppers", challenger)] == 1 and counts[("Shoppers", challenger)] == 1
+    # A consented visitor (the kit's anon- id) is in no experiment: no variant's shopper.
+    outside = recommender(lambda user_id: Variant("outside", RANKER, "none"))
+    recommendations.record((sink,), outside.recommend({"k": "5"}, cookie("anon-v1"), "US", NOW), time.perf_counter(),
+                           None)
+    assert not any(name == "Shoppers" for name, _ in sink.take().counts)
 
 
 def test_a_challenger_whose_features_fail_where_the_champions_do_not_is_its_fault(tmp_path, caplog, monkeypatch):

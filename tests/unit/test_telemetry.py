@@ -183,15 +183,32 @@ def test_the_rollback_figures_count_a_shopper_again_each_minute_and_per_variant_
 
 
 def test_past_the_shoppers_an_instance_remembers_each_answer_counts_and_memory_stays_bounded():
-    sink = telemetry.Aggregate(shoppers_remembered=3)
-    for shopper in ("a", "b", "c", "d", "d", "a"):
-        telemetry.record_answer((sink,), "challenger", "challenger_failed", 5.0, None, True, shopper, 10.0)
+    """Past ``shoppers_remembered`` in a minute, a shopper not remembered counts each answer
+    (and each fault) and ``ShoppersPastMemory`` says so; a remembered one's retried faults count
+    once. Faulted shoppers never outnumber shoppers (on-call review: a remembered shopper's
+    30 failing retries past the cap counted 30 faulted shoppers of 10)."""
+    sink = telemetry.Aggregate(shoppers_remembered=2)
+    telemetry.record_answer((sink,), "challenger", None, 5.0, None, False, "x", 10.0)
+    telemetry.record_answer((sink,), "challenger", None, 5.0, None, False, "y", 10.0)
+    for _ in range(30):  # remembered: its first fault counts, its retries do not
+        telemetry.record_answer((sink,), "challenger", "challenger_failed", 5.0, None, True, "x", 11.0)
+    for _ in range(3):  # past the memory: each answer is a shopper, each fault a faulted one
+        telemetry.record_answer((sink,), "challenger", "challenger_failed", 5.0, None, True, "z", 12.0)
     counts = sink.take().counts
-    # a's answer and fault and b's answer take the 3 places; from then on an answer or fault not
-    # remembered counts each time (b's fault, c, d, d); a again: remembered, not counted.
-    assert counts[("Shoppers", (("variant", "challenger"),))] == 5  # a b c d d: never fewer than there were
-    assert counts[("ModelFallbackShoppers", (("variant", "challenger"),))] == 5
-    assert len(sink._answered) + len(sink._faulted) == 3
+    challenger = (("variant", "challenger"),)
+    assert counts[("Shoppers", challenger)] == 2 + 3 and counts[("ModelFallbackShoppers", challenger)] == 1 + 3
+    assert counts[("ShoppersPastMemory", ())] == 3 and len(sink._answered) == 2
+
+
+def test_a_clock_that_steps_back_or_is_not_a_number_never_fails_an_answer():
+    sink = telemetry.Aggregate()
+    telemetry.record_answer((sink,), "challenger", None, 5.0, None, False, "ann", 125.0)
+    telemetry.record_answer((sink,), "challenger", None, 5.0, None, False, "ann", 119.0)  # NTP stepped back
+    for odd in (float("nan"), float("inf"), -float("inf")):
+        telemetry.record_answer((sink,), "challenger", None, 5.0, None, False, "bob", odd)
+    counts = sink.take().counts
+    assert counts[("Shoppers", (("variant", "challenger"),))] == 1  # ann once; bob's clock said nothing
+    assert counts[("Requests", (("variant", "challenger"),))] == 5
 
 
 def test_no_answer_is_lost_to_a_flush_that_takes_the_figures_meanwhile():

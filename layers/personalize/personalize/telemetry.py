@@ -36,8 +36,9 @@ from personalize.adapters import aws
 log = logging.getLogger(__name__)
 
 HOME_REGION = "us-east-1"
-# Shoppers (each a variant and an identity) an instance remembers per minute for the rollback
-# monitor's per-shopper counts (``Aggregate.answer``): an instance answers at most ~1,000 a second.
+# Shoppers (each a variant and an identity) a sink remembers per minute for the rollback
+# monitor's per-shopper counts (``Aggregate.answer``; about 5 MB at the full count): an instance
+# answers at most about 1,000 a second.
 SHOPPERS_REMEMBERED = 65_536
 MAX_BUCKETS = 100  # EMF drops a histogram with more (and PutMetricData takes at most 150 values)
 BUCKET_WIDTH = math.log(1.1)  # 10% relative error on any percentile
@@ -111,10 +112,10 @@ class Aggregate:
         self.maxima: dict[tuple[str, Dims], tuple[str, float]] = {}
         self._lock = threading.Lock()
         # The shoppers answered in the current wall-clock minute (``answer``): (variant, shopper)
-        # hashes, kept across ``take`` (a flush is not a new minute), at most ``shoppers_remembered``.
-        self._minute: int | None = None
-        self._answered: set[int] = set()
-        self._faulted: set[int] = set()
+        # hash -> whether one of their answers was a model fault; kept across ``take`` (a flush is
+        # not a new minute); at most ``shoppers_remembered`` of them.
+        self._minute = -1
+        self._answered: dict[int, bool] = {}
         self._remember = shoppers_remembered
 
     def count(self, name: str, value: float = 1, **dims: str) -> None:
@@ -170,30 +171,30 @@ class Aggregate:
                     counts[_DEGRADED] = counts.get(_DEGRADED, 0) + 1
                 if model_fault:
                     counts[model_fallbacks] = counts.get(model_fallbacks, 0) + 1
-            if shopper is not None:  # the rollback monitor's figures: each shopper once a minute
+            if shopper is not None and math.isfinite(now_s):  # the rollback monitor's: a shopper once a minute
                 minute = int(now_s // 60)
-                if minute != self._minute:
+                if minute > self._minute:  # a clock stepping back keeps the minute it is in
                     self._minute = minute
-                    self._answered, self._faulted = set(), set()
+                    self._answered = {}
                 key = hash((variant, shopper))
-                if self._first(self._answered, key):
+                faulted = fallback_reason is not None and model_fault
+                answered = self._answered
+                before = answered.get(key)
+                if before is None:  # new this minute, or past the memory: counted (never fewer than there were)
                     counts[shoppers] = counts.get(shoppers, 0) + 1
-                if fallback_reason is not None and model_fault and self._first(self._faulted, key):
+                    if faulted:
+                        counts[faulted_shoppers] = counts.get(faulted_shoppers, 0) + 1
+                    if len(answered) < self._remember:
+                        answered[key] = faulted
+                    else:
+                        counts[_PAST_MEMORY] = counts.get(_PAST_MEMORY, 0) + 1
+                elif faulted and not before:  # a remembered shopper's first fault this minute
+                    answered[key] = True
                     counts[faulted_shoppers] = counts.get(faulted_shoppers, 0) + 1
             if snapshot_age_s is not None:
                 age = round(snapshot_age_s, 1)
                 old = self.maxima.get(_SNAPSHOT_AGE)
                 self.maxima[_SNAPSHOT_AGE] = ("Seconds", age if old is None else max(old[1], age))
-
-    def _first(self, seen: set[int], key: int) -> bool:
-        """Whether ``key`` is new to ``seen`` this minute (then remembered). Past
-        ``shoppers_remembered`` keys in the minute, one not remembered counts each time it comes:
-        never fewer shoppers than there were, and memory stays bounded."""
-        if key in seen:
-            return False
-        if len(self._answered) + len(self._faulted) < self._remember:
-            seen.add(key)
-        return True
 
     def empty(self) -> bool:
         return not (self.counts or self.histograms or self.maxima)
@@ -451,6 +452,9 @@ def home_metrics(namespace: str, service: str, submit: Callable) -> HomeMetrics:
 PLANNED_FALLBACKS = frozenset({"anonymous", "no_user_row"})
 _ANSWERS, _SLOW, _DEGRADED = ("Answers", ()), ("SlowAnswers", ()), ("DegradedAnswers", ())
 _SNAPSHOT_AGE = ("SnapshotAgeSeconds", ())
+# Answers whose shopper was counted without being remembered (an instance's minute past
+# SHOPPERS_REMEMBERED shoppers): the rollback monitor's counts are answers for them.
+_PAST_MEMORY = ("ShoppersPastMemory", ())
 _ANSWER_KEYS: dict[str, tuple] = {}
 LATENCY_OBJECTIVE_MS = 100.0  # the latency SLO: 99% of answers computed within this (docs/operations.md)
 
@@ -460,11 +464,11 @@ def record_answer(sinks, variant: str, fallback_reason: str | None, latency_ms: 
                   now_s: float | None = None) -> None:
     """One answer's figures into each sink (``Figures`` and/or ``HomeMetrics``).
     ``model_fault``: the variant's model caused the fallback (``ModelFallbacks``). ``shopper``:
-    the verified identity answered (None: anonymous): ``Shoppers`` counts it once per variant and
-    wall-clock minute (``now_s``; None: now) in each sink, ``ModelFallbackShoppers`` once if
-    any of its answers in that minute was a model fault: what the rollback alarm compares, so
-    one identity's requests, however many, weigh one shopper in an instance's minute. Each sink
-    takes them in one lock (``Aggregate.answer``)."""
+    the verified identity answered (None: anonymous, or no experiment's): ``Shoppers`` counts it
+    once per variant and wall-clock minute (``now_s``; None: now) in each sink,
+    ``ModelFallbackShoppers`` once if any of its answers in that minute was a model fault: what
+    the rollback alarm compares, so one identity's requests weigh one shopper per instance they
+    reach in a minute, not one each. Each sink takes them in one lock (``Aggregate.answer``)."""
     for sink in sinks:
         sink.answer(variant, fallback_reason, latency_ms, snapshot_age_s, model_fault, shopper, now_s)
 

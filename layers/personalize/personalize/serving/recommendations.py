@@ -40,6 +40,7 @@ from personalize.adapters.soldout import SoldOut
 from personalize.adapters.userstore import UnreadableRow, UserReadError, UserStore
 from personalize.serving import ranking
 from personalize.serving.availability import Availability
+from personalize.serving.degraded import OUTSIDE
 from personalize.serving.models import Ranker
 from personalize.serving.prepared import Prepared, Served
 from personalize.serving.snapshots import FORMAT, ItemSnapshot
@@ -110,6 +111,9 @@ def model_fault(body: dict) -> bool:
                                                                           f"{variant}_failed")
 
 
+_NO_EXPERIMENT = frozenset({OUTSIDE, "none"})
+
+
 def record(sinks, answer: Answer, started: float, snapshot) -> None:
     """An answer's figures into ``sinks`` (``telemetry.Figures`` / ``HomeMetrics``): what the
     SLO, rollback and snapshot-age alarms read; ``started``: ``time.perf_counter()`` at the
@@ -120,11 +124,14 @@ def record(sinks, answer: Answer, started: float, snapshot) -> None:
                 "RequestsRefused", status=str(answer.status))
         return
     body = answer.body
+    variant = body.get("variant", "none")
     telemetry.record_answer(
-        sinks, body.get("variant", "none"), body.get("fallback_reason") if body.get("fallback") else None,
+        sinks, variant, body.get("fallback_reason") if body.get("fallback") else None,
         (time.perf_counter() - started) * 1000,
         snapshot_age_s=(time.time() * 1000 - snapshot.built_at_ms) / 1000 if snapshot is not None else None,
-        model_fault=model_fault(body), shopper=body.get("user_id"))
+        model_fault=model_fault(body),
+        # The rollback monitor's shoppers: signed in and in an experiment (a consented visitor is in none).
+        shopper=body.get("user_id") if variant not in _NO_EXPERIMENT else None)
 
 
 def count_increases(totals: dict[str, int], seen: dict[str, int], counters) -> None:
