@@ -261,6 +261,8 @@ def rollback_monitor_rows() -> list:
             rows.append(_m(NS, "ModelFallbackShoppers", {**dims, "variant": v}, id=f"{where}f{short}", visible=False))
         share = f"(FILL(ef{short}, 0) + FILL(rf{short}, 0)) / (FILL(es{short}, 0) + FILL(rs{short}, 0))"
         rows.append([{"expression": share, "label": f"{v}: share of shoppers failed", "id": f"share{short}"}])
+    rows.append([{"expression": "shareb - sharea", "id": "excess",
+                  "label": "challenger minus champion (alarm: over 0.2 for 2 minutes, from 11 challenger shoppers)"}])
     rows.append([{"expression": "FILL(esb, 0) + FILL(rsb, 0)", "label": "challenger: shoppers", "id": "nb",
                   "yAxis": "right"}])
     for where, dims in (("edge", EDGE_GLOBAL), ("regional", REGIONAL)):

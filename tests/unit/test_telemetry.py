@@ -209,6 +209,12 @@ def test_a_clock_that_steps_back_or_is_not_a_number_never_fails_an_answer():
     counts = sink.take().counts
     assert counts[("Shoppers", (("variant", "challenger"),))] == 1  # ann once; bob's clock said nothing
     assert counts[("Requests", (("variant", "challenger"),))] == 5
+    # One reading an hour ahead, then the right time again: the minutes count again (verifying
+    # review: the minute stayed an hour ahead, and 30 visits a minute apart counted 1 shopper).
+    telemetry.record_answer((sink,), "challenger", None, 5.0, None, False, "cy", 125.0 + 3600)
+    for minute in range(30):
+        telemetry.record_answer((sink,), "challenger", None, 5.0, None, False, "cy", 180.0 + 60 * minute)
+    assert sink.take().counts[("Shoppers", (("variant", "challenger"),))] == 1 + 30
 
 
 def test_no_answer_is_lost_to_a_flush_that_takes_the_figures_meanwhile():

@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 
 HOME_REGION = "us-east-1"
 # Shoppers (each a variant and an identity) a sink remembers per minute for the rollback
-# monitor's per-shopper counts (``Aggregate.answer``; about 5 MB at the full count): an instance
-# answers at most about 1,000 a second.
+# monitor's per-shopper counts (``Aggregate.answer``; about 5 MB at the full count, per sink: the
+# edge has two): an instance answers at most about 1,000 a second.
 SHOPPERS_REMEMBERED = 65_536
 MAX_BUCKETS = 100  # EMF drops a histogram with more (and PutMetricData takes at most 150 values)
 BUCKET_WIDTH = math.log(1.1)  # 10% relative error on any percentile
@@ -173,7 +173,9 @@ class Aggregate:
                     counts[model_fallbacks] = counts.get(model_fallbacks, 0) + 1
             if shopper is not None and math.isfinite(now_s):  # the rollback monitor's: a shopper once a minute
                 minute = int(now_s // 60)
-                if minute > self._minute:  # a clock stepping back keeps the minute it is in
+                # A clock stepping back by less than a minute keeps the minute it is in; further back,
+                # the earlier reading was the wrong one (a forward step undone) and the minute restarts.
+                if minute > self._minute or minute < self._minute - 1:
                     self._minute = minute
                     self._answered = {}
                 key = hash((variant, shopper))
