@@ -42,6 +42,7 @@ copy_config_to_registered_loggers(source_logger=logger, include={"personalize"})
 # Per-request figures, aggregated in the container and printed as EMF at most every 5 s
 # (one EMF blob per request was ~1.3 KB of logs a request).
 figures = telemetry.Figures(settings.NAMESPACE, "edge", flush_every_s=5.0)
+shopper_minutes = telemetry.ShopperMinutes()  # the rollback monitor's shoppers, once a minute in this instance
 _state = {}
 _background = ThreadPoolExecutor(1, thread_name_prefix="home-metrics")
 
@@ -106,7 +107,7 @@ def serve(request: dict, remaining_ms: int | None = None, request_id: str | None
     headers = {**answer.headers, cloudfront.REQUEST_ID_HEADER: request_id} if request_id else answer.headers
     _count_new_troubles(built)
     recommendations.record((figures, home_metrics()) if answer.status == 200 else (figures,), answer, started,
-                           built.snapshot.value if built is not None else None)
+                           built.snapshot.value if built is not None else None, shopper_minutes)
     return answer.status, answer.body, headers
 
 

@@ -32,6 +32,7 @@ with collector.paused(freeze=collector.in_lambda()):
     copy_config_to_registered_loggers(source_logger=logger, include={"personalize"})
     tracer = Tracer()
     figures = telemetry.Figures(settings.NAMESPACE, "recommend", flush_every_s=5.0)  # EMF, aggregated per container
+    shopper_minutes = telemetry.ShopperMinutes()  # the rollback monitor's shoppers, once a minute here
     app = APIGatewayHttpResolver()
     MODELS_DIR = Path(os.environ.get("MODELS_DIR", "/opt/python/shipped_models"))
     config = wiring.ServingConfig.from_env()
@@ -58,7 +59,7 @@ def get_recommendations() -> Response:
     # A flags document that broke the schema (the last good one serves); the sold-out list unread.
     recommendations.count_increases({**recommender.degraded(), "FlagsDocumentRefused": rollout.store.refused},
                                     _counted, (figures.count,))
-    recommendations.record((figures,), answer, started, recommender.snapshot.value)
+    recommendations.record((figures,), answer, started, recommender.snapshot.value, shopper_minutes)
     return Response(status_code=answer.status, body=json.dumps(answer.body),
                     headers={**answer.headers, "x-request-id": logger.get_correlation_id() or ""})
 

@@ -156,6 +156,9 @@ def test_per_request_figures_leave_as_few_emf_documents_with_values_and_counts(s
         assert histogram["Min"] <= min(histogram["Values"]) and max(histogram["Values"]) <= histogram["Max"]
     requests = sum(d.get("Requests", 0) for d in documents)
     assert requests == 200
+    # The rollback monitor's shoppers: the 25 signed-in ones once each, not their 100 answers (a
+    # minute turning mid-loop counts each once more).
+    assert 25 <= sum(d.get("Shoppers", 0) for d in documents) <= 50
     for doc in documents:
         [directive] = doc["_aws"]["CloudWatchMetrics"]
         assert directive["Namespace"] == settings.NAMESPACE and directive["Dimensions"][0][0] == "service"

@@ -105,9 +105,9 @@ def test_the_rollback_alarm_reads_the_metrics_serving_records():
     write (a challenger's fault and a champion's answer), at the edge's home copy and in the region."""
     from personalize.telemetry import Aggregate, metric_data
 
-    recorded = Aggregate()
-    telemetry.record_answer((recorded,), "challenger", "challenger_failed", 5.0, None, True, "ann", 0.0)
-    telemetry.record_answer((recorded,), "champion", "challenger_failed", 5.0, None, True, "bob", 0.0)
+    recorded, minutes = Aggregate(), telemetry.ShopperMinutes()
+    telemetry.record_answer((recorded,), "challenger", "challenger_failed", 5.0, None, True, "ann", minutes, 0.0)
+    telemetry.record_answer((recorded,), "champion", "challenger_failed", 5.0, None, True, "bob", minutes, 0.0)
     written = set()
     for service, extra in (("edge", telemetry.GLOBAL), ("recommend", ())):
         written |= {(d["MetricName"], frozenset((x["Name"], x["Value"]) for x in d["Dimensions"]))

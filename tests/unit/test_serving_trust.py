@@ -82,11 +82,11 @@ def test_the_rollback_figures_take_the_shopper_from_the_answer_once_however_ofte
     from personalize.serving import recommendations
 
     rec = recommender(lambda user_id: Variant("challenger", Broken(), "exp@200"))
-    sink = telemetry.Aggregate()
+    sink, minutes = telemetry.Aggregate(), telemetry.ShopperMinutes()
     for _ in range(50):
         answer = rec.recommend({"k": "5"}, cookie("u1"), "US", NOW)
-        recommendations.record((sink,), answer, time.perf_counter(), None)
-    recommendations.record((sink,), rec.recommend({"k": "5"}, None, "US", NOW), time.perf_counter(), None)
+        recommendations.record((sink,), answer, time.perf_counter(), None, minutes)
+    recommendations.record((sink,), rec.recommend({"k": "5"}, None, "US", NOW), time.perf_counter(), None, minutes)
     counts = sink.take().counts
     challenger = (("variant", "challenger"),)
     assert counts[("ModelFallbacks", challenger)] == 50 and counts[("Requests", challenger)] == 51
@@ -94,7 +94,7 @@ def test_the_rollback_figures_take_the_shopper_from_the_answer_once_however_ofte
     # A consented visitor (the kit's anon- id) is in no experiment: no variant's shopper.
     outside = recommender(lambda user_id: Variant("outside", RANKER, "none"))
     recommendations.record((sink,), outside.recommend({"k": "5"}, cookie("anon-v1"), "US", NOW), time.perf_counter(),
-                           None)
+                           None, minutes)
     assert not any(name == "Shoppers" for name, _ in sink.take().counts)
 
 

@@ -140,8 +140,9 @@ def test_an_answer_records_each_figure_the_alarms_read_once(answers):
 
     figures = telemetry.Figures("ns", "edge", out=lambda line: None)
     home = telemetry.HomeMetrics("ns", "edge", lambda: None, submit=lambda fn: None, flush_every_s=float("inf"))
+    minutes = telemetry.ShopperMinutes()  # one per instance, for both sinks
     for variant, reason, latency, age, fault, shopper, now_s in sorted(answers, key=lambda a: a[-1]):
-        telemetry.record_answer((figures, home), variant, reason, latency, age, fault, shopper, now_s)
+        telemetry.record_answer((figures, home), variant, reason, latency, age, fault, shopper, minutes, now_s)
     for recorded in (figures.pending, home.pending):
         assert recorded.counts == expected.counts and recorded.maxima == expected.maxima
         assert {k: (u, h.values_counts(), h.count) for k, (u, h) in recorded.histograms.items()} == \
@@ -154,13 +155,13 @@ def test_one_identitys_flood_weighs_one_shopper_in_the_rollback_figures():
     31 shoppers say (1 of 31, or 0 of 31), not 1,000 of 1,030 (or 0 of 1,030: a failing
     challenger hidden). Before: Requests and ModelFallbacks only, counted per answer."""
     for flooder_faults, others_fault, share in ((True, False, 1 / 31), (False, True, 30 / 31)):
-        sink = telemetry.Aggregate()
+        sink, minutes = telemetry.Aggregate(), telemetry.ShopperMinutes()
         for i in range(1000):
             telemetry.record_answer((sink,), "challenger", "challenger_failed" if flooder_faults else None,
-                                    5.0, None, flooder_faults, "bot", 120.0 + i * 0.05)
+                                    5.0, None, flooder_faults, "bot", minutes, 120.0 + i * 0.05)
         for n in range(30):
             telemetry.record_answer((sink,), "challenger", "challenger_failed" if others_fault else None,
-                                    5.0, None, others_fault, f"shopper-{n}", 150.0)
+                                    5.0, None, others_fault, f"shopper-{n}", minutes, 150.0)
         counts = sink.take().counts
         shoppers = counts[("Shoppers", (("variant", "challenger"),))]
         faulted = counts.get(("ModelFallbackShoppers", (("variant", "challenger"),)), 0)
@@ -169,51 +170,51 @@ def test_one_identitys_flood_weighs_one_shopper_in_the_rollback_figures():
 
 
 def test_the_rollback_figures_count_a_shopper_again_each_minute_and_per_variant_never_across_a_flush():
-    sink = telemetry.Aggregate()
+    sink, minutes = telemetry.Aggregate(), telemetry.ShopperMinutes()
     for now_s, variant in ((0, "challenger"), (30, "challenger"), (59.9, "champion"), (60, "challenger")):
-        telemetry.record_answer((sink,), variant, None, 5.0, None, False, "ann", now_s)
+        telemetry.record_answer((sink,), variant, None, 5.0, None, False, "ann", minutes, now_s)
         if now_s == 30:
             sink.take()  # a flush (every 5 s at most) is no new minute: ann stays counted
     counts = sink.take().counts
     assert counts[("Shoppers", (("variant", "challenger"),))] == 1  # at 60 s: the next minute (30 s was taken)
     assert counts[("Shoppers", (("variant", "champion"),))] == 1
     anonymous = telemetry.Aggregate()
-    telemetry.record_answer((anonymous,), "champion", "anonymous", 5.0, None, False, None, 0)
+    telemetry.record_answer((anonymous,), "champion", "anonymous", 5.0, None, False, None, minutes, 0)
     assert not any(name == "Shoppers" for name, _ in anonymous.take().counts)
 
 
 def test_past_the_shoppers_an_instance_remembers_each_answer_counts_and_memory_stays_bounded():
-    """Past ``shoppers_remembered`` in a minute, a shopper not remembered counts each answer
+    """Past ``remembered`` shoppers in a minute, a shopper not remembered counts each answer
     (and each fault) and ``ShoppersPastMemory`` says so; a remembered one's retried faults count
     once. Faulted shoppers never outnumber shoppers (on-call review: a remembered shopper's
     30 failing retries past the cap counted 30 faulted shoppers of 10)."""
-    sink = telemetry.Aggregate(shoppers_remembered=2)
-    telemetry.record_answer((sink,), "challenger", None, 5.0, None, False, "x", 10.0)
-    telemetry.record_answer((sink,), "challenger", None, 5.0, None, False, "y", 10.0)
+    sink, minutes = telemetry.Aggregate(), telemetry.ShopperMinutes(remembered=2)
+    telemetry.record_answer((sink,), "challenger", None, 5.0, None, False, "x", minutes, 10.0)
+    telemetry.record_answer((sink,), "challenger", None, 5.0, None, False, "y", minutes, 10.0)
     for _ in range(30):  # remembered: its first fault counts, its retries do not
-        telemetry.record_answer((sink,), "challenger", "challenger_failed", 5.0, None, True, "x", 11.0)
+        telemetry.record_answer((sink,), "challenger", "challenger_failed", 5.0, None, True, "x", minutes, 11.0)
     for _ in range(3):  # past the memory: each answer is a shopper, each fault a faulted one
-        telemetry.record_answer((sink,), "challenger", "challenger_failed", 5.0, None, True, "z", 12.0)
+        telemetry.record_answer((sink,), "challenger", "challenger_failed", 5.0, None, True, "z", minutes, 12.0)
     counts = sink.take().counts
     challenger = (("variant", "challenger"),)
     assert counts[("Shoppers", challenger)] == 2 + 3 and counts[("ModelFallbackShoppers", challenger)] == 1 + 3
-    assert counts[("ShoppersPastMemory", ())] == 3 and len(sink._answered) == 2
+    assert counts[("ShoppersPastMemory", ())] == 3 and len(minutes) == 2
 
 
 def test_a_clock_that_steps_back_or_is_not_a_number_never_fails_an_answer():
-    sink = telemetry.Aggregate()
-    telemetry.record_answer((sink,), "challenger", None, 5.0, None, False, "ann", 125.0)
-    telemetry.record_answer((sink,), "challenger", None, 5.0, None, False, "ann", 119.0)  # NTP stepped back
+    sink, minutes = telemetry.Aggregate(), telemetry.ShopperMinutes()
+    telemetry.record_answer((sink,), "challenger", None, 5.0, None, False, "ann", minutes, 125.0)
+    telemetry.record_answer((sink,), "challenger", None, 5.0, None, False, "ann", minutes, 119.0)  # NTP stepped back
     for odd in (float("nan"), float("inf"), -float("inf")):
-        telemetry.record_answer((sink,), "challenger", None, 5.0, None, False, "bob", odd)
+        telemetry.record_answer((sink,), "challenger", None, 5.0, None, False, "bob", minutes, odd)
     counts = sink.take().counts
     assert counts[("Shoppers", (("variant", "challenger"),))] == 1  # ann once; bob's clock said nothing
     assert counts[("Requests", (("variant", "challenger"),))] == 5
     # One reading an hour ahead, then the right time again: the minutes count again (verifying
     # review: the minute stayed an hour ahead, and 30 visits a minute apart counted 1 shopper).
-    telemetry.record_answer((sink,), "challenger", None, 5.0, None, False, "cy", 125.0 + 3600)
+    telemetry.record_answer((sink,), "challenger", None, 5.0, None, False, "cy", minutes, 125.0 + 3600)
     for minute in range(30):
-        telemetry.record_answer((sink,), "challenger", None, 5.0, None, False, "cy", 180.0 + 60 * minute)
+        telemetry.record_answer((sink,), "challenger", None, 5.0, None, False, "cy", minutes, 180.0 + 60 * minute)
     assert sink.take().counts[("Shoppers", (("variant", "challenger"),))] == 1 + 30
 
 

@@ -36,9 +36,9 @@ from personalize.adapters import aws
 log = logging.getLogger(__name__)
 
 HOME_REGION = "us-east-1"
-# Shoppers (each a variant and an identity) a sink remembers per minute for the rollback
-# monitor's per-shopper counts (``Aggregate.answer``; about 5 MB at the full count, per sink: the
-# edge has two): an instance answers at most about 1,000 a second.
+# Shoppers (each a variant and an identity) an instance remembers per minute for the rollback
+# monitor's per-shopper counts (``ShopperMinutes``; about 5 MB at the full count): an instance
+# answers at most about 1,000 a second.
 SHOPPERS_REMEMBERED = 65_536
 MAX_BUCKETS = 100  # EMF drops a histogram with more (and PutMetricData takes at most 150 values)
 BUCKET_WIDTH = math.log(1.1)  # 10% relative error on any percentile
@@ -106,17 +106,11 @@ class Histogram:
 class Aggregate:
     """Counts, histograms and maxima per (metric, dimensions), thread-safe."""
 
-    def __init__(self, shoppers_remembered: int = SHOPPERS_REMEMBERED):
+    def __init__(self):
         self.counts: dict[tuple[str, Dims], float] = {}
         self.histograms: dict[tuple[str, Dims], tuple[str, Histogram]] = {}
         self.maxima: dict[tuple[str, Dims], tuple[str, float]] = {}
         self._lock = threading.Lock()
-        # The shoppers answered in the current wall-clock minute (``answer``): (variant, shopper)
-        # hash -> whether one of their answers was a model fault; kept across ``take`` (a flush is
-        # not a new minute); at most ``shoppers_remembered`` of them.
-        self._minute = -1
-        self._answered: dict[int, bool] = {}
-        self._remember = shoppers_remembered
 
     def count(self, name: str, value: float = 1, **dims: str) -> None:
         key = (name, _dims(dims))
@@ -138,10 +132,9 @@ class Aggregate:
             self.maxima[key] = (unit, value if old is None else max(old[1], value))
 
     def answer(self, variant: str, fallback_reason: str | None, latency_ms: float, snapshot_age_s: float | None,
-               model_fault: bool, shopper: str | None = None, now_s: float | None = None) -> None:
-        """``record_answer``'s figures for one answer, in one lock, from keys made once."""
-        if shopper is not None and now_s is None:
-            now_s = time.time()
+               model_fault: bool, shopper: tuple[bool, bool, bool] | None = None) -> None:
+        """``record_answer``'s figures for one answer, in one lock, from keys made once;
+        ``shopper``: what ``ShopperMinutes.note`` said of its shopper (None: no shopper)."""
         keys = _ANSWER_KEYS.get(variant)
         if keys is None:
             if len(_ANSWER_KEYS) >= 1024:  # variants are few; never grow without bound
@@ -171,28 +164,14 @@ class Aggregate:
                     counts[_DEGRADED] = counts.get(_DEGRADED, 0) + 1
                 if model_fault:
                     counts[model_fallbacks] = counts.get(model_fallbacks, 0) + 1
-            if shopper is not None and math.isfinite(now_s):  # the rollback monitor's: a shopper once a minute
-                minute = int(now_s // 60)
-                # A clock stepping back by less than a minute keeps the minute it is in; further back,
-                # the earlier reading was the wrong one (a forward step undone) and the minute restarts.
-                if minute > self._minute or minute < self._minute - 1:
-                    self._minute = minute
-                    self._answered = {}
-                key = hash((variant, shopper))
-                faulted = fallback_reason is not None and model_fault
-                answered = self._answered
-                before = answered.get(key)
-                if before is None:  # new this minute, or past the memory: counted (never fewer than there were)
+            if shopper is not None:  # the rollback monitor's: a shopper once a minute (ShopperMinutes)
+                new, new_fault, past_memory = shopper
+                if new:
                     counts[shoppers] = counts.get(shoppers, 0) + 1
-                    if faulted:
-                        counts[faulted_shoppers] = counts.get(faulted_shoppers, 0) + 1
-                    if len(answered) < self._remember:
-                        answered[key] = faulted
-                    else:
-                        counts[_PAST_MEMORY] = counts.get(_PAST_MEMORY, 0) + 1
-                elif faulted and not before:  # a remembered shopper's first fault this minute
-                    answered[key] = True
+                if new_fault:
                     counts[faulted_shoppers] = counts.get(faulted_shoppers, 0) + 1
+                if past_memory:
+                    counts[_PAST_MEMORY] = counts.get(_PAST_MEMORY, 0) + 1
             if snapshot_age_s is not None:
                 age = round(snapshot_age_s, 1)
                 old = self.maxima.get(_SNAPSHOT_AGE)
@@ -461,18 +440,63 @@ _ANSWER_KEYS: dict[str, tuple] = {}
 LATENCY_OBJECTIVE_MS = 100.0  # the latency SLO: 99% of answers computed within this (docs/operations.md)
 
 
+class ShopperMinutes:
+    """An instance's memory for the rollback monitor's per-shopper counts: the (variant,
+    shopper) pairs it answered in the current wall-clock minute, each with whether one of their
+    answers was a model fault; at most ``remembered`` of them (past that, each answer counts)."""
+
+    def __init__(self, remembered: int = SHOPPERS_REMEMBERED):
+        self._minute = -1
+        self._answered: dict[int, bool] = {}
+        self._remember = remembered
+        self._lock = threading.Lock()
+
+    def note(self, variant: str, shopper: str, faulted: bool, now_s: float) -> tuple[bool, bool, bool] | None:
+        """(a shopper new this minute, a faulted shopper new this minute, counted past the
+        memory) for one answer; None when ``now_s`` is no time (nothing counted)."""
+        if not math.isfinite(now_s):
+            return None
+        minute = int(now_s // 60)
+        key = hash((variant, shopper))
+        with self._lock:
+            # A clock stepping back by less than a minute keeps the minute it is in; further back,
+            # the earlier reading was the wrong one (a forward step undone) and the minute restarts.
+            if minute > self._minute or minute < self._minute - 1:
+                self._minute = minute
+                self._answered = {}
+            answered = self._answered
+            before = answered.get(key)
+            if before is None:  # new this minute, or past the memory: counted (never fewer than there were)
+                remembered = len(answered) < self._remember
+                if remembered:
+                    answered[key] = faulted
+                return True, faulted, not remembered
+            if faulted and not before:  # a remembered shopper's first fault this minute
+                answered[key] = True
+                return False, True, False
+            return False, False, False
+
+    def __len__(self) -> int:
+        return len(self._answered)
+
+
 def record_answer(sinks, variant: str, fallback_reason: str | None, latency_ms: float,
                   snapshot_age_s: float | None = None, model_fault: bool = False, shopper: str | None = None,
-                  now_s: float | None = None) -> None:
+                  minutes: ShopperMinutes | None = None, now_s: float | None = None) -> None:
     """One answer's figures into each sink (``Figures`` and/or ``HomeMetrics``).
     ``model_fault``: the variant's model caused the fallback (``ModelFallbacks``). ``shopper``:
-    the verified identity answered (None: anonymous, or no experiment's): ``Shoppers`` counts it
-    once per variant and wall-clock minute (``now_s``; None: now) in each sink,
-    ``ModelFallbackShoppers`` once if any of its answers in that minute was a model fault: what
-    the rollback alarm compares, so one identity's requests weigh one shopper per instance they
-    reach in a minute, not one each. Each sink takes them in one lock (``Aggregate.answer``)."""
+    the verified identity answered (None: anonymous, or in no experiment), noted in the
+    instance's ``minutes``: ``Shoppers`` counts it once per variant and wall-clock minute
+    (``now_s``; None: now), ``ModelFallbackShoppers`` once if any of its answers in that minute
+    was a model fault: what the rollback alarm compares, so one identity's requests weigh one
+    shopper per instance they reach in a minute, not one each. Each sink takes them in one lock
+    (``Aggregate.answer``)."""
+    noted = None
+    if shopper is not None and minutes is not None:
+        noted = minutes.note(variant, shopper, fallback_reason is not None and model_fault,
+                             time.time() if now_s is None else now_s)
     for sink in sinks:
-        sink.answer(variant, fallback_reason, latency_ms, snapshot_age_s, model_fault, shopper, now_s)
+        sink.answer(variant, fallback_reason, latency_ms, snapshot_age_s, model_fault, noted)
 
 
 def correlation_id(event: object) -> str | None:

@@ -114,10 +114,12 @@ def model_fault(body: dict) -> bool:
 _NO_EXPERIMENT = frozenset({OUTSIDE, "none"})
 
 
-def record(sinks, answer: Answer, started: float, snapshot) -> None:
+def record(sinks, answer: Answer, started: float, snapshot, minutes: telemetry.ShopperMinutes | None = None) -> None:
     """An answer's figures into ``sinks`` (``telemetry.Figures`` / ``HomeMetrics``): what the
     SLO, rollback and snapshot-age alarms read; ``started``: ``time.perf_counter()`` at the
-    request's start; ``snapshot``: the item snapshot it was ranked from (None when cold)."""
+    request's start; ``snapshot``: the item snapshot it was ranked from (None when cold);
+    ``minutes``: the instance's memory of its shoppers this minute (the rollback monitor's
+    per-shopper counts; None: no shopper counted)."""
     if answer.status != 200:
         for sink in sinks:
             (sink.add if isinstance(sink, telemetry.HomeMetrics) else sink.count)(
@@ -131,7 +133,7 @@ def record(sinks, answer: Answer, started: float, snapshot) -> None:
         snapshot_age_s=(time.time() * 1000 - snapshot.built_at_ms) / 1000 if snapshot is not None else None,
         model_fault=model_fault(body),
         # The rollback monitor's shoppers: signed in and in an experiment (a consented visitor is in none).
-        shopper=body.get("user_id") if variant not in _NO_EXPERIMENT else None)
+        shopper=body.get("user_id") if variant not in _NO_EXPERIMENT else None, minutes=minutes)
 
 
 def count_increases(totals: dict[str, int], seen: dict[str, int], counters) -> None:
