@@ -8,7 +8,7 @@ stage called inside another is taken out of it), and the outermost call is timed
 table's rows add up to the measured total, the timers' own cost in the last row. A second
 pass without the timers gives the true per-request time, and the floor (tests/bench/
 serving_floor.py) runs interleaved with it. A third pass, also beside the floor, serves each
-shopper's candidates and features from a dict (``memoised_inputs``): what every other stage
+shopper's candidates and features from a dict (``without_candidates_features``): what every other stage
 costs, and so what a 2.0x budget leaves for them.
 """
 
@@ -28,7 +28,7 @@ from infra.local.stack import cloudfront_event
 from personalize import identity, telemetry
 from personalize.serving import cloudfront, prepared, ranking, recommendations
 
-from .serving_floor import Floor, PackedUserStore, in_memory_edge, interleaved, memoised_inputs, summary
+from .serving_floor import Floor, PackedUserStore, in_memory_edge, interleaved, summary, without_candidates_features
 
 KEY = "profile-signing-key"
 
@@ -130,18 +130,10 @@ def main() -> None:
         same = sum(floor.top_items(u) == [i["item_id"] for i in json.loads(
             module.lambda_handler(events[j], ctx)["body"])["items"]] for j, u in enumerate(user_ids[:50]))
 
-    # Headroom: the same, with candidates and features memoised per shopper (filled first, so
-    # the timed requests each read them from a dict).
-    memo, undo = memoised_inputs(recommender)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            for event in events:
-                module.lambda_handler(event, ctx)
-            memo["hits"] = 0
-            bare = summary(interleaved(lambda e: module.lambda_handler(e, ctx), events, floor, user_ids, n))
-    finally:
-        undo()
-    hits = memo.pop("hits")
+    # Headroom: the same, with candidates and features memoised per shopper.
+    with contextlib.redirect_stdout(io.StringIO()):
+        bare, hits = without_candidates_features(recommender, lambda e: module.lambda_handler(e, ctx), events, floor,
+                                                 user_ids, n)
 
     stages = instrument(module, recommender)
     totals, per_request = [], []

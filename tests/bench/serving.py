@@ -30,7 +30,7 @@ from personalize.ingest.pipeline import Ingestor
 from personalize.serving import snapshots
 
 from . import lambda_site
-from .serving_floor import Floor, PackedUserStore, interleaved, memoised_inputs, summary
+from .serving_floor import Floor, PackedUserStore, interleaved, summary, without_candidates_features
 from .streams import FlashSale, kinesis_batches, post_events
 
 
@@ -424,21 +424,14 @@ def run(requests: int = 3000) -> dict:
             floor = Floor(recommender, recommender.users.packed, user_ids, "US", 10, int(time.time() * 1000))
             times = interleaved(lambda event: handler(event, ctx), cf_events, floor, user_ids, requests)
             answers = [json.loads(handler(cf_events[i], ctx)["body"]) for i in range(100)]
-            # Every stage but candidates and features, beside the floor: each shopper's read from a
-            # dict after their first request (filled here, before the timed pass).
-            memo, undo = memoised_inputs(recommender)
-            try:
-                for event in cf_events:
-                    handler(event, ctx)
-                memo["hits"] = 0
-                bare = summary(interleaved(lambda event: handler(event, ctx), cf_events, floor, user_ids, requests))
-            finally:
-                undo()
+            # Every stage but candidates and features, beside the floor (each shopper's from a dict).
+            bare, memo_reads = without_candidates_features(recommender, lambda event: handler(event, ctx), cf_events,
+                                                           floor, user_ids, requests)
         out.update({name: round(value, 3) for name, value in summary(times).items()})
         # Issue 23's 2.0x budget against what the rest of a request costs: what it leaves them.
         out.update(ratio_p50_without_candidates_features=round(bare["ratio_p50"], 3),
                    ratio_p99_without_candidates_features=round(bare["ratio_p99"], 3),
-                   without_candidates_features_memo_reads=memo.pop("hits"))
+                   without_candidates_features_memo_reads=memo_reads)
         out.update(requests=len(times["handler"]), candidates=int(min(candidates)),
                    candidates_mean=round(statistics.mean(candidates), 1),
                    floor_same_top_k=sum(floor.top_items(u) == [i["item_id"] for i in a["items"]]

@@ -14,7 +14,6 @@ import gc
 import json
 import random
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import msgpack
@@ -98,37 +97,53 @@ class Floor:
         return [self.item_ids[c] for c in self.cands[user_id][self(user_id)]]
 
 
-def memoised_inputs(recommender) -> tuple[dict, Callable[[], None]]:
+class MemoisedInputs:
     """The handler with every stage as it is but candidates and features: each shopper's are
-    computed on their first request and then read from a dict (``Served.inputs`` patched;
-    ``undo`` restores it). What the rest of a request costs beside the floor, and so what the
-    2.0x budget leaves for candidates and features. The dict's ``"hits"`` counts its reads."""
-    memo: dict = {"hits": 0}
-    users = recommender.users
-    read = users.get
-    current = [None]
-    compute = Served.inputs
+    computed on their first request and then read from a dict (``Served.inputs`` patched until
+    ``undo``). What the rest of a request costs beside the floor, and so what the 2.0x budget
+    leaves for candidates and features. ``reads``: requests answered from the dict."""
 
-    def get(user_id):  # remembers whose row the next inputs() call is for (one thread here)
-        current[0] = user_id
-        return read(user_id)
+    def __init__(self, recommender):
+        self.memo: dict = {}
+        self.reads = 0
+        self._users = users = recommender.users
+        self._compute = compute = Served.inputs
+        read, current = users.get, [None]
 
-    def inputs(self, columns, row, country=None, context_item=None, **kwargs):
-        key = (current[0] if row is not None else None, columns.tobytes(), country, context_item)
-        found = memo.get(key)
-        if found is None:
-            found = memo[key] = compute(self, columns, row, country, context_item, **kwargs)
-        else:
-            memo["hits"] += 1
-        return found
+        def get(user_id):  # remembers whose row the next inputs() call is for (one thread here)
+            current[0] = user_id
+            return read(user_id)
 
-    def undo() -> None:
-        Served.inputs = compute
-        del users.get
+        def inputs(served, columns, row, country=None, context_item=None, **kwargs):
+            key = (current[0] if row is not None else None, columns.tobytes(), country, context_item)
+            found = self.memo.get(key)
+            if found is None:
+                found = self.memo[key] = compute(served, columns, row, country, context_item, **kwargs)
+            else:
+                self.reads += 1
+            return found
 
-    users.get = get
-    Served.inputs = inputs
-    return memo, undo
+        users.get = get
+        Served.inputs = inputs
+
+    def undo(self) -> None:
+        Served.inputs = self._compute
+        del self._users.get
+
+
+def without_candidates_features(recommender, handler, events: list, floor: Floor, user_ids: list[str],
+                                requests: int) -> tuple[dict, int]:
+    """``summary`` of the handler interleaved with the floor, each shopper's candidates and
+    features read from a dict (``MemoisedInputs``, filled by one request each first), and how
+    many requests read them from it; everything put back after."""
+    memo = MemoisedInputs(recommender)
+    try:
+        for event in events:
+            handler(event)
+        memo.reads = 0
+        return summary(interleaved(handler, events, floor, user_ids, requests)), memo.reads
+    finally:
+        memo.undo()
 
 
 def percentile(values, q) -> float:

@@ -14,7 +14,15 @@ from personalize.ingest.events import parse_event
 from personalize.serving import snapshots
 from personalize.serving.prepared import Served
 from tests.bench import ingest
-from tests.bench.serving_floor import Floor, PackedUserStore, in_memory_edge, interleaved, memoised_inputs, summary
+from tests.bench.serving_floor import (
+    Floor,
+    MemoisedInputs,
+    PackedUserStore,
+    in_memory_edge,
+    interleaved,
+    summary,
+    without_candidates_features,
+)
 
 
 def test_ingest_bench_writes_at_most_one_per_entity_per_batch():
@@ -67,18 +75,22 @@ def test_the_serving_floor_answers_the_same_request_as_the_edge_handler():
     # The headroom pass: each shopper's candidates and features read from a dict after their
     # first request, the same answers, and everything put back afterwards.
     computed = Served.inputs
-    memo, undo = memoised_inputs(recommender)
+    memo = MemoisedInputs(recommender)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             for e in events:
                 module.lambda_handler(e, context("edge"))
-            memo["hits"] = 0
+            memo.reads = 0
             again = [json.loads(module.lambda_handler(e, context("edge"))["body"]) for e in events]
     finally:
-        undo()
-    assert memo.pop("hits") == len(events) and len(memo) == len(ids)
+        memo.undo()
+    assert memo.reads == len(events) and len(memo.memo) == len(ids)
     assert [[i["item_id"] for i in a["items"]] for a in again] == [[i["item_id"] for i in a["items"]] for a in answers]
     assert Served.inputs is computed and "get" not in vars(users)
+    with contextlib.redirect_stdout(io.StringIO()):
+        figures, reads = without_candidates_features(
+            recommender, lambda e: module.lambda_handler(e, context("edge")), events, floor, ids, requests=24)
+    assert reads == 24 + 200 and figures["ratio_p50"] > 0 and Served.inputs is computed
 
 
 def test_the_loop_bench_measures_its_contract_keys():
